@@ -1,0 +1,712 @@
+//! Policy documents and the policies the gateway implements.
+//!
+//! A document has four ordered sections. `base` marks where the enclosing scope's section runs
+//! (global → product → API → operation); a section without `base` replaces the enclosing one.
+//! In the declarative file a step is either the bare word `base` or a one-key map:
+//!
+//! ```yaml
+//! inbound:
+//!   - base
+//!   - rate-limit: {calls: 100, renewal-period: 60}
+//!   - set-header: {name: X-Env, value: prod}
+//! ```
+//!
+//! The enum below is the single list of supported policies: the control plane accepts exactly
+//! these names (anything else is a validation problem, never passed on), and the gateway's
+//! pipeline compiler matches on it exhaustively, so adding a variant without implementing it
+//! does not compile.
+
+use serde::{Deserialize, Serialize};
+
+/// The four sections of a policy document.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct PolicyDocument {
+    #[serde(default)]
+    pub inbound: Vec<Policy>,
+    #[serde(default)]
+    pub backend: Vec<Policy>,
+    #[serde(default)]
+    pub outbound: Vec<Policy>,
+    #[serde(default)]
+    pub on_error: Vec<Policy>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Section {
+    Inbound,
+    Backend,
+    Outbound,
+    OnError,
+}
+
+impl Section {
+    pub const ALL: [Section; 4] = [
+        Section::Inbound,
+        Section::Backend,
+        Section::Outbound,
+        Section::OnError,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Section::Inbound => "inbound",
+            Section::Backend => "backend",
+            Section::Outbound => "outbound",
+            Section::OnError => "on-error",
+        }
+    }
+}
+
+impl PolicyDocument {
+    pub fn section(&self, s: Section) -> &[Policy] {
+        match s {
+            Section::Inbound => &self.inbound,
+            Section::Backend => &self.backend,
+            Section::Outbound => &self.outbound,
+            Section::OnError => &self.on_error,
+        }
+    }
+
+    pub fn section_mut(&mut self, s: Section) -> &mut Vec<Policy> {
+        match s {
+            Section::Inbound => &mut self.inbound,
+            Section::Backend => &mut self.backend,
+            Section::Outbound => &mut self.outbound,
+            Section::OnError => &mut self.on_error,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        Section::ALL.iter().all(|s| self.section(*s).is_empty())
+    }
+
+    /// Every policy with its section, in document order.
+    pub fn iter(&self) -> impl Iterator<Item = (Section, &Policy)> {
+        Section::ALL
+            .into_iter()
+            .flat_map(move |s| self.section(s).iter().map(move |p| (s, p)))
+    }
+}
+
+/// What a shared-state policy does when its shared store (Redis) cannot be reached.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OutageMode {
+    /// Admit every request while the store is unreachable.
+    FailOpen,
+    /// Count on this node only, against the node's share of the limit.
+    #[default]
+    Local,
+    /// Refuse every request while the store is unreachable.
+    FailClosed,
+}
+
+/// Which cache tier(s) a cache policy uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CachingType {
+    /// The shared (Redis) tier when configured and reachable, with the in-process tier in front.
+    #[default]
+    PreferExternal,
+    /// Only the shared tier.
+    External,
+    /// Only the in-process tier of this node.
+    Internal,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExistsAction {
+    #[default]
+    Override,
+    Skip,
+    Append,
+    Delete,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IpFilterAction {
+    #[default]
+    Allow,
+    Forbid,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct RateLimit {
+    pub calls: u64,
+    /// Sliding window length in seconds.
+    pub renewal_period: u64,
+    /// Count per operation instead of per API for the subscription.
+    #[serde(default)]
+    pub per_operation: bool,
+    #[serde(default = "retry_after")]
+    pub retry_after_header_name: String,
+    #[serde(default = "remaining_calls")]
+    pub remaining_calls_header_name: String,
+    #[serde(default)]
+    pub outage: OutageMode,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct RateLimitByKey {
+    pub calls: u64,
+    pub renewal_period: u64,
+    /// Key template, e.g. `{request.ip}` or `{request.header.X-Tenant}`.
+    pub counter_key: String,
+    /// Only count responses whose status matches, e.g. `2xx`, `200-299,404`.
+    #[serde(default)]
+    pub increment_condition: Option<String>,
+    #[serde(default = "one")]
+    pub increment_count: u64,
+    #[serde(default = "retry_after")]
+    pub retry_after_header_name: String,
+    #[serde(default = "remaining_calls")]
+    pub remaining_calls_header_name: String,
+    #[serde(default)]
+    pub outage: OutageMode,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Quota {
+    /// Calls per period.
+    #[serde(default)]
+    pub calls: Option<u64>,
+    /// Kilobytes (request + response bodies) per period.
+    #[serde(default)]
+    pub bandwidth: Option<u64>,
+    /// Fixed window length in seconds (3600 … 31_536_000).
+    pub renewal_period: u64,
+    #[serde(default)]
+    pub outage: OutageMode,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct QuotaByKey {
+    #[serde(default)]
+    pub calls: Option<u64>,
+    #[serde(default)]
+    pub bandwidth: Option<u64>,
+    pub renewal_period: u64,
+    pub counter_key: String,
+    #[serde(default)]
+    pub increment_condition: Option<String>,
+    #[serde(default)]
+    pub outage: OutageMode,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct CacheLookup {
+    #[serde(default)]
+    pub vary_by_header: Vec<String>,
+    #[serde(default)]
+    pub vary_by_query_parameter: Vec<String>,
+    /// Cache per subscription (a developer's responses are not served to another).
+    #[serde(default)]
+    pub vary_by_developer: bool,
+    /// Serve and store even when the request says `Cache-Control: no-store` / `no-cache`.
+    #[serde(default)]
+    pub ignore_cache_control: bool,
+    #[serde(default)]
+    pub caching_type: CachingType,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct CacheStore {
+    /// Seconds.
+    pub duration: u64,
+    /// Store even when the response says `Cache-Control: no-store` / `private`.
+    #[serde(default)]
+    pub ignore_cache_control: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct CacheLookupValue {
+    pub key: String,
+    pub variable_name: String,
+    #[serde(default)]
+    pub default_value: Option<String>,
+    #[serde(default)]
+    pub caching_type: CachingType,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct CacheStoreValue {
+    pub key: String,
+    pub value: String,
+    pub duration: u64,
+    #[serde(default)]
+    pub caching_type: CachingType,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct CacheRemoveValue {
+    pub key: String,
+    #[serde(default)]
+    pub caching_type: CachingType,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ValidateJwt {
+    #[serde(default = "authorization")]
+    pub header_name: String,
+    #[serde(default)]
+    pub query_parameter_name: Option<String>,
+    #[serde(default = "status_401")]
+    pub failed_validation_httpcode: u16,
+    #[serde(default = "jwt_error_message")]
+    pub failed_validation_error_message: String,
+    #[serde(default = "yes")]
+    pub require_expiration_time: bool,
+    #[serde(default)]
+    pub clock_skew: u64,
+    #[serde(default)]
+    pub issuers: Vec<String>,
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// At least one key: HMAC secrets (base64) or RSA/EC public keys (PEM).
+    pub signing_keys: Vec<SigningKey>,
+    #[serde(default)]
+    pub required_claims: Vec<RequiredClaim>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SigningKey {
+    /// Base64 HMAC secret (HS256/384/512).
+    HmacBase64(String),
+    /// RSA public key, PEM (RS256/384/512, PS*).
+    RsaPem(String),
+    /// EC public key, PEM (ES256/384).
+    EcPem(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct RequiredClaim {
+    pub name: String,
+    /// Accepted values; empty means the claim only has to be present.
+    #[serde(default)]
+    pub values: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct CheckHeader {
+    pub name: String,
+    #[serde(default = "status_401")]
+    pub failed_check_httpcode: u16,
+    #[serde(default = "check_header_message")]
+    pub failed_check_error_message: String,
+    #[serde(default)]
+    pub ignore_case: bool,
+    /// Accepted values; empty means the header only has to be present.
+    #[serde(default)]
+    pub values: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct IpFilter {
+    #[serde(default)]
+    pub action: IpFilterAction,
+    /// Addresses (`10.0.0.1`) or CIDR blocks (`10.0.0.0/8`, `fd00::/8`).
+    pub addresses: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Cors {
+    /// Origins, or `*`.
+    pub allowed_origins: Vec<String>,
+    #[serde(default)]
+    pub allowed_methods: Vec<String>,
+    #[serde(default)]
+    pub allowed_headers: Vec<String>,
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    #[serde(default)]
+    pub allow_credentials: bool,
+    #[serde(default)]
+    pub preflight_result_max_age: u64,
+    /// Answer a preflight whose origin is not allowed with 403 instead of passing it on.
+    #[serde(default = "yes")]
+    pub terminate_unmatched_request: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct SetHeader {
+    pub name: String,
+    /// Template; absent with `exists-action: delete`.
+    #[serde(default)]
+    pub value: Option<String>,
+    #[serde(default)]
+    pub exists_action: ExistsAction,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct SetQueryParameter {
+    pub name: String,
+    #[serde(default)]
+    pub value: Option<String>,
+    #[serde(default)]
+    pub exists_action: ExistsAction,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct RewriteUri {
+    /// New path (and optional query) for the backend; `{param}` takes the operation's URL
+    /// template parameters, other templates as in set-header.
+    pub template: String,
+    /// Keep query parameters of the original request that the template does not set.
+    #[serde(default = "yes")]
+    pub copy_unmatched_params: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct SetBackendService {
+    /// Name of a backend resource …
+    #[serde(default)]
+    pub backend_id: Option<String>,
+    /// … or a base URL (exactly one of the two).
+    #[serde(default)]
+    pub base_url: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct MockResponse {
+    #[serde(default = "status_200")]
+    pub status_code: u16,
+    #[serde(default = "json_content_type")]
+    pub content_type: String,
+    #[serde(default)]
+    pub body: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ReturnResponse {
+    #[serde(default = "status_200")]
+    pub status_code: u16,
+    #[serde(default)]
+    pub headers: Vec<HeaderValue>,
+    /// Template.
+    #[serde(default)]
+    pub body: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct HeaderValue {
+    pub name: String,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Retry {
+    /// Extra attempts after the first.
+    pub count: u32,
+    #[serde(default = "retry_interval")]
+    pub interval_ms: u64,
+    /// Retry when the backend answers with one of these statuses, e.g. `502,503,504` or `5xx`.
+    #[serde(default = "retry_condition")]
+    pub condition: String,
+    /// Also retry when the backend cannot be reached or times out.
+    #[serde(default = "yes")]
+    pub on_connection_error: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ForwardRequest {
+    /// Seconds until the backend must have answered (504 otherwise).
+    #[serde(default)]
+    pub timeout: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct LimitConcurrency {
+    /// Key template; requests with the same key share the limit on this node.
+    pub key: String,
+    pub max_count: u32,
+}
+
+/// One step of a policy section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Policy {
+    Base,
+    RateLimit(RateLimit),
+    RateLimitByKey(RateLimitByKey),
+    Quota(Quota),
+    QuotaByKey(QuotaByKey),
+    CacheLookup(CacheLookup),
+    CacheStore(CacheStore),
+    CacheLookupValue(CacheLookupValue),
+    CacheStoreValue(CacheStoreValue),
+    CacheRemoveValue(CacheRemoveValue),
+    ValidateJwt(ValidateJwt),
+    CheckHeader(CheckHeader),
+    IpFilter(IpFilter),
+    Cors(Cors),
+    SetHeader(SetHeader),
+    SetQueryParameter(SetQueryParameter),
+    RewriteUri(RewriteUri),
+    SetBackendService(SetBackendService),
+    MockResponse(MockResponse),
+    ReturnResponse(ReturnResponse),
+    Retry(Retry),
+    ForwardRequest(ForwardRequest),
+    LimitConcurrency(LimitConcurrency),
+}
+
+/// Every policy name with the sections it may appear in.
+pub const POLICIES: &[(&str, &[Section])] = {
+    use Section::*;
+    &[
+        ("base", &[Inbound, Backend, Outbound, OnError]),
+        ("rate-limit", &[Inbound]),
+        ("rate-limit-by-key", &[Inbound]),
+        ("quota", &[Inbound]),
+        ("quota-by-key", &[Inbound]),
+        ("cache-lookup", &[Inbound]),
+        ("cache-store", &[Outbound]),
+        ("cache-lookup-value", &[Inbound, Outbound, OnError]),
+        ("cache-store-value", &[Inbound, Outbound, OnError]),
+        ("cache-remove-value", &[Inbound, Outbound, OnError]),
+        ("validate-jwt", &[Inbound]),
+        ("check-header", &[Inbound]),
+        ("ip-filter", &[Inbound]),
+        ("cors", &[Inbound]),
+        ("set-header", &[Inbound, Outbound, OnError]),
+        ("set-query-parameter", &[Inbound]),
+        ("rewrite-uri", &[Inbound]),
+        ("set-backend-service", &[Inbound, Backend]),
+        ("mock-response", &[Inbound, OnError]),
+        ("return-response", &[Inbound, Outbound, OnError]),
+        ("retry", &[Backend]),
+        ("forward-request", &[Backend]),
+        ("limit-concurrency", &[Inbound]),
+    ]
+};
+
+impl Policy {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Policy::Base => "base",
+            Policy::RateLimit(_) => "rate-limit",
+            Policy::RateLimitByKey(_) => "rate-limit-by-key",
+            Policy::Quota(_) => "quota",
+            Policy::QuotaByKey(_) => "quota-by-key",
+            Policy::CacheLookup(_) => "cache-lookup",
+            Policy::CacheStore(_) => "cache-store",
+            Policy::CacheLookupValue(_) => "cache-lookup-value",
+            Policy::CacheStoreValue(_) => "cache-store-value",
+            Policy::CacheRemoveValue(_) => "cache-remove-value",
+            Policy::ValidateJwt(_) => "validate-jwt",
+            Policy::CheckHeader(_) => "check-header",
+            Policy::IpFilter(_) => "ip-filter",
+            Policy::Cors(_) => "cors",
+            Policy::SetHeader(_) => "set-header",
+            Policy::SetQueryParameter(_) => "set-query-parameter",
+            Policy::RewriteUri(_) => "rewrite-uri",
+            Policy::SetBackendService(_) => "set-backend-service",
+            Policy::MockResponse(_) => "mock-response",
+            Policy::ReturnResponse(_) => "return-response",
+            Policy::Retry(_) => "retry",
+            Policy::ForwardRequest(_) => "forward-request",
+            Policy::LimitConcurrency(_) => "limit-concurrency",
+        }
+    }
+
+    pub fn allowed_sections(name: &str) -> Option<&'static [Section]> {
+        POLICIES.iter().find(|(n, _)| *n == name).map(|(_, s)| *s)
+    }
+
+    /// Every string field that may hold `{{named-value}}` references or request templates.
+    pub fn template_strings(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        match self {
+            Policy::RateLimitByKey(p) => out.push(&p.counter_key),
+            Policy::QuotaByKey(p) => out.push(&p.counter_key),
+            Policy::CacheLookupValue(p) => {
+                out.push(&p.key);
+                out.extend(p.default_value.as_deref());
+            }
+            Policy::CacheStoreValue(p) => {
+                out.push(&p.key);
+                out.push(&p.value);
+            }
+            Policy::CacheRemoveValue(p) => out.push(&p.key),
+            Policy::ValidateJwt(p) => {
+                out.extend(p.issuers.iter().map(String::as_str));
+                out.extend(p.audiences.iter().map(String::as_str));
+                for k in &p.signing_keys {
+                    match k {
+                        SigningKey::HmacBase64(s)
+                        | SigningKey::RsaPem(s)
+                        | SigningKey::EcPem(s) => out.push(s),
+                    }
+                }
+            }
+            Policy::CheckHeader(p) => out.extend(p.values.iter().map(String::as_str)),
+            Policy::SetHeader(p) => out.extend(p.value.as_deref()),
+            Policy::SetQueryParameter(p) => out.extend(p.value.as_deref()),
+            Policy::RewriteUri(p) => out.push(&p.template),
+            Policy::SetBackendService(p) => out.extend(p.base_url.as_deref()),
+            Policy::MockResponse(p) => out.extend(p.body.as_deref()),
+            Policy::ReturnResponse(p) => {
+                out.extend(p.headers.iter().map(|h| h.value.as_str()));
+                out.extend(p.body.as_deref());
+            }
+            Policy::LimitConcurrency(p) => out.push(&p.key),
+            Policy::Base
+            | Policy::RateLimit(_)
+            | Policy::Quota(_)
+            | Policy::CacheLookup(_)
+            | Policy::CacheStore(_)
+            | Policy::IpFilter(_)
+            | Policy::Cors(_)
+            | Policy::Retry(_)
+            | Policy::ForwardRequest(_) => {}
+        }
+        out
+    }
+}
+
+fn retry_after() -> String {
+    "Retry-After".to_owned()
+}
+fn remaining_calls() -> String {
+    "X-RateLimit-Remaining".to_owned()
+}
+fn one() -> u64 {
+    1
+}
+fn yes() -> bool {
+    true
+}
+fn authorization() -> String {
+    "Authorization".to_owned()
+}
+fn status_401() -> u16 {
+    401
+}
+fn status_200() -> u16 {
+    200
+}
+fn jwt_error_message() -> String {
+    "JWT not present or not valid.".to_owned()
+}
+fn check_header_message() -> String {
+    "Header check failed.".to_owned()
+}
+fn json_content_type() -> String {
+    "application/json".to_owned()
+}
+fn retry_interval() -> u64 {
+    100
+}
+fn retry_condition() -> String {
+    "502,503,504".to_owned()
+}
+
+/// A set of HTTP statuses written as `2xx`, `404`, `500-599`, comma separated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusSet(Vec<(u16, u16)>);
+
+impl StatusSet {
+    pub fn parse(s: &str) -> Result<StatusSet, String> {
+        let mut ranges = Vec::new();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let range = if let Some(class) = part.strip_suffix("xx") {
+                let d: u16 = class
+                    .parse()
+                    .ok()
+                    .filter(|d| (1..=5).contains(d))
+                    .ok_or_else(|| format!("'{part}' is not a status class (1xx … 5xx)"))?;
+                (d * 100, d * 100 + 99)
+            } else if let Some((a, b)) = part.split_once('-') {
+                let a = parse_status(a.trim())?;
+                let b = parse_status(b.trim())?;
+                if a > b {
+                    return Err(format!("'{part}': range start is after its end"));
+                }
+                (a, b)
+            } else {
+                let s = parse_status(part)?;
+                (s, s)
+            };
+            ranges.push(range);
+        }
+        if ranges.is_empty() {
+            return Err("empty status list".to_owned());
+        }
+        Ok(StatusSet(ranges))
+    }
+
+    pub fn contains(&self, status: u16) -> bool {
+        self.0.iter().any(|(a, b)| (*a..=*b).contains(&status))
+    }
+}
+
+fn parse_status(s: &str) -> Result<u16, String> {
+    s.parse::<u16>()
+        .ok()
+        .filter(|c| (100..=599).contains(c))
+        .ok_or_else(|| format!("'{s}' is not an HTTP status (100 … 599)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_variant_has_a_section_entry() {
+        let names: Vec<&str> = POLICIES.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names.len(), 23);
+        for n in names {
+            assert!(Policy::allowed_sections(n).is_some());
+        }
+    }
+
+    #[test]
+    fn status_sets() {
+        let s = StatusSet::parse("2xx, 404,500-502").unwrap();
+        assert!(s.contains(200) && s.contains(299) && s.contains(404) && s.contains(501));
+        assert!(!s.contains(300) && !s.contains(503));
+        assert!(StatusSet::parse("6xx").is_err());
+        assert!(StatusSet::parse("").is_err());
+        assert!(StatusSet::parse("503-500").is_err());
+    }
+
+    #[test]
+    fn document_json_shape() {
+        let doc: PolicyDocument = serde_json::from_value(serde_json::json!({
+            "inbound": ["base", {"rate-limit": {"calls": 5, "renewal-period": 60}}],
+            "on-error": [{"set-header": {"name": "X", "value": "y"}}]
+        }))
+        .unwrap();
+        assert_eq!(doc.inbound[0], Policy::Base);
+        assert_eq!(doc.inbound[1].name(), "rate-limit");
+        assert_eq!(doc.on_error.len(), 1);
+    }
+}

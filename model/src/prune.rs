@@ -1,0 +1,46 @@
+//! Removes empty values from serialised JSON for human-facing output.
+//!
+//! Model types always serialise every field (bincode needs that, see the crate docs); the YAML
+//! export and the management API's answers drop what parsing would fill back in anyway — nulls,
+//! empty lists, empty policy documents and empty optional descriptions — so that what operators
+//! read looks like what they wrote. Empty strings elsewhere are kept: an empty header value is
+//! meaningful.
+
+use serde_json::Value;
+
+const OPTIONAL_TEXT: &[&str] = &["display-name", "description", "location"];
+
+pub fn prune(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            for v in map.values_mut() {
+                prune(v);
+            }
+            map.retain(|k, v| match v {
+                Value::Null => false,
+                Value::Array(a) => !a.is_empty(),
+                Value::Object(o) => !(k == "policies" && o.is_empty()),
+                Value::String(s) => !(s.is_empty() && OPTIONAL_TEXT.contains(&k.as_str())),
+                _ => true,
+            });
+        }
+        Value::Array(items) => items.iter_mut().for_each(prune),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn drops_only_what_parsing_restores() {
+        let mut v = serde_json::json!({
+            "a": null, "b": [], "policies": {"inbound": []}, "display-name": "",
+            "value": "", "e": false, "f": 0, "g": [{"cache-lookup": {}}]
+        });
+        super::prune(&mut v);
+        assert_eq!(
+            v,
+            serde_json::json!({"value": "", "e": false, "f": 0, "g": [{"cache-lookup": {}}]})
+        );
+    }
+}

@@ -1,0 +1,1048 @@
+//! Validation that collects every problem.
+//!
+//! Three layers, each reporting [`Problems`] with a path to the offending field:
+//! 1. [`parse_resource`]: JSON → typed resource; policy steps are parsed one by one so an unknown
+//!    policy name or a bad field in one step does not hide the problems of the others.
+//! 2. [`check_resource`]: rules about one resource alone (names, templates, ranges, sections).
+//! 3. [`check_config`]: rules across resources (references exist, keys unique, routes do not
+//!    collide). The control plane runs it on the whole candidate state before any commit, so the
+//!    stored configuration is always valid as a whole.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::policy::{Policy, PolicyDocument, Section, StatusSet};
+use crate::resources::{
+    Api, Backend, GLOBAL_POLICY_NAME, Gateway, Kind, Operation, Resource, ResourceKey, Scope,
+    Subscription, VersionScheme,
+};
+use crate::template::{Template, named_value_refs};
+
+/// One thing wrong with an input, and where.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Problem {
+    /// Dotted path to the field, e.g. `apis/orders.operations[1].policies.inbound[0]`.
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Every problem found in one input. Empty means valid.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Problems(pub Vec<Problem>);
+
+impl Problems {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Problem {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    pub fn extend(&mut self, other: Problems) {
+        self.0.extend(other.0);
+    }
+
+    /// Prefixes every path, e.g. with the location of a resource in a file.
+    pub fn prefixed(mut self, prefix: &str) -> Problems {
+        for p in &mut self.0 {
+            p.path = join(prefix, &p.path);
+        }
+        self
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn into_result(self) -> Result<(), Problems> {
+        if self.is_empty() { Ok(()) } else { Err(self) }
+    }
+}
+
+impl fmt::Display for Problems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "- {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Problems {}
+
+fn join(prefix: &str, path: &str) -> String {
+    match (prefix.is_empty(), path.is_empty()) {
+        (true, _) => path.to_owned(),
+        (_, true) => prefix.to_owned(),
+        _ if path.starts_with('[') => format!("{prefix}{path}"),
+        _ => format!("{prefix}.{path}"),
+    }
+}
+
+// === parsing ===
+
+/// Parses one resource of `kind` from JSON, collecting problems from every policy step.
+pub fn parse_resource(kind: Kind, mut value: Value) -> Result<Resource, Problems> {
+    let mut problems = Problems::new();
+    if !value.is_object() {
+        problems.push("", format!("a {kind} must be an object"));
+        return Err(problems);
+    }
+    // Take the policy documents out, parse the rest with serde, then parse the documents step
+    // by step so that each bad step is its own problem.
+    let mut docs: Vec<(Option<usize>, Value)> = Vec::new();
+    if let Some(doc) = value.as_object_mut().and_then(|o| o.remove("policies")) {
+        docs.push((None, doc));
+    }
+    if kind == Kind::Api
+        && let Some(ops) = value.get_mut("operations").and_then(Value::as_array_mut)
+    {
+        for (i, op) in ops.iter_mut().enumerate() {
+            if let Some(doc) = op.as_object_mut().and_then(|o| o.remove("policies")) {
+                docs.push((Some(i), doc));
+            }
+        }
+    }
+    let mut parsed_docs = Vec::new();
+    for (op, doc) in docs {
+        let path = match op {
+            None => "policies".to_owned(),
+            Some(i) => format!("operations[{i}].policies"),
+        };
+        match parse_policy_document(doc) {
+            Ok(d) => parsed_docs.push((op, d)),
+            Err(p) => problems.extend(p.prefixed(&path)),
+        }
+    }
+    let resource = match Resource::from_json(kind, value) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            problems.push("", e.to_string());
+            None
+        }
+    };
+    let Some(mut resource) = resource else {
+        return Err(problems);
+    };
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    for (op, doc) in parsed_docs {
+        match (&mut resource, op) {
+            (Resource::Api(api), Some(i)) => api.operations[i].policies = doc,
+            (Resource::Api(api), None) => api.policies = doc,
+            (Resource::Product(p), None) => p.policies = doc,
+            (Resource::GlobalPolicy(g), None) => g.policies = doc,
+            (_, _) => problems.push("policies", format!("a {kind} has no policies")),
+        }
+    }
+    problems.into_result().map(|()| resource)
+}
+
+/// Parses a policy document step by step.
+pub fn parse_policy_document(value: Value) -> Result<PolicyDocument, Problems> {
+    let mut problems = Problems::new();
+    let mut doc = PolicyDocument::default();
+    let Value::Object(map) = value else {
+        if value.is_null() {
+            return Ok(doc);
+        }
+        problems.push(
+            "",
+            "a policy document is an object with inbound, backend, outbound and on-error lists",
+        );
+        return Err(problems);
+    };
+    for (section_name, steps) in map {
+        let Some(section) = Section::ALL
+            .into_iter()
+            .find(|s| s.as_str() == section_name)
+        else {
+            problems.push(
+                section_name.as_str(),
+                "unknown section; expected inbound, backend, outbound or on-error",
+            );
+            continue;
+        };
+        let steps = match steps {
+            Value::Array(a) => a,
+            Value::Null => Vec::new(),
+            _ => {
+                problems.push(section_name.as_str(), "a section is a list of policies");
+                continue;
+            }
+        };
+        for (i, step) in steps.into_iter().enumerate() {
+            let path = format!("{section_name}[{i}]");
+            let name = match &step {
+                Value::String(s) => s.clone(),
+                Value::Object(o) if o.len() == 1 => o.keys().next().cloned().unwrap_or_default(),
+                _ => {
+                    problems.push(
+                        path,
+                        "a policy is `base` or a map with one key, the policy name",
+                    );
+                    continue;
+                }
+            };
+            let Some(sections) = Policy::allowed_sections(&name) else {
+                problems.push(
+                    path,
+                    format!(
+                        "unknown or unsupported policy '{name}'; supported: {}",
+                        crate::policy::POLICIES
+                            .iter()
+                            .map(|(n, _)| *n)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                );
+                continue;
+            };
+            if !sections.contains(&section) {
+                problems.push(
+                    path.clone(),
+                    format!(
+                        "'{name}' is not allowed in {}; allowed in: {}",
+                        section.as_str(),
+                        sections
+                            .iter()
+                            .map(|s| s.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                );
+            }
+            match serde_json::from_value::<Policy>(step) {
+                Ok(p) => doc.section_mut(section).push(p),
+                Err(e) => problems.push(format!("{path}.{name}"), e.to_string()),
+            }
+        }
+    }
+    problems.into_result().map(|()| doc)
+}
+
+// === one resource ===
+
+/// Checks rules about one resource alone.
+pub fn check_resource(resource: &Resource) -> Problems {
+    let mut p = Problems::new();
+    check_name(&mut p, "name", resource.name());
+    match resource {
+        Resource::NamedValue(_) => {}
+        Resource::Backend(b) => check_backend(&mut p, b),
+        Resource::Api(a) => check_api(&mut p, a),
+        Resource::Product(prod) => check_policies(&mut p, "policies", &prod.policies),
+        Resource::Subscription(s) => check_subscription(&mut p, s),
+        Resource::Gateway(g) => check_gateway(&mut p, g),
+        Resource::GlobalPolicy(g) => {
+            if g.name != GLOBAL_POLICY_NAME {
+                p.push(
+                    "name",
+                    format!("the global policy is named '{GLOBAL_POLICY_NAME}'"),
+                );
+            }
+            check_policies(&mut p, "policies", &g.policies);
+        }
+    }
+    p
+}
+
+/// Names: 1–80 characters, `[a-z0-9]` first, then `[a-z0-9-_.]`.
+pub fn check_name(p: &mut Problems, path: &str, name: &str) {
+    let ok_first = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    let ok_rest = name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'));
+    if !ok_first || !ok_rest || name.len() > 80 {
+        p.push(
+            path,
+            format!(
+                "'{name}' is not a valid name: 1-80 characters, lowercase letters, digits, '-', '_' or '.', starting with a letter or digit"
+            ),
+        );
+    }
+}
+
+fn check_backend(p: &mut Problems, b: &Backend) {
+    // The URL may hold named value references; check_config checks it after substitution.
+    if named_value_refs(&b.url).is_empty() {
+        check_url(p, "url", &b.url);
+    }
+    if !(1..=600_000).contains(&b.connect_timeout_ms) {
+        p.push("connect-timeout-ms", "must be between 1 and 600000");
+    }
+    if !(1..=3_600_000).contains(&b.request_timeout_ms) {
+        p.push("request-timeout-ms", "must be between 1 and 3600000");
+    }
+    if let Some(pem) = &b.tls.ca_pem
+        && named_value_refs(pem).is_empty()
+        && !pem.contains("-----BEGIN CERTIFICATE-----")
+    {
+        p.push(
+            "tls.ca-pem",
+            "expected PEM certificates (-----BEGIN CERTIFICATE-----)",
+        );
+    }
+}
+
+/// `http(s)://host[:port][/path]`, no query or fragment.
+pub fn check_url(p: &mut Problems, path: &str, url: &str) {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"));
+    let Some(rest) = rest else {
+        p.push(path, format!("'{url}' must start with http:// or https://"));
+        return;
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    if authority.is_empty() {
+        p.push(path, format!("'{url}' has no host"));
+    }
+    if let Some((_, port)) = authority.rsplit_once(':')
+        && !authority.ends_with(']')
+        && port.parse::<u16>().is_err()
+    {
+        p.push(path, format!("'{url}' has an invalid port"));
+    }
+    if url.contains('?') || url.contains('#') || url.contains(char::is_whitespace) {
+        p.push(
+            path,
+            format!("'{url}' must not contain a query, fragment or spaces"),
+        );
+    }
+}
+
+const METHODS: &[&str] = &[
+    "GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "TRACE", "*",
+];
+
+fn check_api(p: &mut Problems, a: &Api) {
+    if a.path.starts_with('/') || a.path.ends_with('/') {
+        p.push(
+            "path",
+            "write the path suffix without leading or trailing '/'",
+        );
+    }
+    if a.path
+        .chars()
+        .any(|c| c.is_whitespace() || matches!(c, '{' | '}' | '?' | '#' | '*'))
+    {
+        p.push("path", format!("'{}' is not a plain path suffix", a.path));
+    }
+    for (i, h) in a.hostnames.iter().enumerate() {
+        check_hostname(p, &format!("hostnames[{i}]"), h);
+    }
+    if a.backend.is_empty() {
+        p.push("backend", "an API needs a backend");
+    }
+    if let Some(v) = &a.version {
+        if v.name.is_empty() || v.name.contains(['/', '?', '#', ' ']) {
+            p.push("version.name", "must be a non-empty path-safe word");
+        }
+        if v.scheme != VersionScheme::Segment && v.parameter.is_empty() {
+            p.push(
+                "version.parameter",
+                "header and query schemes need a parameter name",
+            );
+        }
+    }
+    check_policies(p, "policies", &a.policies);
+    let mut names = HashSet::new();
+    let mut routes = HashMap::new();
+    for (i, op) in a.operations.iter().enumerate() {
+        let path = format!("operations[{i}]");
+        check_name(p, &format!("{path}.name"), &op.name);
+        if !names.insert(op.name.as_str()) {
+            p.push(
+                format!("{path}.name"),
+                format!("duplicate operation '{}'", op.name),
+            );
+        }
+        check_operation(p, &path, op);
+        let key = (
+            op.method.to_ascii_uppercase(),
+            normalize_template(&op.url_template),
+        );
+        if let Some(prev) = routes.insert(key, i) {
+            p.push(
+                path,
+                format!(
+                    "same method and URL template as operations[{prev}] ({} {})",
+                    op.method, op.url_template
+                ),
+            );
+        }
+    }
+}
+
+fn check_operation(p: &mut Problems, path: &str, op: &Operation) {
+    if !METHODS.contains(&op.method.to_ascii_uppercase().as_str()) {
+        p.push(
+            format!("{path}.method"),
+            format!("'{}' is not one of {}", op.method, METHODS.join(", ")),
+        );
+    }
+    if let Err(e) = parse_url_template(&op.url_template) {
+        p.push(format!("{path}.url-template"), e);
+    }
+    check_policies(p, &format!("{path}.policies"), &op.policies);
+}
+
+/// Checks an operation URL template and returns its parameter names.
+pub fn parse_url_template(t: &str) -> Result<Vec<String>, String> {
+    if !t.starts_with('/') {
+        return Err(format!("'{t}' must start with '/'"));
+    }
+    if t.contains(['?', '#', ' ']) {
+        return Err(format!("'{t}' must be a path without query or spaces"));
+    }
+    let mut params = Vec::new();
+    let segments: Vec<&str> = t.split('/').skip(1).collect();
+    for (i, seg) in segments.iter().enumerate() {
+        let opens = seg.matches('{').count();
+        let closes = seg.matches('}').count();
+        if opens != closes || opens > 1 {
+            return Err(format!(
+                "'{t}': segment '{seg}' must be literal text or one '{{param}}'"
+            ));
+        }
+        if opens == 1 {
+            if !(seg.starts_with('{') && seg.ends_with('}')) {
+                return Err(format!(
+                    "'{t}': a parameter must fill its whole segment ('{seg}')"
+                ));
+            }
+            let inner = &seg[1..seg.len() - 1];
+            let (name, catch_all) = match inner.strip_prefix('*') {
+                Some(n) => (n, true),
+                None => (inner, false),
+            };
+            if catch_all && i + 1 != segments.len() {
+                return Err(format!("'{t}': '{{*{name}}}' must be the last segment"));
+            }
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                return Err(format!("'{t}': '{inner}' is not a valid parameter name"));
+            }
+            if params.iter().any(|p| p == name) {
+                return Err(format!("'{t}': parameter '{name}' appears twice"));
+            }
+            params.push(name.to_owned());
+        }
+    }
+    Ok(params)
+}
+
+/// `/orders/{id}` and `/orders/{orderId}` are the same route.
+pub fn normalize_template(t: &str) -> String {
+    t.split('/')
+        .map(|s| {
+            if s.starts_with("{*") {
+                "{*}"
+            } else if s.starts_with('{') {
+                "{}"
+            } else {
+                s
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+fn check_hostname(p: &mut Problems, path: &str, h: &str) {
+    let ok = !h.is_empty()
+        && h.len() <= 253
+        && h.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && (label == "*" || label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+        });
+    if !ok || h.chars().any(|c| c.is_ascii_uppercase()) {
+        p.push(path, format!("'{h}' is not a valid lowercase hostname"));
+    }
+}
+
+fn check_subscription(p: &mut Problems, s: &Subscription) {
+    for (field, key) in [
+        ("primary-key", &s.primary_key),
+        ("secondary-key", &s.secondary_key),
+    ] {
+        if !key.is_empty()
+            && (key.len() < 32 || key.len() > 256 || !key.chars().all(|c| c.is_ascii_graphic()))
+        {
+            p.push(
+                field,
+                "a key is 32-256 printable characters (leave it empty to have one generated)",
+            );
+        }
+    }
+    if !s.primary_key.is_empty() && s.primary_key == s.secondary_key {
+        p.push("secondary-key", "must differ from the primary key");
+    }
+}
+
+fn check_gateway(p: &mut Problems, g: &Gateway) {
+    for (i, h) in g.hostnames.iter().enumerate() {
+        check_hostname(p, &format!("hostnames[{i}].hostname"), &h.hostname);
+        if h.certificate_pem.is_some() != h.key_pem.is_some() {
+            p.push(
+                format!("hostnames[{i}]"),
+                "certificate-pem and key-pem go together",
+            );
+        }
+    }
+    let mut seen = HashSet::new();
+    for (i, a) in g.apis.iter().enumerate() {
+        if !seen.insert(a) {
+            p.push(format!("apis[{i}]"), format!("API '{a}' is listed twice"));
+        }
+    }
+}
+
+/// Checks every step of a policy document.
+pub fn check_policies(p: &mut Problems, path: &str, doc: &PolicyDocument) {
+    for section in Section::ALL {
+        let steps = doc.section(section);
+        let mut bases = 0;
+        for (i, policy) in steps.iter().enumerate() {
+            let at = format!("{path}.{}[{i}].{}", section.as_str(), policy.name());
+            if let Some(allowed) = Policy::allowed_sections(policy.name())
+                && !allowed.contains(&section)
+            {
+                p.push(
+                    at.clone(),
+                    format!("'{}' is not allowed in {}", policy.name(), section.as_str()),
+                );
+            }
+            if matches!(policy, Policy::Base) {
+                bases += 1;
+            }
+            check_policy(p, &at, policy);
+        }
+        if bases > 1 {
+            p.push(
+                format!("{path}.{}", section.as_str()),
+                "'base' may appear at most once per section",
+            );
+        }
+    }
+}
+
+fn check_policy(p: &mut Problems, at: &str, policy: &Policy) {
+    for s in policy.template_strings() {
+        if let Err(e) = Template::parse(s) {
+            p.push(at, e);
+        }
+    }
+    let field = |f: &str| format!("{at}.{f}");
+    match policy {
+        Policy::RateLimit(r) => {
+            check_range(p, &field("calls"), r.calls, 1, 1_000_000_000);
+            check_range(p, &field("renewal-period"), r.renewal_period, 1, 86_400);
+        }
+        Policy::RateLimitByKey(r) => {
+            check_range(p, &field("calls"), r.calls, 1, 1_000_000_000);
+            check_range(p, &field("renewal-period"), r.renewal_period, 1, 86_400);
+            check_range(
+                p,
+                &field("increment-count"),
+                r.increment_count,
+                1,
+                1_000_000,
+            );
+            check_status_set(
+                p,
+                &field("increment-condition"),
+                r.increment_condition.as_deref(),
+            );
+            check_non_empty(p, &field("counter-key"), &r.counter_key);
+        }
+        Policy::Quota(q) => {
+            check_quota(p, at, q.calls, q.bandwidth, q.renewal_period);
+        }
+        Policy::QuotaByKey(q) => {
+            check_quota(p, at, q.calls, q.bandwidth, q.renewal_period);
+            check_status_set(
+                p,
+                &field("increment-condition"),
+                q.increment_condition.as_deref(),
+            );
+            check_non_empty(p, &field("counter-key"), &q.counter_key);
+        }
+        Policy::CacheStore(c) => check_range(p, &field("duration"), c.duration, 1, 31_536_000),
+        Policy::CacheStoreValue(c) => {
+            check_range(p, &field("duration"), c.duration, 1, 31_536_000);
+            check_non_empty(p, &field("key"), &c.key);
+        }
+        Policy::CacheLookupValue(c) => {
+            check_non_empty(p, &field("key"), &c.key);
+            check_non_empty(p, &field("variable-name"), &c.variable_name);
+        }
+        Policy::CacheRemoveValue(c) => check_non_empty(p, &field("key"), &c.key),
+        Policy::ValidateJwt(v) => {
+            check_status(
+                p,
+                &field("failed-validation-httpcode"),
+                v.failed_validation_httpcode,
+            );
+            if v.signing_keys.is_empty() {
+                p.push(field("signing-keys"), "at least one signing key is needed");
+            }
+            for (i, k) in v.signing_keys.iter().enumerate() {
+                use crate::policy::SigningKey;
+                let f = field(&format!("signing-keys[{i}]"));
+                match k {
+                    SigningKey::HmacBase64(s) => {
+                        if named_value_refs(s).is_empty() && decode_base64(s).is_none() {
+                            p.push(f, "not valid base64");
+                        }
+                    }
+                    SigningKey::RsaPem(s) | SigningKey::EcPem(s) => {
+                        if named_value_refs(s).is_empty() && !s.contains("-----BEGIN") {
+                            p.push(f, "expected a PEM public key");
+                        }
+                    }
+                }
+            }
+        }
+        Policy::CheckHeader(c) => {
+            check_non_empty(p, &field("name"), &c.name);
+            check_status(p, &field("failed-check-httpcode"), c.failed_check_httpcode);
+        }
+        Policy::IpFilter(f) => {
+            if f.addresses.is_empty() {
+                p.push(field("addresses"), "at least one address or CIDR block");
+            }
+            for (i, a) in f.addresses.iter().enumerate() {
+                if let Err(e) = parse_cidr(a) {
+                    p.push(field(&format!("addresses[{i}]")), e);
+                }
+            }
+        }
+        Policy::Cors(c) => {
+            if c.allowed_origins.is_empty() {
+                p.push(field("allowed-origins"), "at least one origin (or '*')");
+            }
+            if c.allow_credentials && c.allowed_origins.iter().any(|o| o == "*") {
+                p.push(
+                    field("allow-credentials"),
+                    "credentials cannot be allowed for the '*' origin",
+                );
+            }
+        }
+        Policy::SetHeader(s) => {
+            check_header_name(p, &field("name"), &s.name);
+            check_value_for_action(p, at, s.value.as_deref(), s.exists_action);
+        }
+        Policy::SetQueryParameter(s) => {
+            check_non_empty(p, &field("name"), &s.name);
+            check_value_for_action(p, at, s.value.as_deref(), s.exists_action);
+        }
+        Policy::RewriteUri(r) => {
+            if !r.template.starts_with('/') {
+                p.push(field("template"), "must start with '/'");
+            }
+        }
+        Policy::SetBackendService(s) => match (&s.backend_id, &s.base_url) {
+            (Some(_), None) => {}
+            (None, Some(u)) => {
+                if named_value_refs(u).is_empty() {
+                    check_url(p, &field("base-url"), u);
+                }
+            }
+            _ => p.push(at, "set exactly one of backend-id and base-url"),
+        },
+        Policy::MockResponse(m) => check_status(p, &field("status-code"), m.status_code),
+        Policy::ReturnResponse(r) => {
+            check_status(p, &field("status-code"), r.status_code);
+            for (i, h) in r.headers.iter().enumerate() {
+                check_header_name(p, &field(&format!("headers[{i}].name")), &h.name);
+            }
+        }
+        Policy::Retry(r) => {
+            check_range(p, &field("count"), u64::from(r.count), 1, 10);
+            check_range(p, &field("interval-ms"), r.interval_ms, 0, 60_000);
+            check_status_set(p, &field("condition"), Some(&r.condition));
+        }
+        Policy::ForwardRequest(f) => {
+            if let Some(t) = f.timeout {
+                check_range(p, &field("timeout"), t, 1, 3_600);
+            }
+        }
+        Policy::LimitConcurrency(l) => {
+            check_non_empty(p, &field("key"), &l.key);
+            check_range(p, &field("max-count"), u64::from(l.max_count), 1, 1_000_000);
+        }
+        Policy::Base | Policy::CacheLookup(_) => {}
+    }
+}
+
+fn check_quota(p: &mut Problems, at: &str, calls: Option<u64>, bw: Option<u64>, period: u64) {
+    if calls.is_none() && bw.is_none() {
+        p.push(at, "a quota needs calls, bandwidth or both");
+    }
+    if let Some(c) = calls {
+        check_range(p, &format!("{at}.calls"), c, 1, u64::MAX);
+    }
+    if let Some(b) = bw {
+        check_range(p, &format!("{at}.bandwidth"), b, 1, u64::MAX);
+    }
+    check_range(p, &format!("{at}.renewal-period"), period, 1, 31_536_000);
+}
+
+fn check_value_for_action(
+    p: &mut Problems,
+    at: &str,
+    value: Option<&str>,
+    action: crate::policy::ExistsAction,
+) {
+    use crate::policy::ExistsAction;
+    match (action, value) {
+        (ExistsAction::Delete, Some(_)) => p.push(format!("{at}.value"), "delete takes no value"),
+        (ExistsAction::Delete, None) => {}
+        (_, None) => p.push(
+            format!("{at}.value"),
+            "a value is needed unless exists-action is delete",
+        ),
+        (_, Some(_)) => {}
+    }
+}
+
+fn check_range(p: &mut Problems, at: &str, v: u64, min: u64, max: u64) {
+    if v < min || v > max {
+        p.push(at, format!("{v} is out of range {min}..={max}"));
+    }
+}
+
+fn check_status(p: &mut Problems, at: &str, s: u16) {
+    if !(100..=599).contains(&s) {
+        p.push(at, format!("{s} is not an HTTP status"));
+    }
+}
+
+fn check_status_set(p: &mut Problems, at: &str, s: Option<&str>) {
+    if let Some(s) = s
+        && let Err(e) = StatusSet::parse(s)
+    {
+        p.push(at, e);
+    }
+}
+
+fn check_non_empty(p: &mut Problems, at: &str, s: &str) {
+    if s.trim().is_empty() {
+        p.push(at, "must not be empty");
+    }
+}
+
+fn check_header_name(p: &mut Problems, at: &str, name: &str) {
+    let ok = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c));
+    if !ok {
+        p.push(at, format!("'{name}' is not a valid header name"));
+    }
+}
+
+/// Parses an address or CIDR block into (network, prefix length).
+pub fn parse_cidr(s: &str) -> Result<(IpAddr, u8), String> {
+    let (addr, len) = match s.split_once('/') {
+        Some((a, l)) => (a, Some(l)),
+        None => (s, None),
+    };
+    let ip: IpAddr = addr
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not an IP address or CIDR block"))?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let len = match len {
+        None => max,
+        Some(l) => l
+            .trim()
+            .parse::<u8>()
+            .ok()
+            .filter(|l| *l <= max)
+            .ok_or_else(|| format!("'{s}': prefix length must be 0..={max}"))?,
+    };
+    Ok((ip, len))
+}
+
+fn decode_base64(s: &str) -> Option<Vec<u8>> {
+    // Small standard-alphabet decoder; the model crate stays free of encoding dependencies.
+    let s = s.trim().trim_end_matches('=');
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    let (mut buf, mut bits) = (0u32, 0u32);
+    for c in s.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' | b'-' => 62,
+            b'/' | b'_' => 63,
+            _ => return None,
+        };
+        buf = (buf << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((buf >> bits) as u8);
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+// === across resources ===
+
+/// Checks rules across a whole configuration: references resolve, subscription keys are
+/// unique, routes do not collide. `resources` is the complete candidate state.
+pub fn check_config<'a>(resources: impl IntoIterator<Item = &'a Resource>) -> Problems {
+    let mut p = Problems::new();
+    let mut by_key: BTreeMap<ResourceKey, &Resource> = BTreeMap::new();
+    for r in resources {
+        by_key.insert(r.key(), r);
+    }
+    let has = |kind: Kind, name: &str| by_key.contains_key(&ResourceKey::new(kind, name));
+    let named_value = |name: &str| -> Option<&str> {
+        match by_key.get(&ResourceKey::new(Kind::NamedValue, name)) {
+            Some(Resource::NamedValue(nv)) => Some(nv.value.as_str()),
+            _ => None,
+        }
+    };
+    let mut keys: HashMap<&str, String> = HashMap::new();
+    let mut routes: HashMap<(String, String, String, String), String> = HashMap::new();
+    for (key, r) in &by_key {
+        let at = key.to_string();
+        let check_refs = |p: &mut Problems, path: &str, s: &str| {
+            for n in named_value_refs(s) {
+                if named_value(&n).is_none() {
+                    p.push(
+                        join(&at, path),
+                        format!("unknown named value '{{{{{n}}}}}'"),
+                    );
+                }
+            }
+        };
+        let check_doc = |p: &mut Problems, path: &str, doc: &PolicyDocument| {
+            for (section, policy) in doc.iter() {
+                let ppath = format!("{path}.{}.{}", section.as_str(), policy.name());
+                for s in policy.template_strings() {
+                    check_refs(p, &ppath, s);
+                }
+                if let Policy::SetBackendService(s) = policy
+                    && let Some(b) = &s.backend_id
+                    && !has(Kind::Backend, b)
+                {
+                    p.push(join(&at, &ppath), format!("unknown backend '{b}'"));
+                }
+            }
+        };
+        match r {
+            Resource::NamedValue(_) => {}
+            Resource::Backend(b) => {
+                check_refs(&mut p, "url", &b.url);
+                if !named_value_refs(&b.url).is_empty()
+                    && let Ok(url) = crate::template::substitute_named_values(&b.url, named_value)
+                {
+                    let mut sub = Problems::new();
+                    check_url(&mut sub, "url", &url);
+                    p.extend(sub.prefixed(&at));
+                }
+                if let Some(pem) = &b.tls.ca_pem {
+                    check_refs(&mut p, "tls.ca-pem", pem);
+                }
+            }
+            Resource::Api(a) => {
+                if !has(Kind::Backend, &a.backend) {
+                    p.push(
+                        join(&at, "backend"),
+                        format!("unknown backend '{}'", a.backend),
+                    );
+                }
+                check_doc(&mut p, "policies", &a.policies);
+                for (i, op) in a.operations.iter().enumerate() {
+                    check_doc(&mut p, &format!("operations[{i}].policies"), &op.policies);
+                }
+                // Two APIs may share hostnames and path only when their versions tell them apart.
+                let hosts: Vec<String> = if a.hostnames.is_empty() {
+                    vec!["*".to_owned()]
+                } else {
+                    a.hostnames.clone()
+                };
+                let version = a
+                    .version
+                    .as_ref()
+                    .map(|v| format!("{:?}:{}:{}", v.scheme, v.parameter, v.name))
+                    .unwrap_or_default();
+                let prefix = match &a.version {
+                    Some(v) if v.scheme == VersionScheme::Segment => {
+                        format!("{}/{}", a.path, v.name)
+                    }
+                    _ => a.path.clone(),
+                };
+                for host in hosts {
+                    for op in &a.operations {
+                        let route = (
+                            host.clone(),
+                            format!("{prefix}{}", normalize_template(&op.url_template)),
+                            op.method.to_ascii_uppercase(),
+                            version.clone(),
+                        );
+                        if let Some(other) = routes.insert(route, a.name.clone())
+                            && other != a.name
+                        {
+                            p.push(
+                                join(&at, "operations"),
+                                format!(
+                                    "{} /{}{} on host '{host}' is also served by API '{other}'",
+                                    op.method, prefix, op.url_template
+                                ),
+                            );
+                        }
+                    }
+                }
+            }
+            Resource::Product(prod) => {
+                for (i, api) in prod.apis.iter().enumerate() {
+                    if !has(Kind::Api, api) {
+                        p.push(
+                            join(&at, &format!("apis[{i}]")),
+                            format!("unknown API '{api}'"),
+                        );
+                    }
+                }
+                check_doc(&mut p, "policies", &prod.policies);
+            }
+            Resource::Subscription(s) => {
+                match &s.scope {
+                    Scope::AllApis => {}
+                    Scope::Product(n) if !has(Kind::Product, n) => {
+                        p.push(join(&at, "scope"), format!("unknown product '{n}'"))
+                    }
+                    Scope::Api(n) if !has(Kind::Api, n) => {
+                        p.push(join(&at, "scope"), format!("unknown API '{n}'"))
+                    }
+                    _ => {}
+                }
+                for (field, k) in [
+                    ("primary-key", &s.primary_key),
+                    ("secondary-key", &s.secondary_key),
+                ] {
+                    if k.is_empty() {
+                        continue;
+                    }
+                    if let Some(other) = keys.insert(k.as_str(), s.name.clone()) {
+                        p.push(
+                            join(&at, field),
+                            format!("key already used by subscription '{other}'"),
+                        );
+                    }
+                }
+            }
+            Resource::Gateway(g) => {
+                for (i, api) in g.apis.iter().enumerate() {
+                    if !has(Kind::Api, api) {
+                        p.push(
+                            join(&at, &format!("apis[{i}]")),
+                            format!("unknown API '{api}'"),
+                        );
+                    }
+                }
+                for (i, h) in g.hostnames.iter().enumerate() {
+                    for s in [&h.certificate_pem, &h.key_pem].into_iter().flatten() {
+                        check_refs(&mut p, &format!("hostnames[{i}]"), s);
+                    }
+                }
+            }
+            Resource::GlobalPolicy(g) => check_doc(&mut p, "policies", &g.policies),
+        }
+    }
+    p
+}
+
+/// Which resources refer to `key` (for refusing a delete with 409).
+pub fn referrers<'a>(
+    key: &ResourceKey,
+    resources: impl IntoIterator<Item = &'a Resource>,
+) -> Vec<ResourceKey> {
+    resources
+        .into_iter()
+        .filter(|r| r.key() != *key && refers_to(r, key))
+        .map(Resource::key)
+        .collect()
+}
+
+fn refers_to(r: &Resource, key: &ResourceKey) -> bool {
+    let name = key.name.as_str();
+    let doc_refers = |doc: &PolicyDocument| {
+        doc.iter().any(|(_, p)| match (key.kind, p) {
+            (Kind::Backend, Policy::SetBackendService(s)) => s.backend_id.as_deref() == Some(name),
+            (Kind::NamedValue, p) => p
+                .template_strings()
+                .iter()
+                .any(|s| named_value_refs(s).iter().any(|n| n == name)),
+            _ => false,
+        })
+    };
+    let str_refers =
+        |s: &str| key.kind == Kind::NamedValue && named_value_refs(s).iter().any(|n| n == name);
+    match r {
+        Resource::NamedValue(_) => false,
+        Resource::Backend(b) => {
+            str_refers(&b.url) || b.tls.ca_pem.as_deref().is_some_and(str_refers)
+        }
+        Resource::Api(a) => {
+            (key.kind == Kind::Backend && a.backend == name)
+                || doc_refers(&a.policies)
+                || a.operations.iter().any(|o| doc_refers(&o.policies))
+        }
+        Resource::Product(p) => {
+            (key.kind == Kind::Api && p.apis.iter().any(|a| a == name)) || doc_refers(&p.policies)
+        }
+        Resource::Subscription(s) => match (&s.scope, key.kind) {
+            (Scope::Product(n), Kind::Product) | (Scope::Api(n), Kind::Api) => n == name,
+            _ => false,
+        },
+        Resource::Gateway(g) => {
+            (key.kind == Kind::Api && g.apis.iter().any(|a| a == name))
+                || g.hostnames.iter().any(|h| {
+                    [&h.certificate_pem, &h.key_pem]
+                        .into_iter()
+                        .flatten()
+                        .any(|s| str_refers(s))
+                })
+        }
+        Resource::GlobalPolicy(g) => doc_refers(&g.policies),
+    }
+}

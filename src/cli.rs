@@ -1,0 +1,187 @@
+//! The `outpost` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::settings;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "outpost",
+    version,
+    about = "Distributed API management: one control plane, many self-hosted gateways"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the control plane (management API + dashboard on 7070, gateway endpoint on 7071).
+    ControlPlane {
+        /// TOML settings file; every key can also be set as OUTPOST_<SECTION>_<KEY>.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Run a self-hosted gateway (traffic on 8080/8443, ops on 8090).
+    Gateway {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Serve this declarative file with no control plane (fully disconnected mode).
+        #[arg(long)]
+        offline_config: Option<PathBuf>,
+    },
+    /// Start a control plane, a gateway and a sample backend in one process, load a sample API,
+    /// and print curl commands that work against it. Needs no Redis and no files.
+    Demo {
+        /// First of the ports to use (control plane admin, gateway endpoint, gateway, ops, backend).
+        #[arg(long, default_value_t = 0)]
+        port_base: u16,
+    },
+    /// Make the control plane match a declarative file (idempotent).
+    Apply {
+        #[arg(long, short = 'f')]
+        file: PathBuf,
+        /// Print what would change and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Write the control plane's configuration in the declarative format.
+    Export {
+        /// Output file; standard output when absent.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Check a declarative file without a control plane; lists every problem.
+    Validate {
+        #[arg(long, short = 'f')]
+        file: PathBuf,
+    },
+    /// Mint a gateway token (GatewayKey ...) from one of the gateway's keys.
+    GatewayToken {
+        #[arg(long)]
+        gateway: String,
+        /// Lifetime such as 30m, 12h, 7d (capped by the control plane's maximum).
+        #[arg(long, default_value = "30d")]
+        expires: String,
+        /// Which gateway key signs the token.
+        #[arg(long, default_value = "primary")]
+        key: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Create an API (with its operations) from an OpenAPI 3 document, as a declarative file.
+    ImportOpenapi {
+        /// OpenAPI 3 document, JSON or YAML.
+        file: PathBuf,
+        /// Name of the API to create.
+        #[arg(long)]
+        name: String,
+        /// Backend URL (default: the document's first server).
+        #[arg(long)]
+        backend_url: Option<String>,
+        /// Path suffix on the gateway (default: the name).
+        #[arg(long)]
+        path: Option<String>,
+        /// Output file; standard output when absent.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// Run the small echo backend the demo and the compose setup use.
+    SampleBackend {
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        listen: String,
+    },
+}
+
+/// Where the management API is and how to authenticate to it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerArgs {
+    /// Management API base URL.
+    #[arg(long, env = "OUTPOST_SERVER", default_value = "http://127.0.0.1:7070")]
+    pub server: String,
+    /// Admin bearer token.
+    #[arg(long, env = "OUTPOST_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// File holding the admin token (the control plane writes `<data_dir>/admin-token`).
+    #[arg(long, env = "OUTPOST_ADMIN_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode, String> {
+    let env = settings::process_env();
+    match cli.command {
+        Command::ControlPlane { config } => {
+            let s = settings::load(config.as_deref(), &env)
+                .map_err(|p| format!("invalid control plane settings:\n{p}"))?;
+            crate::control_plane::run(s).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Gateway {
+            config,
+            offline_config,
+        } => {
+            let mut env = env;
+            if let Some(f) = offline_config {
+                env.insert(
+                    "OUTPOST_OFFLINE_CONFIG_FILE".into(),
+                    f.display().to_string(),
+                );
+            }
+            let s = settings::load(config.as_deref(), &env)
+                .map_err(|p| format!("invalid gateway settings:\n{p}"))?;
+            crate::gateway::run(s).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Demo { port_base } => crate::demo::run(port_base).map(|()| ExitCode::SUCCESS),
+        Command::Apply {
+            file,
+            dry_run,
+            server,
+        } => crate::client::apply(&server, &file, dry_run),
+        Command::Export { output, server } => {
+            crate::client::export(&server, output.as_deref()).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Validate { file } => crate::client::validate(&file),
+        Command::GatewayToken {
+            gateway,
+            expires,
+            key,
+            server,
+        } => crate::client::gateway_token(&server, &gateway, &expires, &key)
+            .map(|()| ExitCode::SUCCESS),
+        Command::ImportOpenapi {
+            file,
+            name,
+            backend_url,
+            path,
+            output,
+        } => crate::client::import_openapi(
+            &file,
+            &name,
+            backend_url.as_deref(),
+            path.as_deref(),
+            output.as_deref(),
+        )
+        .map(|()| ExitCode::SUCCESS),
+        Command::SampleBackend { listen } => {
+            crate::sample_backend::run(&listen).map(|()| ExitCode::SUCCESS)
+        }
+    }
+}

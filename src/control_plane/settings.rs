@@ -1,0 +1,197 @@
+//! Control plane settings (`outpost control-plane --config FILE`); see `config/control-plane.toml`.
+
+use outpost_model::Problems;
+use serde::{Deserialize, Serialize};
+
+use crate::settings::Validate;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ControlPlaneSettings {
+    pub admin: AdminSettings,
+    pub gateway_api: GatewayApiSettings,
+    pub store: StoreSettings,
+    pub tokens: TokenSettings,
+    pub instances: InstanceSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminSettings {
+    /// Management API, OpenAPI document and dashboard.
+    pub listen: String,
+    /// Bearer token for the management API. Empty: generated on first start, stored in the
+    /// data directory (`admin-token`), and its path printed.
+    pub token: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayApiSettings {
+    /// Gateway-facing endpoint (`/gateway/v1/...`).
+    pub listen: String,
+    /// PEM files for HTTPS on the gateway listener; both empty means plain HTTP.
+    pub tls_cert_file: String,
+    pub tls_key_file: String,
+    /// Longest long-poll wait a gateway may ask for, seconds.
+    pub max_wait_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreSettings {
+    /// Directory of `outpost.db` and `admin-token`; `:memory:` keeps nothing (tests, demo).
+    pub data_dir: String,
+    /// Revisions the change log keeps; gateways further behind receive a full snapshot.
+    pub change_log_limit: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TokenSettings {
+    /// Longest lifetime of a gateway token, days.
+    pub max_lifetime_days: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InstanceSettings {
+    /// An instance not heard from for this long is `stale`…
+    pub stale_after_secs: u64,
+    /// …and after this long `disconnected`.
+    pub disconnected_after_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    /// `error`, `warn`, `info`, `debug`, `trace`, or a tracing filter directive.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: String,
+}
+
+impl Default for ControlPlaneSettings {
+    fn default() -> Self {
+        Self {
+            admin: AdminSettings {
+                listen: "0.0.0.0:7070".into(),
+                token: String::new(),
+            },
+            gateway_api: GatewayApiSettings {
+                listen: "0.0.0.0:7071".into(),
+                tls_cert_file: String::new(),
+                tls_key_file: String::new(),
+                max_wait_secs: 60,
+            },
+            store: StoreSettings {
+                data_dir: "./outpost-data".into(),
+                change_log_limit: 10_000,
+            },
+            tokens: TokenSettings {
+                max_lifetime_days: 30,
+            },
+            instances: InstanceSettings {
+                stale_after_secs: 30,
+                disconnected_after_secs: 120,
+            },
+            log: LogSettings::default(),
+        }
+    }
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        ControlPlaneSettings::default().admin
+    }
+}
+impl Default for GatewayApiSettings {
+    fn default() -> Self {
+        ControlPlaneSettings::default().gateway_api
+    }
+}
+impl Default for StoreSettings {
+    fn default() -> Self {
+        ControlPlaneSettings::default().store
+    }
+}
+impl Default for TokenSettings {
+    fn default() -> Self {
+        ControlPlaneSettings::default().tokens
+    }
+}
+impl Default for InstanceSettings {
+    fn default() -> Self {
+        ControlPlaneSettings::default().instances
+    }
+}
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: "text".into(),
+        }
+    }
+}
+
+impl Validate for ControlPlaneSettings {
+    fn validate(&self, p: &mut Problems) {
+        check_listen(p, "admin.listen", &self.admin.listen);
+        check_listen(p, "gateway_api.listen", &self.gateway_api.listen);
+        if self.gateway_api.tls_cert_file.is_empty() != self.gateway_api.tls_key_file.is_empty() {
+            p.push(
+                "gateway_api.tls_cert_file",
+                "tls_cert_file and tls_key_file go together",
+            );
+        }
+        if !(1..=600).contains(&self.gateway_api.max_wait_secs) {
+            p.push("gateway_api.max_wait_secs", "must be 1..=600");
+        }
+        if self.store.data_dir.is_empty() {
+            p.push(
+                "store.data_dir",
+                "must not be empty (use :memory: for no persistence)",
+            );
+        }
+        if self.store.change_log_limit == 0 {
+            p.push("store.change_log_limit", "must be at least 1");
+        }
+        if !(1..=365).contains(&self.tokens.max_lifetime_days) {
+            p.push("tokens.max_lifetime_days", "must be 1..=365");
+        }
+        if self.instances.stale_after_secs >= self.instances.disconnected_after_secs {
+            p.push(
+                "instances.stale_after_secs",
+                "must be less than instances.disconnected_after_secs",
+            );
+        }
+        self.log.validate(p);
+    }
+}
+
+impl Validate for LogSettings {
+    fn validate(&self, p: &mut Problems) {
+        if !matches!(self.format.as_str(), "text" | "json") {
+            p.push("log.format", "must be text or json");
+        }
+    }
+}
+
+/// Checks a `host:port` listen address.
+pub fn check_listen(p: &mut Problems, key: &str, value: &str) {
+    if value.parse::<std::net::SocketAddr>().is_err() {
+        p.push(
+            key,
+            format!("'{value}' is not an address:port such as 0.0.0.0:7070"),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn env_names_are_unique() {
+        crate::settings::env_names_are_unique::<super::ControlPlaneSettings>().unwrap();
+    }
+}

@@ -1,0 +1,279 @@
+//! Gateway settings (`outpost gateway --config FILE`); see `config/gateway.toml`.
+
+use outpost_model::Problems;
+use serde::{Deserialize, Serialize};
+
+use crate::control_plane::settings::{LogSettings, check_listen};
+use crate::settings::Validate;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[derive(Default)]
+pub struct GatewaySettings {
+    pub control_plane: ControlPlaneLink,
+    pub listen: ListenSettings,
+    pub backup: BackupSettings,
+    pub offline: OfflineSettings,
+    pub subscription: SubscriptionKeySettings,
+    pub limits: LimitSettings,
+    pub redis: RedisSettings,
+    pub cache: CacheSettings,
+    pub telemetry: TelemetrySettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ControlPlaneLink {
+    /// Base URL of the control plane's gateway listener, e.g. `https://cp.example:7071`.
+    pub url: String,
+    /// `GatewayKey <gateway>&<expiry>&<signature>`, minted by the control plane.
+    pub token: String,
+    /// Long-poll wait asked of the control plane, seconds.
+    pub poll_wait_secs: u64,
+    pub heartbeat_interval_secs: u64,
+    /// Timeout of one call (other than the long-poll wait itself), milliseconds.
+    pub request_timeout_ms: u64,
+    /// Backoff after a failed call: starts here, doubles with jitter up to the max.
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+    /// Extra CA certificates (PEM file) to trust for the control plane.
+    pub ca_file: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ListenSettings {
+    pub http: String,
+    /// HTTPS listener; used when the gateway resource has hostnames with certificates.
+    pub https: String,
+    /// `/healthz`, `/readyz`, `/metrics`, `/status-0123456789abcdef`.
+    pub ops: String,
+    /// Worker threads for the traffic listener; 0 means one per core.
+    pub workers: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackupSettings {
+    pub enabled: bool,
+    pub dir: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[derive(Default)]
+pub struct OfflineSettings {
+    /// A declarative file to serve with no control plane at all (fully disconnected mode).
+    pub config_file: String,
+    /// Which gateway of that file to act as; empty: the file's only gateway, or every API.
+    pub gateway: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SubscriptionKeySettings {
+    pub header: String,
+    pub query: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitSettings {
+    /// Largest request header block, bytes (431 beyond).
+    pub max_header_bytes: usize,
+    /// Largest request body, bytes (413 beyond).
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisSettings {
+    /// `redis://host:port/db` or `rediss://…`; empty: in-process state only.
+    pub url: String,
+    /// Timeout of every Redis call, milliseconds.
+    pub timeout_ms: u64,
+    /// Expected number of gateway nodes sharing limits; used by the `local` outage mode to
+    /// enforce this node's share.
+    pub nodes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheSettings {
+    /// Bound of the in-process cache tier, bytes.
+    pub local_max_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetrySettings {
+    pub flush_interval_secs: u64,
+    /// Aggregates kept in memory while the control plane is unreachable.
+    pub max_buffered: usize,
+    /// Directory to spool batches to when memory is full; empty: oldest batches are dropped
+    /// (and counted in `/metrics`).
+    pub spool_dir: String,
+}
+
+impl Default for ControlPlaneLink {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            token: String::new(),
+            poll_wait_secs: 30,
+            heartbeat_interval_secs: 10,
+            request_timeout_ms: 10_000,
+            backoff_initial_ms: 500,
+            backoff_max_ms: 30_000,
+            ca_file: String::new(),
+        }
+    }
+}
+
+impl Default for ListenSettings {
+    fn default() -> Self {
+        Self {
+            http: "0.0.0.0:8080".into(),
+            https: "0.0.0.0:8443".into(),
+            ops: "0.0.0.0:8090".into(),
+            workers: 0,
+        }
+    }
+}
+
+impl Default for BackupSettings {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            dir: "/var/lib/outpost/backup".into(),
+        }
+    }
+}
+
+impl Default for SubscriptionKeySettings {
+    fn default() -> Self {
+        Self {
+            header: "Ocp-Apim-Subscription-Key".into(),
+            query: "subscription-key".into(),
+        }
+    }
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: 32 * 1024,
+            max_body_bytes: 10 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            timeout_ms: 50,
+            nodes: 1,
+        }
+    }
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        Self {
+            local_max_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        Self {
+            flush_interval_secs: 10,
+            max_buffered: 100_000,
+            spool_dir: String::new(),
+        }
+    }
+}
+
+impl Validate for GatewaySettings {
+    fn validate(&self, p: &mut Problems) {
+        let offline = !self.offline.config_file.is_empty();
+        if !offline {
+            if self.control_plane.url.is_empty() {
+                p.push(
+                    "control_plane.url",
+                    "required unless offline.config_file is set (OUTPOST_CONTROL_PLANE_URL)",
+                );
+            } else {
+                outpost_model::validate::check_url(p, "control_plane.url", &self.control_plane.url);
+            }
+            if self.control_plane.token.is_empty() {
+                p.push(
+                    "control_plane.token",
+                    "required unless offline.config_file is set (OUTPOST_CONTROL_PLANE_TOKEN)",
+                );
+            } else if !self.control_plane.token.starts_with("GatewayKey ") {
+                p.push(
+                    "control_plane.token",
+                    "expected 'GatewayKey <gateway>&<expiry>&<signature>'",
+                );
+            }
+        }
+        if !(1..=600).contains(&self.control_plane.poll_wait_secs) {
+            p.push("control_plane.poll_wait_secs", "must be 1..=600");
+        }
+        if self.control_plane.heartbeat_interval_secs == 0 {
+            p.push(
+                "control_plane.heartbeat_interval_secs",
+                "must be at least 1",
+            );
+        }
+        if self.control_plane.backoff_initial_ms == 0
+            || self.control_plane.backoff_initial_ms > self.control_plane.backoff_max_ms
+        {
+            p.push(
+                "control_plane.backoff_initial_ms",
+                "must be at least 1 and at most backoff_max_ms",
+            );
+        }
+        check_listen(p, "listen.http", &self.listen.http);
+        check_listen(p, "listen.https", &self.listen.https);
+        check_listen(p, "listen.ops", &self.listen.ops);
+        if self.backup.enabled && self.backup.dir.is_empty() {
+            p.push("backup.dir", "required when backup.enabled is true");
+        }
+        if self.subscription.header.is_empty() && self.subscription.query.is_empty() {
+            p.push(
+                "subscription.header",
+                "set a header name, a query name, or both",
+            );
+        }
+        if self.limits.max_header_bytes < 1024 {
+            p.push("limits.max_header_bytes", "must be at least 1024");
+        }
+        let redis = &self.redis.url;
+        if !(redis.is_empty() || redis.starts_with("redis://") || redis.starts_with("rediss://")) {
+            p.push("redis.url", "must start with redis:// or rediss://");
+        }
+        if self.redis.timeout_ms == 0 {
+            p.push("redis.timeout_ms", "must be at least 1");
+        }
+        if self.redis.nodes == 0 {
+            p.push("redis.nodes", "must be at least 1");
+        }
+        if self.telemetry.flush_interval_secs == 0 {
+            p.push("telemetry.flush_interval_secs", "must be at least 1");
+        }
+        self.log.validate(p);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn env_names_are_unique() {
+        crate::settings::env_names_are_unique::<super::GatewaySettings>().unwrap();
+    }
+}

@@ -1,0 +1,275 @@
+//! Process configuration: a TOML file per process, every key overridable from the environment.
+//!
+//! Keys are snake_case inside sections (`[backup] dir = "..."`); the environment variable for a
+//! key is `OUTPOST_` followed by its path in upper case joined with `_` (`OUTPOST_BACKUP_DIR`).
+//! The set of keys comes from the settings type's defaults, so every key has a variable and no
+//! variable is ambiguous (a unit test checks that for each settings type).
+//!
+//! Loading never stops at the first problem: unknown keys, unparsable values and failed checks
+//! are all collected and reported together, and the process exits non-zero.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use outpost_model::Problems;
+use serde::{Serialize, de::DeserializeOwned};
+use serde_json::{Map, Value};
+
+/// Settings types check themselves after parsing.
+pub trait Validate {
+    fn validate(&self, problems: &mut Problems);
+}
+
+pub const ENV_PREFIX: &str = "OUTPOST_";
+
+/// Loads `T` from its defaults, then `file`, then the environment.
+pub fn load<T>(file: Option<&Path>, env: &BTreeMap<String, String>) -> Result<T, Problems>
+where
+    T: Serialize + DeserializeOwned + Default + Validate,
+{
+    let mut problems = Problems::new();
+    let defaults = serde_json::to_value(T::default()).expect("settings serialise");
+    let mut merged = defaults.clone();
+    if let Some(path) = file {
+        match std::fs::read_to_string(path) {
+            Err(e) => problems.push(path.display().to_string(), format!("cannot read: {e}")),
+            Ok(text) => match toml::from_str::<toml::Value>(&text) {
+                Err(e) => problems.push(path.display().to_string(), format!("not valid TOML: {e}")),
+                Ok(t) => {
+                    let from_file = serde_json::to_value(t).expect("TOML converts to JSON");
+                    merge(&mut merged, &defaults, from_file, "", &mut problems);
+                }
+            },
+        }
+    }
+    for (path, default) in leaves(&defaults) {
+        let var = env_name(&path);
+        if let Some(raw) = env.get(&var) {
+            match parse_env(raw, default) {
+                Ok(v) => set_path(&mut merged, &path, v),
+                Err(e) => problems.push(var, e),
+            }
+        }
+    }
+    let parsed = match serde_json::from_value::<T>(merged) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            problems.push("", e.to_string());
+            None
+        }
+    };
+    if let Some(t) = &parsed {
+        t.validate(&mut problems);
+    }
+    match parsed {
+        Some(t) if problems.is_empty() => Ok(t),
+        _ => Err(problems),
+    }
+}
+
+/// The process environment, for [`load`].
+pub fn process_env() -> BTreeMap<String, String> {
+    std::env::vars()
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+        .collect()
+}
+
+/// `backup.dir` → `OUTPOST_BACKUP_DIR`.
+pub fn env_name(path: &[String]) -> String {
+    let mut s = String::from(ENV_PREFIX);
+    s.push_str(&path.join("_").replace('-', "_").to_ascii_uppercase());
+    s
+}
+
+/// Every leaf key of a settings tree with its default value.
+pub fn leaves(v: &Value) -> Vec<(Vec<String>, &Value)> {
+    fn walk<'a>(v: &'a Value, prefix: &mut Vec<String>, out: &mut Vec<(Vec<String>, &'a Value)>) {
+        match v {
+            Value::Object(map) => {
+                for (k, child) in map {
+                    prefix.push(k.clone());
+                    walk(child, prefix, out);
+                    prefix.pop();
+                }
+            }
+            _ => out.push((prefix.clone(), v)),
+        }
+    }
+    let mut out = Vec::new();
+    walk(v, &mut Vec::new(), &mut out);
+    out
+}
+
+fn merge(target: &mut Value, defaults: &Value, from: Value, at: &str, problems: &mut Problems) {
+    let Value::Object(from) = from else {
+        *target = from;
+        return;
+    };
+    let Some(target_map) = target.as_object_mut() else {
+        problems.push(at, "expected a value, found a table");
+        return;
+    };
+    let empty = Map::new();
+    let default_map = defaults.as_object().unwrap_or(&empty);
+    for (k, v) in from {
+        let path = if at.is_empty() {
+            k.clone()
+        } else {
+            format!("{at}.{k}")
+        };
+        match default_map.get(&k) {
+            None => problems.push(
+                path,
+                format!(
+                    "unknown key; known keys here: {}",
+                    default_map.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            ),
+            Some(d @ Value::Object(_)) => {
+                let slot = target_map.entry(k).or_insert_with(|| d.clone());
+                merge(slot, d, v, &path, problems);
+            }
+            Some(_) => {
+                target_map.insert(k, v);
+            }
+        }
+    }
+}
+
+fn parse_env(raw: &str, default: &Value) -> Result<Value, String> {
+    match default {
+        Value::Bool(_) => match raw.to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => Ok(Value::Bool(true)),
+            "false" | "0" | "no" | "off" => Ok(Value::Bool(false)),
+            _ => Err(format!("'{raw}' is not a boolean")),
+        },
+        Value::Number(_) => raw
+            .trim()
+            .parse::<serde_json::Number>()
+            .map(Value::Number)
+            .map_err(|_| format!("'{raw}' is not a number")),
+        Value::Array(_) => {
+            if raw.trim_start().starts_with('[') {
+                serde_json::from_str(raw).map_err(|e| format!("not a JSON list: {e}"))
+            } else {
+                Ok(Value::Array(
+                    raw.split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(|s| Value::String(s.to_owned()))
+                        .collect(),
+                ))
+            }
+        }
+        _ => Ok(Value::String(raw.to_owned())),
+    }
+}
+
+fn set_path(root: &mut Value, path: &[String], v: Value) {
+    let mut cur = root;
+    for seg in &path[..path.len() - 1] {
+        cur = &mut cur[seg.as_str()];
+    }
+    cur[path[path.len() - 1].as_str()] = v;
+}
+
+/// Asserts that a settings type's environment variable names are unambiguous (used by tests).
+pub fn env_names_are_unique<T: Serialize + Default>() -> Result<(), String> {
+    let defaults = serde_json::to_value(T::default()).expect("settings serialise");
+    let mut seen = BTreeMap::new();
+    for (path, _) in leaves(&defaults) {
+        if let Some(prev) = seen.insert(env_name(&path), path.join(".")) {
+            return Err(format!(
+                "{} and {} share {}",
+                prev,
+                path.join("."),
+                env_name(&path)
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Serialize, Deserialize, PartialEq)]
+    #[serde(default, deny_unknown_fields)]
+    struct Sample {
+        listen: String,
+        backup: Backup,
+    }
+    #[derive(Debug, Serialize, Deserialize, PartialEq)]
+    #[serde(default, deny_unknown_fields)]
+    struct Backup {
+        enabled: bool,
+        dir: String,
+        keep: u32,
+    }
+    impl Default for Sample {
+        fn default() -> Self {
+            Self {
+                listen: "0.0.0.0:1".into(),
+                backup: Backup::default(),
+            }
+        }
+    }
+    impl Default for Backup {
+        fn default() -> Self {
+            Self {
+                enabled: false,
+                dir: "/tmp".into(),
+                keep: 3,
+            }
+        }
+    }
+    impl Validate for Sample {
+        fn validate(&self, p: &mut Problems) {
+            if self.backup.keep == 0 {
+                p.push("backup.keep", "must be at least 1");
+            }
+        }
+    }
+
+    #[test]
+    fn file_then_env_and_all_problems_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("s.toml");
+        std::fs::write(
+            &f,
+            "listen = \"127.0.0.1:9\"\n[backup]\nenabled = true\nbogus = 1\n",
+        )
+        .unwrap();
+        let env: BTreeMap<String, String> = [
+            ("OUTPOST_BACKUP_DIR".to_string(), "/var/x".to_string()),
+            ("OUTPOST_BACKUP_KEEP".to_string(), "zero".to_string()),
+        ]
+        .into();
+        let err = load::<Sample>(Some(&f), &env).unwrap_err().to_string();
+        assert!(err.contains("backup.bogus: unknown key"), "{err}");
+        assert!(
+            err.contains("OUTPOST_BACKUP_KEEP: 'zero' is not a number"),
+            "{err}"
+        );
+
+        std::fs::write(&f, "listen = \"127.0.0.1:9\"\n[backup]\nenabled = true\n").unwrap();
+        let env: BTreeMap<String, String> =
+            [("OUTPOST_BACKUP_DIR".to_string(), "/var/x".to_string())].into();
+        let s = load::<Sample>(Some(&f), &env).unwrap();
+        assert_eq!(s.listen, "127.0.0.1:9");
+        assert!(s.backup.enabled);
+        assert_eq!(s.backup.dir, "/var/x");
+        assert!(env_names_are_unique::<Sample>().is_ok());
+
+        let env: BTreeMap<String, String> =
+            [("OUTPOST_BACKUP_KEEP".to_string(), "0".to_string())].into();
+        assert!(
+            load::<Sample>(None, &env)
+                .unwrap_err()
+                .to_string()
+                .contains("must be at least 1")
+        );
+    }
+}
