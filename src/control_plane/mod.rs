@@ -1,5 +1,6 @@
 //! The control plane: revisioned store, management API, gateway-facing endpoint.
 
+pub mod error;
 pub mod settings;
 pub mod store;
 
