@@ -1,0 +1,776 @@
+//! The deployment files hold together: `compose/` (docker-compose fleet, its declarative file,
+//! the load balancer config, the Dockerfile) and `deploy/kubernetes/` (plain manifests).
+//!
+//! No Docker engine or cluster is needed: the files are parsed and checked against each other
+//! and against the contracts (ports, health endpoints, volumes, start order). When a
+//! `docker compose` or `kubectl` client is installed, their own offline checks run too.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use outpost_model::document::Document;
+use outpost_model::{Resource, Scope};
+use serde_json::Value;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("integration/ sits in the workspace")
+        .to_path_buf()
+}
+
+fn read(rel: &str) -> String {
+    let path = root().join(rel);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+fn yaml(rel: &str) -> Value {
+    serde_saphyr::from_str::<Value>(&read(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+fn yaml_docs(rel: &str) -> Vec<Value> {
+    serde_saphyr::from_multiple::<Value>(&read(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+fn s(v: &Value) -> &str {
+    v.as_str()
+        .unwrap_or_else(|| panic!("expected a string, found {v}"))
+}
+
+// ============================================================================ docker compose
+
+const OUTPOST_SERVICES: [&str; 8] = [
+    "control-plane",
+    "init",
+    "gw-a1",
+    "gw-a2",
+    "gw-a3",
+    "gw-b1",
+    "backend-a",
+    "backend-b",
+];
+const SITE_A_GATEWAYS: [&str; 3] = ["gw-a1", "gw-a2", "gw-a3"];
+const GATEWAYS: [&str; 4] = ["gw-a1", "gw-a2", "gw-a3", "gw-b1"];
+
+struct Compose {
+    services: serde_json::Map<String, Value>,
+    volumes: BTreeSet<String>,
+}
+
+impl Compose {
+    fn load() -> Compose {
+        let doc = yaml("compose/docker-compose.yml");
+        let services = doc["services"]
+            .as_object()
+            .expect("compose: services is a map")
+            .clone();
+        let volumes = doc["volumes"]
+            .as_object()
+            .expect("compose: top-level volumes is a map")
+            .keys()
+            .cloned()
+            .collect();
+        Compose { services, volumes }
+    }
+
+    fn svc(&self, name: &str) -> &Value {
+        self.services
+            .get(name)
+            .unwrap_or_else(|| panic!("compose: no service {name}"))
+    }
+
+    /// The service's environment as a map (compose accepts a map or `KEY=VALUE` items).
+    fn env(&self, name: &str) -> BTreeMap<String, String> {
+        match &self.svc(name)["environment"] {
+            Value::Object(m) => m
+                .iter()
+                .map(|(k, v)| {
+                    let v = match v {
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    (k.clone(), v)
+                })
+                .collect(),
+            Value::Array(items) => items
+                .iter()
+                .map(|i| {
+                    let (k, v) = s(i).split_once('=').expect("KEY=VALUE");
+                    (k.to_owned(), v.to_owned())
+                })
+                .collect(),
+            Value::Null => BTreeMap::new(),
+            other => panic!("compose: {name}.environment is {other}"),
+        }
+    }
+
+    /// `(source, target, read_only)` of every short-syntax volume mount.
+    fn mounts(&self, name: &str) -> Vec<(String, String, bool)> {
+        self.svc(name)["volumes"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|m| {
+                        let parts: Vec<&str> = s(m).split(':').collect();
+                        assert!(parts.len() >= 2, "compose: {name}: mount {m} has no target");
+                        (
+                            parts[0].to_owned(),
+                            parts[1].to_owned(),
+                            parts.get(2) == Some(&"ro"),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn mount_of(&self, name: &str, volume: &str) -> Option<(String, bool)> {
+        self.mounts(name)
+            .into_iter()
+            .find(|(src, _, _)| src == volume)
+            .map(|(_, target, ro)| (target, ro))
+    }
+
+    fn depends_on(&self, name: &str) -> BTreeMap<String, String> {
+        match &self.svc(name)["depends_on"] {
+            Value::Object(m) => m
+                .iter()
+                .map(|(k, v)| {
+                    let cond = v["condition"].as_str().unwrap_or("service_started");
+                    (k.clone(), cond.to_owned())
+                })
+                .collect(),
+            Value::Array(a) => a
+                .iter()
+                .map(|k| (s(k).to_owned(), "service_started".to_owned()))
+                .collect(),
+            _ => BTreeMap::new(),
+        }
+    }
+
+    fn networks(&self, name: &str) -> BTreeSet<String> {
+        match &self.svc(name)["networks"] {
+            Value::Array(a) => a.iter().map(|n| s(n).to_owned()).collect(),
+            Value::Object(m) => m.keys().cloned().collect(),
+            _ => ["default".to_owned()].into(),
+        }
+    }
+
+    /// The health check command joined into one string; `None` when absent or disabled.
+    fn healthcheck(&self, name: &str) -> Option<String> {
+        let hc = &self.svc(name)["healthcheck"];
+        if hc.is_null() || hc["disable"] == Value::Bool(true) {
+            return None;
+        }
+        match &hc["test"] {
+            Value::Array(parts) => Some(parts.iter().map(s).collect::<Vec<_>>().join(" ")),
+            Value::String(cmd) => Some(cmd.clone()),
+            other => panic!("compose: {name}.healthcheck.test is {other}"),
+        }
+    }
+
+    /// Published `host:container` pairs as `(host port, container port)`.
+    fn published(&self, name: &str) -> Vec<(String, String)> {
+        self.svc(name)["ports"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|p| {
+                        let parts: Vec<&str> = s(p).rsplitn(3, ':').collect();
+                        assert!(
+                            parts.len() >= 2,
+                            "compose: {name}: port {p} is not published"
+                        );
+                        (parts[1].to_owned(), parts[0].to_owned())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The service's command (or entrypoint script) as one string.
+    fn command_text(&self, name: &str) -> String {
+        let svc = self.svc(name);
+        let mut out = String::new();
+        for key in ["entrypoint", "command"] {
+            match &svc[key] {
+                Value::Array(a) => a.iter().for_each(|p| {
+                    out.push_str(s(p));
+                    out.push(' ');
+                }),
+                Value::String(c) => out.push_str(c),
+                _ => {}
+            }
+        }
+        out
+    }
+}
+
+#[test]
+fn compose_has_the_multi_site_fleet() {
+    let c = Compose::load();
+    let names: BTreeSet<&str> = c.services.keys().map(String::as_str).collect();
+    let expected: BTreeSet<&str> = OUTPOST_SERVICES
+        .iter()
+        .copied()
+        .chain(["redis-a", "lb-a"])
+        .collect();
+    assert_eq!(names, expected, "compose services");
+
+    // Every outpost service is built from compose/Dockerfile with the repository as context.
+    for name in OUTPOST_SERVICES {
+        let build = &c.svc(name)["build"];
+        assert_eq!(build["dockerfile"], "compose/Dockerfile", "{name}.build");
+        assert_eq!(build["context"], "..", "{name}.build.context");
+    }
+    assert!(s(&c.svc("redis-a")["image"]).starts_with("redis:7"));
+    assert!(s(&c.svc("lb-a")["image"]).starts_with("nginx"));
+
+    // Backends: the sample backend on port 9000, one per site.
+    for b in ["backend-a", "backend-b"] {
+        let cmd = c.command_text(b);
+        assert!(
+            cmd.contains("sample-backend --listen 0.0.0.0:9000"),
+            "{b}: {cmd}"
+        );
+    }
+}
+
+#[test]
+fn compose_volumes_hold_the_state() {
+    let c = Compose::load();
+    for v in ["control-plane-data", "gw-b1-backup", "tokens"] {
+        assert!(c.volumes.contains(v), "compose: volume {v} is not declared");
+    }
+
+    // Control plane: its data dir is the named volume.
+    let env = c.env("control-plane");
+    let data_dir = &env["OUTPOST_STORE_DATA_DIR"];
+    let (target, ro) = c
+        .mount_of("control-plane", "control-plane-data")
+        .expect("cp data mount");
+    assert_eq!(&target, data_dir, "control plane data dir is on its volume");
+    assert!(!ro);
+    assert!(
+        env.contains_key("OUTPOST_ADMIN_TOKEN"),
+        "the admin token comes from the environment"
+    );
+
+    // gw-b1: backup enabled, in its volume.
+    let env = c.env("gw-b1");
+    assert_eq!(env["OUTPOST_BACKUP_ENABLED"], "true");
+    let (target, ro) = c
+        .mount_of("gw-b1", "gw-b1-backup")
+        .expect("gw-b1 backup mount");
+    assert_eq!(
+        target, env["OUTPOST_BACKUP_DIR"],
+        "gw-b1 backup dir is on its volume"
+    );
+    assert!(!ro);
+
+    // Tokens: init writes them, gateways read them (read-only) from the file they are told.
+    let (init_dir, ro) = c.mount_of("init", "tokens").expect("init mounts tokens");
+    assert!(!ro, "init writes the tokens");
+    for gw in GATEWAYS {
+        let (dir, ro) = c
+            .mount_of(gw, "tokens")
+            .unwrap_or_else(|| panic!("{gw}: tokens"));
+        assert!(ro, "{gw} mounts the tokens read-only");
+        let file = &c.env(gw)["GATEWAY_TOKEN_FILE"];
+        let site = if gw == "gw-b1" { "site-b" } else { "site-a" };
+        assert_eq!(file, &format!("{dir}/{site}"), "{gw} token file");
+        assert!(
+            c.command_text("init").contains(&format!("{init_dir}/")),
+            "init writes into {init_dir}"
+        );
+        let cmd = c.command_text(gw);
+        assert!(cmd.contains("OUTPOST_CONTROL_PLANE_TOKEN"), "{gw}: {cmd}");
+        assert!(cmd.contains("exec outpost gateway"), "{gw}: {cmd}");
+    }
+    // Site A has no backup (contrast with site B in the README); only gw-b1 owns one.
+    for gw in SITE_A_GATEWAYS {
+        assert!(c.mount_of(gw, "gw-b1-backup").is_none());
+    }
+}
+
+#[test]
+fn compose_health_checks_and_start_order() {
+    let c = Compose::load();
+    for name in OUTPOST_SERVICES {
+        let hc = c.healthcheck(name);
+        match name {
+            // One-shot: nothing to watch once it has exited.
+            "init" => assert!(hc.is_none(), "init: health check should be disabled"),
+            "control-plane" => {
+                let hc = hc.expect("control plane health check");
+                assert!(hc.contains("127.0.0.1:7070/healthz"), "{hc}");
+            }
+            gw if GATEWAYS.contains(&gw) => {
+                let hc = hc.unwrap_or_else(|| panic!("{gw}: no health check"));
+                assert!(hc.contains("127.0.0.1:8090/readyz"), "{gw}: {hc}");
+            }
+            backend => {
+                let hc = hc.unwrap_or_else(|| panic!("{backend}: no health check"));
+                assert!(hc.contains(":9000/"), "{backend}: {hc}");
+            }
+        }
+    }
+    assert!(
+        c.healthcheck("redis-a")
+            .is_some_and(|h| h.contains("redis-cli ping"))
+    );
+    assert!(c.healthcheck("lb-a").is_some());
+
+    let dep = |svc: &str, on: &str| -> String {
+        c.depends_on(svc)
+            .get(on)
+            .cloned()
+            .unwrap_or_else(|| panic!("{svc} does not depend on {on}"))
+    };
+    assert_eq!(dep("init", "control-plane"), "service_healthy");
+    for gw in GATEWAYS {
+        assert_eq!(dep(gw, "init"), "service_completed_successfully", "{gw}");
+        // A gateway must be (re)startable while the control plane is down: no direct dependency.
+        assert!(
+            !c.depends_on(gw).contains_key("control-plane"),
+            "{gw} must not depend on control-plane (restart from backup while it is down)"
+        );
+        assert_eq!(
+            c.env(gw)["OUTPOST_CONTROL_PLANE_URL"],
+            "http://control-plane:7071"
+        );
+        assert!(
+            c.networks(gw).contains("control"),
+            "{gw} reaches the control plane"
+        );
+    }
+    for gw in SITE_A_GATEWAYS {
+        assert_eq!(dep(gw, "redis-a"), "service_healthy", "{gw}");
+        let env = c.env(gw);
+        assert_eq!(env["OUTPOST_REDIS_URL"], "redis://redis-a:6379/0", "{gw}");
+        assert_eq!(env["OUTPOST_REDIS_NODES"], "3", "{gw}");
+        assert_eq!(dep("lb-a", gw), "service_healthy");
+    }
+    assert!(!c.env("gw-b1").contains_key("OUTPOST_REDIS_URL"));
+    assert!(c.networks("control-plane").contains("control"));
+    assert!(
+        !c.networks("redis-a").contains("site-b"),
+        "Redis is site A's only"
+    );
+
+    let init = c.command_text("init");
+    assert!(
+        init.contains("outpost apply -f /config/fleet.yaml"),
+        "{init}"
+    );
+    assert!(init.contains("outpost gateway-token --gateway"), "{init}");
+    assert!(init.contains("site-a") && init.contains("site-b"), "{init}");
+    assert!(
+        c.mounts("init")
+            .iter()
+            .any(|(src, dst, _)| src == "./fleet.yaml" && dst == "/config/fleet.yaml"),
+        "init mounts compose/fleet.yaml"
+    );
+    assert_eq!(c.svc("init")["restart"], "no");
+}
+
+#[test]
+fn compose_ports_and_load_balancer() {
+    let c = Compose::load();
+    let has = |svc: &str, host: &str, container: &str| {
+        assert!(
+            c.published(svc)
+                .contains(&(host.to_owned(), container.to_owned())),
+            "{svc} publishes {host}:{container}: {:?}",
+            c.published(svc)
+        );
+    };
+    has("control-plane", "7070", "7070");
+    has("lb-a", "8080", "8080");
+    has("gw-b1", "8081", "8080");
+    for (gw, ops) in GATEWAYS.iter().zip(["9091", "9092", "9093", "9094"]) {
+        has(gw, ops, "8090");
+    }
+    // 7071 is internal only.
+    assert!(
+        !c.published("control-plane")
+            .iter()
+            .any(|(_, p)| p == "7071")
+    );
+
+    let nginx = read("compose/nginx-site-a.conf");
+    for gw in SITE_A_GATEWAYS {
+        assert!(
+            nginx.contains(&format!("server {gw}:8080")),
+            "lb-a forwards to {gw}"
+        );
+    }
+    assert!(nginx.contains("listen 8080;"));
+    assert!(c.mounts("lb-a").iter().any(
+        |(src, dst, _)| src == "./nginx-site-a.conf" && dst == "/etc/nginx/conf.d/default.conf"
+    ));
+}
+
+/// The gateway variables compose sets are real settings: derived from config/gateway.toml,
+/// which lists every key of the gateway's settings.
+#[test]
+fn compose_gateway_variables_are_settings_keys() {
+    let known = gateway_env_names();
+    assert!(known.contains("OUTPOST_BACKUP_DIR") && known.contains("OUTPOST_CONTROL_PLANE_TOKEN"));
+    let c = Compose::load();
+    for gw in GATEWAYS {
+        for var in c.env(gw).keys().filter(|k| k.starts_with("OUTPOST_")) {
+            assert!(known.contains(var), "{gw}: {var} is not a gateway setting");
+        }
+    }
+}
+
+/// `OUTPOST_<SECTION>_<KEY>` for every `key = …` (or commented `# key = …`) in config/gateway.toml.
+fn gateway_env_names() -> BTreeSet<String> {
+    let mut section = String::new();
+    let mut out = BTreeSet::new();
+    for line in read("config/gateway.toml").lines() {
+        let line = line.trim();
+        if let Some(sec) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = sec.to_owned();
+            continue;
+        }
+        let body = line.strip_prefix("# ").unwrap_or(line);
+        if let Some((key, _)) = body.split_once(" = ")
+            && !key.is_empty()
+            && key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+        {
+            out.insert(format!("OUTPOST_{section}_{key}").to_ascii_uppercase());
+        }
+    }
+    out
+}
+
+// ============================================================================ fleet.yaml
+
+#[test]
+fn fleet_file_parses_and_matches_the_compose_topology() {
+    let doc = Document::from_yaml(&read("compose/fleet.yaml"))
+        .unwrap_or_else(|p| panic!("compose/fleet.yaml:\n{p}"));
+    let c = Compose::load();
+
+    let mut backends = BTreeMap::new();
+    let mut apis = BTreeMap::new();
+    let mut gateways = BTreeMap::new();
+    let mut keys = BTreeSet::new();
+    for r in &doc.resources {
+        match r {
+            Resource::Backend(b) => {
+                backends.insert(b.name.clone(), b.url.clone());
+            }
+            Resource::Api(a) => {
+                apis.insert(a.name.clone(), a.backend.clone());
+            }
+            Resource::Gateway(g) => {
+                gateways.insert(g.name.clone(), g.apis.clone());
+            }
+            Resource::Subscription(sub) => {
+                for k in [&sub.primary_key, &sub.secondary_key] {
+                    assert!(
+                        k.len() == 64 && k.chars().all(|c| c.is_ascii_hexdigit()),
+                        "subscription {}: keys are fixed 64-hex strings so the README works",
+                        sub.name
+                    );
+                    keys.insert(k.clone());
+                }
+                if let Scope::Product(p) = &sub.scope {
+                    assert!(
+                        doc.resources
+                            .iter()
+                            .any(|r| matches!(r, Resource::Product(x) if &x.name == p))
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(
+        gateways.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["site-a", "site-b"]
+    );
+    // The product with the shared limit exists (the README's rate-limit walk-through).
+    assert!(
+        doc.resources
+            .iter()
+            .any(|r| matches!(r, Resource::Product(p)
+        if p.policies.inbound.iter().any(|x| x.name() == "rate-limit")))
+    );
+
+    // Each site's gateways can reach the backends of the APIs assigned to that site.
+    let site_nodes = [("site-a", &SITE_A_GATEWAYS[..]), ("site-b", &["gw-b1"][..])];
+    for (site, nodes) in site_nodes {
+        assert!(!gateways[site].is_empty(), "{site} has APIs assigned");
+        for api in &gateways[site] {
+            let url = &backends[&apis[api]];
+            let host = url
+                .trim_start_matches("http://")
+                .split([':', '/'])
+                .next()
+                .unwrap_or_default();
+            assert!(
+                c.services.contains_key(host),
+                "{api}: backend host {host} is a service"
+            );
+            for node in nodes {
+                assert!(
+                    !c.networks(node).is_disjoint(&c.networks(host)),
+                    "{node} ({site}) cannot reach {host} for API {api}"
+                );
+            }
+        }
+    }
+
+    // Every subscription key quoted in the README is one the fleet defines.
+    let readme = read("compose/README.md");
+    let quoted = hex64_words(&readme);
+    assert!(!quoted.is_empty(), "the README shows subscription keys");
+    for k in quoted {
+        assert!(
+            keys.contains(&k),
+            "README uses key {k} that fleet.yaml does not define"
+        );
+    }
+}
+
+fn hex64_words(text: &str) -> BTreeSet<String> {
+    text.split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|w| w.len() == 64 && w.chars().all(|c| c.is_ascii_hexdigit()))
+        .map(str::to_owned)
+        .collect()
+}
+
+// ============================================================================ Dockerfile
+
+#[test]
+fn dockerfile_builds_a_non_root_image_with_a_health_check() {
+    let d = read("compose/Dockerfile");
+    for needle in [
+        "FROM rust:",
+        "cargo build --release --locked",
+        "FROM debian:bookworm-slim",
+        "USER 10001",
+        "HEALTHCHECK",
+        "http://127.0.0.1:8090/healthz",
+        r#"ENTRYPOINT ["outpost"]"#,
+        "/var/lib/outpost",
+    ] {
+        assert!(d.contains(needle), "compose/Dockerfile lacks {needle}");
+    }
+}
+
+// ============================================================================ Kubernetes
+
+fn k8s_objects() -> Vec<(String, Value)> {
+    let kust = yaml("deploy/kubernetes/kustomization.yaml");
+    let resources: Vec<String> = kust["resources"]
+        .as_array()
+        .expect("kustomization resources")
+        .iter()
+        .map(|r| s(r).to_owned())
+        .collect();
+    // Every manifest in the folder is listed, and every listed one exists.
+    let mut on_disk: Vec<String> = std::fs::read_dir(root().join("deploy/kubernetes"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".yaml") && n != "kustomization.yaml")
+        .collect();
+    on_disk.sort();
+    let mut listed = resources.clone();
+    listed.sort();
+    assert_eq!(listed, on_disk, "kustomization.yaml resources vs files");
+
+    resources
+        .iter()
+        .flat_map(|f| yaml_docs(&format!("deploy/kubernetes/{f}")))
+        .map(|o| (s(&o["kind"]).to_owned(), o))
+        .collect()
+}
+
+fn find<'a>(objs: &'a [(String, Value)], kind: &str, name: &str) -> &'a Value {
+    objs.iter()
+        .find(|(k, o)| k == kind && o["metadata"]["name"] == name)
+        .map(|(_, o)| o)
+        .unwrap_or_else(|| panic!("no {kind} {name} in deploy/kubernetes"))
+}
+
+#[test]
+fn kubernetes_gateway_workload() {
+    let objs = k8s_objects();
+    assert!(objs.iter().any(|(k, _)| k == "Namespace"));
+
+    // StatefulSet: one backup claim per pod (see the file's header for why not a Deployment).
+    let sts = find(&objs, "StatefulSet", "outpost-gateway");
+    let spec = &sts["spec"];
+    assert_eq!(spec["replicas"], 3);
+    let pod = &spec["template"]["spec"];
+    let labels = &spec["template"]["metadata"]["labels"];
+    assert_eq!(
+        &spec["selector"]["matchLabels"]["app.kubernetes.io/name"],
+        &labels["app.kubernetes.io/name"]
+    );
+    let ctr = &pod["containers"][0];
+    assert_eq!(ctr["args"][0], "gateway");
+
+    let probe = |name: &str, path: &str| {
+        let p = &ctr[name]["httpGet"];
+        assert_eq!(p["port"], 8090, "{name} on the ops port");
+        assert_eq!(p["path"], path, "{name} path");
+    };
+    probe("readinessProbe", "/readyz");
+    probe("livenessProbe", "/healthz");
+    probe("startupProbe", "/healthz");
+    assert!(ctr["resources"]["requests"].is_object() && ctr["resources"]["limits"].is_object());
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(pod["securityContext"]["runAsUser"], 10001);
+    assert_eq!(ctr["securityContext"]["readOnlyRootFilesystem"], true);
+    assert!(pod["terminationGracePeriodSeconds"].as_u64().unwrap_or(0) >= 30);
+    assert!(
+        pod["topologySpreadConstraints"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty())
+    );
+
+    // Backup: a claim template mounted at the backup dir the ConfigMap enables.
+    let claims = spec["volumeClaimTemplates"]
+        .as_array()
+        .expect("volumeClaimTemplates");
+    let claim = s(&claims[0]["metadata"]["name"]);
+    let mount = ctr["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == claim)
+        .expect("the backup claim is mounted");
+    let toml =
+        s(&find(&objs, "ConfigMap", "outpost-gateway-config")["data"]["gateway.toml"]).to_owned();
+    assert!(
+        toml.contains("enabled = true"),
+        "backup enabled in gateway.toml"
+    );
+    assert!(
+        toml.contains(&format!("dir = \"{}\"", s(&mount["mountPath"]))),
+        "backup.dir is the claim's mount path"
+    );
+    let cm_mount = ctr["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "config")
+        .expect("config mounted");
+    assert_eq!(
+        ctr["args"][2],
+        format!("{}/gateway.toml", s(&cm_mount["mountPath"])),
+        "--config points at the ConfigMap file"
+    );
+    // The settings keys the ConfigMap uses exist.
+    let known = gateway_env_names();
+    let mut section = String::new();
+    for line in toml.lines().map(str::trim) {
+        if let Some(sec) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = sec.to_owned();
+        } else if let Some((key, _)) = line.split_once(" = ")
+            && !line.starts_with('#')
+        {
+            let var = format!("OUTPOST_{section}_{key}").to_ascii_uppercase();
+            assert!(
+                known.contains(&var),
+                "ConfigMap gateway.toml: unknown key {section}.{key}"
+            );
+        }
+    }
+
+    // Token from the Secret.
+    let token_env = ctr["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "OUTPOST_CONTROL_PLANE_TOKEN")
+        .expect("token variable");
+    let secret_ref = &token_env["valueFrom"]["secretKeyRef"];
+    let secret = find(&objs, "Secret", s(&secret_ref["name"]));
+    assert!(
+        secret["stringData"][s(&secret_ref["key"])]
+            .as_str()
+            .is_some_and(|t| t.starts_with("GatewayKey "))
+    );
+
+    // Services: traffic 8080/8443, metrics 8090 (the governing headless Service).
+    let ports_of = |svc: &Value| -> Vec<u64> {
+        svc["spec"]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["port"].as_u64().unwrap())
+            .collect()
+    };
+    let traffic = find(&objs, "Service", "outpost-gateway");
+    assert_eq!(ports_of(traffic), [8080, 8443]);
+    let ops = find(&objs, "Service", s(&spec["serviceName"]));
+    assert_eq!(ops["spec"]["clusterIP"], "None");
+    assert_eq!(ports_of(ops), [8090]);
+
+    let pdb = find(&objs, "PodDisruptionBudget", "outpost-gateway");
+    assert_eq!(
+        &pdb["spec"]["selector"]["matchLabels"],
+        &spec["selector"]["matchLabels"]
+    );
+
+    // Redis: a Deployment and the Service the ConfigMap points at.
+    find(&objs, "Deployment", "outpost-redis");
+    find(&objs, "Service", "outpost-redis");
+    assert!(toml.contains("url = \"redis://outpost-redis:6379/0\""));
+}
+
+// ============================================================================ external tools
+
+/// `docker compose config` and `kubectl kustomize`, when those clients are installed. Neither
+/// needs a Docker engine or a cluster; a missing client skips its check.
+#[test]
+fn external_validators_when_available() {
+    let root = root();
+    match Command::new("docker").args(["compose", "version"]).output() {
+        Ok(o) if o.status.success() => {
+            let out = Command::new("docker")
+                .args([
+                    "compose",
+                    "-f",
+                    "compose/docker-compose.yml",
+                    "config",
+                    "--quiet",
+                ])
+                .current_dir(&root)
+                .output()
+                .expect("docker compose config runs");
+            assert!(
+                out.status.success(),
+                "docker compose config:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        _ => eprintln!("skipped: `docker compose` is not available"),
+    }
+    match Command::new("kubectl")
+        .args(["kustomize", "deploy/kubernetes"])
+        .current_dir(&root)
+        .output()
+    {
+        Ok(o) if o.status.success() => {
+            let text = String::from_utf8_lossy(&o.stdout);
+            assert!(text.contains("kind: StatefulSet") && text.contains("namespace: outpost"));
+        }
+        Ok(o) if String::from_utf8_lossy(&o.stderr).contains("unknown command") => {
+            eprintln!("skipped: this kubectl has no kustomize")
+        }
+        Ok(o) => panic!(
+            "kubectl kustomize deploy/kubernetes:\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        ),
+        Err(_) => eprintln!("skipped: `kubectl` is not available"),
+    }
+}
