@@ -1,23 +1,264 @@
-//! Operator commands that talk to the management API.
+//! Operator commands that talk to the management API (`apply`, `export`, `gateway-token`) and
+//! the offline ones (`validate`, `import-openapi`).
+//!
+//! The HTTP calls are blocking (reqwest's blocking client): these are one-shot commands. Each
+//! command has a library function returning data ([`Connection::apply`], [`Connection::export`],
+//! [`Connection::gateway_token`], [`import_openapi_value`]) and a thin CLI wrapper that prints.
 
-use std::path::Path;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
+
+use outpost_model::document::{API_VERSION, Document};
+use outpost_model::{Problem, Problems};
+use serde_json::{Map, Value, json};
 
 use crate::cli::ServerArgs;
+use crate::control_plane::admin_api::{Action, ApplyResult};
+use crate::control_plane::error::ErrorBody;
+use crate::control_plane::tokens::TokenResponse;
 
-pub fn apply(_server: &ServerArgs, _file: &Path, _dry_run: bool) -> Result<ExitCode, String> {
-    Err("apply is not built yet".into())
+/// Where the CLI looks for the admin token when none is given (the default data directory).
+pub const DEFAULT_TOKEN_FILE: &str = "./outpost-data/admin-token";
+
+/// A failed call: the server's error body when it sent one.
+#[derive(Debug)]
+pub enum CallError {
+    Api { status: u16, body: ErrorBody },
+    Other(String),
 }
 
-pub fn export(_server: &ServerArgs, _output: Option<&Path>) -> Result<(), String> {
-    Err("export is not built yet".into())
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::Api { status, body } => {
+                write!(f, "HTTP {status} {}: {}", body.error, body.message)?;
+                for p in &body.problems {
+                    write!(f, "\n  - {p}")?;
+                }
+                Ok(())
+            }
+            CallError::Other(m) => f.write_str(m),
+        }
+    }
+}
+
+impl From<CallError> for String {
+    fn from(e: CallError) -> String {
+        e.to_string()
+    }
+}
+
+/// An authenticated connection to the management API.
+pub struct Connection {
+    base: String,
+    token: String,
+    http: reqwest::blocking::Client,
+}
+
+impl Connection {
+    pub fn new(server: &str, token: &str) -> Result<Connection, String> {
+        let http = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(120))
+            .build()
+            .map_err(|e| format!("cannot create an HTTP client: {e}"))?;
+        Ok(Connection {
+            base: server.trim_end_matches('/').to_owned(),
+            token: token.trim().to_owned(),
+            http,
+        })
+    }
+
+    /// From `--server` and `--token` / `OUTPOST_ADMIN_TOKEN` / `--token-file`, falling back to
+    /// [`DEFAULT_TOKEN_FILE`] when it exists.
+    pub fn from_args(args: &ServerArgs) -> Result<Connection, String> {
+        let token = match (&args.token, &args.token_file) {
+            (Some(t), _) if !t.trim().is_empty() => t.clone(),
+            (_, Some(f)) => read_token_file(f)?,
+            _ if Path::new(DEFAULT_TOKEN_FILE).exists() => {
+                read_token_file(Path::new(DEFAULT_TOKEN_FILE))?
+            }
+            _ => {
+                return Err(
+                    "no admin token: pass --token, set OUTPOST_ADMIN_TOKEN, or pass --token-file \
+                     (the control plane keeps a generated token in <data_dir>/admin-token)"
+                        .into(),
+                );
+            }
+        };
+        Connection::new(&args.server, &token)
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/api/v1{path}", self.base)
+    }
+
+    fn send(&self, req: reqwest::blocking::RequestBuilder) -> Result<String, CallError> {
+        let res = req
+            .bearer_auth(&self.token)
+            .send()
+            .map_err(|e| CallError::Other(format!("cannot reach {}: {e}", self.base)))?;
+        let status = res.status();
+        let text = res
+            .text()
+            .map_err(|e| CallError::Other(format!("reading the answer of {}: {e}", self.base)))?;
+        if status.is_success() {
+            return Ok(text);
+        }
+        match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(body) => Err(CallError::Api {
+                status: status.as_u16(),
+                body,
+            }),
+            Err(_) => Err(CallError::Other(format!(
+                "HTTP {status} from {}: {}",
+                self.base,
+                text.chars().take(500).collect::<String>()
+            ))),
+        }
+    }
+
+    fn json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, CallError> {
+        serde_json::from_str(text)
+            .map_err(|e| CallError::Other(format!("unexpected answer ({e}): {text}")))
+    }
+
+    /// `POST /api/v1/apply` with a declarative file's text (YAML or JSON).
+    pub fn apply(&self, text: &str, dry_run: bool) -> Result<ApplyResult, CallError> {
+        let req = self
+            .http
+            .post(self.url(&format!("/apply?dry_run={dry_run}")))
+            .header(reqwest::header::CONTENT_TYPE, "application/yaml")
+            .body(text.to_owned());
+        Self::json(&self.send(req)?)
+    }
+
+    /// `GET /api/v1/export`: the whole configuration as YAML, secrets masked.
+    pub fn export(&self) -> Result<String, CallError> {
+        self.send(self.http.get(self.url("/export")))
+    }
+
+    /// `POST /api/v1/gateways/{gateway}/token`.
+    pub fn gateway_token(
+        &self,
+        gateway: &str,
+        lifetime: Duration,
+        key: &str,
+    ) -> Result<TokenResponse, CallError> {
+        let req = self
+            .http
+            .post(self.url(&format!("/gateways/{gateway}/token")))
+            .json(&json!({"key": key, "lifetime-secs": lifetime.as_secs()}));
+        Self::json(&self.send(req)?)
+    }
+}
+
+fn read_token_file(path: &Path) -> Result<String, String> {
+    let t = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the admin token from {}: {e}", path.display()))?;
+    let t = t.trim();
+    if t.is_empty() {
+        return Err(format!("{} is empty", path.display()));
+    }
+    Ok(t.to_owned())
+}
+
+fn read_file(file: &Path) -> Result<String, String> {
+    std::fs::read_to_string(file).map_err(|e| format!("cannot read {}: {e}", file.display()))
+}
+
+/// `outpost apply -f FILE [--dry-run]`: prints the changes; on validation errors prints every
+/// problem with its location and exits non-zero.
+pub fn apply(server: &ServerArgs, file: &Path, dry_run: bool) -> Result<ExitCode, String> {
+    let text = read_file(file)?;
+    let conn = Connection::from_args(server)?;
+    match conn.apply(&text, dry_run) {
+        Ok(result) => {
+            print!("{}", format_apply(&result));
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(CallError::Api { status: 400, body }) => {
+            eprintln!("{}: {}", file.display(), body.message);
+            if !body.problems.is_empty() {
+                eprintln!("{}", Problems(body.problems));
+            }
+            Ok(ExitCode::FAILURE)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The text `outpost apply` prints for a result.
+pub fn format_apply(r: &ApplyResult) -> String {
+    let mut out = String::new();
+    for c in &r.changes {
+        let verb = match c.action {
+            Action::Create => "create",
+            Action::Update => "update",
+            Action::Delete => "delete",
+        };
+        out.push_str(&format!("{verb:<7} {}\n", c.key));
+    }
+    let n = r.changes.len();
+    if r.dry_run {
+        out.push_str(&format!(
+            "dry run: {n} change(s) would be made, {} resource(s) unchanged; nothing was changed (revision {})\n",
+            r.unchanged, r.revision
+        ));
+    } else if n == 0 {
+        out.push_str(&format!(
+            "no changes, {} resource(s) unchanged (revision {})\n",
+            r.unchanged, r.revision
+        ));
+    } else {
+        out.push_str(&format!(
+            "applied {n} change(s), {} resource(s) unchanged; now at revision {}\n",
+            r.unchanged, r.revision
+        ));
+    }
+    out
+}
+
+/// `outpost export [-o FILE]`.
+pub fn export(server: &ServerArgs, output: Option<&Path>) -> Result<(), String> {
+    let conn = Connection::from_args(server)?;
+    let yaml = conn.export()?;
+    write_output(output, &yaml)
+}
+
+/// Writes to a file (owner-only when created: exports hold subscription keys) or stdout.
+fn write_output(output: Option<&Path>, text: &str) -> Result<(), String> {
+    match output {
+        None => {
+            let mut stdout = std::io::stdout().lock();
+            stdout
+                .write_all(text.as_bytes())
+                .and_then(|()| stdout.flush())
+                .map_err(|e| format!("cannot write to standard output: {e}"))
+        }
+        Some(path) => {
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                options.mode(0o600);
+            }
+            options
+                .open(path)
+                .and_then(|mut f| f.write_all(text.as_bytes()))
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            eprintln!("wrote {}", path.display());
+            Ok(())
+        }
+    }
 }
 
 /// Checks a declarative file offline.
 pub fn validate(file: &Path) -> Result<ExitCode, String> {
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-    match outpost_model::document::Document::from_yaml(&text) {
+    let text = read_file(file)?;
+    match Document::from_yaml(&text) {
         Ok(doc) => {
             println!(
                 "{}: valid, {} resources",
@@ -37,21 +278,459 @@ pub fn validate(file: &Path) -> Result<ExitCode, String> {
     }
 }
 
+/// `outpost gateway-token --gateway NAME --expires 7d --key primary`: prints the token.
 pub fn gateway_token(
-    _server: &ServerArgs,
-    _gateway: &str,
-    _expires: &str,
-    _key: &str,
+    server: &ServerArgs,
+    gateway: &str,
+    expires: &str,
+    key: &str,
 ) -> Result<(), String> {
-    Err("gateway-token is not built yet".into())
+    let lifetime = parse_duration(expires).map_err(|e| format!("--expires: {e}"))?;
+    if !matches!(key, "primary" | "secondary") {
+        return Err(format!("--key must be primary or secondary, not '{key}'"));
+    }
+    let conn = Connection::from_args(server)?;
+    let token = conn.gateway_token(gateway, lifetime, key)?;
+    eprintln!(
+        "token for gateway '{gateway}' from its {key} key, valid until {}",
+        token.expiry
+    );
+    println!("{}", token.value);
+    Ok(())
 }
 
+/// `30m`, `12h`, `7d`, `90s`, or combinations such as `1d12h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("empty duration; write e.g. 30m, 12h or 7d".into());
+    }
+    let mut total: u64 = 0;
+    let mut digits = String::new();
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            'w' => 7 * 86_400,
+            _ => {
+                return Err(format!(
+                    "'{s}': unknown unit '{c}'; use s, m, h, d or w (e.g. 30m, 12h, 7d)"
+                ));
+            }
+        };
+        let n: u64 = digits
+            .parse()
+            .map_err(|_| format!("'{s}': a number must come before '{c}'"))?;
+        digits.clear();
+        total = n
+            .checked_mul(unit)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(|| format!("'{s}' is too long"))?;
+    }
+    if !digits.is_empty() {
+        return Err(format!(
+            "'{s}': the number {digits} needs a unit (s, m, h, d or w)"
+        ));
+    }
+    if total == 0 {
+        return Err(format!("'{s}' is zero"));
+    }
+    Ok(Duration::from_secs(total))
+}
+
+// === import-openapi ===
+
+/// `outpost import-openapi FILE --name N [--backend-url U] [--path P] [-o OUT]`.
 pub fn import_openapi(
-    _file: &Path,
-    _name: &str,
-    _backend_url: Option<&str>,
-    _path: Option<&str>,
-    _output: Option<&Path>,
+    file: &Path,
+    name: &str,
+    backend_url: Option<&str>,
+    path: Option<&str>,
+    output: Option<&Path>,
 ) -> Result<(), String> {
-    Err("import-openapi is not built yet".into())
+    let text = read_file(file)?;
+    let spec = parse_spec(&text).map_err(|e| format!("{}: {e}", file.display()))?;
+    let imported = import_openapi_value(&spec, name, backend_url, path)
+        .map_err(|e| format!("{}: {e}", file.display()))?;
+    for w in &imported.warnings {
+        eprintln!("warning: {w}");
+    }
+    let yaml = format!(
+        "# Generated by `outpost import-openapi` from {}.\n{}",
+        file.file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        imported.document.to_yaml()
+    );
+    write_output(output, &yaml)
+}
+
+/// Parses an OpenAPI document given as JSON or YAML.
+pub fn parse_spec(text: &str) -> Result<Value, String> {
+    if text.trim_start().starts_with('{') {
+        serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))
+    } else {
+        serde_saphyr::from_str(text).map_err(|e| format!("not valid YAML: {e}"))
+    }
+}
+
+/// The result of an import: a validated declarative document and what was adapted on the way.
+#[derive(Debug)]
+pub struct Imported {
+    pub document: Document,
+    pub warnings: Vec<String>,
+}
+
+const HTTP_METHODS: [&str; 8] = [
+    "get", "put", "post", "delete", "options", "head", "patch", "trace",
+];
+
+/// Builds a backend and an API (operations from paths × methods) from an OpenAPI 3 document.
+pub fn import_openapi_value(
+    spec: &Value,
+    name: &str,
+    backend_url: Option<&str>,
+    path: Option<&str>,
+) -> Result<Imported, String> {
+    if spec.get("swagger").is_some() {
+        return Err("Swagger 2.0 documents are not supported; convert to OpenAPI 3 first".into());
+    }
+    match spec.get("openapi").and_then(Value::as_str) {
+        Some(v) if v.starts_with("3.") => {}
+        Some(v) => return Err(format!("OpenAPI version {v} is not supported (3.x is)")),
+        None => return Err("not an OpenAPI 3 document (no 'openapi: 3.x' field)".into()),
+    }
+    let mut warnings = Vec::new();
+    let url = match backend_url {
+        Some(u) => u.to_owned(),
+        None => first_server_url(spec)?,
+    };
+    let url = url.trim_end_matches('/').to_owned();
+    let api_path = path.unwrap_or(name).trim_matches('/').to_owned();
+
+    let mut operations = Vec::new();
+    let mut names = std::collections::HashSet::new();
+    let paths = spec
+        .get("paths")
+        .and_then(Value::as_object)
+        .ok_or("the document has no 'paths'")?;
+    for (p, item) in paths {
+        let Some(item) = item.as_object() else {
+            continue;
+        };
+        let (template, warning) = convert_template(p);
+        if let Some(w) = warning {
+            warnings.push(w);
+        }
+        for method in HTTP_METHODS {
+            let Some(op) = item.get(method) else {
+                continue;
+            };
+            let base = op
+                .get("operationId")
+                .and_then(Value::as_str)
+                .map(sanitize_name)
+                .filter(|n| !n.is_empty())
+                .unwrap_or_else(|| sanitize_name(&format!("{method} {p}")));
+            let mut op_name = base.clone();
+            let mut i = 2;
+            while !names.insert(op_name.clone()) {
+                op_name = format!("{}-{i}", truncate(&base, 76));
+                i += 1;
+            }
+            operations.push(json!({
+                "name": op_name,
+                "method": method.to_ascii_uppercase(),
+                "url-template": template,
+            }));
+        }
+    }
+    if operations.is_empty() {
+        warnings.push("the document has no operations; the API has none either".into());
+    }
+    let mut api = Map::new();
+    api.insert("name".into(), json!(name));
+    if let Some(title) = spec.pointer("/info/title").and_then(Value::as_str) {
+        api.insert("display-name".into(), json!(title));
+    }
+    api.insert("path".into(), json!(api_path));
+    api.insert("backend".into(), json!(name));
+    api.insert("operations".into(), Value::Array(operations));
+    let file = json!({
+        "apiVersion": API_VERSION,
+        "backends": [{"name": name, "url": url}],
+        "apis": [Value::Object(api)],
+    });
+    let document = Document::from_value(file).map_err(|p| {
+        format!(
+            "the generated file is not valid ({} problem(s)):\n{p}",
+            p.len()
+        )
+    })?;
+    Ok(Imported { document, warnings })
+}
+
+/// The first server's URL with its variables set to their defaults.
+fn first_server_url(spec: &Value) -> Result<String, String> {
+    let server = spec
+        .pointer("/servers/0")
+        .ok_or("the document lists no servers; give --backend-url")?;
+    let mut url = server
+        .get("url")
+        .and_then(Value::as_str)
+        .ok_or("the first server has no url; give --backend-url")?
+        .to_owned();
+    if let Some(vars) = server.get("variables").and_then(Value::as_object) {
+        for (k, v) in vars {
+            if let Some(d) = v.get("default").and_then(Value::as_str) {
+                url = url.replace(&format!("{{{k}}}"), d);
+            }
+        }
+    }
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(format!(
+            "the first server URL '{url}' is not an absolute http(s) URL; give --backend-url"
+        ));
+    }
+    Ok(url)
+}
+
+/// `/orders/{orderId}` stays; a segment mixing text and parameters (`/{name}.{ext}`) becomes one
+/// parameter (with a warning), since Outpost templates take whole segments.
+fn convert_template(p: &str) -> (String, Option<String>) {
+    let mut warning = None;
+    let segments: Vec<String> = p
+        .trim_start_matches('/')
+        .split('/')
+        .map(|seg| {
+            if !seg.contains('{') && !seg.contains('}') {
+                return seg.to_owned();
+            }
+            if seg.starts_with('{') && seg.ends_with('}') && seg.matches('{').count() == 1 {
+                return format!("{{{}}}", param_name(&seg[1..seg.len() - 1]));
+            }
+            warning = Some(format!(
+                "path '{p}': segment '{seg}' mixes text and parameters; it matches as one parameter"
+            ));
+            format!("{{{}}}", param_name(seg))
+        })
+        .collect();
+    (format!("/{}", segments.join("/")), warning)
+}
+
+fn param_name(s: &str) -> String {
+    let n: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let n = n.trim_matches('_').to_owned();
+    if n.is_empty() { "param".into() } else { n }
+}
+
+/// `getOrderById` → `get-order-by-id`; `GET /orders/{id}` → `get-orders-id`.
+pub fn sanitize_name(s: &str) -> String {
+    let mut out = String::new();
+    let mut prev_lower = false;
+    for c in s.chars() {
+        if c.is_ascii_uppercase() {
+            if prev_lower {
+                out.push('-');
+            }
+            out.push(c.to_ascii_lowercase());
+            prev_lower = false;
+        } else if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            out.push(c);
+            prev_lower = true;
+        } else if matches!(c, '.' | '_') {
+            out.push(c);
+            prev_lower = false;
+        } else {
+            out.push('-');
+            prev_lower = false;
+        }
+    }
+    let mut collapsed = String::new();
+    for c in out.chars() {
+        if c == '-' && collapsed.ends_with('-') {
+            continue;
+        }
+        collapsed.push(c);
+    }
+    let trimmed = collapsed
+        .trim_start_matches(|c: char| !c.is_ascii_alphanumeric())
+        .trim_end_matches('-');
+    truncate(trimmed, 80).trim_end_matches('-').to_owned()
+}
+
+fn truncate(s: &str, n: usize) -> &str {
+    // Names are ASCII here.
+    &s[..s.len().min(n)]
+}
+
+/// Problems as the CLI prints them, one per line with its location.
+pub fn format_problems(problems: &[Problem]) -> String {
+    Problems(problems.to_vec()).to_string()
+}
+
+/// The token file the control plane writes in a data directory.
+pub fn token_file_in(data_dir: &Path) -> PathBuf {
+    data_dir.join(crate::control_plane::auth::TOKEN_FILE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30m").unwrap(), Duration::from_secs(1800));
+        assert_eq!(parse_duration("12h").unwrap(), Duration::from_secs(43_200));
+        assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(604_800));
+        assert_eq!(
+            parse_duration("1d12h").unwrap(),
+            Duration::from_secs(129_600)
+        );
+        for bad in ["", "7", "d", "7x", "0m", "-1h"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn names_are_sanitised() {
+        assert_eq!(sanitize_name("getOrderById"), "get-order-by-id");
+        assert_eq!(sanitize_name("get /orders/{id}"), "get-orders-id");
+        assert_eq!(sanitize_name("List_Orders v2"), "list_orders-v2");
+        assert_eq!(sanitize_name("__x"), "x");
+        assert_eq!(sanitize_name(&"a".repeat(100)).len(), 80);
+    }
+
+    #[test]
+    fn imports_an_openapi_document() {
+        let spec = parse_spec(
+            r#"
+openapi: 3.0.3
+info: {title: Orders, version: "1"}
+servers:
+  - url: "https://{host}/v2/"
+    variables: {host: {default: orders.example.com}}
+paths:
+  /orders:
+    get: {operationId: listOrders}
+    post: {operationId: createOrder}
+  /orders/{order.id}:
+    get: {operationId: getOrder}
+    delete: {}
+  /files/{name}.{ext}:
+    get: {operationId: getOrder}
+"#,
+        )
+        .unwrap();
+        let imported = import_openapi_value(&spec, "orders", None, None).unwrap();
+        assert_eq!(imported.warnings.len(), 1, "{:?}", imported.warnings);
+        let v = imported.document.to_value();
+        assert_eq!(v["backends"][0]["url"], "https://orders.example.com/v2");
+        let api = &v["apis"][0];
+        assert_eq!(api["path"], "orders");
+        assert_eq!(api["display-name"], "Orders");
+        let ops: Vec<(String, String, String)> = api["operations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| {
+                (
+                    o["name"].as_str().unwrap().to_owned(),
+                    o["method"].as_str().unwrap().to_owned(),
+                    o["url-template"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        let expect = |n: &str, m: &str, t: &str| (n.to_owned(), m.to_owned(), t.to_owned());
+        assert!(
+            ops.contains(&expect("list-orders", "GET", "/orders")),
+            "{ops:?}"
+        );
+        assert!(ops.contains(&expect("create-order", "POST", "/orders")));
+        // Duplicate operation ids get a suffix (which one depends on the paths' order).
+        let get_orders: Vec<&(String, String, String)> = ops
+            .iter()
+            .filter(|o| o.0.starts_with("get-order"))
+            .collect();
+        assert_eq!(get_orders.len(), 2, "{ops:?}");
+        assert!(get_orders.iter().any(|o| o.0 == "get-order"));
+        assert!(get_orders.iter().any(|o| o.0 == "get-order-2"));
+        assert!(get_orders.iter().any(|o| o.2 == "/orders/{order_id}"));
+        assert!(get_orders.iter().any(|o| o.2 == "/files/{name___ext}"));
+        assert!(ops.contains(&expect(
+            "delete-orders-order.id",
+            "DELETE",
+            "/orders/{order_id}"
+        )));
+
+        let err = import_openapi_value(&json!({"swagger": "2.0"}), "x", None, None).unwrap_err();
+        assert!(err.contains("Swagger 2.0"), "{err}");
+        let err = import_openapi_value(
+            &json!({"openapi": "3.1.0", "servers": [{"url": "/v1"}], "paths": {}}),
+            "x",
+            None,
+            None,
+        )
+        .unwrap_err();
+        assert!(err.contains("--backend-url"), "{err}");
+        let err = import_openapi_value(
+            &json!({"openapi": "3.1.0", "paths": {}}),
+            "Bad Name",
+            Some("http://x"),
+            None,
+        )
+        .unwrap_err();
+        assert!(err.contains("not a valid name"), "{err}");
+    }
+
+    #[test]
+    fn sample_api_file_is_valid() {
+        let text = include_str!("../config/sample-api.yaml");
+        let doc = Document::from_yaml(text).unwrap_or_else(|p| panic!("{p}"));
+        let kinds: std::collections::BTreeSet<_> = doc.resources.iter().map(|r| r.kind()).collect();
+        assert_eq!(
+            kinds.len(),
+            6,
+            "every kind but the global policy: {kinds:?}"
+        );
+        let names: Vec<String> = doc.resources.iter().map(|r| r.key().to_string()).collect();
+        for want in ["apis/orders", "gateways/site-a"] {
+            assert!(names.iter().any(|n| n == want), "{want} in {names:?}");
+        }
+    }
+
+    #[test]
+    fn control_plane_example_settings_are_the_defaults_and_list_every_key() {
+        use crate::control_plane::settings::ControlPlaneSettings;
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/control-plane.toml");
+        let loaded: ControlPlaneSettings = crate::settings::load(Some(&path), &Default::default())
+            .unwrap_or_else(|p| panic!("{p}"));
+        assert_eq!(loaded, ControlPlaneSettings::default());
+        let text = std::fs::read_to_string(&path).unwrap();
+        let file: toml::Value = toml::from_str(&text).unwrap();
+        let file = serde_json::to_value(file).unwrap();
+        let defaults = serde_json::to_value(ControlPlaneSettings::default()).unwrap();
+        let keys = |v: &Value| -> Vec<String> {
+            crate::settings::leaves(v)
+                .into_iter()
+                .map(|(p, _)| p.join("."))
+                .collect()
+        };
+        assert_eq!(keys(&file), keys(&defaults));
+    }
 }

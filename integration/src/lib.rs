@@ -59,6 +59,7 @@
 
 pub mod backend;
 pub mod fault_proxy;
+pub mod fleet;
 pub mod http;
 pub mod ports;
 pub mod process;
@@ -67,6 +68,7 @@ pub mod wait;
 
 pub use backend::TestBackend;
 pub use fault_proxy::{FaultMode, FaultProxy};
+pub use fleet::{ADMIN_TOKEN, ControlPlane, Gateway, GatewayOptions};
 pub use http::{LoadLoop, LoadReport, client, client_builder, hey, hey_with};
 pub use ports::{free_addr, free_port};
 pub use process::{ManagedProcess, outpost_binary, outpost_command, workspace_root};

@@ -1,13 +1,386 @@
-//! The control plane: revisioned store, management API, gateway-facing endpoint.
+//! The control plane: revisioned store, management API and dashboard (admin listener),
+//! gateway-facing endpoint (gateway listener).
+//!
+//! [`start`] opens the store, resolves the admin token and starts both listeners on a thread of
+//! their own (an actix system), so it works the same from `main`, from tests (sync or async) and
+//! from `outpost demo`, which runs several components in one process. Nothing here is
+//! process-global: two control planes can run side by side. [`run`] is `start` plus waiting for
+//! SIGINT/SIGTERM, then a graceful stop.
+//!
+//! Admin listener (`admin.listen`):
+//! - `/` — the dashboard ([`dashboard`]);
+//! - `/api/v1/openapi.json` — the OpenAPI document ([`openapi`]), no authentication;
+//! - `/api/v1/...` — the management API ([`admin_api`]) and the gateway admin routes
+//!   ([`gateway_api::configure_admin`]), behind `Authorization: Bearer <admin token>` ([`auth`]).
+//!
+//! Gateway listener (`gateway_api.listen`, HTTPS when `tls_cert_file`/`tls_key_file` are set):
+//! `/gateway/v1/...` ([`gateway_api::configure_gateway_api`]).
 
+pub mod admin_api;
+pub mod auth;
+pub mod dashboard;
 pub mod error;
+pub mod openapi;
 pub mod settings;
 pub mod store;
+// --- gateway keys/tokens, gateway endpoint, instances, telemetry (owned by the gateway-API side) ---
+pub mod gateway_api;
+pub mod instances;
+pub mod telemetry;
+pub mod tokens;
 
-use settings::ControlPlaneSettings;
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::sync::Arc;
+use std::thread::JoinHandle;
 
-/// Runs the control plane until it is stopped.
+use actix_web::dev::ServerHandle;
+use actix_web::middleware::from_fn;
+use actix_web::{App, HttpServer, web};
+use outpost_model::Problems;
+use tokio::sync::watch;
+
+use self::admin_api::AdminState;
+use self::auth::AdminToken;
+use self::gateway_api::GatewayApiState;
+use self::settings::{ControlPlaneSettings, GatewayApiSettings};
+use self::store::{State, Store, StoreOptions};
+use crate::settings::Validate;
+
+/// Name of the SQLite file in the data directory.
+pub const DB_FILE: &str = "outpost.db";
+
+/// A started control plane. Dropping it stops both listeners (not gracefully).
+pub struct RunningControlPlane {
+    admin_addr: SocketAddr,
+    gateway_addr: SocketAddr,
+    gateway_tls: bool,
+    admin_token: AdminToken,
+    store: Arc<Store>,
+    gateway_state: web::Data<GatewayApiState>,
+    servers: Vec<ServerHandle>,
+    exited: watch::Receiver<bool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Stops a running control plane from elsewhere (a signal handler, another thread).
+#[derive(Clone)]
+pub struct StopHandle {
+    servers: Vec<ServerHandle>,
+}
+
+impl StopHandle {
+    /// Asks both listeners to stop; returns at once (see [`RunningControlPlane::join`]).
+    pub fn stop(&self, graceful: bool) {
+        for s in &self.servers {
+            // The command is sent when `stop` is called; the returned future only waits.
+            drop(s.stop(graceful));
+        }
+    }
+}
+
+impl RunningControlPlane {
+    /// The bound address of the admin listener (the real port when configured with port 0).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    pub fn gateway_addr(&self) -> SocketAddr {
+        self.gateway_addr
+    }
+
+    /// `http://<admin addr>`, with a wildcard address replaced by loopback.
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", connectable(self.admin_addr))
+    }
+
+    /// `http(s)://<gateway addr>`, with a wildcard address replaced by loopback.
+    pub fn gateway_url(&self) -> String {
+        let scheme = if self.gateway_tls { "https" } else { "http" };
+        format!("{scheme}://{}", connectable(self.gateway_addr))
+    }
+
+    pub fn admin_token(&self) -> &str {
+        self.admin_token.as_str()
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// The state shared by the gateway endpoint and its admin routes (instances, telemetry).
+    pub fn gateway_state(&self) -> &web::Data<GatewayApiState> {
+        &self.gateway_state
+    }
+
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle {
+            servers: self.servers.clone(),
+        }
+    }
+
+    /// Stops gracefully (in-flight requests finish, within the listeners' shutdown timeouts)
+    /// and waits until both listeners are down and their ports released.
+    pub fn stop(mut self) {
+        self.stop_handle().stop(true);
+        self.join_thread();
+    }
+
+    /// Waits until the listeners stop (after a [`StopHandle::stop`]).
+    pub fn join(mut self) {
+        self.join_thread();
+    }
+
+    fn join_thread(&mut self) {
+        if let Some(t) = self.thread.take()
+            && t.join().is_err()
+        {
+            tracing::error!("the control plane's server thread panicked");
+        }
+    }
+
+    /// Resolves when the listeners have stopped, for whatever reason.
+    pub async fn stopped(&self) {
+        let mut rx = self.exited.clone();
+        let _ = rx.wait_for(|done| *done).await;
+    }
+}
+
+impl Drop for RunningControlPlane {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            self.stop_handle().stop(false);
+            self.join_thread();
+        }
+    }
+}
+
+fn connectable(addr: SocketAddr) -> SocketAddr {
+    let mut a = addr;
+    if a.ip().is_unspecified() {
+        a.set_ip(if a.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    a
+}
+
+/// Opens the store, resolves the admin token, starts both listeners and returns once they
+/// accept connections.
+pub fn start(settings: ControlPlaneSettings) -> Result<RunningControlPlane, String> {
+    let mut problems = Problems::new();
+    settings.validate(&mut problems);
+    if !problems.is_empty() {
+        return Err(format!("invalid control plane settings:\n{problems}"));
+    }
+    let store = open_store(&settings)?;
+    let (admin_token, source) = auth::resolve_admin_token(&settings)?;
+    auth::announce(&admin_token, &source);
+
+    let tls = gateway_tls_config(&settings.gateway_api)?;
+    let admin_listener = TcpListener::bind(&settings.admin.listen).map_err(|e| {
+        format!(
+            "cannot listen on {} (admin.listen): {e}",
+            settings.admin.listen
+        )
+    })?;
+    let gateway_listener = TcpListener::bind(&settings.gateway_api.listen).map_err(|e| {
+        format!(
+            "cannot listen on {} (gateway_api.listen): {e}",
+            settings.gateway_api.listen
+        )
+    })?;
+    let admin_addr = admin_listener.local_addr().map_err(|e| e.to_string())?;
+    let gateway_addr = gateway_listener.local_addr().map_err(|e| e.to_string())?;
+    let gateway_tls = tls.is_some();
+
+    let admin_state = web::Data::new(AdminState {
+        store: store.clone(),
+    });
+    let token_data = web::Data::new(admin_token.clone());
+    // One instance for both listeners, so heartbeats received on the gateway listener show in
+    // the admin API.
+    let gateway_state = web::Data::new(GatewayApiState::new(store.clone(), &settings));
+
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<Vec<ServerHandle>, String>>();
+    let (exited_tx, exited) = watch::channel(false);
+    let gw_state = gateway_state.clone();
+    let thread = std::thread::Builder::new()
+        .name("control-plane".into())
+        .spawn(move || {
+            let system = actix_rt::System::new();
+            system.block_on(async move {
+                let admin_gw_state = gw_state.clone();
+                let admin = HttpServer::new(move || {
+                    App::new()
+                        .app_data(admin_state.clone())
+                        .app_data(token_data.clone())
+                        .app_data(admin_gw_state.clone())
+                        .configure(dashboard::configure)
+                        .configure(admin_api::configure_public)
+                        .service(
+                            web::scope(admin_api::PREFIX)
+                                .wrap(from_fn(auth::require_admin))
+                                .configure(admin_api::configure_protected)
+                                // Gateway keys, tokens, instances, telemetry (gateway_api.rs).
+                                .configure(gateway_api::configure_admin),
+                        )
+                        .default_service(web::to(admin_api::no_route))
+                })
+                .workers(2)
+                .shutdown_timeout(5)
+                .disable_signals()
+                .listen(admin_listener);
+                let gateway = HttpServer::new(move || {
+                    App::new()
+                        .app_data(gw_state.clone())
+                        // The gateway-facing endpoint (gateway_api.rs).
+                        .configure(gateway_api::configure_gateway_api)
+                        .default_service(web::to(admin_api::no_route))
+                })
+                .shutdown_timeout(2)
+                .disable_signals();
+                let gateway = match tls {
+                    Some(config) => gateway.listen_rustls_0_23(gateway_listener, config),
+                    None => gateway.listen(gateway_listener),
+                };
+                let (admin, gateway) = match (admin, gateway) {
+                    (Ok(a), Ok(g)) => (a.run(), g.run()),
+                    (Err(e), _) | (_, Err(e)) => {
+                        let _ = ready_tx.send(Err(format!("cannot start the listeners: {e}")));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(vec![admin.handle(), gateway.handle()]));
+                let (a, g) = futures_util::future::join(admin, gateway).await;
+                for (what, r) in [("admin", a), ("gateway", g)] {
+                    if let Err(e) = r {
+                        tracing::error!(listener = what, error = %e, "listener failed");
+                    }
+                }
+            });
+            let _ = exited_tx.send(true);
+        })
+        .map_err(|e| format!("cannot start the server thread: {e}"))?;
+    let servers = match ready_rx.recv() {
+        Ok(Ok(servers)) => servers,
+        Ok(Err(e)) => {
+            let _ = thread.join();
+            return Err(e);
+        }
+        Err(_) => {
+            let _ = thread.join();
+            return Err("the server thread ended during start".into());
+        }
+    };
+    tracing::info!(
+        admin = %admin_addr,
+        gateway = %gateway_addr,
+        revision = store.revision(),
+        "control plane started"
+    );
+    Ok(RunningControlPlane {
+        admin_addr,
+        gateway_addr,
+        gateway_tls,
+        admin_token,
+        store,
+        gateway_state,
+        servers,
+        exited,
+        thread: Some(thread),
+    })
+}
+
+fn open_store(settings: &ControlPlaneSettings) -> Result<Arc<Store>, String> {
+    let options = StoreOptions {
+        change_log_limit: settings.store.change_log_limit,
+    };
+    let path = if settings.store.data_dir == ":memory:" {
+        Path::new(":memory:").to_path_buf()
+    } else {
+        Path::new(&settings.store.data_dir).join(DB_FILE)
+    };
+    let store = Store::open(&path, options)
+        .map_err(|e| format!("cannot open the store at {}: {e}", path.display()))?
+        // Every candidate configuration is compiled the way a gateway would compile it, so
+        // nothing a gateway would refuse (an unsupported policy, say) is ever accepted.
+        .with_validator(Box::new(|state: &State| {
+            outpost_actors::route_table::validate_config(state.iter_resources())
+        }));
+    Ok(Arc::new(store))
+}
+
+fn gateway_tls_config(s: &GatewayApiSettings) -> Result<Option<rustls::ServerConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    if s.tls_cert_file.is_empty() {
+        return Ok(None);
+    }
+    let certs = CertificateDer::pem_file_iter(&s.tls_cert_file)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("gateway_api.tls_cert_file {}: {e}", s.tls_cert_file))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "gateway_api.tls_cert_file {}: no certificate found",
+            s.tls_cert_file
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_file(&s.tls_key_file)
+        .map_err(|e| format!("gateway_api.tls_key_file {}: {e}", s.tls_key_file))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| format!("TLS: {e}"))?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| format!("gateway_api TLS certificate and key: {e}"))?;
+    Ok(Some(config))
+}
+
+/// Runs the control plane until SIGINT or SIGTERM, then stops gracefully.
 pub fn run(settings: ControlPlaneSettings) -> Result<(), String> {
     crate::logging::init(&settings.log);
-    Err("the control plane server is not built yet".into())
+    let running = start(settings)?;
+    eprintln!(
+        "outpost control plane: management API and dashboard on {}, gateway endpoint on {}",
+        running.admin_url(),
+        running.gateway_url()
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a runtime: {e}"))?;
+    let signal = runtime.block_on(async {
+        #[cfg(unix)]
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => Some("SIGINT"),
+            _ = term => Some("SIGTERM"),
+            _ = running.stopped() => None,
+        }
+    });
+    match signal {
+        Some(name) => {
+            tracing::info!(signal = name, "stopping");
+            running.stop();
+            Ok(())
+        }
+        None => {
+            running.join();
+            Err("the control plane's listeners stopped unexpectedly".into())
+        }
+    }
 }

@@ -604,7 +604,7 @@ pub fn generate_key() -> String {
 
 /// Subscription keys left empty keep their current value or get a new one; a secret named value
 /// sent back masked keeps its stored value. This is what makes `export` → `apply` a no-op.
-fn fill_generated(resource: &mut Resource, existing: Option<&Resource>) {
+pub fn fill_generated(resource: &mut Resource, existing: Option<&Resource>) {
     match (resource, existing) {
         (Resource::Subscription(s), existing) => {
             let old = match existing {

@@ -1,11 +1,862 @@
-//! The self-hosted gateway.
+//! The self-hosted gateway: startup wiring of the actors and listeners.
+//!
+//! [`start`] brings a gateway up on a thread of its own (an actix system), so it works the same
+//! from `main`, from tests and from `outpost demo`, and several can run in one process.
+//! [`run`] is `start` plus waiting for SIGINT/SIGTERM, then a graceful stop.
+//!
+//! # Startup sequence
+//! 1. The ops listener starts at once: `/healthz` answers, `/readyz` says 503 until step 3.
+//! 2. Where the configuration comes from:
+//!    - offline mode (`offline.config_file`): the declarative file, parsed and validated (every
+//!      problem listed, non-zero exit); the control plane is never contacted;
+//!    - otherwise one full snapshot from the control plane, within
+//!      `control_plane.request_timeout_ms`; if it cannot be had (unreachable, 5xx, 401,
+//!      refused by the route table) the backup (`backup.enabled`) when it is valid; neither →
+//!      the start fails with a message saying what to do. A corrupt backup is refused with the
+//!      reason and never half-loaded.
+//! 3. The route table compiles it; only then does the traffic listener start.
+//! 4. `ConfigSync` keeps polling from there (in the background when serving from the backup),
+//!    `TelemetryBuffer` uploads request metrics, `ConnectivityWatcher` keeps the status board.
 
+pub mod error;
+pub mod forward;
+pub mod ops;
+pub mod pipeline;
+pub mod policies;
+pub mod proxy;
 pub mod settings;
 
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use actix::{Actor, Addr};
+use actix_web::dev::ServerHandle;
+use chrono::Utc;
+use outpost_actors::config_sync::{self, ConfigSync, Identity, SnapshotSink, SyncConfig, backup};
+use outpost_actors::connectivity::{
+    AppliedConfig, ConfigApplied, ConfigSource, ConnectivityStatus, ConnectivityWatcher,
+    ControlPlaneFailed, ControlPlaneReachable, ControlPlaneUnauthorized, Refusal, SnapshotRefused,
+    StatusHandle, WatcherConfig,
+};
+use outpost_actors::link::{CallError, ClientFactory, Link, LinkConfig};
+use outpost_actors::route_table::{self, ApplySnapshot, CompileContext, RouteTable, TableHandle};
+use outpost_actors::telemetry::{self, Aggregator, TelemetryBuffer, TelemetryConfig};
+use outpost_actors::token::{self, TokenInfo};
+use outpost_model::document::Document;
+use outpost_model::view::gateway_view;
+use outpost_model::wire::GatewaySnapshot;
+use outpost_model::{Kind, Problems, Resource};
+use rand::RngCore;
+use tokio::sync::watch;
+
+use crate::settings::Validate;
 use settings::GatewaySettings;
 
-/// Runs the gateway until it is stopped.
+/// A started gateway. Dropping it stops it (not gracefully).
+pub struct RunningGateway {
+    traffic_addr: SocketAddr,
+    ops_addr: SocketAddr,
+    status: StatusHandle,
+    instance_id: String,
+    source: ConfigSource,
+    servers: Vec<ServerHandle>,
+    exited: watch::Receiver<bool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl RunningGateway {
+    /// The bound traffic (HTTP) address (the real port when configured with port 0).
+    pub fn traffic_addr(&self) -> SocketAddr {
+        self.traffic_addr
+    }
+
+    /// `http://<traffic addr>`, a wildcard address replaced by loopback.
+    pub fn traffic_url(&self) -> String {
+        format!("http://{}", connectable(self.traffic_addr))
+    }
+
+    pub fn ops_addr(&self) -> SocketAddr {
+        self.ops_addr
+    }
+
+    pub fn ops_url(&self) -> String {
+        format!("http://{}", connectable(self.ops_addr))
+    }
+
+    /// The live status board (what `/readyz` shows).
+    pub fn status(&self) -> Arc<ConnectivityStatus> {
+        self.status.load()
+    }
+
+    pub fn status_handle(&self) -> StatusHandle {
+        self.status.clone()
+    }
+
+    pub fn instance_id(&self) -> &str {
+        &self.instance_id
+    }
+
+    /// Where the configuration came from at start.
+    pub fn config_source(&self) -> ConfigSource {
+        self.source
+    }
+
+    /// Stops gracefully: listeners finish in-flight requests, telemetry still in memory goes
+    /// to the spool (when set). Returns once the ports are released.
+    pub fn stop(mut self) {
+        self.signal_stop(true);
+        self.join_thread();
+    }
+
+    /// Waits until the gateway stops.
+    pub fn join(mut self) {
+        self.join_thread();
+    }
+
+    /// Resolves when the listeners have stopped, for whatever reason.
+    pub async fn stopped(&self) {
+        let mut rx = self.exited.clone();
+        let _ = rx.wait_for(|done| *done).await;
+    }
+
+    fn signal_stop(&self, graceful: bool) {
+        for s in &self.servers {
+            // The command is sent by `stop`; the future only waits for it.
+            drop(s.stop(graceful));
+        }
+    }
+
+    fn join_thread(&mut self) {
+        if let Some(t) = self.thread.take()
+            && t.join().is_err()
+        {
+            tracing::error!("the gateway's thread panicked");
+        }
+    }
+}
+
+impl Drop for RunningGateway {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            self.signal_stop(false);
+            self.join_thread();
+        }
+    }
+}
+
+fn connectable(addr: SocketAddr) -> SocketAddr {
+    let mut a = addr;
+    if a.ip().is_unspecified() {
+        a.set_ip(if a.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    a
+}
+
+/// What the configuration is loaded from, decided before any network call.
+enum Plan {
+    Offline(GatewaySnapshot),
+    ControlPlane {
+        link: Arc<LinkConfig>,
+        backup: Backup,
+    },
+}
+
+enum Backup {
+    Disabled,
+    Missing(PathBuf),
+    Valid(GatewaySnapshot),
+    Corrupt(String),
+}
+
+/// Starts a gateway and returns once it serves (or failed to get a configuration). Needs no
+/// running runtime; safe to call from tests, sync or async.
+pub fn start(settings: GatewaySettings) -> Result<RunningGateway, String> {
+    let mut problems = Problems::new();
+    settings.validate(&mut problems);
+    if !problems.is_empty() {
+        return Err(format!("invalid gateway settings:\n{problems}"));
+    }
+    let offline = !settings.offline.config_file.is_empty();
+    let plan = if offline {
+        Plan::Offline(offline_snapshot(
+            Path::new(&settings.offline.config_file),
+            &settings.offline.gateway,
+        )?)
+    } else {
+        Plan::ControlPlane {
+            link: Arc::new(link_config(&settings)?),
+            backup: read_backup(&settings),
+        }
+    };
+    let token = if offline {
+        None
+    } else {
+        token_info(&settings.control_plane.token)
+    };
+
+    let ops_listener = TcpListener::bind(&settings.listen.ops)
+        .map_err(|e| format!("cannot listen on {} (listen.ops): {e}", settings.listen.ops))?;
+    let ops_addr = ops_listener.local_addr().map_err(|e| e.to_string())?;
+
+    let identity = Identity {
+        instance_id: instance_id(),
+        hostname: hostname(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        started_at: Utc::now(),
+        // Settled once the configuration is loaded.
+        started_from: ConfigSource::ControlPlane,
+        token_expiry: token.as_ref().map(|t| t.expiry),
+    };
+    let (watcher, status) = ConnectivityWatcher::new(WatcherConfig {
+        offline,
+        redis_configured: !settings.redis.url.is_empty(),
+        token,
+        degraded_grace: Duration::from_secs(3 * settings.control_plane.heartbeat_interval_secs),
+    });
+
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<Started, String>>();
+    let (exited_tx, exited) = watch::channel(false);
+    let thread_status = status.clone();
+    let thread = std::thread::Builder::new()
+        .name("gateway".into())
+        .spawn(move || {
+            let system = actix_rt::System::new();
+            system.block_on(serve(
+                settings,
+                plan,
+                identity,
+                watcher,
+                thread_status,
+                ops_listener,
+                ready_tx,
+            ));
+            let _ = exited_tx.send(true);
+        })
+        .map_err(|e| format!("cannot start the gateway thread: {e}"))?;
+    let started = match ready_rx.recv() {
+        Ok(Ok(started)) => started,
+        Ok(Err(e)) => {
+            let _ = thread.join();
+            return Err(e);
+        }
+        Err(_) => {
+            let _ = thread.join();
+            return Err("the gateway thread ended during start".into());
+        }
+    };
+    tracing::info!(
+        ops = %ops_addr,
+        traffic = %started.traffic_addr,
+        source = started.source.as_str(),
+        instance = %started.instance_id,
+        "gateway started"
+    );
+    Ok(RunningGateway {
+        traffic_addr: started.traffic_addr,
+        ops_addr,
+        status,
+        instance_id: started.instance_id,
+        source: started.source,
+        servers: started.servers,
+        exited,
+        thread: Some(thread),
+    })
+}
+
+/// What the gateway thread reports once it serves.
+struct Started {
+    traffic_addr: SocketAddr,
+    source: ConfigSource,
+    instance_id: String,
+    servers: Vec<ServerHandle>,
+}
+
+/// The gateway thread: everything runs on this actix system until the listeners stop.
+async fn serve(
+    settings: GatewaySettings,
+    plan: Plan,
+    mut identity: Identity,
+    watcher: ConnectivityWatcher,
+    status: StatusHandle,
+    ops_listener: TcpListener,
+    ready: std::sync::mpsc::Sender<Result<Started, String>>,
+) {
+    let watcher = watcher.start();
+    let ops = match ops::start(
+        ops_listener,
+        ops::OpsState {
+            status: status.clone(),
+            instance_id: identity.instance_id.clone(),
+            started_at: identity.started_at,
+        },
+    ) {
+        Ok(server) => server,
+        Err(e) => {
+            let _ = ready.send(Err(format!("cannot start the ops listener: {e}")));
+            return;
+        }
+    };
+    let ops_handle = ops.handle();
+    let ops_task = actix_rt::spawn(ops);
+
+    let table = route_table::new_table_handle();
+    let gateway_name = match &plan {
+        Plan::Offline(_) => None,
+        Plan::ControlPlane { link, .. } => token::parse(&link.token).ok().map(|t| t.gateway),
+    };
+    let route_table = RouteTable::new(table.clone(), CompileContext { gateway_name }).start();
+    let sink = snapshot_sink(route_table);
+
+    let loaded = match load_config(&settings, &plan, &sink, &watcher).await {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            ops_handle.stop(false).await;
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    identity.started_from = loaded.source;
+    watcher.do_send(ConfigApplied(AppliedConfig {
+        source: loaded.source,
+        revision: loaded.snapshot.revision,
+        hash: loaded.snapshot.hash.clone(),
+        applied_at: Utc::now(),
+    }));
+
+    let link = match &plan {
+        Plan::ControlPlane { link, .. } => Some(link.clone()),
+        Plan::Offline(_) => None,
+    };
+    let (telemetry, recorder) = TelemetryBuffer::new(TelemetryConfig {
+        link: link.clone(),
+        instance_id: identity.instance_id.clone(),
+        flush_interval: Duration::from_secs(settings.telemetry.flush_interval_secs),
+        max_buffered: settings.telemetry.max_buffered,
+        spool_dir: non_empty(&settings.telemetry.spool_dir).map(PathBuf::from),
+        spool_max_bytes: settings.telemetry.spool_max_bytes,
+    });
+    let telemetry = telemetry.start();
+
+    if let Some(link) = link {
+        let cp = &settings.control_plane;
+        ConfigSync::new(
+            SyncConfig {
+                link,
+                poll_wait: Duration::from_secs(cp.poll_wait_secs),
+                heartbeat_interval: Duration::from_secs(cp.heartbeat_interval_secs),
+                backoff_initial: Duration::from_millis(cp.backoff_initial_ms),
+                backoff_max: Duration::from_millis(cp.backoff_max_ms),
+                backup_dir: settings
+                    .backup
+                    .enabled
+                    .then(|| PathBuf::from(&settings.backup.dir)),
+                identity: identity.clone(),
+            },
+            Some(Arc::new(loaded.snapshot)),
+            sink,
+            watcher.clone(),
+            status.clone(),
+        )
+        .start();
+    }
+
+    let stores = match policies::start(&settings, watcher.clone().recipient()).await {
+        Ok(stores) => stores,
+        Err(e) => {
+            ops_handle.stop(false).await;
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let traffic = match start_traffic(&settings, table, recorder, stores) {
+        Ok(t) => t,
+        Err(e) => {
+            ops_handle.stop(false).await;
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let (traffic, traffic_addr) = traffic;
+    let servers = vec![ops_handle, traffic.handle()];
+    let traffic_task = actix_rt::spawn(traffic);
+    let _ = ready.send(Ok(Started {
+        traffic_addr,
+        source: loaded.source,
+        instance_id: identity.instance_id.clone(),
+        servers,
+    }));
+
+    let _ = ops_task.await;
+    let _ = traffic_task.await;
+    let _ = telemetry.send(telemetry::Shutdown).await;
+    tracing::info!("gateway stopped");
+}
+
+/// The traffic listener, started only once a configuration is loaded.
+fn start_traffic(
+    settings: &GatewaySettings,
+    table: TableHandle,
+    recorder: Aggregator,
+    (shared, cache): (
+        outpost_actors::shared_state::SharedState,
+        outpost_actors::cache::CacheHandle,
+    ),
+) -> Result<(actix_web::dev::Server, SocketAddr), String> {
+    let hooks = proxy::ProxyHooks {
+        observer: Some(Arc::new(recorder)),
+        shared: Some(shared),
+        cache: Some(cache),
+    };
+    proxy::start_traffic_server(&settings.listen.http, settings, table, hooks).map_err(|e| {
+        format!(
+            "cannot listen on {} (listen.http): {e}",
+            settings.listen.http
+        )
+    })
+}
+
+/// Hands snapshots to the route table and says whether it took them.
+fn snapshot_sink(route_table: Addr<RouteTable>) -> SnapshotSink {
+    Arc::new(move |snapshot| {
+        let route_table = route_table.clone();
+        Box::pin(async move {
+            match route_table.send(ApplySnapshot(snapshot)).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(problems)) => Err(format!(
+                    "{} problem(s) compiling the configuration:\n{problems}",
+                    problems.len()
+                )),
+                Err(e) => Err(format!("the route table is not running: {e}")),
+            }
+        })
+    })
+}
+
+struct Loaded {
+    snapshot: GatewaySnapshot,
+    source: ConfigSource,
+}
+
+/// Step 2 of the startup sequence (see the module docs).
+async fn load_config(
+    settings: &GatewaySettings,
+    plan: &Plan,
+    sink: &SnapshotSink,
+    watcher: &Addr<ConnectivityWatcher>,
+) -> Result<Loaded, String> {
+    let (link_config, backup) = match plan {
+        Plan::Offline(snapshot) => {
+            sink(Arc::new(snapshot.clone())).await.map_err(|e| {
+                format!(
+                    "the offline config file {} cannot be served: {e}",
+                    settings.offline.config_file
+                )
+            })?;
+            tracing::info!(
+                file = settings.offline.config_file,
+                hash = %snapshot.hash,
+                "offline mode: serving the config file, the control plane is not contacted"
+            );
+            return Ok(Loaded {
+                snapshot: snapshot.clone(),
+                source: ConfigSource::Offline,
+            });
+        }
+        Plan::ControlPlane { link, backup } => (link, backup),
+    };
+
+    let link = Link::new(link_config.clone());
+    let url = &link_config.base_url;
+    let from_control_plane = match config_sync::fetch_snapshot(&link).await {
+        Ok(snapshot) => {
+            watcher.do_send(ControlPlaneReachable);
+            match sink(Arc::new(snapshot.clone())).await {
+                Ok(()) => Ok(snapshot),
+                Err(reason) => {
+                    watcher.do_send(SnapshotRefused(Refusal {
+                        revision: snapshot.revision,
+                        hash: snapshot.hash.clone(),
+                        reason: reason.clone(),
+                        at: Utc::now(),
+                    }));
+                    Err(format!(
+                        "the configuration from the control plane at {url} (revision {}) was refused: {reason}",
+                        snapshot.revision
+                    ))
+                }
+            }
+        }
+        Err(e) => {
+            match &e {
+                CallError::Unauthorized(reason) => watcher.do_send(ControlPlaneUnauthorized {
+                    reason: reason.clone(),
+                }),
+                other => watcher.do_send(ControlPlaneFailed {
+                    error: other.to_string(),
+                }),
+            }
+            Err(describe_fetch_error(url, &e))
+        }
+    };
+
+    let cp_error = match from_control_plane {
+        Ok(snapshot) => {
+            if let Backup::Corrupt(reason) = backup {
+                tracing::warn!("{reason}; it will be replaced by the configuration just fetched");
+            }
+            if settings.backup.enabled {
+                let dir = PathBuf::from(&settings.backup.dir);
+                let to_write = snapshot.clone();
+                match tokio::task::spawn_blocking(move || backup::write(&dir, &to_write)).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::error!(error = %e, "cannot write the config backup"),
+                    Err(e) => tracing::error!(error = %e, "config backup task failed"),
+                }
+            }
+            tracing::info!(
+                revision = snapshot.revision,
+                hash = %snapshot.hash,
+                "configuration loaded from the control plane"
+            );
+            return Ok(Loaded {
+                snapshot,
+                source: ConfigSource::ControlPlane,
+            });
+        }
+        Err(e) => e,
+    };
+
+    match backup {
+        Backup::Valid(snapshot) => {
+            sink(Arc::new(snapshot.clone())).await.map_err(|reason| {
+                format!(
+                    "{cp_error}; and the config backup (revision {}) was refused: {reason}",
+                    snapshot.revision
+                )
+            })?;
+            tracing::warn!(
+                revision = snapshot.revision,
+                hash = %snapshot.hash,
+                error = %cp_error,
+                "serving the config backup; still trying the control plane in the background"
+            );
+            Ok(Loaded {
+                snapshot: snapshot.clone(),
+                source: ConfigSource::Backup,
+            })
+        }
+        Backup::Corrupt(reason) => Err(format!(
+            "{cp_error}; and {reason}. Fix or remove the backup file, or make the control plane reachable."
+        )),
+        Backup::Missing(path) => Err(format!(
+            "{cp_error}; and there is no config backup yet ({} does not exist: a gateway writes it \
+             after its first successful sync). Check control_plane.url and the network, or serve a \
+             declarative file with --offline-config.",
+            path.display()
+        )),
+        Backup::Disabled => Err(format!(
+            "{cp_error}; and config backups are off. Check control_plane.url and the network, \
+             enable backup.enabled (with backup.dir) so a gateway that synced once can restart \
+             without the control plane, or serve a declarative file with --offline-config."
+        )),
+    }
+}
+
+fn describe_fetch_error(url: &str, e: &CallError) -> String {
+    match e {
+        CallError::Unauthorized(reason) => format!(
+            "the control plane at {url} refused the gateway token ({reason}); mint a new one \
+             (outpost gateway-token --gateway <name>) and set control_plane.token"
+        ),
+        CallError::Unreachable(reason) => {
+            format!("no configuration from the control plane at {url}: {reason}")
+        }
+        CallError::Rejected(reason) => format!(
+            "the control plane at {url} answered something this gateway cannot use: {reason}"
+        ),
+    }
+}
+
+fn read_backup(settings: &GatewaySettings) -> Backup {
+    if !settings.backup.enabled {
+        return Backup::Disabled;
+    }
+    let dir = Path::new(&settings.backup.dir);
+    match backup::read(dir) {
+        Ok(Some(snapshot)) => {
+            tracing::info!(
+                revision = snapshot.revision,
+                path = %backup::path_in(dir).display(),
+                "config backup found"
+            );
+            Backup::Valid(snapshot)
+        }
+        Ok(None) => Backup::Missing(backup::path_in(dir)),
+        Err(e) => {
+            tracing::error!("{e}");
+            Backup::Corrupt(e.to_string())
+        }
+    }
+}
+
+/// The snapshot to serve in offline mode: the file's view for the chosen gateway.
+fn offline_snapshot(file: &Path, gateway: &str) -> Result<GatewaySnapshot, String> {
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        format!(
+            "cannot read the offline config file {}: {e}",
+            file.display()
+        )
+    })?;
+    let doc = Document::from_yaml(&text).map_err(|p| {
+        format!(
+            "the offline config file {} has {} problem(s):\n{p}",
+            file.display(),
+            p.len()
+        )
+    })?;
+    let gateways: Vec<&str> = doc
+        .resources
+        .iter()
+        .filter(|r| r.kind() == Kind::Gateway)
+        .map(Resource::name)
+        .collect();
+    let chosen = match (gateway, gateways.as_slice()) {
+        ("", []) => None,
+        ("", [only]) => Some(*only),
+        ("", many) => {
+            return Err(format!(
+                "the offline config file {} defines several gateways ({}); choose one with offline.gateway",
+                file.display(),
+                many.join(", ")
+            ));
+        }
+        (name, all) if all.contains(&name) => Some(name),
+        (name, all) => {
+            return Err(format!(
+                "offline.gateway '{name}' is not in {} (gateways there: {})",
+                file.display(),
+                if all.is_empty() {
+                    "none".to_owned()
+                } else {
+                    all.join(", ")
+                }
+            ));
+        }
+    };
+    let view = gateway_view(&doc.resources, chosen);
+    Ok(GatewaySnapshot::from_view(0, view))
+}
+
+/// The link settings, with the TLS trust the control plane URL needs.
+fn link_config(settings: &GatewaySettings) -> Result<LinkConfig, String> {
+    let cp = &settings.control_plane;
+    let clients = if cp.url.starts_with("https://") {
+        let tls = Arc::new(client_tls(&cp.ca_file)?);
+        ClientFactory::new(move || {
+            awc::Client::builder()
+                .connector(awc::Connector::new().rustls_0_23(tls.clone()))
+                .finish()
+        })
+    } else {
+        ClientFactory::plain()
+    };
+    Ok(LinkConfig {
+        base_url: cp.url.trim_end_matches('/').to_owned(),
+        token: cp.token.clone(),
+        request_timeout: Duration::from_millis(cp.request_timeout_ms),
+        clients,
+    })
+}
+
+/// Trust for the control plane: the system's CA bundle plus `control_plane.ca_file`.
+fn client_tls(ca_file: &str) -> Result<rustls::ClientConfig, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+
+    let mut roots = rustls::RootCertStore::empty();
+    let system = std::env::var("SSL_CERT_FILE").ok().into_iter().chain(
+        [
+            "/etc/ssl/certs/ca-certificates.crt",
+            "/etc/pki/tls/certs/ca-bundle.crt",
+            "/etc/ssl/cert.pem",
+        ]
+        .map(String::from),
+    );
+    if let Some(bundle) = system.into_iter().find(|p| Path::new(p).is_file())
+        && let Ok(certs) = CertificateDer::pem_file_iter(&bundle)
+    {
+        roots.add_parsable_certificates(certs.filter_map(Result::ok));
+    }
+    if !ca_file.is_empty() {
+        let certs = CertificateDer::pem_file_iter(ca_file)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| format!("control_plane.ca_file {ca_file}: {e}"))?;
+        if certs.is_empty() {
+            return Err(format!(
+                "control_plane.ca_file {ca_file}: no certificate found"
+            ));
+        }
+        for c in certs {
+            roots
+                .add(c)
+                .map_err(|e| format!("control_plane.ca_file {ca_file}: {e}"))?;
+        }
+    }
+    if roots.is_empty() {
+        return Err(
+            "no CA certificates to verify the control plane with: set control_plane.ca_file \
+             or install the system CA bundle"
+                .into(),
+        );
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| format!("TLS: {e}"))?
+    .with_root_certificates(roots)
+    .with_no_client_auth())
+}
+
+fn token_info(token: &str) -> Option<TokenInfo> {
+    match token::parse(token) {
+        Ok(info) => {
+            let left = info.remaining(Utc::now());
+            if left <= chrono::TimeDelta::zero() {
+                tracing::error!(expiry = %info.expiry, "the gateway token has expired; mint a new one (outpost gateway-token) and restart");
+            } else if info.expiring(Utc::now()) {
+                tracing::warn!(expiry = %info.expiry, hours_left = left.num_hours(), "the gateway token expires soon; mint a new one (outpost gateway-token) and restart");
+            }
+            Some(info)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the gateway token's expiry");
+            None
+        }
+    }
+}
+
+fn instance_id() -> String {
+    let mut bytes = [0u8; 8];
+    rand::rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn non_empty(s: &str) -> Option<&str> {
+    (!s.is_empty()).then_some(s)
+}
+
+/// Runs the gateway until SIGINT or SIGTERM, then stops gracefully.
 pub fn run(settings: GatewaySettings) -> Result<(), String> {
     crate::logging::init(&settings.log);
-    Err("the gateway is not built yet".into())
+    let running = start(settings)?;
+    eprintln!(
+        "outpost gateway: traffic on {}, ops on {} (config from {})",
+        running.traffic_url(),
+        running.ops_url(),
+        running.config_source().as_str()
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a runtime: {e}"))?;
+    let signal = runtime.block_on(async {
+        #[cfg(unix)]
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => Some("SIGINT"),
+            _ = term => Some("SIGTERM"),
+            _ = running.stopped() => None,
+        }
+    });
+    match signal {
+        Some(name) => {
+            tracing::info!(signal = name, "stopping");
+            running.stop();
+            Ok(())
+        }
+        None => {
+            running.join();
+            Err("the gateway's listeners stopped unexpectedly".into())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TWO_GATEWAYS: &str = r#"
+apiVersion: outpost/v1
+backends: [{name: b, url: "http://127.0.0.1:9"}]
+apis:
+  - {name: a1, path: a1, backend: b}
+  - {name: a2, path: a2, backend: b}
+gateways:
+  - {name: east, apis: [a1]}
+  - {name: west, apis: [a2]}
+"#;
+
+    fn file(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yaml");
+        std::fs::write(&path, text).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn offline_mode_picks_the_named_or_only_gateway() {
+        let (_d, path) = file(TWO_GATEWAYS);
+        let err = offline_snapshot(&path, "").unwrap_err();
+        assert!(
+            err.contains("east, west") && err.contains("offline.gateway"),
+            "{err}"
+        );
+        let east = offline_snapshot(&path, "east").unwrap();
+        assert!(east.verify());
+        let apis: Vec<&str> = east.of_kind(Kind::Api).map(Resource::name).collect();
+        assert_eq!(apis, vec!["a1"]);
+
+        let (_d, path) = file(
+            "apiVersion: outpost/v1\nbackends: [{name: b, url: \"http://x\"}]\napis: [{name: a, path: a, backend: b}]\n",
+        );
+        let all = offline_snapshot(&path, "").unwrap();
+        assert_eq!(all.of_kind(Kind::Api).count(), 1, "no gateway: every API");
+        let err = offline_snapshot(&path, "east").unwrap_err();
+        assert!(err.contains("gateways there: none"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_ca_file_is_a_start_error() {
+        let (_d, path) = file("not a certificate");
+        let err = client_tls(&path.display().to_string()).unwrap_err();
+        assert!(err.contains("control_plane.ca_file"), "{err}");
+        let err = client_tls("/nonexistent/ca.pem").unwrap_err();
+        assert!(err.contains("/nonexistent/ca.pem"), "{err}");
+    }
 }

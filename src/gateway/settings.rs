@@ -103,6 +103,10 @@ pub struct RedisSettings {
 pub struct CacheSettings {
     /// Bound of the in-process cache tier, bytes.
     pub local_max_bytes: u64,
+    /// Largest response body stored by `cache-store`, bytes (larger ones stream through).
+    pub max_entry_bytes: u64,
+    /// How long a cache miss waits for an identical in-flight miss on this node, ms.
+    pub coalesce_wait_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -114,6 +118,8 @@ pub struct TelemetrySettings {
     /// Directory to spool batches to when memory is full; empty: oldest batches are dropped
     /// (and counted in `/metrics`).
     pub spool_dir: String,
+    /// Bound of the spool directory, bytes; beyond it the oldest spooled batches are dropped.
+    pub spool_max_bytes: u64,
 }
 
 impl Default for ControlPlaneLink {
@@ -183,6 +189,8 @@ impl Default for CacheSettings {
     fn default() -> Self {
         Self {
             local_max_bytes: 64 * 1024 * 1024,
+            max_entry_bytes: 1024 * 1024,
+            coalesce_wait_ms: 5_000,
         }
     }
 }
@@ -193,6 +201,7 @@ impl Default for TelemetrySettings {
             flush_interval_secs: 10,
             max_buffered: 100_000,
             spool_dir: String::new(),
+            spool_max_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -262,6 +271,21 @@ impl Validate for GatewaySettings {
         }
         if self.redis.nodes == 0 {
             p.push("redis.nodes", "must be at least 1");
+        }
+        if self.cache.local_max_bytes < 64 * 1024 {
+            p.push("cache.local_max_bytes", "must be at least 65536");
+        }
+        if self.cache.max_entry_bytes == 0 || self.cache.max_entry_bytes > 512 * 1024 * 1024 {
+            p.push("cache.max_entry_bytes", "must be 1..=536870912");
+        }
+        if self.cache.coalesce_wait_ms > 600_000 {
+            p.push("cache.coalesce_wait_ms", "must be at most 600000 (10 minutes)");
+        }
+        if !self.telemetry.spool_dir.is_empty() && self.telemetry.spool_max_bytes < 1024 * 1024 {
+            p.push(
+                "telemetry.spool_max_bytes",
+                "must be at least 1048576 (1 MiB)",
+            );
         }
         if self.telemetry.flush_interval_secs == 0 {
             p.push("telemetry.flush_interval_secs", "must be at least 1");

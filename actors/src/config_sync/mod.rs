@@ -1,0 +1,335 @@
+//! `ConfigSync`: keeps the gateway's configuration in step with the control plane.
+//!
+//! The loop: long-poll `GET /gateway/v1/config?after=<held revision>`, apply the answer to the
+//! held snapshot (hash-checked; a delta on the wrong base or a hash mismatch asks for a full
+//! snapshot), offer the result to the route table, and only once the route table serves it:
+//! write the backup, record the revision and tell the [`ConnectivityWatcher`]. A refused
+//! snapshot leaves the previous one serving. Heartbeats go out on their own timer. Every
+//! failure — unreachable, 5xx, 401 — keeps the current config serving (fail static) and is
+//! retried with jittered backoff.
+//!
+//! The decisions live in [`state`]; this shell does the I/O.
+
+pub mod backup;
+pub mod messages;
+pub mod state;
+#[cfg(test)]
+mod tests;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use chrono::{DateTime, Utc};
+use futures_util::future::BoxFuture;
+use outpost_model::wire::{ConfigUpdate, GatewaySnapshot, Heartbeat};
+
+use crate::connectivity::{
+    AppliedConfig, ConfigApplied, ConfigSource, ConnectivityWatcher, ControlPlaneFailed,
+    ControlPlaneReachable, ControlPlaneUnauthorized, Refusal, SnapshotRefused, StatusHandle,
+};
+use crate::link::{CallError, Link, LinkConfig};
+pub use messages::{GetSyncStatus, SyncStatus};
+use state::{Backoff, Step, SyncState};
+
+/// How often an expiring token is logged again.
+const TOKEN_WARNING_EVERY: Duration = Duration::from_secs(3600);
+
+/// Hands a snapshot to whatever compiles and serves it (the route table) and says whether it
+/// was taken. A closure rather than a message type so this actor does not depend on the route
+/// table's internals, and tests can stand in for it.
+pub type SnapshotSink =
+    Arc<dyn Fn(Arc<GatewaySnapshot>) -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
+/// Who this gateway process is, for heartbeats.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// Random per process.
+    pub instance_id: String,
+    pub hostname: String,
+    pub version: String,
+    pub started_at: DateTime<Utc>,
+    /// Where the config came from at start.
+    pub started_from: ConfigSource,
+    pub token_expiry: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    pub link: Arc<LinkConfig>,
+    pub poll_wait: Duration,
+    pub heartbeat_interval: Duration,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    /// Where to write the backup; `None` when backups are off.
+    pub backup_dir: Option<PathBuf>,
+    pub identity: Identity,
+}
+
+pub struct ConfigSync {
+    config: SyncConfig,
+    state: SyncState,
+    /// Built in `started`, on the arbiter that uses it.
+    link: Option<Link>,
+    sink: SnapshotSink,
+    watcher: Addr<ConnectivityWatcher>,
+    status: StatusHandle,
+    heartbeat_in_flight: bool,
+    last_token_warning: Option<Instant>,
+}
+
+impl ConfigSync {
+    /// `held`: the snapshot already served (from the startup fetch or the backup), if any.
+    pub fn new(
+        config: SyncConfig,
+        held: Option<Arc<GatewaySnapshot>>,
+        sink: SnapshotSink,
+        watcher: Addr<ConnectivityWatcher>,
+        status: StatusHandle,
+    ) -> Self {
+        let backoff = Backoff::new(config.backoff_initial, config.backoff_max);
+        Self {
+            state: SyncState::new(held, backoff),
+            config,
+            link: None,
+            sink,
+            watcher,
+            status,
+            heartbeat_in_flight: false,
+            last_token_warning: None,
+        }
+    }
+
+    fn link(&self) -> Link {
+        self.link
+            .clone()
+            .expect("the link is built when the actor starts")
+    }
+
+    fn poll(&mut self, ctx: &mut Context<Self>) {
+        let link = self.link();
+        let after = self.state.poll_after();
+        let wait = self.config.poll_wait;
+        let call = async move { link.poll_config(after, wait).await };
+        ctx.spawn(
+            call.into_actor(self)
+                .map(move |outcome, act, ctx| act.on_poll(after, outcome, ctx)),
+        );
+    }
+
+    fn on_poll(
+        &mut self,
+        after: u64,
+        outcome: Result<Option<ConfigUpdate>, CallError>,
+        ctx: &mut Context<Self>,
+    ) {
+        self.report(outcome.as_ref().map(drop));
+        match &outcome {
+            Err(CallError::Unauthorized(reason)) => tracing::error!(
+                reason,
+                "control plane refused the gateway token; serving the last config and retrying \
+                 (deploy a new token and restart)"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, after, "config poll failed; serving the last config")
+            }
+            Ok(Some(u)) => tracing::debug!(
+                after,
+                revision = u.revision,
+                full = u.full,
+                "config update received"
+            ),
+            Ok(None) => {}
+        }
+        let step = self.state.on_poll(outcome, &mut rand::rng());
+        if let Step::Poll(d) = &step
+            && after != 0
+            && self.state.poll_after() == 0
+        {
+            tracing::info!(
+                after,
+                delay_ms = d.as_millis() as u64,
+                "update did not apply to the held config; asking for a full snapshot"
+            );
+        }
+        self.run(step, ctx);
+    }
+
+    fn run(&mut self, step: Step, ctx: &mut Context<Self>) {
+        match step {
+            Step::Poll(delay) if delay.is_zero() => self.poll(ctx),
+            Step::Poll(delay) => {
+                ctx.run_later(delay, |act, ctx| act.poll(ctx));
+            }
+            Step::Offer {
+                snapshot,
+                unchanged,
+            } => self.offer(snapshot, unchanged, ctx),
+        }
+    }
+
+    fn offer(&mut self, snapshot: Arc<GatewaySnapshot>, unchanged: bool, ctx: &mut Context<Self>) {
+        let taken: BoxFuture<'static, Result<(), String>> = if unchanged {
+            Box::pin(async { Ok(()) })
+        } else {
+            (self.sink)(snapshot.clone())
+        };
+        let backup_dir = self.config.backup_dir.clone();
+        let to_write = snapshot.clone();
+        let work = async move {
+            taken.await?;
+            // Only a snapshot that serves is worth restarting from.
+            if let Some(dir) = backup_dir {
+                let written =
+                    tokio::task::spawn_blocking(move || backup::write(&dir, &to_write)).await;
+                match written {
+                    Ok(Ok(path)) => {
+                        tracing::debug!(path = %path.display(), "config backup written")
+                    }
+                    Ok(Err(e)) => {
+                        metrics::counter!("outpost_config_backup_errors_total").increment(1);
+                        tracing::error!(error = %e, "cannot write the config backup");
+                    }
+                    Err(e) => tracing::error!(error = %e, "config backup task failed"),
+                }
+            }
+            Ok(())
+        };
+        ctx.spawn(work.into_actor(self).map(move |result, act, ctx| {
+            match result {
+                Ok(()) => act.applied(snapshot),
+                Err(reason) => act.refused(&snapshot, reason),
+            }
+            act.poll(ctx);
+        }));
+    }
+
+    fn applied(&mut self, snapshot: Arc<GatewaySnapshot>) {
+        tracing::info!(revision = snapshot.revision, hash = %snapshot.hash, "config applied");
+        self.watcher.do_send(ConfigApplied(AppliedConfig {
+            source: ConfigSource::ControlPlane,
+            revision: snapshot.revision,
+            hash: snapshot.hash.clone(),
+            applied_at: Utc::now(),
+        }));
+        self.state.on_applied(snapshot);
+    }
+
+    fn refused(&mut self, snapshot: &GatewaySnapshot, reason: String) {
+        tracing::error!(
+            revision = snapshot.revision,
+            reason,
+            "route table refused the config; the previous one keeps serving"
+        );
+        self.watcher.do_send(SnapshotRefused(Refusal {
+            revision: snapshot.revision,
+            hash: snapshot.hash.clone(),
+            reason,
+            at: Utc::now(),
+        }));
+        self.state.on_refused(snapshot);
+    }
+
+    fn send_heartbeat(&mut self, ctx: &mut Context<Self>) {
+        self.warn_if_token_expiring();
+        if self.heartbeat_in_flight {
+            return;
+        }
+        let id = &self.config.identity;
+        let held = self.state.held();
+        let heartbeat = Heartbeat {
+            instance_id: id.instance_id.clone(),
+            hostname: id.hostname.clone(),
+            version: id.version.clone(),
+            applied_revision: held.map_or(0, |s| s.revision),
+            config_hash: held.map(|s| s.hash.clone()).unwrap_or_default(),
+            token_expiry: id.token_expiry,
+            started_at: id.started_at,
+            config_source: id.started_from.as_str().to_owned(),
+            redis: self.status.load().redis.state.as_str().to_owned(),
+        };
+        self.heartbeat_in_flight = true;
+        let link = self.link();
+        let call = async move { link.heartbeat(&heartbeat).await };
+        ctx.spawn(call.into_actor(self).map(|outcome, act, _| {
+            act.heartbeat_in_flight = false;
+            if let Err(e) = &outcome {
+                tracing::debug!(error = %e, "heartbeat failed");
+            }
+            act.report(outcome.as_ref().map(drop));
+        }));
+    }
+
+    fn warn_if_token_expiring(&mut self) {
+        let Some(expiry) = self.config.identity.token_expiry else {
+            return;
+        };
+        let left = expiry - Utc::now();
+        if left > crate::token::EXPIRY_WARNING {
+            return;
+        }
+        if self
+            .last_token_warning
+            .is_some_and(|t| t.elapsed() < TOKEN_WARNING_EVERY)
+        {
+            return;
+        }
+        self.last_token_warning = Some(Instant::now());
+        tracing::warn!(
+            %expiry,
+            hours_left = left.num_hours(),
+            "the gateway token expires soon; mint a new one (outpost gateway-token) and restart"
+        );
+    }
+
+    fn report(&self, outcome: Result<(), &CallError>) {
+        match outcome {
+            Ok(()) => self.watcher.do_send(ControlPlaneReachable),
+            Err(CallError::Unauthorized(reason)) => {
+                self.watcher.do_send(ControlPlaneUnauthorized {
+                    reason: reason.clone(),
+                })
+            }
+            Err(e) => self.watcher.do_send(ControlPlaneFailed {
+                error: e.to_string(),
+            }),
+        }
+    }
+}
+
+/// The startup fetch: one full snapshot (`after=0`), bounded by the link's request timeout.
+pub async fn fetch_snapshot(link: &Link) -> Result<GatewaySnapshot, CallError> {
+    let update = link
+        .poll_config(0, Duration::ZERO)
+        .await?
+        .ok_or_else(|| CallError::Rejected("304 to a request for a full snapshot".into()))?;
+    GatewaySnapshot::default()
+        .apply(&update)
+        .map_err(|e| CallError::Rejected(e.to_string()))
+}
+
+impl Actor for ConfigSync {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.link = Some(Link::new(self.config.link.clone()));
+        self.send_heartbeat(ctx);
+        ctx.run_interval(self.config.heartbeat_interval, |act, ctx| {
+            act.send_heartbeat(ctx)
+        });
+        self.poll(ctx);
+    }
+}
+
+impl Handler<GetSyncStatus> for ConfigSync {
+    type Result = MessageResult<GetSyncStatus>;
+
+    fn handle(&mut self, _: GetSyncStatus, _: &mut Self::Context) -> Self::Result {
+        MessageResult(SyncStatus {
+            held: self.state.held().map(|s| (s.revision, s.hash.clone())),
+            poll_after: self.state.poll_after(),
+            failures: self.state.failures(),
+        })
+    }
+}

@@ -1,0 +1,181 @@
+//! The sync loop's decisions, pure: what to ask the control plane next, what to do with its
+//! answer, how long to back off. The actor shell does the I/O and feeds the results back.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use outpost_model::wire::{ApplyError, ConfigUpdate, GatewaySnapshot};
+use rand::Rng;
+
+use crate::link::CallError;
+
+/// Exponential backoff with full jitter: the n-th consecutive failure waits a uniformly random
+/// time between `initial` and `min(max, initial * 2^n)`, so many gateways losing the control
+/// plane at once do not come back in lockstep.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    initial: Duration,
+    max: Duration,
+    failures: u32,
+}
+
+impl Backoff {
+    pub fn new(initial: Duration, max: Duration) -> Self {
+        Self {
+            initial,
+            max: max.max(initial),
+            failures: 0,
+        }
+    }
+
+    pub fn reset(&mut self) {
+        self.failures = 0;
+    }
+
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+
+    /// The delay before the next attempt, counting one more failure.
+    pub fn next(&mut self, rng: &mut impl Rng) -> Duration {
+        let factor = 1u32.checked_shl(self.failures.min(31)).unwrap_or(u32::MAX);
+        let ceiling = self.initial.saturating_mul(factor).min(self.max);
+        self.failures = self.failures.saturating_add(1);
+        let (lo, hi) = (self.initial.as_millis() as u64, ceiling.as_millis() as u64);
+        Duration::from_millis(rng.random_range(lo..=hi))
+    }
+}
+
+/// What the shell does next.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// Hand this snapshot to the route table. `unchanged`: same content as the one served
+    /// (only the revision moved), so there is nothing to compile, only to record.
+    Offer {
+        snapshot: Arc<GatewaySnapshot>,
+        unchanged: bool,
+    },
+    /// Poll again after this delay (zero: at once).
+    Poll(Duration),
+}
+
+/// The last snapshot the route table refused; not offered again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Refused {
+    revision: u64,
+    hash: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct SyncState {
+    held: Option<Arc<GatewaySnapshot>>,
+    refused: Option<Refused>,
+    /// Ask for a full snapshot next (`after=0`): our base is not what the control plane thinks.
+    resync: bool,
+    backoff: Backoff,
+}
+
+impl SyncState {
+    /// `held`: what is already served (from the backup, or the first fetch at startup).
+    pub fn new(held: Option<Arc<GatewaySnapshot>>, backoff: Backoff) -> Self {
+        Self {
+            held,
+            refused: None,
+            resync: false,
+            backoff,
+        }
+    }
+
+    pub fn held(&self) -> Option<&Arc<GatewaySnapshot>> {
+        self.held.as_ref()
+    }
+
+    /// Consecutive failed polls.
+    pub fn failures(&self) -> u32 {
+        self.backoff.failures()
+    }
+
+    /// The `after` of the next poll. After a refusal we wait for something newer than the
+    /// refused revision: asking from our own (older) revision would get the refused content
+    /// straight back.
+    pub fn poll_after(&self) -> u64 {
+        if self.resync {
+            return 0;
+        }
+        let held = self.held.as_ref().map_or(0, |s| s.revision);
+        let refused = self.refused.as_ref().map_or(0, |r| r.revision);
+        held.max(refused)
+    }
+
+    /// Decides what to do with one poll's outcome.
+    pub fn on_poll(
+        &mut self,
+        outcome: Result<Option<ConfigUpdate>, CallError>,
+        rng: &mut impl Rng,
+    ) -> Step {
+        let update = match outcome {
+            Ok(None) => {
+                self.backoff.reset();
+                return Step::Poll(Duration::ZERO);
+            }
+            Ok(Some(update)) => update,
+            Err(_) => return Step::Poll(self.backoff.next(rng)),
+        };
+        self.backoff.reset();
+        let empty = GatewaySnapshot::default();
+        let base = self.held.as_deref().unwrap_or(&empty);
+        match base.apply(&update) {
+            Ok(next) => {
+                self.resync = false;
+                if self
+                    .refused
+                    .as_ref()
+                    .is_some_and(|r| r.revision == next.revision && r.hash == next.hash)
+                {
+                    return Step::Poll(self.backoff.next(rng));
+                }
+                let unchanged = self.held.as_ref().is_some_and(|h| h.hash == next.hash);
+                Step::Offer {
+                    snapshot: Arc::new(next),
+                    unchanged,
+                }
+            }
+            Err(ApplyError::WrongBase { .. }) => {
+                self.resync = true;
+                Step::Poll(Duration::ZERO)
+            }
+            Err(ApplyError::HashMismatch { .. }) => {
+                self.resync = true;
+                // A delta may simply have been computed against another base; a full snapshot
+                // that does not hash is the control plane's problem and must not hot-loop.
+                if update.full {
+                    Step::Poll(self.backoff.next(rng))
+                } else {
+                    Step::Poll(Duration::ZERO)
+                }
+            }
+        }
+    }
+
+    /// The route table serves `snapshot` now.
+    pub fn on_applied(&mut self, snapshot: Arc<GatewaySnapshot>) {
+        if self
+            .refused
+            .as_ref()
+            .is_some_and(|r| r.revision <= snapshot.revision)
+        {
+            self.refused = None;
+        }
+        self.held = Some(snapshot);
+        self.resync = false;
+    }
+
+    /// The route table refused `snapshot`; the previous one keeps serving.
+    pub fn on_refused(&mut self, snapshot: &GatewaySnapshot) {
+        self.refused = Some(Refused {
+            revision: snapshot.revision,
+            hash: snapshot.hash.clone(),
+        });
+        self.resync = false;
+    }
+}

@@ -1,0 +1,69 @@
+//! The per-request record the proxy hands to telemetry.
+//!
+//! It lives beside the route table because it speaks the table's language (API and operation
+//! names come from the compiled table) and because both sides of the hook are in this crate's
+//! reach: the proxy calls [`RequestObserver::observe`] once per request, and the
+//! `TelemetryBuffer` implements it.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What the cache did for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum CacheStatus {
+    /// No cache policy ran.
+    #[default]
+    None,
+    Hit,
+    Miss,
+}
+
+impl CacheStatus {
+    /// `none`, `hit`, `miss`, as in the telemetry wire format.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheStatus::None => "none",
+            CacheStatus::Hit => "hit",
+            CacheStatus::Miss => "miss",
+        }
+    }
+}
+
+/// One finished request (response fully sent, or the client went away).
+#[derive(Debug, Clone)]
+pub struct RequestRecord {
+    /// `None` when no API matched (404).
+    pub api: Option<Arc<str>>,
+    pub operation: Option<Arc<str>>,
+    pub subscription: Option<Arc<str>>,
+    pub method: String,
+    pub status: u16,
+    pub client_ip: Option<IpAddr>,
+    /// From the first byte read to the last byte written.
+    pub duration: Duration,
+    /// Time spent waiting for the backend's response headers, all attempts; `None` when the
+    /// request never reached a backend.
+    pub backend_duration: Option<Duration>,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    pub cache: CacheStatus,
+    /// Why the gateway failed the request, when it did (`SubscriptionKeyInvalid`,
+    /// `BackendTimeout`, …).
+    pub error_reason: Option<&'static str>,
+}
+
+/// Receives every finished request. Called on the worker thread that served the request, so
+/// an implementation must be quick and must not block (aggregate, or hand off to a channel).
+pub trait RequestObserver: Send + Sync + 'static {
+    fn observe(&self, record: &RequestRecord);
+}
+
+impl<F> RequestObserver for F
+where
+    F: Fn(&RequestRecord) + Send + Sync + 'static,
+{
+    fn observe(&self, record: &RequestRecord) {
+        self(record)
+    }
+}

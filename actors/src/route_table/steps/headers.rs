@@ -1,0 +1,125 @@
+//! `set-header`, `set-query-parameter`, `rewrite-uri`: the request (or response) as forwarded.
+
+use std::sync::Arc;
+
+use awc::http::header::HeaderName;
+use outpost_model::policy::{ExistsAction, RewriteUri, SetHeader, SetQueryParameter};
+use outpost_model::template::Template;
+
+use super::{Step, StepCx, header_name};
+
+/// `set-header`: on the request in `inbound`, on the response in `outbound` / `on-error`.
+#[derive(Debug)]
+pub struct SetHeaderStep {
+    pub name: HeaderName,
+    /// `None` with `exists-action: delete`.
+    pub value: Option<Template>,
+    pub action: ExistsAction,
+}
+
+#[derive(Debug)]
+pub struct SetQueryParameterStep {
+    /// Percent-encoded, as it appears in a query string.
+    pub name: String,
+    pub value: Option<Template>,
+    pub action: ExistsAction,
+}
+
+/// `rewrite-uri`: the backend path (and query) from a template.
+#[derive(Debug)]
+pub struct RewriteUriStep {
+    pub path: Template,
+    /// `name=value` pairs of the template's query part; names percent-encoded.
+    pub query: Vec<QueryTemplate>,
+    pub copy_unmatched_params: bool,
+}
+
+#[derive(Debug)]
+pub struct QueryTemplate {
+    pub name: String,
+    pub value: Template,
+}
+
+pub(super) fn set_header(p: &SetHeader, cx: &mut StepCx<'_>) -> Option<Step> {
+    let name = header_name(cx, "name", &p.name);
+    let value = match (&p.value, p.exists_action) {
+        (None, ExistsAction::Delete) => Some(None),
+        (None, _) => {
+            cx.problem("value", "a value is needed unless exists-action is delete");
+            None
+        }
+        (Some(v), _) => cx.template("value", v).map(Some),
+    };
+    Some(Step::SetHeader(Arc::new(SetHeaderStep {
+        name: name?,
+        value: value?,
+        action: p.exists_action,
+    })))
+}
+
+pub(super) fn set_query_parameter(p: &SetQueryParameter, cx: &mut StepCx<'_>) -> Option<Step> {
+    if p.name.is_empty() {
+        cx.problem("name", "must not be empty");
+        return None;
+    }
+    let value = match (&p.value, p.exists_action) {
+        (None, ExistsAction::Delete) => None,
+        (None, _) => {
+            cx.problem("value", "a value is needed unless exists-action is delete");
+            return None;
+        }
+        (Some(v), _) => Some(cx.template("value", v)?),
+    };
+    Some(Step::SetQueryParameter(Arc::new(SetQueryParameterStep {
+        name: encode_query_component(&p.name),
+        value,
+        action: p.exists_action,
+    })))
+}
+
+pub(super) fn rewrite_uri(p: &RewriteUri, cx: &mut StepCx<'_>) -> Option<Step> {
+    if !p.template.starts_with('/') {
+        cx.problem("template", "must start with '/'");
+        return None;
+    }
+    let (path, query) = p
+        .template
+        .split_once('?')
+        .unwrap_or((p.template.as_str(), ""));
+    let path = cx.template("template", path);
+    let mut pairs = Vec::new();
+    let mut ok = true;
+    for pair in query.split('&').filter(|s| !s.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match cx.template("template", value) {
+            Some(value) => pairs.push(QueryTemplate {
+                name: name.to_owned(),
+                value,
+            }),
+            None => ok = false,
+        }
+    }
+    if !ok {
+        return None;
+    }
+    Some(Step::RewriteUri(Arc::new(RewriteUriStep {
+        path: path?,
+        query: pairs,
+        copy_unmatched_params: p.copy_unmatched_params,
+    })))
+}
+
+/// Percent-encodes a query name or value (RFC 3986 unreserved characters stay as they are).
+pub fn encode_query_component(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push('%');
+            out.push(char::from(b"0123456789ABCDEF"[usize::from(b >> 4)]));
+            out.push(char::from(b"0123456789ABCDEF"[usize::from(b & 15)]));
+        }
+    }
+    out
+}

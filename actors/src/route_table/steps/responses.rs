@@ -1,0 +1,79 @@
+//! `mock-response`, `return-response`: answers made by the gateway itself.
+
+use std::sync::Arc;
+
+use awc::http::header::{HeaderName, HeaderValue};
+use outpost_model::policy::{MockResponse, ReturnResponse};
+use outpost_model::template::Template;
+
+use super::{Step, StepCx, header_name};
+
+#[derive(Debug)]
+pub struct MockResponseStep {
+    pub status: u16,
+    pub content_type: HeaderValue,
+    /// `None`: an empty body.
+    pub body: Option<Template>,
+}
+
+#[derive(Debug)]
+pub struct ReturnResponseStep {
+    pub status: u16,
+    pub headers: Vec<(HeaderName, Template)>,
+    pub body: Option<Template>,
+}
+
+fn check_status(cx: &mut StepCx<'_>, status: u16) -> bool {
+    let ok = (100..=599).contains(&status);
+    if !ok {
+        cx.problem("status-code", format!("{status} is not an HTTP status"));
+    }
+    ok
+}
+
+pub(super) fn mock_response(p: &MockResponse, cx: &mut StepCx<'_>) -> Option<Step> {
+    let status_ok = check_status(cx, p.status_code);
+    let content_type = match HeaderValue::from_str(&p.content_type) {
+        Ok(v) => Some(v),
+        Err(_) => {
+            cx.problem("content-type", "not a valid header value");
+            None
+        }
+    };
+    let body = match &p.body {
+        Some(b) => Some(cx.template("body", b)?),
+        None => None,
+    };
+    if !status_ok {
+        return None;
+    }
+    Some(Step::MockResponse(Arc::new(MockResponseStep {
+        status: p.status_code,
+        content_type: content_type?,
+        body,
+    })))
+}
+
+pub(super) fn return_response(p: &ReturnResponse, cx: &mut StepCx<'_>) -> Option<Step> {
+    let status_ok = check_status(cx, p.status_code);
+    let mut headers = Vec::with_capacity(p.headers.len());
+    for (i, h) in p.headers.iter().enumerate() {
+        let name = header_name(cx, &format!("headers[{i}].name"), &h.name);
+        let value = cx.template(&format!("headers[{i}].value"), &h.value);
+        if let (Some(n), Some(v)) = (name, value) {
+            headers.push((n, v));
+        }
+    }
+    let body = match &p.body {
+        Some(b) => Some(cx.template("body", b)?),
+        None => None,
+    };
+    if !status_ok || headers.len() != p.headers.len() {
+        return None;
+    }
+    Some(Step::ReturnResponse(Arc::new(ReturnResponseStep {
+        status: p.status_code,
+        headers,
+        body,
+    })))
+}

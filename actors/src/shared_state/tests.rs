@@ -1,0 +1,488 @@
+//! The same test bodies over the in-process store and a real `redis-server` (spawned per test on
+//! a free port), plus the outage behaviour of [`SharedState`].
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use outpost_model::policy::OutageMode;
+
+use super::test_support::{TestRedis, silent_server};
+use super::*;
+
+const MIN: Duration = Duration::from_secs(60);
+const HOUR: Duration = Duration::from_secs(3600);
+
+fn config(url: &str) -> RedisConfig {
+    RedisConfig {
+        url: url.to_owned(),
+        timeout: Duration::from_millis(200),
+        probe_interval: Duration::from_millis(100),
+    }
+}
+
+async fn redis_nodes(redis: &TestRedis, n: usize) -> Vec<RedisStore> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let s = RedisStore::connect(config(&redis.url())).await.unwrap();
+        assert!(s.is_healthy(), "{:?}", s.reachability());
+        out.push(s);
+    }
+    out
+}
+
+fn local_nodes(n: usize) -> Vec<Arc<LocalStore>> {
+    let one = Arc::new(LocalStore::new());
+    (0..n).map(|_| one.clone()).collect()
+}
+
+// === bodies shared by both stores ===
+
+/// 3 nodes, limit 100/min, 300 hits round-robin: exactly 100 admitted, sequentially and
+/// concurrently.
+async fn exact_across_nodes<S: CounterStore + 'static>(nodes: Vec<Arc<S>>) {
+    let mut admitted = 0;
+    for i in 0..300 {
+        let s = nodes[i % nodes.len()]
+            .hit("exact-seq", 100, MIN, 1)
+            .await
+            .unwrap();
+        admitted += usize::from(s.allowed);
+        if i == 99 {
+            assert_eq!(s.remaining, 0);
+        }
+    }
+    assert_eq!(admitted, 100);
+
+    let tasks: Vec<_> = (0..300)
+        .map(|i| {
+            let node = nodes[i % nodes.len()].clone();
+            tokio::spawn(async move { node.hit("exact-par", 100, MIN, 1).await.unwrap().allowed })
+        })
+        .collect();
+    let mut admitted = 0;
+    for t in tasks {
+        admitted += usize::from(t.await.unwrap());
+    }
+    assert_eq!(admitted, 100);
+}
+
+async fn window_slides<S: CounterStore>(s: &S) {
+    let w = Duration::from_secs(1);
+    assert!(s.hit("slide", 3, w, 1).await.unwrap().allowed);
+    assert!(s.hit("slide", 3, w, 1).await.unwrap().allowed);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(s.hit("slide", 3, w, 1).await.unwrap().allowed);
+    let refused = s.hit("slide", 3, w, 1).await.unwrap();
+    assert!(!refused.allowed);
+    assert_eq!(refused.remaining, 0);
+    assert!(
+        refused.retry_after > Duration::from_millis(350)
+            && refused.retry_after <= Duration::from_millis(600),
+        "{refused:?}"
+    );
+    tokio::time::sleep(refused.retry_after + Duration::from_millis(30)).await;
+    // The first two have left the window, the third has not: two fit, not three.
+    assert!(s.hit("slide", 3, w, 1).await.unwrap().allowed);
+    assert!(s.hit("slide", 3, w, 1).await.unwrap().allowed);
+    assert!(!s.hit("slide", 3, w, 1).await.unwrap().allowed);
+}
+
+async fn increments_and_refunds<S: CounterStore>(s: &S) {
+    let a = s.hit("inc", 10, MIN, 4).await.unwrap();
+    assert!(a.allowed && a.remaining == 6);
+    let b = s.hit("inc", 10, MIN, 7).await.unwrap();
+    assert!(!b.allowed && b.remaining == 6 && b.retry_after > Duration::ZERO);
+    s.refund(&a.ticket).await.unwrap();
+    let c = s.hit("inc", 10, MIN, 10).await.unwrap();
+    assert!(c.allowed && c.remaining == 0);
+    // A refused hit has nothing to refund.
+    s.refund(&b.ticket).await.unwrap();
+    assert!(!s.hit("inc", 10, MIN, 1).await.unwrap().allowed);
+}
+
+async fn quota_counts_calls_and_bytes<S: CounterStore>(s: &S) {
+    let limits = QuotaLimits {
+        calls: Some(3),
+        bytes: Some(10_000),
+    };
+    let call = QuotaDelta {
+        calls: 1,
+        bytes: 0,
+        enforce: true,
+    };
+    for i in 1..=3 {
+        let q = s.quota("q", HOUR, limits, call).await.unwrap();
+        assert!(q.allowed && q.calls == i, "{q:?}");
+        assert!(q.resets_in <= HOUR && q.resets_in > Duration::ZERO);
+    }
+    assert!(!s.quota("q", HOUR, limits, call).await.unwrap().allowed);
+    // A refund (increment-condition not met) gives a call back.
+    let refund = QuotaDelta {
+        calls: -1,
+        bytes: 0,
+        enforce: false,
+    };
+    assert_eq!(s.quota("q", HOUR, limits, refund).await.unwrap().calls, 2);
+    assert!(s.quota("q", HOUR, limits, call).await.unwrap().allowed);
+
+    // Bandwidth: recorded after the response, enforced on the next admission.
+    let bw = QuotaLimits {
+        calls: None,
+        bytes: Some(1000),
+    };
+    assert!(s.quota("bw", HOUR, bw, call).await.unwrap().allowed);
+    let record = QuotaDelta {
+        calls: 0,
+        bytes: 1500,
+        enforce: false,
+    };
+    assert_eq!(s.quota("bw", HOUR, bw, record).await.unwrap().bytes, 1500);
+    assert!(!s.quota("bw", HOUR, bw, call).await.unwrap().allowed);
+}
+
+async fn key_values<S: CounterStore>(s: &S) {
+    assert_eq!(s.get("kv").await.unwrap(), None);
+    s.set(
+        "kv",
+        Bytes::from_static(b"\x00\x01bin"),
+        Duration::from_millis(300),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        s.get("kv").await.unwrap().as_deref(),
+        Some(&b"\x00\x01bin"[..])
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(s.get("kv").await.unwrap(), None, "expired");
+    s.set("kv", Bytes::from_static(b"v"), MIN).await.unwrap();
+    s.delete("kv").await.unwrap();
+    assert_eq!(s.get("kv").await.unwrap(), None, "deleted");
+}
+
+// === in-process ===
+
+#[tokio::test]
+async fn local_exact_across_nodes() {
+    exact_across_nodes(local_nodes(3)).await;
+}
+
+#[tokio::test]
+async fn local_window_slides() {
+    window_slides(&LocalStore::new()).await;
+}
+
+#[tokio::test]
+async fn local_increments_and_refunds() {
+    increments_and_refunds(&LocalStore::new()).await;
+}
+
+#[tokio::test]
+async fn local_quota() {
+    quota_counts_calls_and_bytes(&LocalStore::new()).await;
+}
+
+#[tokio::test]
+async fn local_key_values() {
+    key_values(&LocalStore::new()).await;
+}
+
+#[test]
+fn local_sweep_drops_idle_entries() {
+    let s = LocalStore::new();
+    let t = 1_000_000_000;
+    s.hit_at(t, "a", 5, Duration::from_secs(1), 1);
+    s.set_now("v", Bytes::from_static(b"x"), Duration::from_millis(1));
+    assert_eq!(s.len(), 2);
+    std::thread::sleep(Duration::from_millis(5));
+    assert_eq!(s.sweep(t + 2_000), 1, "the counter is idle");
+    assert_eq!(s.sweep(super::local::now_ms()), 1, "the value expired");
+    assert!(s.is_empty());
+}
+
+// === Redis ===
+
+#[tokio::test]
+async fn redis_exact_across_nodes() {
+    let redis = TestRedis::start().await;
+    let nodes = redis_nodes(&redis, 3)
+        .await
+        .into_iter()
+        .map(Arc::new)
+        .collect();
+    exact_across_nodes(nodes).await;
+}
+
+#[tokio::test]
+async fn redis_window_slides() {
+    let redis = TestRedis::start().await;
+    window_slides(&redis_nodes(&redis, 1).await[0]).await;
+}
+
+#[tokio::test]
+async fn redis_increments_and_refunds() {
+    let redis = TestRedis::start().await;
+    increments_and_refunds(&redis_nodes(&redis, 1).await[0]).await;
+}
+
+#[tokio::test]
+async fn redis_quota_persists_across_clients_and_restarts() {
+    let mut redis = TestRedis::start().await;
+    quota_counts_calls_and_bytes(&redis_nodes(&redis, 1).await[0]).await;
+
+    let limits = QuotaLimits {
+        calls: Some(5),
+        bytes: None,
+    };
+    let call = QuotaDelta {
+        calls: 1,
+        bytes: 0,
+        enforce: true,
+    };
+    let first = redis_nodes(&redis, 1).await.remove(0);
+    for _ in 0..3 {
+        assert!(first.quota("p", HOUR, limits, call).await.unwrap().allowed);
+    }
+    drop(first);
+    // A gateway restart: a new client, same Redis.
+    let second = redis_nodes(&redis, 1).await.remove(0);
+    assert_eq!(
+        second.quota("p", HOUR, limits, call).await.unwrap().calls,
+        4
+    );
+    // A Redis restart (append-only file): still counted.
+    redis.restart().await;
+    let third = redis_nodes(&redis, 1).await.remove(0);
+    let q = third.quota("p", HOUR, limits, call).await.unwrap();
+    assert!(q.allowed && q.calls == 5, "{q:?}");
+    assert!(!third.quota("p", HOUR, limits, call).await.unwrap().allowed);
+    // The key expires when its window ends.
+    let ttl = redis.command(&["TTL", "p"]).await;
+    let ttl: i64 = ttl
+        .chars()
+        .filter(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap();
+    assert!(ttl > 0 && ttl <= 3600, "{ttl}");
+}
+
+#[tokio::test]
+async fn redis_key_values() {
+    let redis = TestRedis::start().await;
+    key_values(&redis_nodes(&redis, 1).await[0]).await;
+}
+
+#[tokio::test]
+async fn redis_one_round_trip_per_check() {
+    let redis = TestRedis::start().await;
+    let s = redis_nodes(&redis, 1).await.remove(0);
+    s.hit("warm", 10, MIN, 1).await.unwrap(); // loads the script (NOSCRIPT → EVAL once)
+    redis.command(&["CONFIG", "RESETSTAT"]).await;
+    for _ in 0..50 {
+        s.hit("rt", 1000, MIN, 1).await.unwrap();
+    }
+    let stats = redis.command(&["INFO", "commandstats"]).await;
+    assert!(stats.contains("cmdstat_evalsha:calls=50,"), "{stats}");
+    assert!(!stats.contains("cmdstat_eval:"), "{stats}");
+}
+
+// === SharedState: outage modes ===
+
+async fn shared(redis: &TestRedis, nodes: u64) -> SharedState {
+    let s = SharedState::connect(SharedStateConfig {
+        redis: Some(config(&redis.url())),
+        nodes,
+    })
+    .await
+    .unwrap();
+    assert!(s.shared_available());
+    s
+}
+
+async fn admitted(
+    s: &SharedState,
+    key: &str,
+    n: usize,
+    outage: OutageMode,
+) -> (usize, Vec<Decision>) {
+    let mut all = Vec::new();
+    for _ in 0..n {
+        all.push(s.rate_limit(key, 30, MIN, 1, outage).await);
+    }
+    (all.iter().filter(|d| d.allowed()).count(), all)
+}
+
+async fn wait_until(what: &str, f: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn redis_killed_then_restarted() {
+    let mut redis = TestRedis::start().await;
+    let s = shared(&redis, 3).await;
+    let mut status = s.subscribe();
+    assert_eq!(*status.borrow_and_update(), Reachability::Connected);
+
+    let (n, d) = admitted(&s, "k", 12, OutageMode::Local).await;
+    assert_eq!(n, 12);
+    assert!(d.iter().all(|d| d.counted_by == CountedBy::Shared));
+
+    redis.kill();
+    // Local mode: this node's share, ceil(30 / 3) = 10, counted from zero; no error surfaces.
+    let started = Instant::now();
+    let (n, d) = admitted(&s, "k", 20, OutageMode::Local).await;
+    assert_eq!(n, 10);
+    assert!(
+        d.iter()
+            .all(|d| d.counted_by == CountedBy::Local && d.limit == 10)
+    );
+    assert!(d.iter().all(|d| d.verdict != Verdict::Unavailable));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "only the first call waits"
+    );
+    assert!(!s.shared_available());
+    status.changed().await.unwrap();
+    assert!(matches!(
+        *status.borrow(),
+        Reachability::Disconnected { .. }
+    ));
+
+    // The other modes.
+    let (n, d) = admitted(&s, "open", 50, OutageMode::FailOpen).await;
+    assert_eq!(n, 50);
+    assert!(d.iter().all(|d| d.counted_by == CountedBy::Nobody));
+    let (n, d) = admitted(&s, "closed", 5, OutageMode::FailClosed).await;
+    assert_eq!(n, 0);
+    assert!(
+        d.iter()
+            .all(|d| d.verdict == Verdict::Unavailable && d.retry_after >= Duration::from_secs(1))
+    );
+    let q = s
+        .quota(
+            "qk",
+            HOUR,
+            QuotaLimits {
+                calls: Some(6),
+                bytes: None,
+            },
+            QuotaDelta {
+                calls: 1,
+                bytes: 0,
+                enforce: true,
+            },
+            OutageMode::Local,
+        )
+        .await;
+    assert!(q.allowed() && q.counted_by == CountedBy::Local && q.limits.calls == Some(2));
+
+    // Back: shared counting resumes where Redis left it (12 of 30, kept in the AOF).
+    redis.restart().await;
+    wait_until("redis reconnect", || s.shared_available()).await;
+    let (n, d) = admitted(&s, "k", 30, OutageMode::Local).await;
+    assert_eq!(n, 18);
+    assert!(d.iter().all(|d| d.counted_by == CountedBy::Shared));
+    assert_eq!(s.reachability(), Reachability::Connected);
+}
+
+#[tokio::test]
+async fn unresponsive_redis_times_out_and_falls_back() {
+    // A server that accepts and never answers.
+    let addr = silent_server().await;
+    let cfg = RedisConfig {
+        url: format!("redis://{addr}"),
+        timeout: Duration::from_millis(100),
+        probe_interval: Duration::from_millis(100),
+    };
+    let started = Instant::now();
+    let store = RedisStore::connect(cfg.clone()).await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_millis(600),
+        "connect waits one timeout at most"
+    );
+    assert!(!store.is_healthy());
+    let started = Instant::now();
+    assert!(!store.probe().await);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(90) && took < Duration::from_millis(500),
+        "{took:?}"
+    );
+    assert!(
+        matches!(store.reachability(), Reachability::Disconnected { reason } if reason.contains("timed out"))
+    );
+    // While unreachable, calls fail at once instead of waiting for the timeout.
+    let started = Instant::now();
+    assert!(matches!(
+        store.hit("k", 1, MIN, 1).await,
+        Err(StoreError::Unreachable(_))
+    ));
+    assert!(started.elapsed() < Duration::from_millis(20));
+
+    let s = SharedState::connect(SharedStateConfig {
+        redis: Some(cfg),
+        nodes: 2,
+    })
+    .await
+    .unwrap();
+    let d = s.rate_limit("k", 4, MIN, 1, OutageMode::Local).await;
+    assert!(d.allowed() && d.counted_by == CountedBy::Local && d.limit == 2);
+}
+
+#[tokio::test]
+async fn a_stalled_redis_is_detected_by_the_call_timeout() {
+    let redis = TestRedis::start().await;
+    let s = shared(&redis, 1).await;
+    assert!(
+        s.rate_limit("k", 5, MIN, 1, OutageMode::Local)
+            .await
+            .counted_by
+            == CountedBy::Shared
+    );
+    // Redis stops answering (every client paused for 1.5 s).
+    redis.command(&["CLIENT", "PAUSE", "1500", "ALL"]).await;
+    let started = Instant::now();
+    let d = s.rate_limit("k", 5, MIN, 1, OutageMode::Local).await;
+    let took = started.elapsed();
+    assert!(d.allowed() && d.counted_by == CountedBy::Local, "{d:?}");
+    assert!(
+        took >= Duration::from_millis(190) && took < Duration::from_millis(700),
+        "{took:?}"
+    );
+    // Next calls do not wait at all.
+    let started = Instant::now();
+    s.rate_limit("k", 5, MIN, 1, OutageMode::Local).await;
+    assert!(started.elapsed() < Duration::from_millis(20));
+    // After the pause, the probe reconnects and shared counting resumes (1 counted before).
+    wait_until("redis back", || s.shared_available()).await;
+    let d = s.rate_limit("k", 5, MIN, 1, OutageMode::Local).await;
+    assert_eq!(d.counted_by, CountedBy::Shared);
+    assert!(d.remaining <= 3, "{d:?}");
+}
+
+#[tokio::test]
+async fn refunds_through_the_facade() {
+    let redis = TestRedis::start().await;
+    for s in [shared(&redis, 1).await, SharedState::in_process()] {
+        let a = s.rate_limit("r", 2, MIN, 1, OutageMode::Local).await;
+        let b = s.rate_limit("r", 2, MIN, 1, OutageMode::Local).await;
+        assert!(a.allowed() && b.allowed());
+        assert!(
+            !s.rate_limit("r", 2, MIN, 1, OutageMode::Local)
+                .await
+                .allowed()
+        );
+        s.refund(&a).await;
+        assert!(
+            s.rate_limit("r", 2, MIN, 1, OutageMode::Local)
+                .await
+                .allowed()
+        );
+    }
+}

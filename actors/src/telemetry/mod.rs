@@ -1,0 +1,207 @@
+//! `TelemetryBuffer`: request metrics from the traffic pipeline to the control plane, without
+//! slowing requests down and without losing them to an outage.
+//!
+//! Traffic workers write into an [`Aggregator`] (sharded counters, no mailbox). Every
+//! `telemetry.flush_interval_secs` the actor drains it into a numbered [`TelemetryBatch`] and
+//! uploads the backlog oldest first. A failed upload is retried on the next tick with the same
+//! sequence number, so the control plane can drop a duplicate. While the control plane is away
+//! batches wait in memory up to `telemetry.max_buffered` aggregates, then in the spool
+//! directory if one is set; otherwise the oldest are dropped and counted in
+//! `outpost_telemetry_dropped_total`.
+//!
+//! [`TelemetryBatch`]: outpost_model::wire::TelemetryBatch
+
+pub mod messages;
+pub mod spool;
+pub mod state;
+#[cfg(test)]
+mod tests;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+
+use crate::link::{Link, LinkConfig};
+use crate::route_table::{RequestObserver, RequestRecord};
+pub use messages::{Flush, GetTelemetryStatus, Shutdown, TelemetryStatus};
+use state::Outbox;
+pub use state::{Aggregator, RequestSample};
+
+#[derive(Debug, Clone)]
+pub struct TelemetryConfig {
+    /// `None` in offline mode: counters are drained and discarded.
+    pub link: Option<Arc<LinkConfig>>,
+    pub instance_id: String,
+    pub flush_interval: Duration,
+    pub max_buffered: usize,
+    pub spool_dir: Option<PathBuf>,
+    pub spool_max_bytes: u64,
+}
+
+pub struct TelemetryBuffer {
+    config: TelemetryConfig,
+    aggregator: Aggregator,
+    outbox: Outbox,
+    link: Option<Link>,
+    uploading: bool,
+    uploaded: u64,
+    dropped: u64,
+}
+
+impl TelemetryBuffer {
+    /// The actor and the recorder the traffic pipeline writes into. A spool directory that
+    /// cannot be opened is reported and the buffer runs memory-only.
+    pub fn new(config: TelemetryConfig) -> (Self, Aggregator) {
+        let spool = config.spool_dir.as_deref().and_then(|dir| {
+            spool::Spool::open(dir, config.spool_max_bytes)
+                .inspect_err(|e| {
+                    tracing::error!(dir = %dir.display(), error = %e, "cannot open the telemetry spool; keeping telemetry in memory only")
+                })
+                .ok()
+        });
+        let outbox = Outbox::new(config.instance_id.clone(), config.max_buffered, spool);
+        let aggregator = Aggregator::default();
+        (
+            Self {
+                config,
+                aggregator: aggregator.clone(),
+                outbox,
+                link: None,
+                uploading: false,
+                uploaded: 0,
+                dropped: 0,
+            },
+            aggregator,
+        )
+    }
+
+    fn flush(&mut self, ctx: &mut Context<Self>) {
+        let aggregates = self.aggregator.drain();
+        if self.link.is_none() {
+            return;
+        }
+        let pushed = self.outbox.push(aggregates);
+        self.count_dropped(pushed.dropped);
+        self.publish_gauges();
+        self.upload_next(ctx);
+    }
+
+    fn count_dropped(&mut self, n: u64) {
+        if n > 0 {
+            self.dropped += n;
+            metrics::counter!("outpost_telemetry_dropped_total").increment(n);
+            tracing::warn!(
+                dropped = n,
+                "telemetry buffer full; dropped the oldest aggregates"
+            );
+        }
+    }
+
+    fn publish_gauges(&self) {
+        metrics::gauge!("outpost_telemetry_buffered").set(self.outbox.buffered() as f64);
+        metrics::gauge!("outpost_telemetry_spooled_batches").set(self.outbox.spooled() as f64);
+    }
+
+    /// Uploads the oldest batch, then the next, until the backlog is empty or a call fails
+    /// (the next tick retries).
+    fn upload_next(&mut self, ctx: &mut Context<Self>) {
+        let Some(link) = self.link.clone() else {
+            return;
+        };
+        if self.uploading {
+            return;
+        }
+        let Some(batch) = self.outbox.oldest() else {
+            return;
+        };
+        self.uploading = true;
+        let call = async move {
+            let result = link.upload_telemetry(&batch).await;
+            (batch, result)
+        };
+        ctx.spawn(call.into_actor(self).map(|(batch, result), act, ctx| {
+            act.uploading = false;
+            match result {
+                Ok(()) => {
+                    act.outbox.acknowledge(&batch);
+                    act.uploaded += 1;
+                    metrics::counter!("outpost_telemetry_uploaded_total").increment(1);
+                    act.publish_gauges();
+                    act.upload_next(ctx);
+                }
+                Err(e) => tracing::debug!(
+                    sequence = batch.sequence,
+                    error = %e,
+                    "telemetry upload failed; keeping the batch"
+                ),
+            }
+        }));
+    }
+}
+
+/// The traffic pipeline's hook: one shard-locked update per request, no mailbox.
+impl RequestObserver for Aggregator {
+    fn observe(&self, r: &RequestRecord) {
+        self.record(&RequestSample {
+            unix_secs: chrono::Utc::now().timestamp(),
+            api: r.api.as_deref().unwrap_or(""),
+            operation: r.operation.as_deref().unwrap_or(""),
+            status: r.status,
+            cache: r.cache.as_str(),
+            duration_ms: r.duration.as_millis() as u64,
+            backend_duration_ms: r.backend_duration.map_or(0, |d| d.as_millis() as u64),
+            request_bytes: r.request_bytes,
+            response_bytes: r.response_bytes,
+        });
+    }
+}
+
+impl Actor for TelemetryBuffer {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.link = self.config.link.clone().map(Link::new);
+        ctx.run_interval(self.config.flush_interval, |act, ctx| act.flush(ctx));
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        if self.link.is_none() {
+            return;
+        }
+        let pushed = self.outbox.push(self.aggregator.drain());
+        self.count_dropped(pushed.dropped);
+        let moved = self.outbox.persist();
+        if moved > 0 {
+            tracing::info!(batches = moved, "telemetry spooled for the next start");
+        }
+    }
+}
+
+impl Handler<Flush> for TelemetryBuffer {
+    type Result = ();
+    fn handle(&mut self, _: Flush, ctx: &mut Self::Context) {
+        self.flush(ctx);
+    }
+}
+
+impl Handler<Shutdown> for TelemetryBuffer {
+    type Result = ();
+    fn handle(&mut self, _: Shutdown, ctx: &mut Self::Context) {
+        // `stopped` does the draining, so an actor stopped any other way keeps its data too.
+        ctx.stop();
+    }
+}
+
+impl Handler<GetTelemetryStatus> for TelemetryBuffer {
+    type Result = MessageResult<GetTelemetryStatus>;
+    fn handle(&mut self, _: GetTelemetryStatus, _: &mut Self::Context) -> Self::Result {
+        MessageResult(TelemetryStatus {
+            buffered: self.outbox.buffered(),
+            spooled: self.outbox.spooled(),
+            uploaded: self.uploaded,
+            dropped: self.dropped,
+        })
+    }
+}

@@ -1,0 +1,242 @@
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use outpost_model::wire::{AggregateKey, RequestAggregate, TelemetryBatch};
+
+use super::spool::Spool;
+use super::state::{Aggregator, Outbox, RequestSample};
+use super::*;
+use crate::link::{ClientFactory, LinkConfig};
+
+fn record(api: &str, status: u16, secs: i64, ms: u64) -> RequestSample<'_> {
+    RequestSample {
+        unix_secs: secs,
+        api,
+        operation: "get",
+        status,
+        cache: "none",
+        duration_ms: ms,
+        backend_duration_ms: ms / 2,
+        request_bytes: 10,
+        response_bytes: 100,
+    }
+}
+
+fn aggregates(n: usize) -> Vec<RequestAggregate> {
+    (0..n)
+        .map(|i| RequestAggregate {
+            key: AggregateKey {
+                minute: 60 * i as i64,
+                api: "a".into(),
+                operation: "o".into(),
+                status: 200,
+                cache: "none".into(),
+            },
+            count: 1,
+            total_duration_ms: 1,
+            max_duration_ms: 1,
+            backend_duration_ms: 0,
+            request_bytes: 0,
+            response_bytes: 0,
+        })
+        .collect()
+}
+
+#[test]
+fn requests_aggregate_per_minute_api_operation_status_and_cache() {
+    let agg = Aggregator::default();
+    agg.record(&record("a", 200, 120, 10));
+    agg.record(&record("a", 200, 179, 30));
+    agg.record(&record("a", 200, 180, 5));
+    agg.record(&record("a", 404, 130, 1));
+    agg.record(&record("b", 200, 130, 1));
+    let out = agg.drain();
+    assert_eq!(out.len(), 4);
+    let first = &out[0];
+    assert_eq!((first.key.minute, first.key.status), (120, 200));
+    assert_eq!(first.count, 2);
+    assert_eq!(first.total_duration_ms, 40);
+    assert_eq!(first.max_duration_ms, 30);
+    assert_eq!(first.backend_duration_ms, 20);
+    assert_eq!(first.response_bytes, 200);
+    assert!(agg.drain().is_empty(), "drained means empty");
+}
+
+#[test]
+fn concurrent_records_are_never_lost_by_a_drain() {
+    let agg = Aggregator::default();
+    let writers: Vec<_> = (0..4)
+        .map(|t| {
+            let agg = agg.clone();
+            std::thread::spawn(move || {
+                for i in 0..5000 {
+                    agg.record(&record(
+                        if t % 2 == 0 { "a" } else { "b" },
+                        200,
+                        i % 3 * 60,
+                        1,
+                    ));
+                }
+            })
+        })
+        .collect();
+    let mut total = 0;
+    while writers.iter().any(|w| !w.is_finished()) {
+        total += agg.drain().iter().map(|a| a.count).sum::<u64>();
+    }
+    for w in writers {
+        w.join().unwrap();
+    }
+    total += agg.drain().iter().map(|a| a.count).sum::<u64>();
+    assert_eq!(total, 20_000);
+}
+
+#[test]
+fn memory_outbox_is_bounded_and_drops_the_oldest() {
+    let mut o = Outbox::new("i".into(), 10, None);
+    assert_eq!(o.push(vec![]).sequence, None);
+    assert_eq!(o.push(aggregates(4)).sequence, Some(1));
+    assert_eq!(o.push(aggregates(4)).sequence, Some(2));
+    let pushed = o.push(aggregates(4));
+    assert_eq!(pushed.sequence, Some(3));
+    assert_eq!(pushed.dropped, 4, "batch 1 dropped");
+    assert_eq!(o.buffered(), 8);
+    let oldest = o.oldest().unwrap();
+    assert_eq!(oldest.sequence, 2);
+    assert_eq!(o.oldest().unwrap().sequence, 2, "kept until acknowledged");
+    o.acknowledge(&oldest);
+    assert_eq!(o.oldest().unwrap().sequence, 3);
+    assert_eq!(o.push(aggregates(25)).dropped, 15 + 4);
+    assert_eq!(o.buffered(), 10);
+}
+
+#[test]
+fn overflow_spools_in_order_and_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path(), 1 << 20).unwrap();
+    let mut o = Outbox::new("first".into(), 5, Some(spool));
+    o.push(aggregates(4)); // memory
+    o.push(aggregates(4)); // does not fit: spool
+    o.push(aggregates(1)); // would fit, but the spool is not empty: spool, to keep order
+    assert_eq!((o.buffered(), o.spooled()), (4, 2));
+    let order: Vec<u64> = std::iter::from_fn(|| {
+        let b = o.oldest()?;
+        o.acknowledge(&b);
+        Some(b.sequence)
+    })
+    .collect();
+    assert_eq!(order, vec![1, 2, 3]);
+    assert!(o.is_empty());
+
+    o.push(aggregates(2));
+    o.push(aggregates(2));
+    assert_eq!(o.persist(), 2);
+    drop(o);
+    let mut reopened = Outbox::new(
+        "second".into(),
+        5,
+        Some(Spool::open(dir.path(), 1 << 20).unwrap()),
+    );
+    let b = reopened.oldest().unwrap();
+    assert_eq!((b.instance_id.as_str(), b.sequence), ("first", 4));
+    reopened.acknowledge(&b);
+    assert_eq!(reopened.spooled(), 1);
+}
+
+#[test]
+fn the_spool_is_bounded_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = outpost_model::wire::encode(&TelemetryBatch {
+        instance_id: "i".into(),
+        sequence: 1,
+        aggregates: aggregates(3),
+    })
+    .unwrap()
+    .len() as u64;
+    let mut o = Outbox::new(
+        "i".into(),
+        1,
+        Some(Spool::open(dir.path(), one * 2 + 4).unwrap()),
+    );
+    let dropped: u64 = (0..4).map(|_| o.push(aggregates(3)).dropped).sum();
+    assert_eq!(dropped, 6, "two oldest spooled batches dropped");
+    assert_eq!(o.spooled(), 2);
+    assert_eq!(o.oldest().unwrap().sequence, 3);
+}
+
+// === the actor against a fake control plane ===
+
+/// A gateway listener that records telemetry uploads and answers `status`.
+struct FakeControlPlane {
+    url: String,
+    status: Arc<AtomicU16>,
+    received: Arc<Mutex<Vec<TelemetryBatch>>>,
+}
+
+async fn fake_control_plane() -> FakeControlPlane {
+    let status = Arc::new(AtomicU16::new(204));
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let (s, r) = (status.clone(), received.clone());
+    let url = crate::link::fake::control_plane(Arc::new(move |_line: &str, body: &[u8]| {
+        let code = s.load(Ordering::SeqCst);
+        if code == 204 {
+            r.lock()
+                .unwrap()
+                .push(outpost_model::wire::decode(body).unwrap());
+        }
+        (code, Vec::new())
+    }))
+    .await;
+    FakeControlPlane {
+        url,
+        status,
+        received,
+    }
+}
+
+#[actix::test]
+async fn backlog_is_uploaded_in_order_with_stable_sequences_after_an_outage() {
+    let cp = fake_control_plane().await;
+    cp.status.store(503, Ordering::SeqCst);
+    let (buffer, recorder) = TelemetryBuffer::new(TelemetryConfig {
+        link: Some(Arc::new(LinkConfig {
+            base_url: cp.url.clone(),
+            token: "GatewayKey gw&209901010000&c2ln".into(),
+            request_timeout: Duration::from_secs(5),
+            clients: ClientFactory::plain(),
+        })),
+        instance_id: "inst".into(),
+        flush_interval: Duration::from_secs(3600),
+        max_buffered: 1000,
+        spool_dir: None,
+        spool_max_bytes: 0,
+    });
+    let addr = buffer.start();
+    for i in 0..3 {
+        recorder.record(&record("a", 200, 60 * i, 1));
+        addr.send(Flush).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = addr.send(GetTelemetryStatus).await.unwrap();
+    assert_eq!((status.buffered, status.uploaded), (3, 0));
+
+    cp.status.store(204, Ordering::SeqCst);
+    addr.send(Flush).await.unwrap();
+    for _ in 0..50 {
+        if cp.received.lock().unwrap().len() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let sequences: Vec<u64> = cp
+        .received
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|b| b.sequence)
+        .collect();
+    assert_eq!(sequences, vec![1, 2, 3], "in order, numbered once");
+    let status = addr.send(GetTelemetryStatus).await.unwrap();
+    assert_eq!((status.buffered, status.uploaded), (0, 3));
+}

@@ -1,0 +1,266 @@
+//! Real `outpost` processes: a control plane and gateways wired to it, for scenario suites.
+//!
+//! Each process gets its own free loopback ports and is configured only through `OUTPOST_*`
+//! environment variables — the same way operators configure containers — so the suites also
+//! exercise the settings loader.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::http::client;
+use crate::ports::free_port;
+use crate::process::{ManagedProcess, outpost_command};
+use crate::wait::{secs, wait_for_http_ok};
+
+/// The admin token every test control plane is started with.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
+
+/// A control plane process with its data directory (kept across restarts).
+pub struct ControlPlane {
+    pub process: ManagedProcess,
+    pub admin_port: u16,
+    pub gateway_port: u16,
+    pub data_dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl ControlPlane {
+    /// Starts a control plane with a fresh data directory.
+    pub async fn start() -> ControlPlane {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let data_dir = tmp.path().join("data");
+        let mut cp = Self::start_on(&data_dir, free_port(), free_port()).await;
+        cp._tmp = Some(tmp);
+        cp
+    }
+
+    /// Starts a control plane on a given data directory and ports (for restarts and upgrades).
+    pub async fn start_on(data_dir: &Path, admin_port: u16, gateway_port: u16) -> ControlPlane {
+        let mut cmd = outpost_command();
+        cmd.arg("control-plane")
+            .env("OUTPOST_ADMIN_LISTEN", format!("127.0.0.1:{admin_port}"))
+            .env("OUTPOST_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("OUTPOST_GATEWAY_API_LISTEN", format!("127.0.0.1:{gateway_port}"))
+            .env("OUTPOST_STORE_DATA_DIR", data_dir.display().to_string())
+            .env("OUTPOST_LOG_LEVEL", "info");
+        let process = ManagedProcess::spawn("control-plane", cmd).expect("spawn control plane");
+        let cp = ControlPlane {
+            process,
+            admin_port,
+            gateway_port,
+            data_dir: data_dir.to_owned(),
+            _tmp: None,
+        };
+        wait_for_http_ok(&format!("{}/api/v1/openapi.json", cp.admin_url()), secs(30))
+            .await
+            .unwrap_or_else(|e| panic!("control plane did not start: {e}\n{}", cp.process.tail(40)));
+        cp
+    }
+
+    /// Stops the process (SIGKILL, like a crash) and starts it again on the same data and ports.
+    pub async fn restart(&mut self) {
+        self.process.kill();
+        let tmp = self._tmp.take();
+        let mut next = Self::start_on(&self.data_dir, self.admin_port, self.gateway_port).await;
+        next._tmp = tmp;
+        *self = next;
+    }
+
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
+    pub fn admin_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.admin_port)
+    }
+
+    pub fn gateway_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.gateway_port)
+    }
+
+    /// `POST /api/v1/apply` with a declarative YAML file; panics with the problems on failure.
+    pub async fn apply(&self, yaml: &str) -> Value {
+        let res = client()
+            .post(format!("{}/api/v1/apply", self.admin_url()))
+            .bearer_auth(ADMIN_TOKEN)
+            .header("Content-Type", "application/yaml")
+            .body(yaml.to_owned())
+            .send()
+            .await
+            .expect("apply request");
+        let status = res.status();
+        let body: Value = res.json().await.unwrap_or(Value::Null);
+        assert!(status.is_success(), "apply failed with {status}: {body:#}");
+        body
+    }
+
+    /// A management API call; returns status and JSON body.
+    pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let url = format!("{}{path}", self.admin_url());
+        let c = client();
+        let mut req = match method {
+            "GET" => c.get(url),
+            "PUT" => c.put(url),
+            "POST" => c.post(url),
+            "DELETE" => c.delete(url),
+            other => panic!("method {other}"),
+        }
+        .bearer_auth(ADMIN_TOKEN);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let res = req.send().await.expect("management API call");
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Mints a gateway token from the gateway's primary key.
+    pub async fn token(&self, gateway: &str) -> String {
+        let (status, body) = self
+            .call(
+                "POST",
+                &format!("/api/v1/gateways/{gateway}/token"),
+                Some(json!({"key": "primary", "lifetime-secs": 86_400})),
+            )
+            .await;
+        assert_eq!(status, 200, "token: {body:#}");
+        body["value"].as_str().expect("token value").to_owned()
+    }
+
+    pub async fn revision(&self) -> u64 {
+        let (status, body) = self.call("GET", "/api/v1/revision", None).await;
+        assert_eq!(status, 200, "{body}");
+        body["revision"].as_u64().expect("revision")
+    }
+}
+
+/// How a gateway process is configured.
+#[derive(Debug, Clone, Default)]
+pub struct GatewayOptions {
+    pub control_plane_url: Option<String>,
+    pub token: Option<String>,
+    pub backup_dir: Option<PathBuf>,
+    pub offline_file: Option<PathBuf>,
+    pub redis_url: Option<String>,
+    pub redis_nodes: Option<u64>,
+    pub extra_env: Vec<(String, String)>,
+}
+
+/// A gateway process.
+pub struct Gateway {
+    pub process: ManagedProcess,
+    pub traffic_port: u16,
+    pub ops_port: u16,
+    pub options: GatewayOptions,
+}
+
+impl Gateway {
+    /// Spawns a gateway; does not wait for readiness (see [`Gateway::wait_ready`]).
+    pub fn spawn(name: &str, options: GatewayOptions) -> Gateway {
+        Self::spawn_on(name, options, free_port(), free_port())
+    }
+
+    pub fn spawn_on(name: &str, options: GatewayOptions, traffic_port: u16, ops_port: u16) -> Gateway {
+        let mut cmd = outpost_command();
+        cmd.arg("gateway")
+            .env("OUTPOST_LISTEN_HTTP", format!("127.0.0.1:{traffic_port}"))
+            .env("OUTPOST_LISTEN_HTTPS", format!("127.0.0.1:{}", free_port()))
+            .env("OUTPOST_LISTEN_OPS", format!("127.0.0.1:{ops_port}"))
+            .env("OUTPOST_LISTEN_WORKERS", "2")
+            .env("OUTPOST_CONTROL_PLANE_POLL_WAIT_SECS", "5")
+            .env("OUTPOST_CONTROL_PLANE_HEARTBEAT_INTERVAL_SECS", "1")
+            .env("OUTPOST_CONTROL_PLANE_REQUEST_TIMEOUT_MS", "2000")
+            .env("OUTPOST_CONTROL_PLANE_BACKOFF_INITIAL_MS", "100")
+            .env("OUTPOST_CONTROL_PLANE_BACKOFF_MAX_MS", "1000")
+            .env("OUTPOST_TELEMETRY_FLUSH_INTERVAL_SECS", "1")
+            .env("OUTPOST_LOG_LEVEL", "info");
+        if let Some(u) = &options.control_plane_url {
+            cmd.env("OUTPOST_CONTROL_PLANE_URL", u);
+        }
+        if let Some(t) = &options.token {
+            cmd.env("OUTPOST_CONTROL_PLANE_TOKEN", t);
+        }
+        if let Some(d) = &options.backup_dir {
+            cmd.env("OUTPOST_BACKUP_ENABLED", "true")
+                .env("OUTPOST_BACKUP_DIR", d.display().to_string());
+        }
+        if let Some(f) = &options.offline_file {
+            cmd.arg("--offline-config").arg(f);
+        }
+        if let Some(r) = &options.redis_url {
+            cmd.env("OUTPOST_REDIS_URL", r);
+        }
+        if let Some(n) = options.redis_nodes {
+            cmd.env("OUTPOST_REDIS_NODES", n.to_string());
+        }
+        for (k, v) in &options.extra_env {
+            cmd.env(k, v);
+        }
+        let process = ManagedProcess::spawn(name, cmd).expect("spawn gateway");
+        Gateway {
+            process,
+            traffic_port,
+            ops_port,
+            options,
+        }
+    }
+
+    /// Spawns and waits until `/readyz` answers 200.
+    pub async fn start(name: &str, options: GatewayOptions) -> Gateway {
+        let gw = Self::spawn(name, options);
+        gw.wait_ready().await;
+        gw
+    }
+
+    pub async fn wait_ready(&self) {
+        wait_for_http_ok(&format!("{}/readyz", self.ops_url()), secs(30))
+            .await
+            .unwrap_or_else(|e| panic!("gateway not ready: {e}\n{}", self.process.tail(40)));
+    }
+
+    /// Kills the process and starts a new one with the same options and ports.
+    pub async fn restart(&mut self) {
+        self.process.kill();
+        let name = self.process.name().to_owned();
+        *self = Self::spawn_on(&name, self.options.clone(), self.traffic_port, self.ops_port);
+        self.wait_ready().await;
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.traffic_port)
+    }
+
+    pub fn ops_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.ops_port)
+    }
+
+    /// `/readyz` detail as JSON (whatever the status).
+    pub async fn readyz(&self) -> (u16, Value) {
+        let res = client()
+            .get(format!("{}/readyz", self.ops_url()))
+            .send()
+            .await
+            .expect("readyz");
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn metrics(&self) -> String {
+        client()
+            .get(format!("{}/metrics", self.ops_url()))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics body")
+    }
+
+    /// Waits for the process to exit on its own; returns its status and output.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> (Option<std::process::ExitStatus>, String) {
+        let status = self.process.wait_exit(timeout).await;
+        (status, self.process.output_so_far())
+    }
+}

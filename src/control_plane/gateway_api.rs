@@ -1,0 +1,794 @@
+//! The gateway-facing endpoint (`/gateway/v1/...` on the gateway listener) and the admin routes
+//! about gateways' tokens, instances and telemetry.
+//!
+//! Every gateway call carries `Authorization: GatewayKey <gateway>&<expiry>&<signature>`; the
+//! gateway named in a verified token is the only one whose view the call can see. A refused token
+//! is a 401 whose JSON body says why (expired, revoked or forged, unknown gateway, malformed),
+//! never an empty 200.
+//!
+//! # Config long-poll
+//! `GET /gateway/v1/config?after=R&wait=S` answers as soon as the store's revision differs from
+//! `R`, else waits on the store's watch channel for up to `min(S, max_wait_secs)` and answers
+//! `304` when nothing moved. The answer is a delta from `R` when the change log covers `R`
+//! (computed as the diff of the gateway's views at `R` and now), else a full snapshot (`R == 0`,
+//! `R` below the log floor, or `R` ahead of the store, e.g. after a restore). A revision may move
+//! for changes this gateway does not see; it then gets an empty delta with the new revision, so
+//! it always knows where it stands.
+//!
+//! # Cost when many gateways wake at once
+//! One change wakes every waiting poller. The work per answer is cached so that it is done once
+//! per gateway and revision, not once per poller: [`ViewCache`] keeps each gateway's view (and
+//! its content hash) for its last few revisions, and the encoded answers for the last few
+//! (from, to) pairs, so the instances of one gateway share one computation and the view at `R`
+//! computed on the previous change is reused as the base of the next delta. Cache misses run on
+//! the blocking pool behind a semaphore sized to the cores, so a burst of wake-ups neither blocks
+//! actix workers nor spawns hundreds of threads. Gateway keys are cached too (see
+//! [`GatewayApiState::keys_for_auth`]), so polls do not queue on the store's SQLite connection.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
+use bytes::Bytes;
+use chrono::Utc;
+use dashmap::DashMap;
+use futures_util::StreamExt;
+use outpost_model::view::{View, content_hash, diff, gateway_view};
+use outpost_model::wire::{
+    self, BINCODE_MEDIA_TYPE, CONFIG_PATH, ConfigUpdate, HEARTBEAT_PATH, Heartbeat, HeartbeatAck,
+    TELEMETRY_PATH, TelemetryBatch,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+
+use super::error::ApiError;
+use super::instances::{self, InstanceRegistry};
+use super::settings::ControlPlaneSettings;
+use super::store::{GatewayKeys, KeyType, State, Store};
+use super::telemetry::{self, Ingested, TelemetryStore};
+use super::tokens::{self, TokenError, VerifiedToken};
+
+/// Optional request header naming the gateway the caller expects to be; a token for another
+/// gateway is then refused (`wrong gateway`) instead of silently serving that gateway's config.
+pub const EXPECTED_GATEWAY_HEADER: &str = "Outpost-Gateway";
+/// Response header with the revision of a config answer (also in the body).
+pub const REVISION_HEADER: &str = "Outpost-Revision";
+
+const MAX_HEARTBEAT_BYTES: usize = 64 * 1024;
+const MAX_TELEMETRY_BYTES: usize = 16 * 1024 * 1024;
+/// Longest text field accepted in a heartbeat.
+const MAX_FIELD_LEN: usize = 256;
+/// How long cached gateway keys are trusted when nothing else invalidates them. Regeneration
+/// through [`GatewayApiState::regenerate_key`] takes effect at once; this only bounds how long a
+/// key changed behind this module's back (directly in the store) keeps working.
+const KEYS_TTL: Duration = Duration::from_secs(30);
+/// Views and answers kept per gateway.
+const VIEWS_KEPT: usize = 4;
+const UPDATES_KEPT: usize = 8;
+
+/// Everything the gateway endpoint and its admin routes share. One instance serves both
+/// listeners (wrap it in one `web::Data` and hand clones to both apps), so heartbeats received
+/// on the gateway listener show in the admin API.
+pub struct GatewayApiState {
+    store: Arc<Store>,
+    max_wait: Duration,
+    max_token_lifetime_days: u64,
+    keys: Mutex<KeysCache>,
+    views: ViewCache,
+    instances: InstanceRegistry,
+    telemetry: TelemetryStore,
+    compute: Semaphore,
+    waiting: AtomicUsize,
+}
+
+#[derive(Default)]
+struct KeysCache {
+    /// Bumped around every regeneration, so a lookup that raced one does not cache old keys.
+    epoch: u64,
+    entries: HashMap<String, CachedKeys>,
+}
+
+struct CachedKeys {
+    keys: GatewayKeys,
+    /// Revision of the gateway resource when fetched: a deleted and re-created gateway has new
+    /// keys (the store drops them with the resource) and a new revision.
+    gateway_revision: u64,
+    fetched: Instant,
+}
+
+impl GatewayApiState {
+    pub fn new(store: Arc<Store>, settings: &ControlPlaneSettings) -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Self {
+            store,
+            max_wait: Duration::from_secs(settings.gateway_api.max_wait_secs),
+            max_token_lifetime_days: settings.tokens.max_lifetime_days,
+            keys: Mutex::new(KeysCache::default()),
+            views: ViewCache::default(),
+            instances: InstanceRegistry::new(settings.instances.clone()),
+            telemetry: TelemetryStore::new(),
+            compute: Semaphore::new(cores),
+            waiting: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub fn views(&self) -> &ViewCache {
+        &self.views
+    }
+
+    pub fn instances(&self) -> &InstanceRegistry {
+        &self.instances
+    }
+
+    pub fn telemetry(&self) -> &TelemetryStore {
+        &self.telemetry
+    }
+
+    /// Long-polls waiting for a change right now.
+    pub fn waiting_polls(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    pub fn max_token_lifetime_days(&self) -> u64 {
+        self.max_token_lifetime_days
+    }
+
+    /// The gateway's keys, fresh from the store (admin use). 404 for an unknown gateway.
+    pub async fn keys(&self, gateway: &str) -> Result<GatewayKeys, ApiError> {
+        let store = self.store.clone();
+        let name = gateway.to_owned();
+        Ok(web::block(move || store.gateway_keys(&name))
+            .await
+            .map_err(blocking_error)??)
+    }
+
+    /// Replaces one of the gateway's keys; tokens minted from the old key stop verifying at once.
+    pub async fn regenerate_key(
+        &self,
+        gateway: &str,
+        which: KeyType,
+    ) -> Result<GatewayKeys, ApiError> {
+        {
+            let mut cache = self.keys.lock().expect("keys cache lock");
+            cache.epoch += 1;
+            cache.entries.remove(gateway);
+        }
+        let store = self.store.clone();
+        let name = gateway.to_owned();
+        let result = web::block(move || store.regenerate_gateway_key(&name, which))
+            .await
+            .map_err(blocking_error)?;
+        let mut cache = self.keys.lock().expect("keys cache lock");
+        cache.epoch += 1;
+        cache.entries.remove(gateway);
+        Ok(result?)
+    }
+
+    /// The keys to verify a token of `gateway` with: cached while the gateway resource is
+    /// unchanged, for at most [`KEYS_TTL`].
+    async fn keys_for_auth(&self, gateway: &str) -> Result<GatewayKeys, ApiError> {
+        let unknown = || -> ApiError {
+            TokenError::UnknownGateway {
+                gateway: gateway.to_owned(),
+            }
+            .into()
+        };
+        let key = outpost_model::ResourceKey::new(outpost_model::Kind::Gateway, gateway);
+        let gateway_revision = self.store.state().get(&key).ok_or_else(unknown)?.revision;
+        let epoch = {
+            let cache = self.keys.lock().expect("keys cache lock");
+            if let Some(c) = cache.entries.get(gateway)
+                && c.gateway_revision == gateway_revision
+                && c.fetched.elapsed() < KEYS_TTL
+            {
+                return Ok(c.keys.clone());
+            }
+            cache.epoch
+        };
+        let store = self.store.clone();
+        let name = gateway.to_owned();
+        let keys = match web::block(move || store.gateway_keys(&name))
+            .await
+            .map_err(blocking_error)?
+        {
+            Ok(keys) => keys,
+            Err(super::store::StoreError::NotFound(_)) => return Err(unknown()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut cache = self.keys.lock().expect("keys cache lock");
+        if cache.epoch == epoch {
+            cache.entries.insert(
+                gateway.to_owned(),
+                CachedKeys {
+                    keys: keys.clone(),
+                    gateway_revision,
+                    fetched: Instant::now(),
+                },
+            );
+        }
+        Ok(keys)
+    }
+
+    /// Verifies the request's gateway token.
+    pub async fn authenticate(&self, req: &HttpRequest) -> Result<VerifiedToken, ApiError> {
+        let header = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .ok_or(TokenError::Missing)?
+            .to_str()
+            .map_err(|_| TokenError::Malformed("the Authorization header is not ASCII".into()))?;
+        let parsed = tokens::parse(header)?;
+        let keys = self.keys_for_auth(&parsed.gateway).await?;
+        let verified = tokens::verify(&parsed, &keys, Utc::now())?;
+        Ok(match req.headers().get(EXPECTED_GATEWAY_HEADER) {
+            Some(expected) => verified.require_gateway(expected.to_str().unwrap_or_default())?,
+            None => verified,
+        })
+    }
+
+    /// The revision a delta for a poll with `after` starts from, at revision `to`; `None` means a
+    /// full snapshot (`after` is 0, ahead of the store, or older than the change log).
+    fn delta_base(&self, after: u64, to: u64) -> Option<u64> {
+        (after != 0 && after <= to && after >= self.store.log_floor()).then_some(after)
+    }
+
+    /// The encoded answer for `gateway` polling `after`, at the current revision.
+    pub fn config_body(&self, gateway: &str, after: u64, format: Format) -> Result<Bytes, String> {
+        let current = self.store.state();
+        let update = self.update(gateway, after, &current);
+        update.encoded(format)
+    }
+
+    /// The update taking `gateway` from `after` to `current`, cached per (from, to).
+    pub fn update(&self, gateway: &str, after: u64, current: &Arc<State>) -> Arc<CachedUpdate> {
+        let to = current.revision;
+        let base = self.delta_base(after, to);
+        let slot = self.views.update_slot(gateway, (base, to));
+        slot.get_or_init(|| {
+            let new = self.views.view(gateway, current);
+            let old = base.and_then(|from| {
+                if from == to {
+                    return Some(new.clone());
+                }
+                self.views
+                    .cached_view(gateway, from)
+                    .or_else(|| Some(self.views.view(gateway, &*self.store.state_at(from)?)))
+            });
+            let update = match old {
+                Some(old) => {
+                    let (upserts, deletes) = diff(&old.view, &new.view);
+                    ConfigUpdate {
+                        full: false,
+                        from_revision: old.revision,
+                        revision: to,
+                        hash: new.hash.clone(),
+                        upserts,
+                        deletes,
+                    }
+                }
+                None => ConfigUpdate {
+                    full: true,
+                    from_revision: 0,
+                    revision: to,
+                    hash: new.hash.clone(),
+                    upserts: new.view.values().cloned().collect(),
+                    deletes: Vec::new(),
+                },
+            };
+            Arc::new(CachedUpdate {
+                update,
+                bincode: OnceLock::new(),
+                json: OnceLock::new(),
+            })
+        })
+        .clone()
+    }
+
+    /// The cached answer when it is already encoded: the fast path of a wake-up, no blocking.
+    fn ready_body(&self, gateway: &str, after: u64, format: Format) -> Option<Bytes> {
+        let current = self.store.state();
+        let to = current.revision;
+        let base = self.delta_base(after, to);
+        let update = self.views.peek_update(gateway, (base, to))?;
+        match format {
+            Format::Bincode => update.bincode.get(),
+            Format::Json => update.json.get(),
+        }
+        .and_then(|r| r.as_ref().ok())
+        .cloned()
+    }
+}
+
+fn blocking_error(e: actix_web::error::BlockingError) -> ApiError {
+    ApiError::Internal(format!("blocking task: {e}"))
+}
+
+// === view cache ===
+
+/// A gateway's view at one revision, with its content hash.
+#[derive(Debug)]
+pub struct GatewayView {
+    pub revision: u64,
+    pub view: View,
+    pub hash: String,
+}
+
+/// An answer to a poll, with its encodings made on first use.
+pub struct CachedUpdate {
+    pub update: ConfigUpdate,
+    bincode: OnceLock<Result<Bytes, String>>,
+    json: OnceLock<Result<Bytes, String>>,
+}
+
+impl CachedUpdate {
+    pub fn encoded(&self, format: Format) -> Result<Bytes, String> {
+        match format {
+            Format::Bincode => self.bincode.get_or_init(|| {
+                wire::encode(&self.update)
+                    .map(Bytes::from)
+                    .map_err(|e| e.to_string())
+            }),
+            Format::Json => self.json.get_or_init(|| {
+                serde_json::to_vec(&self.update)
+                    .map(Bytes::from)
+                    .map_err(|e| e.to_string())
+            }),
+        }
+        .clone()
+    }
+}
+
+type UpdateKey = (Option<u64>, u64);
+
+/// Per-gateway views and encoded answers for the last few revisions. Each entry is a
+/// `OnceLock`, so concurrent pollers of one gateway wait for one computation instead of all
+/// doing it.
+pub struct ViewCache {
+    gateways: DashMap<String, Arc<Mutex<GatewayEntries>>>,
+    /// Number of cached gateways above which entries of deleted gateways are dropped.
+    sweep_above: AtomicUsize,
+}
+
+impl Default for ViewCache {
+    fn default() -> Self {
+        Self {
+            gateways: DashMap::new(),
+            sweep_above: AtomicUsize::new(64),
+        }
+    }
+}
+
+#[derive(Default)]
+struct GatewayEntries {
+    views: VecDeque<(u64, Arc<OnceLock<Arc<GatewayView>>>)>,
+    updates: VecDeque<(UpdateKey, Arc<OnceLock<Arc<CachedUpdate>>>)>,
+}
+
+fn slot<K: PartialEq, V>(
+    list: &mut VecDeque<(K, Arc<OnceLock<V>>)>,
+    key: K,
+    keep: usize,
+) -> Arc<OnceLock<V>> {
+    if let Some((_, v)) = list.iter().find(|(k, _)| *k == key) {
+        return v.clone();
+    }
+    let v = Arc::new(OnceLock::new());
+    list.push_back((key, v.clone()));
+    while list.len() > keep {
+        list.pop_front();
+    }
+    v
+}
+
+impl ViewCache {
+    fn entries(&self, gateway: &str) -> Arc<Mutex<GatewayEntries>> {
+        if let Some(e) = self.gateways.get(gateway) {
+            return e.clone();
+        }
+        self.gateways.entry(gateway.to_owned()).or_default().clone()
+    }
+
+    /// The view of `gateway` in `state`, computed once per (gateway, revision).
+    pub fn view(&self, gateway: &str, state: &State) -> Arc<GatewayView> {
+        let cell = {
+            let entries = self.entries(gateway);
+            let mut e = entries.lock().expect("view cache lock");
+            slot(&mut e.views, state.revision, VIEWS_KEPT)
+        };
+        cell.get_or_init(|| {
+            self.forget_deleted_gateways(state);
+            let view = gateway_view(state.iter_resources(), Some(gateway));
+            let hash = content_hash(&view);
+            Arc::new(GatewayView {
+                revision: state.revision,
+                view,
+                hash,
+            })
+        })
+        .clone()
+    }
+
+    fn cached_view(&self, gateway: &str, revision: u64) -> Option<Arc<GatewayView>> {
+        let entries = self.gateways.get(gateway)?.clone();
+        let e = entries.lock().expect("view cache lock");
+        e.views
+            .iter()
+            .find(|(r, _)| *r == revision)
+            .and_then(|(_, v)| v.get().cloned())
+    }
+
+    fn update_slot(&self, gateway: &str, key: UpdateKey) -> Arc<OnceLock<Arc<CachedUpdate>>> {
+        let entries = self.entries(gateway);
+        let mut e = entries.lock().expect("view cache lock");
+        slot(&mut e.updates, key, UPDATES_KEPT)
+    }
+
+    fn peek_update(&self, gateway: &str, key: UpdateKey) -> Option<Arc<CachedUpdate>> {
+        let entries = self.gateways.get(gateway)?.clone();
+        let e = entries.lock().expect("view cache lock");
+        e.updates
+            .iter()
+            .find(|(k, _)| *k == key)
+            .and_then(|(_, v)| v.get().cloned())
+    }
+
+    /// Drops the entries of gateways that no longer exist, once the cache has grown past a
+    /// high-water mark (so the check costs nothing on the hot path).
+    fn forget_deleted_gateways(&self, state: &State) {
+        if self.gateways.len() <= self.sweep_above.load(Ordering::Relaxed) {
+            return;
+        }
+        self.gateways.retain(|name, _| {
+            state
+                .get(&outpost_model::ResourceKey::new(
+                    outpost_model::Kind::Gateway,
+                    name.clone(),
+                ))
+                .is_some()
+        });
+        self.sweep_above
+            .store(2 * self.gateways.len() + 64, Ordering::Relaxed);
+    }
+}
+
+// === encodings ===
+
+/// Body encoding of the gateway protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Bincode,
+    Json,
+}
+
+impl Format {
+    pub fn media_type(self) -> &'static str {
+        match self {
+            Format::Bincode => BINCODE_MEDIA_TYPE,
+            Format::Json => "application/json",
+        }
+    }
+
+    /// JSON when the client accepts it explicitly, bincode otherwise.
+    pub fn from_accept(req: &HttpRequest) -> Format {
+        let accept = req
+            .headers()
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        if accept.contains("application/json") {
+            Format::Json
+        } else {
+            Format::Bincode
+        }
+    }
+
+    /// The request body's encoding: JSON or bincode by `Content-Type` (bincode when absent).
+    fn from_content_type(req: &HttpRequest) -> Result<Format, ApiError> {
+        let Some(ct) = req.headers().get(header::CONTENT_TYPE) else {
+            return Ok(Format::Bincode);
+        };
+        let ct = ct.to_str().unwrap_or_default();
+        let essence = ct.split(';').next().unwrap_or_default().trim();
+        if essence.eq_ignore_ascii_case("application/json") {
+            Ok(Format::Json)
+        } else if essence.eq_ignore_ascii_case(BINCODE_MEDIA_TYPE)
+            || essence.eq_ignore_ascii_case("application/octet-stream")
+        {
+            Ok(Format::Bincode)
+        } else {
+            Err(ApiError::UnsupportedMediaType(format!(
+                "Content-Type '{ct}' is not supported: use {BINCODE_MEDIA_TYPE} or application/json"
+            )))
+        }
+    }
+
+    fn decode<T: serde::de::DeserializeOwned>(self, body: &[u8]) -> Result<T, ApiError> {
+        match self {
+            Format::Bincode => wire::decode(body)
+                .map_err(|e| ApiError::BadRequest(format!("invalid bincode body: {e}"))),
+            Format::Json => serde_json::from_slice(body)
+                .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}"))),
+        }
+    }
+
+    fn respond<T: Serialize>(self, value: &T) -> Result<HttpResponse, ApiError> {
+        let body = match self {
+            Format::Bincode => {
+                wire::encode(value).map_err(|e| ApiError::Internal(e.to_string()))?
+            }
+            Format::Json => {
+                serde_json::to_vec(value).map_err(|e| ApiError::Internal(e.to_string()))?
+            }
+        };
+        Ok(HttpResponse::Ok()
+            .content_type(self.media_type())
+            .body(body))
+    }
+}
+
+/// Reads at most `limit` bytes of body.
+async fn read_body(mut payload: web::Payload, limit: usize) -> Result<Bytes, ApiError> {
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("reading the body: {e}")))?;
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::PayloadTooLarge(format!(
+                "body larger than {limit} bytes"
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// Error answers of the gateway endpoint: the shared JSON body, with the right auth scheme.
+fn gateway_error(e: ApiError) -> HttpResponse {
+    let mut res = e.error_response();
+    if e.status_code() == StatusCode::UNAUTHORIZED {
+        res.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(tokens::SCHEME),
+        );
+    }
+    res
+}
+
+// === gateway routes ===
+
+#[derive(Debug, Deserialize)]
+pub struct ConfigQuery {
+    #[serde(default)]
+    pub after: u64,
+    /// Seconds to wait for a change; 0 (the default) answers at once.
+    #[serde(default)]
+    pub wait: u64,
+}
+
+async fn get_config(
+    state: web::Data<GatewayApiState>,
+    req: HttpRequest,
+    query: Result<web::Query<ConfigQuery>, actix_web::Error>,
+) -> HttpResponse {
+    poll_config(state, req, query)
+        .await
+        .unwrap_or_else(gateway_error)
+}
+
+async fn poll_config(
+    state: web::Data<GatewayApiState>,
+    req: HttpRequest,
+    query: Result<web::Query<ConfigQuery>, actix_web::Error>,
+) -> Result<HttpResponse, ApiError> {
+    let token = state.authenticate(&req).await?;
+    let query = query.map_err(|e| ApiError::BadRequest(format!("query: {e}")))?;
+    let after = query.after;
+    let wait = Duration::from_secs(query.wait).min(state.max_wait);
+    let format = Format::from_accept(&req);
+
+    // Subscribe before looking, so a change between the look and the wait is not missed.
+    let mut revisions = state.store.subscribe();
+    let deadline = tokio::time::Instant::now() + wait;
+    {
+        let _waiting = Waiting::new(&state.waiting);
+        while state.store.revision() == after {
+            match tokio::time::timeout_at(deadline, revisions.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(ApiError::Internal("the store is closed".into())),
+                Err(_) => {
+                    return Ok(HttpResponse::NotModified()
+                        .insert_header((REVISION_HEADER, after.to_string()))
+                        .finish());
+                }
+            }
+        }
+    }
+
+    let body = match state.ready_body(&token.gateway, after, format) {
+        Some(body) => body,
+        None => {
+            let _permit = state
+                .compute
+                .acquire()
+                .await
+                .map_err(|_| ApiError::Internal("compute semaphore closed".into()))?;
+            let state = state.clone();
+            let gateway = token.gateway.clone();
+            web::block(move || state.config_body(&gateway, after, format))
+                .await
+                .map_err(blocking_error)?
+                .map_err(|e| ApiError::Internal(format!("encoding the config: {e}")))?
+        }
+    };
+    Ok(HttpResponse::Ok()
+        .content_type(format.media_type())
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .body(body))
+}
+
+/// Counts a waiting poll for as long as it lives (a poll whose client goes away is dropped).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Waiting(counter)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn post_heartbeat(
+    state: web::Data<GatewayApiState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> HttpResponse {
+    heartbeat(state, req, payload)
+        .await
+        .unwrap_or_else(gateway_error)
+}
+
+async fn heartbeat(
+    state: web::Data<GatewayApiState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let token = state.authenticate(&req).await?;
+    let format = Format::from_content_type(&req)?;
+    let body = read_body(payload, MAX_HEARTBEAT_BYTES).await?;
+    let mut hb: Heartbeat = format.decode(&body)?;
+    if hb.instance_id.is_empty() || hb.instance_id.len() > MAX_FIELD_LEN {
+        return Err(ApiError::BadRequest(format!(
+            "instance-id must be 1..={MAX_FIELD_LEN} characters"
+        )));
+    }
+    for field in [
+        &mut hb.hostname,
+        &mut hb.version,
+        &mut hb.config_hash,
+        &mut hb.config_source,
+        &mut hb.redis,
+    ] {
+        truncate(field, MAX_FIELD_LEN);
+    }
+    let now = Utc::now();
+    let remote = req.peer_addr().map(|a| a.to_string());
+    state
+        .instances
+        .record(&token.gateway, hb, token.expiry, remote, now);
+    let answer = if req.headers().contains_key(header::ACCEPT) {
+        Format::from_accept(&req)
+    } else {
+        format
+    };
+    answer.respond(&HeartbeatAck {
+        revision: state.store.revision(),
+        server_time: now,
+    })
+}
+
+fn truncate(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+}
+
+async fn post_telemetry(
+    state: web::Data<GatewayApiState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> HttpResponse {
+    telemetry_upload(state, req, payload)
+        .await
+        .unwrap_or_else(gateway_error)
+}
+
+async fn telemetry_upload(
+    state: web::Data<GatewayApiState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let token = state.authenticate(&req).await?;
+    let format = Format::from_content_type(&req)?;
+    let body = read_body(payload, MAX_TELEMETRY_BYTES).await?;
+    let batch: TelemetryBatch = format.decode(&body)?;
+    match state.telemetry.ingest(&token.gateway, &batch, Utc::now()) {
+        Ingested::Added { skipped } if skipped > 0 => {
+            tracing::debug!(
+                gateway = token.gateway,
+                skipped,
+                "telemetry aggregates outside the retention window"
+            );
+        }
+        Ingested::Duplicate => {
+            tracing::debug!(
+                gateway = token.gateway,
+                sequence = batch.sequence,
+                "duplicate telemetry batch"
+            );
+        }
+        Ingested::Added { .. } => {}
+    }
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// Mounts the gateway endpoint (`/gateway/v1/...`) at the root of the gateway listener. Needs
+/// `web::Data<GatewayApiState>` in the app.
+pub fn configure_gateway_api(cfg: &mut web::ServiceConfig) {
+    cfg.route(CONFIG_PATH, web::get().to(get_config))
+        .route(HEARTBEAT_PATH, web::post().to(post_heartbeat))
+        .route(TELEMETRY_PATH, web::post().to(post_telemetry));
+}
+
+/// Mounts the admin routes about gateway tokens, keys, instances and telemetry; meant to sit
+/// under `/api/v1` behind admin authentication. Needs the same `web::Data<GatewayApiState>` as
+/// the gateway listener. Registers full paths (no `/gateways` scope), so it coexists with other
+/// `/gateways/{name}` routes as long as those are not wrapped in a `web::scope("/gateways")`
+/// registered before it.
+pub fn configure_admin(cfg: &mut web::ServiceConfig) {
+    let json = || {
+        web::JsonConfig::default()
+            .limit(64 * 1024)
+            .error_handler(|e, _| ApiError::BadRequest(format!("invalid JSON body: {e}")).into())
+    };
+    let query = || {
+        web::QueryConfig::default()
+            .error_handler(|e, _| ApiError::BadRequest(format!("invalid query: {e}")).into())
+    };
+    cfg.service(
+        web::resource("/gateways/{name}/token")
+            .app_data(json())
+            .route(web::post().to(tokens::mint_token)),
+    )
+    .service(web::resource("/gateways/{name}/keys").route(web::get().to(tokens::get_keys)))
+    .service(
+        web::resource("/gateways/{name}/keys/regenerate")
+            .app_data(json())
+            .route(web::post().to(tokens::regenerate_key)),
+    )
+    .service(
+        web::resource("/gateways/{name}/instances")
+            .route(web::get().to(instances::list_gateway_instances)),
+    )
+    .service(web::resource("/instances").route(web::get().to(instances::list_all_instances)))
+    .service(
+        web::resource("/telemetry")
+            .app_data(query())
+            .route(web::get().to(telemetry::get_summary)),
+    );
+}

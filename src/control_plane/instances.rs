@@ -1,0 +1,296 @@
+//! Per-instance status of self-hosted gateways, as reported by their heartbeats.
+//!
+//! A gateway resource may run as several processes (instances), each with a random id chosen at
+//! start. Every heartbeat replaces that instance's record; the admin API derives from it whether
+//! the instance is `connected`, `stale` or `disconnected` (by the age of its last heartbeat) and
+//! whether it is `in-sync` (the config hash it applied equals the hash of the gateway's current
+//! view) or `behind`.
+//!
+//! The records live in memory only. After a control plane restart the list is empty and fills
+//! again within one heartbeat interval, since every running instance keeps reporting; nothing a
+//! gateway needs depends on it. Records of instances not heard from for [`RETENTION`] are
+//! dropped, so restarting gateways (a new id each time) do not grow it without bound.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use actix_web::{HttpResponse, web};
+use chrono::{DateTime, Utc};
+use dashmap::DashMap;
+use outpost_model::wire::Heartbeat;
+use serde::{Deserialize, Serialize};
+
+use super::error::ApiError;
+use super::gateway_api::GatewayApiState;
+use super::settings::InstanceSettings;
+
+/// How long an instance's record is kept after its last heartbeat.
+pub const RETENTION: Duration = Duration::from_secs(24 * 3600);
+
+/// What the control plane knows about one instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct InstanceRecord {
+    pub gateway: String,
+    pub instance_id: String,
+    pub hostname: String,
+    pub version: String,
+    pub applied_revision: u64,
+    pub config_hash: String,
+    /// Expiry of the token the last heartbeat was authenticated with (verified, not reported).
+    pub token_expiry: DateTime<Utc>,
+    pub started_at: DateTime<Utc>,
+    /// `control-plane`, `backup` or `offline`.
+    pub config_source: String,
+    /// `none`, `connected` or `disconnected`.
+    pub redis: String,
+    pub last_seen: DateTime<Utc>,
+    /// Peer address of the last heartbeat's connection (a proxy's, if there is one in between).
+    pub remote_addr: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConnectionState {
+    Connected,
+    Stale,
+    Disconnected,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SyncState {
+    InSync,
+    Behind,
+}
+
+/// An instance with its derived state, as the admin API lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct InstanceStatus {
+    #[serde(flatten)]
+    pub record: InstanceRecord,
+    pub connection: ConnectionState,
+    pub sync: SyncState,
+    /// Seconds since the last heartbeat.
+    pub last_seen_secs: i64,
+    /// Seconds until the token expires (negative once expired).
+    pub token_expires_in_secs: i64,
+}
+
+/// The instances of every gateway, keyed by (gateway, instance id).
+pub struct InstanceRegistry {
+    records: DashMap<(String, String), InstanceRecord>,
+    settings: InstanceSettings,
+    last_prune: Mutex<DateTime<Utc>>,
+}
+
+impl InstanceRegistry {
+    pub fn new(settings: InstanceSettings) -> Self {
+        Self {
+            records: DashMap::new(),
+            settings,
+            last_prune: Mutex::new(DateTime::<Utc>::MIN_UTC),
+        }
+    }
+
+    /// Records a heartbeat of `gateway` (the gateway its token was verified for).
+    pub fn record(
+        &self,
+        gateway: &str,
+        heartbeat: Heartbeat,
+        token_expiry: DateTime<Utc>,
+        remote_addr: Option<String>,
+        now: DateTime<Utc>,
+    ) {
+        self.prune(now);
+        let record = InstanceRecord {
+            gateway: gateway.to_owned(),
+            instance_id: heartbeat.instance_id,
+            hostname: heartbeat.hostname,
+            version: heartbeat.version,
+            applied_revision: heartbeat.applied_revision,
+            config_hash: heartbeat.config_hash,
+            token_expiry,
+            started_at: heartbeat.started_at,
+            config_source: heartbeat.config_source,
+            redis: heartbeat.redis,
+            last_seen: now,
+            remote_addr,
+        };
+        self.records
+            .insert((record.gateway.clone(), record.instance_id.clone()), record);
+    }
+
+    /// Records of one gateway (`Some`) or all (`None`), sorted by gateway then instance id.
+    pub fn records(&self, gateway: Option<&str>) -> Vec<InstanceRecord> {
+        let mut out: Vec<InstanceRecord> = self
+            .records
+            .iter()
+            .filter(|e| gateway.is_none_or(|g| e.key().0 == g))
+            .map(|e| e.value().clone())
+            .collect();
+        out.sort_by(|a, b| (&a.gateway, &a.instance_id).cmp(&(&b.gateway, &b.instance_id)));
+        out
+    }
+
+    pub fn connection(&self, last_seen: DateTime<Utc>, now: DateTime<Utc>) -> ConnectionState {
+        let age = (now - last_seen).num_seconds().max(0) as u64;
+        if age <= self.settings.stale_after_secs {
+            ConnectionState::Connected
+        } else if age <= self.settings.disconnected_after_secs {
+            ConnectionState::Stale
+        } else {
+            ConnectionState::Disconnected
+        }
+    }
+
+    /// `record` with its derived state; `current_hash` is the hash of its gateway's current view.
+    pub fn status(
+        &self,
+        record: InstanceRecord,
+        current_hash: &str,
+        now: DateTime<Utc>,
+    ) -> InstanceStatus {
+        InstanceStatus {
+            connection: self.connection(record.last_seen, now),
+            sync: if record.config_hash == current_hash {
+                SyncState::InSync
+            } else {
+                SyncState::Behind
+            },
+            last_seen_secs: (now - record.last_seen).num_seconds(),
+            token_expires_in_secs: (record.token_expiry - now).num_seconds(),
+            record,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Drops records older than [`RETENTION`], at most once a minute.
+    fn prune(&self, now: DateTime<Utc>) {
+        {
+            let mut last = self.last_prune.lock().expect("prune lock");
+            if now - *last < chrono::Duration::minutes(1) {
+                return;
+            }
+            *last = now;
+        }
+        let cutoff = now - chrono::Duration::from_std(RETENTION).expect("retention fits");
+        self.records.retain(|_, r| r.last_seen >= cutoff);
+    }
+}
+
+// === admin routes ===
+
+pub(crate) async fn list_gateway_instances(
+    state: web::Data<GatewayApiState>,
+    name: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let name = name.into_inner();
+    if state.store().state().get(&gateway_key(&name)).is_none() {
+        return Err(ApiError::NotFound(format!("gateway '{name}' not found")));
+    }
+    let list = statuses(state, Some(name)).await?;
+    Ok(HttpResponse::Ok().json(list))
+}
+
+pub(crate) async fn list_all_instances(
+    state: web::Data<GatewayApiState>,
+) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(statuses(state, None).await?))
+}
+
+fn gateway_key(name: &str) -> outpost_model::ResourceKey {
+    outpost_model::ResourceKey::new(outpost_model::Kind::Gateway, name)
+}
+
+/// Every instance (of one gateway or all) with its derived state. Computing the current view
+/// hashes may take a while on a large configuration, so it runs off the actix worker.
+async fn statuses(
+    state: web::Data<GatewayApiState>,
+    gateway: Option<String>,
+) -> Result<Vec<InstanceStatus>, ApiError> {
+    web::block(move || {
+        let now = Utc::now();
+        let current = state.store().state();
+        let mut hashes: std::collections::HashMap<String, String> = Default::default();
+        state
+            .instances()
+            .records(gateway.as_deref())
+            .into_iter()
+            .map(|r| {
+                let hash = hashes
+                    .entry(r.gateway.clone())
+                    .or_insert_with(|| state.views().view(&r.gateway, &current).hash.clone())
+                    .clone();
+                state.instances().status(r, &hash, now)
+            })
+            .collect()
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("instance listing: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn heartbeat(id: &str, hash: &str) -> Heartbeat {
+        Heartbeat {
+            instance_id: id.into(),
+            hostname: "node-1".into(),
+            version: "0.1.0".into(),
+            applied_revision: 3,
+            config_hash: hash.into(),
+            token_expiry: None,
+            started_at: Utc::now(),
+            config_source: "control-plane".into(),
+            redis: "none".into(),
+        }
+    }
+
+    #[test]
+    fn derived_states() {
+        let reg = InstanceRegistry::new(InstanceSettings {
+            stale_after_secs: 30,
+            disconnected_after_secs: 120,
+        });
+        let t0: DateTime<Utc> = "2030-01-01T00:00:00Z".parse().unwrap();
+        let expiry = t0 + chrono::Duration::days(1);
+        reg.record("gw", heartbeat("i-1", "h1"), expiry, None, t0);
+        reg.record("gw", heartbeat("i-2", "h0"), expiry, None, t0);
+        reg.record("other", heartbeat("i-3", "h1"), expiry, None, t0);
+        let recs = reg.records(Some("gw"));
+        assert_eq!(recs.len(), 2);
+        let s = reg.status(recs[0].clone(), "h1", t0 + chrono::Duration::seconds(10));
+        assert_eq!(
+            (s.connection, s.sync),
+            (ConnectionState::Connected, SyncState::InSync)
+        );
+        let s = reg.status(recs[1].clone(), "h1", t0 + chrono::Duration::seconds(60));
+        assert_eq!(
+            (s.connection, s.sync),
+            (ConnectionState::Stale, SyncState::Behind)
+        );
+        let s = reg.status(recs[1].clone(), "h1", t0 + chrono::Duration::seconds(121));
+        assert_eq!(s.connection, ConnectionState::Disconnected);
+        assert_eq!(s.token_expires_in_secs, 86400 - 121);
+
+        // A heartbeat a day later prunes the instances not heard from since.
+        reg.record(
+            "gw",
+            heartbeat("i-1", "h1"),
+            expiry,
+            None,
+            t0 + chrono::Duration::hours(25),
+        );
+        assert_eq!(reg.len(), 1);
+    }
+}

@@ -1,0 +1,923 @@
+//! The OpenAPI 3.1 document of the management API, served at `/api/v1/openapi.json`.
+//!
+//! Paths come from the same table the router is built from ([`admin_api::routes`]) plus the
+//! table of the gateway admin routes ([`gateway_admin_routes`], served by `gateway_api`), so a
+//! route cannot be served undocumented or documented unserved (the integration tests check the
+//! second table against the live server). Resource schemas are written here; unit tests check
+//! them field by field against the model's serde types (property names, required fields).
+
+use actix_web::HttpResponse;
+use actix_web::http::Method;
+use outpost_model::Kind;
+use outpost_model::resources::SECRET_MASK;
+use serde_json::{Map, Value, json};
+
+use super::admin_api::{self, DEFAULT_PAGE, MAX_PAGE, Op, PREFIX, REVISION_HEADER};
+
+/// `GET /api/v1/openapi.json` (no authentication).
+pub async fn serve() -> HttpResponse {
+    HttpResponse::Ok().json(document())
+}
+
+/// A documented route served by another module.
+#[derive(Debug, Clone)]
+pub struct DocRoute {
+    pub method: Method,
+    pub path: String,
+    pub operation: Value,
+}
+
+/// The admin routes of `gateway_api::configure_admin` (tokens, keys, instances, telemetry).
+pub fn gateway_admin_routes() -> Vec<DocRoute> {
+    let name = || param_ref("Name");
+    let route = |method: Method, path: &str, operation: Value| DocRoute {
+        method,
+        path: format!("{PREFIX}{path}"),
+        operation,
+    };
+    vec![
+        route(
+            Method::POST,
+            "/gateways/{name}/token",
+            json!({
+                "tags": ["gateway access"],
+                "operationId": "mintGatewayToken",
+                "summary": "Mint a gateway token",
+                "description": "Mints `GatewayKey <gateway>&<expiry yyyyMMddHHmm>&<base64 HMAC-SHA512>` from one of the gateway's keys. Give `expiry` or `lifetime-secs`, or neither for the longest lifetime allowed (`tokens.max_lifetime_days`).",
+                "parameters": [name()],
+                "requestBody": json_body("TokenRequest", true),
+                "responses": responses(
+                    ok("200", "The token; send it as the gateway's `Authorization` header.", schema_ref("TokenResponse")),
+                    &["400", "401", "404"],
+                ),
+            }),
+        ),
+        route(
+            Method::GET,
+            "/gateways/{name}/keys",
+            json!({
+                "tags": ["gateway access"],
+                "operationId": "getGatewayKeys",
+                "summary": "Get the gateway's primary and secondary keys",
+                "parameters": [name()],
+                "responses": responses(ok("200", "The keys.", schema_ref("GatewayKeys")), &["401", "404"]),
+            }),
+        ),
+        route(
+            Method::POST,
+            "/gateways/{name}/keys/regenerate",
+            json!({
+                "tags": ["gateway access"],
+                "operationId": "regenerateGatewayKey",
+                "summary": "Regenerate one gateway key",
+                "description": "Every token minted from the old key stops working at once.",
+                "parameters": [name()],
+                "requestBody": json_body("RegenerateKeyRequest", true),
+                "responses": responses(ok("200", "The new keys.", schema_ref("GatewayKeys")), &["400", "401", "404"]),
+            }),
+        ),
+        route(
+            Method::GET,
+            "/gateways/{name}/instances",
+            json!({
+                "tags": ["gateway status"],
+                "operationId": "listGatewayInstances",
+                "summary": "List a gateway's instances and their sync state",
+                "parameters": [name()],
+                "responses": responses(
+                    ok("200", "Instances, from their heartbeats.", json!({"type": "array", "items": schema_ref("InstanceStatus")})),
+                    &["401", "404"],
+                ),
+            }),
+        ),
+        route(
+            Method::GET,
+            "/instances",
+            json!({
+                "tags": ["gateway status"],
+                "operationId": "listInstances",
+                "summary": "List the instances of every gateway",
+                "responses": responses(
+                    ok("200", "Instances, from their heartbeats.", json!({"type": "array", "items": schema_ref("InstanceStatus")})),
+                    &["401"],
+                ),
+            }),
+        ),
+        route(
+            Method::GET,
+            "/telemetry",
+            json!({
+                "tags": ["gateway status"],
+                "operationId": "getTelemetrySummary",
+                "summary": "Request metrics reported by the gateways",
+                "parameters": [
+                    query_param("gateway", json!({"type": "string"}), "Only this gateway."),
+                    query_param("api", json!({"type": "string"}), "Only this API."),
+                    query_param("minutes", json!({"type": "integer", "minimum": 1, "maximum": 1440, "default": 60}), "Minutes back from now."),
+                ],
+                "responses": responses(ok("200", "Aggregates per API.", schema_ref("TelemetrySummary")), &["400", "401"]),
+            }),
+        ),
+    ]
+}
+
+/// The whole document.
+pub fn document() -> Value {
+    let mut paths = Map::new();
+    let mut add = |path: &str, method: &Method, op: Value| {
+        let item = paths
+            .entry(path.to_owned())
+            .or_insert_with(|| Value::Object(Map::new()));
+        item[method.as_str().to_ascii_lowercase()] = op;
+    };
+    for route in admin_api::routes() {
+        add(&route.path, &route.method, operation(route.op));
+    }
+    for route in gateway_admin_routes() {
+        add(&route.path, &route.method, route.operation);
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Outpost management API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": format!(
+                "Management API of the Outpost control plane. Every change bumps one global revision, \
+                 returned in the `{REVISION_HEADER}` header of every answer and in the body of answers to writes. \
+                 Errors are `{{\"error\", \"message\", \"problems\": [{{\"path\", \"message\"}}]}}` with every problem listed. \
+                 Secret named values are shown as `{SECRET_MASK}`; sending the mask back keeps the stored value."
+            ),
+        },
+        "tags": [
+            {"name": "resources", "description": "CRUD on every kind of resource."},
+            {"name": "declarative", "description": "Whole-configuration export and apply (what `outpost apply` / `outpost export` use)."},
+            {"name": "gateway access", "description": "Gateway keys and tokens."},
+            {"name": "gateway status", "description": "Gateway instances and telemetry."},
+            {"name": "meta", "description": "Revision and this document."},
+        ],
+        "paths": paths,
+        "security": [{"adminToken": []}],
+        "components": components(),
+    })
+}
+
+fn schema_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::NamedValue => "NamedValue",
+        Kind::Backend => "Backend",
+        Kind::Api => "Api",
+        Kind::Product => "Product",
+        Kind::Subscription => "Subscription",
+        Kind::Gateway => "Gateway",
+        Kind::GlobalPolicy => "GlobalPolicy",
+    }
+}
+
+fn camel(kind: Kind) -> String {
+    schema_name(kind).to_owned()
+}
+
+fn operation(op: Op) -> Value {
+    let name = || param_ref("Name");
+    match op {
+        Op::OpenApi => json!({
+            "tags": ["meta"],
+            "operationId": "getOpenApiDocument",
+            "summary": "This document",
+            "security": [],
+            "responses": {"200": {"description": "The OpenAPI document.", "content": {"application/json": {"schema": {"type": "object"}}}}},
+        }),
+        Op::Revision => json!({
+            "tags": ["meta"],
+            "operationId": "getRevision",
+            "summary": "The current global revision",
+            "responses": responses(ok("200", "The revision.", schema_ref("Revision")), &["401"]),
+        }),
+        Op::Export => json!({
+            "tags": ["declarative"],
+            "operationId": "exportConfiguration",
+            "summary": "Export the whole configuration as a declarative file",
+            "description": format!("Secret named values are exported as `{SECRET_MASK}`; applying the file back keeps them."),
+            "parameters": [query_param("format", json!({"type": "string", "enum": ["yaml", "json"], "default": "yaml"}), "Output format.")],
+            "responses": responses(json!({"200": {
+                "description": "The declarative file.",
+                "headers": revision_header(),
+                "content": {
+                    "application/yaml": {"schema": {"type": "string"}},
+                    "application/json": {"schema": schema_ref("DeclarativeFile")},
+                },
+            }}), &["400", "401"]),
+        }),
+        Op::Apply => json!({
+            "tags": ["declarative"],
+            "operationId": "applyConfiguration",
+            "summary": "Make the configuration match a declarative file",
+            "description": "The file is the complete desired configuration: resources it does not list are deleted. \
+                Everything is committed as one revision; applying the same file again changes nothing. \
+                Subscriptions without keys keep their stored keys; masked secrets keep their stored values.",
+            "parameters": [query_param("dry_run", json!({"type": "boolean", "default": false}), "Only compute the changes.")],
+            "requestBody": {
+                "required": true,
+                "content": {
+                    "application/yaml": {"schema": {"type": "string"}},
+                    "application/json": {"schema": schema_ref("DeclarativeFile")},
+                },
+            },
+            "responses": responses(ok("200", "The changes (made, or that would be made on a dry run).", schema_ref("ApplyResult")),
+                &["400", "401", "409", "412", "413", "415"]),
+        }),
+        Op::List(kind) => json!({
+            "tags": ["resources"],
+            "operationId": format!("list{}", plural_camel(kind)),
+            "summary": format!("List {}", kind.plural()),
+            "parameters": [
+                query_param("limit", json!({"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": DEFAULT_PAGE}), "Page size (larger values are capped)."),
+                query_param("cursor", json!({"type": "string"}), "The `next` value of the previous page."),
+            ],
+            "responses": responses(ok("200", "One page, sorted by name.", schema_ref(&format!("{}List", camel(kind)))), &["400", "401"]),
+        }),
+        Op::Create(kind) => json!({
+            "tags": ["resources"],
+            "operationId": format!("create{}", camel(kind)),
+            "summary": format!("Create a {kind}"),
+            "requestBody": json_body(schema_name(kind), true),
+            "responses": responses(written(kind, "201", "Created."), &["400", "401", "409", "413", "415"]),
+        }),
+        Op::Get(kind) => get_op(kind, format!("get{}", camel(kind)), vec![name()]),
+        Op::GetGlobalPolicy => get_op(kind_global(), "getGlobalPolicy".into(), vec![]),
+        Op::Put(kind) => put_op(kind, format!("put{}", camel(kind)), vec![name()]),
+        Op::PutGlobalPolicy => put_op(kind_global(), "putGlobalPolicy".into(), vec![]),
+        Op::Delete(kind) => json!({
+            "tags": ["resources"],
+            "operationId": format!("delete{}", camel(kind)),
+            "summary": format!("Delete a {kind}"),
+            "parameters": [name(), param_ref("IfMatch")],
+            "responses": responses(ok("200", "Deleted.", schema_ref("Deleted")), &["400", "401", "404", "409", "412"]),
+        }),
+        Op::RegenerateKey => json!({
+            "tags": ["resources"],
+            "operationId": "regenerateSubscriptionKey",
+            "summary": "Replace one key of a subscription with a new random key",
+            "parameters": [
+                name(),
+                {"name": "key", "in": "query", "required": true, "schema": {"type": "string", "enum": ["primary", "secondary"]}},
+                param_ref("IfMatch"),
+            ],
+            "responses": responses(written(Kind::Subscription, "200", "The subscription with its new key."), &["400", "401", "404", "412"]),
+        }),
+    }
+}
+
+fn kind_global() -> Kind {
+    Kind::GlobalPolicy
+}
+
+fn plural_camel(kind: Kind) -> String {
+    kind.plural()
+        .split('-')
+        .map(|w| {
+            let mut c = w.chars();
+            c.next()
+                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+fn get_op(kind: Kind, id: String, mut params: Vec<Value>) -> Value {
+    params.push(json!({
+        "name": "If-None-Match", "in": "header", "required": false,
+        "description": "An ETag from an earlier GET: answers 304 when the resource is unchanged.",
+        "schema": {"type": "string"},
+    }));
+    let mut headers = revision_header();
+    headers["ETag"] = json!({"description": "`\"<revision that last changed the resource>\"`", "schema": {"type": "string"}});
+    json!({
+        "tags": ["resources"],
+        "operationId": id,
+        "summary": format!("Get a {kind}"),
+        "parameters": params,
+        "responses": responses(json!({
+            "200": {"description": "The resource.", "headers": headers, "content": {"application/json": {"schema": schema_ref(schema_name(kind))}}},
+            "304": {"description": "Not modified (If-None-Match)."},
+        }), &["401", "404"]),
+    })
+}
+
+fn put_op(kind: Kind, id: String, mut params: Vec<Value>) -> Value {
+    params.push(param_ref("IfMatch"));
+    params.push(param_ref("IfNoneMatch"));
+    let mut ok = written(kind, "200", "Replaced (or unchanged).");
+    ok["201"] = written(kind, "201", "Created.")["201"].clone();
+    json!({
+        "tags": ["resources"],
+        "operationId": id,
+        "summary": format!("Create or replace a {kind}"),
+        "description": "The body's name must match the path or be absent.",
+        "parameters": params,
+        "requestBody": json_body(schema_name(kind), true),
+        "responses": responses(ok, &["400", "401", "404", "409", "412", "413", "415"]),
+    })
+}
+
+fn written(kind: Kind, status: &str, description: &str) -> Value {
+    let mut headers = revision_header();
+    headers["ETag"] = json!({"schema": {"type": "string"}});
+    if status == "201" {
+        headers["Location"] = json!({"schema": {"type": "string"}});
+    }
+    json!({ status: {
+        "description": description,
+        "headers": headers,
+        "content": {"application/json": {"schema": schema_ref(&format!("{}Written", camel(kind)))}},
+    }})
+}
+
+fn ok(status: &str, description: &str, schema: Value) -> Value {
+    json!({ status: {
+        "description": description,
+        "headers": revision_header(),
+        "content": {"application/json": {"schema": schema}},
+    }})
+}
+
+fn revision_header() -> Value {
+    json!({ REVISION_HEADER: {"description": "The global revision.", "schema": {"type": "integer"}} })
+}
+
+/// Adds the shared error responses to `success`.
+fn responses(mut success: Value, errors: &[&str]) -> Value {
+    for status in errors {
+        let name = match *status {
+            "400" => "BadRequest",
+            "401" => "Unauthorized",
+            "404" => "NotFound",
+            "409" => "Conflict",
+            "412" => "PreconditionFailed",
+            "413" => "PayloadTooLarge",
+            "415" => "UnsupportedMediaType",
+            other => unreachable!("no shared response for {other}"),
+        };
+        success[*status] = json!({"$ref": format!("#/components/responses/{name}")});
+    }
+    success
+}
+
+fn schema_ref(name: &str) -> Value {
+    json!({"$ref": format!("#/components/schemas/{name}")})
+}
+
+/// A shared parameter, inlined (utoipa and some generators do not resolve parameter `$ref`s).
+fn param_ref(name: &str) -> Value {
+    parameters()[name].clone()
+}
+
+fn parameters() -> Value {
+    json!({
+        "Name": {"name": "name", "in": "path", "required": true, "schema": schema_ref("Name")},
+        "IfMatch": {
+            "name": "If-Match", "in": "header", "required": false,
+            "description": "`\"<revision>\"` from the resource's ETag: the write fails with 412 when the resource changed since; `*` requires it to exist.",
+            "schema": {"type": "string"},
+        },
+        "IfNoneMatch": {
+            "name": "If-None-Match", "in": "header", "required": false,
+            "description": "`*`: create only; 409 when the resource exists.",
+            "schema": {"type": "string", "enum": ["*"]},
+        },
+    })
+}
+
+fn query_param(name: &str, schema: Value, description: &str) -> Value {
+    json!({"name": name, "in": "query", "required": false, "description": description, "schema": schema})
+}
+
+fn json_body(schema: &str, required: bool) -> Value {
+    json!({"required": required, "content": {"application/json": {"schema": schema_ref(schema)}}})
+}
+
+fn components() -> Value {
+    let mut schemas = resource_schemas();
+    let s = schemas.as_object_mut().expect("object");
+    for kind in Kind::ALL {
+        let name = camel(kind);
+        s.insert(
+            format!("{name}List"),
+            object(
+                json!({
+                    "kind": {"type": "string", "const": kind.plural()},
+                    "items": {"type": "array", "items": schema_ref(&name)},
+                    "next": {"type": ["string", "null"], "description": "Cursor of the next page; null on the last page."},
+                    "revision": {"type": "integer"},
+                }),
+                &["kind", "items", "next", "revision"],
+            ),
+        );
+        s.insert(
+            format!("{name}Written"),
+            object(
+                json!({
+                    "revision": {"type": "integer", "description": "The global revision after the write."},
+                    "changed": {"type": "boolean", "description": "False when the body equalled the stored resource."},
+                    "resource": schema_ref(&name),
+                }),
+                &["revision", "changed", "resource"],
+            ),
+        );
+    }
+    for (name, schema) in [
+        (
+            "Error",
+            object(
+                json!({
+                    "error": {"type": "string", "description": "bad-request, unauthorized, not-found, conflict, precondition-failed, payload-too-large, unsupported-media-type, internal, ..."},
+                    "message": {"type": "string"},
+                    "problems": {"type": "array", "items": schema_ref("Problem")},
+                }),
+                &["error", "message"],
+            ),
+        ),
+        (
+            "Problem",
+            object(
+                json!({
+                    "path": {"type": "string", "description": "Where, e.g. `apis[0] (orders).operations[1].method`."},
+                    "message": {"type": "string"},
+                }),
+                &["path", "message"],
+            ),
+        ),
+        (
+            "Revision",
+            object(json!({"revision": {"type": "integer"}}), &["revision"]),
+        ),
+        (
+            "Deleted",
+            object(
+                json!({"revision": {"type": "integer"}, "deleted": {"type": "string", "description": "`<kind>/<name>`"}}),
+                &["revision", "deleted"],
+            ),
+        ),
+        (
+            "ApplyResult",
+            object(
+                json!({
+                    "dry-run": {"type": "boolean"},
+                    "revision": {"type": "integer", "description": "The revision after the apply (unchanged on a dry run or when nothing changed)."},
+                    "changes": {"type": "array", "items": schema_ref("PlannedChange")},
+                    "unchanged": {"type": "integer", "description": "Resources of the file already as desired."},
+                }),
+                &["dry-run", "revision", "changes", "unchanged"],
+            ),
+        ),
+        (
+            "PlannedChange",
+            object(
+                json!({
+                    "action": {"type": "string", "enum": ["create", "update", "delete"]},
+                    "key": {"type": "string", "description": "`<kind plural>/<name>`"},
+                    "kind": {"type": "string", "enum": Kind::ALL.map(|k| serde_json::to_value(k).expect("kinds serialise"))},
+                    "name": {"type": "string"},
+                }),
+                &["action", "key", "kind", "name"],
+            ),
+        ),
+        ("DeclarativeFile", declarative_file_schema()),
+        (
+            "TokenRequest",
+            object(
+                json!({
+                    "key": {"type": "string", "enum": ["primary", "secondary"], "default": "primary"},
+                    "expiry": {"type": ["string", "null"], "format": "date-time"},
+                    "lifetime-secs": {"type": ["integer", "null"], "minimum": 1},
+                }),
+                &[],
+            ),
+        ),
+        (
+            "TokenResponse",
+            object(
+                json!({
+                    "value": {"type": "string", "description": "`GatewayKey <gateway>&<expiry>&<signature>`"},
+                    "expiry": {"type": "string", "format": "date-time"},
+                    "key": {"type": "string", "enum": ["primary", "secondary"]},
+                }),
+                &["value", "expiry", "key"],
+            ),
+        ),
+        (
+            "GatewayKeys",
+            object(
+                json!({"primary": {"type": "string"}, "secondary": {"type": "string"}}),
+                &["primary", "secondary"],
+            ),
+        ),
+        (
+            "RegenerateKeyRequest",
+            object(
+                json!({"key": {"type": "string", "enum": ["primary", "secondary"]}}),
+                &["key"],
+            ),
+        ),
+        ("InstanceStatus", instance_status_schema()),
+        ("TelemetrySummary", telemetry_schema()),
+    ] {
+        s.insert(name.to_owned(), schema);
+    }
+    let error = |description: &str| json!({"description": description, "content": {"application/json": {"schema": schema_ref("Error")}}});
+    json!({
+        "securitySchemes": {
+            "adminToken": {"type": "http", "scheme": "bearer", "description": "The admin token (`admin.token`, or `<data_dir>/admin-token`)."},
+        },
+        "responses": {
+            "BadRequest": error("Invalid request; `problems` lists every problem found."),
+            "Unauthorized": error("Missing or wrong admin token."),
+            "NotFound": error("No such resource."),
+            "Conflict": error("Already exists, or still referred to by other resources."),
+            "PreconditionFailed": error("If-Match did not match the resource's current revision."),
+            "PayloadTooLarge": error("The body is larger than 1 MiB."),
+            "UnsupportedMediaType": error("Wrong Content-Type."),
+        },
+        "schemas": schemas,
+    })
+}
+
+fn object(properties: Value, required: &[&str]) -> Value {
+    json!({"type": "object", "properties": properties, "required": required})
+}
+
+/// A closed object (unknown fields are rejected, as the model's serde types do).
+fn strict(properties: Value, required: &[&str]) -> Value {
+    let mut o = object(properties, required);
+    o["additionalProperties"] = Value::Bool(false);
+    o
+}
+
+fn string() -> Value {
+    json!({"type": "string"})
+}
+
+fn opt_string() -> Value {
+    json!({"type": ["string", "null"]})
+}
+
+fn strings() -> Value {
+    json!({"type": "array", "items": {"type": "string"}})
+}
+
+fn resource_schemas() -> Value {
+    let policy_names: Vec<&str> = outpost_model::policy::POLICIES
+        .iter()
+        .map(|(n, _)| *n)
+        .filter(|n| *n != "base")
+        .collect();
+    let name = || schema_ref("Name");
+    let policies = || schema_ref("PolicyDocument");
+    let display = || json!({"type": "string", "default": ""});
+    json!({
+        "Name": {"type": "string", "pattern": "^[a-z0-9][a-z0-9._-]{0,79}$"},
+        "PolicyDocument": strict(json!({
+            "inbound": {"type": "array", "items": schema_ref("PolicyStep")},
+            "backend": {"type": "array", "items": schema_ref("PolicyStep")},
+            "outbound": {"type": "array", "items": schema_ref("PolicyStep")},
+            "on-error": {"type": "array", "items": schema_ref("PolicyStep")},
+        }), &[]),
+        "PolicyStep": {
+            "description": "`base`, or a one-key map from a policy name to its settings (see docs/policies.md).",
+            "oneOf": [
+                {"type": "string", "enum": ["base"]},
+                {"type": "object", "minProperties": 1, "maxProperties": 1, "propertyNames": {"type": "string", "enum": policy_names}},
+            ],
+        },
+        "NamedValue": strict(json!({
+            "name": name(),
+            "value": {"type": "string", "default": "", "description": format!("Shown as `{SECRET_MASK}` when secret; send the mask back to keep the stored value.")},
+            "secret": {"type": "boolean", "default": false},
+        }), &["name"]),
+        "Backend": strict(json!({
+            "name": name(),
+            "url": {"type": "string", "description": "http(s)://host[:port][/path]; may use {{named-values}}."},
+            "connect-timeout-ms": {"type": "integer", "minimum": 1, "maximum": 600_000, "default": 5000},
+            "request-timeout-ms": {"type": "integer", "minimum": 1, "maximum": 3_600_000, "default": 30000},
+            "tls": schema_ref("BackendTls"),
+        }), &["name", "url"]),
+        "BackendTls": strict(json!({
+            "verify": {"type": "boolean", "default": true},
+            "ca-pem": opt_string(),
+            "server-name": opt_string(),
+        }), &[]),
+        "Api": strict(json!({
+            "name": name(),
+            "display-name": display(),
+            "path": {"type": "string", "default": "", "description": "Path suffix without leading or trailing '/'; empty is the root."},
+            "hostnames": strings(),
+            "backend": {"type": "string", "description": "Name of a backend."},
+            "subscription-required": {"type": "boolean", "default": true},
+            "version": {"oneOf": [{"type": "null"}, schema_ref("ApiVersion")]},
+            "operations": {"type": "array", "items": schema_ref("Operation")},
+            "policies": policies(),
+        }), &["name", "backend"]),
+        "ApiVersion": strict(json!({
+            "name": string(),
+            "scheme": {"type": "string", "enum": ["segment", "header", "query"], "default": "segment"},
+            "parameter": {"type": "string", "default": "api-version"},
+        }), &["name"]),
+        "Operation": strict(json!({
+            "name": name(),
+            "method": {"type": "string", "description": "GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS, TRACE or * (any)."},
+            "url-template": {"type": "string", "description": "Starts with '/'; `{param}` segments, optional trailing `{*rest}`."},
+            "policies": policies(),
+        }), &["name", "method", "url-template"]),
+        "Product": strict(json!({
+            "name": name(),
+            "display-name": display(),
+            "apis": strings(),
+            "subscription-required": {"type": "boolean", "default": true},
+            "policies": policies(),
+        }), &["name"]),
+        "Subscription": strict(json!({
+            "name": name(),
+            "display-name": display(),
+            "scope": schema_ref("SubscriptionScope"),
+            "state": {"type": "string", "enum": ["active", "suspended", "expired"], "default": "active"},
+            "primary-key": {"type": "string", "default": "", "description": "32-256 printable characters; empty: generated (or kept on update)."},
+            "secondary-key": {"type": "string", "default": ""},
+            "expires-at": {"type": ["string", "null"], "format": "date-time"},
+        }), &["name", "scope"]),
+        "SubscriptionScope": {"oneOf": [
+            {"type": "string", "const": "all-apis"},
+            strict(json!({"product": string()}), &["product"]),
+            strict(json!({"api": string()}), &["api"]),
+        ]},
+        "Gateway": strict(json!({
+            "name": name(),
+            "location": display(),
+            "description": display(),
+            "apis": strings(),
+            "hostnames": {"type": "array", "items": schema_ref("GatewayHostname")},
+        }), &["name"]),
+        "GatewayHostname": strict(json!({
+            "hostname": string(),
+            "certificate-pem": opt_string(),
+            "key-pem": opt_string(),
+        }), &["hostname"]),
+        "GlobalPolicy": strict(json!({
+            "name": {"type": "string", "const": "global", "default": "global"},
+            "policies": policies(),
+        }), &[]),
+    })
+}
+
+fn declarative_file_schema() -> Value {
+    let mut props = json!({
+        "apiVersion": {"type": "string", "const": outpost_model::document::API_VERSION},
+        "policies": schema_ref("PolicyDocument"),
+    });
+    for kind in admin_api::crud_kinds() {
+        props[kind.plural()] = json!({"type": "array", "items": schema_ref(schema_name(kind))});
+    }
+    strict(props, &["apiVersion"])
+}
+
+fn instance_status_schema() -> Value {
+    let int = || json!({"type": "integer"});
+    let time = || json!({"type": "string", "format": "date-time"});
+    object(
+        json!({
+            "gateway": string(),
+            "instance-id": string(),
+            "hostname": string(),
+            "version": string(),
+            "applied-revision": int(),
+            "config-hash": string(),
+            "token-expiry": time(),
+            "started-at": time(),
+            "config-source": {"type": "string", "enum": ["control-plane", "backup", "offline"]},
+            "redis": {"type": "string", "enum": ["none", "connected", "disconnected"]},
+            "last-seen": time(),
+            "remote-addr": opt_string(),
+            "connection": {"type": "string", "enum": ["connected", "stale", "disconnected"]},
+            "sync": {"type": "string", "enum": ["in-sync", "behind"]},
+            "last-seen-secs": int(),
+            "token-expires-in-secs": int(),
+        }),
+        &[
+            "gateway",
+            "instance-id",
+            "applied-revision",
+            "config-hash",
+            "last-seen",
+            "connection",
+            "sync",
+        ],
+    )
+}
+
+fn telemetry_schema() -> Value {
+    let int = || json!({"type": "integer"});
+    let num = || json!({"type": "number"});
+    let time = || json!({"type": "string", "format": "date-time"});
+    json!({
+        "type": "object",
+        "properties": {
+            "from": time(),
+            "to": time(),
+            "minutes": int(),
+            "gateway": opt_string(),
+            "requests": int(),
+            "errors": {"type": "integer", "description": "Answers with a 5xx status."},
+            "apis": {"type": "array", "items": object(json!({
+                "api": string(),
+                "requests": int(),
+                "errors": int(),
+                "avg-duration-ms": num(),
+                "max-duration-ms": int(),
+                "avg-backend-duration-ms": num(),
+                "cache-hits": int(),
+                "request-bytes": int(),
+                "response-bytes": int(),
+                "statuses": {"type": "object", "additionalProperties": {"type": "integer"}, "description": "Request count per status code."},
+            }), &["api", "requests", "errors"])},
+        },
+        "required": ["from", "to", "requests", "errors", "apis"],
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use outpost_model::Resource;
+    use std::collections::BTreeSet;
+
+    fn schema<'a>(doc: &'a Value, name: &str) -> &'a Value {
+        &doc["components"]["schemas"][name]
+    }
+
+    fn props(s: &Value) -> BTreeSet<String> {
+        s["properties"]
+            .as_object()
+            .unwrap_or_else(|| panic!("no properties: {s}"))
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    fn keys(v: &Value) -> BTreeSet<String> {
+        v.as_object().unwrap().keys().cloned().collect()
+    }
+
+    /// One of each kind with every optional field set, so every field serialises.
+    fn samples() -> Vec<(Kind, Value)> {
+        vec![
+            (
+                Kind::NamedValue,
+                json!({"name": "n", "value": "v", "secret": true}),
+            ),
+            (
+                Kind::Backend,
+                json!({"name": "b", "url": "http://x", "tls": {"ca-pem": "{{ca}}", "server-name": "x"}}),
+            ),
+            (
+                Kind::Api,
+                json!({"name": "a", "backend": "b", "version": {"name": "v1"},
+                    "operations": [{"name": "o", "method": "GET", "url-template": "/"}]}),
+            ),
+            (Kind::Product, json!({"name": "p"})),
+            (
+                Kind::Subscription,
+                json!({"name": "s", "scope": {"product": "p"}, "expires-at": "2030-01-01T00:00:00Z"}),
+            ),
+            (
+                Kind::Gateway,
+                json!({"name": "g", "hostnames": [{"hostname": "h", "certificate-pem": "c", "key-pem": "k"}]}),
+            ),
+            (Kind::GlobalPolicy, json!({})),
+        ]
+    }
+
+    #[test]
+    fn resource_schemas_match_the_model() {
+        let doc = document();
+        for (kind, sample) in samples() {
+            let name = schema_name(kind);
+            let s = schema(&doc, name);
+            let full = Resource::from_json(kind, sample.clone()).unwrap().to_json();
+            assert_eq!(props(s), keys(&full), "{name} properties");
+            // Every documented required field is required by the model, and only those.
+            let required: BTreeSet<String> = s["required"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap().to_owned())
+                .collect();
+            for field in keys(&full) {
+                let mut v = full.clone();
+                v.as_object_mut().unwrap().remove(&field);
+                let parses = Resource::from_json(kind, v).is_ok();
+                assert_eq!(
+                    !parses,
+                    required.contains(&field),
+                    "{name}.{field}: required in the model = {}",
+                    !parses
+                );
+            }
+            // Unknown fields are refused by the model and closed in the schema.
+            assert_eq!(s["additionalProperties"], json!(false), "{name}");
+            let mut extra = full.clone();
+            extra["bogus"] = json!(1);
+            assert!(Resource::from_json(kind, extra).is_err());
+        }
+        // Nested objects.
+        let api = Resource::from_json(Kind::Api, samples()[2].1.clone())
+            .unwrap()
+            .to_json();
+        assert_eq!(
+            props(schema(&doc, "Operation")),
+            keys(&api["operations"][0])
+        );
+        assert_eq!(props(schema(&doc, "ApiVersion")), keys(&api["version"]));
+        let backend = Resource::from_json(Kind::Backend, samples()[1].1.clone())
+            .unwrap()
+            .to_json();
+        assert_eq!(props(schema(&doc, "BackendTls")), keys(&backend["tls"]));
+        let gw = Resource::from_json(Kind::Gateway, samples()[5].1.clone())
+            .unwrap()
+            .to_json();
+        assert_eq!(
+            props(schema(&doc, "GatewayHostname")),
+            keys(&gw["hostnames"][0])
+        );
+        assert_eq!(
+            props(schema(&doc, "PolicyDocument")),
+            keys(&serde_json::to_value(outpost_model::PolicyDocument::default()).unwrap())
+        );
+    }
+
+    #[test]
+    fn every_route_is_documented_once_with_its_parameters() {
+        let doc = document();
+        for route in admin_api::routes() {
+            let op = &doc["paths"][&route.path][route.method.as_str().to_ascii_lowercase()];
+            assert!(
+                op.is_object(),
+                "{} {} undocumented",
+                route.method,
+                route.path
+            );
+            let has_name = route.path.contains("{name}");
+            let refs_name = op["parameters"]
+                .as_array()
+                .is_some_and(|ps| ps.iter().any(|p| p == &param_ref("Name")));
+            assert_eq!(has_name, refs_name, "{} {}", route.method, route.path);
+        }
+        let ops: usize = doc["paths"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|item| item.as_object().unwrap().len())
+            .sum();
+        assert_eq!(
+            ops,
+            admin_api::routes().len() + gateway_admin_routes().len()
+        );
+        let ids: Vec<&str> = doc["paths"]
+            .as_object()
+            .unwrap()
+            .values()
+            .flat_map(|item| item.as_object().unwrap().values())
+            .map(|op| op["operationId"].as_str().unwrap())
+            .collect();
+        let unique: BTreeSet<&str> = ids.iter().copied().collect();
+        assert_eq!(unique.len(), ids.len(), "operation ids are unique");
+    }
+
+    #[test]
+    fn every_reference_resolves() {
+        fn walk(v: &Value, doc: &Value) {
+            match v {
+                Value::Object(map) => {
+                    if let Some(Value::String(r)) = map.get("$ref") {
+                        let ptr = r.strip_prefix('#').expect("local ref");
+                        assert!(doc.pointer(ptr).is_some(), "dangling {r}");
+                    }
+                    map.values().for_each(|c| walk(c, doc));
+                }
+                Value::Array(a) => a.iter().for_each(|c| walk(c, doc)),
+                _ => {}
+            }
+        }
+        let doc = document();
+        walk(&doc, &doc);
+    }
+
+    #[test]
+    fn document_is_well_formed_openapi() {
+        let doc = document();
+        let parsed: utoipa::openapi::OpenApi =
+            serde_json::from_value(doc.clone()).expect("utoipa reads the document");
+        assert_eq!(
+            parsed.paths.paths.len(),
+            doc["paths"].as_object().unwrap().len()
+        );
+    }
+}

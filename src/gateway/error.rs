@@ -1,0 +1,262 @@
+//! Every answer the gateway makes itself because something failed, and the one place backend
+//! failures become HTTP statuses.
+//!
+//! Bodies are short JSON, like the reference product's: `{"statusCode": 401, "message": "…"}`.
+//! Messages say what to fix, never just "not found" (an opaque 404 is a known complaint about the
+//! reference product).
+
+use std::borrow::Cow;
+
+use actix_web::HttpResponse;
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use awc::error::{ConnectError, SendRequestError};
+
+/// Who caused a failure: decides retries, on-error variables and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorSource {
+    /// The request itself (no or bad key, unknown route, too large).
+    Client,
+    /// A policy refused the request (JWT, IP filter, concurrency, …).
+    Policy,
+    /// The backend could not be reached or did not answer in time.
+    Backend,
+    /// The gateway itself (no configuration yet, a policy produced something invalid).
+    Gateway,
+}
+
+impl ErrorSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorSource::Client => "client",
+            ErrorSource::Policy => "policy",
+            ErrorSource::Backend => "backend",
+            ErrorSource::Gateway => "gateway",
+        }
+    }
+}
+
+/// A failed request, as the client will see it.
+#[derive(Debug, Clone)]
+pub struct GatewayError {
+    pub status: StatusCode,
+    pub message: Cow<'static, str>,
+    /// Stable machine-readable reason (`SubscriptionKeyNotFound`, `BackendTimeout`, …), exported
+    /// to telemetry and to on-error policies as `{variable.error-reason}`.
+    pub reason: &'static str,
+    pub source: ErrorSource,
+    /// `Allow` for 405.
+    pub allow: Option<String>,
+    /// A connection-level backend failure (refused, reset, timed out): what `retry` with
+    /// `on-connection-error` retries.
+    pub connection: bool,
+}
+
+impl GatewayError {
+    pub fn new(
+        status: StatusCode,
+        source: ErrorSource,
+        reason: &'static str,
+        message: impl Into<Cow<'static, str>>,
+    ) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            reason,
+            source,
+            allow: None,
+            connection: false,
+        }
+    }
+
+    pub fn missing_key(header: &str, query: &str) -> Self {
+        let how = match (header.is_empty(), query.is_empty()) {
+            (false, false) => format!("header '{header}' or query parameter '{query}'"),
+            (false, true) => format!("header '{header}'"),
+            _ => format!("query parameter '{query}'"),
+        };
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorSource::Client,
+            "SubscriptionKeyNotFound",
+            format!("Access denied due to missing subscription key. Send the key in the {how}."),
+        )
+    }
+
+    pub fn invalid_key() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorSource::Client,
+            "SubscriptionKeyInvalid",
+            "Access denied due to invalid subscription key. Make sure to provide a valid key for an active subscription.",
+        )
+    }
+
+    pub fn key_out_of_scope(api: &str) -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorSource::Client,
+            "SubscriptionKeyOutOfScope",
+            format!(
+                "Access denied: the subscription key is not valid for API '{api}'. Use a key of a subscription to this API or to a product that contains it."
+            ),
+        )
+    }
+
+    pub fn subscription_inactive(state: &str) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            ErrorSource::Client,
+            "SubscriptionInactive",
+            format!("Access denied: the subscription is {state}."),
+        )
+    }
+
+    pub fn not_found(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            ErrorSource::Client,
+            "OperationNotFound",
+            message,
+        )
+    }
+
+    pub fn method_not_allowed(method: &str, allow: String) -> Self {
+        let mut e = Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            ErrorSource::Client,
+            "MethodNotAllowed",
+            format!("Method {method} is not allowed here; allowed: {allow}."),
+        );
+        e.allow = Some(allow);
+        e
+    }
+
+    pub fn headers_too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ErrorSource::Client,
+            "RequestHeadersTooLarge",
+            format!("Request headers are larger than the gateway's limit of {limit} bytes."),
+        )
+    }
+
+    pub fn body_too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorSource::Client,
+            "RequestBodyTooLarge",
+            format!("Request body is larger than the gateway's limit of {limit} bytes."),
+        )
+    }
+
+    pub fn no_configuration() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorSource::Gateway,
+            "NoConfiguration",
+            "The gateway has not loaded a configuration yet.",
+        )
+    }
+
+    pub fn internal(reason: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorSource::Gateway,
+            reason,
+            message,
+        )
+    }
+
+    /// A policy refused the request with the status and message it is configured with.
+    pub fn policy(
+        status: u16,
+        reason: &'static str,
+        message: impl Into<Cow<'static, str>>,
+    ) -> Self {
+        Self::new(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            ErrorSource::Policy,
+            reason,
+            message,
+        )
+    }
+
+    /// The rescue: a failed backend call becomes 504 when it ran out of time and 502 when the
+    /// connection failed (refused, reset, unresolvable, garbled answer).
+    pub fn from_send(e: &SendRequestError, backend: &str) -> Self {
+        let (status, reason, what) = match e {
+            SendRequestError::Timeout => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "BackendTimeout",
+                "did not answer in time".to_owned(),
+            ),
+            SendRequestError::Connect(ConnectError::Timeout) => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "BackendConnectTimeout",
+                "could not be connected to in time".to_owned(),
+            ),
+            SendRequestError::Connect(c) => (
+                StatusCode::BAD_GATEWAY,
+                "BackendConnectionFailure",
+                format!("could not be connected to ({c})"),
+            ),
+            SendRequestError::Send(io) => (
+                StatusCode::BAD_GATEWAY,
+                "BackendConnectionFailure",
+                format!("closed the connection ({io})"),
+            ),
+            SendRequestError::Response(p) => (
+                StatusCode::BAD_GATEWAY,
+                "BackendInvalidResponse",
+                format!("sent an invalid response ({p})"),
+            ),
+            other => (
+                StatusCode::BAD_GATEWAY,
+                "BackendConnectionFailure",
+                format!("failed ({other})"),
+            ),
+        };
+        let mut err = Self::new(
+            status,
+            ErrorSource::Backend,
+            reason,
+            format!("The backend '{backend}' {what}."),
+        );
+        err.connection = true;
+        err
+    }
+
+    /// The client-facing answer.
+    pub fn response(&self) -> HttpResponse {
+        let body = serde_json::json!({
+            "statusCode": self.status.as_u16(),
+            "message": self.message,
+        });
+        let mut res = HttpResponse::build(self.status);
+        res.insert_header((
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        ));
+        if let Some(allow) = &self.allow
+            && let Ok(v) = HeaderValue::from_str(allow)
+        {
+            res.insert_header((header::ALLOW, v));
+        }
+        res.body(body.to_string())
+    }
+}
+
+impl std::fmt::Display for GatewayError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.reason,
+            self.message
+        )
+    }
+}
+
+impl std::error::Error for GatewayError {}

@@ -1,0 +1,279 @@
+//! Forwarding to the backend with `awc`: pooled, streaming both ways, timed, retried.
+//!
+//! - One `awc::Client` per worker thread per TLS profile, made on first use and kept (awc
+//!   clients are `!Send`; one per request would defeat keep-alive and cost a DNS lookup each).
+//! - Bodies stream both ways. A request body is read whole only when a `retry` policy may have
+//!   to send it again, and then only up to `limits.max_body_bytes`.
+//! - Hop-by-hop headers go no further in either direction; `X-Forwarded-For` (appended),
+//!   `-Proto` and `-Host` describe the client; the client's `Host` is replaced by the backend's.
+//! - Failures map to statuses in one place, [`GatewayError::from_send`]: timeouts are 504,
+//!   connection failures 502.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use actix_web::body::{BodyStream, BoxBody, SizedStream};
+use actix_web::dev::Payload;
+use actix_web::error::PayloadError;
+use actix_web::http::header::{self, HeaderMap, HeaderName};
+use actix_web::http::{Method, StatusCode, Uri};
+use bytes::{Bytes, BytesMut};
+use futures_util::{Stream, StreamExt};
+use outpost_actors::route_table::tls::TlsProfile;
+
+use super::error::GatewayError;
+use super::pipeline::{Exchange, RequestBody, Response, Runtime};
+
+/// Connections per worker per TLS profile; above awc's default of 100 so busy workers do not
+/// queue in the pool.
+const POOL_LIMIT: usize = 1024;
+/// Idle pooled connections are closed after this long (below common backend idle timeouts).
+const POOL_KEEP_ALIVE: Duration = Duration::from_secs(30);
+
+thread_local! {
+    static CLIENTS: RefCell<HashMap<u64, awc::Client>> = RefCell::new(HashMap::new());
+}
+
+/// This worker's client for a TLS profile.
+fn client_for(tls: &TlsProfile) -> awc::Client {
+    CLIENTS.with(|clients| {
+        clients
+            .borrow_mut()
+            .entry(tls.id)
+            .or_insert_with(|| {
+                let connector = awc::Connector::new()
+                    .rustls_0_23(tls.config.clone())
+                    .timeout(tls.connect_timeout)
+                    .handshake_timeout(tls.connect_timeout)
+                    .limit(POOL_LIMIT)
+                    .conn_keep_alive(POOL_KEEP_ALIVE);
+                awc::Client::builder()
+                    .connector(connector)
+                    .no_default_headers()
+                    .disable_redirects()
+                    .disable_timeout()
+                    .finish()
+            })
+            .clone()
+    })
+}
+
+/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1), plus those the
+/// HTTP layer sets itself from the body.
+static HOP_BY_HOP: [HeaderName; 10] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    HeaderName::from_static("proxy-connection"),
+    header::CONTENT_LENGTH,
+];
+
+/// Removes hop-by-hop headers, including those the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+/// Forwards the exchange's request and returns the backend's (streaming) response.
+pub async fn send(ex: &mut Exchange, rt: &Runtime) -> Result<Response, GatewayError> {
+    let url = ex.target.url.join(&ex.backend_path, &ex.query_string());
+    let uri: Uri = url.parse().map_err(|_| {
+        GatewayError::internal(
+            "InvalidBackendUrl",
+            format!("The backend URL '{url}' is not valid."),
+        )
+    })?;
+    let mut headers = std::mem::take(&mut ex.request_headers);
+    strip_hop_by_hop(&mut headers);
+    headers.remove(header::HOST);
+    headers.remove(header::EXPECT);
+    let client = client_for(&ex.target.tls);
+    let timeout = ex.timeout();
+    let backend = ex.target.name.clone();
+    let body = std::mem::replace(&mut ex.body, RequestBody::Taken);
+
+    let Some(retry) = ex.retry.clone() else {
+        let started = Instant::now();
+        let overflow = Rc::new(Cell::new(false));
+        let counted = Rc::new(Cell::new(0u64));
+        let req = request(&client, &ex.method, &uri, &headers, timeout);
+        let sent = match body {
+            RequestBody::Stream { payload, length } => {
+                let stream = Limited {
+                    inner: payload,
+                    seen: 0,
+                    max: rt.max_body_bytes as u64,
+                    overflow: overflow.clone(),
+                    counted: counted.clone(),
+                };
+                match length {
+                    Some(len) => req.send_body(SizedStream::new(len, stream)).await,
+                    None => req.send_body(BodyStream::new(stream)).await,
+                }
+            }
+            RequestBody::Buffered(bytes) => {
+                counted.set(bytes.len() as u64);
+                req.send_body(bytes).await
+            }
+            RequestBody::None | RequestBody::Taken => req.send().await,
+        };
+        ex.backend_duration = Some(started.elapsed());
+        ex.request_bytes = counted.get();
+        return match sent {
+            Ok(res) => Ok(response(res, &ex.method)),
+            Err(_) if overflow.get() => Err(GatewayError::body_too_large(rt.max_body_bytes)),
+            Err(e) => Err(GatewayError::from_send(&e, &backend)),
+        };
+    };
+
+    // A retry may send the body again: hold it, within the body limit.
+    let bytes = match body {
+        RequestBody::Stream { mut payload, .. } => {
+            let mut buf = BytesMut::new();
+            while let Some(chunk) = payload.next().await {
+                let chunk = chunk.map_err(|e| {
+                    GatewayError::new(
+                        StatusCode::BAD_REQUEST,
+                        super::error::ErrorSource::Client,
+                        "RequestBodyUnreadable",
+                        format!("The request body could not be read: {e}"),
+                    )
+                })?;
+                if buf.len() + chunk.len() > rt.max_body_bytes {
+                    return Err(GatewayError::body_too_large(rt.max_body_bytes));
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            Some(buf.freeze())
+        }
+        RequestBody::Buffered(b) => Some(b),
+        RequestBody::None | RequestBody::Taken => None,
+    };
+    ex.request_bytes = bytes.as_ref().map_or(0, |b| b.len() as u64);
+    let mut spent = Duration::ZERO;
+    let mut attempt = 0;
+    loop {
+        let req = request(&client, &ex.method, &uri, &headers, timeout);
+        let started = Instant::now();
+        let sent = match &bytes {
+            Some(b) => req.send_body(b.clone()).await,
+            None => req.send().await,
+        };
+        spent += started.elapsed();
+        ex.backend_duration = Some(spent);
+        let again = attempt < retry.count
+            && match &sent {
+                Ok(res) => retry.condition.contains(res.status().as_u16()),
+                Err(_) => retry.on_connection_error,
+            };
+        if !again {
+            return match sent {
+                Ok(res) => Ok(response(res, &ex.method)),
+                Err(e) => Err(GatewayError::from_send(&e, &backend)),
+            };
+        }
+        drop(sent);
+        attempt += 1;
+        metrics::counter!("outpost_backend_retries_total", "backend" => backend.clone())
+            .increment(1);
+        if !retry.interval.is_zero() {
+            actix_rt::time::sleep(retry.interval).await;
+        }
+    }
+}
+
+fn request(
+    client: &awc::Client,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    timeout: Duration,
+) -> awc::ClientRequest {
+    let mut req = client
+        .request(method.clone(), uri.clone())
+        .timeout(timeout)
+        .no_decompress();
+    for (name, value) in headers {
+        req.headers_mut().append(name.clone(), value.clone());
+    }
+    req
+}
+
+/// The backend's response, streaming, with hop-by-hop headers removed.
+fn response<S>(res: awc::ClientResponse<S>, method: &Method) -> Response
+where
+    S: Stream<Item = Result<Bytes, PayloadError>> + Unpin + 'static,
+{
+    let status = res.status();
+    let mut headers = res.headers().clone();
+    let length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    strip_hop_by_hop(&mut headers);
+    let body = if *method == Method::HEAD
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        // No body follows; keep the length the backend announced for HEAD.
+        match length {
+            Some(len) if *method == Method::HEAD => BoxBody::new(SizedStream::new(len, res)),
+            _ => BoxBody::new(()),
+        }
+    } else {
+        match length {
+            Some(len) => BoxBody::new(SizedStream::new(len, res)),
+            None => BoxBody::new(BodyStream::new(res)),
+        }
+    };
+    Response {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// The client's request body on its way to the backend: counted, and cut at the body limit.
+struct Limited {
+    inner: Payload,
+    seen: u64,
+    max: u64,
+    overflow: Rc<Cell<bool>>,
+    counted: Rc<Cell<u64>>,
+}
+
+impl Stream for Limited {
+    type Item = Result<Bytes, PayloadError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_next(cx) {
+            Poll::Ready(Some(Ok(chunk))) => {
+                this.seen += chunk.len() as u64;
+                this.counted.set(this.seen);
+                if this.seen > this.max {
+                    this.overflow.set(true);
+                    return Poll::Ready(Some(Err(PayloadError::Overflow)));
+                }
+                Poll::Ready(Some(Ok(chunk)))
+            }
+            other => other,
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! The gateway's ops listener (`listen.ops`, 8090 by default): what orchestrators and
+//! monitoring ask a gateway.
+//!
+//! - `/healthz`, `/status-0123456789abcdef`: liveness, 200 while the process runs.
+//! - `/readyz`: 200 once a configuration is loaded (and from then on, whatever happens to the
+//!   control plane: a gateway that fails static is still ready), 503 before. The JSON detail
+//!   says where the config came from, which revision and hash, how the control plane and Redis
+//!   look, when the token expires and what was refused, so "why is this gateway not getting my
+//!   change" is answered from one URL.
+//! - `/metrics`: Prometheus text.
+
+use std::net::TcpListener;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use actix_web::dev::Server;
+use actix_web::http::StatusCode;
+use actix_web::{App, HttpResponse, HttpServer, web};
+use chrono::{DateTime, Utc};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use outpost_actors::connectivity::{self, ConnectivityStatus, StatusHandle};
+use serde::Serialize;
+
+/// The liveness path the reference product's self-hosted gateway answers; kept for familiarity.
+pub const STATUS_PATH: &str = "/status-0123456789abcdef";
+
+/// How often the recorder's histograms are compacted when nobody scrapes.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// The process's Prometheus recorder. Installed once per process (the demo and tests run
+/// several gateways in one process; a second install would fail); `None` when something else
+/// installed a recorder first.
+pub fn prometheus() -> Option<&'static PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| match PrometheusBuilder::new().install_recorder() {
+            Ok(handle) => {
+                // Without upkeep, histogram samples pile up between scrapes.
+                let upkeep = handle.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("metrics-upkeep".into())
+                    .spawn(move || {
+                        loop {
+                            std::thread::sleep(UPKEEP_EVERY);
+                            upkeep.run_upkeep();
+                        }
+                    });
+                if let Err(e) = spawned {
+                    tracing::warn!(error = %e, "cannot start the metrics upkeep thread");
+                }
+                Some(handle)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot install the Prometheus recorder; /metrics will be empty");
+                None
+            }
+        })
+        .as_ref()
+}
+
+/// What the ops endpoints read.
+#[derive(Clone)]
+pub struct OpsState {
+    pub status: StatusHandle,
+    pub instance_id: String,
+    pub started_at: DateTime<Utc>,
+}
+
+/// Starts the ops listener on an already bound socket (so port 0 and bind errors are handled
+/// by the caller). Must run inside an actix system.
+pub fn start(listener: TcpListener, state: OpsState) -> std::io::Result<Server> {
+    prometheus();
+    let state = web::Data::new(state);
+    Ok(HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .route("/healthz", web::get().to(alive))
+            .route(STATUS_PATH, web::get().to(alive))
+            .route("/readyz", web::get().to(ready))
+            .route("/metrics", web::get().to(metrics))
+    })
+    .workers(1)
+    .shutdown_timeout(2)
+    .disable_signals()
+    .listen(listener)?
+    .run())
+}
+
+async fn alive(state: web::Data<OpsState>) -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({
+        "status": "alive",
+        "instance_id": state.instance_id,
+        "started_at": state.started_at,
+    }))
+}
+
+#[derive(Serialize)]
+struct Readiness<'a> {
+    ready: bool,
+    instance_id: &'a str,
+    version: &'static str,
+    started_at: DateTime<Utc>,
+    #[serde(flatten)]
+    status: &'a ConnectivityStatus,
+    token_expiring_soon: Option<bool>,
+}
+
+async fn ready(state: web::Data<OpsState>) -> HttpResponse {
+    let status = state.status.load();
+    let now = Utc::now();
+    let body = Readiness {
+        ready: status.ready(),
+        instance_id: &state.instance_id,
+        version: env!("CARGO_PKG_VERSION"),
+        started_at: state.started_at,
+        status: &status,
+        token_expiring_soon: status
+            .token
+            .as_ref()
+            .map(|t| t.expiry - now <= outpost_actors::token::EXPIRY_WARNING),
+    };
+    let code = if status.ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    HttpResponse::build(code).json(body)
+}
+
+async fn metrics(state: web::Data<OpsState>) -> HttpResponse {
+    // The recorder is process-wide; re-publishing this gateway's status right before rendering
+    // makes the scrape describe this gateway even when several share the process.
+    connectivity::publish_gauges(&state.status.load());
+    let Some(handle) = prometheus() else {
+        return HttpResponse::ServiceUnavailable()
+            .content_type("text/plain; charset=utf-8")
+            .body("no Prometheus recorder could be installed in this process\n");
+    };
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(handle.render())
+}

@@ -1,0 +1,76 @@
+//! `validate-jwt`, `check-header`, `ip-filter`.
+
+use outpost_actors::route_table::steps::{CheckHeaderStep, IpFilterStep, ValidateJwtStep};
+
+use super::{Exchange, Flow};
+use crate::gateway::error::GatewayError;
+
+pub(super) fn validate_jwt(s: &ValidateJwtStep, ex: &mut Exchange) -> Result<Flow, GatewayError> {
+    let fail = || GatewayError::policy(s.failed_status, "JwtInvalid", s.failed_message.clone());
+    let token = token(s, ex).ok_or_else(fail)?;
+    match s.verify(&token) {
+        Ok(_) => Ok(Flow::Continue),
+        Err(why) => {
+            tracing::debug!(api = %ex.api.name, reason = %why, "JWT refused");
+            Err(fail())
+        }
+    }
+}
+
+/// The token from the configured header (`Bearer ` stripped) or query parameter.
+fn token(s: &ValidateJwtStep, ex: &Exchange) -> Option<String> {
+    if let Some(v) = ex.request_headers.get(&s.header_name)
+        && let Ok(v) = v.to_str()
+    {
+        let v = v.trim();
+        let v = match v.get(..7) {
+            Some(p) if p.eq_ignore_ascii_case("bearer ") => v[7..].trim(),
+            _ => v,
+        };
+        if !v.is_empty() {
+            return Some(v.to_owned());
+        }
+    }
+    s.query_parameter_name
+        .as_deref()
+        .and_then(|q| ex.query_value(q))
+        .filter(|v| !v.is_empty())
+}
+
+pub(super) fn check_header(s: &CheckHeaderStep, ex: &mut Exchange) -> Result<Flow, GatewayError> {
+    let fail = || {
+        GatewayError::policy(
+            s.failed_status,
+            "HeaderCheckFailed",
+            s.failed_message.clone(),
+        )
+    };
+    for v in ex.request_headers.get_all(&s.name) {
+        if s.values.is_empty() {
+            return Ok(Flow::Continue);
+        }
+        let Ok(v) = v.to_str() else { continue };
+        let matches = |want: &String| {
+            if s.ignore_case {
+                want.eq_ignore_ascii_case(v)
+            } else {
+                want == v
+            }
+        };
+        if s.values.iter().any(matches) {
+            return Ok(Flow::Continue);
+        }
+    }
+    Err(fail())
+}
+
+pub(super) fn ip_filter(s: &IpFilterStep, ex: &mut Exchange) -> Result<Flow, GatewayError> {
+    match ex.client_ip {
+        Some(ip) if s.admits(ip) => Ok(Flow::Continue),
+        _ => Err(GatewayError::policy(
+            403,
+            "IpAddressForbidden",
+            "Forbidden: requests from this client address are not allowed.",
+        )),
+    }
+}

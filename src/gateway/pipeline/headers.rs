@@ -1,0 +1,127 @@
+//! `set-header`, `set-query-parameter`, `rewrite-uri`, `set-backend-service`.
+
+use actix_web::http::header::{HeaderMap, HeaderValue};
+use outpost_actors::route_table::steps::{
+    BackendTarget, RewriteUriStep, SetBackendServiceStep, SetHeaderStep, SetQueryParameterStep,
+    encode_query_component,
+};
+use outpost_actors::route_table::table::BackendUrl;
+use outpost_model::policy::ExistsAction;
+
+use super::{Exchange, Flow, Phase, Target, percent_decode};
+use crate::gateway::error::GatewayError;
+
+pub(super) fn set_header(
+    s: &SetHeaderStep,
+    phase: Phase,
+    ex: &mut Exchange,
+) -> Result<Flow, GatewayError> {
+    let value = match &s.value {
+        Some(t) => Some(header_value(&ex.render(t))?),
+        None => None,
+    };
+    let headers: &mut HeaderMap = match phase {
+        Phase::Inbound | Phase::Backend => &mut ex.request_headers,
+        Phase::Outbound | Phase::OnError => match &mut ex.response {
+            Some(r) => &mut r.headers,
+            None => return Ok(Flow::Continue),
+        },
+    };
+    match (s.action, value) {
+        (ExistsAction::Delete, _) => {
+            headers.remove(&s.name);
+        }
+        (ExistsAction::Override, Some(v)) => {
+            headers.insert(s.name.clone(), v);
+        }
+        (ExistsAction::Skip, Some(v)) => {
+            if !headers.contains_key(&s.name) {
+                headers.insert(s.name.clone(), v);
+            }
+        }
+        (ExistsAction::Append, Some(v)) => {
+            headers.append(s.name.clone(), v);
+        }
+        (_, None) => {}
+    }
+    Ok(Flow::Continue)
+}
+
+fn header_value(s: &str) -> Result<HeaderValue, GatewayError> {
+    HeaderValue::from_str(s).map_err(|_| {
+        GatewayError::internal(
+            "PolicyInvalidHeaderValue",
+            "A set-header policy produced a value that is not a valid header value.",
+        )
+    })
+}
+
+pub(super) fn set_query_parameter(
+    s: &SetQueryParameterStep,
+    ex: &mut Exchange,
+) -> Result<Flow, GatewayError> {
+    let value = s
+        .value
+        .as_ref()
+        .map(|t| encode_query_component(&ex.render(t)));
+    let exists = ex.query.iter().any(|(k, _)| same_name(k, &s.name));
+    match (s.action, value) {
+        (ExistsAction::Delete, _) => ex.query.retain(|(k, _)| !same_name(k, &s.name)),
+        (ExistsAction::Override, Some(v)) => {
+            ex.query.retain(|(k, _)| !same_name(k, &s.name));
+            ex.query.push((s.name.clone(), v));
+        }
+        (ExistsAction::Skip, Some(v)) => {
+            if !exists {
+                ex.query.push((s.name.clone(), v));
+            }
+        }
+        (ExistsAction::Append, Some(v)) => ex.query.push((s.name.clone(), v)),
+        (_, None) => {}
+    }
+    Ok(Flow::Continue)
+}
+
+fn same_name(raw: &str, encoded: &str) -> bool {
+    raw == encoded || percent_decode(raw) == percent_decode(encoded)
+}
+
+pub(super) fn rewrite_uri(s: &RewriteUriStep, ex: &mut Exchange) -> Result<Flow, GatewayError> {
+    let path = ex.render(&s.path);
+    let mut query: Vec<(String, String)> = s
+        .query
+        .iter()
+        .map(|q| (q.name.clone(), encode_query_component(&ex.render(&q.value))))
+        .collect();
+    if s.copy_unmatched_params {
+        let original = std::mem::take(&mut ex.query);
+        for (k, v) in original {
+            if !s.query.iter().any(|q| same_name(&k, &q.name)) {
+                query.push((k, v));
+            }
+        }
+    }
+    ex.backend_path = path;
+    ex.query = query;
+    Ok(Flow::Continue)
+}
+
+pub(super) fn set_backend_service(
+    s: &SetBackendServiceStep,
+    ex: &mut Exchange,
+) -> Result<Flow, GatewayError> {
+    match &s.target {
+        BackendTarget::Backend(b) => ex.target = Target::of(b),
+        BackendTarget::Url(u) => ex.target.url = u.clone(),
+        BackendTarget::UrlTemplate(t) => {
+            let rendered = ex.render(t);
+            ex.target.url = BackendUrl::parse(&rendered).map_err(|e| {
+                GatewayError::internal(
+                    "PolicyInvalidBackendUrl",
+                    format!("set-backend-service produced an invalid URL: {e}"),
+                )
+            })?;
+        }
+    }
+    Ok(Flow::Continue)
+}

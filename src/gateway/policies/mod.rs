@@ -1,0 +1,102 @@
+//! Running the shared-state policies: rate limits and quotas ([`limits`]) and the cache
+//! ([`cache`]). Their compiled steps come from `outpost_actors::shared_state::policy` and
+//! `outpost_actors::cache::policy`; the stores are in the pipeline's [`Runtime`].
+//!
+//! Some of their work happens after the response is known: refunds for `increment-condition`,
+//! bandwidth for quotas, `remaining-calls` headers, the cache fill. [`PolicyState`] carries
+//! that work in the [`Exchange`]; [`finish`] runs it once the pipeline has its response.
+
+pub mod cache;
+pub mod limits;
+
+use std::time::Duration;
+
+use actix_web::http::header::{HeaderName, HeaderValue};
+use outpost_actors::cache::{CacheConfig, CacheHandle, Fill};
+use outpost_actors::shared_state::{RedisConfig, SharedState, SharedStateConfig};
+
+use super::pipeline::{Exchange, Response, Runtime};
+
+/// Per-request state of the shared-state policies.
+#[derive(Default)]
+pub struct PolicyState {
+    pub(crate) limits: limits::Pending,
+    pub(crate) fill: Option<cache::PendingFill>,
+    /// Added to the final response (e.g. `X-RateLimit-Remaining`).
+    pub(crate) headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl PolicyState {
+    /// The cache fill this request leads or owns, if any.
+    pub fn fill(&self) -> Option<&Fill> {
+        self.fill.as_ref().map(|f| &f.fill)
+    }
+}
+
+/// After the pipeline: headers onto the response, post-response accounting (in the background:
+/// the client does not wait for it).
+pub fn finish(ex: &mut Exchange, rt: &Runtime, response: &mut Response) {
+    for (name, value) in ex.shared_state.headers.drain(..) {
+        // A refusal's own headers (e.g. remaining 0 on a 429) win.
+        if !response.headers.contains_key(&name) {
+            response.headers.insert(name, value);
+        }
+    }
+    limits::after_response(ex, rt, response);
+    // Dropping an unused fill releases the requests waiting on it.
+    ex.shared_state.fill = None;
+}
+
+/// The stores the traffic server uses: the ones given in `hooks`, else in-process ones.
+pub fn stores(
+    settings: &crate::gateway::settings::GatewaySettings,
+    hooks: &crate::gateway::proxy::ProxyHooks,
+) -> (SharedState, CacheHandle) {
+    let shared = hooks.shared.clone().unwrap_or_else(SharedState::in_process);
+    let cache = hooks
+        .cache
+        .clone()
+        .unwrap_or_else(|| CacheHandle::new(cache_config(settings), shared.clone()));
+    (shared, cache)
+}
+
+pub fn cache_config(settings: &crate::gateway::settings::GatewaySettings) -> CacheConfig {
+    CacheConfig {
+        local_max_bytes: settings.cache.local_max_bytes,
+        max_entry_bytes: settings.cache.max_entry_bytes,
+        coalesce_wait: Duration::from_millis(settings.cache.coalesce_wait_ms),
+    }
+}
+
+/// Builds the shared state from `settings.redis` (in-process when no URL), on the current
+/// runtime. Never fails because Redis is down: it starts disconnected and keeps probing.
+pub async fn connect(
+    settings: &crate::gateway::settings::GatewaySettings,
+) -> Result<SharedState, String> {
+    let redis = (!settings.redis.url.is_empty()).then(|| {
+        RedisConfig::new(
+            settings.redis.url.clone(),
+            Duration::from_millis(settings.redis.timeout_ms),
+        )
+    });
+    SharedState::connect(SharedStateConfig {
+        redis,
+        nodes: settings.redis.nodes,
+    })
+    .await
+    .map_err(|e| format!("redis.url: {e}"))
+}
+
+/// Startup: the shared state from `settings.redis` (reachability reported to `watcher`), the
+/// cache over it, and the `Cache` actor for its maintenance. Call inside the actix system.
+pub async fn start(
+    settings: &crate::gateway::settings::GatewaySettings,
+    watcher: actix::Recipient<outpost_actors::connectivity::messages::RedisObserved>,
+) -> Result<(SharedState, CacheHandle), String> {
+    use actix::Actor;
+    let shared = connect(settings).await?;
+    shared.report_to(watcher);
+    let cache = CacheHandle::new(cache_config(settings), shared.clone());
+    outpost_actors::cache::Cache::new(cache.clone()).start();
+    Ok((shared, cache))
+}

@@ -1,0 +1,607 @@
+//! The traffic listener: every request, from bytes in to bytes out.
+//!
+//! One catch-all service (no actix routing): per request it loads the published
+//! [`CompiledTable`] once (an atomic load, no lock, no actor round trip), checks limits, finds
+//! the operation (host → path → version → method), checks the subscription key, runs the
+//! operation's pipeline ([`super::pipeline`]) and streams the answer back. Every request ends
+//! in [`finish`]: Prometheus metrics and the [`RequestObserver`] see it exactly once, when its
+//! body has been sent (or the client went away).
+//!
+//! Answers the gateway makes itself ([`GatewayError`]): 401 missing or invalid key (or a key of
+//! another API), 403 suspended or expired subscription, 404 no such API/operation/version, 405
+//! wrong method (with `Allow`), 413 body too large, 431 headers too large, 502 backend
+//! unreachable, 503 no configuration yet, 504 backend too slow.
+
+use std::borrow::Cow;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use actix_web::body::{BodySize, BoxBody, MessageBody};
+use actix_web::dev::{Server, ServiceFactory, ServiceRequest, ServiceResponse};
+use actix_web::http::Method;
+use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use bytes::Bytes;
+use outpost_actors::route_table::steps::encode_query_component;
+use outpost_actors::route_table::table::{CompiledApi, CompiledSubscription, CompiledTable};
+use outpost_actors::route_table::{
+    CacheStatus, RequestObserver, RequestRecord, RouteOutcome, RouteRequest, TableHandle,
+};
+use outpost_model::SubscriptionState;
+use outpost_model::resources::VersionScheme;
+
+use super::error::GatewayError;
+use super::pipeline::{
+    self, ConcurrencyGuard, ConcurrencyLimiter, Exchange, RequestBody, Response, Runtime, Target,
+};
+use super::settings::GatewaySettings;
+
+/// What the rest of the gateway plugs into the traffic server.
+#[derive(Clone, Default)]
+pub struct ProxyHooks {
+    /// Told about every finished request (the `TelemetryBuffer`'s aggregator).
+    pub observer: Option<Arc<dyn RequestObserver>>,
+    /// Rate-limit and quota counters; `None`: in-process (no Redis).
+    pub shared: Option<outpost_actors::shared_state::SharedState>,
+    /// The cache (its in-process tier is per traffic server); `None`: one built from
+    /// `settings.cache` over `shared`.
+    pub cache: Option<outpost_actors::cache::CacheHandle>,
+}
+
+/// Everything the traffic workers share.
+pub struct Traffic {
+    pub table: TableHandle,
+    pub runtime: Runtime,
+    pub observer: Option<Arc<dyn RequestObserver>>,
+    key_header: Option<HeaderName>,
+    key_query: String,
+    key_query_encoded: String,
+    max_header_bytes: usize,
+    max_body_bytes: usize,
+}
+
+impl Traffic {
+    pub fn new(settings: &GatewaySettings, table: TableHandle, hooks: ProxyHooks) -> Self {
+        let sub = &settings.subscription;
+        let (shared, cache) = crate::gateway::policies::stores(settings, &hooks);
+        Self {
+            table,
+            runtime: Runtime {
+                concurrency: ConcurrencyLimiter::default(),
+                shared,
+                cache,
+                max_body_bytes: settings.limits.max_body_bytes,
+            },
+            observer: hooks.observer,
+            key_header: HeaderName::from_bytes(sub.header.as_bytes()).ok(),
+            key_query: sub.query.clone(),
+            key_query_encoded: encode_query_component(&sub.query),
+            max_header_bytes: settings.limits.max_header_bytes,
+            max_body_bytes: settings.limits.max_body_bytes,
+        }
+    }
+}
+
+/// The traffic application, for an `HttpServer` of the caller's making (e.g. one that also
+/// binds HTTPS). Register nothing else on it: every path belongs to the configured APIs.
+pub fn traffic_app(
+    traffic: Arc<Traffic>,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    App::new()
+        .app_data(web::Data::from(traffic))
+        .default_service(web::to(handle))
+}
+
+/// Binds the traffic listener on `listen` (`127.0.0.1:0` picks a port) and starts it. The
+/// returned [`Server`] must be awaited or spawned by the caller (inside an actix system).
+pub fn start_traffic_server(
+    listen: &str,
+    settings: &GatewaySettings,
+    table: TableHandle,
+    hooks: ProxyHooks,
+) -> std::io::Result<(Server, SocketAddr)> {
+    let traffic = Arc::new(Traffic::new(settings, table, hooks));
+    let mut server = HttpServer::new(move || traffic_app(traffic.clone()))
+        // Slow clients must not hold workers; the backend timeout covers slow backends.
+        .client_request_timeout(Duration::from_secs(30))
+        .keep_alive(Duration::from_secs(75));
+    if settings.listen.workers > 0 {
+        server = server.workers(settings.listen.workers);
+    }
+    let server = server.bind(listen)?;
+    let addr = server
+        .addrs()
+        .first()
+        .copied()
+        .ok_or_else(|| std::io::Error::other("the traffic listener bound no address"))?;
+    Ok((server.run(), addr))
+}
+
+// === the request ===
+
+async fn handle(
+    req: HttpRequest,
+    payload: web::Payload,
+    traffic: web::Data<Traffic>,
+) -> HttpResponse {
+    let started = Instant::now();
+    let mut record = RequestRecord {
+        api: None,
+        operation: None,
+        subscription: None,
+        method: req.method().as_str().to_owned(),
+        status: 0,
+        client_ip: req.peer_addr().map(|a| canonical_ip(a.ip())),
+        duration: Duration::ZERO,
+        backend_duration: None,
+        request_bytes: 0,
+        response_bytes: 0,
+        cache: CacheStatus::None,
+        error_reason: None,
+    };
+    let (response, guards) = match serve(&req, payload.into_inner(), &traffic, &mut record).await {
+        Ok(served) => served,
+        Err(err) => {
+            record.error_reason = Some(err.reason);
+            (Response::from_error(&err), Vec::new())
+        }
+    };
+    finish(&traffic, response, record, guards, started)
+}
+
+/// A request that made it to the pipeline: its response and the concurrency places it holds.
+type Served = (Response, Vec<ConcurrencyGuard>);
+
+async fn serve(
+    req: &HttpRequest,
+    payload: actix_web::dev::Payload,
+    traffic: &Traffic,
+    record: &mut RequestRecord,
+) -> Result<Served, GatewayError> {
+    let headers = req.headers();
+    let header_bytes: usize = headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    if header_bytes > traffic.max_header_bytes {
+        return Err(GatewayError::headers_too_large(traffic.max_header_bytes));
+    }
+    let length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if length.is_some_and(|l| l > traffic.max_body_bytes as u64) {
+        return Err(GatewayError::body_too_large(traffic.max_body_bytes));
+    }
+    let Some(table) = traffic.table.load_full() else {
+        return Err(GatewayError::no_configuration());
+    };
+
+    let host = request_host(req);
+    let path = req.uri().path();
+    let query = req.uri().query().unwrap_or("");
+    let method = req.method();
+    let preflight = pipeline::is_preflight(method, headers);
+    let preflight_method = preflight
+        .then(|| headers.get(header::ACCESS_CONTROL_REQUEST_METHOD))
+        .flatten()
+        .and_then(|m| Method::from_bytes(m.as_bytes()).ok());
+    let version_of = |scheme: VersionScheme, name: &str| -> Option<&str> {
+        match scheme {
+            VersionScheme::Header => headers.get(name).and_then(|v| v.to_str().ok()),
+            VersionScheme::Query => query_raw(query, name),
+            VersionScheme::Segment => None,
+        }
+    };
+    let outcome = table.route(&RouteRequest {
+        host: &host,
+        path,
+        method,
+        preflight_method: preflight_method.as_ref(),
+        version: &version_of,
+    });
+    let matched = match outcome {
+        RouteOutcome::Matched(m) => m,
+        RouteOutcome::NotFound { api: None } => {
+            return Err(GatewayError::not_found(format!(
+                "Resource not found: no API is published at '{path}' on host '{host}'."
+            )));
+        }
+        RouteOutcome::NotFound { api: Some(api) } => {
+            record.api = Some(api.clone());
+            return Err(GatewayError::not_found(format!(
+                "Resource not found: API '{api}' has no operation matching {method} {path}."
+            )));
+        }
+        RouteOutcome::UnknownVersion {
+            api,
+            scheme,
+            parameter,
+            known,
+        } => {
+            let how = match scheme {
+                VersionScheme::Header => format!("header '{parameter}'"),
+                _ => format!("query parameter '{parameter}'"),
+            };
+            return Err(GatewayError::not_found(format!(
+                "Resource not found: API '{api}' needs a version in the {how}; known versions: {}.",
+                known.join(", ")
+            )));
+        }
+        RouteOutcome::MethodNotAllowed {
+            allow,
+            preflight: p,
+        } => {
+            if preflight
+                && let Some((api, op)) = p
+                && let Some(cors) = &op.preflight_cors
+                && let Some(res) = pipeline::preflight_response(cors, headers)
+            {
+                record.api = Some(api.name.clone());
+                record.operation = Some(op.name.clone());
+                return Ok((res, Vec::new()));
+            }
+            return Err(GatewayError::method_not_allowed(method.as_str(), allow));
+        }
+    };
+    let api = matched.api.clone();
+    let op = matched.operation;
+    record.api = Some(api.name.clone());
+    record.operation = Some(op.name.clone());
+
+    // Subscription key: header first, then query.
+    let key: Option<Cow<'_, str>> = traffic
+        .key_header
+        .as_ref()
+        .and_then(|h| headers.get(h))
+        .and_then(|v| v.to_str().ok())
+        .map(Cow::Borrowed)
+        .or_else(|| {
+            query_raw(query, &traffic.key_query).map(|k| Cow::Owned(pipeline::percent_decode(k)))
+        });
+    let subscription = match check_key(traffic, &table, key.as_deref(), &api) {
+        Ok(s) => s,
+        Err(err) => {
+            // A browser must be able to read the 401 too.
+            let mut res = Response::from_error(&err);
+            if let Some(cors) = &op.preflight_cors
+                && let Some(origin) = headers.get(header::ORIGIN)
+                && origin.to_str().is_ok_and(|o| cors.origin_allowed(o))
+            {
+                pipeline::decorate(cors, origin.clone(), &mut res.headers);
+                record.error_reason = Some(err.reason);
+                return Ok((res, Vec::new()));
+            }
+            return Err(err);
+        }
+    };
+    record.subscription = subscription.as_ref().map(|s| s.name.clone());
+    let product = subscription.as_ref().and_then(|s| s.product().cloned());
+    let pipeline = op.pipeline_for(product.as_deref()).clone();
+
+    // The request as the backend will see it.
+    let mut request_headers = headers.clone();
+    if let Some(h) = &traffic.key_header {
+        request_headers.remove(h);
+    }
+    let client_ip = record.client_ip;
+    add_forwarded(req, &mut request_headers, client_ip);
+    let request_id = ensure_traceparent(&mut request_headers);
+    let query_pairs = query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (k.to_owned(), v.to_owned())
+        })
+        .filter(|(k, _)| {
+            traffic.key_query.is_empty()
+                || (k != &traffic.key_query_encoded
+                    && pipeline::percent_decode(k) != traffic.key_query)
+        })
+        .collect();
+    let has_body = length.is_some_and(|l| l > 0) || headers.contains_key(header::TRANSFER_ENCODING);
+    let mut ex = Exchange {
+        method: method.clone(),
+        host,
+        path: path.to_owned(),
+        client_ip,
+        request_id,
+        gateway_name: table.gateway_name.clone(),
+        api: api.clone(),
+        operation: matched.operation_index,
+        params: matched.params,
+        subscription,
+        product,
+        request_headers,
+        backend_path: path[matched.prefix_len..].to_owned(),
+        query: query_pairs,
+        target: Target::of(&api.backend),
+        timeout_override: None,
+        retry: None,
+        body: if has_body {
+            RequestBody::Stream { payload, length }
+        } else {
+            RequestBody::None
+        },
+        variables: Default::default(),
+        response: None,
+        error: None,
+        backend_duration: None,
+        request_bytes: 0,
+        cache: CacheStatus::None,
+        guards: Vec::new(),
+        cors: None,
+        shared_state: Default::default(),
+    };
+    let mut response = pipeline::run(&mut ex, &pipeline, &traffic.runtime).await;
+    if let Some((cors, origin)) = ex.cors.take() {
+        pipeline::decorate(&cors, origin, &mut response.headers);
+    }
+    record.backend_duration = ex.backend_duration;
+    record.request_bytes = ex.request_bytes;
+    record.cache = ex.cache;
+    record.error_reason = ex.error.as_ref().map(|e| e.reason);
+    Ok((response, std::mem::take(&mut ex.guards)))
+}
+
+/// Checks the subscription key against the API: the subscription to use (if any), or the
+/// reason to refuse.
+fn check_key(
+    traffic: &Traffic,
+    table: &CompiledTable,
+    key: Option<&str>,
+    api: &CompiledApi,
+) -> Result<Option<Arc<CompiledSubscription>>, GatewayError> {
+    let required = api.subscription_required;
+    let api = &*api.name;
+    let Some(key) = key.filter(|k| !k.is_empty()) else {
+        return if required {
+            Err(GatewayError::missing_key(
+                traffic.key_header.as_ref().map_or("", HeaderName::as_str),
+                &traffic.key_query,
+            ))
+        } else {
+            Ok(None)
+        };
+    };
+    let Some(sub) = table.subscription(key) else {
+        // A key is not needed here: a stale one is ignored rather than refused.
+        return if required {
+            Err(GatewayError::invalid_key())
+        } else {
+            Ok(None)
+        };
+    };
+    if !sub.allows(api) {
+        return if required {
+            Err(GatewayError::key_out_of_scope(api))
+        } else {
+            Ok(None)
+        };
+    }
+    match sub.state_at(chrono::Utc::now()) {
+        SubscriptionState::Active => Ok(Some(sub.clone())),
+        _ if !required => Ok(None),
+        SubscriptionState::Suspended => Err(GatewayError::subscription_inactive("suspended")),
+        SubscriptionState::Expired => Err(GatewayError::subscription_inactive("expired")),
+    }
+}
+
+/// The Host header (or the URI's authority, for HTTP/2) in lowercase, without port.
+fn request_host(req: &HttpRequest) -> String {
+    let raw = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+        .unwrap_or("");
+    let host = if let Some(rest) = raw.strip_prefix('[') {
+        rest.split(']').next().unwrap_or(rest)
+    } else {
+        raw.rsplit_once(':').map_or(raw, |(h, _)| h)
+    };
+    host.to_ascii_lowercase()
+}
+
+/// A raw query parameter value by name.
+fn query_raw<'q>(query: &'q str, name: &str) -> Option<&'q str> {
+    if name.is_empty() {
+        return None;
+    }
+    query.split('&').find_map(|p| {
+        let (k, v) = p.split_once('=').unwrap_or((p, ""));
+        (k == name).then_some(v)
+    })
+}
+
+fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
+/// `X-Forwarded-For` (appended to what earlier proxies wrote, which is passed on but never
+/// trusted for decisions), `X-Forwarded-Proto` (this listener's scheme, not a header's) and
+/// `X-Forwarded-Host` (the host the client asked for).
+fn add_forwarded(req: &HttpRequest, headers: &mut HeaderMap, client_ip: Option<IpAddr>) {
+    if let Some(ip) = client_ip {
+        let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            Some(prior) if !prior.trim().is_empty() => format!("{prior}, {ip}"),
+            _ => ip.to_string(),
+        };
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert(X_FORWARDED_FOR, v);
+        }
+    }
+    let proto = if req.app_config().secure() {
+        "https"
+    } else {
+        "http"
+    };
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    if let Some(host) = req.headers().get(header::HOST) {
+        headers.insert(X_FORWARDED_HOST, host.clone());
+    }
+}
+
+/// Keeps a valid W3C `traceparent` or starts a trace; returns the request id (the trace id).
+fn ensure_traceparent(headers: &mut HeaderMap) -> String {
+    if let Some(tp) = headers.get(&TRACEPARENT).and_then(|v| v.to_str().ok())
+        && valid_traceparent(tp)
+    {
+        return tp[3..35].to_owned();
+    }
+    let trace: u128 = rand::random::<u128>() | 1;
+    let span: u64 = rand::random::<u64>() | 1;
+    let trace_id = format!("{trace:032x}");
+    let value = format!("00-{trace_id}-{span:016x}-01");
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(TRACEPARENT, v);
+    }
+    trace_id
+}
+
+fn valid_traceparent(tp: &str) -> bool {
+    let parts: Vec<&str> = tp.split('-').collect();
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    parts.len() >= 4
+        && hex(parts[0], 2)
+        && parts[0] != "ff"
+        && hex(parts[1], 32)
+        && parts[1].bytes().any(|b| b != b'0')
+        && hex(parts[2], 16)
+        && parts[2].bytes().any(|b| b != b'0')
+        && hex(parts[3], 2)
+}
+
+// === the end of a request ===
+
+/// Turns the pipeline's response into the HTTP response, with a body that reports the request
+/// to metrics and the observer once it has been sent.
+fn finish(
+    traffic: &Traffic,
+    response: Response,
+    mut record: RequestRecord,
+    guards: Vec<ConcurrencyGuard>,
+    started: Instant,
+) -> HttpResponse {
+    record.status = response.status.as_u16();
+    let body = ObservedBody {
+        inner: response.body,
+        sent: 0,
+        done: Some(Done {
+            record,
+            started,
+            observer: traffic.observer.clone(),
+            _guards: guards,
+        }),
+    };
+    let mut res = HttpResponse::with_body(response.status, body);
+    *res.headers_mut() = response.headers;
+    res.map_into_boxed_body()
+}
+
+struct Done {
+    record: RequestRecord,
+    started: Instant,
+    observer: Option<Arc<dyn RequestObserver>>,
+    /// Released when the response is done.
+    _guards: Vec<ConcurrencyGuard>,
+}
+
+impl Done {
+    fn report(mut self, sent: u64) {
+        let r = &mut self.record;
+        r.duration = self.started.elapsed();
+        r.response_bytes = sent;
+        let api = r.api.clone().unwrap_or_else(|| Arc::from(UNMATCHED));
+        let operation = r.operation.clone().unwrap_or_else(|| Arc::from(UNMATCHED));
+        metrics::counter!(
+            "outpost_requests_total",
+            "api" => api.clone(),
+            "operation" => operation,
+            "status" => status_label(r.status),
+        )
+        .increment(1);
+        metrics::histogram!("outpost_request_duration_seconds", "api" => api.clone())
+            .record(r.duration.as_secs_f64());
+        if let Some(d) = r.backend_duration {
+            metrics::histogram!("outpost_backend_duration_seconds", "api" => api)
+                .record(d.as_secs_f64());
+        }
+        if let Some(o) = &self.observer {
+            o.observe(r);
+        }
+    }
+}
+
+const UNMATCHED: &str = "unmatched";
+
+/// `"200"`, `"404"`, … without a per-request allocation.
+fn status_label(status: u16) -> Arc<str> {
+    static LABELS: OnceLock<Vec<Arc<str>>> = OnceLock::new();
+    let labels = LABELS.get_or_init(|| (0..600).map(|s| Arc::from(s.to_string())).collect());
+    labels
+        .get(usize::from(status))
+        .cloned()
+        .unwrap_or_else(|| Arc::from(status.to_string()))
+}
+
+/// The response body, counted; reports the request when it ends or is dropped.
+struct ObservedBody {
+    inner: BoxBody,
+    sent: u64,
+    done: Option<Done>,
+}
+
+impl MessageBody for ObservedBody {
+    type Error = Box<dyn std::error::Error>;
+
+    fn size(&self) -> BodySize {
+        self.inner.size()
+    }
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, Self::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_next(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(chunk))) => this.sent += chunk.len() as u64,
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
+                if let Some(done) = this.done.take() {
+                    done.report(this.sent);
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+}
+
+impl Drop for ObservedBody {
+    fn drop(&mut self) {
+        if let Some(done) = self.done.take() {
+            done.report(self.sent);
+        }
+    }
+}
