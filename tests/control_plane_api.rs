@@ -1009,3 +1009,15 @@ fn the_gateway_compiler_checks_every_change_before_commit() {
     assert!(got.iter().any(|p| p.contains("ca-pem")), "{got:?}");
     assert_eq!(cp.revision(), 0);
 }
+
+#[test]
+fn liveness_answers_without_a_token_on_both_listeners() {
+    let cp = cp();
+    let res = cp.anon(reqwest::Method::GET, "/healthz").send().unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let gw = format!("{}/healthz", cp.running.gateway_url());
+    assert_eq!(
+        Client::new().get(gw).send().unwrap().status(),
+        StatusCode::OK
+    );
+}

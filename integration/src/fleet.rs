@@ -42,7 +42,10 @@ impl ControlPlane {
         cmd.arg("control-plane")
             .env("OUTPOST_ADMIN_LISTEN", format!("127.0.0.1:{admin_port}"))
             .env("OUTPOST_ADMIN_TOKEN", ADMIN_TOKEN)
-            .env("OUTPOST_GATEWAY_API_LISTEN", format!("127.0.0.1:{gateway_port}"))
+            .env(
+                "OUTPOST_GATEWAY_API_LISTEN",
+                format!("127.0.0.1:{gateway_port}"),
+            )
             .env("OUTPOST_STORE_DATA_DIR", data_dir.display().to_string())
             .env("OUTPOST_LOG_LEVEL", "info");
         let process = ManagedProcess::spawn("control-plane", cmd).expect("spawn control plane");
@@ -55,7 +58,9 @@ impl ControlPlane {
         };
         wait_for_http_ok(&format!("{}/api/v1/openapi.json", cp.admin_url()), secs(30))
             .await
-            .unwrap_or_else(|e| panic!("control plane did not start: {e}\n{}", cp.process.tail(40)));
+            .unwrap_or_else(|e| {
+                panic!("control plane did not start: {e}\n{}", cp.process.tail(40))
+            });
         cp
     }
 
@@ -162,7 +167,12 @@ impl Gateway {
         Self::spawn_on(name, options, free_port(), free_port())
     }
 
-    pub fn spawn_on(name: &str, options: GatewayOptions, traffic_port: u16, ops_port: u16) -> Gateway {
+    pub fn spawn_on(
+        name: &str,
+        options: GatewayOptions,
+        traffic_port: u16,
+        ops_port: u16,
+    ) -> Gateway {
         let mut cmd = outpost_command();
         cmd.arg("gateway")
             .env("OUTPOST_LISTEN_HTTP", format!("127.0.0.1:{traffic_port}"))
@@ -224,7 +234,12 @@ impl Gateway {
     pub async fn restart(&mut self) {
         self.process.kill();
         let name = self.process.name().to_owned();
-        *self = Self::spawn_on(&name, self.options.clone(), self.traffic_port, self.ops_port);
+        *self = Self::spawn_on(
+            &name,
+            self.options.clone(),
+            self.traffic_port,
+            self.ops_port,
+        );
         self.wait_ready().await;
     }
 
@@ -259,7 +274,10 @@ impl Gateway {
     }
 
     /// Waits for the process to exit on its own; returns its status and output.
-    pub async fn wait_exit(&mut self, timeout: Duration) -> (Option<std::process::ExitStatus>, String) {
+    pub async fn wait_exit(
+        &mut self,
+        timeout: Duration,
+    ) -> (Option<std::process::ExitStatus>, String) {
         let status = self.process.wait_exit(timeout).await;
         (status, self.process.output_so_far())
     }

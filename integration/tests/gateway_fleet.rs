@@ -85,7 +85,10 @@ async fn wait_env(gw: &Gateway, expected: &str) {
     let url = gw.url("/echo/items");
     eventually(secs(20), ms(100), async || {
         let (status, body) = get(&url).await;
-        let env = body["headers"]["x-env"].as_str().unwrap_or_default().to_owned();
+        let env = body["headers"]["x-env"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         if status == 200 && env == expected {
             Ok(())
         } else {
@@ -103,8 +106,14 @@ async fn request_is_routed_transformed_and_config_changes_take_effect() {
 
     let (status, body) = get(&gw.url("/echo/items/42")).await;
     assert_eq!(status, 200, "{body:#}");
-    assert_eq!(body["path"], "/v2/items/42", "rewrite-uri applied: {body:#}");
-    assert_eq!(body["headers"]["x-env"], "prod", "set-header with named value: {body:#}");
+    assert_eq!(
+        body["path"], "/v2/items/42",
+        "rewrite-uri applied: {body:#}"
+    );
+    assert_eq!(
+        body["headers"]["x-env"], "prod",
+        "set-header with named value: {body:#}"
+    );
     assert!(
         body["headers"].get("ocp-apim-subscription-key").is_none(),
         "subscription key is not forwarded: {body:#}"
@@ -124,17 +133,16 @@ async fn control_plane_killed_traffic_keeps_flowing_then_resyncs() {
 
     let load = LoadLoop::start_with(50.0, secs(60), {
         let url = gw.url("/echo/items/1");
-        move |_| {
-            client()
-                .get(&url)
-                .header("Ocp-Apim-Subscription-Key", KEY)
-        }
+        move |_| client().get(&url).header("Ocp-Apim-Subscription-Key", KEY)
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
     f.cp.kill();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (ready, detail) = gw.readyz().await;
-    assert_eq!(ready, 200, "fail static: still ready without control plane: {detail:#}");
+    assert_eq!(
+        ready, 200,
+        "fail static: still ready without control plane: {detail:#}"
+    );
     let metrics = gw.metrics().await;
     assert!(
         metrics.contains("outpost_control_plane_connected 0"),
@@ -142,7 +150,10 @@ async fn control_plane_killed_traffic_keeps_flowing_then_resyncs() {
     );
     let report = load.stop().await;
     assert!(report.sent > 50, "{report}");
-    assert_eq!(report.failed, 0, "no failed requests while the control plane is down: {report}");
+    assert_eq!(
+        report.failed, 0,
+        "no failed requests while the control plane is down: {report}"
+    );
     assert_eq!(report.non_2xx(), 0, "{report}");
 
     // Changes made while the gateway was cut off reach it once the control plane is back.
@@ -215,7 +226,10 @@ async fn corrupt_backup_is_refused_with_a_clear_message() {
     assert!(!status.expect("exits").success(), "{output}");
     let lower = output.to_lowercase();
     assert!(
-        lower.contains("backup") && (lower.contains("checksum") || lower.contains("corrupt") || lower.contains("tamper")),
+        lower.contains("backup")
+            && (lower.contains("checksum")
+                || lower.contains("corrupt")
+                || lower.contains("tamper")),
         "the refusal names the backup problem:\n{output}"
     );
 }
@@ -226,9 +240,8 @@ async fn revoked_token_keeps_serving_and_reports_why() {
     let gw = Gateway::start("gateway", f.gateway_options(None)).await;
     wait_env(&gw, "prod").await;
 
-    let (status, body) = f
-        .cp
-        .call(
+    let (status, body) =
+        f.cp.call(
             "POST",
             "/api/v1/gateways/site-a/keys/regenerate",
             Some(json!({"key": "primary"})),
@@ -241,7 +254,11 @@ async fn revoked_token_keeps_serving_and_reports_why() {
     eventually(secs(20), ms(200), async || {
         let (ready, detail) = gw.readyz().await;
         let text = detail.to_string().to_lowercase();
-        if ready == 200 && (text.contains("unauthorized") || text.contains("revoked") || text.contains("signature")) {
+        if ready == 200
+            && (text.contains("unauthorized")
+                || text.contains("revoked")
+                || text.contains("signature"))
+        {
             Ok(())
         } else {
             Err(format!("{ready} {detail}"))
@@ -251,7 +268,10 @@ async fn revoked_token_keeps_serving_and_reports_why() {
     .unwrap();
     let (status, body) = get(&gw.url("/echo/items/1")).await;
     assert_eq!(status, 200, "still serving the last config: {body:#}");
-    assert_eq!(body["headers"]["x-env"], "prod", "and it is the last config it was allowed to see");
+    assert_eq!(
+        body["headers"]["x-env"], "prod",
+        "and it is the last config it was allowed to see"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -292,5 +312,8 @@ async fn invalid_offline_file_is_refused_listing_every_problem() {
     );
     let (status, output) = gw.wait_exit(secs(30)).await;
     assert!(!status.expect("exits").success(), "{output}");
-    assert!(output.contains("apis[0]") && output.contains("apis[1]"), "every problem listed:\n{output}");
+    assert!(
+        output.contains("apis[0]") && output.contains("apis[1]"),
+        "every problem listed:\n{output}"
+    );
 }

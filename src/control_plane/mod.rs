@@ -169,6 +169,11 @@ fn connectable(addr: SocketAddr) -> SocketAddr {
 
 /// Opens the store, resolves the admin token, starts both listeners and returns once they
 /// accept connections.
+/// Liveness for container health checks and load balancers: answers while the process serves.
+async fn healthz() -> actix_web::HttpResponse {
+    actix_web::HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+}
+
 pub fn start(settings: ControlPlaneSettings) -> Result<RunningControlPlane, String> {
     let mut problems = Problems::new();
     settings.validate(&mut problems);
@@ -218,6 +223,7 @@ pub fn start(settings: ControlPlaneSettings) -> Result<RunningControlPlane, Stri
                         .app_data(admin_state.clone())
                         .app_data(token_data.clone())
                         .app_data(admin_gw_state.clone())
+                        .route("/healthz", web::get().to(healthz))
                         .configure(dashboard::configure)
                         .configure(admin_api::configure_public)
                         .service(
@@ -236,6 +242,7 @@ pub fn start(settings: ControlPlaneSettings) -> Result<RunningControlPlane, Stri
                 let gateway = HttpServer::new(move || {
                     App::new()
                         .app_data(gw_state.clone())
+                        .route("/healthz", web::get().to(healthz))
                         // The gateway-facing endpoint (gateway_api.rs).
                         .configure(gateway_api::configure_gateway_api)
                         .default_service(web::to(admin_api::no_route))
