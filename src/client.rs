@@ -258,7 +258,14 @@ fn write_output(output: Option<&Path>, text: &str) -> Result<(), String> {
 /// Checks a declarative file offline.
 pub fn validate(file: &Path) -> Result<ExitCode, String> {
     let text = read_file(file)?;
-    match Document::from_yaml(&text) {
+    // The same two checks the control plane runs before accepting a change: the model's rules,
+    // then the gateway's own compiler.
+    let checked = Document::from_yaml(&text).and_then(|doc| {
+        outpost_actors::route_table::validate_config(&doc.resources)
+            .into_result()
+            .map(|()| doc)
+    });
+    match checked {
         Ok(doc) => {
             println!(
                 "{}: valid, {} resources",

@@ -670,6 +670,7 @@ apis:
         - set-query-parameter: {{name: gone, exists-action: delete}}
       outbound:
         - set-header: {{name: X-Served-By, value: "outpost {{gateway.name}}"}}
+        - set-header: {{name: X-Asked-With, value: "{{request.header.X-In}}"}}
         - set-header: {{name: X-Sample-Backend, exists-action: delete}}
     operations:
       - {{name: get, method: GET, url-template: "/items/{{id}}"}}
@@ -826,6 +827,11 @@ async fn header_query_and_uri_policies() {
     assert_eq!(echo["path"], "/api/items/5");
     // Outbound acts on the response.
     assert_eq!(a.header("x-served-by"), Some("outpost edge-1"));
+    assert_eq!(
+        a.header("x-asked-with"),
+        Some("in"),
+        "outbound policies still see the request headers after forwarding"
+    );
     assert_eq!(a.header("x-sample-backend"), None);
 
     let a = get(&gw, "/headers/rw/7/a/b?keep=1", &[]).await;

@@ -179,7 +179,7 @@ pub struct Quota {
     /// Kilobytes (request + response bodies) per period.
     #[serde(default)]
     pub bandwidth: Option<u64>,
-    /// Fixed window length in seconds (3600 … 31_536_000).
+    /// Fixed window length in seconds (1 … 31_536_000; typically hours to a year).
     pub renewal_period: u64,
     #[serde(default)]
     pub outage: OutageMode,

@@ -99,10 +99,10 @@ pub async fn send(ex: &mut Exchange, rt: &Runtime) -> Result<Response, GatewayEr
             format!("The backend URL '{url}' is not valid."),
         )
     })?;
-    let mut headers = std::mem::take(&mut ex.request_headers);
-    strip_hop_by_hop(&mut headers);
-    headers.remove(header::HOST);
-    headers.remove(header::EXPECT);
+    // The request headers stay in the exchange: outbound and on-error policies may still read
+    // them (`{request.header.X}`). Host and Expect are per-hop for us and skipped when copying.
+    strip_hop_by_hop(&mut ex.request_headers);
+    let headers = &ex.request_headers;
     let client = client_for(&ex.target.tls);
     let timeout = ex.timeout();
     let backend = ex.target.name.clone();
@@ -210,7 +210,9 @@ fn request(
         .timeout(timeout)
         .no_decompress();
     for (name, value) in headers {
-        req.headers_mut().append(name.clone(), value.clone());
+        if name != header::HOST && name != header::EXPECT {
+            req.headers_mut().append(name.clone(), value.clone());
+        }
     }
     req
 }
