@@ -151,10 +151,10 @@ fn wait_ready(ops_url: &str) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Ok(res) = client.get(format!("{ops_url}/readyz")).send() {
-            if res.status().is_success() {
-                return Ok(());
-            }
+        if let Ok(res) = client.get(format!("{ops_url}/readyz")).send()
+            && res.status().is_success()
+        {
+            return Ok(());
         }
         if Instant::now() > deadline {
             return Err("the demo gateway did not become ready within 30 s".into());

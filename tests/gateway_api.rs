@@ -32,6 +32,7 @@ use serde_json::{Value, json};
 struct Cp {
     base: String,
     store: Arc<Store>,
+    state: web::Data<GatewayApiState>,
     client: awc::Client,
 }
 
@@ -42,6 +43,7 @@ fn store(change_log_limit: u64) -> Arc<Store> {
 fn start(store: Arc<Store>) -> Cp {
     let settings = ControlPlaneSettings::default();
     let data = web::Data::new(GatewayApiState::new(store.clone(), &settings));
+    let state = data.clone();
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
@@ -56,6 +58,7 @@ fn start(store: Arc<Store>) -> Cp {
     Cp {
         base: format!("http://{addr}"),
         store,
+        state,
         client: awc::Client::builder()
             .timeout(Duration::from_secs(60))
             .finish(),
@@ -305,28 +308,28 @@ async fn gateway_follows_every_change_and_hashes_match() {
     two_sites(&cp.store);
     let token = token(&cp.store, "gw-a");
     let mut snap = GatewaySnapshot::default();
-    let changes: Vec<Box<dyn Fn(&Store)>> = vec![
-        Box::new(|s| {
-            put(s, vec![named_value("host-a", "elsewhere")]);
-        }),
-        // Assign api-b too: its backend, secret, product and subscription arrive.
-        Box::new(|s| {
-            put(s, vec![gateway("gw-a", &["api-a", "api-b"])]);
-        }),
-        // And take it away again: they are deleted.
-        Box::new(|s| {
-            put(s, vec![gateway("gw-a", &["api-a"])]);
-        }),
-        Box::new(|s| {
-            s.delete(
-                ResourceKey::new(Kind::Subscription, "sub-a"),
-                Precondition::None,
-            )
-            .unwrap();
-        }),
-    ];
-    for (i, change) in changes.iter().enumerate() {
-        change(&cp.store);
+    for i in 0..4 {
+        match i {
+            0 => {
+                put(&cp.store, vec![named_value("host-a", "elsewhere")]);
+            }
+            // Assign api-b too: its backend, secret, product and subscription arrive.
+            1 => {
+                put(&cp.store, vec![gateway("gw-a", &["api-a", "api-b"])]);
+            }
+            // And take it away again: they are deleted.
+            2 => {
+                put(&cp.store, vec![gateway("gw-a", &["api-a"])]);
+            }
+            _ => {
+                cp.store
+                    .delete(
+                        ResourceKey::new(Kind::Subscription, "sub-a"),
+                        Precondition::None,
+                    )
+                    .unwrap();
+            }
+        }
         let update = cp.poll(&token, snap.revision, 0, i % 2 == 0).await.update();
         assert_eq!(update.full, snap.revision == 0);
         snap = snap.apply(&update).unwrap();
@@ -393,16 +396,24 @@ async fn long_poll_answers_on_change_and_304_on_timeout() {
 
     let writer = {
         let store = cp.store.clone();
+        let state = cp.state.clone();
         std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(300));
-            put(&store, vec![api("api-a", "be-a", "changed")])
+            // Change only once the poll is waiting, so the wake-up path is what answers.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while state.waiting_polls() == 0 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let waiting = state.waiting_polls();
+            (waiting, put(&store, vec![api("api-a", "be-a", "changed")]))
         })
     };
     let answer = cp.poll(&token, r1, 20, false).await;
-    let r2 = writer.join().unwrap();
+    let (waiting, r2) = writer.join().unwrap();
+    assert_eq!(waiting, 1, "the poll was waiting when the change came");
+    assert_eq!(cp.state.waiting_polls(), 0);
     assert!(
         answer.elapsed < Duration::from_secs(10),
-        "the poll waited {:?} for a change made after 300 ms",
+        "the poll waited {:?} although the change came while it waited",
         answer.elapsed
     );
     let update = answer.update();

@@ -22,8 +22,13 @@
 //! (from, to) pairs, so the instances of one gateway share one computation and the view at `R`
 //! computed on the previous change is reused as the base of the next delta. Cache misses run on
 //! the blocking pool behind a semaphore sized to the cores, so a burst of wake-ups neither blocks
-//! actix workers nor spawns hundreds of threads. Gateway keys are cached too (see
-//! [`GatewayApiState::keys_for_auth`]), so polls do not queue on the store's SQLite connection.
+//! actix workers nor spawns hundreds of threads. A view is computed from the gateway's candidate
+//! resources only (not other gateways' APIs), so its cost does not grow with the number of
+//! gateways. Gateway keys are cached too (invalidated by regeneration, by a change of the gateway
+//! resource, and after 30 s), so polls do not queue on the store's SQLite connection.
+//!
+//! Instance status and telemetry live in memory ([`instances`], [`telemetry`]); after a
+//! control plane restart they are rebuilt from the next heartbeats and uploads.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -42,6 +47,7 @@ use outpost_model::wire::{
     self, BINCODE_MEDIA_TYPE, CONFIG_PATH, ConfigUpdate, HEARTBEAT_PATH, Heartbeat, HeartbeatAck,
     TELEMETRY_PATH, TelemetryBatch,
 };
+use outpost_model::{Kind, Resource, ResourceKey};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
@@ -67,8 +73,8 @@ const MAX_FIELD_LEN: usize = 256;
 /// key changed behind this module's back (directly in the store) keeps working.
 const KEYS_TTL: Duration = Duration::from_secs(30);
 /// Views and answers kept per gateway.
-const VIEWS_KEPT: usize = 4;
-const UPDATES_KEPT: usize = 8;
+const VIEWS_KEPT: usize = 2;
+const UPDATES_KEPT: usize = 4;
 
 /// Everything the gateway endpoint and its admin routes share. One instance serves both
 /// listeners (wrap it in one `web::Data` and hand clones to both apps), so heartbeats received
@@ -181,7 +187,7 @@ impl GatewayApiState {
             }
             .into()
         };
-        let key = outpost_model::ResourceKey::new(outpost_model::Kind::Gateway, gateway);
+        let key = ResourceKey::new(Kind::Gateway, gateway);
         let gateway_revision = self.store.state().get(&key).ok_or_else(unknown)?.revision;
         let epoch = {
             let cache = self.keys.lock().expect("keys cache lock");
@@ -405,7 +411,8 @@ impl ViewCache {
         };
         cell.get_or_init(|| {
             self.forget_deleted_gateways(state);
-            let view = gateway_view(state.iter_resources(), Some(gateway));
+            let candidates = candidates(state, gateway);
+            let view = gateway_view(candidates.iter().copied(), Some(gateway));
             let hash = content_hash(&view);
             Arc::new(GatewayView {
                 revision: state.revision,
@@ -448,15 +455,42 @@ impl ViewCache {
         }
         self.gateways.retain(|name, _| {
             state
-                .get(&outpost_model::ResourceKey::new(
-                    outpost_model::Kind::Gateway,
-                    name.clone(),
-                ))
+                .get(&ResourceKey::new(Kind::Gateway, name.clone()))
                 .is_some()
         });
         self.sweep_above
             .store(2 * self.gateways.len() + 64, Ordering::Relaxed);
     }
+}
+
+/// What `gateway_view` needs to look at for `gateway`: everything but the APIs not assigned to
+/// it and the other gateways, which never enter nor influence its view. Most of a large
+/// configuration is other gateways' APIs, so this is what keeps one gateway's view cheap when a
+/// thousand gateways wake up on one change (`gateway_view` indexes whatever it is given).
+fn candidates<'a>(state: &'a State, gateway: &str) -> Vec<&'a Resource> {
+    let Some(stored) = state.get(&ResourceKey::new(Kind::Gateway, gateway)) else {
+        return Vec::new();
+    };
+    let Resource::Gateway(gw) = &stored.resource else {
+        return Vec::new();
+    };
+    let mut out = vec![&stored.resource];
+    out.extend(
+        gw.apis
+            .iter()
+            .filter_map(|api| state.get(&ResourceKey::new(Kind::Api, api.clone())))
+            .map(|s| &s.resource),
+    );
+    for kind in [
+        Kind::NamedValue,
+        Kind::Backend,
+        Kind::Product,
+        Kind::Subscription,
+        Kind::GlobalPolicy,
+    ] {
+        out.extend(state.of_kind(kind).map(|s| &s.resource));
+    }
+    out
 }
 
 // === encodings ===
@@ -596,9 +630,11 @@ async fn poll_config(
     // Subscribe before looking, so a change between the look and the wait is not missed.
     let mut revisions = state.store.subscribe();
     let deadline = tokio::time::Instant::now() + wait;
+    let mut waited = false;
     {
         let _waiting = Waiting::new(&state.waiting);
         while state.store.revision() == after {
+            waited = true;
             match tokio::time::timeout_at(deadline, revisions.changed()).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => return Err(ApiError::Internal("the store is closed".into())),
@@ -611,6 +647,13 @@ async fn poll_config(
         }
     }
 
+    // A key may have been regenerated (or the token expired) while the poll waited: the answer
+    // goes only to a token that is still valid now, not to one that was valid when it asked.
+    let token = if waited {
+        state.authenticate(&req).await?
+    } else {
+        token
+    };
     let body = match state.ready_body(&token.gateway, after, format) {
         Some(body) => body,
         None => {
@@ -791,4 +834,84 @@ pub fn configure_admin(cfg: &mut web::ServiceConfig) {
             .app_data(query())
             .route(web::get().to(telemetry::get_summary)),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control_plane::store::{Precondition, StoreOptions, Write};
+    use serde_json::json;
+
+    fn res(kind: Kind, body: serde_json::Value) -> Resource {
+        Resource::from_json(kind, body).unwrap()
+    }
+
+    /// The shortcut in [`candidates`] must never change a view: compare with `gateway_view` over
+    /// everything, on a configuration where gateways share products, subscriptions, backends
+    /// and named values in every way the model allows.
+    #[test]
+    fn candidates_give_the_same_views_as_the_whole_config() {
+        let store = Store::open(std::path::Path::new(":memory:"), StoreOptions::default()).unwrap();
+        let mut all = vec![
+            res(Kind::NamedValue, json!({"name": "host", "value": "h"})),
+            res(Kind::NamedValue, json!({"name": "hdr", "value": "v"})),
+            res(Kind::NamedValue, json!({"name": "unused", "value": "u"})),
+            res(
+                Kind::Backend,
+                json!({"name": "b1", "url": "http://{{host}}"}),
+            ),
+            res(Kind::Backend, json!({"name": "b2", "url": "http://b2"})),
+            res(Kind::Backend, json!({"name": "b3", "url": "http://b3"})),
+            res(
+                Kind::GlobalPolicy,
+                json!({"name": "global", "policies": {"inbound": [
+                    {"set-header": {"name": "X-G", "value": "{{hdr}}"}}]}}),
+            ),
+        ];
+        for (i, backend) in ["b1", "b2", "b3", "b1"].iter().enumerate() {
+            all.push(res(
+                Kind::Api,
+                json!({"name": format!("api-{i}"), "path": format!("p{i}"), "backend": backend}),
+            ));
+        }
+        all.extend([
+            res(
+                Kind::Product,
+                json!({"name": "p01", "apis": ["api-0", "api-1"]}),
+            ),
+            res(Kind::Product, json!({"name": "p3", "apis": ["api-3"]})),
+            res(
+                Kind::Subscription,
+                json!({"name": "s-all", "scope": "all-apis"}),
+            ),
+            res(
+                Kind::Subscription,
+                json!({"name": "s-p01", "scope": {"product": "p01"}}),
+            ),
+            res(
+                Kind::Subscription,
+                json!({"name": "s-a2", "scope": {"api": "api-2"}}),
+            ),
+            res(Kind::Gateway, json!({"name": "g0", "apis": ["api-0"]})),
+            res(
+                Kind::Gateway,
+                json!({"name": "g12", "apis": ["api-1", "api-2"]}),
+            ),
+            res(Kind::Gateway, json!({"name": "g3", "apis": ["api-3"]})),
+            res(Kind::Gateway, json!({"name": "none", "apis": []})),
+        ]);
+        store
+            .commit(
+                all.into_iter()
+                    .map(|r| Write::Put(Box::new(r), Precondition::None))
+                    .collect(),
+            )
+            .unwrap();
+        let state = store.state();
+        for gw in ["g0", "g12", "g3", "none", "missing"] {
+            let expected = gateway_view(state.iter_resources(), Some(gw));
+            let shortcut = gateway_view(candidates(&state, gw).iter().copied(), Some(gw));
+            assert_eq!(shortcut, expected, "{gw}");
+        }
+    }
 }

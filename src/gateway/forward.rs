@@ -112,7 +112,7 @@ pub async fn send(ex: &mut Exchange, rt: &Runtime) -> Result<Response, GatewayEr
         let started = Instant::now();
         let overflow = Rc::new(Cell::new(false));
         let counted = Rc::new(Cell::new(0u64));
-        let req = request(&client, &ex.method, &uri, &headers, timeout);
+        let req = request(&client, &ex.method, &uri, headers, timeout);
         let sent = match body {
             RequestBody::Stream { payload, length } => {
                 let stream = Limited {
@@ -169,7 +169,7 @@ pub async fn send(ex: &mut Exchange, rt: &Runtime) -> Result<Response, GatewayEr
     let mut spent = Duration::ZERO;
     let mut attempt = 0;
     loop {
-        let req = request(&client, &ex.method, &uri, &headers, timeout);
+        let req = request(&client, &ex.method, &uri, headers, timeout);
         let started = Instant::now();
         let sent = match &bytes {
             Some(b) => req.send_body(b.clone()).await,
