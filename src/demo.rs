@@ -186,7 +186,8 @@ Outpost demo is running (configuration revision {revision}; data in {dir}).
 
   gateway      {gw}
   gateway ops  {ops}   (/healthz /readyz /metrics)
-  control plane {admin}  (dashboard at /, management API at /api/v1, admin token below)
+  control plane {admin}  (management API at /api/v1, admin token below)
+  dashboard    {admin}/#token={token}
   admin token  {token}
 
 Try these:
