@@ -78,7 +78,7 @@ pub fn run(port_base: u16) -> Result<(), String> {
         &dir.path().display().to_string(),
     );
 
-    wait_for_signal();
+    crate::signals::wait_for_stop(std::future::pending())?;
     eprintln!("\nstopping the demo…");
     gw.stop();
     cp.stop();
@@ -161,21 +161,6 @@ fn wait_ready(ops_url: &str) -> Result<(), String> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-fn wait_for_signal() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("signal runtime");
-    rt.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    });
 }
 
 fn print_guide(gw: &str, ops: &str, admin: &str, token: &str, revision: u64, dir: &str) {

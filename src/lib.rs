@@ -21,3 +21,4 @@ pub mod gateway;
 pub mod logging;
 pub mod sample_backend;
 pub mod settings;
+pub mod signals;

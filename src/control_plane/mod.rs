@@ -357,35 +357,13 @@ pub fn run(settings: ControlPlaneSettings) -> Result<(), String> {
         running.admin_url(),
         running.gateway_url()
     );
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start a runtime: {e}"))?;
-    let signal = runtime.block_on(async {
-        #[cfg(unix)]
-        let term = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut s) => {
-                    s.recv().await;
-                }
-                Err(_) => std::future::pending::<()>().await,
-            }
-        };
-        #[cfg(not(unix))]
-        let term = std::future::pending::<()>();
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => Some("SIGINT"),
-            _ = term => Some("SIGTERM"),
-            _ = running.stopped() => None,
-        }
-    });
-    match signal {
-        Some(name) => {
+    match crate::signals::wait_for_stop(running.stopped())? {
+        crate::signals::Stop::Signal(name) => {
             tracing::info!(signal = name, "stopping");
             running.stop();
             Ok(())
         }
-        None => {
+        crate::signals::Stop::Stopped => {
             running.join();
             Err("the control plane's listeners stopped unexpectedly".into())
         }

@@ -772,35 +772,13 @@ pub fn run(settings: GatewaySettings) -> Result<(), String> {
         running.ops_url(),
         running.config_source().as_str()
     );
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start a runtime: {e}"))?;
-    let signal = runtime.block_on(async {
-        #[cfg(unix)]
-        let term = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut s) => {
-                    s.recv().await;
-                }
-                Err(_) => std::future::pending::<()>().await,
-            }
-        };
-        #[cfg(not(unix))]
-        let term = std::future::pending::<()>();
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => Some("SIGINT"),
-            _ = term => Some("SIGTERM"),
-            _ = running.stopped() => None,
-        }
-    });
-    match signal {
-        Some(name) => {
+    match crate::signals::wait_for_stop(running.stopped())? {
+        crate::signals::Stop::Signal(name) => {
             tracing::info!(signal = name, "stopping");
             running.stop();
             Ok(())
         }
-        None => {
+        crate::signals::Stop::Stopped => {
             running.join();
             Err("the gateway's listeners stopped unexpectedly".into())
         }
