@@ -77,6 +77,49 @@ impl ControlPlane {
         self.process.kill();
     }
 
+    /// Like [`ControlPlane::start_on`], with a process name and extra `OUTPOST_*` variables
+    /// (e.g. `OUTPOST_INSTANCES_STALE_AFTER_SECS`). The caller owns `data_dir`.
+    pub async fn start_on_with(
+        name: &str,
+        data_dir: &Path,
+        admin_port: u16,
+        gateway_port: u16,
+        extra_env: &[(String, String)],
+    ) -> ControlPlane {
+        let mut cmd = outpost_command();
+        cmd.arg("control-plane")
+            .env("OUTPOST_ADMIN_LISTEN", format!("127.0.0.1:{admin_port}"))
+            .env("OUTPOST_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("OUTPOST_GATEWAY_API_LISTEN", format!("127.0.0.1:{gateway_port}"))
+            .env("OUTPOST_STORE_DATA_DIR", data_dir.display().to_string())
+            .env("OUTPOST_LOG_LEVEL", "info");
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let process = ManagedProcess::spawn(name, cmd).expect("spawn control plane");
+        let cp = ControlPlane {
+            process,
+            admin_port,
+            gateway_port,
+            data_dir: data_dir.to_owned(),
+            _tmp: None,
+        };
+        wait_for_http_ok(&format!("{}/api/v1/openapi.json", cp.admin_url()), secs(30))
+            .await
+            .unwrap_or_else(|e| panic!("control plane did not start: {e}\n{}", cp.process.tail(40)));
+        cp
+    }
+
+    /// Graceful stop (SIGTERM, then SIGKILL after `grace`), as an operator's upgrade does.
+    pub async fn stop_graceful(&mut self, grace: Duration) -> std::process::ExitStatus {
+        self.process.stop(grace).await
+    }
+
+    /// The gateway listener's address (what a gateway, or a proxy in front of it, connects to).
+    pub fn gateway_addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.gateway_port))
+    }
+
     pub fn admin_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.admin_port)
     }
@@ -228,6 +271,20 @@ impl Gateway {
         wait_for_http_ok(&format!("{}/readyz", self.ops_url()), secs(30))
             .await
             .unwrap_or_else(|e| panic!("gateway not ready: {e}\n{}", self.process.tail(40)));
+    }
+
+    /// Graceful stop (SIGTERM, then SIGKILL after `grace`): listeners drain, telemetry still
+    /// in memory goes to the spool. Ports and options are kept for [`Gateway::respawn`].
+    pub async fn stop_graceful(&mut self, grace: Duration) -> std::process::ExitStatus {
+        self.process.stop(grace).await
+    }
+
+    /// Starts a new process with the same name, options and ports (after a stop or a kill, or
+    /// killing the running one); does not wait for readiness.
+    pub fn respawn(&mut self) {
+        self.process.kill();
+        let name = self.process.name().to_owned();
+        *self = Self::spawn_on(&name, self.options.clone(), self.traffic_port, self.ops_port);
     }
 
     /// Kills the process and starts a new one with the same options and ports.

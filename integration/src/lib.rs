@@ -16,6 +16,8 @@
 //! - [`backend`]: [`TestBackend`], an HTTP backend that echoes what it received and counts it.
 //! - [`http`]: a test [`client`], [`hey`] for bounded bursts and [`LoadLoop`] for steady
 //!   background load during faults.
+//! - [`scenarios`]: the fault suite (control plane, site A on Redis, site B with backup, one
+//!   fault at a time), shared by `tests/fault_suite.rs` and the `reliability-report` binary.
 //!
 //! Ground rules the pieces enforce, so the suites can't get them wrong:
 //!
@@ -64,6 +66,7 @@ pub mod http;
 pub mod ports;
 pub mod process;
 pub mod redis;
+pub mod scenarios;
 pub mod wait;
 
 pub use backend::TestBackend;
