@@ -131,7 +131,24 @@ pub async fn send(ex: &mut Exchange, rt: &Runtime) -> Result<Response, GatewayEr
                 counted.set(bytes.len() as u64);
                 req.send_body(bytes).await
             }
-            RequestBody::None | RequestBody::Taken => req.send().await,
+            RequestBody::None | RequestBody::Taken => {
+                let first = req.send().await;
+                // A pooled keep-alive connection the backend closed an instant before we wrote
+                // on it fails without the backend having seen the request. For a bodiless
+                // idempotent request that is safe to send once more on a fresh connection (what
+                // nginx's proxy_next_upstream does by default); anything else is reported.
+                match first {
+                    Err(e) if stale_connection(&e) && idempotent(&ex.method) => {
+                        metrics::counter!("outpost_backend_resends_total", "backend" => backend.clone())
+                            .increment(1);
+                        request(&client, &ex.method, &uri, headers, timeout)
+                            .force_close()
+                            .send()
+                            .await
+                    }
+                    other => other,
+                }
+            }
         };
         ex.backend_duration = Some(started.elapsed());
         ex.request_bytes = counted.get();
@@ -196,6 +213,27 @@ pub async fn send(ex: &mut Exchange, rt: &Runtime) -> Result<Response, GatewayEr
             actix_rt::time::sleep(retry.interval).await;
         }
     }
+}
+
+/// The request died on the connection itself (not a timeout, not an answer we dislike).
+fn stale_connection(e: &awc::error::SendRequestError) -> bool {
+    use awc::error::SendRequestError;
+    matches!(e, SendRequestError::Send(_))
+        || matches!(
+            e,
+            SendRequestError::Response(actix_web::error::ParseError::Incomplete)
+        )
+        || matches!(
+            e,
+            SendRequestError::Response(actix_web::error::ParseError::Io(_))
+        )
+}
+
+fn idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    )
 }
 
 fn request(

@@ -323,12 +323,6 @@ async fn serve(
         }
     };
     identity.started_from = loaded.source;
-    watcher.do_send(ConfigApplied(AppliedConfig {
-        source: loaded.source,
-        revision: loaded.snapshot.revision,
-        hash: loaded.snapshot.hash.clone(),
-        applied_at: Utc::now(),
-    }));
 
     let link = match &plan {
         Plan::ControlPlane { link, .. } => Some(link.clone()),
@@ -344,6 +338,32 @@ async fn serve(
     });
     let telemetry = telemetry.start();
 
+    let stores = match policies::start(&settings, watcher.clone().recipient()).await {
+        Ok(stores) => stores,
+        Err(e) => {
+            ops_handle.stop(false).await;
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let traffic = match start_traffic(&settings, table, recorder, stores) {
+        Ok(t) => t,
+        Err(e) => {
+            ops_handle.stop(false).await;
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let (traffic, traffic_addr) = traffic;
+    // Ready only now: the traffic listener is bound, so a load balancer trusting /readyz never
+    // sends a request to a port that is not listening yet. ConfigSync starts after this first
+    // report so its newer revisions always arrive after it.
+    watcher.do_send(ConfigApplied(AppliedConfig {
+        source: loaded.source,
+        revision: loaded.snapshot.revision,
+        hash: loaded.snapshot.hash.clone(),
+        applied_at: Utc::now(),
+    }));
     if let Some(link) = link {
         let cp = &settings.control_plane;
         ConfigSync::new(
@@ -367,23 +387,6 @@ async fn serve(
         .start();
     }
 
-    let stores = match policies::start(&settings, watcher.clone().recipient()).await {
-        Ok(stores) => stores,
-        Err(e) => {
-            ops_handle.stop(false).await;
-            let _ = ready.send(Err(e));
-            return;
-        }
-    };
-    let traffic = match start_traffic(&settings, table, recorder, stores) {
-        Ok(t) => t,
-        Err(e) => {
-            ops_handle.stop(false).await;
-            let _ = ready.send(Err(e));
-            return;
-        }
-    };
-    let (traffic, traffic_addr) = traffic;
     let servers = vec![ops_handle, traffic.handle()];
     let traffic_task = actix_rt::spawn(traffic);
     let _ = ready.send(Ok(Started {
