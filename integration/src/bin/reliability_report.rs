@@ -22,20 +22,15 @@ Intermittent, seen in earlier runs of this suite while the host was loaded (othe
 benchmarks on the same 2 cores, requests stalling up to 5 s on every node at once), not in the \
 run above:
 
-- **`/readyz` turns 200 before the traffic port listens** (rolling restart: `a3: /readyz \
-  answered 200 before the traffic port accepted connections`). In `src/gateway/mod.rs` \
-  `serve()`, `ConfigApplied` reaches the status board (and so `/readyz`, whose `ready` is \
-  `config.is_some()`) before `policies::start` (one Redis probe, up to `redis.timeout_ms`) and \
-  `start_traffic` bind the traffic listener. A load balancer or Kubernetes that trusts `/readyz` \
-  can send requests to a closed port in that window. The suite checks the traffic port right \
-  after `/readyz` on every restart and reports it.
-- **Sporadic 502 on a surviving node** (4 in one rolling restart, 1 in one upgrade drill, with \
-  no fault on the backend path). Most likely a pooled backend connection that the backend \
-  (actix-web, 5 s keep-alive) closes just as the gateway sends a request on it: awc checks an \
-  idle connection before reuse, but a close racing the write fails the request, and the gateway \
-  does not retry an idempotent request that failed on a reused connection before any response \
-  byte. Not reproduced in isolation (40 requests timed around the 5 s keep-alive). The suite \
-  now quotes the gateway's `backend call failed` log lines in the problem when it happens.
+- **`/readyz` turned 200 before the traffic port listened** (rolling restart). Fixed: the \
+  gateway now reports its first configuration to the status board only after the traffic \
+  listener is bound (`src/gateway/mod.rs` `serve()`); the suite keeps checking the traffic \
+  port right after `/readyz` on every restart.
+- **Sporadic 502 on a surviving node** (a pooled backend connection closed by the backend \
+  as the gateway wrote on it). Fixed: a bodiless idempotent request that fails on the \
+  connection itself is sent once more on a fresh connection \
+  (`outpost_backend_resends_total`); the suite quotes the gateway's `backend call failed` \
+  log lines if it happens again.
 - **Shared limit exceeded within the documented bound** (up to 97 admissions in a 4 s window \
   against 60, Redis up): during host stalls Redis calls took over `redis.timeout_ms` (50 ms, \
   the default); each such call marks Redis unreachable until the next probe (about 0.5 s) and \
