@@ -90,7 +90,10 @@ impl ControlPlane {
         cmd.arg("control-plane")
             .env("OUTPOST_ADMIN_LISTEN", format!("127.0.0.1:{admin_port}"))
             .env("OUTPOST_ADMIN_TOKEN", ADMIN_TOKEN)
-            .env("OUTPOST_GATEWAY_API_LISTEN", format!("127.0.0.1:{gateway_port}"))
+            .env(
+                "OUTPOST_GATEWAY_API_LISTEN",
+                format!("127.0.0.1:{gateway_port}"),
+            )
             .env("OUTPOST_STORE_DATA_DIR", data_dir.display().to_string())
             .env("OUTPOST_LOG_LEVEL", "info");
         for (k, v) in extra_env {
@@ -106,7 +109,9 @@ impl ControlPlane {
         };
         wait_for_http_ok(&format!("{}/api/v1/openapi.json", cp.admin_url()), secs(30))
             .await
-            .unwrap_or_else(|e| panic!("control plane did not start: {e}\n{}", cp.process.tail(40)));
+            .unwrap_or_else(|e| {
+                panic!("control plane did not start: {e}\n{}", cp.process.tail(40))
+            });
         cp
     }
 
@@ -284,7 +289,12 @@ impl Gateway {
     pub fn respawn(&mut self) {
         self.process.kill();
         let name = self.process.name().to_owned();
-        *self = Self::spawn_on(&name, self.options.clone(), self.traffic_port, self.ops_port);
+        *self = Self::spawn_on(
+            &name,
+            self.options.clone(),
+            self.traffic_port,
+            self.ops_port,
+        );
     }
 
     /// Kills the process and starts a new one with the same options and ports.

@@ -98,6 +98,9 @@ pub fn traffic_app(
         InitError = (),
     >,
 > {
+    // The app factory runs once on each worker's thread: give the worker its own Redis
+    // connection, driven by the worker's runtime, so rate-limit checks never hop threads.
+    traffic.runtime.shared.prepare_thread();
     App::new()
         .app_data(web::Data::from(traffic))
         .default_service(web::to(handle))

@@ -279,7 +279,10 @@ impl Validate for GatewaySettings {
             p.push("cache.max_entry_bytes", "must be 1..=536870912");
         }
         if self.cache.coalesce_wait_ms > 600_000 {
-            p.push("cache.coalesce_wait_ms", "must be at most 600000 (10 minutes)");
+            p.push(
+                "cache.coalesce_wait_ms",
+                "must be at most 600000 (10 minutes)",
+            );
         }
         if !self.telemetry.spool_dir.is_empty() && self.telemetry.spool_max_bytes < 1024 * 1024 {
             p.push(

@@ -172,6 +172,16 @@ impl SharedState {
         self.inner.redis.as_ref()
     }
 
+    /// Gives the calling thread its own Redis connection now (see
+    /// [`RedisStore::prepare_thread`]): each traffic worker calls it when it starts, so that its
+    /// checks run on a connection driven by its own runtime from the first request on. Does
+    /// nothing without Redis.
+    pub fn prepare_thread(&self) {
+        if let Some(redis) = &self.inner.redis {
+            redis.prepare_thread();
+        }
+    }
+
     /// Redis configured and currently usable.
     pub fn shared_available(&self) -> bool {
         self.inner

@@ -486,3 +486,56 @@ async fn refunds_through_the_facade() {
         );
     }
 }
+
+/// Each thread (each traffic worker) gets its own connection, driven by its own runtime; the
+/// counting stays shared; the probe covers every thread and forgets a thread whose runtime has
+/// shut down.
+#[tokio::test]
+async fn one_connection_per_thread_counting_shared() {
+    let redis = TestRedis::start().await;
+    let store = RedisStore::connect(config(&redis.url())).await.unwrap();
+    assert_eq!(store.threads(), 1);
+    for _ in 0..3 {
+        assert!(store.hit("per-thread", 5, MIN, 1).await.unwrap().allowed);
+    }
+
+    // A "worker": its own thread and current-thread runtime, as actix-web's.
+    let other = store.clone();
+    let url = redis.url();
+    let (allowed, clients) = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            other.prepare_thread();
+            other.prepare_thread(); // idempotent
+            let mut allowed = 0;
+            for _ in 0..3 {
+                allowed += usize::from(other.hit("per-thread", 5, MIN, 1).await.unwrap().allowed);
+            }
+            let client = redis::Client::open(url).unwrap();
+            let mut c = client.get_multiplexed_async_connection().await.unwrap();
+            // The test's runtime is blocked in `join`: no probe runs meanwhile.
+            let list: String = redis::cmd("CLIENT")
+                .arg("LIST")
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            (allowed, list)
+        })
+    })
+    .join()
+    .unwrap();
+    // Shared: 3 + 2 = the limit of 5, whichever thread asked.
+    assert_eq!(allowed, 2);
+    // Two connections ran the script: the test thread's and the other thread's own.
+    assert_eq!(clients.matches("cmd=evalsha").count(), 2, "{clients}");
+    assert_eq!(store.threads(), 2);
+
+    // That thread's runtime is gone: the probe forgets it instead of failing.
+    assert!(store.probe().await);
+    assert_eq!(store.threads(), 1);
+    assert!(store.is_healthy());
+    assert!(!store.hit("per-thread", 5, MIN, 1).await.unwrap().allowed);
+}
