@@ -20,5 +20,6 @@ pub mod demo;
 pub mod gateway;
 pub mod logging;
 pub mod sample_backend;
+pub mod server_thread;
 pub mod settings;
 pub mod signals;

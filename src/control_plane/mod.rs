@@ -32,13 +32,13 @@ pub mod tokens;
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
+use crate::server_thread::ServerThread;
+use crate::server_thread::connectable;
 use actix_web::dev::ServerHandle;
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 use outpost_model::Problems;
-use tokio::sync::watch;
 
 use self::admin_api::AdminState;
 use self::auth::AdminToken;
@@ -58,9 +58,7 @@ pub struct RunningControlPlane {
     admin_token: AdminToken,
     store: Arc<Store>,
     gateway_state: web::Data<GatewayApiState>,
-    servers: Vec<ServerHandle>,
-    exited: watch::Receiver<bool>,
-    thread: Option<JoinHandle<()>>,
+    thread: ServerThread,
 }
 
 /// Stops a running control plane from elsewhere (a signal handler, another thread).
@@ -72,10 +70,7 @@ pub struct StopHandle {
 impl StopHandle {
     /// Asks both listeners to stop; returns at once (see [`RunningControlPlane::join`]).
     pub fn stop(&self, graceful: bool) {
-        for s in &self.servers {
-            // The command is sent when `stop` is called; the returned future only waits.
-            drop(s.stop(graceful));
-        }
+        crate::server_thread::signal_stop(&self.servers, graceful);
     }
 }
 
@@ -115,56 +110,33 @@ impl RunningControlPlane {
 
     pub fn stop_handle(&self) -> StopHandle {
         StopHandle {
-            servers: self.servers.clone(),
+            servers: self.thread.handles().to_vec(),
         }
     }
 
     /// Stops gracefully (in-flight requests finish, within the listeners' shutdown timeouts)
     /// and waits until both listeners are down and their ports released.
     pub fn stop(mut self) {
-        self.stop_handle().stop(true);
-        self.join_thread();
+        self.thread.stop(true);
     }
 
     /// Waits until the listeners stop (after a [`StopHandle::stop`]).
     pub fn join(mut self) {
-        self.join_thread();
-    }
-
-    fn join_thread(&mut self) {
-        if let Some(t) = self.thread.take()
-            && t.join().is_err()
-        {
-            tracing::error!("the control plane's server thread panicked");
-        }
+        self.thread.join();
     }
 
     /// Resolves when the listeners have stopped, for whatever reason.
     pub async fn stopped(&self) {
-        let mut rx = self.exited.clone();
-        let _ = rx.wait_for(|done| *done).await;
+        self.thread.stopped().await;
     }
 }
 
 impl Drop for RunningControlPlane {
     fn drop(&mut self) {
-        if self.thread.is_some() {
-            self.stop_handle().stop(false);
-            self.join_thread();
+        if self.thread.is_running() {
+            self.thread.stop(false);
         }
     }
-}
-
-fn connectable(addr: SocketAddr) -> SocketAddr {
-    let mut a = addr;
-    if a.ip().is_unspecified() {
-        a.set_ip(if a.is_ipv4() {
-            std::net::Ipv4Addr::LOCALHOST.into()
-        } else {
-            std::net::Ipv6Addr::LOCALHOST.into()
-        });
-    }
-    a
 }
 
 /// Opens the store, resolves the admin token, starts both listeners and returns once they
@@ -209,79 +181,59 @@ pub fn start(settings: ControlPlaneSettings) -> Result<RunningControlPlane, Stri
     // the admin API.
     let gateway_state = web::Data::new(GatewayApiState::new(store.clone(), &settings));
 
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<Vec<ServerHandle>, String>>();
-    let (exited_tx, exited) = watch::channel(false);
     let gw_state = gateway_state.clone();
-    let thread = std::thread::Builder::new()
-        .name("control-plane".into())
-        .spawn(move || {
-            let system = actix_rt::System::new();
-            system.block_on(async move {
-                let admin_gw_state = gw_state.clone();
-                let admin = HttpServer::new(move || {
-                    App::new()
-                        .app_data(admin_state.clone())
-                        .app_data(token_data.clone())
-                        .app_data(admin_gw_state.clone())
-                        .route("/healthz", web::get().to(healthz))
-                        .configure(dashboard::configure)
-                        .configure(admin_api::configure_public)
-                        .service(
-                            web::scope(admin_api::PREFIX)
-                                .wrap(from_fn(auth::require_admin))
-                                .configure(admin_api::configure_protected)
-                                // Gateway keys, tokens, instances, telemetry (gateway_api.rs).
-                                .configure(gateway_api::configure_admin),
-                        )
-                        .default_service(web::to(admin_api::no_route))
-                })
-                .workers(2)
-                .shutdown_timeout(5)
-                .disable_signals()
-                .listen(admin_listener);
-                let gateway = HttpServer::new(move || {
-                    App::new()
-                        .app_data(gw_state.clone())
-                        .route("/healthz", web::get().to(healthz))
-                        // The gateway-facing endpoint (gateway_api.rs).
-                        .configure(gateway_api::configure_gateway_api)
-                        .default_service(web::to(admin_api::no_route))
-                })
-                .shutdown_timeout(2)
-                .disable_signals();
-                let gateway = match tls {
-                    Some(config) => gateway.listen_rustls_0_23(gateway_listener, config),
-                    None => gateway.listen(gateway_listener),
-                };
-                let (admin, gateway) = match (admin, gateway) {
-                    (Ok(a), Ok(g)) => (a.run(), g.run()),
-                    (Err(e), _) | (_, Err(e)) => {
-                        let _ = ready_tx.send(Err(format!("cannot start the listeners: {e}")));
-                        return;
-                    }
-                };
-                let _ = ready_tx.send(Ok(vec![admin.handle(), gateway.handle()]));
-                let (a, g) = futures_util::future::join(admin, gateway).await;
-                for (what, r) in [("admin", a), ("gateway", g)] {
-                    if let Err(e) = r {
-                        tracing::error!(listener = what, error = %e, "listener failed");
-                    }
-                }
-            });
-            let _ = exited_tx.send(true);
+    let (thread, ()) = ServerThread::spawn("control-plane", move |ready_tx| async move {
+        let admin_gw_state = gw_state.clone();
+        let admin = HttpServer::new(move || {
+            App::new()
+                .app_data(admin_state.clone())
+                .app_data(token_data.clone())
+                .app_data(admin_gw_state.clone())
+                .route("/healthz", web::get().to(healthz))
+                .configure(dashboard::configure)
+                .configure(admin_api::configure_public)
+                .service(
+                    web::scope(admin_api::PREFIX)
+                        .wrap(from_fn(auth::require_admin))
+                        .configure(admin_api::configure_protected)
+                        // Gateway keys, tokens, instances, telemetry (gateway_api.rs).
+                        .configure(gateway_api::configure_admin),
+                )
+                .default_service(web::to(admin_api::no_route))
         })
-        .map_err(|e| format!("cannot start the server thread: {e}"))?;
-    let servers = match ready_rx.recv() {
-        Ok(Ok(servers)) => servers,
-        Ok(Err(e)) => {
-            let _ = thread.join();
-            return Err(e);
+        .workers(2)
+        .shutdown_timeout(5)
+        .disable_signals()
+        .listen(admin_listener);
+        let gateway = HttpServer::new(move || {
+            App::new()
+                .app_data(gw_state.clone())
+                .route("/healthz", web::get().to(healthz))
+                // The gateway-facing endpoint (gateway_api.rs).
+                .configure(gateway_api::configure_gateway_api)
+                .default_service(web::to(admin_api::no_route))
+        })
+        .shutdown_timeout(2)
+        .disable_signals();
+        let gateway = match tls {
+            Some(config) => gateway.listen_rustls_0_23(gateway_listener, config),
+            None => gateway.listen(gateway_listener),
+        };
+        let (admin, gateway) = match (admin, gateway) {
+            (Ok(a), Ok(g)) => (a.run(), g.run()),
+            (Err(e), _) | (_, Err(e)) => {
+                let _ = ready_tx.send(Err(format!("cannot start the listeners: {e}")));
+                return;
+            }
+        };
+        let _ = ready_tx.send(Ok((vec![admin.handle(), gateway.handle()], ())));
+        let (a, g) = futures_util::future::join(admin, gateway).await;
+        for (what, r) in [("admin", a), ("gateway", g)] {
+            if let Err(e) = r {
+                tracing::error!(listener = what, error = %e, "listener failed");
+            }
         }
-        Err(_) => {
-            let _ = thread.join();
-            return Err("the server thread ended during start".into());
-        }
-    };
+    })?;
     tracing::info!(
         admin = %admin_addr,
         gateway = %gateway_addr,
@@ -295,9 +247,7 @@ pub fn start(settings: ControlPlaneSettings) -> Result<RunningControlPlane, Stri
         admin_token,
         store,
         gateway_state,
-        servers,
-        exited,
-        thread: Some(thread),
+        thread,
     })
 }
 

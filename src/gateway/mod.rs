@@ -29,11 +29,11 @@ pub mod settings;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::server_thread::connectable;
+use crate::server_thread::{Ready, ServerThread};
 use actix::{Actor, Addr};
-use actix_web::dev::ServerHandle;
 use chrono::Utc;
 use outpost_actors::config_sync::{self, ConfigSync, Identity, SnapshotSink, SyncConfig, backup};
 use outpost_actors::connectivity::{
@@ -50,7 +50,6 @@ use outpost_model::view::gateway_view;
 use outpost_model::wire::GatewaySnapshot;
 use outpost_model::{Kind, Problems, Resource};
 use rand::RngCore;
-use tokio::sync::watch;
 
 use crate::settings::Validate;
 use settings::GatewaySettings;
@@ -62,9 +61,7 @@ pub struct RunningGateway {
     status: StatusHandle,
     instance_id: String,
     source: ConfigSource,
-    servers: Vec<ServerHandle>,
-    exited: watch::Receiver<bool>,
-    thread: Option<JoinHandle<()>>,
+    thread: ServerThread,
 }
 
 impl RunningGateway {
@@ -107,56 +104,26 @@ impl RunningGateway {
     /// Stops gracefully: listeners finish in-flight requests, telemetry still in memory goes
     /// to the spool (when set). Returns once the ports are released.
     pub fn stop(mut self) {
-        self.signal_stop(true);
-        self.join_thread();
+        self.thread.stop(true);
     }
 
     /// Waits until the gateway stops.
     pub fn join(mut self) {
-        self.join_thread();
+        self.thread.join();
     }
 
     /// Resolves when the listeners have stopped, for whatever reason.
     pub async fn stopped(&self) {
-        let mut rx = self.exited.clone();
-        let _ = rx.wait_for(|done| *done).await;
-    }
-
-    fn signal_stop(&self, graceful: bool) {
-        for s in &self.servers {
-            // The command is sent by `stop`; the future only waits for it.
-            drop(s.stop(graceful));
-        }
-    }
-
-    fn join_thread(&mut self) {
-        if let Some(t) = self.thread.take()
-            && t.join().is_err()
-        {
-            tracing::error!("the gateway's thread panicked");
-        }
+        self.thread.stopped().await;
     }
 }
 
 impl Drop for RunningGateway {
     fn drop(&mut self) {
-        if self.thread.is_some() {
-            self.signal_stop(false);
-            self.join_thread();
+        if self.thread.is_running() {
+            self.thread.stop(false);
         }
     }
-}
-
-fn connectable(addr: SocketAddr) -> SocketAddr {
-    let mut a = addr;
-    if a.ip().is_unspecified() {
-        a.set_ip(if a.is_ipv4() {
-            std::net::Ipv4Addr::LOCALHOST.into()
-        } else {
-            std::net::Ipv6Addr::LOCALHOST.into()
-        });
-    }
-    a
 }
 
 /// What the configuration is loaded from, decided before any network call.
@@ -221,36 +188,18 @@ pub fn start(settings: GatewaySettings) -> Result<RunningGateway, String> {
         degraded_grace: Duration::from_secs(3 * settings.control_plane.heartbeat_interval_secs),
     });
 
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<Started, String>>();
-    let (exited_tx, exited) = watch::channel(false);
     let thread_status = status.clone();
-    let thread = std::thread::Builder::new()
-        .name("gateway".into())
-        .spawn(move || {
-            let system = actix_rt::System::new();
-            system.block_on(serve(
-                settings,
-                plan,
-                identity,
-                watcher,
-                thread_status,
-                ops_listener,
-                ready_tx,
-            ));
-            let _ = exited_tx.send(true);
-        })
-        .map_err(|e| format!("cannot start the gateway thread: {e}"))?;
-    let started = match ready_rx.recv() {
-        Ok(Ok(started)) => started,
-        Ok(Err(e)) => {
-            let _ = thread.join();
-            return Err(e);
-        }
-        Err(_) => {
-            let _ = thread.join();
-            return Err("the gateway thread ended during start".into());
-        }
-    };
+    let (thread, started) = ServerThread::spawn("gateway", move |ready_tx| {
+        serve(
+            settings,
+            plan,
+            identity,
+            watcher,
+            thread_status,
+            ops_listener,
+            ready_tx,
+        )
+    })?;
     tracing::info!(
         ops = %ops_addr,
         traffic = %started.traffic_addr,
@@ -264,9 +213,7 @@ pub fn start(settings: GatewaySettings) -> Result<RunningGateway, String> {
         status,
         instance_id: started.instance_id,
         source: started.source,
-        servers: started.servers,
-        exited,
-        thread: Some(thread),
+        thread,
     })
 }
 
@@ -275,7 +222,6 @@ struct Started {
     traffic_addr: SocketAddr,
     source: ConfigSource,
     instance_id: String,
-    servers: Vec<ServerHandle>,
 }
 
 /// The gateway thread: everything runs on this actix system until the listeners stop.
@@ -286,7 +232,7 @@ async fn serve(
     watcher: ConnectivityWatcher,
     status: StatusHandle,
     ops_listener: TcpListener,
-    ready: std::sync::mpsc::Sender<Result<Started, String>>,
+    ready: Ready<Started>,
 ) {
     let watcher = watcher.start();
     let ops = match ops::start(
@@ -389,12 +335,14 @@ async fn serve(
 
     let servers = vec![ops_handle, traffic.handle()];
     let traffic_task = actix_rt::spawn(traffic);
-    let _ = ready.send(Ok(Started {
-        traffic_addr,
-        source: loaded.source,
-        instance_id: identity.instance_id.clone(),
+    let _ = ready.send(Ok((
         servers,
-    }));
+        Started {
+            traffic_addr,
+            source: loaded.source,
+            instance_id: identity.instance_id.clone(),
+        },
+    )));
 
     let _ = ops_task.await;
     let _ = traffic_task.await;
