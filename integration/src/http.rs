@@ -311,6 +311,28 @@ async fn run_loop<F>(
             .unwrap_or_else(|e| e.into_inner())
             .record(outcome)
     };
+    let counted = Arc::clone(&report);
+    let sent = move |i| {
+        counted.lock().unwrap_or_else(|e| e.into_inner()).sent += 1;
+        execute(make(i))
+    };
+    run_paced(period, max_duration, MAX_IN_FLIGHT, &mut stop, sent, record).await;
+}
+
+/// Starts `start(i)` every `period` (i = 0, 1, …) until `stop` fires or `max_duration` has
+/// passed, with at most `max_in_flight` running (ticks beyond are skipped), hands every result
+/// to `done`, and returns once all started work has finished.
+pub async fn run_paced<T, Fut>(
+    period: Duration,
+    max_duration: Duration,
+    max_in_flight: usize,
+    stop: &mut oneshot::Receiver<()>,
+    mut start: impl FnMut(u64) -> Fut,
+    mut done: impl FnMut(T),
+) where
+    T: Send + 'static,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+{
     let deadline = tokio::time::sleep(max_duration);
     tokio::pin!(deadline);
     let mut ticker = tokio::time::interval(period);
@@ -321,27 +343,25 @@ async fn run_loop<F>(
     let mut next = 0u64;
     loop {
         tokio::select! {
-            _ = &mut stop => break,
+            _ = &mut *stop => break,
             () = &mut deadline => break,
             _ = ticker.tick() => {
-                if in_flight.len() >= MAX_IN_FLIGHT {
+                if in_flight.len() >= max_in_flight {
                     continue;
                 }
-                let request = make(next);
+                in_flight.spawn(start(next));
                 next += 1;
-                report.lock().unwrap_or_else(|e| e.into_inner()).sent += 1;
-                in_flight.spawn(execute(request));
             }
-            Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
-                if let Ok(outcome) = done {
-                    record(outcome);
+            Some(finished) = in_flight.join_next(), if !in_flight.is_empty() => {
+                if let Ok(value) = finished {
+                    done(value);
                 }
             }
         }
     }
-    while let Some(done) = in_flight.join_next().await {
-        if let Ok(outcome) = done {
-            record(outcome);
+    while let Some(finished) = in_flight.join_next().await {
+        if let Ok(value) = finished {
+            done(value);
         }
     }
 }

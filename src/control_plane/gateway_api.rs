@@ -692,6 +692,21 @@ impl Drop for Waiting<'_> {
     }
 }
 
+/// The shared front of every gateway upload: a valid token, a known content type, a body
+/// within `max` bytes that decodes as `T`.
+async fn authenticated_body<T: serde::de::DeserializeOwned>(
+    state: &GatewayApiState,
+    req: &HttpRequest,
+    payload: web::Payload,
+    max: usize,
+) -> Result<(VerifiedToken, Format, T), ApiError> {
+    let token = state.authenticate(req).await?;
+    let format = Format::from_content_type(req)?;
+    let body = read_body(payload, max).await?;
+    let value = format.decode(&body)?;
+    Ok((token, format, value))
+}
+
 async fn post_heartbeat(
     state: web::Data<GatewayApiState>,
     req: HttpRequest,
@@ -707,10 +722,8 @@ async fn heartbeat(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let token = state.authenticate(&req).await?;
-    let format = Format::from_content_type(&req)?;
-    let body = read_body(payload, MAX_HEARTBEAT_BYTES).await?;
-    let mut hb: Heartbeat = format.decode(&body)?;
+    let (token, format, mut hb) =
+        authenticated_body::<Heartbeat>(&state, &req, payload, MAX_HEARTBEAT_BYTES).await?;
     if hb.instance_id.is_empty() || hb.instance_id.len() > MAX_FIELD_LEN {
         return Err(ApiError::BadRequest(format!(
             "instance-id must be 1..={MAX_FIELD_LEN} characters"
@@ -766,10 +779,8 @@ async fn telemetry_upload(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let token = state.authenticate(&req).await?;
-    let format = Format::from_content_type(&req)?;
-    let body = read_body(payload, MAX_TELEMETRY_BYTES).await?;
-    let batch: TelemetryBatch = format.decode(&body)?;
+    let (token, _, batch) =
+        authenticated_body::<TelemetryBatch>(&state, &req, payload, MAX_TELEMETRY_BYTES).await?;
     match state.telemetry.ingest(&token.gateway, &batch, Utc::now()) {
         Ingested::Added { skipped } if skipped > 0 => {
             tracing::debug!(

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinHandle;
 
 use crate::http::error_kind;
 
@@ -178,27 +178,15 @@ async fn run(
     max_duration: Duration,
     mut stop: oneshot::Receiver<()>,
 ) {
-    let deadline = tokio::time::sleep(max_duration);
-    tokio::pin!(deadline);
-    let mut ticker = tokio::time::interval(period);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut in_flight = JoinSet::new();
-    let mut next = 0u64;
-    loop {
-        tokio::select! {
-            _ = &mut stop => break,
-            () = &mut deadline => break,
-            _ = ticker.tick() => {
-                if in_flight.len() >= MAX_IN_FLIGHT {
-                    continue;
-                }
-                in_flight.spawn(one(Arc::clone(&shared), client.clone(), key, next));
-                next += 1;
-            }
-            Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
-        }
-    }
-    while in_flight.join_next().await.is_some() {}
+    crate::http::run_paced(
+        period,
+        max_duration,
+        MAX_IN_FLIGHT,
+        &mut stop,
+        |i| one(Arc::clone(&shared), client.clone(), key, i),
+        |()| {},
+    )
+    .await;
 }
 
 /// One logical request: first attempt on node `i mod n`, then the next nodes while the one
