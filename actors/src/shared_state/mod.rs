@@ -12,9 +12,10 @@
 //!   its in-process tier.
 //!
 //! Redis keys all start with `outpost:` followed by a kind and a format version
-//! (`outpost:rl:1:…`, `outpost:q:1:…`, `outpost:c:1:…`), so a format change never reads old data.
+//! (`outpost:rl:2:…`, `outpost:q:1:…`, `outpost:c:1:…`), so a format change never reads old data.
 //! See `docs/rate-limiting.md` for the algorithms, their error bounds and the outage modes.
 
+mod batch;
 pub mod local;
 pub mod policy;
 pub mod redis_store;
@@ -255,7 +256,7 @@ impl SharedState {
         increment: u64,
         outage: OutageMode,
     ) -> Decision {
-        let key = format!("outpost:rl:1:{key}");
+        let key = format!("outpost:rl:2:{key}");
         let decision = match &self.inner.redis {
             None => self.count_locally(&key, limit, window, increment),
             Some(redis) => match redis.hit(&key, limit, window, increment).await {

@@ -32,6 +32,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 use tokio::sync::watch;
 
+use super::batch::{BatchKey, BatchReply, Batches};
 use super::store::{CounterStore, RateState, StoreError, Ticket};
 use super::window::{QuotaDelta, QuotaLimits, QuotaState, slot_geometry};
 
@@ -109,6 +110,8 @@ struct ThreadConnection {
     /// Which store (compared by address; the `Weak` keeps the address from being reused).
     store: Weak<Inner>,
     conn: ConnectionManager,
+    /// Rate-limit checks waiting for this connection's next call (see `batch.rs`).
+    batches: Arc<Batches>,
 }
 
 thread_local! {
@@ -180,10 +183,15 @@ impl RedisStore {
     /// This thread's connection, created (lazily: it connects on first use) on the current
     /// Tokio runtime when the thread has none yet. Call only inside a Tokio runtime.
     fn conn(&self) -> Result<ConnectionManager, StoreError> {
+        self.thread_connection().map(|(conn, _)| conn)
+    }
+
+    /// This thread's connection and its queue of waiting rate-limit checks.
+    fn thread_connection(&self) -> Result<(ConnectionManager, Arc<Batches>), StoreError> {
         let me = Arc::as_ptr(&self.inner);
         CONNECTIONS.with_borrow_mut(|list| {
             if let Some(c) = list.iter().find(|c| std::ptr::eq(c.store.as_ptr(), me)) {
-                return Ok(c.conn.clone());
+                return Ok((c.conn.clone(), c.batches.clone()));
             }
             // Forget the connections of stores that are gone (tests, gateway restarts).
             list.retain(|c| c.store.strong_count() > 0);
@@ -201,11 +209,13 @@ impl RedisStore {
                     runtime: tokio::runtime::Handle::current(),
                     conn: conn.clone(),
                 });
+            let batches = Arc::new(Batches::default());
             list.push(ThreadConnection {
                 store: Arc::downgrade(&self.inner),
                 conn: conn.clone(),
+                batches: batches.clone(),
             });
-            Ok(conn)
+            Ok((conn, batches))
         })
     }
 
@@ -346,12 +356,7 @@ impl RedisStore {
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         if !self.is_healthy() {
-            return Err(StoreError::Unreachable(
-                match &*self.inner.status.borrow() {
-                    Reachability::Disconnected { reason } => reason.clone(),
-                    other => format!("{other:?}"),
-                },
-            ));
+            return Err(self.unreachable());
         }
         let conn = match self.conn() {
             Ok(conn) => conn,
@@ -360,6 +365,31 @@ impl RedisStore {
                 return Err(e);
             }
         };
+        self.call_on(op, conn, f).await
+    }
+
+    fn unreachable(&self) -> StoreError {
+        StoreError::Unreachable(match &*self.inner.status.borrow() {
+            Reachability::Disconnected { reason } => reason.clone(),
+            other => format!("{other:?}"),
+        })
+    }
+
+    /// [`call`](Self::call) on a given connection (a batch driver keeps the connection of the
+    /// thread its checks came from).
+    async fn call_on<T, F, Fut>(
+        &self,
+        op: &'static str,
+        conn: ConnectionManager,
+        f: F,
+    ) -> Result<T, StoreError>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        if !self.is_healthy() {
+            return Err(self.unreachable());
+        }
         let result = match tokio::time::timeout(self.inner.timeout, f(conn)).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
@@ -386,6 +416,61 @@ impl RedisStore {
     }
 }
 
+/// Serves one counter's queue on one thread's connection until no check is waiting: one script
+/// call per batch, its reply split between the batch's checks in arrival order.
+async fn drive(store: RedisStore, conn: ConnectionManager, batches: Arc<Batches>, key: BatchKey) {
+    let (slot_ms, slots) = slot_geometry(key.window);
+    loop {
+        let waiting = batches.next_batch(&key);
+        if waiting.is_empty() {
+            return;
+        }
+        let count = waiting.len();
+        metrics::counter!("outpost_redis_ratelimit_calls_total").increment(1);
+        metrics::counter!("outpost_redis_ratelimit_checks_total").increment(count as u64);
+        let inner = store.inner.clone();
+        let (k, limit, increment) = (key.key.clone(), key.limit, key.increment);
+        let reply: Result<Vec<i64>, StoreError> = store
+            .call_on("hit", conn.clone(), move |mut conn| async move {
+                inner
+                    .sliding
+                    .key(k)
+                    .arg(limit)
+                    .arg(slot_ms)
+                    .arg(slots)
+                    .arg(increment)
+                    .arg(count)
+                    .invoke_async(&mut conn)
+                    .await
+            })
+            .await;
+        let states = reply.and_then(|r| {
+            Ok(super::batch::split(
+                BatchReply {
+                    granted: int(&r, 0)?.max(0) as u64,
+                    remaining: int(&r, 1)?.max(0) as u64,
+                    retry_after: Duration::from_millis(int(&r, 2)?.max(0) as u64),
+                    slot: int(&r, 3)?,
+                },
+                count,
+                &key,
+            ))
+        });
+        match states {
+            Ok(states) => {
+                for (tx, state) in waiting.into_iter().zip(states) {
+                    let _ = tx.send(Ok(state));
+                }
+            }
+            Err(e) => {
+                for tx in waiting {
+                    let _ = tx.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
 async fn ping(mut conn: ConnectionManager) -> redis::RedisResult<()> {
     redis::cmd("PING")
         .query_async::<String>(&mut conn)
@@ -406,6 +491,9 @@ fn int(v: &[i64], i: usize) -> Result<i64, StoreError> {
 }
 
 impl CounterStore for RedisStore {
+    /// Coalesced with the concurrent checks of the same counter on this thread (see
+    /// `batch.rs`): at most one call in flight per counter and thread, the checks that arrive
+    /// meanwhile go together in the next one.
     async fn hit(
         &self,
         key: &str,
@@ -413,34 +501,27 @@ impl CounterStore for RedisStore {
         window: Duration,
         increment: u64,
     ) -> Result<RateState, StoreError> {
-        let (slot_ms, slots) = slot_geometry(window);
-        let inner = self.inner.clone();
-        let k = key.to_owned();
-        let reply: Vec<i64> = self
-            .call("hit", move |mut conn| async move {
-                inner
-                    .sliding
-                    .key(k)
-                    .arg(limit)
-                    .arg(slot_ms)
-                    .arg(slots)
-                    .arg(increment)
-                    .invoke_async(&mut conn)
-                    .await
-            })
-            .await?;
-        let allowed = int(&reply, 0)? == 1;
-        Ok(RateState {
-            allowed,
-            remaining: int(&reply, 1)?.max(0) as u64,
-            retry_after: Duration::from_millis(int(&reply, 2)?.max(0) as u64),
-            ticket: Ticket {
-                key: key.to_owned(),
-                window,
-                slot: int(&reply, 3)?,
-                amount: if allowed { increment } else { 0 },
-            },
-        })
+        if !self.is_healthy() {
+            return Err(self.unreachable());
+        }
+        let (conn, batches) = self.thread_connection()?;
+        let batch = BatchKey {
+            key: key.to_owned(),
+            limit,
+            window,
+            increment,
+        };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if let Some(batch) = batches.enqueue(batch, reply) {
+            tokio::spawn(drive(self.clone(), conn, batches, batch));
+        }
+        // No timer of its own: the driver answers every check it takes, and its calls are
+        // bounded by the timeout, so a check waits at most for the call in flight when it
+        // arrived plus its own. A driver dropped with its runtime drops the sender.
+        match answer.await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::Redis("rate-limit check abandoned".into())),
+        }
     }
 
     async fn refund(&self, ticket: &Ticket) -> Result<(), StoreError> {

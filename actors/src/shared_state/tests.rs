@@ -288,6 +288,78 @@ async fn redis_one_round_trip_per_check() {
     assert!(!stats.contains("cmdstat_eval:"), "{stats}");
 }
 
+/// Concurrent checks of one counter on one thread share script calls, and the outcome is the
+/// one separate calls would give: exactly the limit admitted, each admitted check seeing its
+/// own remaining count, the refused ones a retry time.
+#[tokio::test]
+async fn redis_concurrent_checks_share_calls_and_stay_exact() {
+    let redis = TestRedis::start().await;
+    let s = Arc::new(redis_nodes(&redis, 1).await.remove(0));
+    s.hit("warm", 10, MIN, 1).await.unwrap();
+    redis.command(&["CONFIG", "RESETSTAT"]).await;
+
+    // Increment 3 against 100: 33 fit (99 units), the 34th would need 102.
+    let tasks: Vec<_> = (0..200)
+        .map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move { s.hit("burst", 100, MIN, 3).await.unwrap() })
+        })
+        .collect();
+    let mut states = Vec::new();
+    for t in tasks {
+        states.push(t.await.unwrap());
+    }
+    let stats = redis.command(&["INFO", "commandstats"]).await;
+    let calls = evalsha_calls(&stats);
+    assert!(
+        (1..=20).contains(&calls),
+        "200 concurrent checks, {calls} calls: {stats}"
+    );
+
+    let admitted: Vec<&RateState> = states.iter().filter(|s| s.allowed).collect();
+    assert_eq!(admitted.len(), 33);
+    let mut remaining: Vec<u64> = admitted.iter().map(|s| s.remaining).collect();
+    remaining.sort_unstable();
+    let expected: Vec<u64> = (0..33).map(|i| 1 + 3 * i).collect();
+    assert_eq!(
+        remaining, expected,
+        "each admitted check sees what was left after it"
+    );
+    for refused in states.iter().filter(|s| !s.allowed) {
+        assert_eq!(refused.remaining, 1);
+        assert!(refused.retry_after > Duration::from_secs(55), "{refused:?}");
+        assert_eq!(refused.ticket.amount, 0);
+    }
+    // The next check, alone, agrees with the batch.
+    let next = s.hit("burst", 100, MIN, 1).await.unwrap();
+    assert!(next.allowed);
+    assert_eq!(next.remaining, 0);
+}
+
+/// Refunds keep the running total of the counter right: units taken back can be used again.
+#[tokio::test]
+async fn redis_refunds_free_capacity_in_the_running_total() {
+    let redis = TestRedis::start().await;
+    let s = redis_nodes(&redis, 1).await.remove(0);
+    let a = s.hit("rf", 2, MIN, 1).await.unwrap();
+    let b = s.hit("rf", 2, MIN, 1).await.unwrap();
+    assert!(a.allowed && b.allowed);
+    assert!(!s.hit("rf", 2, MIN, 1).await.unwrap().allowed);
+    s.refund(&a.ticket).await.unwrap();
+    let c = s.hit("rf", 2, MIN, 1).await.unwrap();
+    assert!(c.allowed, "{c:?}");
+    assert_eq!(c.remaining, 0);
+    assert!(!s.hit("rf", 2, MIN, 1).await.unwrap().allowed);
+}
+
+fn evalsha_calls(stats: &str) -> u64 {
+    stats
+        .split_once("cmdstat_evalsha:calls=")
+        .and_then(|(_, rest)| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 // === SharedState: outage modes ===
 
 async fn shared(redis: &TestRedis, nodes: u64) -> SharedState {

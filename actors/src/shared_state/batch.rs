@@ -1,0 +1,196 @@
+//! Coalescing of concurrent rate-limit checks of one counter on one connection.
+//!
+//! Under load, many requests of one traffic worker check the same hot counter (one subscription,
+//! one API key) at nearly the same time. Sending each check as its own script call makes Redis
+//! run the script once per request, which costs Redis about as much CPU as the gateway spends on
+//! the whole request. Instead, checks of the same counter (same key, limit, window and
+//! increment) that arrive while a call for that counter is in flight on the thread's connection
+//! wait, and go together in the next call as one script invocation with `count = n`. The
+//! script grants them in arrival order while they fit, so the outcome is the one `n` separate
+//! calls would have given at that instant: counting stays exact across nodes, and no check
+//! waits for more than the call in flight plus its own.
+//!
+//! Without concurrency nothing changes: a lone check finds no call in flight and is sent at
+//! once, one call per check, as before.
+//!
+//! This module holds the pure parts (the queue of waiting checks, and how one script reply is
+//! split between the checks of a batch); `redis_store.rs` drives the calls.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use super::store::{RateState, StoreError, Ticket};
+
+/// Where one waiting check gets its answer.
+pub type Reply = oneshot::Sender<Result<RateState, StoreError>>;
+
+/// What identifies checks that may share a call: they must count the same units against the
+/// same limit of the same counter.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BatchKey {
+    pub key: String,
+    pub limit: u64,
+    pub window: Duration,
+    pub increment: u64,
+}
+
+/// The counters of one thread's connection that have a call in flight, each with the checks
+/// waiting for the next call. A counter is in the map exactly while a driver task serves it.
+///
+/// Only the thread owning the connection touches it (the mutex is never contended in the
+/// gateway, where futures do not migrate between threads; it is there because futures may
+/// migrate on a multi-threaded runtime).
+#[derive(Debug, Default)]
+pub struct Batches {
+    waiting: Mutex<HashMap<BatchKey, Vec<Reply>>>,
+}
+
+impl Batches {
+    /// Queues a check. Returns the key back when no call is in flight for its counter: the
+    /// caller must then start a driver for it (which takes this check in its first call).
+    pub fn enqueue(&self, key: BatchKey, reply: Reply) -> Option<BatchKey> {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(queue) = waiting.get_mut(&key) {
+            queue.push(reply);
+            return None;
+        }
+        waiting.insert(key.clone(), vec![reply]);
+        Some(key)
+    }
+
+    /// The checks for the driver's next call, in arrival order. When none are waiting, the
+    /// counter leaves the map (the driver stops, and the next check starts a new one).
+    pub fn next_batch(&self, key: &BatchKey) -> Vec<Reply> {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        match waiting.get_mut(key) {
+            Some(queue) if !queue.is_empty() => std::mem::take(queue),
+            Some(_) => {
+                waiting.remove(key);
+                Vec::new()
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// Counters with a driver (for tests).
+    #[cfg(test)]
+    pub fn in_flight(&self) -> usize {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+/// One script reply for a batch: `granted` of the `count` checks fit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchReply {
+    pub granted: u64,
+    /// Capacity left after the granted checks.
+    pub remaining: u64,
+    /// For the refused checks: until the next one would fit.
+    pub retry_after: Duration,
+    /// Slot the granted units were recorded in.
+    pub slot: i64,
+}
+
+/// Splits a reply between the checks of a batch, in arrival order: the first `granted` are
+/// admitted, each seeing the capacity left after itself (as if it had been sent alone), the
+/// rest are refused.
+pub fn split(reply: BatchReply, count: usize, key: &BatchKey) -> Vec<RateState> {
+    let granted = (reply.granted as usize).min(count);
+    (0..count)
+        .map(|i| {
+            let allowed = i < granted;
+            RateState {
+                allowed,
+                remaining: if allowed {
+                    reply
+                        .remaining
+                        .saturating_add(((granted - 1 - i) as u64).saturating_mul(key.increment))
+                } else {
+                    reply.remaining
+                },
+                retry_after: if allowed {
+                    Duration::ZERO
+                } else {
+                    reply.retry_after
+                },
+                ticket: Ticket {
+                    key: key.key.clone(),
+                    window: key.window,
+                    slot: reply.slot,
+                    amount: if allowed { key.increment } else { 0 },
+                },
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> BatchKey {
+        BatchKey {
+            key: "k".into(),
+            limit: 10,
+            window: Duration::from_secs(60),
+            increment: 2,
+        }
+    }
+
+    #[test]
+    fn first_check_leads_the_rest_wait_and_the_counter_leaves_when_drained() {
+        let b = Batches::default();
+        let (tx1, _rx1) = oneshot::channel();
+        let (tx2, _rx2) = oneshot::channel();
+        let (tx3, _rx3) = oneshot::channel();
+        assert!(b.enqueue(key(), tx1).is_some());
+        assert!(b.enqueue(key(), tx2).is_none());
+        assert_eq!(b.next_batch(&key()).len(), 2);
+        // Arrived while the first call was in flight: waits for the second.
+        assert!(b.enqueue(key(), tx3).is_none());
+        assert_eq!(b.next_batch(&key()).len(), 1);
+        assert_eq!(b.in_flight(), 1);
+        assert!(b.next_batch(&key()).is_empty());
+        assert_eq!(b.in_flight(), 0);
+        let (tx4, _rx4) = oneshot::channel();
+        assert!(
+            b.enqueue(key(), tx4).is_some(),
+            "a new driver after the old one stopped"
+        );
+    }
+
+    #[test]
+    fn other_limits_of_the_same_key_do_not_share_a_call() {
+        let b = Batches::default();
+        let (tx1, _rx1) = oneshot::channel();
+        let (tx2, _rx2) = oneshot::channel();
+        assert!(b.enqueue(key(), tx1).is_some());
+        assert!(b.enqueue(BatchKey { limit: 11, ..key() }, tx2).is_some());
+        assert_eq!(b.in_flight(), 2);
+    }
+
+    #[test]
+    fn a_reply_is_split_in_arrival_order() {
+        let reply = BatchReply {
+            granted: 2,
+            remaining: 1,
+            retry_after: Duration::from_millis(1500),
+            slot: 7,
+        };
+        let states = split(reply, 4, &key());
+        let allowed: Vec<bool> = states.iter().map(|s| s.allowed).collect();
+        assert_eq!(allowed, [true, true, false, false]);
+        // 1 left after both grants of 2: the first saw 3 left after itself, the second 1.
+        assert_eq!(states[0].remaining, 3);
+        assert_eq!(states[1].remaining, 1);
+        assert_eq!(states[2].remaining, 1);
+        assert_eq!(states[0].retry_after, Duration::ZERO);
+        assert_eq!(states[3].retry_after, Duration::from_millis(1500));
+        assert_eq!(states[0].ticket.amount, 2);
+        assert_eq!(states[2].ticket.amount, 0);
+        assert!(states.iter().all(|s| s.ticket.slot == 7));
+    }
+}
