@@ -421,6 +421,9 @@ impl RedisStore {
 async fn drive(store: RedisStore, conn: ConnectionManager, batches: Arc<Batches>, key: BatchKey) {
     let (slot_ms, slots) = slot_geometry(key.window);
     loop {
+        // Let the requests whose sockets are already readable run first: their checks join
+        // this call instead of waiting for the next one (costs one scheduler pass, no timer).
+        tokio::task::yield_now().await;
         let waiting = batches.next_batch(&key);
         if waiting.is_empty() {
             return;
