@@ -13,22 +13,27 @@
 //! Without concurrency nothing changes: a lone check finds no call in flight and is sent at
 //! once, one call per check, as before.
 //!
+//! Quota admissions (`quota`, `quota-by-key`) are coalesced the same way; what they add after
+//! the response (bandwidth, refunds) is not, as nobody waits for it.
+//!
 //! This module holds the pure parts (the queue of waiting checks, and how one script reply is
 //! split between the checks of a batch); `redis_store.rs` drives the calls.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::sync::oneshot;
 
 use super::store::{RateState, StoreError, Ticket};
+use super::window::{QuotaDelta, QuotaLimits, QuotaState};
 
 /// Where one waiting check gets its answer.
-pub type Reply = oneshot::Sender<Result<RateState, StoreError>>;
+pub type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
-/// What identifies checks that may share a call: they must count the same units against the
-/// same limit of the same counter.
+/// What identifies rate-limit checks that may share a call: they must count the same units
+/// against the same limit of the same counter.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct BatchKey {
     pub key: String,
@@ -37,21 +42,39 @@ pub struct BatchKey {
     pub increment: u64,
 }
 
+/// What identifies quota admissions that may share a call: same counter, period, limits and
+/// change.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct QuotaBatchKey {
+    pub key: String,
+    pub period: Duration,
+    pub limits: QuotaLimits,
+    pub delta: QuotaDelta,
+}
+
 /// The counters of one thread's connection that have a call in flight, each with the checks
 /// waiting for the next call. A counter is in the map exactly while a driver task serves it.
 ///
 /// Only the thread owning the connection touches it (the mutex is never contended in the
 /// gateway, where futures do not migrate between threads; it is there because futures may
 /// migrate on a multi-threaded runtime).
-#[derive(Debug, Default)]
-pub struct Batches {
-    waiting: Mutex<HashMap<BatchKey, Vec<Reply>>>,
+#[derive(Debug)]
+pub struct Batches<K, T> {
+    waiting: Mutex<HashMap<K, Vec<Reply<T>>>>,
 }
 
-impl Batches {
+impl<K, T> Default for Batches<K, T> {
+    fn default() -> Self {
+        Batches {
+            waiting: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<K: Clone + Eq + Hash, T> Batches<K, T> {
     /// Queues a check. Returns the key back when no call is in flight for its counter: the
     /// caller must then start a driver for it (which takes this check in its first call).
-    pub fn enqueue(&self, key: BatchKey, reply: Reply) -> Option<BatchKey> {
+    pub fn enqueue(&self, key: K, reply: Reply<T>) -> Option<K> {
         let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(queue) = waiting.get_mut(&key) {
             queue.push(reply);
@@ -63,7 +86,7 @@ impl Batches {
 
     /// The checks for the driver's next call, in arrival order. When none are waiting, the
     /// counter leaves the map (the driver stops, and the next check starts a new one).
-    pub fn next_batch(&self, key: &BatchKey) -> Vec<Reply> {
+    pub fn next_batch(&self, key: &K) -> Vec<Reply<T>> {
         let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
         match waiting.get_mut(key) {
             Some(queue) if !queue.is_empty() => std::mem::take(queue),
@@ -80,6 +103,13 @@ impl Batches {
     pub fn in_flight(&self) -> usize {
         self.waiting.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
+}
+
+/// Both queues of one thread's connection.
+#[derive(Debug, Default)]
+pub struct ThreadBatches {
+    pub rate: Batches<BatchKey, RateState>,
+    pub quota: Batches<QuotaBatchKey, QuotaState>,
 }
 
 /// One script reply for a batch: `granted` of the `count` checks fit.
@@ -127,6 +157,37 @@ pub fn split(reply: BatchReply, count: usize, key: &BatchKey) -> Vec<RateState> 
         .collect()
 }
 
+/// One quota script reply for a batch of admissions: `granted` of the `count` fit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuotaBatchReply {
+    pub granted: u64,
+    /// Usage after the granted admissions.
+    pub calls: u64,
+    pub bytes: u64,
+    pub resets_in: Duration,
+}
+
+/// Splits a quota reply in arrival order: each admitted check sees the usage right after
+/// itself, the refused ones the usage after the batch.
+pub fn split_quota(reply: QuotaBatchReply, count: usize, delta: QuotaDelta) -> Vec<QuotaState> {
+    let granted = (reply.granted as usize).min(count);
+    let per_call = delta.calls.max(0) as u64;
+    (0..count)
+        .map(|i| {
+            let allowed = i < granted;
+            let later = if allowed { (granted - 1 - i) as u64 } else { 0 };
+            QuotaState {
+                allowed,
+                calls: reply.calls.saturating_sub(later.saturating_mul(per_call)),
+                bytes: reply
+                    .bytes
+                    .saturating_sub(later.saturating_mul(delta.bytes)),
+                resets_in: reply.resets_in,
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,7 +203,7 @@ mod tests {
 
     #[test]
     fn first_check_leads_the_rest_wait_and_the_counter_leaves_when_drained() {
-        let b = Batches::default();
+        let b: Batches<BatchKey, RateState> = Batches::default();
         let (tx1, _rx1) = oneshot::channel();
         let (tx2, _rx2) = oneshot::channel();
         let (tx3, _rx3) = oneshot::channel();
@@ -164,7 +225,7 @@ mod tests {
 
     #[test]
     fn other_limits_of_the_same_key_do_not_share_a_call() {
-        let b = Batches::default();
+        let b: Batches<BatchKey, RateState> = Batches::default();
         let (tx1, _rx1) = oneshot::channel();
         let (tx2, _rx2) = oneshot::channel();
         assert!(b.enqueue(key(), tx1).is_some());
@@ -192,5 +253,28 @@ mod tests {
         assert_eq!(states[0].ticket.amount, 2);
         assert_eq!(states[2].ticket.amount, 0);
         assert!(states.iter().all(|s| s.ticket.slot == 7));
+    }
+
+    #[test]
+    fn a_quota_reply_is_split_in_arrival_order() {
+        let reply = QuotaBatchReply {
+            granted: 2,
+            calls: 10,
+            bytes: 0,
+            resets_in: Duration::from_secs(30),
+        };
+        let delta = QuotaDelta {
+            calls: 1,
+            bytes: 0,
+            enforce: true,
+        };
+        let states = split_quota(reply, 3, delta);
+        let seen: Vec<(bool, u64)> = states.iter().map(|s| (s.allowed, s.calls)).collect();
+        assert_eq!(seen, [(true, 9), (true, 10), (false, 10)]);
+        assert!(
+            states
+                .iter()
+                .all(|s| s.resets_in == Duration::from_secs(30))
+        );
     }
 }

@@ -32,7 +32,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 use tokio::sync::watch;
 
-use super::batch::{BatchKey, BatchReply, Batches};
+use super::batch::{BatchKey, BatchReply, QuotaBatchKey, QuotaBatchReply, ThreadBatches};
 use super::store::{CounterStore, RateState, StoreError, Ticket};
 use super::window::{QuotaDelta, QuotaLimits, QuotaState, slot_geometry};
 
@@ -110,8 +110,8 @@ struct ThreadConnection {
     /// Which store (compared by address; the `Weak` keeps the address from being reused).
     store: Weak<Inner>,
     conn: ConnectionManager,
-    /// Rate-limit checks waiting for this connection's next call (see `batch.rs`).
-    batches: Arc<Batches>,
+    /// Checks waiting for this connection's next call (see `batch.rs`).
+    batches: Arc<ThreadBatches>,
 }
 
 thread_local! {
@@ -187,7 +187,7 @@ impl RedisStore {
     }
 
     /// This thread's connection and its queue of waiting rate-limit checks.
-    fn thread_connection(&self) -> Result<(ConnectionManager, Arc<Batches>), StoreError> {
+    fn thread_connection(&self) -> Result<(ConnectionManager, Arc<ThreadBatches>), StoreError> {
         let me = Arc::as_ptr(&self.inner);
         CONNECTIONS.with_borrow_mut(|list| {
             if let Some(c) = list.iter().find(|c| std::ptr::eq(c.store.as_ptr(), me)) {
@@ -209,7 +209,7 @@ impl RedisStore {
                     runtime: tokio::runtime::Handle::current(),
                     conn: conn.clone(),
                 });
-            let batches = Arc::new(Batches::default());
+            let batches = Arc::new(ThreadBatches::default());
             list.push(ThreadConnection {
                 store: Arc::downgrade(&self.inner),
                 conn: conn.clone(),
@@ -418,13 +418,18 @@ impl RedisStore {
 
 /// Serves one counter's queue on one thread's connection until no check is waiting: one script
 /// call per batch, its reply split between the batch's checks in arrival order.
-async fn drive(store: RedisStore, conn: ConnectionManager, batches: Arc<Batches>, key: BatchKey) {
+async fn drive(
+    store: RedisStore,
+    conn: ConnectionManager,
+    batches: Arc<ThreadBatches>,
+    key: BatchKey,
+) {
     let (slot_ms, slots) = slot_geometry(key.window);
     loop {
         // Let the requests whose sockets are already readable run first: their checks join
         // this call instead of waiting for the next one (costs one scheduler pass, no timer).
         tokio::task::yield_now().await;
-        let waiting = batches.next_batch(&key);
+        let waiting = batches.rate.next_batch(&key);
         if waiting.is_empty() {
             return;
         }
@@ -474,6 +479,82 @@ async fn drive(store: RedisStore, conn: ConnectionManager, batches: Arc<Batches>
     }
 }
 
+/// [`drive`] for quota admissions.
+async fn drive_quota(
+    store: RedisStore,
+    conn: ConnectionManager,
+    batches: Arc<ThreadBatches>,
+    key: QuotaBatchKey,
+) {
+    loop {
+        tokio::task::yield_now().await;
+        let waiting = batches.quota.next_batch(&key);
+        if waiting.is_empty() {
+            return;
+        }
+        let count = waiting.len();
+        let reply = quota_call(
+            &store,
+            conn.clone(),
+            key.key.clone(),
+            key.period,
+            key.limits,
+            key.delta,
+            count,
+        )
+        .await;
+        match reply {
+            Ok(reply) => {
+                let states = super::batch::split_quota(reply, count, key.delta);
+                for (tx, state) in waiting.into_iter().zip(states) {
+                    let _ = tx.send(Ok(state));
+                }
+            }
+            Err(e) => {
+                for tx in waiting {
+                    let _ = tx.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// One `quota.lua` call applying `delta` up to `count` times.
+async fn quota_call(
+    store: &RedisStore,
+    conn: ConnectionManager,
+    key: String,
+    period: Duration,
+    limits: QuotaLimits,
+    delta: QuotaDelta,
+    count: usize,
+) -> Result<QuotaBatchReply, StoreError> {
+    let inner = store.inner.clone();
+    let limit = |l: Option<u64>| l.map_or(-1, |v| v.min(i64::MAX as u64) as i64);
+    let reply: Vec<i64> = store
+        .call_on("quota", conn, move |mut conn| async move {
+            inner
+                .quota
+                .key(key)
+                .arg(period.as_secs().max(1))
+                .arg(limit(limits.calls))
+                .arg(limit(limits.bytes))
+                .arg(delta.calls)
+                .arg(delta.bytes)
+                .arg(u8::from(delta.enforce))
+                .arg(count)
+                .invoke_async(&mut conn)
+                .await
+        })
+        .await?;
+    Ok(QuotaBatchReply {
+        granted: int(&reply, 0)?.max(0) as u64,
+        calls: int(&reply, 1)?.max(0) as u64,
+        bytes: int(&reply, 2)?.max(0) as u64,
+        resets_in: Duration::from_secs(int(&reply, 3)?.max(0) as u64),
+    })
+}
+
 async fn ping(mut conn: ConnectionManager) -> redis::RedisResult<()> {
     redis::cmd("PING")
         .query_async::<String>(&mut conn)
@@ -515,7 +596,7 @@ impl CounterStore for RedisStore {
             increment,
         };
         let (reply, answer) = tokio::sync::oneshot::channel();
-        if let Some(batch) = batches.enqueue(batch, reply) {
+        if let Some(batch) = batches.rate.enqueue(batch, reply) {
             tokio::spawn(drive(self.clone(), conn, batches, batch));
         }
         // No timer of its own: the driver answers every check it takes, and its calls are
@@ -546,6 +627,8 @@ impl CounterStore for RedisStore {
         .map(drop)
     }
 
+    /// Admissions (`delta.enforce`) are coalesced like rate-limit checks; the records made
+    /// after a response are sent alone.
     async fn quota(
         &self,
         key: &str,
@@ -553,30 +636,34 @@ impl CounterStore for RedisStore {
         limits: QuotaLimits,
         delta: QuotaDelta,
     ) -> Result<QuotaState, StoreError> {
-        let inner = self.inner.clone();
-        let k = key.to_owned();
-        let limit = |l: Option<u64>| l.map_or(-1, |v| v.min(i64::MAX as u64) as i64);
-        let reply: Vec<i64> = self
-            .call("quota", move |mut conn| async move {
-                inner
-                    .quota
-                    .key(k)
-                    .arg(period.as_secs().max(1))
-                    .arg(limit(limits.calls))
-                    .arg(limit(limits.bytes))
-                    .arg(delta.calls)
-                    .arg(delta.bytes)
-                    .arg(u8::from(delta.enforce))
-                    .invoke_async(&mut conn)
-                    .await
-            })
-            .await?;
-        Ok(QuotaState {
-            allowed: int(&reply, 0)? == 1,
-            calls: int(&reply, 1)?.max(0) as u64,
-            bytes: int(&reply, 2)?.max(0) as u64,
-            resets_in: Duration::from_secs(int(&reply, 3)?.max(0) as u64),
-        })
+        if !delta.enforce {
+            let reply = quota_call(self, self.conn()?, key.to_owned(), period, limits, delta, 1);
+            let r = reply.await?;
+            return Ok(QuotaState {
+                allowed: r.granted > 0,
+                calls: r.calls,
+                bytes: r.bytes,
+                resets_in: r.resets_in,
+            });
+        }
+        if !self.is_healthy() {
+            return Err(self.unreachable());
+        }
+        let (conn, batches) = self.thread_connection()?;
+        let batch = QuotaBatchKey {
+            key: key.to_owned(),
+            period,
+            limits,
+            delta,
+        };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if let Some(batch) = batches.quota.enqueue(batch, reply) {
+            tokio::spawn(drive_quota(self.clone(), conn, batches, batch));
+        }
+        match answer.await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::Redis("quota check abandoned".into())),
+        }
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {

@@ -336,6 +336,73 @@ async fn redis_concurrent_checks_share_calls_and_stay_exact() {
     assert_eq!(next.remaining, 0);
 }
 
+/// Concurrent quota admissions of one counter share calls too, across 3 nodes: exactly the
+/// quota admitted, each admission seeing the count right after itself.
+#[tokio::test]
+async fn redis_concurrent_quota_admissions_share_calls_and_stay_exact() {
+    let redis = TestRedis::start().await;
+    let nodes: Vec<Arc<RedisStore>> = redis_nodes(&redis, 3)
+        .await
+        .into_iter()
+        .map(Arc::new)
+        .collect();
+    let limits = QuotaLimits {
+        calls: Some(40),
+        bytes: None,
+    };
+    let call = QuotaDelta {
+        calls: 1,
+        bytes: 0,
+        enforce: true,
+    };
+    nodes[0].quota("warm", HOUR, limits, call).await.unwrap();
+    redis.command(&["CONFIG", "RESETSTAT"]).await;
+    let tasks: Vec<_> = (0..150)
+        .map(|i| {
+            let node = nodes[i % 3].clone();
+            tokio::spawn(async move { node.quota("qb", HOUR, limits, call).await.unwrap() })
+        })
+        .collect();
+    let mut states = Vec::new();
+    for t in tasks {
+        states.push(t.await.unwrap());
+    }
+    let calls = evalsha_calls(&redis.command(&["INFO", "commandstats"]).await);
+    assert!(
+        (1..=30).contains(&calls),
+        "150 concurrent admissions, {calls} calls"
+    );
+    let mut counts: Vec<u64> = states
+        .iter()
+        .filter(|s| s.allowed)
+        .map(|s| s.calls)
+        .collect();
+    counts.sort_unstable();
+    assert_eq!(counts, (1..=40).collect::<Vec<u64>>());
+    assert!(states.iter().filter(|s| !s.allowed).all(|s| s.calls == 40));
+    // A record after a response (not enforced) still goes through alone and counts.
+    let after = QuotaDelta {
+        calls: -1,
+        bytes: 0,
+        enforce: false,
+    };
+    assert_eq!(
+        nodes[1]
+            .quota("qb", HOUR, limits, after)
+            .await
+            .unwrap()
+            .calls,
+        39
+    );
+    assert!(
+        nodes[2]
+            .quota("qb", HOUR, limits, call)
+            .await
+            .unwrap()
+            .allowed
+    );
+}
+
 /// Refunds keep the running total of the counter right: units taken back can be used again.
 #[tokio::test]
 async fn redis_refunds_free_capacity_in_the_running_total() {

@@ -126,7 +126,7 @@ pub struct QuotaCell {
 }
 
 /// Limits of a quota; `None` is "not limited".
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct QuotaLimits {
     pub calls: Option<u64>,
     pub bytes: Option<u64>,
@@ -144,7 +144,7 @@ impl QuotaLimits {
 }
 
 /// A change to a quota counter.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct QuotaDelta {
     /// Calls to add (negative: a refund).
     pub calls: i64,
