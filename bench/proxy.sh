@@ -11,6 +11,7 @@
 #   3r  as 3, in the gateway that has redis.url set (control for 5)
 #   4   as 3 + rate-limit, in-process store
 #   5   as 3 + rate-limit, Redis store (private redis-server)
+#   5q  as 5 + quota, Redis store (two shared counters per request)
 #   6   as 3 + cache-lookup/cache-store, every request a hit (in-process tier)
 #
 # Phase 1, max throughput: per round and target a warm-up, then `wrk -t1 -c$CONNS -d$DURATION`.
@@ -31,7 +32,7 @@
 #
 # Settings (environment): ROUNDS=3 DURATION=10 WARMUP=3 CONNS=32 LAT_CONNS=8 LOAD_PCT=50
 # RATE= (fixed latency rate, skips the max-based choice) PIN=0 SUT_CPUS=1 CLIENT_CPUS=0
-# BOTH_CPUS=0,1 BUILD=1 LATENCY_TOOL=wrk|hey TARGETS="1 2 2b 3 3b 3r 4 5 6" RUN_DIR=
+# BOTH_CPUS=0,1 BUILD=1 LATENCY_TOOL=wrk|hey TARGETS="1 2 2b 3 3b 3r 4 5 5q 6" RUN_DIR=
 # Raw logs and results.md stay in RUN_DIR (default: a new /tmp/outpost-proxy-bench.* dir).
 set -euo pipefail
 
@@ -50,7 +51,7 @@ CLIENT_CPUS=${CLIENT_CPUS:-0}
 BOTH_CPUS=${BOTH_CPUS:-0,1}
 BUILD=${BUILD:-1}
 LATENCY_TOOL=${LATENCY_TOOL:-wrk}
-TARGETS=${TARGETS:-"1 2 2b 3 3b 3r 4 5 6"}
+TARGETS=${TARGETS:-"1 2 2b 3 3b 3r 4 5 5q 6"}
 RUN_DIR=${REPORT_ONLY:-${RUN_DIR:-$(mktemp -d /tmp/outpost-proxy-bench.XXXXXX)}}
 SUB_KEY=bench0123456789abcdef0123456789abcdef
 CLK_TCK=$(getconf CLK_TCK)
@@ -182,7 +183,7 @@ report() {
         echo '```'
         echo
         awk -F'\t' -v rounds="$ROUNDS" -v rate="$RATE" -v nconns="$CONNS" '
-            BEGIN { control["3b"] = "2b"; control["5"] = "3r"; control["6"] = "1" }
+            BEGIN { control["3b"] = "2b"; control["5"] = "3r"; control["5q"] = "3r"; control["6"] = "1" }
             FILENAME ~ /labels.txt$/ { split($0, p, "|"); label[p[1]] = p[2]; next }
             FILENAME ~ /order.txt$/ { order[++nids] = $1; next }
             $1 == "max" {
@@ -253,7 +254,7 @@ report() {
                         (id ~ /^[3456]/) ? ratio(rps, id, "3", 0) : "–",
                         ctl(rps, id),
                         med(cpu, id), ratio(cpu, id, "2", 0), med(util, id),
-                        (id == "5" || id == "3r") ? sprintf("%.2f (%.1f)", med(rt, id), med(rcpu, id)) : "–",
+                        (id == "5" || id == "5q" || id == "3r") ? sprintf("%.2f (%.1f)", med(rt, id), med(rcpu, id)) : "–",
                         conns[id], st[id], so[id]
                 }
                 print ""
@@ -341,6 +342,7 @@ TARGET_TABLE="1|backend|http://127.0.0.1:$PORT_BACKEND/item|0|direct to backend 
 3r|gwr|http://127.0.0.1:$PORT_gwr/plain/item|1|gateway with redis.url: key + 2 set-header (control for 5)
 4|gw|http://127.0.0.1:$PORT_gw/limited/item|1|gateway + rate-limit, in-process store
 5|gwr|http://127.0.0.1:$PORT_gwr/limited/item|1|gateway + rate-limit, Redis store
+5q|gwr|http://127.0.0.1:$PORT_gwr/limited-quota/item|1|gateway + rate-limit + quota, Redis store
 6|gw|http://127.0.0.1:$PORT_gw/cached/item|1|gateway + cache hit (in-process tier)"
 
 declare -A T_SUT T_URL T_KEY T_LABEL
