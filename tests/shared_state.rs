@@ -296,6 +296,52 @@ fn limits_are_exact_across_three_gateways() {
     assert!((1..=63).contains(&retry), "{retry}");
 }
 
+/// The same limit under concurrency: 30 clients at once, 10 per gateway, so that checks of the
+/// counter are coalesced into shared script calls on each node. Still exactly the limit, and
+/// every admitted response reports a different remaining count (the calls decided them one
+/// after the other).
+#[test]
+fn limits_are_exact_across_three_gateways_under_concurrency() {
+    let redis = Redis::start();
+    let backend = Backend::start();
+    let site = Site::new(&backend, Some(&redis), 3);
+    let gws: Vec<_> = (0..3).map(|_| site.gateway()).collect();
+    let outcomes: Vec<(u16, Option<u64>)> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..30)
+            .map(|t| {
+                let url = format!("{}/limited/hello", gws[t % 3].traffic_url());
+                s.spawn(move || {
+                    let client = http();
+                    (0..10)
+                        .map(|_| {
+                            let res = client.get(&url).send().expect("the gateway answers");
+                            let remaining = res
+                                .headers()
+                                .get("x-ratelimit-remaining")
+                                .and_then(|v| v.to_str().ok()?.parse().ok());
+                            (res.status().as_u16(), remaining)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect()
+    });
+    let ok: Vec<u64> = outcomes
+        .iter()
+        .filter(|(status, _)| *status == 200)
+        .map(|(_, remaining)| remaining.expect("admitted responses carry the remaining count"))
+        .collect();
+    let limited = outcomes.iter().filter(|(status, _)| *status == 429).count();
+    assert_eq!((ok.len(), limited), (100, 200), "{outcomes:?}");
+    let mut remaining = ok;
+    remaining.sort_unstable();
+    assert_eq!(remaining, (0..100).collect::<Vec<u64>>());
+}
+
 #[test]
 fn limits_over_the_in_process_store() {
     let backend = Backend::start();
