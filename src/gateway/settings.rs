@@ -96,6 +96,8 @@ pub struct RedisSettings {
     /// Expected number of gateway nodes sharing limits; used by the `local` outage mode to
     /// enforce this node's share.
     pub nodes: u64,
+    /// Redis Cluster: `url` lists one or more seed nodes, separated by commas.
+    pub cluster: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -181,6 +183,7 @@ impl Default for RedisSettings {
             url: String::new(),
             timeout_ms: 50,
             nodes: 1,
+            cluster: false,
         }
     }
 }
@@ -263,8 +266,20 @@ impl Validate for GatewaySettings {
             p.push("limits.max_header_bytes", "must be at least 1024");
         }
         let redis = &self.redis.url;
-        if !(redis.is_empty() || redis.starts_with("redis://") || redis.starts_with("rediss://")) {
-            p.push("redis.url", "must start with redis:// or rediss://");
+        if !redis.is_empty() {
+            let seeds: Vec<&str> = redis.split(',').map(str::trim).collect();
+            if seeds
+                .iter()
+                .any(|u| !(u.starts_with("redis://") || u.starts_with("rediss://")))
+            {
+                p.push("redis.url", "must start with redis:// or rediss://");
+            }
+            if seeds.len() > 1 && !self.redis.cluster {
+                p.push(
+                    "redis.url",
+                    "several URLs are seed nodes of a Redis Cluster: set redis.cluster = true",
+                );
+            }
         }
         if self.redis.timeout_ms == 0 {
             p.push("redis.timeout_ms", "must be at least 1");
@@ -302,5 +317,32 @@ mod tests {
     #[test]
     fn env_names_are_unique() {
         crate::settings::env_names_are_unique::<super::GatewaySettings>().unwrap();
+    }
+
+    /// Several Redis URLs are a cluster's seeds: only with `redis.cluster`, each a Redis URL.
+    #[test]
+    fn redis_seed_lists_need_cluster_mode() {
+        use std::collections::BTreeMap;
+        let seeds = "redis://10.0.0.1:6379, redis://10.0.0.2:6379";
+        let env = |cluster: &str, url: &str| -> BTreeMap<String, String> {
+            [
+                (
+                    "OUTPOST_OFFLINE_CONFIG_FILE".to_string(),
+                    "/x.yaml".to_string(),
+                ),
+                ("OUTPOST_REDIS_URL".to_string(), url.to_string()),
+                ("OUTPOST_REDIS_CLUSTER".to_string(), cluster.to_string()),
+            ]
+            .into()
+        };
+        let load = |e| crate::settings::load::<super::GatewaySettings>(None, &e);
+        let err = load(env("false", seeds)).unwrap_err().to_string();
+        assert!(err.contains("set redis.cluster = true"), "{err}");
+        let s = load(env("true", seeds)).unwrap();
+        assert!(s.redis.cluster);
+        let err = load(env("true", "redis://a:1,http://b:2"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("must start with redis://"), "{err}");
     }
 }

@@ -22,6 +22,7 @@ async fn node(redis: Option<&TestRedis>, config: CacheConfig) -> CacheHandle {
                 url: r.url(),
                 timeout: Duration::from_millis(200),
                 probe_interval: Duration::from_millis(100),
+                cluster: false,
             }),
             nodes: 2,
         })

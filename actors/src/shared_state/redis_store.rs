@@ -21,6 +21,10 @@
 //! connection once the store says `Connected`. Counting scripts run with `EVALSHA` (falling
 //! back to `EVAL` on `NOSCRIPT`, e.g. after a Redis restart) and read the time from Redis, so
 //! node clocks do not matter.
+//!
+//! **Redis Cluster** (`RedisConfig::cluster`): one `ClusterConnection` for the process instead
+//! of a connection per thread (it multiplexes over one connection per primary and routes each
+//! command by its key); built at start or, if the cluster is not reachable then, by the probe.
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -29,6 +33,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
 use redis::{AsyncCommands, Script};
 use tokio::sync::watch;
 
@@ -45,6 +51,8 @@ pub struct RedisConfig {
     pub timeout: Duration,
     /// Health probe period (`PING`), connected or not; reconnect attempts follow it.
     pub probe_interval: Duration,
+    /// Redis Cluster: `url` lists seed nodes, separated by commas.
+    pub cluster: bool,
 }
 
 impl RedisConfig {
@@ -53,6 +61,7 @@ impl RedisConfig {
             url: url.into(),
             timeout,
             probe_interval: PROBE_INTERVAL,
+            cluster: false,
         }
     }
 }
@@ -77,14 +86,67 @@ impl Reachability {
     }
 }
 
+/// Where the store's connections come from.
+enum Backend {
+    /// One server: a connection per thread, each made lazily on that thread's runtime.
+    Single {
+        client: redis::Client,
+        manager_config: ConnectionManagerConfig,
+    },
+    /// Redis Cluster: one cluster connection for the process, shared by every thread (it
+    /// multiplexes over a connection per primary), made once the cluster answers.
+    Cluster {
+        client: ClusterClient,
+        conn: Mutex<Option<ClusterConnection>>,
+    },
+}
+
+/// One thread's handle on Redis: its own connection to a single server, or the process's
+/// cluster connection. Commands and scripts run on either alike.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct RedisStore {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    client: redis::Client,
-    manager_config: ConnectionManagerConfig,
+    backend: Backend,
     /// Every thread's connection, with the runtime that drives it: what the probe pings.
     connections: Mutex<Vec<Registered>>,
     /// Bound of the background connect of [`RedisStore::prepare_thread`].
@@ -102,14 +164,14 @@ struct Registered {
     id: u64,
     /// The runtime of the thread that created the connection (and drives its socket).
     runtime: tokio::runtime::Handle,
-    conn: ConnectionManager,
+    conn: Conn,
 }
 
 /// One thread's connection to one store, in [`CONNECTIONS`].
 struct ThreadConnection {
     /// Which store (compared by address; the `Weak` keeps the address from being reused).
     store: Weak<Inner>,
-    conn: ConnectionManager,
+    conn: Conn,
     /// Checks waiting for this connection's next call (see `batch.rs`).
     batches: Arc<ThreadBatches>,
 }
@@ -139,22 +201,38 @@ impl RedisStore {
     /// runtime. Does not fail when Redis is down: the store starts disconnected and connects
     /// when Redis comes up. Fails only on an invalid URL.
     pub async fn connect(config: RedisConfig) -> Result<RedisStore, StoreError> {
-        let client = redis::Client::open(config.url.as_str())
-            .map_err(|e| StoreError::Redis(format!("invalid redis url: {e}")))?;
         let connect_timeout = config.timeout.max(Duration::from_millis(500));
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(connect_timeout))
-            .set_response_timeout(None)
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(20))
-            .set_max_delay(config.probe_interval);
+        let backend = if config.cluster {
+            let seeds: Vec<&str> = config.url.split(',').map(str::trim).collect();
+            let client = ClusterClient::builder(seeds)
+                .connection_timeout(connect_timeout)
+                .retries(1)
+                .build()
+                .map_err(|e| StoreError::Redis(format!("invalid redis cluster url: {e}")))?;
+            Backend::Cluster {
+                client,
+                conn: Mutex::new(None),
+            }
+        } else {
+            let client = redis::Client::open(config.url.as_str())
+                .map_err(|e| StoreError::Redis(format!("invalid redis url: {e}")))?;
+            let manager_config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(connect_timeout))
+                .set_response_timeout(None)
+                .set_number_of_retries(1)
+                .set_min_delay(Duration::from_millis(20))
+                .set_max_delay(config.probe_interval);
+            Backend::Single {
+                client,
+                manager_config,
+            }
+        };
         let (status, _) = watch::channel(Reachability::Disconnected {
             reason: "not connected yet".into(),
         });
         let store = RedisStore {
             inner: Arc::new(Inner {
-                client,
-                manager_config,
+                backend,
                 connections: Mutex::new(Vec::new()),
                 connect_timeout,
                 timeout: config.timeout,
@@ -165,8 +243,10 @@ impl RedisStore {
                 quota: Script::new(include_str!("scripts/quota.lua")),
             }),
         };
-        // Configuration errors surface here rather than on the first call.
-        store.conn()?;
+        if let Backend::Single { .. } = store.inner.backend {
+            // Configuration errors surface here rather than on the first call.
+            store.conn()?;
+        }
         store.probe().await;
         let weak = Arc::downgrade(&store.inner);
         let interval = config.probe_interval;
@@ -182,12 +262,12 @@ impl RedisStore {
 
     /// This thread's connection, created (lazily: it connects on first use) on the current
     /// Tokio runtime when the thread has none yet. Call only inside a Tokio runtime.
-    fn conn(&self) -> Result<ConnectionManager, StoreError> {
+    fn conn(&self) -> Result<Conn, StoreError> {
         self.thread_connection().map(|(conn, _)| conn)
     }
 
     /// This thread's connection and its queue of waiting rate-limit checks.
-    fn thread_connection(&self) -> Result<(ConnectionManager, Arc<ThreadBatches>), StoreError> {
+    fn thread_connection(&self) -> Result<(Conn, Arc<ThreadBatches>), StoreError> {
         let me = Arc::as_ptr(&self.inner);
         CONNECTIONS.with_borrow_mut(|list| {
             if let Some(c) = list.iter().find(|c| std::ptr::eq(c.store.as_ptr(), me)) {
@@ -195,11 +275,23 @@ impl RedisStore {
             }
             // Forget the connections of stores that are gone (tests, gateway restarts).
             list.retain(|c| c.store.strong_count() > 0);
-            let conn = ConnectionManager::new_lazy_with_config(
-                self.inner.client.clone(),
-                self.inner.manager_config.clone(),
-            )
-            .map_err(|e| StoreError::Redis(e.to_string()))?;
+            let conn = match &self.inner.backend {
+                Backend::Single {
+                    client,
+                    manager_config,
+                } => Conn::Single(
+                    ConnectionManager::new_lazy_with_config(client.clone(), manager_config.clone())
+                        .map_err(|e| StoreError::Redis(e.to_string()))?,
+                ),
+                Backend::Cluster { conn, .. } => Conn::Cluster(
+                    conn.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .clone()
+                        .ok_or_else(|| {
+                            StoreError::Unreachable("redis cluster not connected yet".into())
+                        })?,
+                ),
+            };
             self.inner
                 .connections
                 .lock()
@@ -239,12 +331,16 @@ impl RedisStore {
     /// `PING` every thread's connection, each on its own thread, and record the outcome:
     /// reachable only when all of them answer within the timeout.
     pub async fn probe(&self) -> bool {
+        if let Err(e) = self.connect_cluster().await {
+            self.mark_unhealthy(&e);
+            return false;
+        }
         // The calling thread's connection too, so that there is always one to ping.
         if let Err(e) = self.conn() {
             self.mark_unhealthy(&e);
             return false;
         }
-        let targets: Vec<(u64, tokio::runtime::Handle, ConnectionManager)> = self
+        let targets: Vec<(u64, tokio::runtime::Handle, Conn)> = self
             .inner
             .connections
             .lock()
@@ -297,6 +393,27 @@ impl RedisStore {
                 false
             }
         }
+    }
+
+    /// Cluster mode: makes the process's cluster connection when there is none yet (at start,
+    /// and from the probe while the cluster could not be reached). It discovers the slots
+    /// from the seeds, keeps a connection to every primary and follows topology changes by
+    /// itself. Single server: nothing to do.
+    async fn connect_cluster(&self) -> Result<(), StoreError> {
+        let Backend::Cluster { client, conn } = &self.inner.backend else {
+            return Ok(());
+        };
+        if conn.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
+            return Ok(());
+        }
+        let bound = self.inner.connect_timeout;
+        let made = match tokio::time::timeout(bound, client.get_async_connection()).await {
+            Ok(Ok(made)) => made,
+            Ok(Err(e)) => return Err(StoreError::Redis(format!("redis cluster: {e}"))),
+            Err(_) => return Err(StoreError::Timeout(bound)),
+        };
+        *conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(made);
+        Ok(())
     }
 
     /// How many threads have a connection registered for the probe.
@@ -352,7 +469,7 @@ impl RedisStore {
     /// connection-level failure marks the store unreachable.
     async fn call<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T, StoreError>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         if !self.is_healthy() {
@@ -377,14 +494,9 @@ impl RedisStore {
 
     /// [`call`](Self::call) on a given connection (a batch driver keeps the connection of the
     /// thread its checks came from).
-    async fn call_on<T, F, Fut>(
-        &self,
-        op: &'static str,
-        conn: ConnectionManager,
-        f: F,
-    ) -> Result<T, StoreError>
+    async fn call_on<T, F, Fut>(&self, op: &'static str, conn: Conn, f: F) -> Result<T, StoreError>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         if !self.is_healthy() {
@@ -418,12 +530,7 @@ impl RedisStore {
 
 /// Serves one counter's queue on one thread's connection until no check is waiting: one script
 /// call per batch, its reply split between the batch's checks in arrival order.
-async fn drive(
-    store: RedisStore,
-    conn: ConnectionManager,
-    batches: Arc<ThreadBatches>,
-    key: BatchKey,
-) {
+async fn drive(store: RedisStore, conn: Conn, batches: Arc<ThreadBatches>, key: BatchKey) {
     let (slot_ms, slots) = slot_geometry(key.window);
     loop {
         // Let the requests whose sockets are already readable run first: their checks join
@@ -482,7 +589,7 @@ async fn drive(
 /// [`drive`] for quota admissions.
 async fn drive_quota(
     store: RedisStore,
-    conn: ConnectionManager,
+    conn: Conn,
     batches: Arc<ThreadBatches>,
     key: QuotaBatchKey,
 ) {
@@ -522,7 +629,7 @@ async fn drive_quota(
 /// One `quota.lua` call applying `delta` up to `count` times.
 async fn quota_call(
     store: &RedisStore,
-    conn: ConnectionManager,
+    conn: Conn,
     key: String,
     period: Duration,
     limits: QuotaLimits,
@@ -555,7 +662,7 @@ async fn quota_call(
     })
 }
 
-async fn ping(mut conn: ConnectionManager) -> redis::RedisResult<()> {
+async fn ping(mut conn: Conn) -> redis::RedisResult<()> {
     redis::cmd("PING")
         .query_async::<String>(&mut conn)
         .await

@@ -109,3 +109,155 @@ pub async fn silent_server() -> SocketAddr {
     });
     addr
 }
+
+/// A 3-primary Redis Cluster of `redis-server` children on free ports (client and cluster-bus
+/// ports both picked free, `cluster-port`), slots assigned with `redis-cli --cluster create`.
+pub struct TestRedisCluster {
+    nodes: Vec<(Option<Child>, u16, u16)>,
+    dir: tempfile::TempDir,
+}
+
+impl TestRedisCluster {
+    pub async fn start() -> TestRedisCluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let nodes = (0..3).map(|_| (None, free_port(), free_port())).collect();
+        let mut cluster = TestRedisCluster { nodes, dir };
+        cluster.spawn_all().await;
+        let addrs: Vec<String> = cluster
+            .nodes
+            .iter()
+            .map(|(_, p, _)| format!("127.0.0.1:{p}"))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli must be installed");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        cluster.wait_until_ok().await;
+        cluster
+    }
+
+    async fn spawn_all(&mut self) {
+        for (i, (child, port, bus)) in self.nodes.iter_mut().enumerate() {
+            let node_dir = self.dir.path().join(format!("n{i}"));
+            std::fs::create_dir_all(&node_dir).unwrap();
+            *child = Some(
+                Command::new("redis-server")
+                    .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                    .args([
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-port",
+                        &bus.to_string(),
+                    ])
+                    .args(["--cluster-config-file", "nodes.conf", "--save", ""])
+                    .args(["--appendonly", "no"])
+                    .arg("--dir")
+                    .arg(&node_dir)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("redis-server must be installed"),
+            );
+        }
+        for (_, port, _) in &self.nodes {
+            wait_for_ping(*port).await;
+        }
+    }
+
+    /// SIGKILL on every node: the whole cluster gone.
+    pub fn kill_all(&mut self) {
+        for (child, _, _) in &mut self.nodes {
+            if let Some(mut c) = child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+
+    /// Starts every node again on its ports; each finds its slots in its `nodes.conf`.
+    pub async fn restart_all(&mut self) {
+        self.kill_all();
+        self.spawn_all().await;
+        self.wait_until_ok().await;
+    }
+
+    async fn wait_until_ok(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut ok = 0;
+            for (_, port, _) in &self.nodes {
+                if command_on(*port, &["CLUSTER", "INFO"])
+                    .await
+                    .contains("cluster_state:ok")
+                {
+                    ok += 1;
+                }
+            }
+            if ok == self.nodes.len() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the test cluster did not converge"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Seed list for `RedisConfig { cluster: true, .. }`: one node is enough, give two.
+    pub fn url(&self) -> String {
+        format!(
+            "redis://127.0.0.1:{},redis://127.0.0.1:{}",
+            self.nodes[0].1, self.nodes[1].1
+        )
+    }
+
+    /// Ports of the nodes, to look at each one.
+    pub fn ports(&self) -> Vec<u16> {
+        self.nodes.iter().map(|(_, p, _)| *p).collect()
+    }
+}
+
+impl Drop for TestRedisCluster {
+    fn drop(&mut self) {
+        self.kill_all();
+    }
+}
+
+async fn wait_for_ping(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+            && command_on(port, &["PING"]).await.contains("PONG")
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("redis-server did not come up on port {port}");
+}
+
+/// One command on one node (not cluster-routed), its reply as a string; errors too.
+pub async fn command_on(port: u16, args: &[&str]) -> String {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+    let Ok(mut c) = client.get_multiplexed_async_connection().await else {
+        return String::new();
+    };
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    match cmd.query_async::<redis::Value>(&mut c).await {
+        Ok(v) => format!("{v:?}"),
+        Err(e) => e.to_string(),
+    }
+}

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use outpost_model::policy::OutageMode;
 
-use super::test_support::{TestRedis, silent_server};
+use super::test_support::{TestRedis, TestRedisCluster, command_on, silent_server};
 use super::*;
 
 const MIN: Duration = Duration::from_secs(60);
@@ -18,6 +18,7 @@ fn config(url: &str) -> RedisConfig {
         url: url.to_owned(),
         timeout: Duration::from_millis(200),
         probe_interval: Duration::from_millis(100),
+        cluster: false,
     }
 }
 
@@ -427,6 +428,91 @@ fn evalsha_calls(stats: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Redis Cluster: the same counting, over a 3-primary cluster. Counters and key/values hash
+/// to different primaries; the scripts run on the primary holding their key.
+#[tokio::test]
+async fn redis_cluster_counts_exactly_and_keeps_values() {
+    let cluster = TestRedisCluster::start().await;
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        let s = RedisStore::connect(RedisConfig {
+            cluster: true,
+            ..config(&cluster.url())
+        })
+        .await
+        .unwrap();
+        assert!(s.is_healthy(), "{:?}", s.reachability());
+        nodes.push(Arc::new(s));
+    }
+    exact_across_nodes(nodes.clone()).await;
+    key_values(&*nodes[0]).await;
+    // Many counters: they spread over the primaries, and each stays exact.
+    for k in 0..12 {
+        let key = format!("spread-{k}");
+        let mut admitted = 0;
+        for i in 0..9 {
+            admitted += usize::from(nodes[i % 3].hit(&key, 5, MIN, 1).await.unwrap().allowed);
+        }
+        assert_eq!(admitted, 5, "{key}");
+    }
+    let mut holding = 0;
+    for port in cluster.ports() {
+        let size = command_on(port, &["DBSIZE"]).await;
+        if !size.contains("int(0)") {
+            holding += 1;
+        }
+    }
+    assert!(holding >= 2, "counters should spread over the primaries");
+    let q = nodes[1]
+        .quota(
+            "cq",
+            HOUR,
+            QuotaLimits {
+                calls: Some(1),
+                bytes: None,
+            },
+            QuotaDelta {
+                calls: 1,
+                bytes: 0,
+                enforce: true,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(q.allowed);
+}
+
+/// The whole cluster killed: decisions fall back to local counting, nothing fails; the
+/// cluster back: shared counting resumes.
+#[tokio::test]
+async fn redis_cluster_killed_then_restarted() {
+    let mut cluster = TestRedisCluster::start().await;
+    let s = SharedState::connect(SharedStateConfig {
+        redis: Some(RedisConfig {
+            cluster: true,
+            ..config(&cluster.url())
+        }),
+        nodes: 3,
+    })
+    .await
+    .unwrap();
+    assert!(s.shared_available());
+    let d = s.rate_limit("ck", 30, MIN, 1, OutageMode::Local).await;
+    assert_eq!(d.counted_by, CountedBy::Shared);
+
+    cluster.kill_all();
+    let (ok, all) = admitted(&s, "ck", 20, OutageMode::Local).await;
+    assert_eq!(ok, 10, "this node's share, ceil(30 / 3)");
+    assert!(all[10..].iter().all(|d| d.counted_by == CountedBy::Local));
+    assert!(!s.shared_available());
+
+    cluster.restart_all().await;
+    wait_until("the cluster is reachable again", || s.shared_available()).await;
+    let d = s.rate_limit("ck2", 30, MIN, 1, OutageMode::Local).await;
+    assert_eq!(d.counted_by, CountedBy::Shared, "{d:?}");
+    assert!(d.allowed());
+}
+
 // === SharedState: outage modes ===
 
 async fn shared(redis: &TestRedis, nodes: u64) -> SharedState {
@@ -538,6 +624,7 @@ async fn unresponsive_redis_times_out_and_falls_back() {
         url: format!("redis://{addr}"),
         timeout: Duration::from_millis(100),
         probe_interval: Duration::from_millis(100),
+        cluster: false,
     };
     let started = Instant::now();
     let store = RedisStore::connect(cfg.clone()).await.unwrap();

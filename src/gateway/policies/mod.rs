@@ -73,8 +73,9 @@ pub fn cache_config(settings: &crate::gateway::settings::GatewaySettings) -> Cac
 pub async fn connect(
     settings: &crate::gateway::settings::GatewaySettings,
 ) -> Result<SharedState, String> {
-    let redis = (!settings.redis.url.is_empty()).then(|| {
-        RedisConfig::new(
+    let redis = (!settings.redis.url.is_empty()).then(|| RedisConfig {
+        cluster: settings.redis.cluster,
+        ..RedisConfig::new(
             settings.redis.url.clone(),
             Duration::from_millis(settings.redis.timeout_ms),
         )
