@@ -20,6 +20,7 @@
 //! split between the checks of a batch); `redis_store.rs` drives the calls.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::hash::Hash;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -95,6 +96,37 @@ impl<K: Clone + Eq + Hash, T> Batches<K, T> {
                 Vec::new()
             }
             None => Vec::new(),
+        }
+    }
+
+    /// The driver of one counter: until no check is waiting, takes the waiting checks, has
+    /// `decide` answer them with one call (one answer per check, in arrival order) and hands
+    /// each its answer, or the call's error to all of them.
+    pub async fn serve<F, Fut>(&self, key: &K, mut decide: F)
+    where
+        F: FnMut(usize) -> Fut,
+        Fut: Future<Output = Result<Vec<T>, StoreError>>,
+    {
+        loop {
+            // Let the requests whose sockets are already readable run first: their checks join
+            // this call instead of waiting for the next one (one scheduler pass, no timer).
+            tokio::task::yield_now().await;
+            let waiting = self.next_batch(key);
+            if waiting.is_empty() {
+                return;
+            }
+            match decide(waiting.len()).await {
+                Ok(answers) => {
+                    for (reply, answer) in waiting.into_iter().zip(answers) {
+                        let _ = reply.send(Ok(answer));
+                    }
+                }
+                Err(e) => {
+                    for reply in waiting {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                }
+            }
         }
     }
 

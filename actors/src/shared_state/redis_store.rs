@@ -38,7 +38,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::{AsyncCommands, Script};
 use tokio::sync::watch;
 
-use super::batch::{BatchKey, BatchReply, QuotaBatchKey, QuotaBatchReply, ThreadBatches};
+use super::batch::{BatchKey, BatchReply, Batches, QuotaBatchKey, QuotaBatchReply, ThreadBatches};
 use super::store::{CounterStore, RateState, StoreError, Ticket};
 use super::window::{QuotaDelta, QuotaLimits, QuotaState, slot_geometry};
 
@@ -485,6 +485,45 @@ impl RedisStore {
         self.call_on(op, conn, f).await
     }
 
+    /// Queues a check on this thread's queue for its counter (see `batch.rs`); the first check
+    /// of a counter with no call in flight spawns the counter's driver, which answers with
+    /// `decide(store, connection, counter, count)`.
+    ///
+    /// No timer of its own: the driver answers every check it takes, and its calls are bounded
+    /// by the timeout, so a check waits at most for the call in flight when it arrived plus
+    /// its own. A driver dropped with its runtime drops the reply: the check fails.
+    async fn coalesced<K, T, D, Fut>(
+        &self,
+        queue: fn(&ThreadBatches) -> &Batches<K, T>,
+        key: K,
+        decide: D,
+    ) -> Result<T, StoreError>
+    where
+        K: Clone + Eq + std::hash::Hash + Send + Sync + 'static,
+        T: Send + 'static,
+        D: Fn(RedisStore, Conn, K, usize) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Vec<T>, StoreError>> + Send,
+    {
+        if !self.is_healthy() {
+            return Err(self.unreachable());
+        }
+        let (conn, batches) = self.thread_connection()?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if let Some(key) = queue(&batches).enqueue(key, reply) {
+            let store = self.clone();
+            tokio::spawn(async move {
+                queue(&batches)
+                    .serve(&key, |count| {
+                        decide(store.clone(), conn.clone(), key.clone(), count)
+                    })
+                    .await;
+            });
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Redis("check abandoned".into())))
+    }
+
     fn unreachable(&self) -> StoreError {
         StoreError::Unreachable(match &*self.inner.status.borrow() {
             Reachability::Disconnected { reason } => reason.clone(),
@@ -528,102 +567,39 @@ impl RedisStore {
     }
 }
 
-/// Serves one counter's queue on one thread's connection until no check is waiting: one script
-/// call per batch, its reply split between the batch's checks in arrival order.
-async fn drive(store: RedisStore, conn: Conn, batches: Arc<ThreadBatches>, key: BatchKey) {
-    let (slot_ms, slots) = slot_geometry(key.window);
-    loop {
-        // Let the requests whose sockets are already readable run first: their checks join
-        // this call instead of waiting for the next one (costs one scheduler pass, no timer).
-        tokio::task::yield_now().await;
-        let waiting = batches.rate.next_batch(&key);
-        if waiting.is_empty() {
-            return;
-        }
-        let count = waiting.len();
-        metrics::counter!("outpost_redis_ratelimit_calls_total").increment(1);
-        metrics::counter!("outpost_redis_ratelimit_checks_total").increment(count as u64);
-        let inner = store.inner.clone();
-        let (k, limit, increment) = (key.key.clone(), key.limit, key.increment);
-        let reply: Result<Vec<i64>, StoreError> = store
-            .call_on("hit", conn.clone(), move |mut conn| async move {
-                inner
-                    .sliding
-                    .key(k)
-                    .arg(limit)
-                    .arg(slot_ms)
-                    .arg(slots)
-                    .arg(increment)
-                    .arg(count)
-                    .invoke_async(&mut conn)
-                    .await
-            })
-            .await;
-        let states = reply.and_then(|r| {
-            Ok(super::batch::split(
-                BatchReply {
-                    granted: int(&r, 0)?.max(0) as u64,
-                    remaining: int(&r, 1)?.max(0) as u64,
-                    retry_after: Duration::from_millis(int(&r, 2)?.max(0) as u64),
-                    slot: int(&r, 3)?,
-                },
-                count,
-                &key,
-            ))
-        });
-        match states {
-            Ok(states) => {
-                for (tx, state) in waiting.into_iter().zip(states) {
-                    let _ = tx.send(Ok(state));
-                }
-            }
-            Err(e) => {
-                for tx in waiting {
-                    let _ = tx.send(Err(e.clone()));
-                }
-            }
-        }
-    }
-}
-
-/// [`drive`] for quota admissions.
-async fn drive_quota(
-    store: RedisStore,
+/// One `sliding_window.lua` call deciding `count` checks of a counter, split between them.
+async fn sliding_call(
+    store: &RedisStore,
     conn: Conn,
-    batches: Arc<ThreadBatches>,
-    key: QuotaBatchKey,
-) {
-    loop {
-        tokio::task::yield_now().await;
-        let waiting = batches.quota.next_batch(&key);
-        if waiting.is_empty() {
-            return;
-        }
-        let count = waiting.len();
-        let reply = quota_call(
-            &store,
-            conn.clone(),
-            key.key.clone(),
-            key.period,
-            key.limits,
-            key.delta,
-            count,
-        )
-        .await;
-        match reply {
-            Ok(reply) => {
-                let states = super::batch::split_quota(reply, count, key.delta);
-                for (tx, state) in waiting.into_iter().zip(states) {
-                    let _ = tx.send(Ok(state));
-                }
-            }
-            Err(e) => {
-                for tx in waiting {
-                    let _ = tx.send(Err(e.clone()));
-                }
-            }
-        }
-    }
+    key: &BatchKey,
+    count: usize,
+) -> Result<Vec<RateState>, StoreError> {
+    metrics::counter!("outpost_redis_ratelimit_calls_total").increment(1);
+    metrics::counter!("outpost_redis_ratelimit_checks_total").increment(count as u64);
+    let (slot_ms, slots) = slot_geometry(key.window);
+    let inner = store.inner.clone();
+    let (k, limit, increment) = (key.key.clone(), key.limit, key.increment);
+    let r: Vec<i64> = store
+        .call_on("hit", conn, move |mut conn| async move {
+            inner
+                .sliding
+                .key(k)
+                .arg(limit)
+                .arg(slot_ms)
+                .arg(slots)
+                .arg(increment)
+                .arg(count)
+                .invoke_async(&mut conn)
+                .await
+        })
+        .await?;
+    let reply = BatchReply {
+        granted: int(&r, 0)?.max(0) as u64,
+        remaining: int(&r, 1)?.max(0) as u64,
+        retry_after: Duration::from_millis(int(&r, 2)?.max(0) as u64),
+        slot: int(&r, 3)?,
+    };
+    Ok(super::batch::split(reply, count, key))
 }
 
 /// One `quota.lua` call applying `delta` up to `count` times.
@@ -692,27 +668,18 @@ impl CounterStore for RedisStore {
         window: Duration,
         increment: u64,
     ) -> Result<RateState, StoreError> {
-        if !self.is_healthy() {
-            return Err(self.unreachable());
-        }
-        let (conn, batches) = self.thread_connection()?;
-        let batch = BatchKey {
+        let key = BatchKey {
             key: key.to_owned(),
             limit,
             window,
             increment,
         };
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        if let Some(batch) = batches.rate.enqueue(batch, reply) {
-            tokio::spawn(drive(self.clone(), conn, batches, batch));
-        }
-        // No timer of its own: the driver answers every check it takes, and its calls are
-        // bounded by the timeout, so a check waits at most for the call in flight when it
-        // arrived plus its own. A driver dropped with its runtime drops the sender.
-        match answer.await {
-            Ok(result) => result,
-            Err(_) => Err(StoreError::Redis("rate-limit check abandoned".into())),
-        }
+        self.coalesced(
+            |b| &b.rate,
+            key,
+            |store, conn, key, count| async move { sliding_call(&store, conn, &key, count).await },
+        )
+        .await
     }
 
     async fn refund(&self, ticket: &Ticket) -> Result<(), StoreError> {
@@ -744,33 +711,36 @@ impl CounterStore for RedisStore {
         delta: QuotaDelta,
     ) -> Result<QuotaState, StoreError> {
         if !delta.enforce {
+            if !self.is_healthy() {
+                return Err(self.unreachable());
+            }
             let reply = quota_call(self, self.conn()?, key.to_owned(), period, limits, delta, 1);
-            let r = reply.await?;
-            return Ok(QuotaState {
-                allowed: r.granted > 0,
-                calls: r.calls,
-                bytes: r.bytes,
-                resets_in: r.resets_in,
-            });
+            return Ok(super::batch::split_quota(reply.await?, 1, delta).remove(0));
         }
-        if !self.is_healthy() {
-            return Err(self.unreachable());
-        }
-        let (conn, batches) = self.thread_connection()?;
-        let batch = QuotaBatchKey {
+        let key = QuotaBatchKey {
             key: key.to_owned(),
             period,
             limits,
             delta,
         };
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        if let Some(batch) = batches.quota.enqueue(batch, reply) {
-            tokio::spawn(drive_quota(self.clone(), conn, batches, batch));
-        }
-        match answer.await {
-            Ok(result) => result,
-            Err(_) => Err(StoreError::Redis("quota check abandoned".into())),
-        }
+        self.coalesced(
+            |b| &b.quota,
+            key,
+            |store, conn, key, count| async move {
+                let reply = quota_call(
+                    &store,
+                    conn,
+                    key.key.clone(),
+                    key.period,
+                    key.limits,
+                    key.delta,
+                    count,
+                )
+                .await?;
+                Ok(super::batch::split_quota(reply, count, key.delta))
+            },
+        )
+        .await
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
