@@ -98,6 +98,9 @@ pub struct RedisSettings {
     pub nodes: u64,
     /// Redis Cluster: `url` lists one or more seed nodes, separated by commas.
     pub cluster: bool,
+    /// Redis Sentinel: the name of the monitored primary; `url` lists the sentinels,
+    /// separated by commas. Empty: not Sentinel.
+    pub sentinel_service: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -184,6 +187,7 @@ impl Default for RedisSettings {
             timeout_ms: 50,
             nodes: 1,
             cluster: false,
+            sentinel_service: String::new(),
         }
     }
 }
@@ -274,12 +278,20 @@ impl Validate for GatewaySettings {
             {
                 p.push("redis.url", "must start with redis:// or rediss://");
             }
-            if seeds.len() > 1 && !self.redis.cluster {
+            if seeds.len() > 1 && !self.redis.cluster && self.redis.sentinel_service.is_empty() {
                 p.push(
                     "redis.url",
-                    "several URLs are seed nodes of a Redis Cluster: set redis.cluster = true",
+                    "several URLs are the seed nodes of a Redis Cluster (set redis.cluster = true) \
+                     or sentinels (set redis.sentinel_service)",
                 );
             }
+        }
+        if self.redis.cluster && !self.redis.sentinel_service.is_empty() {
+            p.push(
+                "redis.sentinel_service",
+                "Redis Cluster and Sentinel exclude each other: set one of redis.cluster and \
+                 redis.sentinel_service",
+            );
         }
         if self.redis.timeout_ms == 0 {
             p.push("redis.timeout_ms", "must be at least 1");
@@ -338,6 +350,12 @@ mod tests {
         let load = |e| crate::settings::load::<super::GatewaySettings>(None, &e);
         let err = load(env("false", seeds)).unwrap_err().to_string();
         assert!(err.contains("set redis.cluster = true"), "{err}");
+        let mut sentinels = env("false", seeds);
+        sentinels.insert("OUTPOST_REDIS_SENTINEL_SERVICE".into(), "mymaster".into());
+        assert!(load(sentinels.clone()).is_ok());
+        sentinels.insert("OUTPOST_REDIS_CLUSTER".into(), "true".into());
+        let err = load(sentinels).unwrap_err().to_string();
+        assert!(err.contains("exclude each other"), "{err}");
         let s = load(env("true", seeds)).unwrap();
         assert!(s.redis.cluster);
         let err = load(env("true", "redis://a:1,http://b:2"))

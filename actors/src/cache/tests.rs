@@ -23,6 +23,7 @@ async fn node(redis: Option<&TestRedis>, config: CacheConfig) -> CacheHandle {
                 timeout: Duration::from_millis(200),
                 probe_interval: Duration::from_millis(100),
                 cluster: false,
+                sentinel_service: None,
             }),
             nodes: 2,
         })

@@ -25,6 +25,10 @@
 //! **Redis Cluster** (`RedisConfig::cluster`): one `ClusterConnection` for the process instead
 //! of a connection per thread (it multiplexes over one connection per primary and routes each
 //! command by its key); built at start or, if the cluster is not reachable then, by the probe.
+//!
+//! **Redis Sentinel** (`RedisConfig::sentinel_service`): connections per thread as for one
+//! server, to the primary a sentinel names; the probe asks again each time, and a new primary
+//! starts a new generation of connections (see `refresh_topology`).
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -35,7 +39,9 @@ use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
+use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use redis::{AsyncCommands, Script};
+use redis::{IntoConnectionInfo, RedisConnectionInfo};
 use tokio::sync::watch;
 
 use super::batch::{BatchKey, BatchReply, Batches, QuotaBatchKey, QuotaBatchReply, ThreadBatches};
@@ -53,6 +59,9 @@ pub struct RedisConfig {
     pub probe_interval: Duration,
     /// Redis Cluster: `url` lists seed nodes, separated by commas.
     pub cluster: bool,
+    /// Redis Sentinel: the monitored service (primary) name; `url` lists the sentinels,
+    /// separated by commas.
+    pub sentinel_service: Option<String>,
 }
 
 impl RedisConfig {
@@ -62,6 +71,7 @@ impl RedisConfig {
             timeout,
             probe_interval: PROBE_INTERVAL,
             cluster: false,
+            sentinel_service: None,
         }
     }
 }
@@ -98,6 +108,15 @@ enum Backend {
     Cluster {
         client: ClusterClient,
         conn: Mutex<Option<ClusterConnection>>,
+    },
+    /// Redis Sentinel: a connection per thread, as for one server, to the primary the
+    /// sentinels name. The probe asks them again every time; when the primary changes (a
+    /// failover), the generation goes up and every thread reconnects on its next call.
+    Sentinel {
+        sentinel: Box<tokio::sync::Mutex<SentinelClient>>,
+        manager_config: ConnectionManagerConfig,
+        /// The current primary and its generation (1, 2, …); `None` until a sentinel answered.
+        primary: Mutex<Option<(u64, redis::Client)>>,
     },
 }
 
@@ -165,6 +184,8 @@ struct Registered {
     /// The runtime of the thread that created the connection (and drives its socket).
     runtime: tokio::runtime::Handle,
     conn: Conn,
+    /// Sentinel: the primary's generation it was made for (0 otherwise).
+    generation: u64,
 }
 
 /// One thread's connection to one store, in [`CONNECTIONS`].
@@ -172,6 +193,7 @@ struct ThreadConnection {
     /// Which store (compared by address; the `Weak` keeps the address from being reused).
     store: Weak<Inner>,
     conn: Conn,
+    generation: u64,
     /// Checks waiting for this connection's next call (see `batch.rs`).
     batches: Arc<ThreadBatches>,
 }
@@ -202,7 +224,22 @@ impl RedisStore {
     /// when Redis comes up. Fails only on an invalid URL.
     pub async fn connect(config: RedisConfig) -> Result<RedisStore, StoreError> {
         let connect_timeout = config.timeout.max(Duration::from_millis(500));
-        let backend = if config.cluster {
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(connect_timeout))
+            .set_response_timeout(None)
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(20))
+            .set_max_delay(config.probe_interval);
+        let backend = if let Some(service) = &config.sentinel_service {
+            Backend::Sentinel {
+                sentinel: Box::new(tokio::sync::Mutex::new(sentinel_client(
+                    &config.url,
+                    service,
+                )?)),
+                manager_config,
+                primary: Mutex::new(None),
+            }
+        } else if config.cluster {
             let seeds: Vec<&str> = config.url.split(',').map(str::trim).collect();
             let client = ClusterClient::builder(seeds)
                 .connection_timeout(connect_timeout)
@@ -216,12 +253,6 @@ impl RedisStore {
         } else {
             let client = redis::Client::open(config.url.as_str())
                 .map_err(|e| StoreError::Redis(format!("invalid redis url: {e}")))?;
-            let manager_config = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(connect_timeout))
-                .set_response_timeout(None)
-                .set_number_of_retries(1)
-                .set_min_delay(Duration::from_millis(20))
-                .set_max_delay(config.probe_interval);
             Backend::Single {
                 client,
                 manager_config,
@@ -269,29 +300,15 @@ impl RedisStore {
     /// This thread's connection and its queue of waiting rate-limit checks.
     fn thread_connection(&self) -> Result<(Conn, Arc<ThreadBatches>), StoreError> {
         let me = Arc::as_ptr(&self.inner);
+        let generation = self.generation()?;
         CONNECTIONS.with_borrow_mut(|list| {
-            if let Some(c) = list.iter().find(|c| std::ptr::eq(c.store.as_ptr(), me)) {
-                return Ok((c.conn.clone(), c.batches.clone()));
+            let mine = list.iter().position(|c| std::ptr::eq(c.store.as_ptr(), me));
+            if let Some(i) = mine
+                && list[i].generation == generation
+            {
+                return Ok((list[i].conn.clone(), list[i].batches.clone()));
             }
-            // Forget the connections of stores that are gone (tests, gateway restarts).
-            list.retain(|c| c.store.strong_count() > 0);
-            let conn = match &self.inner.backend {
-                Backend::Single {
-                    client,
-                    manager_config,
-                } => Conn::Single(
-                    ConnectionManager::new_lazy_with_config(client.clone(), manager_config.clone())
-                        .map_err(|e| StoreError::Redis(e.to_string()))?,
-                ),
-                Backend::Cluster { conn, .. } => Conn::Cluster(
-                    conn.lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .clone()
-                        .ok_or_else(|| {
-                            StoreError::Unreachable("redis cluster not connected yet".into())
-                        })?,
-                ),
-            };
+            let conn = self.new_connection()?;
             self.inner
                 .connections
                 .lock()
@@ -300,15 +317,71 @@ impl RedisStore {
                     id: NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed),
                     runtime: tokio::runtime::Handle::current(),
                     conn: conn.clone(),
+                    generation,
                 });
+            if let Some(i) = mine {
+                // A new primary (Sentinel): the same queues, a connection to the new primary.
+                list[i].conn = conn.clone();
+                list[i].generation = generation;
+                return Ok((conn, list[i].batches.clone()));
+            }
+            // Forget the connections of stores that are gone (tests, gateway restarts).
+            list.retain(|c| c.store.strong_count() > 0);
             let batches = Arc::new(ThreadBatches::default());
             list.push(ThreadConnection {
                 store: Arc::downgrade(&self.inner),
                 conn: conn.clone(),
+                generation,
                 batches: batches.clone(),
             });
             Ok((conn, batches))
         })
+    }
+
+    /// Sentinel: the current primary's generation (an error while none is known); else 0.
+    fn generation(&self) -> Result<u64, StoreError> {
+        match &self.inner.backend {
+            Backend::Sentinel { primary, .. } => primary
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .map(|(g, _)| *g)
+                .ok_or_else(|| StoreError::Unreachable("no redis primary known yet".into())),
+            _ => Ok(0),
+        }
+    }
+
+    /// A connection for the calling thread: lazy (it connects on first use) for one server
+    /// or a Sentinel's primary; the process's connection for a cluster.
+    fn new_connection(&self) -> Result<Conn, StoreError> {
+        let lazy = |client: &redis::Client, config: &ConnectionManagerConfig| {
+            ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
+                .map(Conn::Single)
+                .map_err(|e| StoreError::Redis(e.to_string()))
+        };
+        match &self.inner.backend {
+            Backend::Single {
+                client,
+                manager_config,
+            } => lazy(client, manager_config),
+            Backend::Sentinel {
+                primary,
+                manager_config,
+                ..
+            } => {
+                let primary = primary.lock().unwrap_or_else(|e| e.into_inner());
+                match primary.as_ref() {
+                    Some((_, client)) => lazy(client, manager_config),
+                    None => Err(StoreError::Unreachable("no redis primary known yet".into())),
+                }
+            }
+            Backend::Cluster { conn, .. } => conn
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+                .map(Conn::Cluster)
+                .ok_or_else(|| StoreError::Unreachable("redis cluster not connected yet".into())),
+        }
     }
 
     /// Gives the calling thread its own connection now and starts connecting it in the
@@ -331,7 +404,7 @@ impl RedisStore {
     /// `PING` every thread's connection, each on its own thread, and record the outcome:
     /// reachable only when all of them answer within the timeout.
     pub async fn probe(&self) -> bool {
-        if let Err(e) = self.connect_cluster().await {
+        if let Err(e) = self.refresh_topology().await {
             self.mark_unhealthy(&e);
             return false;
         }
@@ -340,14 +413,20 @@ impl RedisStore {
             self.mark_unhealthy(&e);
             return false;
         }
-        let targets: Vec<(u64, tokio::runtime::Handle, Conn)> = self
-            .inner
-            .connections
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|r| (r.id, r.runtime.clone(), r.conn.clone()))
-            .collect();
+        let generation = self.generation().unwrap_or(0);
+        let targets: Vec<(u64, tokio::runtime::Handle, Conn)> = {
+            let mut registered = self
+                .inner
+                .connections
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            // Connections to a former primary (Sentinel) are not this store's any more.
+            registered.retain(|r| r.generation == generation);
+            registered
+                .iter()
+                .map(|r| (r.id, r.runtime.clone(), r.conn.clone()))
+                .collect()
+        };
         let timeout = self.inner.timeout;
         let pings = targets.into_iter().map(|(id, runtime, conn)| async move {
             // Spawned on the connection's own runtime: a reconnect that the PING triggers
@@ -395,25 +474,53 @@ impl RedisStore {
         }
     }
 
-    /// Cluster mode: makes the process's cluster connection when there is none yet (at start,
-    /// and from the probe while the cluster could not be reached). It discovers the slots
-    /// from the seeds, keeps a connection to every primary and follows topology changes by
-    /// itself. Single server: nothing to do.
-    async fn connect_cluster(&self) -> Result<(), StoreError> {
-        let Backend::Cluster { client, conn } = &self.inner.backend else {
-            return Ok(());
-        };
-        if conn.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
-            return Ok(());
-        }
+    /// What the probe does before its `PING`s. Cluster: makes the process's cluster
+    /// connection when there is none yet (at start, and while the cluster could not be
+    /// reached); it discovers the slots from the seeds, keeps a connection to every primary
+    /// and follows topology changes by itself. Sentinel: asks the sentinels for the primary
+    /// and, when it changed, moves to the next generation. One server: nothing.
+    async fn refresh_topology(&self) -> Result<(), StoreError> {
         let bound = self.inner.connect_timeout;
-        let made = match tokio::time::timeout(bound, client.get_async_connection()).await {
-            Ok(Ok(made)) => made,
-            Ok(Err(e)) => return Err(StoreError::Redis(format!("redis cluster: {e}"))),
-            Err(_) => return Err(StoreError::Timeout(bound)),
-        };
-        *conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(made);
-        Ok(())
+        match &self.inner.backend {
+            Backend::Single { .. } => Ok(()),
+            Backend::Cluster { client, conn } => {
+                if conn.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
+                    return Ok(());
+                }
+                let made = match tokio::time::timeout(bound, client.get_async_connection()).await {
+                    Ok(Ok(made)) => made,
+                    Ok(Err(e)) => return Err(StoreError::Redis(format!("redis cluster: {e}"))),
+                    Err(_) => return Err(StoreError::Timeout(bound)),
+                };
+                *conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(made);
+                Ok(())
+            }
+            Backend::Sentinel {
+                sentinel, primary, ..
+            } => {
+                let named = {
+                    let mut sentinel = sentinel.lock().await;
+                    match tokio::time::timeout(bound, sentinel.async_get_client()).await {
+                        Ok(Ok(client)) => client,
+                        Ok(Err(e)) => {
+                            return Err(StoreError::Redis(format!("redis sentinel: {e}")));
+                        }
+                        Err(_) => return Err(StoreError::Timeout(bound)),
+                    }
+                };
+                let mut primary = primary.lock().unwrap_or_else(|e| e.into_inner());
+                let addr = named.get_connection_info().addr().clone();
+                let known = primary
+                    .as_ref()
+                    .is_some_and(|(_, c)| *c.get_connection_info().addr() == addr);
+                if !known {
+                    let generation = primary.as_ref().map_or(1, |(g, _)| g + 1);
+                    tracing::info!(%addr, generation, "redis primary named by sentinel");
+                    *primary = Some((generation, named));
+                }
+                Ok(())
+            }
+        }
     }
 
     /// How many threads have a connection registered for the probe.
@@ -636,6 +743,23 @@ async fn quota_call(
         bytes: int(&reply, 2)?.max(0) as u64,
         resets_in: Duration::from_secs(int(&reply, 3)?.max(0) as u64),
     })
+}
+
+/// A Sentinel client for `service` from the comma-separated sentinel URLs. The first URL's
+/// user, password and database are for the primary; the sentinels are asked without them.
+fn sentinel_client(urls: &str, service: &str) -> Result<SentinelClient, StoreError> {
+    let invalid = |e: redis::RedisError| StoreError::Redis(format!("invalid redis url: {e}"));
+    let mut sentinels = Vec::new();
+    let mut primary_settings = None;
+    for url in urls.split(',').map(str::trim) {
+        let info = url.into_connection_info().map_err(invalid)?;
+        primary_settings.get_or_insert_with(|| info.redis_settings().clone());
+        sentinels.push(info.set_redis_settings(RedisConnectionInfo::default()));
+    }
+    let node = SentinelNodeConnectionInfo::default()
+        .set_redis_connection_info(primary_settings.unwrap_or_default());
+    SentinelClient::build(sentinels, service, Some(node), SentinelServerType::Master)
+        .map_err(|e| StoreError::Redis(format!("redis sentinel: {e}")))
 }
 
 async fn ping(mut conn: Conn) -> redis::RedisResult<()> {

@@ -261,3 +261,117 @@ pub async fn command_on(port: u16, args: &[&str]) -> String {
         Err(e) => e.to_string(),
     }
 }
+
+/// A primary, a replica and one sentinel monitoring them as `outpost`, all `redis-server`
+/// children on free ports.
+pub struct TestRedisSentinel {
+    children: Vec<Child>,
+    pub primary: u16,
+    pub replica: u16,
+    pub sentinel: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl TestRedisSentinel {
+    pub const SERVICE: &'static str = "outpost";
+
+    pub async fn start() -> TestRedisSentinel {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (primary, replica, sentinel) = (free_port(), free_port(), free_port());
+        let server = |port: u16, extra: &[String]| {
+            Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .args(extra)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server must be installed")
+        };
+        let mut children = vec![server(primary, &[])];
+        wait_for_ping(primary).await;
+        children.push(server(
+            replica,
+            &[
+                "--replicaof".into(),
+                "127.0.0.1".into(),
+                primary.to_string(),
+            ],
+        ));
+        wait_for_ping(replica).await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !command_on(replica, &["INFO", "replication"])
+            .await
+            .contains("master_link_status:up")
+        {
+            assert!(Instant::now() < deadline, "the replica did not sync");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let conf = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {sentinel}\nbind 127.0.0.1\ndir {}\n\
+                 sentinel monitor {service} 127.0.0.1 {primary} 1\n\
+                 sentinel down-after-milliseconds {service} 1000\n\
+                 sentinel failover-timeout {service} 5000\n",
+                dir.path().display(),
+                service = Self::SERVICE,
+            ),
+        )
+        .unwrap();
+        children.push(
+            Command::new("redis-server")
+                .arg(&conf)
+                .arg("--sentinel")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server must be installed"),
+        );
+        wait_for_ping(sentinel).await;
+        let s = TestRedisSentinel {
+            children,
+            primary,
+            replica,
+            sentinel,
+            _dir: dir,
+        };
+        // The sentinel must know the replica before it can fail over to it.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !command_on(sentinel, &["SENTINEL", "REPLICAS", Self::SERVICE])
+            .await
+            .contains(&replica.to_string())
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the sentinel did not find the replica"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        s
+    }
+
+    /// The sentinel URL list for `RedisConfig { sentinel_service, .. }`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.sentinel)
+    }
+
+    /// Port of the primary the sentinel names now.
+    pub async fn named_primary(&self) -> String {
+        command_on(
+            self.sentinel,
+            &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", Self::SERVICE],
+        )
+        .await
+    }
+}
+
+impl Drop for TestRedisSentinel {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use outpost_model::policy::OutageMode;
 
-use super::test_support::{TestRedis, TestRedisCluster, command_on, silent_server};
+use super::test_support::{
+    TestRedis, TestRedisCluster, TestRedisSentinel, command_on, silent_server,
+};
 use super::*;
 
 const MIN: Duration = Duration::from_secs(60);
@@ -19,6 +21,7 @@ fn config(url: &str) -> RedisConfig {
         timeout: Duration::from_millis(200),
         probe_interval: Duration::from_millis(100),
         cluster: false,
+        sentinel_service: None,
     }
 }
 
@@ -513,6 +516,113 @@ async fn redis_cluster_killed_then_restarted() {
     assert!(d.allowed());
 }
 
+/// Redis Sentinel: counting goes to the primary the sentinel names, exactly across nodes; after
+/// a failover it moves to the new primary by itself, and nothing fails meanwhile.
+#[tokio::test]
+async fn redis_sentinel_follows_a_failover() {
+    let s = TestRedisSentinel::start().await;
+    let sentinel_config = || RedisConfig {
+        sentinel_service: Some(TestRedisSentinel::SERVICE.into()),
+        ..config(&s.url())
+    };
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        let store = RedisStore::connect(sentinel_config()).await.unwrap();
+        assert!(store.is_healthy(), "{:?}", store.reachability());
+        nodes.push(Arc::new(store));
+    }
+    exact_across_nodes(nodes.clone()).await;
+    assert!(
+        command_on(s.primary, &["EXISTS", "exact-seq"])
+            .await
+            .contains("int(1)"),
+        "counted on the primary"
+    );
+
+    let shared = SharedState::connect(SharedStateConfig {
+        redis: Some(sentinel_config()),
+        nodes: 3,
+    })
+    .await
+    .unwrap();
+    let d = shared
+        .rate_limit("fo", 1000, MIN, 1, OutageMode::Local)
+        .await;
+    assert_eq!(d.counted_by, CountedBy::Shared);
+
+    // The sentinel may not judge the replica fit yet ("NOGOODSLAVE") right after start.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let reply = command_on(
+            s.sentinel,
+            &["SENTINEL", "FAILOVER", TestRedisSentinel::SERVICE],
+        )
+        .await;
+        if reply.to_lowercase().contains("ok") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "SENTINEL FAILOVER: {reply}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !s.named_primary().await.contains(&s.replica.to_string()) {
+        assert!(Instant::now() < deadline, "the sentinel did not fail over");
+        // Requests keep being decided (shared or, briefly, locally) during the failover.
+        assert!(
+            shared
+                .rate_limit("fo", 1000, MIN, 1, OutageMode::Local)
+                .await
+                .allowed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The new primary counts: decisions are shared again and land on the former replica.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let d = shared
+            .rate_limit("after", 1000, MIN, 1, OutageMode::Local)
+            .await;
+        assert!(d.allowed());
+        if d.counted_by == CountedBy::Shared
+            && command_on(s.replica, &["EXISTS", "outpost:rl:2:after"])
+                .await
+                .contains("int(1)")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "counting did not move to the new primary: {d:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Once the former primary has become a replica (it then refuses writes) and every node's
+    // probe has run, all nodes count on the new primary: exact again.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !command_on(s.primary, &["INFO", "replication"])
+        .await
+        .contains("role:slave")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the former primary was not demoted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut admitted = 0;
+    for i in 0..9 {
+        admitted += usize::from(
+            nodes[i % 3]
+                .hit("new-primary", 5, MIN, 1)
+                .await
+                .unwrap()
+                .allowed,
+        );
+    }
+    assert_eq!(admitted, 5);
+}
+
 // === SharedState: outage modes ===
 
 async fn shared(redis: &TestRedis, nodes: u64) -> SharedState {
@@ -625,6 +735,7 @@ async fn unresponsive_redis_times_out_and_falls_back() {
         timeout: Duration::from_millis(100),
         probe_interval: Duration::from_millis(100),
         cluster: false,
+        sentinel_service: None,
     };
     let started = Instant::now();
     let store = RedisStore::connect(cfg.clone()).await.unwrap();

@@ -75,6 +75,8 @@ pub async fn connect(
 ) -> Result<SharedState, String> {
     let redis = (!settings.redis.url.is_empty()).then(|| RedisConfig {
         cluster: settings.redis.cluster,
+        sentinel_service: (!settings.redis.sentinel_service.is_empty())
+            .then(|| settings.redis.sentinel_service.clone()),
         ..RedisConfig::new(
             settings.redis.url.clone(),
             Duration::from_millis(settings.redis.timeout_ms),
