@@ -614,14 +614,22 @@ impl RedisStore {
         if !self.is_healthy() {
             return Err(self.unreachable());
         }
-        let (conn, batches) = self.thread_connection()?;
+        let (_, batches) = self.thread_connection()?;
         let (reply, answer) = tokio::sync::oneshot::channel();
         if let Some(key) = queue(&batches).enqueue(key, reply) {
             let store = self.clone();
             tokio::spawn(async move {
+                let decide = &decide;
                 queue(&batches)
                     .serve(&key, |count| {
-                        decide(store.clone(), conn.clone(), key.clone(), count)
+                        let (store, key) = (store.clone(), key.clone());
+                        async move {
+                            // The thread's connection of the moment, for every call: a driver
+                            // that runs as long as checks keep coming must follow a new
+                            // primary (Sentinel failover) like everything else.
+                            let conn = store.conn()?;
+                            decide(store, conn, key, count).await
+                        }
                     })
                     .await;
             });

@@ -549,6 +549,31 @@ async fn redis_sentinel_follows_a_failover() {
         .rate_limit("fo", 1000, MIN, 1, OutageMode::Local)
         .await;
     assert_eq!(d.counted_by, CountedBy::Shared);
+    // A hot counter, checked without pause by 8 tasks through the failover: its coalescing
+    // driver never stops, and must still follow the new primary.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let measuring = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hot: Vec<_> = (0..8)
+        .map(|_| {
+            let (shared, stop, measuring) = (shared.clone(), stop.clone(), measuring.clone());
+            tokio::spawn(async move {
+                let (mut shared_after, mut local_after) = (0, 0);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let d = shared
+                        .rate_limit("hot", 1_000_000, MIN, 1, OutageMode::Local)
+                        .await;
+                    assert!(d.allowed());
+                    if measuring.load(std::sync::atomic::Ordering::Relaxed) {
+                        match d.counted_by {
+                            CountedBy::Shared => shared_after += 1,
+                            _ => local_after += 1,
+                        }
+                    }
+                }
+                (shared_after, local_after)
+            })
+        })
+        .collect();
 
     // The sentinel may not judge the replica fit yet ("NOGOODSLAVE") right after start.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -610,6 +635,19 @@ async fn redis_sentinel_follows_a_failover() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
+    measuring.store(true, std::sync::atomic::Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut shared_after, mut local_after) = (0, 0);
+    for t in hot {
+        let (s, l) = t.await.unwrap();
+        shared_after += s;
+        local_after += l;
+    }
+    assert!(
+        shared_after > 0 && local_after == 0,
+        "hot counter after the failover: {shared_after} shared, {local_after} local"
+    );
     let mut admitted = 0;
     for i in 0..9 {
         admitted += usize::from(
