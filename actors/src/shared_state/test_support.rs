@@ -43,43 +43,17 @@ impl TestRedis {
     }
 
     async fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
-            .args(["--appendfsync", "always"])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed (/usr/bin/redis-server)");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await {
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                if s.write_all(b"PING\r\n").await.is_ok() {
-                    let mut buf = [0u8; 7];
-                    if s.read_exact(&mut buf).await.is_ok() && &buf == b"+PONG\r\n" {
-                        return;
-                    }
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("redis-server did not come up on port {}", self.port);
+        self.child = Some(redis_server(
+            self.port,
+            self.dir.path(),
+            &["--appendonly", "yes", "--appendfsync", "always"],
+        ));
+        wait_for_ping(self.port).await;
     }
 
     /// Runs one command through a fresh client and returns its reply as a string.
     pub async fn command(&self, args: &[&str]) -> String {
-        let client = redis::Client::open(self.url()).unwrap();
-        let mut c = client.get_multiplexed_async_connection().await.unwrap();
-        let mut cmd = redis::cmd(args[0]);
-        for a in &args[1..] {
-            cmd.arg(*a);
-        }
-        let v: redis::Value = cmd.query_async(&mut c).await.unwrap();
-        format!("{v:?}")
+        command_on(self.port, args).await
     }
 }
 
@@ -146,25 +120,18 @@ impl TestRedisCluster {
     async fn spawn_all(&mut self) {
         for (i, (child, port, bus)) in self.nodes.iter_mut().enumerate() {
             let node_dir = self.dir.path().join(format!("n{i}"));
-            std::fs::create_dir_all(&node_dir).unwrap();
-            *child = Some(
-                Command::new("redis-server")
-                    .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                    .args([
-                        "--cluster-enabled",
-                        "yes",
-                        "--cluster-port",
-                        &bus.to_string(),
-                    ])
-                    .args(["--cluster-config-file", "nodes.conf", "--save", ""])
-                    .args(["--appendonly", "no"])
-                    .arg("--dir")
-                    .arg(&node_dir)
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .expect("redis-server must be installed"),
-            );
+            *child = Some(redis_server(
+                *port,
+                &node_dir,
+                &[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-port",
+                    &bus.to_string(),
+                    "--cluster-config-file",
+                    "nodes.conf",
+                ],
+            ));
         }
         for (_, port, _) in &self.nodes {
             wait_for_ping(*port).await;
@@ -231,6 +198,28 @@ impl Drop for TestRedisCluster {
     }
 }
 
+/// A `redis-server` child on `127.0.0.1:port` keeping its files in `dir` (created), with no
+/// snapshots, plus `extra` arguments.
+fn redis_server(port: u16, dir: &std::path::Path, extra: &[&str]) -> Child {
+    std::fs::create_dir_all(dir).expect("redis dir");
+    Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ])
+        .arg("--dir")
+        .arg(dir)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server must be installed (/usr/bin/redis-server)")
+}
+
 async fn wait_for_ping(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
@@ -278,25 +267,13 @@ impl TestRedisSentinel {
     pub async fn start() -> TestRedisSentinel {
         let dir = tempfile::tempdir().expect("temp dir");
         let (primary, replica, sentinel) = (free_port(), free_port(), free_port());
-        let server = |port: u16, extra: &[String]| {
-            Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no"])
-                .args(extra)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("redis-server must be installed")
-        };
-        let mut children = vec![server(primary, &[])];
+        // Each server in its own folder: a replica writes the snapshot it receives there.
+        let mut children = vec![redis_server(primary, &dir.path().join("primary"), &[])];
         wait_for_ping(primary).await;
-        children.push(server(
+        children.push(redis_server(
             replica,
-            &[
-                "--replicaof".into(),
-                "127.0.0.1".into(),
-                primary.to_string(),
-            ],
+            &dir.path().join("replica"),
+            &["--replicaof", "127.0.0.1", &primary.to_string()],
         ));
         wait_for_ping(replica).await;
         let deadline = Instant::now() + Duration::from_secs(20);
