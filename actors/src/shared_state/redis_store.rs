@@ -582,6 +582,8 @@ impl RedisStore {
         if !self.is_healthy() {
             return Err(self.unreachable());
         }
+        // The thread's connection of the moment: a coalescing driver that runs as long as
+        // checks keep coming follows a new primary (Sentinel failover) like everything else.
         let conn = match self.conn() {
             Ok(conn) => conn,
             Err(e) => {
@@ -589,73 +591,6 @@ impl RedisStore {
                 return Err(e);
             }
         };
-        self.call_on(op, conn, f).await
-    }
-
-    /// Queues a check on this thread's queue for its counter (see `batch.rs`); the first check
-    /// of a counter with no call in flight spawns the counter's driver, which answers with
-    /// `decide(store, connection, counter, count)`.
-    ///
-    /// No timer of its own: the driver answers every check it takes, and its calls are bounded
-    /// by the timeout, so a check waits at most for the call in flight when it arrived plus
-    /// its own. A driver dropped with its runtime drops the reply: the check fails.
-    async fn coalesced<K, T, D, Fut>(
-        &self,
-        queue: fn(&ThreadBatches) -> &Batches<K, T>,
-        key: K,
-        decide: D,
-    ) -> Result<T, StoreError>
-    where
-        K: Clone + Eq + std::hash::Hash + Send + Sync + 'static,
-        T: Send + 'static,
-        D: Fn(RedisStore, Conn, K, usize) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<Vec<T>, StoreError>> + Send,
-    {
-        if !self.is_healthy() {
-            return Err(self.unreachable());
-        }
-        let (_, batches) = self.thread_connection()?;
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        if let Some(key) = queue(&batches).enqueue(key, reply) {
-            let store = self.clone();
-            tokio::spawn(async move {
-                let decide = &decide;
-                queue(&batches)
-                    .serve(&key, |count| {
-                        let (store, key) = (store.clone(), key.clone());
-                        async move {
-                            // The thread's connection of the moment, for every call: a driver
-                            // that runs as long as checks keep coming must follow a new
-                            // primary (Sentinel failover) like everything else.
-                            let conn = store.conn()?;
-                            decide(store, conn, key, count).await
-                        }
-                    })
-                    .await;
-            });
-        }
-        answer
-            .await
-            .unwrap_or_else(|_| Err(StoreError::Redis("check abandoned".into())))
-    }
-
-    fn unreachable(&self) -> StoreError {
-        StoreError::Unreachable(match &*self.inner.status.borrow() {
-            Reachability::Disconnected { reason } => reason.clone(),
-            other => format!("{other:?}"),
-        })
-    }
-
-    /// [`call`](Self::call) on a given connection (a batch driver keeps the connection of the
-    /// thread its checks came from).
-    async fn call_on<T, F, Fut>(&self, op: &'static str, conn: Conn, f: F) -> Result<T, StoreError>
-    where
-        F: FnOnce(Conn) -> Fut,
-        Fut: Future<Output = redis::RedisResult<T>>,
-    {
-        if !self.is_healthy() {
-            return Err(self.unreachable());
-        }
         let result = match tokio::time::timeout(self.inner.timeout, f(conn)).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
@@ -680,12 +615,56 @@ impl RedisStore {
         }
         result
     }
+
+    /// Queues a check on this thread's queue for its counter (see `batch.rs`); the first check
+    /// of a counter with no call in flight spawns the counter's driver, which answers with
+    /// `decide(store, counter, count)`.
+    ///
+    /// No timer of its own: the driver answers every check it takes, and its calls are bounded
+    /// by the timeout, so a check waits at most for the call in flight when it arrived plus
+    /// its own. A driver dropped with its runtime drops the reply: the check fails.
+    async fn coalesced<K, T, D, Fut>(
+        &self,
+        queue: fn(&ThreadBatches) -> &Batches<K, T>,
+        key: K,
+        decide: D,
+    ) -> Result<T, StoreError>
+    where
+        K: Clone + Eq + std::hash::Hash + Send + Sync + 'static,
+        T: Send + 'static,
+        D: Fn(RedisStore, K, usize) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Vec<T>, StoreError>> + Send,
+    {
+        if !self.is_healthy() {
+            return Err(self.unreachable());
+        }
+        let (_, batches) = self.thread_connection()?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if let Some(key) = queue(&batches).enqueue(key, reply) {
+            let store = self.clone();
+            tokio::spawn(async move {
+                let decide = &decide;
+                queue(&batches)
+                    .serve(&key, |count| decide(store.clone(), key.clone(), count))
+                    .await;
+            });
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Redis("check abandoned".into())))
+    }
+
+    fn unreachable(&self) -> StoreError {
+        StoreError::Unreachable(match &*self.inner.status.borrow() {
+            Reachability::Disconnected { reason } => reason.clone(),
+            other => format!("{other:?}"),
+        })
+    }
 }
 
 /// One `sliding_window.lua` call deciding `count` checks of a counter, split between them.
 async fn sliding_call(
     store: &RedisStore,
-    conn: Conn,
     key: &BatchKey,
     count: usize,
 ) -> Result<Vec<RateState>, StoreError> {
@@ -695,7 +674,7 @@ async fn sliding_call(
     let inner = store.inner.clone();
     let (k, limit, increment) = (key.key.clone(), key.limit, key.increment);
     let r: Vec<i64> = store
-        .call_on("hit", conn, move |mut conn| async move {
+        .call("hit", move |mut conn| async move {
             inner
                 .sliding
                 .key(k)
@@ -720,7 +699,6 @@ async fn sliding_call(
 /// One `quota.lua` call applying `delta` up to `count` times.
 async fn quota_call(
     store: &RedisStore,
-    conn: Conn,
     key: String,
     period: Duration,
     limits: QuotaLimits,
@@ -730,7 +708,7 @@ async fn quota_call(
     let inner = store.inner.clone();
     let limit = |l: Option<u64>| l.map_or(-1, |v| v.min(i64::MAX as u64) as i64);
     let reply: Vec<i64> = store
-        .call_on("quota", conn, move |mut conn| async move {
+        .call("quota", move |mut conn| async move {
             inner
                 .quota
                 .key(key)
@@ -809,7 +787,7 @@ impl CounterStore for RedisStore {
         self.coalesced(
             |b| &b.rate,
             key,
-            |store, conn, key, count| async move { sliding_call(&store, conn, &key, count).await },
+            |store, key, count| async move { sliding_call(&store, &key, count).await },
         )
         .await
     }
@@ -843,11 +821,8 @@ impl CounterStore for RedisStore {
         delta: QuotaDelta,
     ) -> Result<QuotaState, StoreError> {
         if !delta.enforce {
-            if !self.is_healthy() {
-                return Err(self.unreachable());
-            }
-            let reply = quota_call(self, self.conn()?, key.to_owned(), period, limits, delta, 1);
-            return Ok(super::batch::split_quota(reply.await?, 1, delta).remove(0));
+            let reply = quota_call(self, key.to_owned(), period, limits, delta, 1).await?;
+            return Ok(super::batch::split_quota(reply, 1, delta).remove(0));
         }
         let key = QuotaBatchKey {
             key: key.to_owned(),
@@ -858,10 +833,9 @@ impl CounterStore for RedisStore {
         self.coalesced(
             |b| &b.quota,
             key,
-            |store, conn, key, count| async move {
+            |store, key, count| async move {
                 let reply = quota_call(
                     &store,
-                    conn,
                     key.key.clone(),
                     key.period,
                     key.limits,
