@@ -6,7 +6,8 @@
 //! - [`store`]: the [`CounterStore`] trait both stores implement, one atomic operation each.
 //! - [`local`]: the in-process store (`DashMap`), the default without Redis.
 //! - [`policy`]: the compiled rate-limit and quota steps.
-//! - [`redis_store`]: the Redis store (Lua scripts in `scripts/`, one round trip per operation).
+//! - [`redis_store`]: the Redis store (Lua scripts in `scripts/`, at most one round trip per
+//!   operation; concurrent checks of one counter share one, see `batch`).
 //! - this file: [`SharedState`], what the gateway uses. It never fails: when Redis cannot be
 //!   used, rate limits and quotas follow the policy's [`OutageMode`] and the cache degrades to
 //!   its in-process tier.

@@ -1,4 +1,5 @@
-//! The Redis store: counters shared by every node of a site, one round trip per operation.
+//! The Redis store: counters shared by every node of a site, at most one round trip per
+//! operation (concurrent rate-limit and quota checks of one counter share one: `batch.rs`).
 //!
 //! **One multiplexed connection per thread** that uses the store (each traffic worker, plus the
 //! gateway's main thread for the probe and the cache actor), each a redis-rs

@@ -44,7 +44,8 @@ pub enum StoreError {
 
 /// Counters and a key/value space, local or shared.
 ///
-/// Every method is one atomic operation and, for Redis, one round trip.
+/// Every method is one atomic operation and, for Redis, at most one round trip (the Redis
+/// store lets concurrent checks of one counter share a call).
 pub trait CounterStore: Send + Sync {
     /// Sliding-window check-and-increment: admits `increment` units when the window (of
     /// length `window`) then holds at most `limit`, and records them; refuses otherwise
