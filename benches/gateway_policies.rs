@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use outpost::gateway::settings::GatewaySettings;
 use outpost::gateway::{self, RunningGateway};
+use outpost_integration::free_port;
 
 const DOC: &str = r#"
 apiVersion: outpost/v1
@@ -55,14 +56,6 @@ apis:
 gateways:
   - {name: bench, apis: [plain, limited, cached, external]}
 "#;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn redis_cmd(port: u16, cmd: &str) -> String {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();

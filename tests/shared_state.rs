@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use outpost::gateway::settings::GatewaySettings;
 use outpost::gateway::{self, RunningGateway};
 use outpost_actors::connectivity::RedisState;
+use outpost_integration::free_port;
 
 // === helpers ===
 
@@ -82,14 +83,6 @@ impl Drop for Redis {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A backend that counts its requests and answers each after 300 ms.

@@ -1,6 +1,6 @@
 //! Test helpers: a private `redis-server` on a free port, and a server that never answers.
 
-use std::net::{SocketAddr, TcpListener as StdListener};
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -63,13 +63,7 @@ impl Drop for TestRedis {
     }
 }
 
-pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use outpost_integration::free_port;
 
 /// Accepts connections and never answers: the timeout path.
 pub async fn silent_server() -> SocketAddr {
