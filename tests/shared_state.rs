@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use outpost::gateway::settings::GatewaySettings;
 use outpost::gateway::{self, RunningGateway};
 use outpost_actors::connectivity::RedisState;
-use outpost_integration::free_port;
+use outpost_integration::{TestPki, free_port};
 
 // === helpers ===
 
@@ -21,6 +21,8 @@ struct Redis {
     child: Option<Child>,
     port: u16,
     dir: tempfile::TempDir,
+    /// TLS: its port, and the server's TLS arguments. The plain port stays open for the test.
+    tls: Option<(u16, Vec<String>)>,
 }
 
 impl Redis {
@@ -29,13 +31,31 @@ impl Redis {
             child: None,
             port: free_port(),
             dir: tempfile::tempdir().unwrap(),
+            tls: None,
+        };
+        r.spawn();
+        r
+    }
+
+    /// Serving TLS with `pki`'s server certificate and demanding a client certificate from
+    /// its CA (`tls-auth-clients yes`).
+    fn start_tls(pki: &TestPki) -> Redis {
+        let tls_port = free_port();
+        let mut r = Redis {
+            child: None,
+            port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+            tls: Some((tls_port, pki.redis_server_args(tls_port, "yes"))),
         };
         r.spawn();
         r
     }
 
     fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match &self.tls {
+            Some((tls_port, _)) => format!("rediss://127.0.0.1:{tls_port}"),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
     }
 
     fn spawn(&mut self) {
@@ -51,6 +71,7 @@ impl Redis {
             ])
             .arg("--dir")
             .arg(self.dir.path())
+            .args(self.tls.iter().flat_map(|(_, args)| args))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -213,7 +234,8 @@ impl Site {
         s.listen.ops = "127.0.0.1:0".into();
         if let Some(r) = redis {
             s.redis.url = r.url();
-            s.redis.timeout_ms = 200;
+            // Generous: on a loaded test machine a timed-out call would count locally.
+            s.redis.timeout_ms = 2000;
             s.redis.nodes = nodes;
         }
         Site {
@@ -287,6 +309,40 @@ fn limits_are_exact_across_three_gateways() {
         .parse()
         .unwrap();
     assert!((1..=63).contains(&retry), "{retry}");
+}
+
+/// `[redis]` over TLS end to end: a `rediss://` URL, the private CA from `tls_ca_file`, and the
+/// client certificate from `tls_cert_file`/`tls_key_file` that the server demands; three
+/// gateways count exactly through it. A PEM file that cannot be read stops the start, naming
+/// the setting.
+#[test]
+fn limits_are_exact_across_three_gateways_over_tls() {
+    let pki = TestPki::new();
+    let redis = Redis::start_tls(&pki);
+    let backend = Backend::start();
+    let mut site = Site::new(&backend, Some(&redis), 3);
+    site.settings.redis.tls_ca_file = pki.path("ca.pem");
+    site.settings.redis.tls_cert_file = pki.path("client.pem");
+    site.settings.redis.tls_key_file = pki.path("client.key");
+    let gws: Vec<_> = (0..3).map(|_| site.gateway()).collect();
+    eventually("every node connected over TLS", || {
+        gws.iter()
+            .all(|g| g.status().redis.state == RedisState::Connected)
+    });
+    assert_eq!(round_robin(&gws, "/limited/hello", 300), (100, 200, 0));
+
+    let mut missing = site.settings.clone();
+    missing.redis.tls_key_file = site._dir.path().join("nope.key").display().to_string();
+    let err = gateway::start(missing)
+        .err()
+        .expect("a missing key file stops the start");
+    assert!(err.contains("redis.tls_key_file"), "{err}");
+    let mut not_pem = site.settings.clone();
+    not_pem.redis.tls_ca_file = site._dir.path().join("site.yaml").display().to_string();
+    let err = gateway::start(not_pem)
+        .err()
+        .expect("a non-PEM CA file stops the start");
+    assert!(err.contains("no PEM block"), "{err}");
 }
 
 /// The same limit under concurrency: 30 clients at once, 10 per gateway, so that checks of the

@@ -101,6 +101,15 @@ pub struct RedisSettings {
     /// Redis Sentinel: the name of the monitored primary; `url` lists the sentinels,
     /// separated by commas. Empty: not Sentinel.
     pub sentinel_service: String,
+    /// Redis Sentinel: credentials of the sentinels themselves (their `requirepass`); the
+    /// URL's user and password are the primary's.
+    pub sentinel_username: String,
+    pub sentinel_password: String,
+    /// `rediss://`: PEM file of the CA to verify Redis with, instead of the system's roots.
+    pub tls_ca_file: String,
+    /// `rediss://`: client certificate and key (PEM files), for `tls-auth-clients yes`.
+    pub tls_cert_file: String,
+    pub tls_key_file: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -188,6 +197,11 @@ impl Default for RedisSettings {
             nodes: 1,
             cluster: false,
             sentinel_service: String::new(),
+            sentinel_username: String::new(),
+            sentinel_password: String::new(),
+            tls_ca_file: String::new(),
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
         }
     }
 }
@@ -286,6 +300,29 @@ impl Validate for GatewaySettings {
                 );
             }
         }
+        let r = &self.redis;
+        if r.tls_cert_file.is_empty() != r.tls_key_file.is_empty() {
+            p.push(
+                "redis.tls_cert_file",
+                "a client certificate needs its key: set both redis.tls_cert_file and \
+                 redis.tls_key_file, or neither",
+            );
+        }
+        let tls_files = !(r.tls_ca_file.is_empty() && r.tls_cert_file.is_empty());
+        if tls_files && !r.url.split(',').any(|u| u.trim().starts_with("rediss://")) {
+            p.push(
+                "redis.tls_ca_file",
+                "TLS files are set but redis.url does not use rediss://",
+            );
+        }
+        if !(r.sentinel_username.is_empty() && r.sentinel_password.is_empty())
+            && r.sentinel_service.is_empty()
+        {
+            p.push(
+                "redis.sentinel_password",
+                "sentinel credentials need Sentinel mode (set redis.sentinel_service)",
+            );
+        }
         if self.redis.cluster && !self.redis.sentinel_service.is_empty() {
             p.push(
                 "redis.sentinel_service",
@@ -362,5 +399,58 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("must start with redis://"), "{err}");
+    }
+
+    /// TLS files only with `rediss://`, a client certificate only with its key, sentinel
+    /// credentials only in Sentinel mode; every problem at once.
+    #[test]
+    fn redis_tls_and_sentinel_credentials_are_checked() {
+        use std::collections::BTreeMap;
+        let load = |pairs: &[(&str, &str)]| {
+            let mut env: BTreeMap<String, String> =
+                [("OUTPOST_OFFLINE_CONFIG_FILE".into(), "/x.yaml".into())].into();
+            env.extend(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+            crate::settings::load::<super::GatewaySettings>(None, &env)
+        };
+        let s = load(&[
+            ("OUTPOST_REDIS_URL", "rediss://redis.internal:6380"),
+            ("OUTPOST_REDIS_TLS_CA_FILE", "/etc/outpost/redis-ca.pem"),
+            (
+                "OUTPOST_REDIS_TLS_CERT_FILE",
+                "/etc/outpost/redis-client.pem",
+            ),
+            (
+                "OUTPOST_REDIS_TLS_KEY_FILE",
+                "/etc/outpost/redis-client.key",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(s.redis.tls_ca_file, "/etc/outpost/redis-ca.pem");
+        let s = load(&[
+            (
+                "OUTPOST_REDIS_URL",
+                "rediss://:pw@s1:26379,rediss://s2:26379",
+            ),
+            ("OUTPOST_REDIS_SENTINEL_SERVICE", "mymaster"),
+            ("OUTPOST_REDIS_SENTINEL_PASSWORD", "sentinel-pw"),
+        ])
+        .unwrap();
+        assert_eq!(s.redis.sentinel_password, "sentinel-pw");
+
+        let err = load(&[
+            ("OUTPOST_REDIS_URL", "redis://redis.internal:6379"),
+            ("OUTPOST_REDIS_TLS_CA_FILE", "/ca.pem"),
+            ("OUTPOST_REDIS_TLS_CERT_FILE", "/client.pem"),
+            ("OUTPOST_REDIS_SENTINEL_PASSWORD", "pw"),
+        ])
+        .unwrap_err()
+        .to_string();
+        for expected in [
+            "does not use rediss://",
+            "set both redis.tls_cert_file and redis.tls_key_file",
+            "sentinel credentials need Sentinel mode",
+        ] {
+            assert!(err.contains(expected), "{expected:?} missing from: {err}");
+        }
     }
 }

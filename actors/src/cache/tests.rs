@@ -19,11 +19,10 @@ async fn node(redis: Option<&TestRedis>, config: CacheConfig) -> CacheHandle {
     let shared = match redis {
         Some(r) => SharedState::connect(SharedStateConfig {
             redis: Some(RedisConfig {
-                url: r.url(),
-                timeout: Duration::from_millis(200),
                 probe_interval: Duration::from_millis(100),
-                cluster: false,
-                sentinel_service: None,
+                // Generous: a timeout under a loaded machine would turn a shared hit into a
+                // local miss.
+                ..RedisConfig::new(r.url(), Duration::from_secs(2))
             }),
             nodes: 2,
         })

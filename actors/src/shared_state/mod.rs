@@ -35,7 +35,7 @@ use outpost_model::policy::OutageMode;
 use tokio::sync::watch;
 
 pub use self::local::LocalStore;
-pub use self::redis_store::{Reachability, RedisConfig, RedisStore};
+pub use self::redis_store::{Reachability, RedisConfig, RedisStore, RedisTls};
 pub use self::store::{CounterStore, RateState, StoreError, Ticket};
 pub use self::window::{QuotaDelta, QuotaLimits, QuotaState};
 

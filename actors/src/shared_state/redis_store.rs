@@ -40,9 +40,12 @@ use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{AsyncCommands, Script};
-use redis::{IntoConnectionInfo, RedisConnectionInfo};
+use redis::{
+    ClientTlsConfig, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo, TlsCertificates,
+    TlsMode,
+};
 use tokio::sync::watch;
 
 use super::batch::{BatchKey, BatchReply, Batches, QuotaBatchKey, QuotaBatchReply, ThreadBatches};
@@ -63,6 +66,54 @@ pub struct RedisConfig {
     /// Redis Sentinel: the monitored service (primary) name; `url` lists the sentinels,
     /// separated by commas.
     pub sentinel_service: Option<String>,
+    /// Redis Sentinel: credentials of the sentinels themselves (`requirepass` in
+    /// `sentinel.conf`); the URLs' user and password are the primary's.
+    pub sentinel_username: Option<String>,
+    pub sentinel_password: Option<String>,
+    /// CA and client certificate for `rediss://` (every mode: the server, cluster nodes,
+    /// sentinels and the primary they name).
+    pub tls: RedisTls,
+}
+
+/// TLS material for `rediss://` connections, PEM. Without a CA the system's roots are used;
+/// with one, only that CA (a private CA is the usual case on-prem).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct RedisTls {
+    pub ca_pem: Option<Vec<u8>>,
+    /// Client certificate and its key, for servers with `tls-auth-clients yes` (mutual TLS).
+    pub client_cert_pem: Option<Vec<u8>>,
+    pub client_key_pem: Option<Vec<u8>>,
+}
+
+impl RedisTls {
+    /// `None` when nothing is configured: redis-rs then verifies with the system's roots.
+    fn certificates(&self) -> Option<TlsCertificates> {
+        let client_tls = match (&self.client_cert_pem, &self.client_key_pem) {
+            (Some(cert), Some(key)) => Some(ClientTlsConfig {
+                client_cert: cert.clone(),
+                client_key: key.clone(),
+            }),
+            _ => None,
+        };
+        (client_tls.is_some() || self.ca_pem.is_some()).then(|| TlsCertificates {
+            client_tls,
+            root_cert: self.ca_pem.clone(),
+        })
+    }
+}
+
+impl std::fmt::Debug for RedisTls {
+    // A private key never goes to a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisTls")
+            .field("ca", &self.ca_pem.is_some())
+            .field("client_cert", &self.client_cert_pem.is_some())
+            .field(
+                "client_key",
+                &self.client_key_pem.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
 }
 
 impl RedisConfig {
@@ -73,6 +124,9 @@ impl RedisConfig {
             probe_interval: PROBE_INTERVAL,
             cluster: false,
             sentinel_service: None,
+            sentinel_username: None,
+            sentinel_password: None,
+            tls: RedisTls::default(),
         }
     }
 }
@@ -233,18 +287,19 @@ impl RedisStore {
             .set_max_delay(config.probe_interval);
         let backend = if let Some(service) = &config.sentinel_service {
             Backend::Sentinel {
-                sentinel: Box::new(tokio::sync::Mutex::new(sentinel_client(
-                    &config.url,
-                    service,
-                )?)),
+                sentinel: Box::new(tokio::sync::Mutex::new(sentinel_client(&config, service)?)),
                 manager_config,
                 primary: Mutex::new(None),
             }
         } else if config.cluster {
             let seeds: Vec<&str> = config.url.split(',').map(str::trim).collect();
-            let client = ClusterClient::builder(seeds)
+            let mut builder = ClusterClient::builder(seeds)
                 .connection_timeout(connect_timeout)
-                .retries(1)
+                .retries(1);
+            if let Some(certs) = config.tls.certificates() {
+                builder = builder.certs(certs);
+            }
+            let client = builder
                 .build()
                 .map_err(|e| StoreError::Redis(format!("invalid redis cluster url: {e}")))?;
             Backend::Cluster {
@@ -252,8 +307,11 @@ impl RedisStore {
                 conn: Mutex::new(None),
             }
         } else {
-            let client = redis::Client::open(config.url.as_str())
-                .map_err(|e| StoreError::Redis(format!("invalid redis url: {e}")))?;
+            let client = match config.tls.certificates() {
+                Some(certs) => redis::Client::build_with_tls(config.url.as_str(), certs),
+                None => redis::Client::open(config.url.as_str()),
+            }
+            .map_err(|e| StoreError::Redis(format!("invalid redis url: {e}")))?;
             Backend::Single {
                 client,
                 manager_config,
@@ -733,19 +791,52 @@ async fn quota_call(
 }
 
 /// A Sentinel client for `service` from the comma-separated sentinel URLs. The first URL's
-/// user, password and database are for the primary; the sentinels are asked without them.
-fn sentinel_client(urls: &str, service: &str) -> Result<SentinelClient, StoreError> {
+/// user, password and database are for the primary; the sentinels get
+/// `sentinel_username`/`sentinel_password`. `rediss://` sentinels mean TLS to the sentinels and
+/// to the primary alike, with the same CA and client certificate.
+fn sentinel_client(config: &RedisConfig, service: &str) -> Result<SentinelClient, StoreError> {
     let invalid = |e: redis::RedisError| StoreError::Redis(format!("invalid redis url: {e}"));
     let mut sentinels = Vec::new();
-    let mut primary_settings = None;
-    for url in urls.split(',').map(str::trim) {
+    let mut primary = None;
+    for url in config.url.split(',').map(str::trim) {
         let info = url.into_connection_info().map_err(invalid)?;
-        primary_settings.get_or_insert_with(|| info.redis_settings().clone());
-        sentinels.push(info.set_redis_settings(RedisConnectionInfo::default()));
+        primary.get_or_insert_with(|| info.redis_settings().clone());
+        sentinels.push(info.addr().clone());
     }
-    let node = SentinelNodeConnectionInfo::default()
-        .set_redis_connection_info(primary_settings.unwrap_or_default());
-    SentinelClient::build(sentinels, service, Some(node), SentinelServerType::Master)
+    let tls = sentinels
+        .iter()
+        .filter(|a| matches!(a, ConnectionAddr::TcpTls { .. }))
+        .count();
+    if tls != 0 && tls != sentinels.len() {
+        return Err(StoreError::Redis(
+            "invalid redis url: the sentinels are all redis:// or all rediss://".into(),
+        ));
+    }
+    let primary: RedisConnectionInfo = primary.unwrap_or_default();
+    let mut b = SentinelClientBuilder::new(sentinels, service, SentinelServerType::Master)
+        .map_err(invalid)?
+        .set_client_to_redis_db(primary.db());
+    if let Some(user) = primary.username() {
+        b = b.set_client_to_redis_username(user);
+    }
+    if let Some(password) = primary.password() {
+        b = b.set_client_to_redis_password(password);
+    }
+    if let Some(user) = &config.sentinel_username {
+        b = b.set_client_to_sentinel_username(user);
+    }
+    if let Some(password) = &config.sentinel_password {
+        b = b.set_client_to_sentinel_password(password);
+    }
+    if tls != 0 {
+        b = b.set_client_to_redis_tls_mode(TlsMode::Secure);
+        if let Some(certs) = config.tls.certificates() {
+            b = b
+                .set_client_to_sentinel_certificates(certs.clone())
+                .set_client_to_redis_certificates(certs);
+        }
+    }
+    b.build()
         .map_err(|e| StoreError::Redis(format!("redis sentinel: {e}")))
 }
 

@@ -1,4 +1,5 @@
-//! Test helpers: a private `redis-server` on a free port, and a server that never answers.
+//! Test helpers: private `redis-server`s on free ports (single, cluster, sentinel, TLS), a
+//! private CA for them, and a server that never answers.
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -63,7 +64,7 @@ impl Drop for TestRedis {
     }
 }
 
-pub use outpost_integration::free_port;
+pub use outpost_integration::{TestPki, free_port};
 
 /// Accepts connections and never answers: the timeout path.
 pub async fn silent_server() -> SocketAddr {
@@ -82,30 +83,71 @@ pub async fn silent_server() -> SocketAddr {
 /// ports both picked free, `cluster-port`), slots assigned with `redis-cli --cluster create`.
 pub struct TestRedisCluster {
     nodes: Vec<(Option<Child>, u16, u16)>,
+    /// TLS (`tls-cluster yes`): each node's TLS port and the server's TLS arguments; the plain
+    /// ports stay open for the test to look inside.
+    tls: Option<(Vec<u16>, TlsArgs)>,
     dir: tempfile::TempDir,
+}
+
+/// What `redis-server` and `redis-cli` need to speak TLS with a [`TestPki`].
+#[derive(Clone)]
+struct TlsArgs {
+    ca: String,
+    cert: String,
+    key: String,
 }
 
 impl TestRedisCluster {
     pub async fn start() -> TestRedisCluster {
+        Self::start_with(None).await
+    }
+
+    /// A cluster whose clients, cluster bus and slot map all use TLS with `pki`'s server
+    /// certificate (clients need no certificate of their own).
+    pub async fn start_tls(pki: &TestPki) -> TestRedisCluster {
+        Self::start_with(Some(pki)).await
+    }
+
+    async fn start_with(pki: Option<&TestPki>) -> TestRedisCluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let nodes = (0..3).map(|_| (None, free_port(), free_port())).collect();
-        let mut cluster = TestRedisCluster { nodes, dir };
+        let tls = pki.map(|pki| {
+            let args = TlsArgs {
+                ca: pki.path("ca.pem"),
+                cert: pki.path("server.pem"),
+                key: pki.path("server.key"),
+            };
+            ((0..3).map(|_| free_port()).collect(), args)
+        });
+        let mut cluster = TestRedisCluster { nodes, tls, dir };
         cluster.spawn_all().await;
-        let addrs: Vec<String> = cluster
-            .nodes
-            .iter()
-            .map(|(_, p, _)| format!("127.0.0.1:{p}"))
-            .collect();
-        let out = Command::new("redis-cli")
-            .args(["--cluster", "create"])
-            .args(&addrs)
+        let mut create = Command::new("redis-cli");
+        create.args(["--cluster", "create"]);
+        match &cluster.tls {
+            Some((ports, a)) => {
+                create.args(ports.iter().map(|p| format!("127.0.0.1:{p}")));
+                create.args([
+                    "--tls", "--cacert", &a.ca, "--cert", &a.cert, "--key", &a.key,
+                ]);
+            }
+            None => {
+                create.args(
+                    cluster
+                        .nodes
+                        .iter()
+                        .map(|(_, p, _)| format!("127.0.0.1:{p}")),
+                );
+            }
+        }
+        let out = create
             .args(["--cluster-replicas", "0", "--cluster-yes"])
             .output()
             .expect("redis-cli must be installed");
         assert!(
             out.status.success(),
-            "redis-cli --cluster create: {}",
-            String::from_utf8_lossy(&out.stdout)
+            "redis-cli --cluster create: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
         );
         cluster.wait_until_ok().await;
         cluster
@@ -114,18 +156,39 @@ impl TestRedisCluster {
     async fn spawn_all(&mut self) {
         for (i, (child, port, bus)) in self.nodes.iter_mut().enumerate() {
             let node_dir = self.dir.path().join(format!("n{i}"));
-            *child = Some(redis_server(
-                *port,
-                &node_dir,
-                &[
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-port",
-                    &bus.to_string(),
-                    "--cluster-config-file",
-                    "nodes.conf",
-                ],
-            ));
+            let mut args: Vec<String> = [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-port",
+                &bus.to_string(),
+                "--cluster-config-file",
+                "nodes.conf",
+            ]
+            .map(String::from)
+            .to_vec();
+            if let Some((ports, a)) = &self.tls {
+                args.extend(
+                    [
+                        "--tls-port",
+                        &ports[i].to_string(),
+                        "--tls-cert-file",
+                        &a.cert,
+                        "--tls-key-file",
+                        &a.key,
+                        "--tls-ca-cert-file",
+                        &a.ca,
+                        "--tls-auth-clients",
+                        "optional",
+                        "--tls-cluster",
+                        "yes",
+                        "--tls-replication",
+                        "yes",
+                    ]
+                    .map(String::from),
+                );
+            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            *child = Some(redis_server(*port, &node_dir, &args));
         }
         for (_, port, _) in &self.nodes {
             wait_for_ping(*port).await;
@@ -174,10 +237,16 @@ impl TestRedisCluster {
 
     /// Seed list for `RedisConfig { cluster: true, .. }`: one node is enough, give two.
     pub fn url(&self) -> String {
-        format!(
-            "redis://127.0.0.1:{},redis://127.0.0.1:{}",
-            self.nodes[0].1, self.nodes[1].1
-        )
+        match &self.tls {
+            Some((ports, _)) => format!(
+                "rediss://127.0.0.1:{},rediss://127.0.0.1:{}",
+                ports[0], ports[1]
+            ),
+            None => format!(
+                "redis://127.0.0.1:{},redis://127.0.0.1:{}",
+                self.nodes[0].1, self.nodes[1].1
+            ),
+        }
     }
 
     /// Ports of the nodes, to look at each one.
@@ -231,7 +300,12 @@ async fn wait_for_ping(port: u16) {
 
 /// One command on one node (not cluster-routed), its reply as a string; errors too.
 pub async fn command_on(port: u16, args: &[&str]) -> String {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+    command_at(&format!("redis://127.0.0.1:{port}"), args).await
+}
+
+/// [`command_on`] at a URL (with a password, say).
+pub async fn command_at(url: &str, args: &[&str]) -> String {
+    let client = redis::Client::open(url).unwrap();
     let Ok(mut c) = client.get_multiplexed_async_connection().await else {
         return String::new();
     };
@@ -344,5 +418,143 @@ impl Drop for TestRedisSentinel {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+/// `pki`'s CA, with or without its client certificate, as the store takes them.
+pub fn redis_tls(pki: &TestPki, client_certificate: bool) -> super::RedisTls {
+    super::RedisTls {
+        ca_pem: Some(pki.read("ca.pem")),
+        client_cert_pem: client_certificate.then(|| pki.read("client.pem")),
+        client_key_pem: client_certificate.then(|| pki.read("client.key")),
+    }
+}
+
+/// A `redis-server` child serving TLS on `tls_port` (verified against a [`TestPki`]) and plain
+/// TCP on `port`, the latter only for the test to look inside.
+pub struct TestRedisTls {
+    child: Child,
+    pub port: u16,
+    pub tls_port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl TestRedisTls {
+    /// `auth_clients`: `yes` (mutual TLS), `optional` or `no`; `extra`: more arguments.
+    pub async fn start(pki: &TestPki, auth_clients: &str, extra: &[&str]) -> TestRedisTls {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (port, tls_port) = (free_port(), free_port());
+        let mut args = pki.redis_server_args(tls_port, auth_clients);
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let child = redis_server(port, dir.path(), &args);
+        let server = TestRedisTls {
+            child,
+            port,
+            tls_port,
+            _dir: dir,
+        };
+        if extra.contains(&"--requirepass") {
+            wait_for_port(port).await;
+        } else {
+            wait_for_ping(port).await;
+        }
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("rediss://127.0.0.1:{}", self.tls_port)
+    }
+}
+
+impl Drop for TestRedisTls {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A sentinel serving TLS (and plain TCP on `port`), with its own password, monitoring
+/// `primary` over TLS as [`TestRedisSentinel::SERVICE`].
+pub struct TestSentinelTls {
+    child: Child,
+    pub port: u16,
+    pub tls_port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl TestSentinelTls {
+    pub async fn start(
+        pki: &TestPki,
+        primary: &TestRedisTls,
+        primary_password: &str,
+        sentinel_password: &str,
+    ) -> TestSentinelTls {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (port, tls_port) = (free_port(), free_port());
+        let conf = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {dir}\n\
+                 tls-port {tls_port}\ntls-cert-file {cert}\ntls-key-file {key}\n\
+                 tls-ca-cert-file {ca}\ntls-auth-clients no\ntls-replication yes\n\
+                 requirepass {sentinel_password}\n\
+                 sentinel monitor {service} 127.0.0.1 {primary} 1\n\
+                 sentinel auth-pass {service} {primary_password}\n",
+                dir = dir.path().display(),
+                cert = pki.path("server.pem"),
+                key = pki.path("server.key"),
+                ca = pki.path("ca.pem"),
+                service = TestRedisSentinel::SERVICE,
+                primary = primary.tls_port,
+            ),
+        )
+        .unwrap();
+        let child = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed");
+        let s = TestSentinelTls {
+            child,
+            port,
+            tls_port,
+            _dir: dir,
+        };
+        // Ready once it has reached the primary over TLS with the password.
+        let url = format!("redis://:{sentinel_password}@127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !command_at(&url, &["SENTINEL", "MASTER", TestRedisSentinel::SERVICE])
+            .await
+            .contains("\"master\"")
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the TLS sentinel did not reach its primary"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        s
+    }
+}
+
+impl Drop for TestSentinelTls {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn wait_for_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "nothing listens on port {port}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use actix_web::http::header::{HeaderName, HeaderValue};
 use outpost_actors::cache::{CacheConfig, CacheHandle, Fill};
-use outpost_actors::shared_state::{RedisConfig, SharedState, SharedStateConfig};
+use outpost_actors::shared_state::{RedisConfig, RedisTls, SharedState, SharedStateConfig};
 
 use super::pipeline::{Exchange, Response, Runtime};
 
@@ -73,21 +73,45 @@ pub fn cache_config(settings: &crate::gateway::settings::GatewaySettings) -> Cac
 pub async fn connect(
     settings: &crate::gateway::settings::GatewaySettings,
 ) -> Result<SharedState, String> {
-    let redis = (!settings.redis.url.is_empty()).then(|| RedisConfig {
-        cluster: settings.redis.cluster,
-        sentinel_service: (!settings.redis.sentinel_service.is_empty())
-            .then(|| settings.redis.sentinel_service.clone()),
-        ..RedisConfig::new(
-            settings.redis.url.clone(),
-            Duration::from_millis(settings.redis.timeout_ms),
-        )
-    });
+    let r = &settings.redis;
+    let some = |v: &String| (!v.is_empty()).then(|| v.clone());
+    let redis = if r.url.is_empty() {
+        None
+    } else {
+        Some(RedisConfig {
+            cluster: r.cluster,
+            sentinel_service: some(&r.sentinel_service),
+            sentinel_username: some(&r.sentinel_username),
+            sentinel_password: some(&r.sentinel_password),
+            tls: RedisTls {
+                ca_pem: read_pem("redis.tls_ca_file", &r.tls_ca_file)?,
+                client_cert_pem: read_pem("redis.tls_cert_file", &r.tls_cert_file)?,
+                client_key_pem: read_pem("redis.tls_key_file", &r.tls_key_file)?,
+            },
+            ..RedisConfig::new(r.url.clone(), Duration::from_millis(r.timeout_ms))
+        })
+    };
     SharedState::connect(SharedStateConfig {
         redis,
         nodes: settings.redis.nodes,
     })
     .await
     .map_err(|e| format!("redis.url: {e}"))
+}
+
+/// The contents of a PEM file named by a setting (`None` when the setting is empty); a file
+/// that cannot be read, or holds no PEM block, is a start error naming the setting.
+fn read_pem(setting: &str, path: &str) -> Result<Option<Vec<u8>>, String> {
+    if path.is_empty() {
+        return Ok(None);
+    }
+    let pem = std::fs::read(path).map_err(|e| format!("{setting} {path}: {e}"))?;
+    if !pem.windows(11).any(|w| w == b"-----BEGIN ") {
+        return Err(format!(
+            "{setting} {path}: no PEM block (-----BEGIN …) in the file"
+        ));
+    }
+    Ok(Some(pem))
 }
 
 /// Startup: the shared state from `settings.redis` (reachability reported to `watcher`), the
