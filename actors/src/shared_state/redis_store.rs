@@ -40,6 +40,7 @@ use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
+use redis::io::tcp::TcpSettings;
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{AsyncCommands, Script};
 use redis::{
@@ -295,6 +296,7 @@ impl RedisStore {
             let seeds: Vec<&str> = config.url.split(',').map(str::trim).collect();
             let mut builder = ClusterClient::builder(seeds)
                 .connection_timeout(connect_timeout)
+                .tcp_settings(tcp_settings())
                 .retries(1);
             if let Some(certs) = config.tls.certificates() {
                 builder = builder.certs(certs);
@@ -307,11 +309,19 @@ impl RedisStore {
                 conn: Mutex::new(None),
             }
         } else {
+            let invalid =
+                |e: redis::RedisError| StoreError::Redis(format!("invalid redis url: {e}"));
+            let info = config
+                .url
+                .as_str()
+                .into_connection_info()
+                .map_err(invalid)?
+                .set_tcp_settings(tcp_settings());
             let client = match config.tls.certificates() {
-                Some(certs) => redis::Client::build_with_tls(config.url.as_str(), certs),
-                None => redis::Client::open(config.url.as_str()),
+                Some(certs) => redis::Client::build_with_tls(info, certs),
+                None => redis::Client::open(info),
             }
-            .map_err(|e| StoreError::Redis(format!("invalid redis url: {e}")))?;
+            .map_err(invalid)?;
             Backend::Single {
                 client,
                 manager_config,
@@ -582,6 +592,23 @@ impl RedisStore {
         }
     }
 
+    /// Whether the sockets this store opens to a server (one server, or the Sentinel's
+    /// primary once known) have `TCP_NODELAY`; `None` for a cluster, whose client does not say.
+    #[cfg(test)]
+    pub(crate) fn tcp_nodelay(&self) -> Option<bool> {
+        let client = match &self.inner.backend {
+            Backend::Single { client, .. } => client.clone(),
+            Backend::Sentinel { primary, .. } => primary
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()?
+                .1
+                .clone(),
+            Backend::Cluster { .. } => return None,
+        };
+        Some(client.get_connection_info().tcp_settings().nodelay())
+    }
+
     /// How many threads have a connection registered for the probe.
     #[cfg(test)]
     pub(crate) fn threads(&self) -> usize {
@@ -815,7 +842,9 @@ fn sentinel_client(config: &RedisConfig, service: &str) -> Result<SentinelClient
     let primary: RedisConnectionInfo = primary.unwrap_or_default();
     let mut b = SentinelClientBuilder::new(sentinels, service, SentinelServerType::Master)
         .map_err(invalid)?
-        .set_client_to_redis_db(primary.db());
+        .set_client_to_redis_db(primary.db())
+        .set_client_to_redis_tcp_settings(tcp_settings())
+        .set_client_to_sentinel_tcp_settings(tcp_settings());
     if let Some(user) = primary.username() {
         b = b.set_client_to_redis_username(user);
     }
@@ -838,6 +867,14 @@ fn sentinel_client(config: &RedisConfig, service: &str) -> Result<SentinelClient
     }
     b.build()
         .map_err(|e| StoreError::Redis(format!("redis sentinel: {e}")))
+}
+
+/// `TCP_NODELAY` on every Redis socket (redis-rs leaves Nagle on by default). Calls of
+/// different counters, quota admissions, cache reads and probes share a worker's connection:
+/// with Nagle, a call written while another one's bytes are unacknowledged waits for that ACK
+/// instead of leaving at once.
+fn tcp_settings() -> TcpSettings {
+    TcpSettings::default().set_nodelay(true)
 }
 
 async fn ping(mut conn: Conn) -> redis::RedisResult<()> {
