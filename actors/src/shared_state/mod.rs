@@ -6,6 +6,8 @@
 //! - [`store`]: the [`CounterStore`] trait both stores implement, one atomic operation each.
 //! - [`local`]: the in-process store (`DashMap`), the default without Redis.
 //! - [`policy`]: the compiled rate-limit and quota steps.
+//! - `journal`: what this node counted alone during a Redis outage, added to the shared
+//!   counters when Redis is back.
 //! - [`redis_store`]: the Redis store (Lua scripts in `scripts/`, at most one round trip per
 //!   operation; concurrent checks of one counter share one, see `batch`).
 //! - this file: [`SharedState`], what the gateway uses. It never fails: when Redis cannot be
@@ -17,6 +19,7 @@
 //! See `docs/rate-limiting.md` for the algorithms, their error bounds and the outage modes.
 
 mod batch;
+mod journal;
 pub mod local;
 pub mod policy;
 pub mod redis_store;
@@ -127,7 +130,83 @@ struct Inner {
     redis: Option<RedisStore>,
     nodes: u64,
     not_configured: watch::Sender<Reachability>,
+    /// Counted locally while Redis was configured but unreachable; replayed on reconnect.
+    journal: journal::Journal,
 }
+
+impl Inner {
+    /// Adds what this node counted alone during the outage to the shared counters (see
+    /// `journal.rs`). An entry whose call fails goes back to the journal for the next
+    /// reconnect.
+    async fn replay(&self, redis: &RedisStore) {
+        let entries = self.journal.drain(local::now_ms());
+        for entry in entries {
+            let result = match &entry {
+                journal::Replay::Rate { key, window, units } => redis
+                    .hit(key, REPLAY_LIMIT, *window, *units)
+                    .await
+                    .map(drop),
+                journal::Replay::Quota {
+                    key,
+                    period,
+                    limits,
+                    calls,
+                    bytes,
+                } => {
+                    let delta = QuotaDelta {
+                        calls: *calls,
+                        bytes: *bytes,
+                        enforce: false,
+                    };
+                    redis.quota(key, *period, *limits, delta).await.map(drop)
+                }
+            };
+            let kind = match entry {
+                journal::Replay::Rate { .. } => "rate-limit",
+                journal::Replay::Quota { .. } => "quota",
+            };
+            match result {
+                Ok(()) => {
+                    metrics::counter!("outpost_redis_replayed_total", "kind" => kind).increment(1)
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "outage counts not replayed yet");
+                    let now = local::now_ms();
+                    match entry {
+                        journal::Replay::Rate { key, window, units } => {
+                            self.journal.rate(&key, window, units, now)
+                        }
+                        journal::Replay::Quota {
+                            key,
+                            period,
+                            limits,
+                            calls,
+                            bytes,
+                        } => self.journal.quota(
+                            &key,
+                            period,
+                            limits,
+                            QuotaDelta {
+                                calls,
+                                bytes,
+                                enforce: false,
+                            },
+                            now / 1000,
+                        ),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The limit a replayed rate-limit record is checked against: never reached, so the units are
+/// always added (exact in a Lua number, which is a double).
+const REPLAY_LIMIT: u64 = 1 << 52;
+
+/// After a replay, decisions that fell back just before the reconnect may still land in the
+/// journal; a second pass this long after picks them up.
+const REPLAY_SETTLE: Duration = Duration::from_secs(1);
 
 impl SharedState {
     /// In-process state only (no Redis configured). Starts the sweep task when called inside a
@@ -154,8 +233,34 @@ impl SharedState {
                 redis,
                 nodes: nodes.max(1),
                 not_configured,
+                journal: journal::Journal::default(),
             }),
         };
+        if tokio::runtime::Handle::try_current().is_ok()
+            && let Some(redis) = &state.inner.redis
+        {
+            let mut rx = redis.subscribe();
+            let weak = Arc::downgrade(&state.inner);
+            tokio::spawn(async move {
+                while rx.changed().await.is_ok() {
+                    if !rx.borrow_and_update().is_connected() {
+                        continue;
+                    }
+                    for _ in 0..2 {
+                        let Some(inner) = weak.upgrade() else { return };
+                        let Some(redis) = inner.redis.clone() else {
+                            return;
+                        };
+                        if inner.journal.is_empty() || !redis.is_healthy() {
+                            break;
+                        }
+                        inner.replay(&redis).await;
+                        drop(inner);
+                        tokio::time::sleep(REPLAY_SETTLE).await;
+                    }
+                }
+            });
+        }
         if tokio::runtime::Handle::try_current().is_ok() {
             let weak = Arc::downgrade(&state.inner);
             tokio::spawn(async move {
@@ -267,12 +372,20 @@ impl SharedState {
                     match outage {
                         OutageMode::FailOpen => uncounted(Verdict::Allowed, limit),
                         OutageMode::FailClosed => uncounted(Verdict::Unavailable, limit),
-                        OutageMode::Local => self.count_locally(
-                            &key,
-                            limit.div_ceil(self.inner.nodes),
-                            window,
-                            increment,
-                        ),
+                        OutageMode::Local => {
+                            let d = self.count_locally(
+                                &key,
+                                limit.div_ceil(self.inner.nodes),
+                                window,
+                                increment,
+                            );
+                            if d.allowed() {
+                                self.inner
+                                    .journal
+                                    .rate(&key, window, increment, local::now_ms());
+                            }
+                            d
+                        }
                     }
                 }
             },
@@ -293,7 +406,12 @@ impl SharedState {
             return;
         };
         match (decision.counted_by, &self.inner.redis) {
-            (CountedBy::Local, _) => self.inner.local.refund_now(ticket),
+            (CountedBy::Local, redis) => {
+                self.inner.local.refund_now(ticket);
+                if redis.is_some() {
+                    self.inner.journal.rate_refund(&ticket.key, ticket.amount);
+                }
+            }
             (CountedBy::Shared, Some(redis)) => {
                 let _ = redis.refund(ticket).await;
             }
@@ -340,7 +458,19 @@ impl SharedState {
                         OutageMode::FailOpen => uncounted(Verdict::Allowed),
                         OutageMode::FailClosed if delta.enforce => uncounted(Verdict::Unavailable),
                         OutageMode::FailClosed => uncounted(Verdict::Allowed),
-                        OutageMode::Local => local(limits.share(self.inner.nodes)),
+                        OutageMode::Local => {
+                            let d = local(limits.share(self.inner.nodes));
+                            if d.allowed() {
+                                self.inner.journal.quota(
+                                    &key,
+                                    period,
+                                    limits,
+                                    delta,
+                                    local::now_ms() / 1000,
+                                );
+                            }
+                            d
+                        }
                     }
                 }
             },

@@ -910,13 +910,50 @@ async fn redis_killed_then_restarted() {
         .await;
     assert!(q.allowed() && q.counted_by == CountedBy::Local && q.limits.calls == Some(2));
 
-    // Back: shared counting resumes where Redis left it (12 of 30, kept in the AOF).
+    // Back: shared counting resumes where Redis left it (12 of 30, kept in the AOF), plus the
+    // 10 this node admitted alone during the outage, which it adds once Redis is back.
     redis.restart().await;
     wait_until("redis reconnect", || s.shared_available()).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !redis
+        .command(&["HGET", "outpost:rl:2:k", "t"])
+        .await
+        .contains("22")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the outage counts were not replayed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let (n, d) = admitted(&s, "k", 30, OutageMode::Local).await;
-    assert_eq!(n, 18);
+    assert_eq!(n, 8);
     assert!(d.iter().all(|d| d.counted_by == CountedBy::Shared));
     assert_eq!(s.reachability(), Reachability::Connected);
+    // The quota too: the outage's admission plus this one.
+    let q = s
+        .quota(
+            "qk",
+            HOUR,
+            QuotaLimits {
+                calls: Some(6),
+                bytes: None,
+            },
+            QuotaDelta {
+                calls: 1,
+                bytes: 0,
+                enforce: true,
+            },
+            OutageMode::Local,
+        )
+        .await;
+    assert!(
+        q.allowed() && q.counted_by == CountedBy::Shared && q.calls == 2,
+        "{q:?}"
+    );
+    // Fail-open admissions were not counted, and are not added either.
+    let (n, _) = admitted(&s, "open", 30, OutageMode::FailOpen).await;
+    assert_eq!(n, 30);
 }
 
 #[tokio::test]
