@@ -210,6 +210,17 @@ apis:
       inbound:
         - quota-by-key: {{calls: 5, renewal-period: 3600, counter-key: "{{request.header.X-Tenant}}"}}
         - return-response: {{status-code: 200, body: ok}}
+  - name: ratequota
+    path: ratequota
+    backend: be
+    subscription-required: false
+    operations:
+      - {{name: get, method: GET, url-template: /hello}}
+    policies:
+      inbound:
+        - rate-limit-by-key: {{calls: 3, renewal-period: 3, counter-key: "all"}}
+        - quota-by-key: {{calls: 5, renewal-period: 3600, counter-key: "all"}}
+        - return-response: {{status-code: 200, body: ok}}
   - name: cached
     path: cached
     backend: be
@@ -222,7 +233,7 @@ apis:
       outbound:
         - cache-store: {{duration: 60}}
 gateways:
-  - {{name: site, apis: [limited, outage, quota, cached]}}
+  - {{name: site, apis: [limited, outage, quota, ratequota, cached]}}
 "#
     )
 }
@@ -401,6 +412,35 @@ fn limits_are_exact_across_three_gateways_under_concurrency() {
     assert_eq!(remaining, (0..100).collect::<Vec<u64>>());
 }
 
+/// A rate limit right before a quota: both checks go out together (one round trip), with the
+/// outcome of running them in order. The calls the rate limit refuses must not use the quota.
+fn rate_limit_then_quota_keeps_the_order(gws: &[RunningGateway]) {
+    let statuses = |n: usize| -> Vec<u16> {
+        (0..n)
+            .map(|i| {
+                get(&gws[i % gws.len()], "/ratequota/hello")
+                    .status()
+                    .as_u16()
+            })
+            .collect()
+    };
+    // 3 per 3 s: three admitted (quota 3 of 5), three refused by the rate limit.
+    assert_eq!(statuses(6), [200, 200, 200, 429, 429, 429]);
+    std::thread::sleep(Duration::from_millis(3_300));
+    // The window has slid: two more fit the quota (5 of 5), then the quota's 403. Had the
+    // refused calls been counted, the quota would be spent already.
+    assert_eq!(statuses(3), [200, 200, 403]);
+}
+
+#[test]
+fn rate_limit_then_quota_over_redis() {
+    let redis = Redis::start();
+    let backend = Backend::start();
+    let site = Site::new(&backend, Some(&redis), 2);
+    let gws: Vec<_> = (0..2).map(|_| site.gateway()).collect();
+    rate_limit_then_quota_keeps_the_order(&gws);
+}
+
 #[test]
 fn limits_over_the_in_process_store() {
     let backend = Backend::start();
@@ -412,6 +452,7 @@ fn limits_over_the_in_process_store() {
     );
     let first = get(&gw, "/quota/hello");
     assert_eq!(first.status(), 200);
+    rate_limit_then_quota_keeps_the_order(std::slice::from_ref(&gw));
 }
 
 #[test]

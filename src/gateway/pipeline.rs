@@ -299,8 +299,26 @@ async fn run_main(
     rt: &Runtime,
 ) -> Result<Response, GatewayError> {
     let mut from_cache = None;
-    for step in pipeline.inbound.iter() {
-        match run_step(step, Phase::Inbound, ex, rt).await? {
+    let inbound = &pipeline.inbound[..];
+    let mut i = 0;
+    while i < inbound.len() {
+        let step = &inbound[i];
+        i += 1;
+        let flow = match (step, inbound.get(i)) {
+            // A rate limit right before a quota: both checks in one round trip (same outcome).
+            (Step::RateLimit(s), Some(Step::Quota(q))) => {
+                i += 1;
+                let rate = policies::limits::RateCheck::PerSubscription(s);
+                policies::limits::rate_limit_then_quota(rate, q, ex, rt).await?
+            }
+            (Step::RateLimitByKey(s), Some(Step::Quota(q))) => {
+                i += 1;
+                let rate = policies::limits::RateCheck::ByKey(s);
+                policies::limits::rate_limit_then_quota(rate, q, ex, rt).await?
+            }
+            _ => run_step(step, Phase::Inbound, ex, rt).await?,
+        };
+        match flow {
             Flow::Continue => {}
             Flow::Respond(res) => return Ok(res),
             Flow::SkipToOutbound(res) => {
