@@ -51,14 +51,26 @@ pub enum Replay {
         key: String,
         window: Duration,
         units: u64,
+        last_ms: u64,
     },
     Quota {
         key: String,
         period: Duration,
         limits: QuotaLimits,
-        calls: i64,
-        bytes: u64,
+        /// The calls and bytes to add, never enforced (`enforce: false`).
+        delta: QuotaDelta,
+        window_start: u64,
     },
+}
+
+impl Replay {
+    /// The metric label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Replay::Rate { .. } => "rate-limit",
+            Replay::Quota { .. } => "quota",
+        }
+    }
 }
 
 impl Journal {
@@ -131,6 +143,7 @@ impl Journal {
                     key,
                     window: e.window,
                     units: e.units,
+                    last_ms: e.last_ms,
                 });
             }
         }
@@ -145,12 +158,35 @@ impl Journal {
                     key,
                     period: e.period,
                     limits: e.limits,
-                    calls: e.calls,
-                    bytes: e.bytes,
+                    delta: QuotaDelta {
+                        calls: e.calls,
+                        bytes: e.bytes,
+                        enforce: false,
+                    },
+                    window_start: e.window_start,
                 });
             }
         }
         out
+    }
+
+    /// Puts back an entry whose replay failed, as it was, for the next reconnect.
+    pub fn restore(&self, entry: Replay) {
+        match entry {
+            Replay::Rate {
+                key,
+                window,
+                units,
+                last_ms,
+            } => self.rate(&key, window, units, last_ms),
+            Replay::Quota {
+                key,
+                period,
+                limits,
+                delta,
+                window_start,
+            } => self.quota(&key, period, limits, delta, window_start),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -189,7 +225,8 @@ mod tests {
             vec![Replay::Rate {
                 key: "a".into(),
                 window: MIN,
-                units: 3
+                units: 3,
+                last_ms: 2_000
             }]
         );
         assert!(j.is_empty(), "drained");
@@ -208,7 +245,8 @@ mod tests {
             vec![Replay::Rate {
                 key: "recent".into(),
                 window: MIN,
-                units: 4
+                units: 4,
+                last_ms: 50_000
             }]
         );
         assert!(j.is_empty());
@@ -224,9 +262,34 @@ mod tests {
             vec![Replay::Rate {
                 key: "a".into(),
                 window: HOUR,
-                units: 1
+                units: 1,
+                last_ms: 2_000
             }]
         );
+    }
+
+    #[test]
+    fn a_failed_replay_is_restored_as_it_was() {
+        let j = Journal::default();
+        j.rate("r", MIN, 2, 1_000);
+        j.quota("q", HOUR, LIMITS, delta(3, 10), 3_700);
+        let first = j.drain(2_000);
+        for entry in first.clone() {
+            j.restore(entry);
+        }
+        let mut again = j.drain(2_000);
+        again.sort_by_key(|r| r.kind());
+        let mut first = first;
+        first.sort_by_key(|r| r.kind());
+        assert_eq!(again, first);
+        assert!(j.is_empty());
+        // Restored with its own last hit: it still leaves the window on time.
+        let rate = first
+            .into_iter()
+            .find(|r| r.kind() == "rate-limit")
+            .unwrap();
+        j.restore(rate);
+        assert!(j.drain(61_001).is_empty());
     }
 
     #[test]
@@ -242,8 +305,8 @@ mod tests {
                 key: "q".into(),
                 period: HOUR,
                 limits: LIMITS,
-                calls: 1,
-                bytes: 500
+                delta: delta(1, 500),
+                window_start: 3_600
             }]
         );
         // In the next window, what was journaled in the previous one no longer counts.
@@ -258,8 +321,8 @@ mod tests {
                 key: "q".into(),
                 period: HOUR,
                 limits: LIMITS,
-                calls: 1,
-                bytes: 0
+                delta: delta(1, 0),
+                window_start: 7_200
             }]
         );
     }

@@ -139,10 +139,11 @@ impl Inner {
     /// `journal.rs`). An entry whose call fails goes back to the journal for the next
     /// reconnect.
     async fn replay(&self, redis: &RedisStore) {
-        let entries = self.journal.drain(local::now_ms());
-        for entry in entries {
+        for entry in self.journal.drain(local::now_ms()) {
             let result = match &entry {
-                journal::Replay::Rate { key, window, units } => redis
+                journal::Replay::Rate {
+                    key, window, units, ..
+                } => redis
                     .hit(key, REPLAY_LIMIT, *window, *units)
                     .await
                     .map(drop),
@@ -150,50 +151,16 @@ impl Inner {
                     key,
                     period,
                     limits,
-                    calls,
-                    bytes,
-                } => {
-                    let delta = QuotaDelta {
-                        calls: *calls,
-                        bytes: *bytes,
-                        enforce: false,
-                    };
-                    redis.quota(key, *period, *limits, delta).await.map(drop)
-                }
-            };
-            let kind = match entry {
-                journal::Replay::Rate { .. } => "rate-limit",
-                journal::Replay::Quota { .. } => "quota",
+                    delta,
+                    ..
+                } => redis.quota(key, *period, *limits, *delta).await.map(drop),
             };
             match result {
-                Ok(()) => {
-                    metrics::counter!("outpost_redis_replayed_total", "kind" => kind).increment(1)
-                }
+                Ok(()) => metrics::counter!("outpost_redis_replayed_total", "kind" => entry.kind())
+                    .increment(1),
                 Err(e) => {
                     tracing::debug!(error = %e, "outage counts not replayed yet");
-                    let now = local::now_ms();
-                    match entry {
-                        journal::Replay::Rate { key, window, units } => {
-                            self.journal.rate(&key, window, units, now)
-                        }
-                        journal::Replay::Quota {
-                            key,
-                            period,
-                            limits,
-                            calls,
-                            bytes,
-                        } => self.journal.quota(
-                            &key,
-                            period,
-                            limits,
-                            QuotaDelta {
-                                calls,
-                                bytes,
-                                enforce: false,
-                            },
-                            now / 1000,
-                        ),
-                    }
+                    self.journal.restore(entry);
                 }
             }
         }

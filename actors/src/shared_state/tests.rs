@@ -842,6 +842,20 @@ async fn admitted(
     (all.iter().filter(|d| d.allowed()).count(), all)
 }
 
+/// One call admitted against a quota of `calls` per hour, `local` outage mode.
+async fn quota_admission(s: &SharedState, key: &str, calls: u64) -> QuotaDecision {
+    let limits = QuotaLimits {
+        calls: Some(calls),
+        bytes: None,
+    };
+    let delta = QuotaDelta {
+        calls: 1,
+        bytes: 0,
+        enforce: true,
+    };
+    s.quota(key, HOUR, limits, delta, OutageMode::Local).await
+}
+
 async fn wait_until(what: &str, f: impl Fn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !f() {
@@ -892,22 +906,7 @@ async fn redis_killed_then_restarted() {
         d.iter()
             .all(|d| d.verdict == Verdict::Unavailable && d.retry_after >= Duration::from_secs(1))
     );
-    let q = s
-        .quota(
-            "qk",
-            HOUR,
-            QuotaLimits {
-                calls: Some(6),
-                bytes: None,
-            },
-            QuotaDelta {
-                calls: 1,
-                bytes: 0,
-                enforce: true,
-            },
-            OutageMode::Local,
-        )
-        .await;
+    let q = quota_admission(&s, "qk", 6).await;
     assert!(q.allowed() && q.counted_by == CountedBy::Local && q.limits.calls == Some(2));
 
     // Back: shared counting resumes where Redis left it (12 of 30, kept in the AOF), plus the
@@ -931,22 +930,7 @@ async fn redis_killed_then_restarted() {
     assert!(d.iter().all(|d| d.counted_by == CountedBy::Shared));
     assert_eq!(s.reachability(), Reachability::Connected);
     // The quota too: the outage's admission plus this one.
-    let q = s
-        .quota(
-            "qk",
-            HOUR,
-            QuotaLimits {
-                calls: Some(6),
-                bytes: None,
-            },
-            QuotaDelta {
-                calls: 1,
-                bytes: 0,
-                enforce: true,
-            },
-            OutageMode::Local,
-        )
-        .await;
+    let q = quota_admission(&s, "qk", 6).await;
     assert!(
         q.allowed() && q.counted_by == CountedBy::Shared && q.calls == 2,
         "{q:?}"
