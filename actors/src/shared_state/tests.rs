@@ -45,6 +45,37 @@ fn local_nodes(n: usize) -> Vec<Arc<LocalStore>> {
 
 /// 3 nodes, limit 100/min, 300 hits round-robin: exactly 100 admitted, sequentially and
 /// concurrently.
+/// Three stores ("nodes") made from `config`, each connected.
+async fn connected_nodes(config: impl Fn() -> RedisConfig) -> Vec<Arc<RedisStore>> {
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        let store = RedisStore::connect(config()).await.unwrap();
+        assert!(store.is_healthy(), "{:?}", store.reachability());
+        nodes.push(Arc::new(store));
+    }
+    nodes
+}
+
+/// Many counters over three cluster nodes: each stays exact, and they land on at least two of
+/// the primaries.
+async fn counters_spread_over_the_primaries(nodes: &[Arc<RedisStore>], cluster: &TestRedisCluster) {
+    for k in 0..12 {
+        let key = format!("spread-{k}");
+        let mut admitted = 0;
+        for i in 0..9 {
+            admitted += usize::from(nodes[i % 3].hit(&key, 5, MIN, 1).await.unwrap().allowed);
+        }
+        assert_eq!(admitted, 5, "{key}");
+    }
+    let mut holding = 0;
+    for port in cluster.ports() {
+        if !command_on(port, &["DBSIZE"]).await.contains("int(0)") {
+            holding += 1;
+        }
+    }
+    assert!(holding >= 2, "counters should spread over the primaries");
+}
+
 async fn exact_across_nodes<S: CounterStore + 'static>(nodes: Vec<Arc<S>>) {
     let mut admitted = 0;
     for i in 0..300 {
@@ -467,36 +498,15 @@ fn evalsha_calls(stats: &str) -> u64 {
 #[tokio::test]
 async fn redis_cluster_counts_exactly_and_keeps_values() {
     let cluster = TestRedisCluster::start().await;
-    let mut nodes = Vec::new();
-    for _ in 0..3 {
-        let s = RedisStore::connect(RedisConfig {
-            cluster: true,
-            ..config(&cluster.url())
-        })
-        .await
-        .unwrap();
-        assert!(s.is_healthy(), "{:?}", s.reachability());
-        nodes.push(Arc::new(s));
-    }
+    let nodes = connected_nodes(|| RedisConfig {
+        cluster: true,
+        ..config(&cluster.url())
+    })
+    .await;
     exact_across_nodes(nodes.clone()).await;
     key_values(&*nodes[0]).await;
     // Many counters: they spread over the primaries, and each stays exact.
-    for k in 0..12 {
-        let key = format!("spread-{k}");
-        let mut admitted = 0;
-        for i in 0..9 {
-            admitted += usize::from(nodes[i % 3].hit(&key, 5, MIN, 1).await.unwrap().allowed);
-        }
-        assert_eq!(admitted, 5, "{key}");
-    }
-    let mut holding = 0;
-    for port in cluster.ports() {
-        let size = command_on(port, &["DBSIZE"]).await;
-        if !size.contains("int(0)") {
-            holding += 1;
-        }
-    }
-    assert!(holding >= 2, "counters should spread over the primaries");
+    counters_spread_over_the_primaries(&nodes, &cluster).await;
     let q = nodes[1]
         .quota(
             "cq",
@@ -527,30 +537,9 @@ async fn redis_cluster_over_tls() {
         tls,
         ..config(&cluster.url())
     };
-    let mut nodes = Vec::new();
-    for _ in 0..3 {
-        let s = RedisStore::connect(tls_config(redis_tls(&pki, false)))
-            .await
-            .unwrap();
-        assert!(s.is_healthy(), "{:?}", s.reachability());
-        nodes.push(Arc::new(s));
-    }
+    let nodes = connected_nodes(|| tls_config(redis_tls(&pki, false))).await;
     exact_across_nodes(nodes.clone()).await;
-    for k in 0..12 {
-        let key = format!("spread-{k}");
-        let mut admitted = 0;
-        for i in 0..9 {
-            admitted += usize::from(nodes[i % 3].hit(&key, 5, MIN, 1).await.unwrap().allowed);
-        }
-        assert_eq!(admitted, 5, "{key}");
-    }
-    let mut holding = 0;
-    for port in cluster.ports() {
-        if !command_on(port, &["DBSIZE"]).await.contains("int(0)") {
-            holding += 1;
-        }
-    }
-    assert!(holding >= 2, "counters should spread over the primaries");
+    counters_spread_over_the_primaries(&nodes, &cluster).await;
     refused(tls_config(RedisTls::default())).await;
 }
 
@@ -594,12 +583,7 @@ async fn redis_sentinel_follows_a_failover() {
         sentinel_service: Some(TestRedisSentinel::SERVICE.into()),
         ..config(&s.url())
     };
-    let mut nodes = Vec::new();
-    for _ in 0..3 {
-        let store = RedisStore::connect(sentinel_config()).await.unwrap();
-        assert!(store.is_healthy(), "{:?}", store.reachability());
-        nodes.push(Arc::new(store));
-    }
+    let nodes = connected_nodes(sentinel_config).await;
     exact_across_nodes(nodes.clone()).await;
     assert!(
         command_on(s.primary, &["EXISTS", "exact-seq"])
@@ -751,14 +735,7 @@ async fn redis_tls_with_a_private_ca_and_a_client_certificate() {
         tls,
         ..config(&redis.url())
     };
-    let mut nodes = Vec::new();
-    for _ in 0..3 {
-        let store = RedisStore::connect(tls_config(redis_tls(&pki, true)))
-            .await
-            .unwrap();
-        assert!(store.is_healthy(), "{:?}", store.reachability());
-        nodes.push(Arc::new(store));
-    }
+    let nodes = connected_nodes(|| tls_config(redis_tls(&pki, true))).await;
     exact_across_nodes(nodes.clone()).await;
     key_values(&*nodes[0]).await;
     assert!(
@@ -790,14 +767,7 @@ async fn redis_sentinel_over_tls_with_sentinel_credentials() {
             sentinel.tls_port
         ))
     };
-    let mut nodes = Vec::new();
-    for _ in 0..3 {
-        let store = RedisStore::connect(sentinel_config(Some("sentinel-pw")))
-            .await
-            .unwrap();
-        assert!(store.is_healthy(), "{:?}", store.reachability());
-        nodes.push(Arc::new(store));
-    }
+    let nodes = connected_nodes(|| sentinel_config(Some("sentinel-pw"))).await;
     exact_across_nodes(nodes).await;
     let inside = format!("redis://:primary-pw@127.0.0.1:{}", primary.port);
     assert!(
