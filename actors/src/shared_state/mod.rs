@@ -167,6 +167,29 @@ impl Inner {
     }
 }
 
+/// Each time Redis is reported back, adds the outage counts to the shared counters: once, and
+/// again after [`REPLAY_SETTLE`] for decisions that fell back just before the reconnect. Ends
+/// with the shared state.
+async fn replay_on_reconnect(mut rx: watch::Receiver<Reachability>, weak: std::sync::Weak<Inner>) {
+    while rx.changed().await.is_ok() {
+        if !rx.borrow_and_update().is_connected() {
+            continue;
+        }
+        for _ in 0..2 {
+            let Some(inner) = weak.upgrade() else { return };
+            let Some(redis) = inner.redis.clone() else {
+                return;
+            };
+            if inner.journal.is_empty() || !redis.is_healthy() {
+                break;
+            }
+            inner.replay(&redis).await;
+            drop(inner);
+            tokio::time::sleep(REPLAY_SETTLE).await;
+        }
+    }
+}
+
 /// The limit a replayed rate-limit record is checked against: never reached, so the units are
 /// always added (exact in a Lua number, which is a double).
 const REPLAY_LIMIT: u64 = 1 << 52;
@@ -203,31 +226,6 @@ impl SharedState {
                 journal: journal::Journal::default(),
             }),
         };
-        if tokio::runtime::Handle::try_current().is_ok()
-            && let Some(redis) = &state.inner.redis
-        {
-            let mut rx = redis.subscribe();
-            let weak = Arc::downgrade(&state.inner);
-            tokio::spawn(async move {
-                while rx.changed().await.is_ok() {
-                    if !rx.borrow_and_update().is_connected() {
-                        continue;
-                    }
-                    for _ in 0..2 {
-                        let Some(inner) = weak.upgrade() else { return };
-                        let Some(redis) = inner.redis.clone() else {
-                            return;
-                        };
-                        if inner.journal.is_empty() || !redis.is_healthy() {
-                            break;
-                        }
-                        inner.replay(&redis).await;
-                        drop(inner);
-                        tokio::time::sleep(REPLAY_SETTLE).await;
-                    }
-                }
-            });
-        }
         if tokio::runtime::Handle::try_current().is_ok() {
             let weak = Arc::downgrade(&state.inner);
             tokio::spawn(async move {
@@ -237,6 +235,12 @@ impl SharedState {
                     inner.local.sweep(local::now_ms());
                 }
             });
+            if let Some(redis) = &state.inner.redis {
+                tokio::spawn(replay_on_reconnect(
+                    redis.subscribe(),
+                    Arc::downgrade(&state.inner),
+                ));
+            }
         }
         state
     }
