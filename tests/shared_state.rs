@@ -354,10 +354,14 @@ fn limits_are_exact_across_three_gateways_over_tls() {
 
     let mut missing = site.settings.clone();
     missing.redis.tls_key_file = site._dir.path().join("nope.key").display().to_string();
+    missing.redis.tls_cert_file = site._dir.path().join("nope.pem").display().to_string();
     let err = gateway::start(missing)
         .err()
-        .expect("a missing key file stops the start");
-    assert!(err.contains("redis.tls_key_file"), "{err}");
+        .expect("missing files stop the start");
+    assert!(
+        err.contains("redis.tls_key_file") && err.contains("redis.tls_cert_file"),
+        "both named: {err}"
+    );
     let mut not_pem = site.settings.clone();
     not_pem.redis.tls_ca_file = site._dir.path().join("site.yaml").display().to_string();
     let err = gateway::start(not_pem)

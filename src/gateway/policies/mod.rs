@@ -78,15 +78,28 @@ pub async fn connect(
     let redis = if r.url.is_empty() {
         None
     } else {
+        // Every unreadable file at once, not the first only.
+        let (ca, cert, key) = (
+            read_pem("redis.tls_ca_file", &r.tls_ca_file),
+            read_pem("redis.tls_cert_file", &r.tls_cert_file),
+            read_pem("redis.tls_key_file", &r.tls_key_file),
+        );
+        let problems: Vec<&str> = [&ca, &cert, &key]
+            .into_iter()
+            .filter_map(|f| f.as_ref().err().map(String::as_str))
+            .collect();
+        if !problems.is_empty() {
+            return Err(problems.join("; "));
+        }
         Some(RedisConfig {
             cluster: r.cluster,
             sentinel_service: some(&r.sentinel_service),
             sentinel_username: some(&r.sentinel_username),
             sentinel_password: some(&r.sentinel_password),
             tls: RedisTls {
-                ca_pem: read_pem("redis.tls_ca_file", &r.tls_ca_file)?,
-                client_cert_pem: read_pem("redis.tls_cert_file", &r.tls_cert_file)?,
-                client_key_pem: read_pem("redis.tls_key_file", &r.tls_key_file)?,
+                ca_pem: ca?,
+                client_cert_pem: cert?,
+                client_key_pem: key?,
             },
             ..RedisConfig::new(r.url.clone(), Duration::from_millis(r.timeout_ms))
         })
