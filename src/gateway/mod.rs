@@ -303,13 +303,16 @@ async fn serve(
     let (traffic, traffic_addr) = traffic;
     // Ready only now: the traffic listener is bound, so a load balancer trusting /readyz never
     // sends a request to a port that is not listening yet. ConfigSync starts after this first
-    // report so its newer revisions always arrive after it.
-    watcher.do_send(ConfigApplied(AppliedConfig {
-        source: loaded.source,
-        revision: loaded.snapshot.revision,
-        hash: loaded.snapshot.hash.clone(),
-        applied_at: Utc::now(),
-    }));
+    // report so its newer revisions always arrive after it. Awaited, so that `/readyz` says
+    // ready (and which config) by the time `start` returns.
+    let _ = watcher
+        .send(ConfigApplied(AppliedConfig {
+            source: loaded.source,
+            revision: loaded.snapshot.revision,
+            hash: loaded.snapshot.hash.clone(),
+            applied_at: Utc::now(),
+        }))
+        .await;
     if let Some(link) = link {
         let cp = &settings.control_plane;
         ConfigSync::new(
