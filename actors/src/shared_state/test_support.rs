@@ -300,7 +300,28 @@ async fn wait_for_ping(port: u16) {
 
 /// One command on one node (not cluster-routed), its reply as a string; errors too.
 pub async fn command_on(port: u16, args: &[&str]) -> String {
-    command_at(&format!("redis://127.0.0.1:{port}"), args).await
+    command_at(&url_of(port), args).await
+}
+
+fn url_of(port: u16) -> String {
+    format!("redis://127.0.0.1:{port}")
+}
+
+/// Repeats a command at `url` until its reply contains `expected`; panics after 30 s, saying
+/// what it waited `for_what`.
+pub async fn wait_for_reply(url: &str, args: &[&str], expected: &str, for_what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let reply = command_at(url, args).await;
+        if reply.contains(expected) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {for_what}: {args:?} answered {reply}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// [`command_on`] at a URL (with a password, say).
@@ -344,14 +365,13 @@ impl TestRedisSentinel {
             &["--replicaof", "127.0.0.1", &primary.to_string()],
         ));
         wait_for_ping(replica).await;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !command_on(replica, &["INFO", "replication"])
-            .await
-            .contains("master_link_status:up")
-        {
-            assert!(Instant::now() < deadline, "the replica did not sync");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_for_reply(
+            &url_of(replica),
+            &["INFO", "replication"],
+            "master_link_status:up",
+            "the replica to sync",
+        )
+        .await;
         let conf = dir.path().join("sentinel.conf");
         std::fs::write(
             &conf,
@@ -383,17 +403,13 @@ impl TestRedisSentinel {
             _dir: dir,
         };
         // The sentinel must know the replica before it can fail over to it.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !command_on(sentinel, &["SENTINEL", "REPLICAS", Self::SERVICE])
-            .await
-            .contains(&replica.to_string())
-        {
-            assert!(
-                Instant::now() < deadline,
-                "the sentinel did not find the replica"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_for_reply(
+            &url_of(sentinel),
+            &["SENTINEL", "REPLICAS", Self::SERVICE],
+            &replica.to_string(),
+            "the sentinel to find the replica",
+        )
+        .await;
         s
     }
 
@@ -525,18 +541,13 @@ impl TestSentinelTls {
             _dir: dir,
         };
         // Ready once it has reached the primary over TLS with the password.
-        let url = format!("redis://:{sentinel_password}@127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !command_at(&url, &["SENTINEL", "MASTER", TestRedisSentinel::SERVICE])
-            .await
-            .contains("\"master\"")
-        {
-            assert!(
-                Instant::now() < deadline,
-                "the TLS sentinel did not reach its primary"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_for_reply(
+            &format!("redis://:{sentinel_password}@127.0.0.1:{port}"),
+            &["SENTINEL", "MASTER", TestRedisSentinel::SERVICE],
+            "\"master\"",
+            "the TLS sentinel to reach its primary",
+        )
+        .await;
         s
     }
 }

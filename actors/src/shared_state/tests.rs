@@ -9,7 +9,7 @@ use outpost_model::policy::OutageMode;
 
 use super::test_support::{
     TestPki, TestRedis, TestRedisCluster, TestRedisSentinel, TestRedisTls, TestSentinelTls,
-    command_at, command_on, redis_tls, silent_server,
+    command_at, command_on, redis_tls, silent_server, wait_for_reply,
 };
 use super::*;
 
@@ -676,17 +676,13 @@ async fn redis_sentinel_follows_a_failover() {
     }
     // Once the former primary has become a replica (it then refuses writes) and every node's
     // probe has run, all nodes count on the new primary: exact again.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !command_on(s.primary, &["INFO", "replication"])
-        .await
-        .contains("role:slave")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the former primary was not demoted"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_reply(
+        &format!("redis://127.0.0.1:{}", s.primary),
+        &["INFO", "replication"],
+        "role:slave",
+        "the former primary to be demoted",
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     measuring.store(true, std::sync::atomic::Ordering::Relaxed);
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -883,18 +879,13 @@ async fn redis_killed_then_restarted() {
     // 10 this node admitted alone during the outage, which it adds once Redis is back.
     redis.restart().await;
     wait_until("redis reconnect", || s.shared_available()).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !redis
-        .command(&["HGET", "outpost:rl:2:k", "t"])
-        .await
-        .contains("22")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the outage counts were not replayed"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_reply(
+        &redis.url(),
+        &["HGET", "outpost:rl:2:k", "t"],
+        "\"22\"",
+        "the outage counts to be replayed",
+    )
+    .await;
     let (n, d) = admitted(&s, "k", 30, OutageMode::Local).await;
     assert_eq!(n, 8);
     assert!(d.iter().all(|d| d.counted_by == CountedBy::Shared));
