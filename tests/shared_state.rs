@@ -367,7 +367,17 @@ fn limits_are_exact_across_three_gateways_over_tls() {
     let err = gateway::start(not_pem)
         .err()
         .expect("a non-PEM CA file stops the start");
-    assert!(err.contains("no PEM block"), "{err}");
+    assert!(err.contains("no certificate"), "{err}");
+    // A certificate where the key should be: refused at start too, not a Redis outage later.
+    let mut swapped = site.settings.clone();
+    swapped.redis.tls_key_file = pki.path("client.pem");
+    let err = gateway::start(swapped)
+        .err()
+        .expect("a key file without a key stops the start");
+    assert!(
+        err.contains("redis.tls_key_file") && err.contains("no private key"),
+        "{err}"
+    );
 }
 
 /// The same limit under concurrency: 30 clients at once, 10 per gateway, so that checks of the

@@ -80,9 +80,9 @@ pub async fn connect(
     } else {
         // Every unreadable file at once, not the first only.
         let (ca, cert, key) = (
-            read_pem("redis.tls_ca_file", &r.tls_ca_file),
-            read_pem("redis.tls_cert_file", &r.tls_cert_file),
-            read_pem("redis.tls_key_file", &r.tls_key_file),
+            read_pem("redis.tls_ca_file", &r.tls_ca_file, Pem::Certificates),
+            read_pem("redis.tls_cert_file", &r.tls_cert_file, Pem::Certificates),
+            read_pem("redis.tls_key_file", &r.tls_key_file, Pem::PrivateKey),
         );
         let problems: Vec<&str> = [&ca, &cert, &key]
             .into_iter()
@@ -112,18 +112,36 @@ pub async fn connect(
     .map_err(|e| format!("redis.url: {e}"))
 }
 
-/// The contents of a PEM file named by a setting (`None` when the setting is empty); a file
-/// that cannot be read, or holds no PEM block, is a start error naming the setting.
-fn read_pem(setting: &str, path: &str) -> Result<Option<Vec<u8>>, String> {
+/// What a PEM file named by a setting must hold.
+#[derive(Clone, Copy)]
+enum Pem {
+    Certificates,
+    PrivateKey,
+}
+
+/// The contents of a PEM file named by a setting (`None` when the setting is empty), parsed
+/// here (as `control_plane.ca_file` is) so that a bad file is a start error naming the setting,
+/// not a Redis outage reported later.
+fn read_pem(setting: &str, path: &str, kind: Pem) -> Result<Option<Vec<u8>>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     if path.is_empty() {
         return Ok(None);
     }
     let pem = std::fs::read(path).map_err(|e| format!("{setting} {path}: {e}"))?;
-    if !pem.windows(11).any(|w| w == b"-----BEGIN ") {
-        return Err(format!(
-            "{setting} {path}: no PEM block (-----BEGIN …) in the file"
-        ));
-    }
+    let checked = match kind {
+        Pem::Certificates => CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())
+            .and_then(|certs| match certs.is_empty() {
+                true => Err("no certificate (-----BEGIN CERTIFICATE-----) in the file".into()),
+                false => Ok(()),
+            }),
+        Pem::PrivateKey => PrivateKeyDer::from_pem_slice(&pem)
+            .map(drop)
+            .map_err(|e| format!("no private key: {e}")),
+    };
+    checked.map_err(|e| format!("{setting} {path}: {e}"))?;
     Ok(Some(pem))
 }
 
