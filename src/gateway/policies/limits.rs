@@ -96,21 +96,73 @@ fn rate_outcome(
     }
 }
 
-/// The counter key of a `rate-limit` (per subscription, optionally per operation); `None`
-/// for a call without a subscription, which is not counted.
-fn rate_limit_key(s: &RateLimitStep, ex: &Exchange) -> Option<String> {
-    let sub = ex.subscription.as_ref()?;
-    Some(if s.per_operation {
-        format!(
-            "{}|{}|{}|{}",
-            s.id,
-            sub.name,
-            ex.api.name,
-            ex.operation().name
-        )
-    } else {
-        format!("{}|{}|{}", s.id, sub.name, ex.api.name)
-    })
+/// A rate-limit step of either kind: its counter key, its check and how its answer applies.
+/// One path for a step alone and for a step checked together with a quota.
+#[derive(Clone, Copy)]
+pub enum RateCheck<'a> {
+    PerSubscription(&'a RateLimitStep),
+    ByKey(&'a RateLimitByKeyStep),
+}
+
+impl RateCheck<'_> {
+    /// The counter key; `None` for a `rate-limit` call without a subscription, which is not
+    /// counted.
+    fn key(self, ex: &Exchange) -> Option<String> {
+        match self {
+            RateCheck::PerSubscription(s) => {
+                let sub = ex.subscription.as_ref()?;
+                Some(if s.per_operation {
+                    format!(
+                        "{}|{}|{}|{}",
+                        s.id,
+                        sub.name,
+                        ex.api.name,
+                        ex.operation().name
+                    )
+                } else {
+                    format!("{}|{}|{}", s.id, sub.name, ex.api.name)
+                })
+            }
+            RateCheck::ByKey(s) => Some(format!("{}|{}", s.id, ex.render(&s.counter_key))),
+        }
+    }
+
+    async fn check(self, key: &str, rt: &Runtime) -> Decision {
+        let (calls, window, increment, outage) = match self {
+            RateCheck::PerSubscription(s) => (s.calls, s.window, 1, s.outage),
+            RateCheck::ByKey(s) => (s.calls, s.window, s.increment_count, s.outage),
+        };
+        rt.shared
+            .rate_limit(key, calls, window, increment, outage)
+            .await
+    }
+
+    /// The answer's effect: headers or a refusal, and the refund to consider after the
+    /// response (`increment-condition`).
+    fn outcome(self, d: Decision, ex: &mut Exchange) -> Flow {
+        match self {
+            RateCheck::PerSubscription(s) => {
+                rate_outcome(&d, &s.retry_after_header, &s.remaining_header, ex)
+            }
+            RateCheck::ByKey(s) => {
+                let flow = rate_outcome(&d, &s.retry_after_header, &s.remaining_header, ex);
+                if d.allowed()
+                    && let Some(condition) = &s.increment_condition
+                {
+                    ex.shared_state.limits.refunds.push((d, condition.clone()));
+                }
+                flow
+            }
+        }
+    }
+
+    async fn run(self, ex: &mut Exchange, rt: &Runtime) -> Flow {
+        let Some(key) = self.key(ex) else {
+            return Flow::Continue;
+        };
+        let d = self.check(&key, rt).await;
+        self.outcome(d, ex)
+    }
 }
 
 pub async fn rate_limit(
@@ -118,19 +170,7 @@ pub async fn rate_limit(
     ex: &mut Exchange,
     rt: &Runtime,
 ) -> Result<Flow, GatewayError> {
-    let Some(key) = rate_limit_key(s, ex) else {
-        return Ok(Flow::Continue);
-    };
-    let d = rt
-        .shared
-        .rate_limit(&key, s.calls, s.window, 1, s.outage)
-        .await;
-    Ok(rate_outcome(
-        &d,
-        &s.retry_after_header,
-        &s.remaining_header,
-        ex,
-    ))
+    Ok(RateCheck::PerSubscription(s).run(ex, rt).await)
 }
 
 pub async fn rate_limit_by_key(
@@ -138,22 +178,7 @@ pub async fn rate_limit_by_key(
     ex: &mut Exchange,
     rt: &Runtime,
 ) -> Result<Flow, GatewayError> {
-    let key = format!("{}|{}", s.id, ex.render(&s.counter_key));
-    let d = rt
-        .shared
-        .rate_limit(&key, s.calls, s.window, s.increment_count, s.outage)
-        .await;
-    Ok(rate_by_key_outcome(s, d, ex))
-}
-
-fn rate_by_key_outcome(s: &RateLimitByKeyStep, d: Decision, ex: &mut Exchange) -> Flow {
-    let flow = rate_outcome(&d, &s.retry_after_header, &s.remaining_header, ex);
-    if d.allowed()
-        && let Some(condition) = &s.increment_condition
-    {
-        ex.shared_state.limits.refunds.push((d, condition.clone()));
-    }
-    flow
+    Ok(RateCheck::ByKey(s).run(ex, rt).await)
 }
 
 /// The counter key of a `quota` / `quota-by-key`; `None` for a `quota` call without a
@@ -205,13 +230,6 @@ fn quota_outcome(s: &QuotaStep, key: String, d: &QuotaDecision, ex: &mut Exchang
     }
 }
 
-/// The rate limit of [`rate_limit_then_quota`].
-#[derive(Clone, Copy)]
-pub enum RateCheck<'a> {
-    PerSubscription(&'a RateLimitStep),
-    ByKey(&'a RateLimitByKeyStep),
-}
-
 /// A rate limit directly followed by a quota, the usual product set-up. Both checks go to the
 /// shared store at once, so the request waits for one Redis round trip instead of two in a
 /// row; the outcome is the one of running them in order:
@@ -228,37 +246,20 @@ pub async fn rate_limit_then_quota(
     ex: &mut Exchange,
     rt: &Runtime,
 ) -> Result<Flow, GatewayError> {
-    let rate_key = match rate {
-        RateCheck::PerSubscription(s) => rate_limit_key(s, ex),
-        RateCheck::ByKey(s) => Some(format!("{}|{}", s.id, ex.render(&s.counter_key))),
-    };
-    let (Some(rate_key), Some(quota_key)) = (rate_key, quota_key(q, ex)) else {
+    let (Some(rate_key), Some(quota_key)) = (rate.key(ex), quota_key(q, ex)) else {
         // One of them counts nothing for this call: in order, as separate steps.
-        let flow = match rate {
-            RateCheck::PerSubscription(s) => rate_limit(s, ex, rt).await?,
-            RateCheck::ByKey(s) => rate_limit_by_key(s, ex, rt).await?,
-        };
+        let flow = rate.run(ex, rt).await;
         if !matches!(flow, Flow::Continue) {
             return Ok(flow);
         }
         return quota(q, ex, rt).await;
     };
-    let (calls, window, increment, outage) = match rate {
-        RateCheck::PerSubscription(s) => (s.calls, s.window, 1, s.outage),
-        RateCheck::ByKey(s) => (s.calls, s.window, s.increment_count, s.outage),
-    };
     let (d, qd) = futures_util::join!(
-        rt.shared
-            .rate_limit(&rate_key, calls, window, increment, outage),
+        rate.check(&rate_key, rt),
         rt.shared
             .quota(&quota_key, q.period, q.limits, ADMISSION, q.outage),
     );
-    let flow = match rate {
-        RateCheck::PerSubscription(s) => {
-            rate_outcome(&d, &s.retry_after_header, &s.remaining_header, ex)
-        }
-        RateCheck::ByKey(s) => rate_by_key_outcome(s, d, ex),
-    };
+    let flow = rate.outcome(d, ex);
     if !matches!(flow, Flow::Continue) {
         if qd.allowed() && qd.counted_by != CountedBy::Nobody {
             let shared = rt.shared.clone();
