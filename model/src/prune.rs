@@ -9,6 +9,8 @@
 use serde_json::Value;
 
 const OPTIONAL_TEXT: &[&str] = &["display-name", "description", "location"];
+/// Flags whose default is `false`: written only when set.
+const OPTIONAL_FLAGS: &[&str] = &["allow-encoded-slashes"];
 
 pub fn prune(value: &mut Value) {
     match value {
@@ -21,6 +23,7 @@ pub fn prune(value: &mut Value) {
                 Value::Array(a) => !a.is_empty(),
                 Value::Object(o) => !(k == "policies" && o.is_empty()),
                 Value::String(s) => !(s.is_empty() && OPTIONAL_TEXT.contains(&k.as_str())),
+                Value::Bool(false) => !OPTIONAL_FLAGS.contains(&k.as_str()),
                 _ => true,
             });
         }
@@ -35,7 +38,8 @@ mod tests {
     fn drops_only_what_parsing_restores() {
         let mut v = serde_json::json!({
             "a": null, "b": [], "policies": {"inbound": []}, "display-name": "",
-            "value": "", "e": false, "f": 0, "g": [{"cache-lookup": {}}]
+            "value": "", "e": false, "f": 0, "g": [{"cache-lookup": {}}],
+            "allow-encoded-slashes": false
         });
         super::prune(&mut v);
         assert_eq!(

@@ -157,6 +157,11 @@ pub struct Operation {
     /// Path below the API's path suffix; `{name}` marks a parameter, a trailing `{*rest}`
     /// matches the remainder.
     pub url_template: String,
+    /// Lets a template parameter match a segment with an encoded `/` or `\` (`%2F`, `%5C`),
+    /// for backends that expect one (e.g. a file path in one segment). Off by default: a
+    /// backend that decodes `%2F` would see a different path than the gateway routed.
+    #[serde(default)]
+    pub allow_encoded_slashes: bool,
     #[serde(default)]
     pub policies: PolicyDocument,
 }

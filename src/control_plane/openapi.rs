@@ -626,6 +626,7 @@ fn resource_schemas() -> Value {
             "name": name(),
             "method": {"type": "string", "description": "GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS, TRACE or * (any)."},
             "url-template": {"type": "string", "description": "Starts with '/'; `{param}` segments, optional trailing `{*rest}`."},
+            "allow-encoded-slashes": {"type": "boolean", "default": false, "description": "Let template parameters match segments with an encoded '/' or '\\' (%2F, %5C)."},
             "policies": policies(),
         }), &["name", "method", "url-template"]),
         "Product": strict(json!({

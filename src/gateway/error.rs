@@ -141,6 +141,55 @@ impl GatewayError {
         )
     }
 
+    /// The HTTP/1 codec could not parse the request head (see `gateway::listener`).
+    pub fn malformed_request() -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            ErrorSource::Client,
+            "MalformedRequest",
+            "The request is not valid HTTP/1.1.",
+        )
+    }
+
+    /// The HTTP/1 codec's own limits (see `gateway::listener`).
+    pub fn head_too_large() -> Self {
+        Self::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ErrorSource::Client,
+            "RequestHeadersTooLarge",
+            "Request headers are too many (the gateway reads at most 96 header fields) or too large.",
+        )
+    }
+
+    pub fn uri_too_long(limit: usize) -> Self {
+        Self::new(
+            StatusCode::URI_TOO_LONG,
+            ErrorSource::Client,
+            "RequestUriTooLong",
+            format!("The request target is longer than the gateway's limit of {limit} bytes."),
+        )
+    }
+
+    /// A request path the gateway will not route or forward (see `gateway::path`).
+    pub fn bad_path(e: super::path::PathError) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            ErrorSource::Client,
+            "InvalidRequestPath",
+            format!("Invalid request path: {e}."),
+        )
+    }
+
+    /// The client's request body broke its framing (e.g. malformed chunked encoding).
+    pub fn bad_body(e: &dyn std::fmt::Display) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            ErrorSource::Client,
+            "RequestBodyUnreadable",
+            format!("The request body could not be read: {e}."),
+        )
+    }
+
     pub fn body_too_large(limit: usize) -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -227,12 +276,18 @@ impl GatewayError {
         err
     }
 
-    /// The client-facing answer.
-    pub fn response(&self) -> HttpResponse {
-        let body = serde_json::json!({
+    /// `{"statusCode": …, "message": …}`.
+    pub fn json_body(&self) -> String {
+        serde_json::json!({
             "statusCode": self.status.as_u16(),
             "message": self.message,
-        });
+        })
+        .to_string()
+    }
+
+    /// The client-facing answer.
+    pub fn response(&self) -> HttpResponse {
+        let body = self.json_body();
         let mut res = HttpResponse::build(self.status);
         res.insert_header((
             header::CONTENT_TYPE,
@@ -243,7 +298,7 @@ impl GatewayError {
         {
             res.insert_header((header::ALLOW, v));
         }
-        res.body(body.to_string())
+        res.body(body)
     }
 }
 

@@ -111,6 +111,7 @@ pub async fn send(ex: &mut Exchange, rt: &Runtime) -> Result<Response, GatewayEr
     let Some(retry) = ex.retry.clone() else {
         let started = Instant::now();
         let overflow = Rc::new(Cell::new(false));
+        let unreadable = Rc::new(RefCell::new(None));
         let counted = Rc::new(Cell::new(0u64));
         let req = request(&client, &ex.method, &uri, headers, timeout);
         let sent = match body {
@@ -120,6 +121,7 @@ pub async fn send(ex: &mut Exchange, rt: &Runtime) -> Result<Response, GatewayEr
                     seen: 0,
                     max: rt.max_body_bytes as u64,
                     overflow: overflow.clone(),
+                    unreadable: unreadable.clone(),
                     counted: counted.clone(),
                 };
                 match length {
@@ -155,6 +157,14 @@ pub async fn send(ex: &mut Exchange, rt: &Runtime) -> Result<Response, GatewayEr
         return match sent {
             Ok(res) => Ok(response(res, &ex.method)),
             Err(_) if overflow.get() => Err(GatewayError::body_too_large(rt.max_body_bytes)),
+            // The client's body broke (bad chunked framing, connection lost): its fault, not
+            // the backend's.
+            Err(_) if unreadable.borrow().is_some() => {
+                let e = unreadable.borrow_mut().take();
+                Err(GatewayError::bad_body(
+                    &e.map_or_else(String::new, |e| e.to_string()),
+                ))
+            }
             Err(e) => Err(GatewayError::from_send(&e, &backend)),
         };
     };
@@ -164,14 +174,7 @@ pub async fn send(ex: &mut Exchange, rt: &Runtime) -> Result<Response, GatewayEr
         RequestBody::Stream { mut payload, .. } => {
             let mut buf = BytesMut::new();
             while let Some(chunk) = payload.next().await {
-                let chunk = chunk.map_err(|e| {
-                    GatewayError::new(
-                        StatusCode::BAD_REQUEST,
-                        super::error::ErrorSource::Client,
-                        "RequestBodyUnreadable",
-                        format!("The request body could not be read: {e}"),
-                    )
-                })?;
+                let chunk = chunk.map_err(|e| GatewayError::bad_body(&e))?;
                 if buf.len() + chunk.len() > rt.max_body_bytes {
                     return Err(GatewayError::body_too_large(rt.max_body_bytes));
                 }
@@ -295,6 +298,8 @@ struct Limited {
     seen: u64,
     max: u64,
     overflow: Rc<Cell<bool>>,
+    /// The client's body failed to arrive, and why.
+    unreadable: Rc<RefCell<Option<PayloadError>>>,
     counted: Rc<Cell<u64>>,
 }
 
@@ -312,6 +317,11 @@ impl Stream for Limited {
                     return Poll::Ready(Some(Err(PayloadError::Overflow)));
                 }
                 Poll::Ready(Some(Ok(chunk)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                let passed_on = PayloadError::Io(std::io::Error::other(e.to_string()));
+                *this.unreadable.borrow_mut() = Some(e);
+                Poll::Ready(Some(Err(passed_on)))
             }
             other => other,
         }

@@ -20,7 +20,10 @@
 
 pub mod error;
 pub mod forward;
+pub mod forwarded;
+pub mod listener;
 pub mod ops;
+pub mod path;
 pub mod pipeline;
 pub mod policies;
 pub mod proxy;

@@ -13,17 +13,21 @@
 //! unreachable, 503 no configuration yet, 504 backend too slow.
 
 use std::borrow::Cow;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use actix_http::error::DispatchError;
+use actix_rt::net::TcpStream;
+use actix_service::{IntoServiceFactory, ServiceFactoryExt, fn_service, map_config};
 use actix_web::body::{BodySize, BoxBody, MessageBody};
+use actix_web::dev::AppConfig;
 use actix_web::dev::{Server, ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::http::Method;
 use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use actix_web::{App, HttpRequest, HttpResponse, web};
 use bytes::Bytes;
 use outpost_actors::route_table::steps::encode_query_component;
 use outpost_actors::route_table::table::{CompiledApi, CompiledSubscription, CompiledTable};
@@ -34,6 +38,10 @@ use outpost_model::SubscriptionState;
 use outpost_model::resources::VersionScheme;
 
 use super::error::GatewayError;
+use super::forward::strip_hop_by_hop;
+use super::forwarded::Forwarding;
+use super::listener::{Answered, Connection};
+use super::path;
 use super::pipeline::{
     self, ConcurrencyGuard, ConcurrencyLimiter, Exchange, RequestBody, Response, Runtime, Target,
 };
@@ -59,6 +67,7 @@ pub struct Traffic {
     key_header: Option<HeaderName>,
     key_query: String,
     key_query_encoded: String,
+    forwarding: Forwarding,
     max_header_bytes: usize,
     max_body_bytes: usize,
 }
@@ -79,6 +88,8 @@ impl Traffic {
             key_header: HeaderName::from_bytes(sub.header.as_bytes()).ok(),
             key_query: sub.query.clone(),
             key_query_encoded: encode_query_component(&sub.query),
+            // Validated with the settings; trusting nobody is the safe reading of a bad list.
+            forwarding: Forwarding::new(&settings.listen.trusted_proxies).unwrap_or_default(),
             max_header_bytes: settings.limits.max_header_bytes,
             max_body_bytes: settings.limits.max_body_bytes,
         }
@@ -108,6 +119,9 @@ pub fn traffic_app(
 
 /// Binds the traffic listener on `listen` (`127.0.0.1:0` picks a port) and starts it. The
 /// returned [`Server`] must be awaited or spawned by the caller (inside an actix system).
+///
+/// Built from actix-server and actix-http rather than `HttpServer`, so that each connection
+/// is a [`Connection`]: the HTTP/1 codec's own refusals get the gateway's JSON bodies too.
 pub fn start_traffic_server(
     listen: &str,
     settings: &GatewaySettings,
@@ -115,19 +129,34 @@ pub fn start_traffic_server(
     hooks: ProxyHooks,
 ) -> std::io::Result<(Server, SocketAddr)> {
     let traffic = Arc::new(Traffic::new(settings, table, hooks));
-    let mut server = HttpServer::new(move || traffic_app(traffic.clone()))
-        // Slow clients must not hold workers; the backend timeout covers slow backends.
-        .client_request_timeout(Duration::from_secs(30))
-        .keep_alive(Duration::from_secs(75));
+    let listener = std::net::TcpListener::bind(listen)?;
+    let addr = listener.local_addr()?;
+    let mut builder = actix_server::Server::build();
     if settings.listen.workers > 0 {
-        server = server.workers(settings.listen.workers);
+        builder = builder.workers(settings.listen.workers);
     }
-    let server = server.bind(listen)?;
-    let addr = server
-        .addrs()
-        .first()
-        .copied()
-        .ok_or_else(|| std::io::Error::other("the traffic listener bound no address"))?;
+    let server = builder.listen("outpost-traffic", listener, move || {
+        let app = traffic_app(traffic.clone())
+            .into_factory()
+            .map_err(|e: actix_web::Error| e.error_response());
+        // A plain-HTTP listener: `secure()` is false, which is what `AppConfig` defaults to.
+        let http = actix_http::HttpService::build()
+            // Slow clients must not hold workers; the backend timeout covers slow backends.
+            .client_request_timeout(Duration::from_secs(30))
+            .keep_alive(Duration::from_secs(75))
+            .local_addr(addr)
+            .on_connect_ext(|io: &Connection<TcpStream>, ext| {
+                ext.insert(io.answered());
+            })
+            .h1(map_config(app, |_| AppConfig::default()));
+        fn_service(|io: TcpStream| async move {
+            let peer = io.peer_addr().ok();
+            // Answers are written whole; Nagle would only delay the last segment.
+            let _ = io.set_nodelay(true);
+            Ok::<_, DispatchError>((Connection::new(io), peer))
+        })
+        .and_then(http)
+    })?;
     Ok((server.run(), addr))
 }
 
@@ -139,13 +168,18 @@ async fn handle(
     traffic: web::Data<Traffic>,
 ) -> HttpResponse {
     let started = Instant::now();
-    let mut record = RequestRecord {
+    if let Some(answered) = req.conn_data::<Answered>() {
+        answered.mark();
+    }
+    let record = RequestRecord {
         api: None,
         operation: None,
         subscription: None,
         method: req.method().as_str().to_owned(),
         status: 0,
-        client_ip: req.peer_addr().map(|a| canonical_ip(a.ip())),
+        client_ip: traffic
+            .forwarding
+            .client_ip(req.peer_addr().map(|a| a.ip()), req.headers()),
         duration: Duration::ZERO,
         backend_duration: None,
         request_bytes: 0,
@@ -153,15 +187,55 @@ async fn handle(
         cache: CacheStatus::None,
         error_reason: None,
     };
-    let (response, guards) = match serve(&req, payload.into_inner(), &traffic, &mut record).await {
+    // Reported even if the connection dies before an answer (the future is dropped then).
+    let mut pending = Unanswered(Some(Done {
+        record,
+        started,
+        observer: traffic.observer.clone(),
+        _guards: Vec::new(),
+    }));
+    let record = &mut pending.done().record;
+    let (response, guards) = match serve(&req, payload.into_inner(), &traffic, record).await {
         Ok(served) => served,
         Err(err) => {
             record.error_reason = Some(err.reason);
             (Response::from_error(&err), Vec::new())
         }
     };
-    finish(&traffic, response, record, guards, started)
+    let mut done = pending.answered();
+    done._guards = guards;
+    finish(response, done)
 }
+
+/// A request still being served. Dropped while armed, the client went away first (or broke
+/// its connection, e.g. with a malformed chunked body, which actix-http answers by closing):
+/// counted as nginx counts it, 499, the client's doing.
+struct Unanswered(Option<Done>);
+
+impl Unanswered {
+    fn done(&mut self) -> &mut Done {
+        self.0.as_mut().expect("armed until answered")
+    }
+
+    fn answered(mut self) -> Done {
+        self.0.take().expect("answered once")
+    }
+}
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if let Some(mut done) = self.0.take() {
+            done.record.status = CLIENT_CLOSED_REQUEST;
+            done.record
+                .error_reason
+                .get_or_insert("ClientClosedRequest");
+            done.report(0);
+        }
+    }
+}
+
+/// nginx's status for a request whose client closed the connection before the answer.
+const CLIENT_CLOSED_REQUEST: u16 = 499;
 
 /// A request that made it to the pipeline: its response and the concurrency places it holds.
 type Served = (Response, Vec<ConcurrencyGuard>);
@@ -173,10 +247,18 @@ async fn serve(
     record: &mut RequestRecord,
 ) -> Result<Served, GatewayError> {
     let headers = req.headers();
-    let header_bytes: usize = headers
-        .iter()
-        .map(|(k, v)| k.as_str().len() + v.len() + 4)
-        .sum();
+    // The request line counts too: a huge target must not slip past the header limit.
+    let target_bytes = req.uri().path_and_query().map_or(0, |t| t.as_str().len());
+    if target_bytes > traffic.max_header_bytes {
+        return Err(GatewayError::uri_too_long(traffic.max_header_bytes));
+    }
+    let header_bytes: usize = req.method().as_str().len()
+        + target_bytes
+        + 12
+        + headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum::<usize>();
     if header_bytes > traffic.max_header_bytes {
         return Err(GatewayError::headers_too_large(traffic.max_header_bytes));
     }
@@ -192,7 +274,18 @@ async fn serve(
     };
 
     let host = request_host(req);
-    let path = req.uri().path();
+    // Normalised once: routing, the backend path, the cache key and `{request.path}` all see
+    // this path, never the raw one (see `path`).
+    let normalized = path::normalize(req.uri().path()).map_err(GatewayError::bad_path)?;
+    let path: &str = &normalized.path;
+    if let Some(climbed_to) = normalized.climbed_to
+        && table
+            .api_prefix(&host, req.uri().path())
+            .is_some_and(|prefix| climbed_to < path::segments(prefix))
+    {
+        // `..` left the API the raw path names: refused, never re-routed elsewhere.
+        return Err(GatewayError::bad_path(path::PathError::LeftApi));
+    }
     let query = req.uri().query().unwrap_or("");
     let method = req.method();
     let preflight = pipeline::is_preflight(method, headers);
@@ -262,6 +355,23 @@ async fn serve(
     let op = matched.operation;
     record.api = Some(api.name.clone());
     record.operation = Some(op.name.clone());
+    if normalized
+        .climbed_to
+        .is_some_and(|c| c < path::segments(&path[..matched.prefix_len]))
+    {
+        return Err(GatewayError::bad_path(path::PathError::LeftApi));
+    }
+    if !op.allow_encoded_slashes
+        && matched
+            .params
+            .iter()
+            .any(|(_, v)| path::has_encoded_slash(v))
+    {
+        return Err(GatewayError::not_found(format!(
+            "Resource not found: operation '{}' of API '{}' does not match an encoded '/' or '\\' in a path parameter.",
+            op.name, api.name
+        )));
+    }
 
     // Subscription key: header first, then query.
     let key: Option<Cow<'_, str>> = traffic
@@ -293,13 +403,21 @@ async fn serve(
     let product = subscription.as_ref().and_then(|s| s.product().cloned());
     let pipeline = op.pipeline_for(product.as_deref()).clone();
 
-    // The request as the backend will see it.
+    // The request as the backend will see it. Hop-by-hop headers (and those the client's
+    // `Connection` names) go before any policy runs: a client must not be able to delete what
+    // policies and the gateway add.
     let mut request_headers = headers.clone();
+    strip_hop_by_hop(&mut request_headers);
     if let Some(h) = &traffic.key_header {
         request_headers.remove(h);
     }
     let client_ip = record.client_ip;
-    add_forwarded(req, &mut request_headers, client_ip);
+    traffic.forwarding.apply(
+        req.peer_addr().map(|a| a.ip()),
+        req.app_config().secure(),
+        headers.get(header::HOST),
+        &mut request_headers,
+    );
     let request_id = ensure_traceparent(&mut request_headers);
     let query_pairs = query
         .split('&')
@@ -429,41 +547,7 @@ fn query_raw<'q>(query: &'q str, name: &str) -> Option<&'q str> {
     })
 }
 
-fn canonical_ip(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
-}
-
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
-
-/// `X-Forwarded-For` (appended to what earlier proxies wrote, which is passed on but never
-/// trusted for decisions), `X-Forwarded-Proto` (this listener's scheme, not a header's) and
-/// `X-Forwarded-Host` (the host the client asked for).
-fn add_forwarded(req: &HttpRequest, headers: &mut HeaderMap, client_ip: Option<IpAddr>) {
-    if let Some(ip) = client_ip {
-        let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-            Some(prior) if !prior.trim().is_empty() => format!("{prior}, {ip}"),
-            _ => ip.to_string(),
-        };
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            headers.insert(X_FORWARDED_FOR, v);
-        }
-    }
-    let proto = if req.app_config().secure() {
-        "https"
-    } else {
-        "http"
-    };
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-    if let Some(host) = req.headers().get(header::HOST) {
-        headers.insert(X_FORWARDED_HOST, host.clone());
-    }
-}
 
 /// Keeps a valid W3C `traceparent` or starts a trace; returns the request id (the trace id).
 fn ensure_traceparent(headers: &mut HeaderMap) -> String {
@@ -499,23 +583,12 @@ fn valid_traceparent(tp: &str) -> bool {
 
 /// Turns the pipeline's response into the HTTP response, with a body that reports the request
 /// to metrics and the observer once it has been sent.
-fn finish(
-    traffic: &Traffic,
-    response: Response,
-    mut record: RequestRecord,
-    guards: Vec<ConcurrencyGuard>,
-    started: Instant,
-) -> HttpResponse {
-    record.status = response.status.as_u16();
+fn finish(response: Response, mut done: Done) -> HttpResponse {
+    done.record.status = response.status.as_u16();
     let body = ObservedBody {
         inner: response.body,
         sent: 0,
-        done: Some(Done {
-            record,
-            started,
-            observer: traffic.observer.clone(),
-            _guards: guards,
-        }),
+        done: Some(done),
     };
     let mut res = HttpResponse::with_body(response.status, body);
     *res.headers_mut() = response.headers;

@@ -51,6 +51,10 @@ pub struct ListenSettings {
     pub ops: String,
     /// Worker threads for the traffic listener; 0 means one per core.
     pub workers: usize,
+    /// Addresses or CIDR blocks of the proxies in front of the gateway (load balancers) whose
+    /// `X-Forwarded-For` / `Forwarded` / `X-Real-IP` / `X-Forwarded-*` headers are believed.
+    /// Empty: nobody's; those headers are replaced and the TCP peer is the client.
+    pub trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -158,6 +162,7 @@ impl Default for ListenSettings {
             https: "0.0.0.0:8443".into(),
             ops: "0.0.0.0:8090".into(),
             workers: 0,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -271,6 +276,11 @@ impl Validate for GatewaySettings {
         check_listen(p, "listen.http", &self.listen.http);
         check_listen(p, "listen.https", &self.listen.https);
         check_listen(p, "listen.ops", &self.listen.ops);
+        if let Err(bad) = super::forwarded::Forwarding::new(&self.listen.trusted_proxies) {
+            for e in bad {
+                p.push("listen.trusted_proxies", e);
+            }
+        }
         if self.backup.enabled && self.backup.dir.is_empty() {
             p.push("backup.dir", "required when backup.enabled is true");
         }

@@ -209,6 +209,7 @@ pub fn compile(
                 method,
                 url_template: op.url_template.clone(),
                 params: params.iter().map(|p| Arc::from(p.as_str())).collect(),
+                allow_encoded_slashes: op.allow_encoded_slashes,
                 pipeline,
                 product_pipelines,
                 preflight_cors,

@@ -86,6 +86,8 @@ pub struct CompiledOperation {
     pub url_template: String,
     /// Parameter names of the URL template, in path order.
     pub params: Vec<Arc<str>>,
+    /// Whether a parameter may match a segment with an encoded `/` or `\`.
+    pub allow_encoded_slashes: bool,
     /// The pipeline for requests that do not come through a product subscription.
     pub pipeline: Arc<Pipeline>,
     /// The pipeline per product that contains the API (product scope spliced in).
@@ -306,7 +308,30 @@ pub enum RouteOutcome<'t> {
     },
 }
 
+impl HostRoutes {
+    /// The API whose path suffix is the longest prefix of `path` (by whole segments).
+    fn api_at(&self, path: &str) -> Option<&(String, Arc<str>)> {
+        self.prefixes
+            .iter()
+            .filter(|(prefix, _)| {
+                prefix.is_empty()
+                    || path
+                        .strip_prefix(prefix.as_str())
+                        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+            })
+            .max_by_key(|(prefix, _)| prefix.len())
+    }
+}
+
 impl CompiledTable {
+    /// The path suffix of the API a path falls under on a host (whatever its operations), so
+    /// the gateway can tell whether a `..` in the raw path climbed out of it.
+    pub fn api_prefix(&self, host: &str, path: &str) -> Option<&str> {
+        self.host_routes(host)
+            .api_at(path)
+            .map(|(prefix, _)| prefix.as_str())
+    }
+
     fn host_routes(&self, host: &str) -> &HostRoutes {
         if let Some(r) = self.hosts.get(host) {
             return r;
@@ -322,18 +347,7 @@ impl CompiledTable {
     pub fn route<'t>(&'t self, req: &RouteRequest<'_>) -> RouteOutcome<'t> {
         let routes = self.host_routes(req.host);
         let Ok(m) = routes.router.at(req.path) else {
-            let api = routes
-                .prefixes
-                .iter()
-                .filter(|(prefix, _)| {
-                    prefix.is_empty()
-                        || req
-                            .path
-                            .strip_prefix(prefix.as_str())
-                            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-                })
-                .max_by_key(|(prefix, _)| prefix.len())
-                .map(|(_, api)| api.clone());
+            let api = routes.api_at(req.path).map(|(_, api)| api.clone());
             return RouteOutcome::NotFound { api };
         };
         let candidates = &m.value.candidates;

@@ -87,7 +87,13 @@ fn same_name(raw: &str, encoded: &str) -> bool {
 }
 
 pub(super) fn rewrite_uri(s: &RewriteUriStep, ex: &mut Exchange) -> Result<Flow, GatewayError> {
-    let path = ex.render(&s.path);
+    let rendered = ex.render(&s.path);
+    // Parameters are rendered raw: the result is normalised and checked like a request path,
+    // so it cannot climb above the backend's base path.
+    let path = crate::gateway::path::normalize(&rendered)
+        .map_err(GatewayError::bad_path)?
+        .path
+        .into_owned();
     let mut query: Vec<(String, String)> = s
         .query
         .iter()
