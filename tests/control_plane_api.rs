@@ -637,14 +637,15 @@ fn pagination() {
 
 #[test]
 fn revision_continues_across_a_restart_and_the_generated_token_is_kept() {
-    let dir = tempfile::tempdir().unwrap();
-    let data_dir = dir.path().display().to_string();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let data_dir = dir.display().to_string();
     let mut s = settings(&data_dir);
     s.admin.token = String::new();
     let first = start(s.clone()).unwrap();
     let token = first.admin_token().to_owned();
     assert_eq!(token.len(), 64);
-    let token_file = dir.path().join("admin-token");
+    let token_file = dir.join("admin-token");
     assert_eq!(std::fs::read_to_string(&token_file).unwrap().trim(), token);
     #[cfg(unix)]
     {
@@ -1020,4 +1021,209 @@ fn liveness_answers_without_a_token_on_both_listeners() {
         Client::new().get(gw).send().unwrap().status(),
         StatusCode::OK
     );
+}
+
+// === the data directory ===
+
+#[cfg(unix)]
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+/// A real `outpost control-plane` process, started under `umask 022` (the usual default, which
+/// leaves new files readable by everyone), killed when dropped.
+#[cfg(unix)]
+struct CpProcess {
+    child: std::process::Child,
+    admin_url: String,
+    log: std::path::PathBuf,
+}
+
+#[cfg(unix)]
+impl CpProcess {
+    fn spawn(data_dir: &std::path::Path, log: std::path::PathBuf) -> CpProcess {
+        use outpost_integration::free_port;
+        let admin = format!("127.0.0.1:{}", free_port());
+        let child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("umask 022 && exec \"$0\" control-plane")
+            .arg(env!("CARGO_BIN_EXE_outpost"))
+            .env("OUTPOST_ADMIN_LISTEN", &admin)
+            .env(
+                "OUTPOST_GATEWAY_API_LISTEN",
+                format!("127.0.0.1:{}", free_port()),
+            )
+            .env("OUTPOST_STORE_DATA_DIR", data_dir)
+            .env_remove("OUTPOST_ADMIN_TOKEN")
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::create(log.with_extension("err")).unwrap())
+            .spawn()
+            .unwrap();
+        CpProcess {
+            child,
+            admin_url: format!("http://{admin}"),
+            log,
+        }
+    }
+
+    fn output(&self) -> String {
+        let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
+        format!(
+            "{}{}",
+            read(&self.log),
+            read(&self.log.with_extension("err"))
+        )
+    }
+
+    /// Waits until the admin listener answers, or fails with the process's output.
+    fn wait_ready(&mut self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("control plane exited ({status}):\n{}", self.output());
+            }
+            if Client::new()
+                .get(format!("{}/healthz", self.admin_url))
+                .send()
+                .is_ok_and(|r| r.status().is_success())
+            {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "control plane did not start:\n{}",
+                self.output()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// Waits for the process to exit by itself and returns its status and output.
+    fn wait_exit(&mut self) -> (std::process::ExitStatus, String) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status, self.output());
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "still running:\n{}",
+                self.output()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
+#[cfg(unix)]
+impl Drop for CpProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The data directory holds gateway keys, secrets and the admin token: whatever the umask, the
+/// directory is 0700 and the database (with SQLite's WAL and SHM), the generated admin token
+/// and the lock are 0600; a second control plane on the same directory is refused while the
+/// first runs.
+#[cfg(unix)]
+#[test]
+fn data_files_are_private_under_umask_022_and_the_directory_has_one_user() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let mut first = CpProcess::spawn(&dir, tmp.path().join("first.log"));
+    first.wait_ready();
+    let token = std::fs::read_to_string(dir.join("admin-token")).unwrap();
+    for i in 0..3 {
+        let res = Client::new()
+            .put(format!("{}/api/v1/named-values/v{i}", first.admin_url))
+            .bearer_auth(token.trim())
+            .json(&json!({"value": "s3cret", "secret": true}))
+            .send()
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::CREATED);
+    }
+    assert!(
+        std::fs::metadata(dir.join("outpost.db-wal")).unwrap().len() > 0,
+        "the writes went to the WAL"
+    );
+    assert_eq!(mode(&dir), 0o700, "{}", dir.display());
+    for file in [
+        "outpost.db",
+        "outpost.db-wal",
+        "outpost.db-shm",
+        "admin-token",
+        "lock",
+    ] {
+        assert_eq!(mode(&dir.join(file)), 0o600, "{file}");
+    }
+
+    let mut second = CpProcess::spawn(&dir, tmp.path().join("second.log"));
+    let (status, output) = second.wait_exit();
+    assert!(!status.success(), "{output}");
+    let expected = format!(
+        "data directory {} is in use by another control plane (pid {})",
+        dir.display(),
+        first.child.id()
+    );
+    assert!(output.contains(&expected), "{output}");
+    // The refused start touched nothing: the first still serves.
+    first.wait_ready();
+}
+
+#[cfg(unix)]
+#[test]
+fn a_data_directory_open_to_others_is_refused_with_the_fix() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let err = start(settings(&dir.display().to_string()))
+        .err()
+        .expect("refused");
+    assert!(
+        err.contains(&dir.display().to_string()) && err.contains("chmod 700"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        0,
+        "nothing is written"
+    );
+    assert_eq!(
+        mode(&dir),
+        0o755,
+        "the operator decides, not the control plane"
+    );
+
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    start(settings(&dir.display().to_string()))
+        .expect("starts once private")
+        .stop();
+}
+
+#[test]
+fn a_second_control_plane_in_one_process_is_refused_until_the_first_stops() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data").display().to_string();
+    let first = start(settings(&dir)).unwrap();
+    let err = start(settings(&dir)).err().expect("refused");
+    assert!(
+        err.contains(&format!(
+            "{dir} is in use by another control plane (pid {})",
+            std::process::id()
+        )),
+        "{err}"
+    );
+    first.stop();
+    start(settings(&dir))
+        .expect("starts once the first stopped")
+        .stop();
 }

@@ -287,6 +287,49 @@ fn a_revoked_token_keeps_the_config_serving_and_readyz_says_why() {
     cp.stop();
 }
 
+/// With `ops.readyz_detail = false`, `/readyz` says ready or not and nothing else: no
+/// control-plane error (which names its URL), no token gateway or expiry. The default is the
+/// detail.
+#[test]
+fn readyz_detail_can_be_turned_off() {
+    let cp = start_control_plane();
+    let token = token(&cp);
+    let gw = gateway::start(settings(&cp.gateway_url(), &token, None)).unwrap();
+    let (code, body) = readyz(&gw);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        body["token"]["gateway"], GATEWAY,
+        "detail by default: {body}"
+    );
+    gw.stop();
+
+    let mut s = settings(&cp.gateway_url(), &token, None);
+    s.ops.readyz_detail = false;
+    let gw = gateway::start(s).unwrap();
+    let port = cp.gateway_addr().port().to_string();
+    cp.stop();
+    eventually("disconnected", || {
+        gw.status().control_plane.state == ControlPlaneState::Disconnected
+    });
+    // There is something to hide: the gateway's status has the error and the token's gateway.
+    let reason = gw.status().control_plane.reason.clone().unwrap_or_default();
+    assert!(reason.contains("unreachable"), "{reason}");
+    let res = http()
+        .get(format!("{}/readyz", gw.ops_url()))
+        .send()
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    let text = res.text().unwrap();
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).unwrap(),
+        serde_json::json!({"ready": true})
+    );
+    for secret in [GATEWAY, "127.0.0.1", &port, "disconnected", "unreachable"] {
+        assert!(!text.contains(secret), "{secret} in {text}");
+    }
+    gw.stop();
+}
+
 #[test]
 fn offline_mode_serves_a_file_without_any_control_plane() {
     let dir = tempfile::tempdir().unwrap();

@@ -3,8 +3,10 @@
 //!
 //! Every gateway call carries `Authorization: GatewayKey <gateway>&<expiry>&<signature>`; the
 //! gateway named in a verified token is the only one whose view the call can see. A refused token
-//! is a 401 whose JSON body says why (expired, revoked or forged, unknown gateway, malformed),
-//! never an empty 200.
+//! is a 401, never an empty 200. Its JSON body says why (malformed, expired, another gateway's),
+//! except that an unknown gateway and a forged or revoked token get one and the same answer
+//! ([`tokens::INVALID_TOKEN`]) so that the endpoint cannot be used to list gateway names; the
+//! control plane logs the real reason.
 //!
 //! # Config long-poll
 //! `GET /gateway/v1/config?after=R&wait=S` answers as soon as the store's revision differs from
@@ -178,24 +180,20 @@ impl GatewayApiState {
         Ok(result?)
     }
 
-    /// The keys to verify a token of `gateway` with: cached while the gateway resource is
-    /// unchanged, for at most [`KEYS_TTL`].
-    async fn keys_for_auth(&self, gateway: &str) -> Result<GatewayKeys, ApiError> {
-        let unknown = || -> ApiError {
-            TokenError::UnknownGateway {
-                gateway: gateway.to_owned(),
-            }
-            .into()
-        };
+    /// The keys to verify a token of `gateway` with (`None`: no such gateway): cached while the
+    /// gateway resource is unchanged, for at most [`KEYS_TTL`].
+    async fn keys_for_auth(&self, gateway: &str) -> Result<Option<GatewayKeys>, ApiError> {
         let key = ResourceKey::new(Kind::Gateway, gateway);
-        let gateway_revision = self.store.state().get(&key).ok_or_else(unknown)?.revision;
+        let Some(gateway_revision) = self.store.state().get(&key).map(|s| s.revision) else {
+            return Ok(None);
+        };
         let epoch = {
             let cache = self.keys.lock().expect("keys cache lock");
             if let Some(c) = cache.entries.get(gateway)
                 && c.gateway_revision == gateway_revision
                 && c.fetched.elapsed() < KEYS_TTL
             {
-                return Ok(c.keys.clone());
+                return Ok(Some(c.keys.clone()));
             }
             cache.epoch
         };
@@ -206,7 +204,7 @@ impl GatewayApiState {
             .map_err(blocking_error)?
         {
             Ok(keys) => keys,
-            Err(super::store::StoreError::NotFound(_)) => return Err(unknown()),
+            Err(super::store::StoreError::NotFound(_)) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
         let mut cache = self.keys.lock().expect("keys cache lock");
@@ -220,24 +218,54 @@ impl GatewayApiState {
                 },
             );
         }
-        Ok(keys)
+        Ok(Some(keys))
     }
 
-    /// Verifies the request's gateway token.
+    /// Verifies the request's gateway token. A refusal is logged with its real reason here,
+    /// because the answer may not carry it (see [`tokens::TokenError::public_message`]).
     pub async fn authenticate(&self, req: &HttpRequest) -> Result<VerifiedToken, ApiError> {
-        let header = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .ok_or(TokenError::Missing)?
-            .to_str()
-            .map_err(|_| TokenError::Malformed("the Authorization header is not ASCII".into()))?;
-        let parsed = tokens::parse(header)?;
-        let keys = self.keys_for_auth(&parsed.gateway).await?;
-        let verified = tokens::verify(&parsed, &keys, Utc::now())?;
-        Ok(match req.headers().get(EXPECTED_GATEWAY_HEADER) {
-            Some(expected) => verified.require_gateway(expected.to_str().unwrap_or_default())?,
-            None => verified,
-        })
+        match self.verify_token(req).await? {
+            Ok(verified) => Ok(verified),
+            Err(refused) => {
+                log_refusal(req, &refused);
+                Err(refused.into())
+            }
+        }
+    }
+
+    /// The outer error is the control plane's own failure (a 500), the inner one a refusal.
+    async fn verify_token(
+        &self,
+        req: &HttpRequest,
+    ) -> Result<Result<VerifiedToken, TokenError>, ApiError> {
+        let header = match req.headers().get(header::AUTHORIZATION) {
+            None => return Ok(Err(TokenError::Missing)),
+            Some(value) => match value.to_str() {
+                Ok(text) => text,
+                Err(_) => {
+                    return Ok(Err(TokenError::Malformed(
+                        "the Authorization header is not ASCII".into(),
+                    )));
+                }
+            },
+        };
+        let parsed = match tokens::parse(header) {
+            Ok(parsed) => parsed,
+            Err(e) => return Ok(Err(e)),
+        };
+        let Some(keys) = self.keys_for_auth(&parsed.gateway).await? else {
+            return Ok(Err(tokens::refuse_unknown(&parsed)));
+        };
+        Ok(
+            tokens::verify(&parsed, &keys, Utc::now()).and_then(|verified| {
+                match req.headers().get(EXPECTED_GATEWAY_HEADER) {
+                    Some(expected) => {
+                        verified.require_gateway(expected.to_str().unwrap_or_default())
+                    }
+                    None => Ok(verified),
+                }
+            }),
+        )
     }
 
     /// The revision a delta for a poll with `after` starts from, at revision `to`; `None` means a
@@ -674,6 +702,31 @@ async fn poll_config(
         .content_type(format.media_type())
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .body(body))
+}
+
+/// Logs a refused gateway token with its real reason (never the token itself). A missing or
+/// malformed header is routine noise from scanners, so only the refusal of a well-formed token,
+/// which is a gateway that needs attention or someone guessing, is a warning.
+fn log_refusal(req: &HttpRequest, refused: &TokenError) {
+    let peer = req
+        .peer_addr()
+        .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
+    let gateway = refused.gateway().unwrap_or("");
+    match refused {
+        TokenError::Missing | TokenError::Malformed(_) => tracing::info!(
+            %peer,
+            path = req.path(),
+            reason = %refused,
+            "gateway token refused"
+        ),
+        _ => tracing::warn!(
+            %peer,
+            path = req.path(),
+            gateway,
+            reason = %refused,
+            "gateway token refused"
+        ),
+    }
 }
 
 /// Counts a waiting poll for as long as it lives (a poll whose client goes away is dropped).

@@ -4,8 +4,9 @@
 //! [`start`] opens the store, resolves the admin token and starts both listeners on a thread of
 //! their own (an actix system), so it works the same from `main`, from tests (sync or async) and
 //! from `outpost demo`, which runs several components in one process. Nothing here is
-//! process-global: two control planes can run side by side. [`run`] is `start` plus waiting for
-//! SIGINT/SIGTERM, then a graceful stop.
+//! process-global: two control planes can run side by side, each on its own data directory (the
+//! directory is locked by the one using it, see [`data_dir`]). [`run`] is `start` plus waiting
+//! for SIGINT/SIGTERM, then a graceful stop.
 //!
 //! Admin listener (`admin.listen`):
 //! - `/` — the dashboard ([`dashboard`]);
@@ -19,6 +20,7 @@
 pub mod admin_api;
 pub mod auth;
 pub mod dashboard;
+pub mod data_dir;
 pub mod error;
 pub mod openapi;
 pub mod settings;
@@ -42,6 +44,7 @@ use outpost_model::Problems;
 
 use self::admin_api::AdminState;
 use self::auth::AdminToken;
+use self::data_dir::DataDir;
 use self::gateway_api::GatewayApiState;
 use self::settings::{ControlPlaneSettings, GatewayApiSettings};
 use self::store::{State, Store, StoreOptions};
@@ -59,6 +62,8 @@ pub struct RunningControlPlane {
     store: Arc<Store>,
     gateway_state: web::Data<GatewayApiState>,
     thread: ServerThread,
+    /// Holds the data directory's lock while this control plane runs (`None` for `:memory:`).
+    _data_dir: Option<DataDir>,
 }
 
 /// Stops a running control plane from elsewhere (a signal handler, another thread).
@@ -152,6 +157,7 @@ pub fn start(settings: ControlPlaneSettings) -> Result<RunningControlPlane, Stri
     if !problems.is_empty() {
         return Err(format!("invalid control plane settings:\n{problems}"));
     }
+    let data_dir = open_data_dir(&settings)?;
     let store = open_store(&settings)?;
     let (admin_token, source) = auth::resolve_admin_token(&settings)?;
     auth::announce(&admin_token, &source);
@@ -248,7 +254,22 @@ pub fn start(settings: ControlPlaneSettings) -> Result<RunningControlPlane, Stri
         store,
         gateway_state,
         thread,
+        _data_dir: data_dir,
     })
+}
+
+/// Checks, locks and makes private the data directory before anything reads or writes in it.
+fn open_data_dir(settings: &ControlPlaneSettings) -> Result<Option<DataDir>, String> {
+    if settings.store.data_dir == ":memory:" {
+        return Ok(None);
+    }
+    DataDir::open(
+        Path::new(&settings.store.data_dir),
+        DB_FILE,
+        &[auth::TOKEN_FILE],
+    )
+    .map(Some)
+    .map_err(|e| e.to_string())
 }
 
 fn open_store(settings: &ControlPlaneSettings) -> Result<Arc<Store>, String> {

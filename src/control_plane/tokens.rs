@@ -8,8 +8,10 @@
 //!
 //! Verification tries both keys, so either can be rotated while tokens minted from the other keep
 //! working; regenerating a key revokes every token minted from it, because nothing but the keys is
-//! stored. Every failure has its own [`TokenError`] variant whose message is what the 401 body
-//! carries: a gateway operator must be able to tell "expired" from "revoked" from "typo".
+//! stored. Every failure has its own [`TokenError`] variant, logged by the control plane with
+//! its detail. The 401 body says the same except for an unknown gateway and a signature that
+//! matches neither key, which read alike ([`INVALID_TOKEN`]): telling them apart would let anyone
+//! list the gateway names. "Expired" is said only once the signature verified.
 //!
 //! Admin routes (mounted under `/api/v1` by [`super::gateway_api::configure_admin`]):
 //! `POST /gateways/{name}/token`, `GET /gateways/{name}/keys`,
@@ -79,9 +81,37 @@ pub enum TokenError {
     },
 }
 
+/// The one answer for an unknown gateway and for a signature matching neither key.
+pub const INVALID_TOKEN: &str = "invalid gateway token: the gateway is unknown, or the signature \
+     matches neither of its keys (forged, altered, minted for another gateway, or revoked by \
+     regenerating the key it was minted from); the control plane's log says which";
+
+impl TokenError {
+    /// What the caller is told: everything but whether the named gateway exists.
+    pub fn public_message(&self) -> String {
+        match self {
+            TokenError::UnknownGateway { .. } | TokenError::BadSignature { .. } => {
+                INVALID_TOKEN.to_owned()
+            }
+            other => other.to_string(),
+        }
+    }
+
+    /// The gateway the refused token names, when it got that far.
+    pub fn gateway(&self) -> Option<&str> {
+        match self {
+            TokenError::Missing | TokenError::Malformed(_) => None,
+            TokenError::Expired { gateway, .. }
+            | TokenError::BadSignature { gateway }
+            | TokenError::UnknownGateway { gateway } => Some(gateway),
+            TokenError::WrongGateway { token_gateway, .. } => Some(token_gateway),
+        }
+    }
+}
+
 impl From<TokenError> for ApiError {
     fn from(e: TokenError) -> Self {
-        ApiError::Unauthorized(e.to_string())
+        ApiError::Unauthorized(e.public_message())
     }
 }
 
@@ -184,6 +214,21 @@ pub fn verify(
         expiry: parsed.expiry,
         key_type,
     })
+}
+
+/// The refusal for a token naming a gateway that does not exist, after the same HMAC work as
+/// [`verify`] (against throw-away keys), so the answer's timing does not single it out either.
+pub fn refuse_unknown(parsed: &ParsedToken) -> TokenError {
+    static DECOY: std::sync::LazyLock<GatewayKeys> = std::sync::LazyLock::new(|| GatewayKeys {
+        primary: super::store::generate_key(),
+        secondary: super::store::generate_key(),
+    });
+    let primary = signature_matches(&DECOY.primary, parsed);
+    let secondary = signature_matches(&DECOY.secondary, parsed);
+    std::hint::black_box((primary, secondary));
+    TokenError::UnknownGateway {
+        gateway: parsed.gateway.clone(),
+    }
 }
 
 impl VerifiedToken {
@@ -394,6 +439,29 @@ mod tests {
             verify(&parse(&extended).unwrap(), &keys(), now),
             Err(TokenError::BadSignature { .. })
         ));
+    }
+
+    #[test]
+    fn unknown_gateway_and_bad_signature_answer_alike() {
+        let now = at("2030-01-01T00:00:00Z");
+        let expiry = at("2030-02-01T00:00:00Z");
+        let forged = verify(
+            &parse(&mint("site-a", "not-the-key", expiry)).unwrap(),
+            &keys(),
+            now,
+        )
+        .unwrap_err();
+        let unknown = refuse_unknown(&parse(&mint("nosuch", &keys().primary, expiry)).unwrap());
+        assert!(matches!(unknown, TokenError::UnknownGateway { .. }));
+        // The detail (for the log) differs; what the caller is told does not.
+        assert_ne!(forged.to_string(), unknown.to_string());
+        assert_eq!(forged.public_message(), unknown.public_message());
+        assert_eq!(forged.public_message(), INVALID_TOKEN);
+        assert!(!INVALID_TOKEN.contains("site-a") && !INVALID_TOKEN.contains("nosuch"));
+        assert_eq!(unknown.gateway(), Some("nosuch"));
+        // An expired token for an unknown gateway says nothing about expiry.
+        let old = parse(&mint("nosuch", "k", at("2020-01-01T00:00:00Z"))).unwrap();
+        assert_eq!(refuse_unknown(&old).public_message(), INVALID_TOKEN);
     }
 
     #[test]

@@ -244,6 +244,7 @@ async fn serve(
             status: status.clone(),
             instance_id: identity.instance_id.clone(),
             started_at: identity.started_at,
+            readyz_detail: settings.ops.readyz_detail,
         },
     ) {
         Ok(server) => server,

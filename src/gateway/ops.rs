@@ -6,7 +6,9 @@
 //!   control plane: a gateway that fails static is still ready), 503 before. The JSON detail
 //!   says where the config came from, which revision and hash, how the control plane and Redis
 //!   look, when the token expires and what was refused, so "why is this gateway not getting my
-//!   change" is answered from one URL.
+//!   change" is answered from one URL. With `ops.readyz_detail = false` the body is only
+//!   `{"ready": …}`: the detail names the control plane's URL, its errors and the token's
+//!   gateway, which is more than whoever can reach the ops port may need to know.
 //! - `/metrics`: Prometheus text.
 
 use std::net::TcpListener;
@@ -64,6 +66,8 @@ pub struct OpsState {
     pub status: StatusHandle,
     pub instance_id: String,
     pub started_at: DateTime<Utc>,
+    /// `ops.readyz_detail`.
+    pub readyz_detail: bool,
 }
 
 /// Starts the ops listener on an already bound socket (so port 0 and bind errors are handled
@@ -107,6 +111,14 @@ struct Readiness<'a> {
 
 async fn ready(state: web::Data<OpsState>) -> HttpResponse {
     let status = state.status.load();
+    let code = if status.ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    if !state.readyz_detail {
+        return HttpResponse::build(code).json(serde_json::json!({"ready": status.ready()}));
+    }
     let now = Utc::now();
     let body = Readiness {
         ready: status.ready(),
@@ -118,11 +130,6 @@ async fn ready(state: web::Data<OpsState>) -> HttpResponse {
             .token
             .as_ref()
             .map(|t| t.expiry - now <= outpost_actors::token::EXPIRY_WARNING),
-    };
-    let code = if status.ready() {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
     };
     HttpResponse::build(code).json(body)
 }

@@ -12,6 +12,7 @@ use crate::settings::Validate;
 pub struct GatewaySettings {
     pub control_plane: ControlPlaneLink,
     pub listen: ListenSettings,
+    pub ops: OpsSettings,
     pub backup: BackupSettings,
     pub offline: OfflineSettings,
     pub subscription: SubscriptionKeySettings,
@@ -55,6 +56,15 @@ pub struct ListenSettings {
     /// `X-Forwarded-For` / `Forwarded` / `X-Real-IP` / `X-Forwarded-*` headers are believed.
     /// Empty: nobody's; those headers are replaced and the TCP peer is the client.
     pub trusted_proxies: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OpsSettings {
+    /// `/readyz` answers with the whole status (control-plane errors and URL, token gateway and
+    /// expiry, revision, last refusal); `false`: only whether the gateway is ready, for an ops
+    /// port that others than the operators can reach.
+    pub readyz_detail: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -163,6 +173,14 @@ impl Default for ListenSettings {
             ops: "0.0.0.0:8090".into(),
             workers: 0,
             trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+impl Default for OpsSettings {
+    fn default() -> Self {
+        Self {
+            readyz_detail: true,
         }
     }
 }
@@ -376,6 +394,23 @@ mod tests {
     #[test]
     fn env_names_are_unique() {
         crate::settings::env_names_are_unique::<super::GatewaySettings>().unwrap();
+    }
+
+    #[test]
+    fn readyz_detail_is_on_by_default_and_set_from_the_environment() {
+        use std::collections::BTreeMap;
+        let load = |value: Option<&str>| {
+            let mut env: BTreeMap<String, String> =
+                [("OUTPOST_OFFLINE_CONFIG_FILE".into(), "/x.yaml".into())].into();
+            if let Some(v) = value {
+                env.insert("OUTPOST_OPS_READYZ_DETAIL".into(), v.into());
+            }
+            crate::settings::load::<super::GatewaySettings>(None, &env)
+        };
+        assert!(load(None).unwrap().ops.readyz_detail);
+        assert!(!load(Some("false")).unwrap().ops.readyz_detail);
+        let err = load(Some("maybe")).unwrap_err().to_string();
+        assert!(err.contains("OUTPOST_OPS_READYZ_DETAIL"), "{err}");
     }
 
     /// Several Redis URLs are a cluster's seeds: only with `redis.cluster`, each a Redis URL.

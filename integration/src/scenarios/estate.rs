@@ -666,9 +666,11 @@ fn dir(base: &Path, name: &str) -> String {
     d.display().to_string()
 }
 
-/// Copies the files of `from` into `to` (created): a control plane data directory is flat.
+/// Copies the files of `from` into `to` (created), modes included like `cp -a`: a control plane
+/// refuses a data directory that others can read, so the copy must stay 0700.
 pub fn copy_dir(from: &Path, to: &Path) -> std::io::Result<u64> {
     std::fs::create_dir_all(to)?;
+    std::fs::set_permissions(to, std::fs::metadata(from)?.permissions())?;
     let mut bytes = 0;
     for entry in std::fs::read_dir(from)? {
         let entry = entry?;
