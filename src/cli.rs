@@ -22,7 +22,7 @@ pub struct Cli {
 pub enum Command {
     /// Run the control plane (management API + dashboard on 7070, gateway endpoint on 7071).
     ControlPlane {
-        /// TOML settings file; every key can also be set as OUTPOST_<SECTION>_<KEY>.
+        /// TOML settings file; every key can also be set as `OUTPOST_<SECTION>_<KEY>`.
         #[arg(long, short)]
         config: Option<PathBuf>,
     },

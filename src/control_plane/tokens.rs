@@ -3,7 +3,7 @@
 //! A token is `GatewayKey <gateway>&<expiry>&<signature>` where `expiry` is `yyyyMMddHHmm` in
 //! UTC and `signature` is the standard base64 of HMAC-SHA512 over `"<gateway>\n<expiry>"`, keyed
 //! with the UTF-8 bytes of one of the gateway's two keys (held by the store, see
-//! [`Store::gateway_keys`]). The format follows the reference product's gateway tokens, so
+//! [`Store::gateway_keys`](crate::control_plane::store::Store::gateway_keys)). The format follows the reference product's gateway tokens, so
 //! operators can reason about them the same way.
 //!
 //! Verification tries both keys, so either can be rotated while tokens minted from the other keep

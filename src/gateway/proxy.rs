@@ -4,7 +4,7 @@
 //! [`CompiledTable`] once (an atomic load, no lock, no actor round trip), checks limits, finds
 //! the operation (host → path → version → method), checks the subscription key, runs the
 //! operation's pipeline ([`super::pipeline`]) and streams the answer back. Every request ends
-//! in [`finish`]: Prometheus metrics and the [`RequestObserver`] see it exactly once, when its
+//! in `finish`: Prometheus metrics and the [`RequestObserver`] see it exactly once, when its
 //! body has been sent (or the client went away).
 //!
 //! Answers the gateway makes itself ([`GatewayError`]): 401 missing or invalid key (or a key of

@@ -1,7 +1,7 @@
 //! What the cache holds, and how an entry is written to the shared tier.
 //!
 //! Encoding: one format byte ([`FORMAT_VERSION`]), then the bincode (serde, standard config)
-//! encoding of [`Meta`], then the body bytes as they are (no per-byte serde overhead on large
+//! encoding of `Meta`, then the body bytes as they are (no per-byte serde overhead on large
 //! bodies). An entry whose format byte differs, or that does not decode, is a miss: a gateway
 //! upgrade never serves a misread entry.
 
@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-/// Format byte of encoded entries; bump when [`Meta`] or the layout changes.
+/// Format byte of encoded entries; bump when `Meta` or the layout changes.
 pub const FORMAT_VERSION: u8 = 1;
 
 /// A stored response.

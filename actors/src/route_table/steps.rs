@@ -1,14 +1,14 @@
 //! Compiled policy steps: what each policy of a document becomes once named values are
 //! substituted, templates parsed, addresses, keys and status lists decoded.
 //!
-//! [`compile_policy`] is the one exhaustive `match` over [`Policy`]: a policy the gateway does not
+//! `compile_policy` is the one exhaustive `match` over [`Policy`]: a policy the gateway does not
 //! implement is a compile problem, so the control plane (which runs this compiler as its
 //! validator) refuses the document at publish time instead of a gateway skipping it.
 //!
 //! # Adding a step kind
 //! 1. A file `steps/<name>.rs` with the compiled struct and `pub(super) fn compile(policy,
 //!    &mut StepCx) -> Option<Step>` (see `steps/headers.rs`).
-//! 2. A variant in [`Step`] and the policy's arm in [`compile_policy`] calling it.
+//! 2. A variant in [`Step`] and the policy's arm in `compile_policy` calling it.
 //! 3. Its execution in the gateway's pipeline (`src/gateway/pipeline/<name>.rs`) and the arm in
 //!    `pipeline::run_step`; the compiler makes both matches exhaustive, so nothing is forgotten.
 
