@@ -168,11 +168,16 @@ pub fn pin_path_in(dir: &Path) -> PathBuf {
 /// The pinned keys in `dir`; empty when there is no pin file yet.
 pub fn read_pins(dir: &Path) -> Result<Vec<PublicKey>, PinError> {
     let path = pin_path_in(dir);
-    let text = match fs::read_to_string(&path) {
-        Ok(text) => text,
+    let bytes = match fs::read(&path) {
+        Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(source) => return Err(PinError::Io { path, source }),
     };
+    let text = String::from_utf8(bytes).map_err(|_| PinError::Invalid {
+        path: path.clone(),
+        line: 1,
+        reason: "not text; the file is damaged".into(),
+    })?;
     let mut keys = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
