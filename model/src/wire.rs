@@ -3,11 +3,13 @@
 //! All calls go from the gateway to the control plane's gateway listener (outbound only), with
 //! `Authorization: GatewayKey <gateway>&<expiry>&<signature>`:
 //!
-//! - `GET  /gateway/v1/config?after=R&wait=S` — long-poll. Answers as soon as the revision is
-//!   newer than `R` (at once if it already is), or `304 Not Modified` after `S` seconds. The body
-//!   is a [`ConfigUpdate`]: a delta from `R` when the change log still covers `R`, else a full
-//!   snapshot (`after=0` always gets a snapshot). bincode by default; JSON with
-//!   `Accept: application/json`.
+//! - `GET  /gateway/v1/config?after=R&wait=S[&hash=H]` — long-poll. Answers as soon as the
+//!   revision is newer than `R` (at once if it already is), or `304 Not Modified` after `S`
+//!   seconds. The body is a [`ConfigUpdate`]: a delta from `R` when the change log still covers
+//!   `R`, else a full snapshot (`after=0` always gets a snapshot). `H`, the content hash the
+//!   gateway holds at `R`: when `R` is current and the control plane's view hashes differently,
+//!   a full snapshot at once. Every answer is signed for the polling gateway
+//!   ([`crate::signing`]). bincode by default; JSON with `Accept: application/json`.
 //! - `POST /gateway/v1/heartbeat` — a [`Heartbeat`]; answers a [`HeartbeatAck`].
 //! - `POST /gateway/v1/telemetry` — a [`TelemetryBatch`]; answers 204.
 
