@@ -3,7 +3,8 @@
 //!
 //! Two modes:
 //! - **configured** (`control_plane.config_signing_keys`): the operator gave the keys out of
-//!   band. They are the roots; a key they endorse (a rotation) is trusted too, in memory.
+//!   band. They are the roots; a key they endorse (a rotation) is trusted too, checked from the
+//!   endorsement chain each answer and backup carries — the settings are never rewritten.
 //! - **pinned** (no key configured): trust on first use. The first configuration received from
 //!   the control plane pins the key that signed it; from then on only that key, or a key it
 //!   endorsed, is accepted. When a rotation is followed the pin moves: the pin set keeps the
