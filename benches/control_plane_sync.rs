@@ -129,7 +129,8 @@ fn control_plane() {
         .collect();
 
     let settings = ControlPlaneSettings::default();
-    let state = web::Data::new(GatewayApiState::new(store.clone(), &settings));
+    let state =
+        web::Data::new(GatewayApiState::new(store.clone(), &settings).expect("signing key"));
     let system = actix_rt::System::new();
     system.block_on(async move {
         let app_state = state.clone();
@@ -596,6 +597,8 @@ fn snapshot_cost() {
         hash: content_hash(&view),
         upserts: view.values().cloned().collect(),
         deletes: Vec::new(),
+        signature: Default::default(),
+        endorsements: Vec::new(),
     };
     let bincode = wire::encode(&update).expect("encode");
     let json = serde_json::to_vec(&update).expect("json");

@@ -77,6 +77,14 @@ pub enum Command {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Show or rotate the control plane's config signing key (what gateways trust, see
+    /// control_plane.config_signing_keys in the gateway settings).
+    SigningKey {
+        #[command(subcommand)]
+        action: SigningKeyAction,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
     /// Create an API (with its operations) from an OpenAPI 3 document, as a declarative file.
     ImportOpenapi {
         /// OpenAPI 3 document, JSON or YAML.
@@ -99,6 +107,14 @@ pub enum Command {
         #[arg(long, default_value = "127.0.0.1:9000")]
         listen: String,
     },
+}
+
+#[derive(Debug, Clone, Copy, Subcommand)]
+pub enum SigningKeyAction {
+    /// Print the active public key (standard output) and the key history.
+    Show,
+    /// Replace the signing key with a new one, endorsed by the old one; gateways follow.
+    Rotate,
 }
 
 /// Where the management API is and how to authenticate to it.
@@ -166,6 +182,10 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             server,
         } => crate::client::gateway_token(&server, &gateway, &expires, &key)
             .map(|()| ExitCode::SUCCESS),
+        Command::SigningKey { action, server } => {
+            crate::client::signing_key(&server, matches!(action, SigningKeyAction::Rotate))
+                .map(|()| ExitCode::SUCCESS)
+        }
         Command::ImportOpenapi {
             file,
             name,

@@ -17,6 +17,7 @@ use serde_json::{Map, Value, json};
 use crate::cli::ServerArgs;
 use crate::control_plane::admin_api::{Action, ApplyResult};
 use crate::control_plane::error::ErrorBody;
+use crate::control_plane::gateway_api::SigningKeysResponse;
 use crate::control_plane::tokens::TokenResponse;
 
 /// Where the CLI looks for the admin token when none is given (the default data directory).
@@ -150,6 +151,16 @@ impl Connection {
             .http
             .post(self.url(&format!("/gateways/{gateway}/token")))
             .json(&json!({"key": key, "lifetime-secs": lifetime.as_secs()}));
+        Self::json(&self.send(req)?)
+    }
+
+    /// `GET /api/v1/signing-keys`, or `POST /api/v1/signing-keys/rotate` when `rotate`.
+    pub fn signing_keys(&self, rotate: bool) -> Result<SigningKeysResponse, CallError> {
+        let req = if rotate {
+            self.http.post(self.url("/signing-keys/rotate"))
+        } else {
+            self.http.get(self.url("/signing-keys"))
+        };
         Self::json(&self.send(req)?)
     }
 }
@@ -303,6 +314,43 @@ pub fn gateway_token(
         token.expiry
     );
     println!("{}", token.value);
+    // Standard error, so that `$(outpost gateway-token ...)` still captures only the token.
+    if !token.config_signing_keys.is_empty() {
+        eprintln!(
+            "config signing key to trust (gateway setting control_plane.config_signing_keys, \
+             env OUTPOST_CONTROL_PLANE_CONFIG_SIGNING_KEYS): {}",
+            token.config_signing_keys.join(",")
+        );
+    }
+    Ok(())
+}
+
+/// `outpost signing-key show|rotate`: the active public key on standard output, the history
+/// on standard error.
+pub fn signing_key(server: &ServerArgs, rotate: bool) -> Result<(), String> {
+    let conn = Connection::from_args(server)?;
+    let keys = conn.signing_keys(rotate)?;
+    if rotate {
+        eprintln!(
+            "signing key rotated: configurations are now signed with the new key, endorsed by \
+             the previous one. Add the new key to control_plane.config_signing_keys of the \
+             gateways that list keys explicitly, then remove the old one when all have synced."
+        );
+    }
+    for k in &keys.keys {
+        let state = if k.key == keys.active {
+            "active"
+        } else {
+            "retired"
+        };
+        let by = if k.endorsed_by.is_empty() {
+            String::new()
+        } else {
+            format!(", endorsed by {}", k.endorsed_by)
+        };
+        eprintln!("  {} ({state}, created {}{by})", k.key, k.created_at);
+    }
+    println!("{}", keys.active);
     Ok(())
 }
 

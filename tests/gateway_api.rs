@@ -42,7 +42,7 @@ fn store(change_log_limit: u64) -> Arc<Store> {
 
 fn start(store: Arc<Store>) -> Cp {
     let settings = ControlPlaneSettings::default();
-    let data = web::Data::new(GatewayApiState::new(store.clone(), &settings));
+    let data = web::Data::new(GatewayApiState::new(store.clone(), &settings).unwrap());
     let state = data.clone();
     let server = HttpServer::new(move || {
         App::new()
@@ -169,12 +169,14 @@ impl Answer {
 
 impl Cp {
     async fn poll(&self, token: &str, after: u64, wait: u64, json: bool) -> Answer {
+        self.poll_query(token, &format!("after={after}&wait={wait}"), json)
+            .await
+    }
+
+    async fn poll_query(&self, token: &str, query: &str, json: bool) -> Answer {
         let mut req = self
             .client
-            .get(format!(
-                "{}/gateway/v1/config?after={after}&wait={wait}",
-                self.base
-            ))
+            .get(format!("{}/gateway/v1/config?{query}", self.base))
             .insert_header(("Authorization", token));
         if json {
             req = req.insert_header(("Accept", "application/json"));
@@ -278,6 +280,84 @@ async fn after_zero_is_a_snapshot_then_deltas_carry_only_what_changed() {
     assert!(ahead.full);
     assert_eq!(ahead.revision, r3);
     assert_eq!(GatewaySnapshot::default().apply(&ahead).unwrap(), snapshot);
+}
+
+/// Every answer is signed for the polling gateway (its name, the revision, the hash); a poll
+/// whose held hash differs from the control plane's at the same revision gets a full snapshot at
+/// once; a rotation signs with the new key and carries the old key's endorsement of it.
+#[actix_web::test]
+async fn answers_are_signed_and_a_different_hash_gets_a_snapshot_at_once() {
+    use outpost_model::signing::{PublicKey, verify_config};
+    let cp = start(store(100));
+    let r1 = two_sites(&cp.store);
+    let token = token(&cp.store, "gw-a");
+    let old_key = PublicKey::parse(&cp.state.signing_public_key()).unwrap();
+
+    let first = cp.poll(&token, 0, 0, false).await.update();
+    let verify = |gw: &str, u: &ConfigUpdate, keys: &[PublicKey]| {
+        verify_config(keys, gw, u.revision, &u.hash, &u.signature, &u.endorsements)
+    };
+    assert_eq!(verify("gw-a", &first, &[old_key]).unwrap(), old_key);
+    assert!(verify("gw-b", &first, &[old_key]).is_err(), "bound to gw-a");
+
+    // Same revision, same hash: nothing to say until something changes.
+    let same = cp
+        .poll_query(
+            &token,
+            &format!("after={r1}&wait=1&hash={}", first.hash),
+            false,
+        )
+        .await;
+    assert_eq!(same.status, StatusCode::NOT_MODIFIED);
+    assert!(same.elapsed >= Duration::from_millis(900), "it waited");
+    // Same revision, another hash: a full snapshot, without waiting.
+    let other = cp
+        .poll_query(
+            &token,
+            &format!("after={r1}&wait=30&hash={}", "0".repeat(64)),
+            false,
+        )
+        .await;
+    assert!(other.elapsed < Duration::from_secs(10), "answered at once");
+    let other = other.update();
+    assert!(other.full);
+    assert_eq!((other.revision, &other.hash), (r1, &first.hash));
+
+    // Rotation through the admin API.
+    let (status, body) = cp.admin("POST", "/signing-keys/rotate", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let new_key = PublicKey::parse(body["active"].as_str().unwrap()).unwrap();
+    assert_ne!(new_key, old_key);
+    assert_eq!(body["keys"].as_array().unwrap().len(), 2, "{body}");
+    assert_eq!(body["keys"][1]["endorsed-by"], old_key.to_string());
+    let (_, listed) = cp.admin("GET", "/signing-keys", None).await;
+    assert_eq!(listed["active"], new_key.to_string());
+    // The snapshot cached before the rotation (same revision) is not served after it.
+    let again = cp.poll(&token, 0, 0, false).await.update();
+    assert_eq!(again.revision, r1);
+    assert_eq!(again.signature.key, new_key.to_string());
+
+    let r2 = put(&cp.store, vec![api("api-a", "be-a", "v2")]);
+    let delta = cp.poll(&token, r1, 0, false).await.update();
+    assert_eq!(delta.revision, r2);
+    assert_eq!(
+        delta.signature.key,
+        new_key.to_string(),
+        "signed with the new key"
+    );
+    assert_eq!(
+        verify("gw-a", &delta, &[old_key]).unwrap(),
+        new_key,
+        "a gateway trusting only the old key follows the endorsement"
+    );
+    assert_eq!(verify("gw-a", &delta, &[new_key]).unwrap(), new_key);
+
+    // The token answer shows the key gateways should be given.
+    let (status, minted) = cp
+        .admin("POST", "/gateways/gw-a/token", Some(json!({})))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{minted}");
+    assert_eq!(minted["config-signing-keys"], json!([new_key.to_string()]));
 }
 
 #[actix_web::test]

@@ -172,7 +172,21 @@ fn control_plane_config_reaches_the_gateway_and_it_fails_static_when_the_control
     let on_disk = backup::read(backups.path())
         .unwrap()
         .expect("backup written");
-    assert_eq!(on_disk.hash, first_hash);
+    assert_eq!(on_disk.snapshot.hash, first_hash);
+    assert_eq!(on_disk.gateway, GATEWAY);
+    // Signed by the control plane's key, and the key is pinned next to the backup.
+    assert_eq!(
+        on_disk.snapshot.signature.key,
+        cp.gateway_state().signing_public_key()
+    );
+    assert_eq!(
+        outpost_actors::config_sync::trust::read_pins(backups.path())
+            .unwrap()
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        vec![cp.gateway_state().signing_public_key()]
+    );
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -196,7 +210,7 @@ fn control_plane_config_reaches_the_gateway_and_it_fails_static_when_the_control
         backup::read(backups.path())
             .ok()
             .flatten()
-            .is_some_and(|s| s.revision == target)
+            .is_some_and(|b| b.snapshot.revision == target)
     });
     eventually("connected", || {
         readyz(&gw).1["control_plane"]["state"] == "connected"

@@ -85,17 +85,27 @@ impl Link {
         &self.config
     }
 
-    /// `GET /gateway/v1/config?after=R&wait=S`: `None` when nothing changed within `wait`.
+    /// `GET /gateway/v1/config?after=R&wait=S[&hash=H]`: `None` when nothing changed within
+    /// `wait`. `hash`: the content hash held at `after`; the control plane answers at once with a
+    /// full snapshot when its own view at that revision hashes differently, so a configuration
+    /// altered on this side cannot outlive a reconnection just because the revision is the same.
     pub async fn poll_config(
         &self,
         after: u64,
         wait: Duration,
+        hash: Option<&str>,
     ) -> Result<Option<ConfigUpdate>, CallError> {
-        let url = format!(
+        let mut url = format!(
             "{}{CONFIG_PATH}?after={after}&wait={}",
             self.config.base_url,
             wait.as_secs()
         );
+        // A content hash is hex; anything else is not sent (it could not match anyway).
+        if let Some(h) = hash.filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            url.push_str("&hash=");
+            url.push_str(h);
+        }
         let request = self
             .client
             .get(url)

@@ -12,6 +12,7 @@
 //! - [`view`]: what one gateway may see (its assigned APIs and what they need), content hashes,
 //!   and deltas between two views.
 //! - [`wire`]: the gateway ↔ control plane protocol types and their bincode/JSON encoding.
+//! - [`signing`]: the control plane's Ed25519 signatures over each gateway's configuration.
 //! - [`template`]: `{{named-value}}` references and `{request.*}` key templates.
 //!
 //! # Encoding rule
@@ -24,6 +25,7 @@ pub mod document;
 pub mod policy;
 pub mod prune;
 pub mod resources;
+pub mod signing;
 pub mod template;
 pub mod validate;
 pub mod view;

@@ -3,11 +3,13 @@
 //! All calls go from the gateway to the control plane's gateway listener (outbound only), with
 //! `Authorization: GatewayKey <gateway>&<expiry>&<signature>`:
 //!
-//! - `GET  /gateway/v1/config?after=R&wait=S` — long-poll. Answers as soon as the revision is
-//!   newer than `R` (at once if it already is), or `304 Not Modified` after `S` seconds. The body
-//!   is a [`ConfigUpdate`]: a delta from `R` when the change log still covers `R`, else a full
-//!   snapshot (`after=0` always gets a snapshot). bincode by default; JSON with
-//!   `Accept: application/json`.
+//! - `GET  /gateway/v1/config?after=R&wait=S[&hash=H]` — long-poll. Answers as soon as the
+//!   revision is newer than `R` (at once if it already is), or `304 Not Modified` after `S`
+//!   seconds. The body is a [`ConfigUpdate`]: a delta from `R` when the change log still covers
+//!   `R`, else a full snapshot (`after=0` always gets a snapshot). `H`, the content hash the
+//!   gateway holds at `R`: when `R` is current and the control plane's view hashes differently,
+//!   a full snapshot at once. Every answer is signed for the polling gateway
+//!   ([`crate::signing`]). bincode by default; JSON with `Accept: application/json`.
 //! - `POST /gateway/v1/heartbeat` — a [`Heartbeat`]; answers a [`HeartbeatAck`].
 //! - `POST /gateway/v1/telemetry` — a [`TelemetryBatch`]; answers 204.
 
@@ -16,6 +18,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::resources::{Resource, ResourceKey};
+use crate::signing::{ConfigSignature, KeyEndorsement};
 use crate::view::{View, content_hash};
 
 pub const CONFIG_PATH: &str = "/gateway/v1/config";
@@ -25,8 +28,9 @@ pub const TELEMETRY_PATH: &str = "/gateway/v1/telemetry";
 /// Media type of bincode bodies.
 pub const BINCODE_MEDIA_TYPE: &str = "application/x-outpost-bincode";
 
-/// Version of the wire and backup encodings; bumped on incompatible model changes.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version of the wire encoding; bumped on incompatible model changes. 2: config answers carry
+/// the control plane's signature and key endorsements.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// One answer to a config poll.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -41,6 +45,11 @@ pub struct ConfigUpdate {
     pub hash: String,
     pub upserts: Vec<Resource>,
     pub deletes: Vec<ResourceKey>,
+    /// The control plane's signature over (gateway, `revision`, `hash`): over the view that
+    /// results from applying this update, so deltas and snapshots are checked the same way.
+    pub signature: ConfigSignature,
+    /// Each signing key endorsed by the one it replaced, oldest first (see [`crate::signing`]).
+    pub endorsements: Vec<KeyEndorsement>,
 }
 
 /// Periodic status report of one gateway instance (one process).
@@ -100,12 +109,15 @@ pub struct RequestAggregate {
     pub response_bytes: u64,
 }
 
-/// The configuration a gateway holds: its view at a revision.
+/// The configuration a gateway holds: its view at a revision, with the control plane's
+/// signature (empty in offline mode, where the operator's own file is served).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct GatewaySnapshot {
     pub revision: u64,
     pub hash: String,
     pub resources: View,
+    pub signature: ConfigSignature,
+    pub endorsements: Vec<KeyEndorsement>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -129,6 +141,8 @@ impl GatewaySnapshot {
             revision,
             hash,
             resources,
+            signature: ConfigSignature::default(),
+            endorsements: Vec::new(),
         }
     }
 
@@ -164,6 +178,8 @@ impl GatewaySnapshot {
             revision: update.revision,
             hash: actual,
             resources,
+            signature: update.signature.clone(),
+            endorsements: update.endorsements.clone(),
         })
     }
 
@@ -245,6 +261,8 @@ mod tests {
             hash: content_hash(&target),
             upserts: target.values().cloned().collect(),
             deletes: vec![],
+            signature: ConfigSignature::default(),
+            endorsements: vec![],
         };
         let bytes = encode(&update).unwrap();
         let decoded: ConfigUpdate = decode(&bytes).unwrap();

@@ -29,6 +29,20 @@
 //! gateways. Gateway keys are cached too (invalidated by regeneration, by a change of the gateway
 //! resource, and after 30 s), so polls do not queue on the store's SQLite connection.
 //!
+//! # Signing
+//! Every config answer carries the control plane's Ed25519 signature over
+//! `(gateway, revision, content hash)` of the view it produces, and the chain of key
+//! endorsements (see `outpost_model::signing`). The key pair lives in the store's
+//! `signing_keys` table, created on first start; [`GatewayApiState::rotate_signing_key`]
+//! replaces it. Cached answers are keyed by the signer's generation, so a rotation is never
+//! answered with a stale signature.
+//!
+//! # Reconnection
+//! A poll may carry `hash=H`, the content hash the gateway holds at `after`. When `after` is the
+//! current revision and this gateway's view hashes differently, the answer is a full snapshot at
+//! once instead of a wait: a configuration altered on the gateway's side is replaced on the next
+//! poll, not kept until the next change.
+//!
 //! Instance status and telemetry live in memory ([`instances`], [`telemetry`]); after a
 //! control plane restart they are rebuilt from the next heartbeats and uploads.
 
@@ -40,10 +54,12 @@ use std::time::{Duration, Instant};
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use chrono::Utc;
 use dashmap::DashMap;
 use futures_util::StreamExt;
+use outpost_model::signing::KeyEndorsement;
 use outpost_model::view::{View, content_hash, diff, gateway_view};
 use outpost_model::wire::{
     self, BINCODE_MEDIA_TYPE, CONFIG_PATH, ConfigUpdate, HEARTBEAT_PATH, Heartbeat, HeartbeatAck,
@@ -56,7 +72,7 @@ use tokio::sync::Semaphore;
 use super::error::ApiError;
 use super::instances::{self, InstanceRegistry};
 use super::settings::ControlPlaneSettings;
-use super::store::{GatewayKeys, KeyType, State, Store};
+use super::store::{GatewayKeys, KeyType, SigningKeyInfo, SigningKeys, State, Store, StoreError};
 use super::telemetry::{self, Ingested, TelemetryStore};
 use super::tokens::{self, TokenError, VerifiedToken};
 
@@ -77,6 +93,8 @@ const KEYS_TTL: Duration = Duration::from_secs(30);
 /// Views and answers kept per gateway.
 const VIEWS_KEPT: usize = 2;
 const UPDATES_KEPT: usize = 4;
+/// Endorsements sent with each answer: enough for a gateway that missed this many rotations.
+const ENDORSEMENTS_SENT: usize = 8;
 
 /// Everything the gateway endpoint and its admin routes share. One instance serves both
 /// listeners (wrap it in one `web::Data` and hand clones to both apps), so heartbeats received
@@ -91,6 +109,39 @@ pub struct GatewayApiState {
     telemetry: TelemetryStore,
     compute: Semaphore,
     waiting: AtomicUsize,
+    signer: ArcSwap<Signer>,
+    /// Serialises rotations, so the signer published is always the store's newest key.
+    rotation: Mutex<()>,
+}
+
+/// The key answers are signed with, and a generation number bumped by each rotation.
+struct Signer {
+    generation: u64,
+    keys: SigningKeys,
+    endorsements: Vec<KeyEndorsement>,
+}
+
+impl Signer {
+    fn new(generation: u64, keys: SigningKeys) -> Signer {
+        let skip = keys.endorsements.len().saturating_sub(ENDORSEMENTS_SENT);
+        let endorsements = keys.endorsements[skip..].to_vec();
+        Signer {
+            generation,
+            keys,
+            endorsements,
+        }
+    }
+}
+
+/// `GET /api/v1/signing-keys` and the answer to a rotation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct SigningKeysResponse {
+    /// The key configurations are signed with now: what gateways trust
+    /// (`control_plane.config_signing_keys`).
+    pub active: String,
+    /// Every key, oldest first, each endorsed by the one before it.
+    pub keys: Vec<SigningKeyInfo>,
 }
 
 #[derive(Default)]
@@ -109,9 +160,11 @@ struct CachedKeys {
 }
 
 impl GatewayApiState {
-    pub fn new(store: Arc<Store>, settings: &ControlPlaneSettings) -> Self {
+    /// Loads (on first start: creates) the config signing key from the store.
+    pub fn new(store: Arc<Store>, settings: &ControlPlaneSettings) -> Result<Self, StoreError> {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        Self {
+        let keys = store.signing_keys()?;
+        Ok(Self {
             store,
             max_wait: Duration::from_secs(settings.gateway_api.max_wait_secs),
             max_token_lifetime_days: settings.tokens.max_lifetime_days,
@@ -121,7 +174,36 @@ impl GatewayApiState {
             telemetry: TelemetryStore::new(),
             compute: Semaphore::new(cores),
             waiting: AtomicUsize::new(0),
+            signer: ArcSwap::from_pointee(Signer::new(0, keys)),
+            rotation: Mutex::new(()),
+        })
+    }
+
+    /// The public key configurations are signed with now (`ed25519:<base64>`).
+    pub fn signing_public_key(&self) -> String {
+        self.signer.load().keys.active.public().to_string()
+    }
+
+    pub fn signing_keys(&self) -> SigningKeysResponse {
+        let signer = self.signer.load();
+        SigningKeysResponse {
+            active: signer.keys.active.public().to_string(),
+            keys: signer.keys.history.clone(),
         }
+    }
+
+    /// Replaces the signing key (blocking: call it off the actix workers). Answers computed from
+    /// now on are signed with the new key and carry the old key's endorsement of it.
+    pub fn rotate_signing_key(&self) -> Result<SigningKeysResponse, StoreError> {
+        let _one_at_a_time = self.rotation.lock().expect("rotation lock");
+        let keys = self.store.rotate_signing_key()?;
+        let generation = self.signer.load().generation + 1;
+        tracing::info!(
+            key = %keys.active.public(),
+            "config signing key rotated; gateways follow through the old key's endorsement"
+        );
+        self.signer.store(Arc::new(Signer::new(generation, keys)));
+        Ok(self.signing_keys())
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -281,11 +363,14 @@ impl GatewayApiState {
         update.encoded(format)
     }
 
-    /// The update taking `gateway` from `after` to `current`, cached per (from, to).
+    /// The update taking `gateway` from `after` to `current`, cached per (from, to, signer).
     pub fn update(&self, gateway: &str, after: u64, current: &Arc<State>) -> Arc<CachedUpdate> {
         let to = current.revision;
         let base = self.delta_base(after, to);
-        let slot = self.views.update_slot(gateway, (base, to));
+        let signer = self.signer.load_full();
+        let slot = self
+            .views
+            .update_slot(gateway, (base, to, signer.generation));
         slot.get_or_init(|| {
             let new = self.views.view(gateway, current);
             let old = base.and_then(|from| {
@@ -296,6 +381,8 @@ impl GatewayApiState {
                     .cached_view(gateway, from)
                     .or_else(|| Some(self.views.view(gateway, &*self.store.state_at(from)?)))
             });
+            let signature = signer.keys.active.sign_config(gateway, to, &new.hash);
+            let endorsements = signer.endorsements.clone();
             let update = match old {
                 Some(old) => {
                     let (upserts, deletes) = diff(&old.view, &new.view);
@@ -306,6 +393,8 @@ impl GatewayApiState {
                         hash: new.hash.clone(),
                         upserts,
                         deletes,
+                        signature,
+                        endorsements,
                     }
                 }
                 None => ConfigUpdate {
@@ -315,6 +404,8 @@ impl GatewayApiState {
                     hash: new.hash.clone(),
                     upserts: new.view.values().cloned().collect(),
                     deletes: Vec::new(),
+                    signature,
+                    endorsements,
                 },
             };
             Arc::new(CachedUpdate {
@@ -331,7 +422,8 @@ impl GatewayApiState {
         let current = self.store.state();
         let to = current.revision;
         let base = self.delta_base(after, to);
-        let update = self.views.peek_update(gateway, (base, to))?;
+        let generation = self.signer.load().generation;
+        let update = self.views.peek_update(gateway, (base, to, generation))?;
         match format {
             Format::Bincode => update.bincode.get(),
             Format::Json => update.json.get(),
@@ -380,7 +472,8 @@ impl CachedUpdate {
     }
 }
 
-type UpdateKey = (Option<u64>, u64);
+/// (delta base, or `None` for a full snapshot; target revision; signer generation).
+type UpdateKey = (Option<u64>, u64, u64);
 
 /// Per-gateway views and encoded answers for the last few revisions. Each entry is a
 /// `OnceLock`, so concurrent pollers of one gateway wait for one computation instead of all
@@ -632,6 +725,9 @@ pub struct ConfigQuery {
     /// Seconds to wait for a change; 0 (the default) answers at once.
     #[serde(default)]
     pub wait: u64,
+    /// The content hash the gateway holds at `after` (see the module docs).
+    #[serde(default)]
+    pub hash: Option<String>,
 }
 
 async fn get_config(
@@ -651,9 +747,24 @@ async fn poll_config(
 ) -> Result<HttpResponse, ApiError> {
     let token = state.authenticate(&req).await?;
     let query = query.map_err(|e| ApiError::BadRequest(format!("query: {e}")))?;
-    let after = query.after;
+    let mut after = query.after;
     let wait = Duration::from_secs(query.wait).min(state.max_wait);
     let format = Format::from_accept(&req);
+    if let Some(held) = query.hash.as_deref().filter(|h| !h.is_empty())
+        && after != 0
+        && after == state.store.revision()
+        && !state
+            .holds_current_view(&token.gateway, after, held)
+            .await?
+    {
+        tracing::warn!(
+            gateway = token.gateway,
+            revision = after,
+            "the gateway's configuration differs from this control plane's at the same \
+             revision; sending a full snapshot"
+        );
+        after = 0;
+    }
 
     // Subscribe before looking, so a change between the look and the wait is not missed.
     let mut revisions = state.store.subscribe();
@@ -726,6 +837,33 @@ fn log_refusal(req: &HttpRequest, refused: &TokenError) {
             reason = %refused,
             "gateway token refused"
         ),
+    }
+}
+
+impl GatewayApiState {
+    /// Whether `held` is the content hash of `gateway`'s view at the current revision, which must
+    /// be `revision` (otherwise the question does not arise: the delta's hash check decides).
+    async fn holds_current_view(
+        self: &Arc<Self>,
+        gateway: &str,
+        revision: u64,
+        held: &str,
+    ) -> Result<bool, ApiError> {
+        let current = self.store.state();
+        if current.revision != revision {
+            return Ok(true);
+        }
+        let _permit = self
+            .compute
+            .acquire()
+            .await
+            .map_err(|_| ApiError::Internal("compute semaphore closed".into()))?;
+        let this = self.clone();
+        let gateway = gateway.to_owned();
+        let view = web::block(move || this.views.view(&gateway, &current))
+            .await
+            .map_err(blocking_error)?;
+        Ok(view.hash == held)
     }
 }
 
@@ -854,6 +992,18 @@ async fn telemetry_upload(
     Ok(HttpResponse::NoContent().finish())
 }
 
+async fn get_signing_keys(state: web::Data<GatewayApiState>) -> HttpResponse {
+    HttpResponse::Ok().json(state.signing_keys())
+}
+
+async fn rotate_signing_key(state: web::Data<GatewayApiState>) -> Result<HttpResponse, ApiError> {
+    let state = state.into_inner();
+    let keys = web::block(move || state.rotate_signing_key())
+        .await
+        .map_err(blocking_error)??;
+    Ok(HttpResponse::Ok().json(keys))
+}
+
 /// Mounts the gateway endpoint (`/gateway/v1/...`) at the root of the gateway listener. Needs
 /// `web::Data<GatewayApiState>` in the app.
 pub fn configure_gateway_api(cfg: &mut web::ServiceConfig) {
@@ -877,27 +1027,29 @@ pub fn configure_admin(cfg: &mut web::ServiceConfig) {
         web::QueryConfig::default()
             .error_handler(|e, _| ApiError::BadRequest(format!("invalid query: {e}")).into())
     };
-    cfg.service(
-        web::resource("/gateways/{name}/token")
-            .app_data(json())
-            .route(web::post().to(tokens::mint_token)),
-    )
-    .service(web::resource("/gateways/{name}/keys").route(web::get().to(tokens::get_keys)))
-    .service(
-        web::resource("/gateways/{name}/keys/regenerate")
-            .app_data(json())
-            .route(web::post().to(tokens::regenerate_key)),
-    )
-    .service(
-        web::resource("/gateways/{name}/instances")
-            .route(web::get().to(instances::list_gateway_instances)),
-    )
-    .service(web::resource("/instances").route(web::get().to(instances::list_all_instances)))
-    .service(
-        web::resource("/telemetry")
-            .app_data(query())
-            .route(web::get().to(telemetry::get_summary)),
-    );
+    cfg.service(web::resource("/signing-keys").route(web::get().to(get_signing_keys)))
+        .service(web::resource("/signing-keys/rotate").route(web::post().to(rotate_signing_key)))
+        .service(
+            web::resource("/gateways/{name}/token")
+                .app_data(json())
+                .route(web::post().to(tokens::mint_token)),
+        )
+        .service(web::resource("/gateways/{name}/keys").route(web::get().to(tokens::get_keys)))
+        .service(
+            web::resource("/gateways/{name}/keys/regenerate")
+                .app_data(json())
+                .route(web::post().to(tokens::regenerate_key)),
+        )
+        .service(
+            web::resource("/gateways/{name}/instances")
+                .route(web::get().to(instances::list_gateway_instances)),
+        )
+        .service(web::resource("/instances").route(web::get().to(instances::list_all_instances)))
+        .service(
+            web::resource("/telemetry")
+                .app_data(query())
+                .route(web::get().to(telemetry::get_summary)),
+        );
 }
 
 #[cfg(test)]

@@ -185,7 +185,10 @@ pub fn start(settings: ControlPlaneSettings) -> Result<RunningControlPlane, Stri
     let token_data = web::Data::new(admin_token.clone());
     // One instance for both listeners, so heartbeats received on the gateway listener show in
     // the admin API.
-    let gateway_state = web::Data::new(GatewayApiState::new(store.clone(), &settings));
+    let gateway_state = web::Data::new(
+        GatewayApiState::new(store.clone(), &settings)
+            .map_err(|e| format!("cannot load the config signing key: {e}"))?,
+    );
 
     let gw_state = gateway_state.clone();
     let (thread, ()) = ServerThread::spawn("control-plane", move |ready_tx| async move {

@@ -78,6 +78,28 @@ pub fn gateway_admin_routes() -> Vec<DocRoute> {
         ),
         route(
             Method::GET,
+            "/signing-keys",
+            json!({
+                "tags": ["gateway access"],
+                "operationId": "getSigningKeys",
+                "summary": "Get the config signing keys",
+                "description": "The Ed25519 public key every gateway configuration is signed with (`active`), to give gateways out of band in `control_plane.config_signing_keys`, and every earlier key. Private keys never leave the store.",
+                "responses": responses(ok("200", "The keys.", schema_ref("SigningKeys")), &["401"]),
+            }),
+        ),
+        route(
+            Method::POST,
+            "/signing-keys/rotate",
+            json!({
+                "tags": ["gateway access"],
+                "operationId": "rotateSigningKey",
+                "summary": "Rotate the config signing key",
+                "description": "Creates a new key pair and signs configurations with it from now on. The previous key endorses the new one; every config answer carries the endorsements, so gateways that trust the previous key (configured or pinned) accept the new one. Then add the new key to the gateways that list keys explicitly and remove the old one.",
+                "responses": responses(ok("200", "The keys after the rotation.", schema_ref("SigningKeys")), &["401"]),
+            }),
+        ),
+        route(
+            Method::GET,
             "/gateways/{name}/instances",
             json!({
                 "tags": ["gateway status"],
@@ -501,8 +523,26 @@ fn components() -> Value {
                     "value": {"type": "string", "description": "`GatewayKey <gateway>&<expiry>&<signature>`"},
                     "expiry": {"type": "string", "format": "date-time"},
                     "key": {"type": "string", "enum": ["primary", "secondary"]},
+                    "config-signing-keys": {"type": "array", "items": {"type": "string"}, "description": "The control plane's config signing key (`ed25519:<base64>`), for the gateway setting `control_plane.config_signing_keys`."},
                 }),
-                &["value", "expiry", "key"],
+                &["value", "expiry", "key", "config-signing-keys"],
+            ),
+        ),
+        (
+            "SigningKeys",
+            object(
+                json!({
+                    "active": {"type": "string", "description": "`ed25519:<base64>`: the key configurations are signed with now."},
+                    "keys": {"type": "array", "items": object(
+                        json!({
+                            "key": {"type": "string"},
+                            "created-at": {"type": "string", "format": "date-time"},
+                            "endorsed-by": {"type": "string", "description": "The key this one replaced (empty for the first)."},
+                        }),
+                        &["key", "created-at", "endorsed-by"],
+                    )},
+                }),
+                &["active", "keys"],
             ),
         ),
         (

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use outpost_model::resources::SECRET_MASK;
+use outpost_model::signing::{KeyEndorsement, SigningKey};
 use outpost_model::validate::{Problems, check_config, check_resource, referrers};
 use outpost_model::{Kind, Resource, ResourceKey};
 use rand::RngCore;
@@ -177,7 +178,10 @@ impl Store {
                 before TEXT, before_revision INTEGER, after TEXT,
                 PRIMARY KEY (revision, seq));
              CREATE TABLE IF NOT EXISTS gateway_keys (
-                gateway TEXT PRIMARY KEY, primary_key TEXT NOT NULL, secondary_key TEXT NOT NULL);",
+                gateway TEXT PRIMARY KEY, primary_key TEXT NOT NULL, secondary_key TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS signing_keys (
+                id INTEGER PRIMARY KEY, public_key TEXT NOT NULL, private_key TEXT,
+                created_at TEXT NOT NULL, endorsed_by TEXT, endorsement TEXT);",
         )?;
         let revision: u64 = meta_get(&conn, "revision")?.unwrap_or(0);
         let floor: u64 = meta_get(&conn, "log_floor")?.unwrap_or(0);
@@ -561,6 +565,42 @@ impl Store {
         Ok(keys)
     }
 
+    // === config signing keys ===
+
+    /// The config signing keys: the active one (created on first use) and the history.
+    pub fn signing_keys(&self) -> Result<SigningKeys, StoreError> {
+        let conn = self.conn.lock().expect("store lock");
+        let mut keys = load_signing_keys(&conn)?;
+        if keys.is_empty() {
+            insert_signing_key(&conn, &new_signing_key(), None)?;
+            keys = load_signing_keys(&conn)?;
+        }
+        SigningKeys::from_rows(keys)
+    }
+
+    /// Replaces the active signing key with a new one, endorsed by the old one. The old private
+    /// key is erased: nothing needs it once its endorsement of the new key is stored.
+    pub fn rotate_signing_key(&self) -> Result<SigningKeys, StoreError> {
+        let mut conn = self.conn.lock().expect("store lock");
+        let tx = conn.transaction()?;
+        let mut rows = load_signing_keys(&tx)?;
+        if rows.is_empty() {
+            insert_signing_key(&tx, &new_signing_key(), None)?;
+            rows = load_signing_keys(&tx)?;
+        }
+        let current = SigningKeys::from_rows(rows)?;
+        let next = new_signing_key();
+        let endorsement = current.active.endorse(&next.public());
+        insert_signing_key(&tx, &next, Some(&endorsement))?;
+        tx.execute(
+            "UPDATE signing_keys SET private_key = NULL WHERE id < (SELECT MAX(id) FROM signing_keys)",
+            [],
+        )?;
+        let rows = load_signing_keys(&tx)?;
+        tx.commit()?;
+        SigningKeys::from_rows(rows)
+    }
+
     /// A value kept in the store's metadata table (e.g. the generated admin token).
     pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
         let conn = self.conn.lock().expect("store lock");
@@ -579,6 +619,114 @@ impl Store {
         )?;
         Ok(())
     }
+}
+
+/// One row of `signing_keys`, without its private key.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct SigningKeyInfo {
+    /// `ed25519:<base64>`.
+    pub key: String,
+    pub created_at: String,
+    /// The key this one replaced and that vouches for it (empty for the first key).
+    pub endorsed_by: String,
+}
+
+/// The control plane's config signing keys. Kept out of the revisioned configuration (like the
+/// gateway keys): they are never exported, never in a change log, never sent to a gateway
+/// except as public keys.
+#[derive(Debug, Clone)]
+pub struct SigningKeys {
+    pub active: SigningKey,
+    /// Every key, oldest first; the last one is the active key.
+    pub history: Vec<SigningKeyInfo>,
+    /// Each key endorsed by the one before it, oldest first.
+    pub endorsements: Vec<KeyEndorsement>,
+}
+
+struct SigningKeyRow {
+    info: SigningKeyInfo,
+    private_key: Option<String>,
+    endorsement: Option<String>,
+}
+
+impl SigningKeys {
+    fn from_rows(rows: Vec<SigningKeyRow>) -> Result<SigningKeys, StoreError> {
+        let corrupt = |what: &str| StoreError::Corrupt(format!("signing_keys: {what}"));
+        let last = rows.last().ok_or_else(|| corrupt("no key"))?;
+        let active = last
+            .private_key
+            .as_deref()
+            .ok_or_else(|| corrupt("the newest key has no private key"))
+            .and_then(|p| {
+                SigningKey::from_secret_base64(p).map_err(|_| corrupt("unreadable private key"))
+            })?;
+        if active.public().to_string() != last.info.key {
+            return Err(corrupt(
+                "the newest private key does not match its public key",
+            ));
+        }
+        let endorsements = rows
+            .iter()
+            .filter_map(|r| {
+                Some(KeyEndorsement {
+                    key: r.info.key.clone(),
+                    endorsed_by: r.info.endorsed_by.clone(),
+                    signature: r.endorsement.clone()?,
+                })
+            })
+            .collect();
+        Ok(SigningKeys {
+            active,
+            history: rows.into_iter().map(|r| r.info).collect(),
+            endorsements,
+        })
+    }
+}
+
+fn new_signing_key() -> SigningKey {
+    let mut seed = [0u8; 32];
+    rand::rng().fill_bytes(&mut seed);
+    let key = SigningKey::from_seed(seed);
+    seed.fill(0);
+    key
+}
+
+fn load_signing_keys(conn: &Connection) -> Result<Vec<SigningKeyRow>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT public_key, private_key, created_at, endorsed_by, endorsement FROM signing_keys ORDER BY id",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(SigningKeyRow {
+            info: SigningKeyInfo {
+                key: r.get(0)?,
+                created_at: r.get(2)?,
+                endorsed_by: r.get::<_, Option<String>>(3)?.unwrap_or_default(),
+            },
+            private_key: r.get(1)?,
+            endorsement: r.get(4)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+fn insert_signing_key(
+    conn: &Connection,
+    key: &SigningKey,
+    endorsement: Option<&KeyEndorsement>,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO signing_keys (public_key, private_key, created_at, endorsed_by, endorsement) \
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            key.public().to_string(),
+            key.to_secret_base64(),
+            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            endorsement.map(|e| e.endorsed_by.clone()),
+            endorsement.map(|e| e.signature.clone()),
+        ],
+    )?;
+    Ok(())
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -868,5 +1016,45 @@ mod tests {
             panic!()
         };
         assert_eq!(v.value, "100");
+    }
+
+    /// The signing key is made once, survives a restart, is not part of the configuration, and
+    /// a rotation endorses the new key with the old one and erases the old private key.
+    #[test]
+    fn signing_keys_persist_and_rotate() {
+        use outpost_model::signing::{self, PublicKey};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        let first = {
+            let store = Store::open(&path, StoreOptions::default()).unwrap();
+            let keys = store.signing_keys().unwrap();
+            assert_eq!(keys.history.len(), 1);
+            assert!(keys.endorsements.is_empty());
+            assert_eq!(store.revision(), 0, "not a configuration change");
+            keys.active.public()
+        };
+        let store = Store::open(&path, StoreOptions::default()).unwrap();
+        assert_eq!(store.signing_keys().unwrap().active.public(), first);
+        let rotated = store.rotate_signing_key().unwrap();
+        let second = rotated.active.public();
+        assert_ne!(second, first);
+        assert_eq!(rotated.history.len(), 2);
+        assert_eq!(rotated.history[1].endorsed_by, first.to_string());
+        let sig = rotated.active.sign_config("gw", 3, "h");
+        assert_eq!(
+            signing::verify_config(&[first], "gw", 3, "h", &sig, &rotated.endorsements).unwrap(),
+            second,
+            "a gateway trusting the old key follows the rotation"
+        );
+        let conn = store.conn.lock().unwrap();
+        let old_private: Option<String> = conn
+            .query_row(
+                "SELECT private_key FROM signing_keys WHERE public_key = ?1",
+                params![first.to_string()],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(old_private.is_none(), "the old private key is erased");
+        assert!(PublicKey::parse(&rotated.history[0].key).is_ok());
     }
 }

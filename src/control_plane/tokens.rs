@@ -293,6 +293,10 @@ pub struct TokenResponse {
     pub value: String,
     pub expiry: DateTime<Utc>,
     pub key: KeyType,
+    /// The control plane's config signing key(s) (`ed25519:<base64>`), for the gateway setting
+    /// `control_plane.config_signing_keys`: how the key reaches gateways out of band.
+    #[serde(default)]
+    pub config_signing_keys: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -358,6 +362,7 @@ pub(crate) async fn mint_token(
         value: mint(&name, key, expiry),
         expiry,
         key: body.key,
+        config_signing_keys: vec![state.signing_public_key()],
     }))
 }
 

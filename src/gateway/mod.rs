@@ -10,10 +10,13 @@
 //!    - offline mode (`offline.config_file`): the declarative file, parsed and validated (every
 //!      problem listed, non-zero exit); the control plane is never contacted;
 //!    - otherwise one full snapshot from the control plane, within
-//!      `control_plane.request_timeout_ms`; if it cannot be had (unreachable, 5xx, 401,
-//!      refused by the route table) the backup (`backup.enabled`) when it is valid; neither →
-//!      the start fails with a message saying what to do. A corrupt backup is refused with the
-//!      reason and never half-loaded.
+//!      `control_plane.request_timeout_ms`, signed for this gateway by a trusted key; if it
+//!      cannot be had (unreachable, 5xx, 401, untrusted signature, refused by the route table)
+//!      the backup (`backup.enabled`) when it is intact, written for this gateway and signed by
+//!      a trusted key; neither → the start fails with a message saying what to do. A corrupt,
+//!      foreign or unsigned backup is refused with the reason and never half-loaded.
+//!    - trusted keys: `control_plane.config_signing_keys`, or else the keys pinned in the backup
+//!      directory (trust on first use; see `outpost_actors::config_sync::trust`).
 //! 3. The route table compiles it; only then does the traffic listener start.
 //! 4. `ConfigSync` keeps polling from there (in the background when serving from the backup),
 //!    `TelemetryBuffer` uploads request metrics, `ConnectivityWatcher` keeps the status board.
@@ -38,6 +41,7 @@ use crate::server_thread::connectable;
 use crate::server_thread::{Ready, ServerThread};
 use actix::{Actor, Addr};
 use chrono::Utc;
+use outpost_actors::config_sync::trust::{self, Trust};
 use outpost_actors::config_sync::{self, ConfigSync, Identity, SnapshotSink, SyncConfig, backup};
 use outpost_actors::connectivity::{
     AppliedConfig, ConfigApplied, ConfigSource, ConnectivityStatus, ConnectivityWatcher,
@@ -135,6 +139,7 @@ enum Plan {
     ControlPlane {
         link: Arc<LinkConfig>,
         backup: Backup,
+        trust: Trust,
     },
 }
 
@@ -160,9 +165,11 @@ pub fn start(settings: GatewaySettings) -> Result<RunningGateway, String> {
             &settings.offline.gateway,
         )?)
     } else {
+        let trust = initial_trust(&settings)?;
         Plan::ControlPlane {
             link: Arc::new(link_config(&settings)?),
-            backup: read_backup(&settings),
+            backup: read_backup(&settings, &trust),
+            trust,
         }
     };
     let token = if offline {
@@ -273,6 +280,7 @@ async fn serve(
         }
     };
     identity.started_from = loaded.source;
+    let trust = loaded.trust.clone();
 
     let link = match &plan {
         Plan::ControlPlane { link, .. } => Some(link.clone()),
@@ -317,7 +325,7 @@ async fn serve(
             applied_at: Utc::now(),
         }))
         .await;
-    if let Some(link) = link {
+    if let (Some(link), Some(trust)) = (link, trust) {
         let cp = &settings.control_plane;
         ConfigSync::new(
             SyncConfig {
@@ -331,6 +339,7 @@ async fn serve(
                     .enabled
                     .then(|| PathBuf::from(&settings.backup.dir)),
                 identity: identity.clone(),
+                trust,
             },
             Some(Arc::new(loaded.snapshot)),
             sink,
@@ -400,6 +409,8 @@ fn snapshot_sink(route_table: Addr<RouteTable>) -> SnapshotSink {
 struct Loaded {
     snapshot: GatewaySnapshot,
     source: ConfigSource,
+    /// The trust after loading (a first contact pins a key); `None` offline.
+    trust: Option<Trust>,
 }
 
 /// Step 2 of the startup sequence (see the module docs).
@@ -409,7 +420,7 @@ async fn load_config(
     sink: &SnapshotSink,
     watcher: &Addr<ConnectivityWatcher>,
 ) -> Result<Loaded, String> {
-    let (link_config, backup) = match plan {
+    let (link_config, backup, trust) = match plan {
         Plan::Offline(snapshot) => {
             sink(Arc::new(snapshot.clone())).await.map_err(|e| {
                 format!(
@@ -425,16 +436,43 @@ async fn load_config(
             return Ok(Loaded {
                 snapshot: snapshot.clone(),
                 source: ConfigSource::Offline,
+                trust: None,
             });
         }
-        Plan::ControlPlane { link, backup } => (link, backup),
+        Plan::ControlPlane {
+            link,
+            backup,
+            trust,
+        } => (link, backup, trust),
     };
+    let mut fetched_trust = trust.clone();
 
     let link = Link::new(link_config.clone());
     let url = &link_config.base_url;
-    let from_control_plane = match config_sync::fetch_snapshot(&link).await {
-        Ok(snapshot) => {
+    let fetched = config_sync::fetch_snapshot(&link).await.map(|snapshot| {
+        let pins = fetched_trust.accept_from_control_plane(&snapshot);
+        (snapshot, pins)
+    });
+    let from_control_plane = match fetched {
+        Ok((snapshot, Err(untrusted))) => {
             watcher.do_send(ControlPlaneReachable);
+            let reason = format!("configuration signature refused: {untrusted}");
+            watcher.do_send(SnapshotRefused(Refusal {
+                revision: snapshot.revision,
+                hash: snapshot.hash.clone(),
+                reason: reason.clone(),
+                at: Utc::now(),
+            }));
+            Err(format!(
+                "the configuration from the control plane at {url} (revision {}) was refused: {reason}",
+                snapshot.revision
+            ))
+        }
+        Ok((snapshot, Ok(pins))) => {
+            watcher.do_send(ControlPlaneReachable);
+            if let Some(keys) = pins {
+                persist_pins(settings, keys).await;
+            }
             match sink(Arc::new(snapshot.clone())).await {
                 Ok(()) => Ok(snapshot),
                 Err(reason) => {
@@ -471,7 +509,10 @@ async fn load_config(
             }
             if settings.backup.enabled {
                 let dir = PathBuf::from(&settings.backup.dir);
-                let to_write = snapshot.clone();
+                let to_write = backup::Backup {
+                    gateway: fetched_trust.gateway().to_owned(),
+                    snapshot: snapshot.clone(),
+                };
                 match tokio::task::spawn_blocking(move || backup::write(&dir, &to_write)).await {
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => tracing::error!(error = %e, "cannot write the config backup"),
@@ -486,6 +527,7 @@ async fn load_config(
             return Ok(Loaded {
                 snapshot,
                 source: ConfigSource::ControlPlane,
+                trust: Some(fetched_trust),
             });
         }
         Err(e) => e,
@@ -508,6 +550,9 @@ async fn load_config(
             Ok(Loaded {
                 snapshot: snapshot.clone(),
                 source: ConfigSource::Backup,
+                // Not `fetched_trust`: a key pinned from an answer that was then not served
+                // stays unpinned.
+                trust: Some(trust.clone()),
             })
         }
         Backup::Corrupt(reason) => Err(format!(
@@ -542,19 +587,60 @@ fn describe_fetch_error(url: &str, e: &CallError) -> String {
     }
 }
 
-fn read_backup(settings: &GatewaySettings) -> Backup {
+/// The signing keys this gateway trusts at start: the configured ones, else what was pinned
+/// next to the backup (nothing yet on a first start, or without backups).
+fn initial_trust(settings: &GatewaySettings) -> Result<Trust, String> {
+    let gateway = token::parse(&settings.control_plane.token)
+        .map(|t| t.gateway)
+        .unwrap_or_default();
+    let configured = settings.control_plane.signing_keys();
+    if !configured.is_empty() {
+        return Ok(Trust::configured(gateway, configured));
+    }
+    if !settings.backup.enabled {
+        return Ok(Trust::pinned(gateway, Vec::new()));
+    }
+    let pins = trust::read_pins(Path::new(&settings.backup.dir)).map_err(|e| e.to_string())?;
+    Ok(Trust::pinned(gateway, pins))
+}
+
+/// Writes the pinned keys next to the backup (when backups are on; otherwise the pin lives as
+/// long as the process).
+async fn persist_pins(settings: &GatewaySettings, keys: Vec<outpost_model::signing::PublicKey>) {
+    tracing::info!(
+        keys = %outpost_model::signing::describe(&keys),
+        "config signing key pinned"
+    );
+    if !settings.backup.enabled {
+        return;
+    }
+    let dir = PathBuf::from(&settings.backup.dir);
+    match tokio::task::spawn_blocking(move || trust::write_pins(&dir, &keys)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "cannot write the pin file"),
+        Err(e) => tracing::error!(error = %e, "pin file task failed"),
+    }
+}
+
+fn read_backup(settings: &GatewaySettings, trust: &Trust) -> Backup {
     if !settings.backup.enabled {
         return Backup::Disabled;
     }
     let dir = Path::new(&settings.backup.dir);
     match backup::read(dir) {
-        Ok(Some(snapshot)) => {
+        Ok(Some(found)) => {
+            let path = backup::path_in(dir);
+            if let Err(e) = trust.check_backup(&found) {
+                let reason = format!("config backup {} refused: {e}", path.display());
+                tracing::error!("{reason}");
+                return Backup::Corrupt(reason);
+            }
             tracing::info!(
-                revision = snapshot.revision,
-                path = %backup::path_in(dir).display(),
-                "config backup found"
+                revision = found.snapshot.revision,
+                path = %path.display(),
+                "config backup found, signature verified"
             );
-            Backup::Valid(snapshot)
+            Backup::Valid(found.snapshot)
         }
         Ok(None) => Backup::Missing(backup::path_in(dir)),
         Err(e) => {

@@ -40,6 +40,21 @@ pub struct ControlPlaneLink {
     pub backoff_max_ms: u64,
     /// Extra CA certificates (PEM file) to trust for the control plane.
     pub ca_file: String,
+    /// The control plane's config signing keys (`ed25519:<base64>`, from `outpost gateway-token`
+    /// or `GET /api/v1/signing-keys`). Every configuration and backup must be signed by one of
+    /// them (or by a key one of them endorsed in a rotation). Empty: trust on first use — the
+    /// key of the first configuration received is pinned next to the backup.
+    pub config_signing_keys: Vec<String>,
+}
+
+impl ControlPlaneLink {
+    /// The configured signing keys, parsed (validation has already refused bad ones).
+    pub fn signing_keys(&self) -> Vec<outpost_model::signing::PublicKey> {
+        self.config_signing_keys
+            .iter()
+            .filter_map(|k| outpost_model::signing::PublicKey::parse(k).ok())
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -161,6 +176,7 @@ impl Default for ControlPlaneLink {
             backoff_initial_ms: 500,
             backoff_max_ms: 30_000,
             ca_file: String::new(),
+            config_signing_keys: Vec::new(),
         }
     }
 }
@@ -271,6 +287,14 @@ impl Validate for GatewaySettings {
                 p.push(
                     "control_plane.token",
                     "expected 'GatewayKey <gateway>&<expiry>&<signature>'",
+                );
+            }
+        }
+        for (i, key) in self.control_plane.config_signing_keys.iter().enumerate() {
+            if let Err(e) = outpost_model::signing::PublicKey::parse(key) {
+                p.push(
+                    format!("control_plane.config_signing_keys[{i}]"),
+                    e.to_string(),
                 );
             }
         }
@@ -411,6 +435,40 @@ mod tests {
         assert!(!load(Some("false")).unwrap().ops.readyz_detail);
         let err = load(Some("maybe")).unwrap_err().to_string();
         assert!(err.contains("OUTPOST_OPS_READYZ_DETAIL"), "{err}");
+    }
+
+    /// Signing keys come from the file or the environment (comma-separated); each bad key is
+    /// its own problem, listed with the others.
+    #[test]
+    fn config_signing_keys_are_parsed_and_every_bad_one_listed() {
+        use std::collections::BTreeMap;
+        let good = outpost_model::signing::SigningKey::from_seed([7; 32])
+            .public()
+            .to_string();
+        let load = |keys: &str| {
+            let env: BTreeMap<String, String> = [
+                ("OUTPOST_OFFLINE_CONFIG_FILE".into(), "/x.yaml".into()),
+                (
+                    "OUTPOST_CONTROL_PLANE_CONFIG_SIGNING_KEYS".into(),
+                    keys.to_owned(),
+                ),
+            ]
+            .into();
+            crate::settings::load::<super::GatewaySettings>(None, &env)
+        };
+        let s = load(&format!("{good}, {good}")).unwrap();
+        assert_eq!(s.control_plane.signing_keys().len(), 2);
+        let err = load(&format!("{good},ed25519:short,rsa:abc"))
+            .unwrap_err()
+            .to_string();
+        for expected in [
+            "control_plane.config_signing_keys[1]",
+            "control_plane.config_signing_keys[2]",
+            "ed25519:<base64 of 32 bytes>",
+        ] {
+            assert!(err.contains(expected), "{expected:?} missing from: {err}");
+        }
+        assert!(!err.contains("config_signing_keys[0]"), "{err}");
     }
 
     /// Several Redis URLs are a cluster's seeds: only with `redis.cluster`, each a Redis URL.

@@ -5,26 +5,44 @@
 //!
 //! ```text
 //! "OUTPOSTB"  format version u32  revision u64  payload length u64  SHA-256(payload) 32 bytes
-//! payload = bincode(GatewaySnapshot)
+//! payload = bincode(BackupPayload { gateway, snapshot })
 //! ```
+//!
+//! Format version 2 (this one) stores the gateway's name and the snapshot with the control
+//! plane's signature and key endorsements; version 1 had no signature and is refused with advice
+//! to reconnect (the gateway then writes a version 2 backup).
 //!
 //! Writes are atomic (temp file in the same directory, fsync, rename, fsync of the directory),
 //! so a crash leaves either the old or the new backup, never a mix. Reads refuse anything that
 //! is not exactly what we wrote — a foreign file, another format version, a truncated or
 //! modified file, a snapshot whose content hash does not match — and say which and where:
-//! a backup is loaded whole or not at all.
+//! a backup is loaded whole or not at all. The checksum and content hash only catch damage;
+//! what stops a deliberate edit is the signature, checked by the caller against the keys the
+//! gateway trusts ([`super::trust::Trust::check_backup`]) before the backup is served.
 
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use outpost_model::wire::{self, FORMAT_VERSION, GatewaySnapshot};
+use outpost_model::wire::{self, GatewaySnapshot};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub const MAGIC: &[u8; 8] = b"OUTPOSTB";
 /// The backup's file name inside `backup.dir`.
 pub const FILE_NAME: &str = "config-snapshot.outpostb";
+/// The format written and read.
+pub const BACKUP_VERSION: u32 = 2;
+/// The last format without a signature.
+const UNSIGNED_VERSION: u32 = 1;
 const HEADER_LEN: usize = 8 + 4 + 8 + 8 + 32;
+
+/// What a backup holds: the snapshot (signature included) and the gateway it was written for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Backup {
+    pub gateway: String,
+    pub snapshot: GatewaySnapshot,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
@@ -49,6 +67,11 @@ pub enum BackupError {
         expected: u64,
         found: u64,
     },
+    #[error(
+        "backup {path} refused: format version {found} predates signed configuration; reconnect \
+         this gateway to the control plane (it rewrites the backup, signed) before relying on it"
+    )]
+    Unsigned { path: PathBuf, found: u32 },
     #[error("backup {path} refused: checksum mismatch; the file was modified or damaged")]
     Checksum { path: PathBuf },
     #[error("backup {path} refused: {reason}")]
@@ -64,21 +87,22 @@ pub fn path_in(dir: &Path) -> PathBuf {
     dir.join(FILE_NAME)
 }
 
-/// The file's bytes for `snapshot`.
-pub fn encode(snapshot: &GatewaySnapshot) -> Vec<u8> {
-    let payload = wire::encode(snapshot).expect("model types encode infallibly");
+/// The file's bytes for `backup`.
+pub fn encode(backup: &Backup) -> Vec<u8> {
+    let payload = wire::encode(backup).expect("model types encode infallibly");
     let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
     out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-    out.extend_from_slice(&snapshot.revision.to_le_bytes());
+    out.extend_from_slice(&BACKUP_VERSION.to_le_bytes());
+    out.extend_from_slice(&backup.snapshot.revision.to_le_bytes());
     out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
     out.extend_from_slice(&Sha256::digest(&payload));
     out.extend_from_slice(&payload);
     out
 }
 
-/// The snapshot in `bytes`, fully checked; `path` only names the file in errors.
-pub fn decode(bytes: &[u8], path: &Path) -> Result<GatewaySnapshot, BackupError> {
+/// The backup in `bytes`, checked for integrity (not yet for trust); `path` only names the
+/// file in errors.
+pub fn decode(bytes: &[u8], path: &Path) -> Result<Backup, BackupError> {
     let path = path.to_path_buf();
     if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
         // A file cut inside the magic is still recognisably ours.
@@ -101,11 +125,17 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<GatewaySnapshot, BackupError>
     let u32_at = |i: usize| u32::from_le_bytes(bytes[i..i + 4].try_into().expect("4 bytes"));
     let u64_at = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
     let version = u32_at(8);
-    if version != FORMAT_VERSION {
+    if version == UNSIGNED_VERSION {
+        return Err(BackupError::Unsigned {
+            path,
+            found: version,
+        });
+    }
+    if version != BACKUP_VERSION {
         return Err(BackupError::UnknownVersion {
             path,
             found: version,
-            supported: FORMAT_VERSION,
+            supported: BACKUP_VERSION,
         });
     }
     let revision = u64_at(12);
@@ -123,10 +153,11 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<GatewaySnapshot, BackupError>
     if (bytes.len() as u64) > expected || Sha256::digest(payload).as_slice() != checksum {
         return Err(BackupError::Checksum { path });
     }
-    let snapshot: GatewaySnapshot = wire::decode(payload).map_err(|e| BackupError::Invalid {
+    let backup: Backup = wire::decode(payload).map_err(|e| BackupError::Invalid {
         path: path.clone(),
         reason: format!("cannot decode the snapshot: {e}"),
     })?;
+    let snapshot = &backup.snapshot;
     if snapshot.revision != revision {
         return Err(BackupError::Invalid {
             path,
@@ -139,11 +170,12 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<GatewaySnapshot, BackupError>
     if !snapshot.verify() {
         return Err(BackupError::ContentHash { path, revision });
     }
-    Ok(snapshot)
+    Ok(backup)
 }
 
-/// The backup in `dir`, `None` when there is none.
-pub fn read(dir: &Path) -> Result<Option<GatewaySnapshot>, BackupError> {
+/// The backup in `dir`, `None` when there is none. Integrity only: check it with
+/// [`super::trust::Trust::check_backup`] before serving it.
+pub fn read(dir: &Path) -> Result<Option<Backup>, BackupError> {
     let path = path_in(dir);
     match fs::read(&path) {
         Ok(bytes) => decode(&bytes, &path).map(Some),
@@ -152,27 +184,30 @@ pub fn read(dir: &Path) -> Result<Option<GatewaySnapshot>, BackupError> {
     }
 }
 
-/// Replaces the backup in `dir` with `snapshot`, atomically, readable by the owner only.
-pub fn write(dir: &Path, snapshot: &GatewaySnapshot) -> Result<PathBuf, BackupError> {
-    let path = path_in(dir);
-    let io = |source| BackupError::Io {
-        path: path.clone(),
+/// Replaces the backup in `dir` with `backup`, atomically, readable by the owner only.
+pub fn write(dir: &Path, backup: &Backup) -> Result<PathBuf, BackupError> {
+    write_private(dir, FILE_NAME, &encode(backup)).map_err(|source| BackupError::Io {
+        path: path_in(dir),
         source,
-    };
-    create_private_dir(dir).map_err(io)?;
-    let bytes = encode(snapshot);
+    })
+}
+
+/// Replaces `dir/name` with `bytes` atomically (temp file, fsync, rename, fsync of the
+/// directory), mode 0600, creating `dir` 0700 if needed. Shared by the backup and the pin file.
+pub fn write_private(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<PathBuf> {
+    let path = dir.join(name);
+    create_private_dir(dir)?;
     // NamedTempFile is created 0600 and removed if we fail before the rename.
     let mut tmp = tempfile::Builder::new()
-        .prefix(".config-snapshot.")
+        .prefix(&format!(".{name}."))
         .suffix(".tmp")
-        .tempfile_in(dir)
-        .map_err(io)?;
-    set_owner_only(tmp.as_file()).map_err(io)?;
-    tmp.write_all(&bytes).map_err(io)?;
-    tmp.as_file().sync_all().map_err(io)?;
-    tmp.persist(&path).map_err(|e| io(e.error))?;
+        .tempfile_in(dir)?;
+    set_owner_only(tmp.as_file())?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(&path).map_err(|e| e.error)?;
     // The rename is only durable once the directory entry is.
-    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+    fs::File::open(dir).and_then(|d| d.sync_all())?;
     Ok(path)
 }
 

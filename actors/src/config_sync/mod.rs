@@ -1,10 +1,14 @@
 //! `ConfigSync`: keeps the gateway's configuration in step with the control plane.
 //!
-//! The loop: long-poll `GET /gateway/v1/config?after=<held revision>`, apply the answer to the
-//! held snapshot (hash-checked; a delta on the wrong base or a hash mismatch asks for a full
-//! snapshot), offer the result to the route table, and only once the route table serves it:
+//! The loop: long-poll `GET /gateway/v1/config?after=<held revision>&hash=<held hash>`, apply
+//! the answer to the held snapshot (hash-checked; a delta on the wrong base or a hash mismatch
+//! asks for a full snapshot), check the control plane's signature over the result for this
+//! gateway ([`trust`]), offer it to the route table, and only once the route table serves it:
 //! write the backup, record the revision and tell the [`ConnectivityWatcher`]. A refused
-//! snapshot leaves the previous one serving. Heartbeats go out on their own timer. Every
+//! snapshot (untrusted signature, or one the route table cannot compile) leaves the previous
+//! one serving. Sending the held hash makes the control plane answer at once with a full
+//! snapshot when its view at that revision differs, so nothing but its own configuration
+//! survives a reconnection. Heartbeats go out on their own timer. Every
 //! failure — unreachable, 5xx, 401 — keeps the current config serving (fail static) and is
 //! retried with jittered backoff.
 //!
@@ -15,6 +19,7 @@ pub mod messages;
 pub mod state;
 #[cfg(test)]
 mod tests;
+pub mod trust;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -23,6 +28,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
 use futures_util::future::BoxFuture;
+use outpost_model::signing::PublicKey;
 use outpost_model::wire::{ConfigUpdate, GatewaySnapshot, Heartbeat};
 
 use crate::connectivity::{
@@ -32,6 +38,7 @@ use crate::connectivity::{
 use crate::link::{CallError, Link, LinkConfig};
 pub use messages::{GetSyncStatus, SyncStatus};
 use state::{Backoff, Step, SyncState};
+use trust::Trust;
 
 /// How often an expiring token is logged again.
 const TOKEN_WARNING_EVERY: Duration = Duration::from_secs(3600);
@@ -62,9 +69,11 @@ pub struct SyncConfig {
     pub heartbeat_interval: Duration,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
-    /// Where to write the backup; `None` when backups are off.
+    /// Where to write the backup (and the pinned signing keys); `None` when backups are off.
     pub backup_dir: Option<PathBuf>,
     pub identity: Identity,
+    /// The signing keys trusted, and this gateway's name (what signatures are bound to).
+    pub trust: Trust,
 }
 
 pub struct ConfigSync {
@@ -90,7 +99,7 @@ impl ConfigSync {
     ) -> Self {
         let backoff = Backoff::new(config.backoff_initial, config.backoff_max);
         Self {
-            state: SyncState::new(held, backoff),
+            state: SyncState::new(held, backoff, config.trust.clone()),
             config,
             link: None,
             sink,
@@ -110,8 +119,9 @@ impl ConfigSync {
     fn poll(&mut self, ctx: &mut Context<Self>) {
         let link = self.link();
         let after = self.state.poll_after();
+        let hash = self.state.poll_hash().map(str::to_owned);
         let wait = self.config.poll_wait;
-        let call = async move { link.poll_config(after, wait).await };
+        let call = async move { link.poll_config(after, wait, hash.as_deref()).await };
         ctx.spawn(
             call.into_actor(self)
                 .map(move |outcome, act, ctx| act.on_poll(after, outcome, ctx)),
@@ -165,19 +175,53 @@ impl ConfigSync {
             Step::Offer {
                 snapshot,
                 unchanged,
-            } => self.offer(snapshot, unchanged, ctx),
+                pins,
+            } => self.offer(snapshot, unchanged, pins, ctx),
+            Step::Reject {
+                revision,
+                hash,
+                reason,
+                delay,
+            } => {
+                self.report_refusal(revision, hash, reason);
+                ctx.run_later(delay, |act, ctx| act.poll(ctx));
+            }
         }
     }
 
-    fn offer(&mut self, snapshot: Arc<GatewaySnapshot>, unchanged: bool, ctx: &mut Context<Self>) {
+    fn offer(
+        &mut self,
+        snapshot: Arc<GatewaySnapshot>,
+        unchanged: bool,
+        pins: Option<Vec<PublicKey>>,
+        ctx: &mut Context<Self>,
+    ) {
         let taken: BoxFuture<'static, Result<(), String>> = if unchanged {
             Box::pin(async { Ok(()) })
         } else {
             (self.sink)(snapshot.clone())
         };
         let backup_dir = self.config.backup_dir.clone();
-        let to_write = snapshot.clone();
+        let to_write = backup::Backup {
+            gateway: self.config.trust.gateway().to_owned(),
+            snapshot: GatewaySnapshot::clone(&snapshot),
+        };
+        if let Some(keys) = &pins {
+            tracing::info!(
+                keys = %outpost_model::signing::describe(keys),
+                "config signing key pinned"
+            );
+        }
         let work = async move {
+            // The pin goes first: a backup signed by a newly trusted key must never be on disk
+            // without the pin that makes it loadable.
+            if let (Some(dir), Some(keys)) = (backup_dir.clone(), pins) {
+                match tokio::task::spawn_blocking(move || trust::write_pins(&dir, &keys)).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::error!(error = %e, "cannot write the pin file"),
+                    Err(e) => tracing::error!(error = %e, "pin file task failed"),
+                }
+            }
             taken.await?;
             // Only a snapshot that serves is worth restarting from.
             if let Some(dir) = backup_dir {
@@ -229,6 +273,21 @@ impl ConfigSync {
             at: Utc::now(),
         }));
         self.state.on_refused(snapshot);
+    }
+
+    fn report_refusal(&mut self, revision: u64, hash: String, reason: String) {
+        tracing::error!(
+            revision,
+            reason,
+            "config from the control plane refused; the previous one keeps serving"
+        );
+        metrics::counter!("outpost_config_signature_refusals_total").increment(1);
+        self.watcher.do_send(SnapshotRefused(Refusal {
+            revision,
+            hash,
+            reason,
+            at: Utc::now(),
+        }));
     }
 
     fn send_heartbeat(&mut self, ctx: &mut Context<Self>) {
@@ -299,9 +358,10 @@ impl ConfigSync {
 }
 
 /// The startup fetch: one full snapshot (`after=0`), bounded by the link's request timeout.
+/// Its signature is not checked here: the caller holds the [`Trust`] and decides.
 pub async fn fetch_snapshot(link: &Link) -> Result<GatewaySnapshot, CallError> {
     let update = link
-        .poll_config(0, Duration::ZERO)
+        .poll_config(0, Duration::ZERO, None)
         .await?
         .ok_or_else(|| CallError::Rejected("304 to a request for a full snapshot".into()))?;
     GatewaySnapshot::default()

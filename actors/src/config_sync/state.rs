@@ -4,9 +4,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use outpost_model::signing::PublicKey;
 use outpost_model::wire::{ApplyError, ConfigUpdate, GatewaySnapshot};
 use rand::Rng;
 
+use super::trust::Trust;
 use crate::link::CallError;
 
 /// Exponential backoff with full jitter: the n-th consecutive failure waits a uniformly random
@@ -54,6 +56,17 @@ pub enum Step {
     Offer {
         snapshot: Arc<GatewaySnapshot>,
         unchanged: bool,
+        /// The pinned keys changed (first contact, or a rotation followed): persist them
+        /// before the backup signed with the new key is written.
+        pins: Option<Vec<PublicKey>>,
+    },
+    /// The answer applied and hashed but its signature is not trusted: report it, keep serving
+    /// what is held, poll again after `delay` for something newer.
+    Reject {
+        revision: u64,
+        hash: String,
+        reason: String,
+        delay: Duration,
     },
     /// Poll again after this delay (zero: at once).
     Poll(Duration),
@@ -73,17 +86,24 @@ pub struct SyncState {
     /// Ask for a full snapshot next (`after=0`): our base is not what the control plane thinks.
     resync: bool,
     backoff: Backoff,
+    trust: Trust,
 }
 
 impl SyncState {
-    /// `held`: what is already served (from the backup, or the first fetch at startup).
-    pub fn new(held: Option<Arc<GatewaySnapshot>>, backoff: Backoff) -> Self {
+    /// `held`: what is already served (from the backup, or the first fetch at startup), already
+    /// checked against `trust`.
+    pub fn new(held: Option<Arc<GatewaySnapshot>>, backoff: Backoff, trust: Trust) -> Self {
         Self {
             held,
             refused: None,
             resync: false,
             backoff,
+            trust,
         }
+    }
+
+    pub fn trust(&self) -> &Trust {
+        &self.trust
     }
 
     pub fn held(&self) -> Option<&Arc<GatewaySnapshot>> {
@@ -105,6 +125,13 @@ impl SyncState {
         let held = self.held.as_ref().map_or(0, |s| s.revision);
         let refused = self.refused.as_ref().map_or(0, |r| r.revision);
         held.max(refused)
+    }
+
+    /// The content hash to send with the next poll: what we hold at the revision we poll from,
+    /// so the control plane can tell us at once when it does not match its own.
+    pub fn poll_hash(&self) -> Option<&str> {
+        let held = self.held.as_ref()?;
+        (!self.resync && self.poll_after() == held.revision).then_some(held.hash.as_str())
     }
 
     /// Decides what to do with one poll's outcome.
@@ -134,10 +161,26 @@ impl SyncState {
                 {
                     return Step::Poll(self.backoff.next(rng));
                 }
+                // Checked after the hash: the signature covers the resulting content, so a
+                // delta is trusted exactly when the whole view it produces would be.
+                let pins = match self.trust.accept_from_control_plane(&next) {
+                    Ok(pins) => pins,
+                    Err(e) => {
+                        // Asking again would get the same answer: wait for a newer revision.
+                        self.on_refused(&next);
+                        return Step::Reject {
+                            revision: next.revision,
+                            hash: next.hash,
+                            reason: format!("configuration signature refused: {e}"),
+                            delay: self.backoff.next(rng),
+                        };
+                    }
+                };
                 let unchanged = self.held.as_ref().is_some_and(|h| h.hash == next.hash);
                 Step::Offer {
                     snapshot: Arc::new(next),
                     unchanged,
+                    pins,
                 }
             }
             Err(ApplyError::WrongBase { .. }) => {

@@ -2,14 +2,33 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use outpost_model::resources::{NamedValue, Resource};
+use outpost_model::signing::{PublicKey, SigningKey};
 use outpost_model::view::{View, content_hash};
-use outpost_model::wire::{ConfigUpdate, FORMAT_VERSION, GatewaySnapshot};
+use outpost_model::wire::{ConfigUpdate, GatewaySnapshot};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
-use super::backup::{self, BackupError};
+use super::backup::{self, Backup, BackupError};
 use super::state::{Backoff, Step, SyncState};
+use super::trust::{self, Trust, TrustError};
 use crate::link::CallError;
+
+/// The gateway these tests are.
+const GW: &str = "gw";
+
+/// A control-plane signing key; `key(1)` is the one the test gateways trust.
+fn key(n: u8) -> SigningKey {
+    SigningKey::from_seed([n; 32])
+}
+
+fn public(n: u8) -> PublicKey {
+    key(n).public()
+}
+
+fn signed_by(n: u8, mut update: ConfigUpdate) -> ConfigUpdate {
+    update.signature = key(n).sign_config(GW, update.revision, &update.hash);
+    update
+}
 
 fn nv(name: &str, value: &str) -> Resource {
     Resource::NamedValue(NamedValue {
@@ -28,19 +47,26 @@ fn view(items: &[(&str, &str)]) -> View {
 }
 
 fn snapshot(revision: u64, items: &[(&str, &str)]) -> GatewaySnapshot {
-    GatewaySnapshot::from_view(revision, view(items))
+    let mut s = GatewaySnapshot::from_view(revision, view(items));
+    s.signature = key(1).sign_config(GW, s.revision, &s.hash);
+    s
 }
 
 fn full(revision: u64, items: &[(&str, &str)]) -> ConfigUpdate {
     let v = view(items);
-    ConfigUpdate {
-        full: true,
-        from_revision: 0,
-        revision,
-        hash: content_hash(&v),
-        upserts: v.into_values().collect(),
-        deletes: vec![],
-    }
+    signed_by(
+        1,
+        ConfigUpdate {
+            full: true,
+            from_revision: 0,
+            revision,
+            hash: content_hash(&v),
+            upserts: v.into_values().collect(),
+            deletes: vec![],
+            signature: Default::default(),
+            endorsements: vec![],
+        },
+    )
 }
 
 fn delta(
@@ -49,14 +75,19 @@ fn delta(
     target: &[(&str, &str)],
     upserts: &[(&str, &str)],
 ) -> ConfigUpdate {
-    ConfigUpdate {
-        full: false,
-        from_revision: from,
-        revision,
-        hash: content_hash(&view(target)),
-        upserts: upserts.iter().map(|(n, v)| nv(n, v)).collect(),
-        deletes: vec![],
-    }
+    signed_by(
+        1,
+        ConfigUpdate {
+            full: false,
+            from_revision: from,
+            revision,
+            hash: content_hash(&view(target)),
+            upserts: upserts.iter().map(|(n, v)| nv(n, v)).collect(),
+            deletes: vec![],
+            signature: Default::default(),
+            endorsements: vec![],
+        },
+    )
 }
 
 fn rng() -> StdRng {
@@ -64,10 +95,32 @@ fn rng() -> StdRng {
 }
 
 fn sync(held: Option<GatewaySnapshot>) -> SyncState {
+    sync_trusting(held, Trust::configured(GW, vec![public(1)]))
+}
+
+fn sync_trusting(held: Option<GatewaySnapshot>, trust: Trust) -> SyncState {
     SyncState::new(
         held.map(Arc::new),
         Backoff::new(Duration::from_millis(100), Duration::from_millis(2000)),
+        trust,
     )
+}
+
+fn rejected(step: Step) -> String {
+    match step {
+        Step::Reject { reason, delay, .. } => {
+            assert!(delay >= Duration::from_millis(100), "backs off: {delay:?}");
+            reason
+        }
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+}
+
+fn pins_of(step: &Step) -> Option<Vec<PublicKey>> {
+    match step {
+        Step::Offer { pins, .. } => pins.clone(),
+        other => panic!("expected an offer, got {other:?}"),
+    }
 }
 
 fn offered(step: Step) -> Arc<GatewaySnapshot> {
@@ -211,6 +264,7 @@ fn a_revision_bump_without_content_change_is_recorded_not_recompiled() {
         Step::Offer {
             snapshot,
             unchanged,
+            ..
         } => {
             assert!(unchanged);
             assert_eq!(snapshot.revision, 9);
@@ -226,10 +280,10 @@ fn backup_round_trips_atomically_with_owner_only_mode() {
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join("nested");
     assert!(backup::read(&target).unwrap().is_none(), "no backup yet");
-    let snap = snapshot(42, &[("a", "1"), ("b", "2")]);
+    let snap = in_backup(snapshot(42, &[("a", "1"), ("b", "2")]));
     let path = backup::write(&target, &snap).unwrap();
     assert_eq!(backup::read(&target).unwrap().unwrap(), snap);
-    let newer = snapshot(43, &[("a", "1")]);
+    let newer = in_backup(snapshot(43, &[("a", "1")]));
     backup::write(&target, &newer).unwrap();
     assert_eq!(backup::read(&target).unwrap().unwrap(), newer);
     let leftovers: Vec<_> = std::fs::read_dir(&target)
@@ -245,6 +299,13 @@ fn backup_round_trips_atomically_with_owner_only_mode() {
     }
 }
 
+fn in_backup(snapshot: GatewaySnapshot) -> Backup {
+    Backup {
+        gateway: GW.into(),
+        snapshot,
+    }
+}
+
 fn refused(bytes: &[u8]) -> String {
     let err = backup::decode(bytes, std::path::Path::new("/b/config")).unwrap_err();
     let text = err.to_string();
@@ -257,7 +318,7 @@ fn refused(bytes: &[u8]) -> String {
 #[test]
 fn damaged_backups_are_refused_with_the_reason() {
     let snap = snapshot(42, &[("a", "1"), ("b", "2")]);
-    let good = backup::encode(&snap);
+    let good = backup::encode(&in_backup(snap.clone()));
 
     assert!(refused(b"apiVersion: outpost/v1\n").contains("not an Outpost backup"));
     assert!(refused(&good[..good.len() - 3]).contains("truncated"));
@@ -274,107 +335,378 @@ fn damaged_backups_are_refused_with_the_reason() {
     assert!(refused(&longer).contains("checksum mismatch"));
 
     let mut future = good.clone();
-    future[8..12].copy_from_slice(&(FORMAT_VERSION + 1).to_le_bytes());
-    assert!(refused(&future).contains(&format!("format version {}", FORMAT_VERSION + 1)));
+    let next = backup::BACKUP_VERSION + 1;
+    future[8..12].copy_from_slice(&next.to_le_bytes());
+    assert!(refused(&future).contains(&format!("format version {next}")));
 
     // A consistent file around a snapshot whose hash lies about its resources.
     let mut lying = snap.clone();
     lying.hash = "0".repeat(64);
-    assert!(refused(&backup::encode(&lying)).contains("content hash"));
+    assert!(refused(&backup::encode(&in_backup(lying))).contains("content hash"));
+}
+
+/// A version 1 backup (before signing) says what to do rather than just "unsupported".
+#[test]
+fn an_unsigned_old_format_backup_is_refused_with_advice() {
+    let mut old = backup::encode(&in_backup(snapshot(42, &[("a", "1")])));
+    old[8..12].copy_from_slice(&1u32.to_le_bytes());
+    let text = refused(&old);
+    assert!(
+        text.contains("format version 1") && text.contains("reconnect"),
+        "{text}"
+    );
+}
+
+/// Integrity checks pass (recomputed checksum and content hash), so only the signature can
+/// catch an edited backup; and a backup written for another gateway names both gateways.
+#[test]
+fn edited_foreign_or_unsigned_backups_fail_the_trust_check() {
+    let trust = Trust::configured(GW, vec![public(1)]);
+    let genuine = in_backup(snapshot(42, &[("backend-url", "http://10.0.0.5")]));
+    assert_eq!(trust.check_backup(&genuine).unwrap(), public(1));
+
+    let mut edited = genuine.clone();
+    let signature = edited.snapshot.signature.clone();
+    edited.snapshot = GatewaySnapshot::from_view(42, view(&[("backend-url", "http://evil")]));
+    edited.snapshot.signature = signature;
+    let reread = backup::decode(&backup::encode(&edited), std::path::Path::new("/b")).unwrap();
+    let err = trust.check_backup(&reread).unwrap_err().to_string();
+    assert!(err.contains("does not verify"), "{err}");
+
+    let mut foreign = genuine.clone();
+    foreign.gateway = "site-b".into();
+    assert_eq!(
+        trust.check_backup(&foreign).unwrap_err().to_string(),
+        "the backup is for gateway 'site-b', this gateway is 'gw'"
+    );
+    // Relabelling it does not help: the signature names the gateway it was made for.
+    let mut for_b = in_backup(GatewaySnapshot::from_view(42, view(&[("a", "1")])));
+    for_b.snapshot.signature = key(1).sign_config("site-b", 42, &for_b.snapshot.hash);
+    assert!(trust.check_backup(&for_b).is_err());
+
+    let mut unsigned = genuine.clone();
+    unsigned.snapshot.signature = Default::default();
+    let err = trust.check_backup(&unsigned).unwrap_err().to_string();
+    assert!(err.contains("no control-plane signature"), "{err}");
+
+    // Nothing configured, nothing pinned: a backup is never the first contact.
+    let err = Trust::pinned(GW, vec![])
+        .check_backup(&genuine)
+        .unwrap_err();
+    assert_eq!(err, TrustError::NoTrustedKey);
+}
+
+// === signatures ===
+
+#[test]
+fn a_snapshot_signed_by_a_wrong_key_is_refused() {
+    let mut s = sync(Some(snapshot(5, &[("a", "1")])));
+    let forged = signed_by(2, full(6, &[("a", "evil")]));
+    let reason = rejected(s.on_poll(Ok(Some(forged.clone())), &mut rng()));
+    assert!(reason.contains("does not trust"), "{reason}");
+    assert_eq!(s.held().unwrap().revision, 5, "the previous config serves");
+    assert_eq!(s.poll_after(), 6, "waits for something newer");
+    // The same answer again is not offered (and does not hot-loop).
+    assert!(matches!(
+        s.on_poll(Ok(Some(forged)), &mut rng()),
+        Step::Poll(d) if d >= Duration::from_millis(100)
+    ));
+
+    // A trusted key claimed over another key's signature, a signature for another gateway, and
+    // no signature at all: all refused, each with its reason.
+    let mut s = sync(Some(snapshot(5, &[("a", "1")])));
+    let mut claimed = signed_by(2, delta(5, 6, &[("a", "1"), ("b", "2")], &[("b", "2")]));
+    claimed.signature.key = public(1).to_string();
+    let reason = rejected(s.on_poll(Ok(Some(claimed)), &mut rng()));
+    assert!(reason.contains("does not verify"), "{reason}");
+
+    let mut s = sync(Some(snapshot(5, &[("a", "1")])));
+    let mut other_gateway = full(6, &[("a", "2")]);
+    other_gateway.signature = key(1).sign_config("site-b", 6, &other_gateway.hash);
+    let reason = rejected(s.on_poll(Ok(Some(other_gateway)), &mut rng()));
+    assert!(reason.contains("does not verify"), "{reason}");
+
+    let mut s = sync(Some(snapshot(5, &[("a", "1")])));
+    let mut unsigned = full(6, &[("a", "2")]);
+    unsigned.signature = Default::default();
+    let reason = rejected(s.on_poll(Ok(Some(unsigned)), &mut rng()));
+    assert!(reason.contains("no control-plane signature"), "{reason}");
+}
+
+#[test]
+fn the_first_key_is_pinned_and_another_key_refused_afterwards() {
+    let mut s = sync_trusting(None, Trust::pinned(GW, vec![]));
+    let step = s.on_poll(Ok(Some(signed_by(3, full(1, &[("a", "1")])))), &mut rng());
+    assert_eq!(pins_of(&step), Some(vec![public(3)]), "pinned on first use");
+    s.on_applied(offered(step));
+    let step = s.on_poll(
+        Ok(Some(signed_by(
+            3,
+            delta(1, 2, &[("a", "1"), ("b", "2")], &[("b", "2")]),
+        ))),
+        &mut rng(),
+    );
+    assert_eq!(pins_of(&step), None, "same key: the pin does not change");
+    s.on_applied(offered(step));
+    let reason = rejected(s.on_poll(
+        Ok(Some(signed_by(4, full(3, &[("a", "evil")])))),
+        &mut rng(),
+    ));
+    assert!(reason.contains("does not trust"), "{reason}");
+    assert_eq!(s.trust().keys(), &[public(3)]);
+}
+
+#[test]
+fn during_a_rotation_old_and_new_keys_are_accepted_and_a_pin_follows() {
+    // Configured with both keys (the grace period): either signature is accepted.
+    let mut s = sync_trusting(None, Trust::configured(GW, vec![public(1), public(2)]));
+    let first = offered(s.on_poll(Ok(Some(signed_by(1, full(1, &[("a", "1")])))), &mut rng()));
+    s.on_applied(first);
+    let step = s.on_poll(
+        Ok(Some(signed_by(
+            2,
+            delta(1, 2, &[("a", "1"), ("b", "2")], &[("b", "2")]),
+        ))),
+        &mut rng(),
+    );
+    assert_eq!(pins_of(&step), None, "configured keys are never re-pinned");
+    s.on_applied(offered(step));
+
+    // Pinned to key 1; the control plane rotates to 2 and then 3, each endorsed by the previous.
+    let mut s = sync_trusting(
+        Some(snapshot(5, &[("a", "1")])),
+        Trust::pinned(GW, vec![public(1)]),
+    );
+    let mut rotated = signed_by(2, full(6, &[("a", "2")]));
+    let without_endorsement = rejected(s.on_poll(Ok(Some(rotated.clone())), &mut rng()));
+    assert!(without_endorsement.contains("does not trust"));
+    let mut s = sync_trusting(
+        Some(snapshot(5, &[("a", "1")])),
+        Trust::pinned(GW, vec![public(1)]),
+    );
+    rotated.endorsements = vec![key(1).endorse(&public(2))];
+    let step = s.on_poll(Ok(Some(rotated)), &mut rng());
+    assert_eq!(pins_of(&step), Some(vec![public(1), public(2)]));
+    s.on_applied(offered(step));
+    let mut again = signed_by(3, delta(6, 7, &[("a", "3")], &[("a", "3")]));
+    again.endorsements = vec![key(1).endorse(&public(2)), key(2).endorse(&public(3))];
+    let step = s.on_poll(Ok(Some(again)), &mut rng());
+    assert_eq!(
+        pins_of(&step),
+        Some(vec![public(2), public(3)]),
+        "the pin moves, keeping the previous key"
+    );
+    s.on_applied(offered(step));
+    // The key two rotations back is no longer trusted.
+    let reason = rejected(s.on_poll(Ok(Some(signed_by(1, full(8, &[("a", "old")])))), &mut rng()));
+    assert!(reason.contains("does not trust"), "{reason}");
+}
+
+#[test]
+fn pins_round_trip_owner_only_and_a_bad_pin_file_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("backup");
+    assert!(trust::read_pins(&target).unwrap().is_empty());
+    let path = trust::write_pins(&target, &[public(1), public(2)]).unwrap();
+    assert_eq!(
+        trust::read_pins(&target).unwrap(),
+        vec![public(1), public(2)]
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let dir_mode = std::fs::metadata(&target).unwrap().permissions().mode();
+        assert_eq!(dir_mode & 0o777, 0o700);
+    }
+    std::fs::write(&path, "ed25519:nope\n").unwrap();
+    let err = trust::read_pins(&target).unwrap_err().to_string();
+    assert!(
+        err.contains("line 1") && err.contains("delete the file"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_held_hash_goes_with_polls_from_the_held_revision_only() {
+    let mut s = sync(Some(snapshot(5, &[("a", "1")])));
+    let held = s.held().unwrap().hash.clone();
+    assert_eq!(s.poll_hash(), Some(held.as_str()));
+    let bad = offered(s.on_poll(
+        Ok(Some(delta(5, 6, &[("a", "1"), ("b", "x")], &[("b", "x")]))),
+        &mut rng(),
+    ));
+    s.on_refused(&bad);
+    assert_eq!(s.poll_after(), 6);
+    assert_eq!(s.poll_hash(), None, "we do not hold revision 6");
 }
 
 // === the actor against a fake control plane and route table ===
 
-#[actix::test]
-async fn a_refused_snapshot_keeps_the_previous_one_and_is_reported() {
-    use actix::Actor;
+mod actor {
+    use actix::{Actor, Addr};
     use outpost_model::wire::{self, HeartbeatAck};
 
-    use super::messages::GetSyncStatus;
-    use super::{ConfigSync, Identity, SnapshotSink, SyncConfig};
-    use crate::connectivity::{ConfigSource, ConnectivityWatcher, WatcherConfig};
+    use super::*;
+    use crate::config_sync::messages::GetSyncStatus;
+    use crate::config_sync::{ConfigSync, Identity, SnapshotSink, SyncConfig};
+    use crate::connectivity::{ConfigSource, ConnectivityWatcher, StatusHandle, WatcherConfig};
     use crate::link::{ClientFactory, LinkConfig};
 
-    let good = full(1, &[("a", "1")]);
-    let bad = delta(1, 2, &[("a", "1"), ("b", "bad")], &[("b", "bad")]);
-    let url = crate::link::fake::control_plane(Arc::new(move |line: &str, _body: &[u8]| {
-        if line.starts_with("POST /gateway/v1/heartbeat") {
-            let ack = HeartbeatAck {
-                revision: 2,
-                server_time: chrono::Utc::now(),
-            };
-            return (200, wire::encode(&ack).unwrap());
-        }
-        if line.contains("after=0&") {
-            return (200, wire::encode(&good).unwrap());
-        }
-        if line.contains("after=1&") {
-            return (200, wire::encode(&bad).unwrap());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-        (304, Vec::new())
-    }))
-    .await;
+    type Answer = Arc<dyn Fn(&str) -> Option<ConfigUpdate> + Send + Sync>;
 
-    let (watcher, status) = ConnectivityWatcher::new(WatcherConfig {
-        offline: false,
-        redis_configured: false,
-        token: None,
-        degraded_grace: Duration::from_secs(30),
-    });
-    let watcher = watcher.start();
-    let sink: SnapshotSink = Arc::new(|snapshot: Arc<GatewaySnapshot>| {
-        Box::pin(async move {
-            if snapshot.revision == 2 {
-                Err("unknown policy 'bad'".to_owned())
-            } else {
-                Ok(())
+    /// A fake control plane answering config polls with `answer(request line)` (304 when
+    /// `None`), and a `ConfigSync` holding `held` against it.
+    async fn start(
+        answer: Answer,
+        held: Option<GatewaySnapshot>,
+        sink: SnapshotSink,
+        backups: &std::path::Path,
+    ) -> (Addr<ConfigSync>, StatusHandle) {
+        let url = crate::link::fake::control_plane(Arc::new(move |line: &str, _body: &[u8]| {
+            if line.starts_with("POST /gateway/v1/heartbeat") {
+                let ack = HeartbeatAck {
+                    revision: 2,
+                    server_time: chrono::Utc::now(),
+                };
+                return (200, wire::encode(&ack).unwrap());
             }
-        })
-    });
-    let backups = tempfile::tempdir().unwrap();
-    let sync = ConfigSync::new(
-        SyncConfig {
-            link: Arc::new(LinkConfig {
-                base_url: url,
-                token: "GatewayKey gw&209901010000&c2ln".into(),
-                request_timeout: Duration::from_secs(5),
-                clients: ClientFactory::plain(),
-            }),
-            poll_wait: Duration::from_secs(1),
-            heartbeat_interval: Duration::from_secs(1),
-            backoff_initial: Duration::from_millis(10),
-            backoff_max: Duration::from_millis(50),
-            backup_dir: Some(backups.path().to_path_buf()),
-            identity: Identity {
-                instance_id: "i".into(),
-                hostname: "h".into(),
-                version: "0".into(),
-                started_at: chrono::Utc::now(),
-                started_from: ConfigSource::ControlPlane,
-                token_expiry: None,
+            match answer(line) {
+                Some(update) => (200, wire::encode(&update).unwrap()),
+                None => {
+                    std::thread::sleep(Duration::from_millis(20));
+                    (304, Vec::new())
+                }
+            }
+        }))
+        .await;
+        let (watcher, status) = ConnectivityWatcher::new(WatcherConfig {
+            offline: false,
+            redis_configured: false,
+            token: None,
+            degraded_grace: Duration::from_secs(30),
+        });
+        let watcher = watcher.start();
+        let sync = ConfigSync::new(
+            SyncConfig {
+                link: Arc::new(LinkConfig {
+                    base_url: url,
+                    token: "GatewayKey gw&209901010000&c2ln".into(),
+                    request_timeout: Duration::from_secs(5),
+                    clients: ClientFactory::plain(),
+                }),
+                poll_wait: Duration::from_secs(1),
+                heartbeat_interval: Duration::from_secs(1),
+                backoff_initial: Duration::from_millis(10),
+                backoff_max: Duration::from_millis(50),
+                backup_dir: Some(backups.to_path_buf()),
+                identity: Identity {
+                    instance_id: "i".into(),
+                    hostname: "h".into(),
+                    version: "0".into(),
+                    started_at: chrono::Utc::now(),
+                    started_from: ConfigSource::ControlPlane,
+                    token_expiry: None,
+                },
+                trust: Trust::configured(GW, vec![public(1)]),
             },
-        },
-        None,
-        sink,
-        watcher,
-        status.clone(),
-    )
-    .start();
-
-    for _ in 0..100 {
-        if status.load().last_refusal.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+            held.map(Arc::new),
+            sink,
+            watcher,
+            status.clone(),
+        )
+        .start();
+        (sync, status)
     }
-    let seen = status.load();
-    assert_eq!(seen.config.as_ref().map(|c| c.revision), Some(1));
-    let refusal = seen.last_refusal.as_ref().expect("refusal reported");
-    assert_eq!(refusal.revision, 2);
-    assert!(refusal.reason.contains("unknown policy"));
-    assert_eq!(backup::read(backups.path()).unwrap().unwrap().revision, 1);
-    let sync_status = sync.send(GetSyncStatus).await.unwrap();
-    assert_eq!(sync_status.held.map(|(r, _)| r), Some(1));
-    assert_eq!(sync_status.poll_after, 2, "waits for something newer");
+
+    #[actix::test]
+    async fn a_refused_snapshot_keeps_the_previous_one_and_is_reported() {
+        let good = full(1, &[("a", "1")]);
+        let bad = delta(1, 2, &[("a", "1"), ("b", "bad")], &[("b", "bad")]);
+        let answer: Answer = Arc::new(move |line: &str| {
+            if line.contains("after=0&") {
+                Some(good.clone())
+            } else if line.contains("after=1&") {
+                Some(bad.clone())
+            } else {
+                None
+            }
+        });
+        let sink: SnapshotSink = Arc::new(|snapshot: Arc<GatewaySnapshot>| {
+            Box::pin(async move {
+                if snapshot.revision == 2 {
+                    Err("unknown policy 'bad'".to_owned())
+                } else {
+                    Ok(())
+                }
+            })
+        });
+        let backups = tempfile::tempdir().unwrap();
+        let (sync, status) = start(answer, None, sink, backups.path()).await;
+
+        for _ in 0..100 {
+            if status.load().last_refusal.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let seen = status.load();
+        assert_eq!(seen.config.as_ref().map(|c| c.revision), Some(1));
+        let refusal = seen.last_refusal.as_ref().expect("refusal reported");
+        assert_eq!(refusal.revision, 2);
+        assert!(refusal.reason.contains("unknown policy"));
+        let written = backup::read(backups.path()).unwrap().unwrap();
+        assert_eq!(written.snapshot.revision, 1);
+        assert_eq!(written.gateway, GW, "the backup names its gateway");
+        assert_eq!(written.snapshot.signature.key, public(1).to_string());
+        let sync_status = sync.send(GetSyncStatus).await.unwrap();
+        assert_eq!(sync_status.held.map(|(r, _)| r), Some(1));
+        assert_eq!(sync_status.poll_after, 2, "waits for something newer");
+    }
+
+    /// A gateway holding an altered configuration at the control plane's revision: its poll
+    /// carries its hash, the control plane answers with a full snapshot, and the gateway serves
+    /// the genuine configuration again (without waiting for a new revision).
+    #[actix::test]
+    async fn an_altered_config_at_the_same_revision_is_replaced_on_the_next_poll() {
+        let genuine = full(4, &[("backend", "http://10.0.0.5")]);
+        let tampered = snapshot(4, &[("backend", "http://evil")]);
+        let genuine_hash = genuine.hash.clone();
+        let asked_with = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let seen = asked_with.clone();
+        let answer: Answer = Arc::new(move |line: &str| {
+            seen.lock().unwrap().push(line.to_owned());
+            // The control plane's rule: at its current revision, a different hash gets a full
+            // snapshot at once; the same hash waits for a change.
+            if line.contains("after=4&") && !line.contains(&format!("hash={genuine_hash}")) {
+                return Some(genuine.clone());
+            }
+            None
+        });
+        let served = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let record = served.clone();
+        let sink: SnapshotSink = Arc::new(move |snapshot: Arc<GatewaySnapshot>| {
+            record.lock().unwrap().push(snapshot.hash.clone());
+            Box::pin(async { Ok(()) })
+        });
+        let backups = tempfile::tempdir().unwrap();
+        let tampered_hash = tampered.hash.clone();
+        let (sync, status) = start(answer, Some(tampered), sink, backups.path()).await;
+        let expected = content_hash(&view(&[("backend", "http://10.0.0.5")]));
+        for _ in 0..100 {
+            if status.load().config.as_ref().map(|c| c.hash.as_str()) == Some(expected.as_str()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(*served.lock().unwrap(), vec![expected.clone()]);
+        let first = asked_with.lock().unwrap()[0].clone();
+        assert!(
+            first.contains("after=4&") && first.contains(&format!("hash={tampered_hash}")),
+            "the poll carries the held hash: {first}"
+        );
+        let now = sync.send(GetSyncStatus).await.unwrap();
+        assert_eq!(now.held, Some((4, expected)));
+    }
 }

@@ -55,9 +55,8 @@ where
     I: IntoIterator<Item = &'a Resource> + Clone,
 {
     let snapshot = GatewaySnapshot {
-        revision: 0,
-        hash: String::new(),
         resources: gateway_view(resources, None),
+        ..GatewaySnapshot::default()
     };
     match compile(&snapshot, &CompileContext::default()) {
         Ok(_) => Problems::new(),
