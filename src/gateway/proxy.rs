@@ -135,7 +135,11 @@ pub fn start_traffic_server(
     if settings.listen.workers > 0 {
         builder = builder.workers(settings.listen.workers);
     }
+    // On stop, idle keep-alive connections are closed at once (as `HttpServer` does), so a
+    // SIGTERM does not wait for them until the shutdown timeout.
+    let shutdown = builder.graceful_shutdown_signal();
     let server = builder.listen("outpost-traffic", listener, move || {
+        let shutdown = shutdown.clone();
         let app = traffic_app(traffic.clone())
             .into_factory()
             .map_err(|e: actix_web::Error| e.error_response());
@@ -143,7 +147,12 @@ pub fn start_traffic_server(
         let http = actix_http::HttpService::build()
             // Slow clients must not hold workers; the backend timeout covers slow backends.
             .client_request_timeout(Duration::from_secs(30))
+            .client_disconnect_timeout(Duration::from_secs(1))
             .keep_alive(Duration::from_secs(75))
+            .graceful_shutdown_signal(move || {
+                let shutdown = shutdown.clone();
+                async move { shutdown.notified().await }
+            })
             .local_addr(addr)
             .on_connect_ext(|io: &Connection<TcpStream>, ext| {
                 ext.insert(io.answered());
