@@ -41,21 +41,33 @@ pub enum Command {
         #[arg(long, default_value_t = 0)]
         port_base: u16,
     },
-    /// Make the control plane match a declarative file (idempotent).
+    /// Create and update what declarative files describe (idempotent); delete only with --prune.
     Apply {
-        #[arg(long, short = 'f')]
-        file: PathBuf,
+        /// Declarative file; repeat to apply several files as one (one revision, one prune).
+        #[arg(long, short = 'f', required = true)]
+        file: Vec<PathBuf>,
         /// Print what would change and change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Also delete the resources of the kinds the files have a section for that they do
+        /// not list; other kinds are never touched.
+        #[arg(long)]
+        prune: bool,
+        /// Delete without asking (needed when standard input is not a terminal, e.g. in CI).
+        #[arg(long, short = 'y')]
+        yes: bool,
         #[command(flatten)]
         server: ServerArgs,
     },
     /// Write the control plane's configuration in the declarative format.
     Export {
-        /// Output file; standard output when absent.
+        /// Output file (mode 0600); standard output when absent.
         #[arg(long, short)]
         output: Option<PathBuf>,
+        /// Write secret named values in clear instead of the mask (needed to serve the file
+        /// with `gateway --offline-config`).
+        #[arg(long)]
+        include_secrets: bool,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -169,11 +181,24 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::Apply {
             file,
             dry_run,
+            prune,
+            yes,
             server,
-        } => crate::client::apply(&server, &file, dry_run),
-        Command::Export { output, server } => {
-            crate::client::export(&server, output.as_deref()).map(|()| ExitCode::SUCCESS)
-        }
+        } => crate::client::apply(
+            &server,
+            &file,
+            crate::client::ApplyFlags {
+                dry_run,
+                prune,
+                yes,
+            },
+        ),
+        Command::Export {
+            output,
+            include_secrets,
+            server,
+        } => crate::client::export(&server, output.as_deref(), include_secrets)
+            .map(|()| ExitCode::SUCCESS),
         Command::Validate { file } => crate::client::validate(&file),
         Command::GatewayToken {
             gateway,

@@ -5,7 +5,7 @@
 //! command has a library function returning data ([`Connection::apply`], [`Connection::export`],
 //! [`Connection::gateway_token`], [`import_openapi_value`]) and a thin CLI wrapper that prints.
 
-use std::io::Write as _;
+use std::io::{IsTerminal as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -45,6 +45,34 @@ impl std::fmt::Display for CallError {
     }
 }
 
+/// An error with its chain of causes: reqwest's own message ("error sending request for url")
+/// says nothing about why, which is in the sources (connection refused, TLS, timeout, DNS).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let m = cause.to_string();
+        // Some layers repeat their source's text in their own.
+        if !m.is_empty() && !out.contains(&m) {
+            out.push_str(": ");
+            out.push_str(&m);
+        }
+        source = cause.source();
+    }
+    out
+}
+
+/// How `POST /api/v1/apply` is asked to apply a file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ApplyOptions {
+    pub dry_run: bool,
+    /// Also delete the resources of the file's kinds that it does not list.
+    pub prune: bool,
+    /// Apply only if the global revision is still this one (the revision a reviewed plan was
+    /// computed at).
+    pub if_revision: Option<u64>,
+}
+
 impl From<CallError> for String {
     fn from(e: CallError) -> String {
         e.to_string()
@@ -63,7 +91,7 @@ impl Connection {
         let http = reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(120))
             .build()
-            .map_err(|e| format!("cannot create an HTTP client: {e}"))?;
+            .map_err(|e| format!("cannot create an HTTP client: {}", error_chain(&e)))?;
         Ok(Connection {
             base: server.trim_end_matches('/').to_owned(),
             token: token.trim().to_owned(),
@@ -96,14 +124,17 @@ impl Connection {
     }
 
     fn send(&self, req: reqwest::blocking::RequestBuilder) -> Result<String, CallError> {
-        let res = req
-            .bearer_auth(&self.token)
-            .send()
-            .map_err(|e| CallError::Other(format!("cannot reach {}: {e}", self.base)))?;
+        let res = req.bearer_auth(&self.token).send().map_err(|e| {
+            CallError::Other(format!("cannot reach {}: {}", self.base, error_chain(&e)))
+        })?;
         let status = res.status();
-        let text = res
-            .text()
-            .map_err(|e| CallError::Other(format!("reading the answer of {}: {e}", self.base)))?;
+        let text = res.text().map_err(|e| {
+            CallError::Other(format!(
+                "reading the answer of {}: {}",
+                self.base,
+                error_chain(&e)
+            ))
+        })?;
         if status.is_success() {
             return Ok(text);
         }
@@ -125,19 +156,43 @@ impl Connection {
             .map_err(|e| CallError::Other(format!("unexpected answer ({e}): {text}")))
     }
 
-    /// `POST /api/v1/apply` with a declarative file's text (YAML or JSON).
+    /// `POST /api/v1/apply` with a declarative file's text (YAML or JSON), additive: nothing
+    /// is deleted.
     pub fn apply(&self, text: &str, dry_run: bool) -> Result<ApplyResult, CallError> {
-        let req = self
+        self.apply_with(
+            text,
+            ApplyOptions {
+                dry_run,
+                ..ApplyOptions::default()
+            },
+        )
+    }
+
+    /// `POST /api/v1/apply?dry_run=…&prune=…` (with `If-Match` when `if_revision` is set).
+    pub fn apply_with(&self, text: &str, opts: ApplyOptions) -> Result<ApplyResult, CallError> {
+        let mut req = self
             .http
-            .post(self.url(&format!("/apply?dry_run={dry_run}")))
+            .post(self.url(&format!(
+                "/apply?dry_run={}&prune={}",
+                opts.dry_run, opts.prune
+            )))
             .header(reqwest::header::CONTENT_TYPE, "application/yaml")
             .body(text.to_owned());
+        if let Some(rev) = opts.if_revision {
+            req = req.header(reqwest::header::IF_MATCH, format!("\"{rev}\""));
+        }
         Self::json(&self.send(req)?)
     }
 
     /// `GET /api/v1/export`: the whole configuration as YAML, secrets masked.
     pub fn export(&self) -> Result<String, CallError> {
         self.send(self.http.get(self.url("/export")))
+    }
+
+    /// `GET /api/v1/export?include_secrets=true`: as [`Connection::export`], secret named
+    /// values in clear (what an offline gateway needs).
+    pub fn export_including_secrets(&self) -> Result<String, CallError> {
+        self.send(self.http.get(self.url("/export?include_secrets=true")))
     }
 
     /// `POST /api/v1/gateways/{gateway}/token`.
@@ -179,29 +234,205 @@ fn read_file(file: &Path) -> Result<String, String> {
     std::fs::read_to_string(file).map_err(|e| format!("cannot read {}: {e}", file.display()))
 }
 
-/// `outpost apply -f FILE [--dry-run]`: prints the changes; on validation errors prints every
-/// problem with its location and exits non-zero.
-pub fn apply(server: &ServerArgs, file: &Path, dry_run: bool) -> Result<ExitCode, String> {
-    let text = read_file(file)?;
+/// What `outpost apply` was asked to do.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ApplyFlags {
+    pub dry_run: bool,
+    pub prune: bool,
+    /// Delete without asking.
+    pub yes: bool,
+}
+
+/// `outpost apply -f FILE [-f FILE…] [--prune] [--dry-run] [--yes]`: prints the changes; on
+/// validation errors prints every problem with its location and exits non-zero.
+///
+/// Only `--prune` can delete. A plan that deletes is shown and needs a "yes" typed at the
+/// terminal, or `--yes`; without a terminal (CI) and without `--yes` it is refused, since
+/// nobody can have reviewed it.
+pub fn apply(
+    server: &ServerArgs,
+    files: &[PathBuf],
+    flags: ApplyFlags,
+) -> Result<ExitCode, String> {
+    let (text, label) = read_declarative_files(files)?;
     let conn = Connection::from_args(server)?;
-    match conn.apply(&text, dry_run) {
+    let mut opts = ApplyOptions {
+        dry_run: flags.dry_run,
+        prune: flags.prune,
+        if_revision: None,
+    };
+    if flags.prune && !flags.dry_run && !flags.yes {
+        let plan = match conn.apply_with(
+            &text,
+            ApplyOptions {
+                dry_run: true,
+                ..opts
+            },
+        ) {
+            Ok(plan) => plan,
+            Err(e) => return apply_failed(&label, e),
+        };
+        let deletes = plan
+            .changes
+            .iter()
+            .filter(|c| c.action == Action::Delete)
+            .count();
+        if deletes > 0 {
+            print!("{}", format_changes(&plan));
+            let _ = std::io::stdout().flush();
+            if !std::io::stdin().is_terminal() {
+                eprintln!(
+                    "error: refusing to delete {deletes} resource(s) without confirmation: standard input is not a terminal; \
+                     review the plan (--dry-run) and pass --yes to apply it. Nothing was changed."
+                );
+                return Ok(ExitCode::FAILURE);
+            }
+            if !confirm(&format!(
+                "Apply {} change(s), deleting {deletes} resource(s)? [y/N] ",
+                plan.changes.len()
+            ))? {
+                eprintln!("cancelled; nothing was changed");
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        // Exactly the reviewed plan: anything written since makes the apply fail (412).
+        opts.if_revision = Some(plan.revision);
+    }
+    match conn.apply_with(&text, opts) {
         Ok(result) => {
             print!("{}", format_apply(&result));
             Ok(ExitCode::SUCCESS)
         }
-        Err(CallError::Api { status: 400, body }) => {
-            eprintln!("{}: {}", file.display(), body.message);
+        Err(CallError::Api { status: 412, body }) if opts.if_revision.is_some() => Err(format!(
+            "the configuration changed while the plan was being confirmed ({}); nothing was changed, run the command again",
+            body.message
+        )),
+        Err(e) => apply_failed(&label, e),
+    }
+}
+
+fn apply_failed(label: &str, e: CallError) -> Result<ExitCode, String> {
+    match e {
+        CallError::Api { status: 400, body } => {
+            eprintln!("{label}: {}", body.message);
             if !body.problems.is_empty() {
                 eprintln!("{}", Problems(body.problems));
             }
             Ok(ExitCode::FAILURE)
         }
-        Err(e) => Err(e.into()),
+        e => Err(e.into()),
     }
 }
 
-/// The text `outpost apply` prints for a result.
-pub fn format_apply(r: &ApplyResult) -> String {
+/// Asks on the terminal; only `y` or `yes` agrees.
+fn confirm(question: &str) -> Result<bool, String> {
+    eprint!("{question}");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    std::io::stdin()
+        .read_line(&mut answer)
+        .map_err(|e| format!("cannot read the answer: {e}"))?;
+    Ok(matches!(
+        answer.trim().to_ascii_lowercase().as_str(),
+        "y" | "yes"
+    ))
+}
+
+/// The text of one file, or several files merged into one document (their lists concatenated)
+/// so that they are applied, and pruned, as one: a team's file never prunes another team's
+/// resources when all the files are applied together. Also returns how to name the input in
+/// messages.
+pub fn read_declarative_files(files: &[PathBuf]) -> Result<(String, String), String> {
+    match files {
+        [] => Err("no file given (-f FILE)".into()),
+        [one] => Ok((read_file(one)?, one.display().to_string())),
+        many => {
+            let mut parsed = Vec::new();
+            for f in many {
+                let text = read_file(f)?;
+                let value: Value = serde_saphyr::from_str(&text)
+                    .map_err(|e| format!("{}: not valid YAML: {e}", f.display()))?;
+                parsed.push((f.as_path(), value));
+            }
+            let merged = merge_documents(parsed)?;
+            let label = many
+                .iter()
+                .map(|f| f.display().to_string())
+                .collect::<Vec<_>>()
+                .join(" + ");
+            Ok((merged.to_string(), label))
+        }
+    }
+}
+
+/// Concatenates the resource lists of several declarative files; every conflict is listed.
+/// Per-resource checks (duplicates across files included) are the control plane's, on the
+/// merged document.
+pub fn merge_documents(files: Vec<(&Path, Value)>) -> Result<Value, String> {
+    let mut problems = Vec::new();
+    let mut merged = Map::new();
+    let mut policies_from: Option<&Path> = None;
+    for (file, value) in files {
+        let Value::Object(map) = value else {
+            problems.push(format!(
+                "{}: the file must be a map with apiVersion and resource lists",
+                file.display()
+            ));
+            continue;
+        };
+        for (section, items) in map {
+            match (section.as_str(), items) {
+                ("apiVersion", v) => match merged.get("apiVersion") {
+                    Some(first) if *first != v => problems.push(format!(
+                        "{}: apiVersion {v} differs from the other files' {first}",
+                        file.display()
+                    )),
+                    Some(_) => {}
+                    None => {
+                        merged.insert(section, v);
+                    }
+                },
+                ("policies", v) => match policies_from {
+                    Some(first) => problems.push(format!(
+                        "{}: the global policies are also in {}; keep them in one file",
+                        file.display(),
+                        first.display()
+                    )),
+                    None => {
+                        policies_from = Some(file);
+                        merged.insert(section, v);
+                    }
+                },
+                (_, Value::Null) => {
+                    merged
+                        .entry(section)
+                        .or_insert_with(|| Value::Array(vec![]));
+                }
+                (_, Value::Array(items)) => {
+                    // Only lists are ever inserted for these sections.
+                    if let Value::Array(all) = merged
+                        .entry(section)
+                        .or_insert_with(|| Value::Array(vec![]))
+                    {
+                        all.extend(items);
+                    }
+                }
+                (_, _) => problems.push(format!("{}: {section} must be a list", file.display())),
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(Value::Object(merged))
+    } else {
+        Err(format!(
+            "the files cannot be applied together:\n- {}",
+            problems.join("\n- ")
+        ))
+    }
+}
+
+/// The change lines of a plan or result.
+pub fn format_changes(r: &ApplyResult) -> String {
     let mut out = String::new();
     for c in &r.changes {
         let verb = match c.action {
@@ -211,6 +442,12 @@ pub fn format_apply(r: &ApplyResult) -> String {
         };
         out.push_str(&format!("{verb:<7} {}\n", c.key));
     }
+    out
+}
+
+/// The text `outpost apply` prints for a result.
+pub fn format_apply(r: &ApplyResult) -> String {
+    let mut out = format_changes(r);
     let n = r.changes.len();
     if r.dry_run {
         out.push_str(&format!(
@@ -231,15 +468,36 @@ pub fn format_apply(r: &ApplyResult) -> String {
     out
 }
 
-/// `outpost export [-o FILE]`.
-pub fn export(server: &ServerArgs, output: Option<&Path>) -> Result<(), String> {
+/// `outpost export [-o FILE] [--include-secrets]`.
+pub fn export(
+    server: &ServerArgs,
+    output: Option<&Path>,
+    include_secrets: bool,
+) -> Result<(), String> {
     let conn = Connection::from_args(server)?;
-    let yaml = conn.export()?;
-    write_output(output, &yaml)
+    let yaml = if include_secrets {
+        conn.export_including_secrets()?
+    } else {
+        conn.export()?
+    };
+    write_output(output, &yaml, true)?;
+    if include_secrets {
+        match output {
+            Some(path) => eprintln!(
+                "warning: {} contains secret values in clear (mode 0600); do not commit or share it",
+                path.display()
+            ),
+            None => eprintln!(
+                "warning: the export on standard output contains secret values in clear; do not commit or share it"
+            ),
+        }
+    }
+    Ok(())
 }
 
-/// Writes to a file (owner-only when created: exports hold subscription keys) or stdout.
-fn write_output(output: Option<&Path>, text: &str) -> Result<(), String> {
+/// Writes to a file (owner-only when created) or stdout. `private`: also make an existing file
+/// owner-only before writing, since an export holds subscription keys and maybe secrets.
+fn write_output(output: Option<&Path>, text: &str, private: bool) -> Result<(), String> {
     match output {
         None => {
             let mut stdout = std::io::stdout().lock();
@@ -256,9 +514,18 @@ fn write_output(output: Option<&Path>, text: &str) -> Result<(), String> {
                 use std::os::unix::fs::OpenOptionsExt;
                 options.mode(0o600);
             }
-            options
+            let mut file = options
                 .open(path)
-                .and_then(|mut f| f.write_all(text.as_bytes()))
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            #[cfg(unix)]
+            if private {
+                use std::os::unix::fs::PermissionsExt;
+                file.set_permissions(std::fs::Permissions::from_mode(0o600))
+                    .map_err(|e| format!("cannot make {} owner-only: {e}", path.display()))?;
+            }
+            #[cfg(not(unix))]
+            let _ = private;
+            file.write_all(text.as_bytes())
                 .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
             eprintln!("wrote {}", path.display());
             Ok(())
@@ -270,11 +537,12 @@ fn write_output(output: Option<&Path>, text: &str) -> Result<(), String> {
 pub fn validate(file: &Path) -> Result<ExitCode, String> {
     let text = read_file(file)?;
     // The same two checks the control plane runs before accepting a change: the model's rules,
-    // then the gateway's own compiler.
+    // then the gateway's own compiler; and, since a valid file must also be servable offline,
+    // no secret left as the export mask.
     let checked = Document::from_yaml(&text).and_then(|doc| {
-        outpost_actors::route_table::validate_config(&doc.resources)
-            .into_result()
-            .map(|()| doc)
+        let mut problems = doc.masked_secrets();
+        problems.extend(outpost_actors::route_table::validate_config(&doc.resources));
+        problems.into_result().map(|()| doc)
     });
     match checked {
         Ok(doc) => {
@@ -423,7 +691,7 @@ pub fn import_openapi(
             .unwrap_or_default(),
         imported.document.to_yaml()
     );
-    write_output(output, &yaml)
+    write_output(output, &yaml, false)
 }
 
 /// Parses an OpenAPI document given as JSON or YAML.
@@ -659,6 +927,33 @@ mod tests {
         );
         for bad in ["", "7", "d", "7x", "0m", "-1h"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn several_files_merge_into_one_document_and_conflicts_are_all_listed() {
+        let a = json!({"apiVersion": "outpost/v1", "apis": [{"name": "a"}], "policies": {}});
+        let b = json!({"apiVersion": "outpost/v1", "apis": [{"name": "b"}], "subscriptions": null});
+        let merged = merge_documents(vec![
+            (Path::new("a.yaml"), a.clone()),
+            (Path::new("b.yaml"), b),
+        ])
+        .unwrap();
+        assert_eq!(merged["apis"], json!([{"name": "a"}, {"name": "b"}]));
+        assert_eq!(
+            merged["subscriptions"],
+            json!([]),
+            "an empty section stays a section"
+        );
+        let c = json!({"apiVersion": "outpost/v2", "policies": {}, "apis": {}});
+        let err =
+            merge_documents(vec![(Path::new("a.yaml"), a), (Path::new("c.yaml"), c)]).unwrap_err();
+        for want in [
+            "c.yaml: apiVersion",
+            "c.yaml: the global policies are also in a.yaml",
+            "c.yaml: apis must be a list",
+        ] {
+            assert!(err.contains(want), "{want} in {err}");
         }
     }
 

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 
 use outpost::cli::ServerArgs;
-use outpost::client::{self, CallError, Connection};
+use outpost::client::{self, ApplyFlags, ApplyOptions, CallError, Connection};
 use outpost::control_plane::admin_api::{Action, ApplyResult};
 use outpost::control_plane::settings::ControlPlaneSettings;
 use outpost::control_plane::{RunningControlPlane, start};
@@ -113,8 +113,16 @@ fn apply_is_one_revision_and_idempotent_and_export_round_trips() {
     assert_eq!(c.export().unwrap(), exported);
 }
 
+fn prune(dry_run: bool) -> ApplyOptions {
+    ApplyOptions {
+        dry_run,
+        prune: true,
+        if_revision: None,
+    }
+}
+
 #[test]
-fn apply_updates_and_deletes_what_the_file_leaves_out() {
+fn apply_is_additive_and_prune_deletes_only_the_sections_of_the_file() {
     let cp = cp();
     let c = conn(&cp);
     c.apply(&sample(), false).unwrap();
@@ -123,8 +131,17 @@ fn apply_updates_and_deletes_what_the_file_leaves_out() {
         .next()
         .unwrap()
         .replace("display-name: Starter", "display-name: Starter plan");
+    // Without prune, what the file leaves out stays.
     let r = c.apply(&reduced, true).unwrap();
     assert_eq!(keys(&r, Action::Update), vec!["products/starter"]);
+    assert!(keys(&r, Action::Delete).is_empty(), "{r:?}");
+    // With prune, the file owns only the kinds it has a section for: no subscriptions or
+    // gateways section, so none of those is deleted either.
+    let r = c.apply_with(&reduced, prune(true)).unwrap();
+    assert!(keys(&r, Action::Delete).is_empty(), "{r:?}");
+    // An empty section claims the kind: every subscription goes.
+    let none = format!("{reduced}\nsubscriptions: []\ngateways:\n");
+    let r = c.apply_with(&none, prune(true)).unwrap();
     assert_eq!(
         keys(&r, Action::Delete),
         vec![
@@ -134,20 +151,38 @@ fn apply_updates_and_deletes_what_the_file_leaves_out() {
         ],
         "deletes in reverse dependency order"
     );
-    assert_eq!(cp.store().revision(), 1, "dry run");
-    let r = c.apply(&reduced, false).unwrap();
+    assert_eq!(cp.store().revision(), 1, "dry runs");
+    let r = c.apply_with(&none, prune(false)).unwrap();
     assert_eq!(r.revision, 2);
     assert_eq!(r.changes.len(), 4);
     assert_eq!(cp.store().state().of_kind(Kind::Subscription).count(), 0);
-    // A global policy in the file is created; removing it from the file deletes it.
+    assert_eq!(cp.store().state().of_kind(Kind::Api).count(), 1);
+
+    // The global policy: created from a file; a file without `policies` leaves it even when
+    // pruning; `policies: {}` with prune removes it.
     let with_global = format!(
         "{reduced}\npolicies:\n  inbound:\n    - set-header: {{name: X-Global, value: \"1\"}}\n"
     );
     let r = c.apply(&with_global, false).unwrap();
     assert_eq!(keys(&r, Action::Create), vec!["policies/global"]);
-    let r = c.apply(&reduced, false).unwrap();
+    let r = c.apply_with(&reduced, prune(false)).unwrap();
+    assert!(r.changes.is_empty(), "{r:?}");
+    let r = c
+        .apply_with(&format!("{reduced}\npolicies: {{}}\n"), prune(false))
+        .unwrap();
     assert_eq!(keys(&r, Action::Delete), vec!["policies/global"]);
     assert_eq!(r.revision, 4);
+
+    // If-Match on the global revision: a plan reviewed at an old revision is not applied.
+    let stale = ApplyOptions {
+        if_revision: Some(3),
+        ..prune(false)
+    };
+    match c.apply_with(&sample(), stale) {
+        Err(CallError::Api { status: 412, .. }) => {}
+        other => panic!("expected 412, got {other:?}"),
+    }
+    assert_eq!(cp.store().revision(), 4);
 }
 
 #[test]
@@ -208,13 +243,17 @@ fn cli_functions_and_binary_end_to_end() {
     let args = server_args(&cp);
 
     // Library entry points used by the CLI.
+    let dry = ApplyFlags {
+        dry_run: true,
+        ..ApplyFlags::default()
+    };
     assert_eq!(
-        client::apply(&args, &sample_path, true).unwrap(),
+        client::apply(&args, std::slice::from_ref(&sample_path), dry).unwrap(),
         std::process::ExitCode::SUCCESS
     );
     assert_eq!(cp.store().revision(), 0);
     let export_path = dir.path().join("export.yaml");
-    client::export(&args, Some(&export_path)).unwrap();
+    client::export(&args, Some(&export_path), false).unwrap();
     let empty = std::fs::read_to_string(&export_path).unwrap();
     assert!(empty.contains("apiVersion: outpost/v1"), "{empty}");
 
@@ -268,8 +307,15 @@ fn cli_functions_and_binary_end_to_end() {
     let (code, out, _) = run(&["apply", "-f", export_arg]);
     assert_eq!(code, Some(0));
     assert!(out.contains("no changes"), "{out}");
-    let (code, out, _) = run(&["validate", "-f", export_arg]);
-    assert_eq!(code, Some(0), "{out}");
+    // A masked export can be applied back but not served: validate names the masked value.
+    let (code, _, err) = run(&["validate", "-f", export_arg]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(
+            "named-values/orders-backend-key: value is the export mask '********'; export with --include-secrets or set the real value"
+        ),
+        "{err}"
+    );
 
     // Problems: non-zero exit, every problem with its location on stderr.
     let bad_path = dir.path().join("bad.yaml");
@@ -380,4 +426,262 @@ fn import_openapi_then_apply() {
     assert_eq!(out.status.code(), Some(0));
     let r = conn(&cp).apply(&yaml, false).unwrap();
     assert_eq!(keys(&r, Action::Create), vec!["backends/pets", "apis/pets"]);
+}
+
+/// Runs the binary against `cp` with no terminal on standard input, as CI does.
+fn outpost(cp: &RunningControlPlane, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .env("OUTPOST_SERVER", cp.admin_url())
+        .env("OUTPOST_ADMIN_TOKEN", TOKEN)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn count(cp: &RunningControlPlane, kind: Kind) -> usize {
+    cp.store().state().of_kind(kind).count()
+}
+
+#[test]
+fn a_partial_file_leaves_the_rest_and_prune_deletes_only_after_confirmation() {
+    let cp = cp();
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    let sample_path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("config/sample-api.yaml")
+        .display()
+        .to_string();
+    let (code, _, err) = outpost(&cp, &["apply", "-f", &sample_path]);
+    assert_eq!(code, Some(0), "{err}");
+    // Another team's API and the global policy, added on their own.
+    std::fs::write(
+        path("legacy.yaml"),
+        "apiVersion: outpost/v1\nbackends:\n  - {name: legacy, url: \"http://127.0.0.1:9\"}\n\
+         apis:\n  - {name: legacy, path: legacy, backend: legacy}\n\
+         policies:\n  inbound:\n    - set-header: {name: X-Global, value: \"1\"}\n",
+    )
+    .unwrap();
+    let (code, _, err) = outpost(&cp, &["apply", "-f", &path("legacy.yaml")]);
+    assert_eq!(code, Some(0), "{err}");
+    let rev = cp.store().revision();
+
+    // import-openapi, then apply: only creates.
+    std::fs::write(
+        path("pet.json"),
+        r#"{"openapi": "3.0.0", "info": {"title": "Pets", "version": "1"},
+            "servers": [{"url": "http://127.0.0.1:9000/pets"}],
+            "paths": {"/pets": {"get": {"operationId": "listPets"}}}}"#,
+    )
+    .unwrap();
+    let (code, _, err) = outpost(
+        &cp,
+        &[
+            "import-openapi",
+            &path("pet.json"),
+            "--name",
+            "petstore",
+            "-o",
+            &path("p.yaml"),
+        ],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let (code, out, err) = outpost(&cp, &["apply", "-f", &path("p.yaml"), "--dry-run"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("create  apis/petstore"), "{out}");
+    assert!(!out.contains("delete"), "{out}");
+    let (code, out, err) = outpost(&cp, &["apply", "-f", &path("p.yaml")]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("applied 2 change(s)"), "{out}");
+    assert_eq!(count(&cp, Kind::Api), 3);
+    assert_eq!(count(&cp, Kind::Gateway), 1);
+    assert_eq!(count(&cp, Kind::Subscription), 2);
+    assert_eq!(count(&cp, Kind::GlobalPolicy), 1);
+    let rev = {
+        assert_eq!(cp.store().revision(), rev + 1);
+        rev + 1
+    };
+
+    // Both team files together, pruned: the plan deletes legacy's API and backend; without a
+    // terminal and without --yes it is refused and nothing changes.
+    let both = [
+        "apply",
+        "-f",
+        &sample_path,
+        "-f",
+        &path("p.yaml"),
+        "--prune",
+    ];
+    let (code, out, err) = outpost(&cp, &both);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(
+        out.contains("delete  apis/legacy") && out.contains("delete  backends/legacy"),
+        "{out}"
+    );
+    assert!(
+        err.contains("refusing to delete 2 resource(s)") && err.contains("--yes"),
+        "{err}"
+    );
+    assert_eq!(cp.store().revision(), rev);
+    let (code, out, err) = outpost(&cp, &[&both[..], &["--dry-run"]].concat());
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("delete  apis/legacy"), "{out}");
+    assert_eq!(cp.store().revision(), rev);
+
+    let (code, out, err) = outpost(&cp, &[&both[..], &["--yes"]].concat());
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("applied 2 change(s)"), "{out}");
+    let apis: Vec<String> = cp
+        .store()
+        .state()
+        .of_kind(Kind::Api)
+        .map(|s| s.resource.name().to_owned())
+        .collect();
+    assert_eq!(apis, vec!["orders", "petstore"]);
+    // Kinds the files have no section for are not touched.
+    assert_eq!(count(&cp, Kind::GlobalPolicy), 1);
+
+    // Pruning with the pet file alone would delete the orders API that a product and a
+    // gateway still use: the control plane refuses the whole plan.
+    let (code, _, err) = outpost(&cp, &["apply", "-f", &path("p.yaml"), "--prune", "--yes"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("orders"), "{err}");
+    assert_eq!(cp.store().revision(), rev + 1);
+}
+
+const SECRET: &str = "s3cret-backend-key-42";
+
+#[test]
+fn masked_exports_are_refused_offline_and_include_secrets_serves() {
+    use outpost::gateway::{self, settings::GatewaySettings};
+    let cp = cp();
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    let c = conn(&cp);
+    c.apply(
+        &format!(
+            r#"
+apiVersion: outpost/v1
+named-values:
+  - {{name: backend-key, value: {SECRET}, secret: true}}
+backends:
+  - {{name: echo, url: "http://127.0.0.1:9"}}
+apis:
+  - name: echo
+    path: echo
+    backend: echo
+    subscription-required: false
+    operations:
+      - {{name: get, method: GET, url-template: /hello}}
+    policies:
+      inbound:
+        - return-response: {{status-code: 200, body: "key={{{{backend-key}}}}"}}
+gateways:
+  - {{name: gw-a, apis: [echo]}}
+"#
+        ),
+        false,
+    )
+    .unwrap();
+    let want = "named-values/backend-key: value is the export mask '********'; export with --include-secrets or set the real value";
+
+    let (code, _, err) = outpost(&cp, &["export", "-o", &path("masked.yaml")]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!err.contains("secret values"), "{err}");
+    let (code, _, err) = outpost(&cp, &["validate", "-f", &path("masked.yaml")]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains(want), "{err}");
+    // The offline gateway refuses it before listening on anything.
+    let out = Command::new(BIN)
+        .args(["gateway", "--offline-config", &path("masked.yaml")])
+        .env("OUTPOST_LISTEN_HTTP", "127.0.0.1:0")
+        .env("OUTPOST_LISTEN_HTTPS", "127.0.0.1:0")
+        .env("OUTPOST_LISTEN_OPS", "127.0.0.1:0")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(want), "{err}");
+    // Applying the masked export back keeps the stored secret.
+    let r = c
+        .apply(
+            &std::fs::read_to_string(path("masked.yaml")).unwrap(),
+            false,
+        )
+        .unwrap();
+    assert!(r.changes.is_empty(), "{r:?}");
+
+    // --include-secrets: the real value, an owner-only file even when it existed before, and a
+    // warning.
+    std::fs::write(path("full.yaml"), "").unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path("full.yaml"), std::fs::Permissions::from_mode(0o644))
+            .unwrap();
+    }
+    let (code, _, err) = outpost(
+        &cp,
+        &["export", "--include-secrets", "-o", &path("full.yaml")],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("contains secret values"), "{err}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path("full.yaml"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let full = std::fs::read_to_string(path("full.yaml")).unwrap();
+    assert!(
+        full.contains(SECRET) && !full.contains(SECRET_MASK),
+        "{full}"
+    );
+    let (code, out, err) = outpost(&cp, &["export", "--include-secrets"]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains(SECRET), "{out}");
+    assert!(
+        err.contains("standard output contains secret values"),
+        "{err}"
+    );
+    let (code, _, err) = outpost(&cp, &["validate", "-f", &path("full.yaml")]);
+    assert_eq!(code, Some(0), "{err}");
+
+    let mut s = GatewaySettings::default();
+    s.offline.config_file = path("full.yaml");
+    s.listen.http = "127.0.0.1:0".into();
+    s.listen.https = "127.0.0.1:0".into();
+    s.listen.ops = "127.0.0.1:0".into();
+    let gw = gateway::start(s).expect("the full export is served offline");
+    let body = reqwest::blocking::get(format!("{}/echo/hello", gw.traffic_url()))
+        .unwrap()
+        .text()
+        .unwrap();
+    assert_eq!(body, format!("key={SECRET}"));
+    gw.stop();
+}
+
+#[test]
+fn cli_errors_name_the_cause() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let out = Command::new(BIN)
+        .args(["export", "--server", &url, "--token", "x"])
+        .env_remove("OUTPOST_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&format!("cannot reach {url}")), "{err}");
+    assert!(err.to_lowercase().contains("connection refused"), "{err}");
 }

@@ -15,20 +15,25 @@
 //! bad entry does not hide the problems of the others; every problem carries its location
 //! (`apis[2] (orders).operations[0].method`).
 
+use std::collections::BTreeSet;
+
 use serde_json::{Map, Value};
 
 use crate::prune::prune;
-use crate::resources::{GLOBAL_POLICY_NAME, GlobalPolicy, Kind, Resource};
+use crate::resources::{GLOBAL_POLICY_NAME, GlobalPolicy, Kind, Resource, SECRET_MASK};
 use crate::validate::{
     Problems, check_config, check_resource, parse_policy_document, parse_resource,
 };
 
 pub const API_VERSION: &str = "outpost/v1";
 
-/// A parsed declarative file: the complete desired configuration.
+/// A parsed declarative file: the desired state of the resources it lists.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Document {
     pub resources: Vec<Resource>,
+    /// The kinds whose section the file has, even when empty (`subscriptions: []`). A pruning
+    /// apply owns exactly these kinds, so an empty section is how a file says "none of these".
+    pub sections: BTreeSet<Kind>,
 }
 
 impl Document {
@@ -52,7 +57,9 @@ impl Document {
         }
         let mut resources = Vec::new();
         let mut seen = std::collections::HashSet::new();
+        let mut sections = BTreeSet::new();
         if let Some(doc) = map.remove("policies") {
+            sections.insert(Kind::GlobalPolicy);
             match parse_policy_document(doc) {
                 Ok(policies) => resources.push(Resource::GlobalPolicy(GlobalPolicy {
                     name: GLOBAL_POLICY_NAME.to_owned(),
@@ -70,6 +77,7 @@ impl Document {
                 );
                 continue;
             };
+            sections.insert(kind);
             let items = match items {
                 Value::Array(a) => a,
                 Value::Null => continue,
@@ -105,7 +113,43 @@ impl Document {
             problems.extend(check_config(&resources));
         }
         resources.sort_by_key(Resource::key);
-        problems.into_result().map(|()| Document { resources })
+        problems
+            .into_result()
+            .map(|()| Document::with_sections(resources, sections))
+    }
+
+    /// A document of `resources` whose sections are exactly their kinds.
+    pub fn new(resources: Vec<Resource>) -> Document {
+        let sections = resources.iter().map(Resource::kind).collect();
+        Document::with_sections(resources, sections)
+    }
+
+    fn with_sections(resources: Vec<Resource>, sections: BTreeSet<Kind>) -> Document {
+        Document {
+            resources,
+            sections,
+        }
+    }
+
+    /// Secret named values whose value is the export mask: such a file cannot be served (the
+    /// gateway would send the mask as the secret), and only a control plane that already
+    /// stores the secret can make sense of it. One problem per value.
+    pub fn masked_secrets(&self) -> Problems {
+        let mut problems = Problems::new();
+        for r in &self.resources {
+            if let Resource::NamedValue(nv) = r
+                && nv.secret
+                && nv.value == SECRET_MASK
+            {
+                problems.push(
+                    r.key().to_string(),
+                    format!(
+                        "value is the export mask '{SECRET_MASK}'; export with --include-secrets or set the real value"
+                    ),
+                );
+            }
+        }
+        problems
     }
 
     /// Parses a YAML (or JSON, which is YAML) file's text.
@@ -190,6 +234,35 @@ policies:
             doc, again,
             "export then parse gives the same document:\n{yaml}"
         );
+    }
+
+    #[test]
+    fn sections_are_recorded_even_when_empty() {
+        let doc = Document::from_yaml(
+            "apiVersion: outpost/v1\nsubscriptions: []\nbackends:\n  - {name: b, url: \"http://x\"}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            doc.sections,
+            BTreeSet::from([Kind::Backend, Kind::Subscription])
+        );
+    }
+
+    #[test]
+    fn masked_secrets_are_named() {
+        let doc = Document::from_yaml(&format!(
+            "apiVersion: outpost/v1\nnamed-values:\n  - {{name: a, value: \"{SECRET_MASK}\", secret: true}}\n  - {{name: b, value: \"{SECRET_MASK}\", secret: true}}\n  - {{name: c, value: real, secret: true}}\n"
+        ))
+        .unwrap();
+        let text = doc.masked_secrets().to_string();
+        assert!(
+            text.contains(
+                "named-values/a: value is the export mask '********'; export with --include-secrets"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("named-values/b"), "{text}");
+        assert!(!text.contains("named-values/c"), "{text}");
     }
 
     #[test]

@@ -7,12 +7,17 @@
 //! Conventions:
 //! - Resource bodies are the model's JSON (kebab-case), pruned of empty values; secret named
 //!   values are shown as [`SECRET_MASK`], and sending the mask back keeps the stored value.
+//!   Only `GET /export?include_secrets=true` shows them.
+//! - `POST /apply` is additive: it creates and updates what the file lists and deletes nothing,
+//!   unless `prune=true`, which also deletes the resources of the kinds the file has a section
+//!   for that the file does not list (see [`plan`]).
 //! - `GET /{kind}/{name}` answers with `ETag: "<revision that last changed the resource>"`;
 //!   writes honour `If-Match` (412 when stale) and `If-None-Match: *` (409 when it exists).
 //! - Every answer carries the global revision in `X-Outpost-Revision`; answers to writes also
 //!   carry it in the body (`{"revision": N, ...}`).
 //! - Errors are [`ApiError`]s: `{"error", "message", "problems": [{path, message}]}`.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use actix_web::http::header::{self, HeaderMap};
@@ -401,37 +406,55 @@ async fn regenerate_key(req: HttpRequest, st: St, name: Name) -> Result<HttpResp
 #[serde(deny_unknown_fields)]
 struct ExportQuery {
     format: Option<String>,
+    include_secrets: Option<bool>,
 }
 
 async fn export(req: HttpRequest, st: St) -> Result<HttpResponse, ApiError> {
     let q: ExportQuery = query(&req)?;
-    let state = st.store.state();
-    let doc = export_document(&state);
-    let mut res = with_revision(HttpResponse::Ok(), state.revision);
-    match q.format.as_deref() {
-        None | Some("yaml") => {
-            let text = format!(
-                "# Exported from the Outpost control plane at revision {}.\n{}",
-                state.revision,
-                doc.to_yaml()
-            );
-            Ok(res
-                .content_type("application/yaml; charset=utf-8")
-                .body(text))
+    let as_json = match q.format.as_deref() {
+        None | Some("yaml") => false,
+        Some("json") => true,
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "format must be yaml or json, not '{other}'"
+            )));
         }
-        Some("json") => Ok(res.json(doc.to_value())),
-        Some(other) => Err(ApiError::BadRequest(format!(
-            "format must be yaml or json, not '{other}'"
-        ))),
+    };
+    let include_secrets = q.include_secrets.unwrap_or(false);
+    let state = st.store.state();
+    let doc = export_document(&state, include_secrets);
+    if include_secrets {
+        // Secrets leaving the control plane belong in the audit trail (never the values).
+        tracing::warn!(
+            revision = state.revision,
+            "configuration exported with secret values"
+        );
     }
+    let mut res = with_revision(HttpResponse::Ok(), state.revision);
+    if as_json {
+        return Ok(res.json(doc.to_value()));
+    }
+    let note = if include_secrets {
+        " It contains secret values: keep it private."
+    } else {
+        ""
+    };
+    let text = format!(
+        "# Exported from the Outpost control plane at revision {}.{note}\n{}",
+        state.revision,
+        doc.to_yaml()
+    );
+    Ok(res
+        .content_type("application/yaml; charset=utf-8")
+        .body(text))
 }
 
-/// The whole configuration as a declarative document, secrets masked.
-pub fn export_document(state: &State) -> Document {
+/// The whole configuration as a declarative document, secrets masked unless `include_secrets`.
+pub fn export_document(state: &State, include_secrets: bool) -> Document {
     let resources = state
         .iter_resources()
         .map(|r| match r {
-            Resource::NamedValue(nv) if nv.secret => {
+            Resource::NamedValue(nv) if nv.secret && !include_secrets => {
                 let mut nv = nv.clone();
                 nv.value = SECRET_MASK.to_owned();
                 Resource::NamedValue(nv)
@@ -439,13 +462,14 @@ pub fn export_document(state: &State) -> Document {
             r => r.clone(),
         })
         .collect();
-    Document { resources }
+    Document::new(resources)
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ApplyQuery {
     dry_run: Option<bool>,
+    prune: Option<bool>,
 }
 
 /// One line of an apply plan.
@@ -481,6 +505,18 @@ pub struct ApplyResult {
 async fn apply(req: HttpRequest, st: St, body: web::Payload) -> Result<HttpResponse, ApiError> {
     let q: ApplyQuery = query(&req)?;
     let dry_run = q.dry_run.unwrap_or(false);
+    let prune = q.prune.unwrap_or(false);
+    // `If-Match: "<global revision>"` lets a client apply exactly the plan it showed: a
+    // confirmed prune must not delete what appeared after the confirmation.
+    let expected = match write_precondition(req.headers())? {
+        Precondition::None => None,
+        Precondition::IfMatch(rev) => Some(rev),
+        _ => {
+            return Err(ApiError::BadRequest(
+                "apply takes only If-Match: \"<revision>\" (the global revision)".into(),
+            ));
+        }
+    };
     let bytes = read_body(
         &req,
         body,
@@ -498,7 +534,20 @@ async fn apply(req: HttpRequest, st: St, body: web::Payload) -> Result<HttpRespo
         .map_err(|e| ApiError::BadRequest(format!("the file is not UTF-8: {e}")))?;
     let doc = Document::from_yaml(text)?;
     let state = st.store.state();
-    let plan = plan(&state, doc.resources).map_err(|p| redacted(p, &state))?;
+    if let Some(rev) = expected
+        && rev != state.revision
+    {
+        return Err(ApiError::PreconditionFailed(format!(
+            "the configuration is at revision {}, not {rev}; review the plan again",
+            state.revision
+        )));
+    }
+    let owned = if prune {
+        doc.sections
+    } else {
+        Default::default()
+    };
+    let plan = plan(&state, doc.resources, &owned).map_err(|p| redacted(p, &state))?;
     let mut revision = state.revision;
     if !dry_run && !plan.writes.is_empty() {
         let store = st.store.clone();
@@ -520,7 +569,7 @@ async fn apply(req: HttpRequest, st: St, body: web::Payload) -> Result<HttpRespo
     Ok(with_revision(HttpResponse::Ok(), revision).json(result))
 }
 
-/// What applying a complete desired configuration to `current` takes.
+/// What applying a declarative file to `current` takes.
 #[derive(Debug)]
 pub struct Plan {
     pub changes: Vec<PlannedChange>,
@@ -528,15 +577,21 @@ pub struct Plan {
     pub unchanged: usize,
 }
 
-/// Diffs the desired configuration (the whole file) against `current`: creates and updates in
-/// dependency order, then deletes of everything the file does not list, in reverse dependency
-/// order. Writes carry preconditions on the revisions the plan was computed from, so a
-/// concurrent change makes the commit fail (412/409) instead of being overwritten blindly.
+/// Diffs the desired resources against `current`: creates and updates in dependency order,
+/// then deletes, in reverse dependency order, of the resources of the `owned` kinds that
+/// `desired` does not list. Nothing of any other kind is deleted, and an empty `owned` is a
+/// purely additive apply. Writes carry preconditions on the revisions the plan was computed
+/// from, so a concurrent change makes the commit fail (412/409) instead of being overwritten
+/// blindly.
 ///
 /// Desired resources are normalised the way the store normalises writes (empty subscription
 /// keys keep the stored keys, a masked secret keeps the stored value) before comparing, so
 /// applying an export changes nothing. An empty global policy counts as absent.
-pub fn plan(current: &State, desired: Vec<Resource>) -> Result<Plan, Problems> {
+pub fn plan(
+    current: &State,
+    desired: Vec<Resource>,
+    owned: &BTreeSet<Kind>,
+) -> Result<Plan, Problems> {
     let mut problems = Problems::new();
     let mut upserts: Vec<(Action, Resource, Precondition)> = Vec::new();
     let mut unchanged = 0;
@@ -573,7 +628,9 @@ pub fn plan(current: &State, desired: Vec<Resource>) -> Result<Plan, Problems> {
     let mut deletes: Vec<(ResourceKey, u64)> = current
         .resources
         .iter()
-        .filter(|(k, s)| !wanted.contains(*k) && !is_empty_global(&s.resource))
+        .filter(|(k, s)| {
+            owned.contains(&k.kind) && !wanted.contains(*k) && !is_empty_global(&s.resource)
+        })
         .map(|(k, s)| (k.clone(), s.revision))
         .collect();
     deletes.sort_by(|(a, _), (b, _)| b.kind.cmp(&a.kind).then_with(|| a.name.cmp(&b.name)));

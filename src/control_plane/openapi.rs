@@ -219,8 +219,13 @@ fn operation(op: Op) -> Value {
             "tags": ["declarative"],
             "operationId": "exportConfiguration",
             "summary": "Export the whole configuration as a declarative file",
-            "description": format!("Secret named values are exported as `{SECRET_MASK}`; applying the file back keeps them."),
-            "parameters": [query_param("format", json!({"type": "string", "enum": ["yaml", "json"], "default": "yaml"}), "Output format.")],
+            "description": format!("Secret named values are exported as `{SECRET_MASK}` unless `include_secrets=true`; \
+                applying a masked file back keeps the stored values, but a gateway cannot serve it offline."),
+            "parameters": [
+                query_param("format", json!({"type": "string", "enum": ["yaml", "json"], "default": "yaml"}), "Output format."),
+                query_param("include_secrets", json!({"type": "boolean", "default": false}),
+                    "Export secret named values in clear (for `outpost gateway --offline-config`); the control plane logs that it happened."),
+            ],
             "responses": responses(json!({"200": {
                 "description": "The declarative file.",
                 "headers": revision_header(),
@@ -234,10 +239,20 @@ fn operation(op: Op) -> Value {
             "tags": ["declarative"],
             "operationId": "applyConfiguration",
             "summary": "Make the configuration match a declarative file",
-            "description": "The file is the complete desired configuration: resources it does not list are deleted. \
+            "description": "Creates and updates the resources the file lists; by default nothing is deleted. \
+                With `prune=true` the file owns the kinds it has a section for (even an empty one, `subscriptions: []`): \
+                resources of those kinds that it does not list are deleted; other kinds are left alone. \
                 Everything is committed as one revision; applying the same file again changes nothing. \
-                Subscriptions without keys keep their stored keys; masked secrets keep their stored values.",
-            "parameters": [query_param("dry_run", json!({"type": "boolean", "default": false}), "Only compute the changes.")],
+                Subscriptions without keys keep their stored keys; masked secrets keep their stored values \
+                (a masked secret that is not stored is refused).",
+            "parameters": [
+                query_param("dry_run", json!({"type": "boolean", "default": false}), "Only compute the changes."),
+                query_param("prune", json!({"type": "boolean", "default": false}),
+                    "Also delete the resources of the file's kinds that the file does not list."),
+                {"name": "If-Match", "in": "header", "required": false,
+                 "description": "`\"<revision>\"`: apply only if the global revision is still this one (412 otherwise), e.g. the revision of a dry run that was reviewed.",
+                 "schema": {"type": "string"}},
+            ],
             "requestBody": {
                 "required": true,
                 "content": {

@@ -665,6 +665,15 @@ fn offline_snapshot(file: &Path, gateway: &str) -> Result<GatewaySnapshot, Strin
             p.len()
         )
     })?;
+    // Served as is, a masked secret would reach backends as the mask itself.
+    let masked = doc.masked_secrets();
+    if !masked.is_empty() {
+        return Err(format!(
+            "the offline config file {} has {} problem(s):\n{masked}",
+            file.display(),
+            masked.len()
+        ));
+    }
     let gateways: Vec<&str> = doc
         .resources
         .iter()
