@@ -1,5 +1,7 @@
 //! Log setup shared by every process.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::control_plane::settings::LogSettings;
@@ -14,8 +16,11 @@ pub fn init(settings: &LogSettings) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(directives(&settings.level)))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colour codes are for a person at a terminal; in a file, journald or a container log
+    // they are noise that breaks grep.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     // A second init (tests, demo starting several components) keeps the first subscriber.
     let _ = if settings.format == "json" {
