@@ -28,6 +28,7 @@ pub enum Command {
     },
     /// Run a self-hosted gateway (traffic on 8080/8443, ops on 8090).
     Gateway {
+        /// TOML settings file; every key can also be set as `OUTPOST_<SECTION>_<KEY>`.
         #[arg(long, short)]
         config: Option<PathBuf>,
         /// Serve this declarative file with no control plane (fully disconnected mode).
@@ -37,13 +38,15 @@ pub enum Command {
     /// Start a control plane, a gateway and a sample backend in one process, load a sample API,
     /// and print curl commands that work against it. Needs no Redis and no files.
     Demo {
-        /// First of the ports to use (control plane admin, gateway endpoint, gateway, ops, backend).
+        /// First of five consecutive ports (control plane admin, gateway endpoint, gateway
+        /// traffic, gateway ops, sample backend); 0: 7070, 7071, 8080, 8090 and 9000. A port
+        /// that is taken is replaced by a free one.
         #[arg(long, default_value_t = 0)]
         port_base: u16,
     },
     /// Create and update what declarative files describe (idempotent); delete only with --prune.
     Apply {
-        /// Declarative file; repeat to apply several files as one (one revision, one prune).
+        /// Declarative file (`apiVersion: outpost/v1`); repeat to apply several files as one (one revision, one prune).
         #[arg(long, short = 'f', required = true)]
         file: Vec<PathBuf>,
         /// Print what would change and change nothing.
@@ -73,18 +76,21 @@ pub enum Command {
     },
     /// Check a declarative file without a control plane; lists every problem.
     Validate {
+        /// Declarative file (`apiVersion: outpost/v1`) to check.
         #[arg(long, short = 'f')]
         file: PathBuf,
     },
     /// Mint a gateway token (GatewayKey ...) from one of the gateway's keys.
     GatewayToken {
+        /// Name of the gateway resource the token is for.
         #[arg(long)]
         gateway: String,
         /// Lifetime such as 30m, 12h, 7d (capped by the control plane's maximum).
         #[arg(long, default_value = "30d")]
         expires: String,
-        /// Which gateway key signs the token.
-        #[arg(long, default_value = "primary")]
+        /// Which gateway key signs the token: `primary` or `secondary` (rotate one while the
+        /// other's tokens stay valid).
+        #[arg(long, default_value = "primary", value_parser = ["primary", "secondary"])]
         key: String,
         #[command(flatten)]
         server: ServerArgs,
@@ -116,6 +122,7 @@ pub enum Command {
     },
     /// Run the small echo backend the demo and the compose setup use.
     SampleBackend {
+        /// Address and port to listen on.
         #[arg(long, default_value = "127.0.0.1:9000")]
         listen: String,
     },
@@ -227,6 +234,60 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         .map(|()| ExitCode::SUCCESS),
         Command::SampleBackend { listen } => {
             crate::sample_backend::run(&listen).map(|()| ExitCode::SUCCESS)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// `outpost <command> --help` shows a sentence for every argument: walks the whole tree.
+    #[test]
+    fn every_command_and_argument_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+                if !builtin && arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {}", arg.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                let sub_path = format!("{path} {}", sub.get_name());
+                if sub.get_name() != "help" && sub.get_about().is_none() {
+                    missing.push(sub_path.clone());
+                }
+                walk(sub, &sub_path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        let cmd = super::Cli::command();
+        cmd.clone().debug_assert();
+        walk(&cmd, "outpost", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:?}");
+    }
+
+    /// The CLI's own environment variables must not be refused as unknown settings.
+    #[test]
+    fn cli_variables_are_known_to_the_settings_loader() {
+        fn walk(cmd: &clap::Command, out: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                if let Some(env) = arg.get_env() {
+                    out.push(env.to_string_lossy().into_owned());
+                }
+            }
+            cmd.get_subcommands().for_each(|s| walk(s, out));
+        }
+        let mut vars = Vec::new();
+        walk(&super::Cli::command(), &mut vars);
+        assert!(vars.contains(&"OUTPOST_SERVER".to_string()));
+        for var in vars {
+            assert!(
+                crate::settings::OTHER_VARIABLES
+                    .iter()
+                    .any(|(name, _)| *name == var),
+                "{var} is read by the CLI but missing from settings::OTHER_VARIABLES"
+            );
         }
     }
 }

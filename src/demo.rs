@@ -6,6 +6,7 @@
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
+use outpost_model::Resource;
 use outpost_model::document::Document;
 
 use crate::control_plane::settings::ControlPlaneSettings;
@@ -15,6 +16,8 @@ use crate::gateway::settings::GatewaySettings;
 
 const DEMO_FILE: &str = include_str!("../config/demo.yaml");
 const GATEWAY: &str = "demo";
+/// The backend of `config/demo.yaml` that the demo points at its sample backend.
+const DEMO_BACKEND: &str = "sample";
 const KEY: &str = "demo0000000000000000000000000000000000000000000000000000000000000";
 
 /// Ports tried first (so the printed commands are the familiar ones); any that is taken is
@@ -37,8 +40,9 @@ pub fn run(port_base: u16) -> Result<(), String> {
     cp_settings.store.data_dir = dir.path().join("control-plane").display().to_string();
     let cp = crate::control_plane::start(cp_settings)?;
 
-    let yaml = DEMO_FILE.replace("{{BACKEND}}", &backend_addr.to_string());
-    let doc = Document::from_yaml(&yaml).map_err(|p| format!("demo configuration:\n{p}"))?;
+    let mut doc =
+        Document::from_yaml(DEMO_FILE).map_err(|p| format!("demo configuration:\n{p}"))?;
+    point_backend_at(&mut doc, &format!("http://{backend_addr}"))?;
     let writes = doc
         .resources
         .into_iter()
@@ -84,6 +88,25 @@ pub fn run(port_base: u16) -> Result<(), String> {
     cp.stop();
     backend.stop(false);
     Ok(())
+}
+
+/// The demo file is also a working example (`outpost apply -f config/demo.yaml` against
+/// `outpost sample-backend`), so its backend URL is a real address; the demo replaces it with
+/// wherever its own sample backend ended up listening.
+fn point_backend_at(doc: &mut Document, url: &str) -> Result<(), String> {
+    let backend = doc.resources.iter_mut().find_map(|r| match r {
+        Resource::Backend(b) if b.name == DEMO_BACKEND => Some(b),
+        _ => None,
+    });
+    match backend {
+        Some(b) => {
+            b.url = url.to_owned();
+            Ok(())
+        }
+        None => Err(format!(
+            "demo configuration: config/demo.yaml has no backend '{DEMO_BACKEND}'"
+        )),
+    }
 }
 
 fn pick_ports(base: u16) -> [u16; 5] {
@@ -202,4 +225,22 @@ Try these:
 
 Press Ctrl-C to stop."#
     );
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_demo_file_is_pointed_at_the_demo_backend() {
+        let mut doc = super::Document::from_yaml(super::DEMO_FILE).unwrap();
+        super::point_backend_at(&mut doc, "http://127.0.0.1:40001").unwrap();
+        let urls: Vec<&str> = doc
+            .resources
+            .iter()
+            .filter_map(|r| match r {
+                super::Resource::Backend(b) => Some(b.url.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(urls, ["http://127.0.0.1:40001"]);
+    }
 }

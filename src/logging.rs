@@ -1,5 +1,7 @@
 //! Log setup shared by every process.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::control_plane::settings::LogSettings;
@@ -14,8 +16,11 @@ pub fn init(settings: &LogSettings) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(directives(&settings.level)))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colour codes are for a person at a terminal; in a file, journald or a container log
+    // they are noise that breaks grep.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     // A second init (tests, demo starting several components) keeps the first subscriber.
     let _ = if settings.format == "json" {
@@ -23,6 +28,51 @@ pub fn init(settings: &LogSettings) {
     } else {
         builder.try_init()
     };
+}
+
+const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// The forms `[log] level` accepts, for messages.
+pub const ACCEPTED_LEVELS: &str =
+    "expected error|warn|info|debug|trace (or off), or directives such as info,outpost=debug";
+
+/// Checks `[log] level` at load time. `EnvFilter` alone is too lenient: it reads a word that is
+/// not a level (`warning`) as a target name, which turns every other log line off. So each
+/// comma-separated directive must be a level or `target=level`, and the whole string must then
+/// parse as the filter [`init`] builds from it.
+pub fn check_level(level: &str) -> Result<(), String> {
+    if level.trim().is_empty() {
+        return Err(format!("empty; {ACCEPTED_LEVELS}"));
+    }
+    let mut bad = Vec::new();
+    for directive in level.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        // `target[span{field=value}]=level`: the level is after the last `=`.
+        let lvl = directive
+            .rsplit_once('=')
+            .map_or(directive, |(_, l)| l)
+            .trim();
+        if !LEVELS.contains(&lvl.to_ascii_lowercase().as_str()) {
+            let hint = LEVELS
+                .iter()
+                .find(|l| lvl.to_ascii_lowercase().starts_with(*l))
+                .copied()
+                .or_else(|| crate::settings::closest(lvl, LEVELS))
+                .map(|l| format!(" (did you mean {l}?)"))
+                .unwrap_or_default();
+            bad.push(format!("'{directive}'{hint}"));
+        }
+    }
+    if !bad.is_empty() {
+        let verb = if bad.len() == 1 {
+            "is not a level"
+        } else {
+            "are not levels"
+        };
+        return Err(format!("{} {verb}; {ACCEPTED_LEVELS}", bad.join(", ")));
+    }
+    EnvFilter::try_new(directives(level))
+        .map(drop)
+        .map_err(|e| format!("'{level}' is not a valid filter ({e}); {ACCEPTED_LEVELS}"))
 }
 
 /// The configured level, with client stream errors kept out unless debugging.
@@ -50,5 +100,30 @@ mod tests {
             super::directives("warn,outpost=trace"),
             "warn,outpost=trace"
         );
+    }
+
+    #[test]
+    fn levels_and_directives_are_checked() {
+        use super::check_level;
+        for ok in [
+            "info",
+            "WARN",
+            "off",
+            "info,outpost=debug",
+            "warn,outpost::gateway=trace",
+            "info,outpost[request{api=orders}]=debug",
+        ] {
+            assert_eq!(check_level(ok), Ok(()), "{ok}");
+        }
+        let err = check_level("warning").unwrap_err();
+        assert!(err.contains("'warning' (did you mean warn?)"), "{err}");
+        assert!(err.contains("error|warn|info|debug|trace"), "{err}");
+        let err = check_level("debg,outpost=verbose").unwrap_err();
+        assert!(err.contains("'debg' (did you mean debug?)"), "{err}");
+        assert!(err.contains("'outpost=verbose'"), "{err}");
+        assert!(check_level("").is_err());
+        assert!(check_level("outpost").is_err());
+        // EnvFilter takes no spaces; its own message says so.
+        assert!(check_level("warn, outpost=trace").is_err());
     }
 }

@@ -5,10 +5,11 @@
 //! The set of keys comes from the settings type's defaults, so every key has a variable and no
 //! variable is ambiguous (a unit test checks that for each settings type).
 //!
-//! Loading never stops at the first problem: unknown keys, unparsable values and failed checks
-//! are all collected and reported together, and the process exits non-zero.
+//! Loading never stops at the first problem: unknown keys, unknown `OUTPOST_*` variables,
+//! unparsable values and failed checks are all collected and reported together, and the process
+//! exits non-zero.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use outpost_model::Problems;
@@ -21,6 +22,63 @@ pub trait Validate {
 }
 
 pub const ENV_PREFIX: &str = "OUTPOST_";
+
+/// `OUTPOST_*` variables that are not process settings, with who reads them. A typo in a
+/// settings variable used to be silently ignored, so [`load`] refuses every `OUTPOST_*` variable
+/// it cannot place; these are the legitimate ones it must leave alone. They often sit in the
+/// same shell or env file as the settings (an operator's profile, a CI job, a compose `.env`).
+/// A unit test checks that every `env` of the CLI (`src/cli.rs`) is listed here.
+pub const OTHER_VARIABLES: &[(&str, &str)] = &[
+    (
+        "OUTPOST_SERVER",
+        "operator CLI: management API URL (--server)",
+    ),
+    (
+        "OUTPOST_ADMIN_TOKEN",
+        "operator CLI: admin token (--token); also the control plane's [admin] token",
+    ),
+    (
+        "OUTPOST_ADMIN_TOKEN_FILE",
+        "operator CLI: file holding the admin token (--token-file)",
+    ),
+    (
+        "OUTPOST_IMAGE",
+        "compose/docker-compose.yml: the image to run",
+    ),
+    (
+        "OUTPOST_BIND",
+        "compose/docker-compose.yml: address the published ports bind to",
+    ),
+    (
+        "OUTPOST_BENCH_ROUNDS",
+        "benches/control_plane_sync.rs: rounds to measure",
+    ),
+    (
+        "OUTPOST_BENCH_ROLE",
+        "benches/control_plane_sync.rs: role of a child process",
+    ),
+    ("OUTPOST_BIN", "integration harness: the binary under test"),
+    (
+        "OUTPOST_TEST_REBUILD",
+        "integration harness: build the binary once per test process",
+    ),
+    (
+        "OUTPOST_TEST_PATIENCE",
+        "integration harness: timeout multiplier",
+    ),
+    (
+        "OUTPOST_TEST_KEEP_LOGS",
+        "integration harness: keep every process log",
+    ),
+    (
+        "OUTPOST_REDIS_SERVER",
+        "integration harness: path of redis-server",
+    ),
+    (
+        "OUTPOST_FAULT_DURATION_SECS",
+        "integration fault suite: length of each fault",
+    ),
+];
 
 /// Loads `T` from its defaults, then `file`, then the environment.
 pub fn load<T>(file: Option<&Path>, env: &BTreeMap<String, String>) -> Result<T, Problems>
@@ -42,15 +100,18 @@ where
             },
         }
     }
+    let mut own = BTreeSet::new();
     for (path, default) in leaves(&defaults) {
         let var = env_name(&path);
         if let Some(raw) = env.get(&var) {
             match parse_env(raw, default) {
                 Ok(v) => set_path(&mut merged, &path, v),
-                Err(e) => problems.push(var, e),
+                Err(e) => problems.push(var.clone(), e),
             }
         }
+        own.insert(var);
     }
+    check_unknown_variables(env, &own, &mut problems);
     let parsed = match serde_json::from_value::<T>(merged) {
         Ok(t) => Some(t),
         Err(e) => {
@@ -65,6 +126,84 @@ where
         Some(t) if problems.is_empty() => Ok(t),
         _ => Err(problems),
     }
+}
+
+/// Every settings variable of every process this binary runs (control plane and gateway).
+fn settings_variables() -> BTreeSet<String> {
+    fn names<T: Serialize + Default>() -> Vec<String> {
+        let defaults = serde_json::to_value(T::default()).expect("settings serialise");
+        leaves(&defaults).iter().map(|(p, _)| env_name(p)).collect()
+    }
+    let mut all = BTreeSet::new();
+    all.extend(names::<crate::control_plane::settings::ControlPlaneSettings>());
+    all.extend(names::<crate::gateway::settings::GatewaySettings>());
+    all
+}
+
+/// Refuses the `OUTPOST_*` variables that nothing reads: typos, mostly. A variable of the
+/// *other* process's settings is not one: control plane and gateway often share an env file
+/// or a shell (the demo, a single-host install, CI), and `OUTPOST_STORE_DATA_DIR` next to a
+/// gateway is not a mistake in the gateway's configuration.
+fn check_unknown_variables(
+    env: &BTreeMap<String, String>,
+    own: &BTreeSet<String>,
+    problems: &mut Problems,
+) {
+    let others = settings_variables();
+    let mut known: Vec<&str> = own.iter().map(String::as_str).collect();
+    known.extend(others.iter().map(String::as_str));
+    known.extend(OTHER_VARIABLES.iter().map(|(name, _)| *name));
+    for var in env.keys().filter(|k| k.starts_with(ENV_PREFIX)) {
+        if known.contains(&var.as_str()) {
+            continue;
+        }
+        let hint = match closest(var, known.iter().copied()) {
+            Some(near) if own.contains(near) => format!("; did you mean {near}?"),
+            Some(near) if others.contains(near) => {
+                format!("; did you mean {near} (a setting of the other process)?")
+            }
+            Some(near) => format!("; did you mean {near}?"),
+            None => String::new(),
+        };
+        problems.push(
+            var.clone(),
+            format!(
+                "unknown variable: no setting has this name (config/gateway.toml and \
+                 config/control-plane.toml list every key){hint}"
+            ),
+        );
+    }
+}
+
+/// The candidate nearest to `word` by edit distance, if it is near enough to be a typo of it:
+/// at most one edit per five characters of `word`, and never more than three.
+pub fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let word = word.to_ascii_lowercase();
+    let limit = (word.chars().count() / 5).clamp(1, 3);
+    candidates
+        .into_iter()
+        .map(|c| (edit_distance(&word, &c.to_ascii_lowercase()), c))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+/// Levenshtein distance (insertions, deletions, substitutions), by characters.
+pub fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (diagonal + usize::from(ca != *cb))
+                .min(above + 1)
+                .min(row[j] + 1);
+            diagonal = above;
+        }
+    }
+    row[b.len()]
 }
 
 /// The process environment, for [`load`].
@@ -271,5 +410,54 @@ mod tests {
                 .to_string()
                 .contains("must be at least 1")
         );
+    }
+
+    #[test]
+    fn unknown_variables_are_problems_with_a_suggestion() {
+        let env: BTreeMap<String, String> = [
+            ("OUTPOST_BACKUP_ENABLE", "true"),
+            ("OUTPOST_BACKUP_KEP", "4"),
+            ("OUTPOST_NOTHING_LIKE_IT", "x"),
+            // The other process's settings and the non-settings variables are not typos.
+            ("OUTPOST_STORE_DATA_DIR", "/var/lib/outpost"),
+            ("OUTPOST_SERVER", "http://cp:7070"),
+            ("OUTPOST_TEST_PATIENCE", "3"),
+            // Not ours at all.
+            ("RUST_LOG", "debug"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let err = load::<Sample>(None, &env).unwrap_err();
+        let lines: Vec<String> = err.0.iter().map(ToString::to_string).collect();
+        assert_eq!(lines.len(), 3, "{err}");
+        assert!(
+            lines[0].starts_with("OUTPOST_BACKUP_ENABLE: unknown variable")
+                && lines[0].ends_with("did you mean OUTPOST_BACKUP_ENABLED?"),
+            "{err}"
+        );
+        assert!(
+            lines[1].ends_with("did you mean OUTPOST_BACKUP_KEEP?"),
+            "{err}"
+        );
+        assert!(!lines[2].contains("did you mean"), "{err}");
+    }
+
+    #[test]
+    fn suggestions_are_near_misses_only() {
+        let names = ["OUTPOST_REDIS_TIMEOUT_MS", "OUTPOST_REDIS_URL"];
+        assert_eq!(
+            closest("OUTPOST_REDIS_TIMOUT_MS", names),
+            Some("OUTPOST_REDIS_TIMEOUT_MS")
+        );
+        assert_eq!(
+            closest("OUTPOST_REDIS_URI", names),
+            Some("OUTPOST_REDIS_URL")
+        );
+        assert_eq!(closest("OUTPOST_CACHE_SIZE", names), None);
+        assert_eq!(closest("warning", ["warn", "info"]), None);
+        assert_eq!(closest("inf", ["warn", "info"]), Some("info"));
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("", "abc"), 3);
     }
 }

@@ -41,7 +41,7 @@
 //! let mut gateway = ManagedProcess::spawn("gateway", {
 //!     let mut cmd = outpost_command();
 //!     cmd.args(["gateway", "--config", config_path]);
-//!     cmd.env("OUTPOST_GATEWAY_OPS_PORT", ops.to_string());
+//!     cmd.env("OUTPOST_LISTEN_OPS", format!("127.0.0.1:{ops}"));
 //!     cmd.env("OUTPOST_REDIS_URL", format!("redis://{}", redis_link.addr()));
 //!     cmd
 //! })?;

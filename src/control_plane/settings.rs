@@ -66,7 +66,8 @@ pub struct InstanceSettings {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogSettings {
-    /// `error`, `warn`, `info`, `debug`, `trace`, or a tracing filter directive.
+    /// `error`, `warn`, `info`, `debug`, `trace` (or `off`), or comma-separated directives
+    /// `level` / `target=level` (`info,outpost=debug`); checked at load.
     pub level: String,
     /// `text` or `json`.
     pub format: String,
@@ -174,6 +175,9 @@ impl Validate for LogSettings {
     fn validate(&self, p: &mut Problems) {
         if !matches!(self.format.as_str(), "text" | "json") {
             p.push("log.format", "must be text or json");
+        }
+        if let Err(e) = crate::logging::check_level(&self.level) {
+            p.push("log.level", e);
         }
     }
 }

@@ -245,6 +245,14 @@ impl GatewayError {
                 "BackendConnectTimeout",
                 "could not be connected to in time".to_owned(),
             ),
+            // awc's text for this is "Internal error: connector has been disconnected", yet
+            // nothing internal failed: the backend closed the connection (often an idle
+            // keep-alive one) before any response head arrived.
+            SendRequestError::Connect(ConnectError::Disconnected) => (
+                StatusCode::BAD_GATEWAY,
+                "BackendConnectionFailure",
+                "closed the connection before sending a response".to_owned(),
+            ),
             SendRequestError::Connect(c) => (
                 StatusCode::BAD_GATEWAY,
                 "BackendConnectionFailure",
@@ -315,3 +323,38 @@ impl std::fmt::Display for GatewayError {
 }
 
 impl std::error::Error for GatewayError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_closed_backend_connection_is_said_plainly() {
+        let e = GatewayError::from_send(
+            &SendRequestError::Connect(ConnectError::Disconnected),
+            "orders",
+        );
+        assert_eq!(e.status, StatusCode::BAD_GATEWAY);
+        assert_eq!(e.reason, "BackendConnectionFailure");
+        assert!(e.connection);
+        assert_eq!(
+            e.message,
+            "The backend 'orders' closed the connection before sending a response."
+        );
+        assert!(!e.json_body().contains("connector"), "{}", e.json_body());
+
+        let refused = GatewayError::from_send(
+            &SendRequestError::Connect(ConnectError::Io(
+                std::io::ErrorKind::ConnectionRefused.into(),
+            )),
+            "orders",
+        );
+        assert!(
+            refused
+                .message
+                .starts_with("The backend 'orders' could not be connected to ("),
+            "{}",
+            refused.message
+        );
+    }
+}

@@ -228,6 +228,12 @@ struct Inner {
     connect_timeout: Duration,
     timeout: Duration,
     healthy: AtomicBool,
+    /// An outage warning was logged and Redis has not answered since. Separate from
+    /// `healthy`, which starts false: a Redis that is unreachable from the very start must be
+    /// reported too, not only one that was lost.
+    outage_logged: AtomicBool,
+    /// `config.url` without passwords, for log lines.
+    url: String,
     status: watch::Sender<Reachability>,
     sliding: Script,
     refund: Script,
@@ -337,6 +343,8 @@ impl RedisStore {
                 connect_timeout,
                 timeout: config.timeout,
                 healthy: AtomicBool::new(false),
+                outage_logged: AtomicBool::new(false),
+                url: redacted_url(&config.url),
                 status,
                 sliding: Script::new(include_str!("scripts/sliding_window.lua")),
                 refund: Script::new(include_str!("scripts/refund.lua")),
@@ -634,8 +642,9 @@ impl RedisStore {
     }
 
     fn mark_healthy(&self) {
+        self.inner.outage_logged.store(false, Ordering::Release);
         if !self.inner.healthy.swap(true, Ordering::AcqRel) {
-            tracing::info!("redis connected");
+            tracing::info!(url = %self.inner.url, "redis connected");
         }
         self.inner.status.send_if_modified(|s| {
             let changed = *s != Reachability::Connected;
@@ -645,8 +654,16 @@ impl RedisStore {
     }
 
     fn mark_unhealthy(&self, e: &StoreError) {
-        if self.inner.healthy.swap(false, Ordering::AcqRel) {
-            tracing::warn!(error = %e, "redis unreachable; falling back per outage mode");
+        self.inner.healthy.store(false, Ordering::Release);
+        if !self.inner.outage_logged.swap(true, Ordering::AcqRel) {
+            // The operator's question is "which Redis, and what now": name it (a password
+            // never goes to a log line) and say what the site loses meanwhile.
+            tracing::warn!(
+                error = %e,
+                "redis at {} is unreachable; rate limits and quotas are counted per node until \
+                 Redis is reachable (each policy's outage mode decides how; local by default)",
+                self.inner.url
+            );
         }
         let reason = e.to_string();
         self.inner.status.send_if_modified(|s| match s {
@@ -746,6 +763,46 @@ impl RedisStore {
             other => format!("{other:?}"),
         })
     }
+}
+
+/// A Redis URL (or comma-separated URLs: cluster seeds, sentinels) with every password
+/// replaced by `***`: the one in the user info (`redis://user:secret@host`) and a `password=`
+/// / `pass=` query parameter (`redis+unix:///run/redis.sock?pass=secret`).
+pub fn redacted_url(urls: &str) -> String {
+    fn one(url: &str) -> String {
+        let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        let (authority, tail) = rest.split_at(authority_end);
+        let authority = match authority.rsplit_once('@') {
+            Some((userinfo, host)) => match userinfo.split_once(':') {
+                Some((user, _password)) => format!("{user}:***@{host}"),
+                None => authority.to_owned(),
+            },
+            None => authority.to_owned(),
+        };
+        let tail = match tail.split_once('?') {
+            Some((path, query)) => {
+                let query: Vec<String> = query
+                    .split('&')
+                    .map(|kv| match kv.split_once('=') {
+                        Some((k, _)) if matches!(k, "password" | "pass") => format!("{k}=***"),
+                        _ => kv.to_owned(),
+                    })
+                    .collect();
+                format!("{path}?{}", query.join("&"))
+            }
+            None => tail.to_owned(),
+        };
+        if scheme.is_empty() {
+            format!("{authority}{tail}")
+        } else {
+            format!("{scheme}://{authority}{tail}")
+        }
+    }
+    urls.split(',')
+        .map(|u| one(u.trim()))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// One `sliding_window.lua` call deciding `count` checks of a counter, split between them.
@@ -1001,5 +1058,33 @@ impl CounterStore for RedisStore {
             conn.del::<_, ()>(k).await
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod redaction_tests {
+    use super::redacted_url;
+
+    #[test]
+    fn passwords_never_reach_a_log_line() {
+        for (url, shown) in [
+            ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+            ("redis://:s3cret@redis:6379", "redis://:***@redis:6379"),
+            (
+                "rediss://app:s3cret@redis:6380/2",
+                "rediss://app:***@redis:6380/2",
+            ),
+            ("redis://app@redis", "redis://app@redis"),
+            (
+                "redis+unix:///run/redis.sock?db=1&pass=s3cret",
+                "redis+unix:///run/redis.sock?db=1&pass=***",
+            ),
+            (
+                "redis://:a@s1:26379/0, redis://:b@s2:26379",
+                "redis://:***@s1:26379/0,redis://:***@s2:26379",
+            ),
+        ] {
+            assert_eq!(redacted_url(url), shown);
+        }
     }
 }
