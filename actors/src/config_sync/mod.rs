@@ -142,7 +142,7 @@ impl ConfigSync {
                  (deploy a new token and restart)"
             ),
             Err(e) => {
-                tracing::warn!(error = %e, after, "config poll failed; serving the last config")
+                tracing::warn!(error = %e, revision = after, "config poll failed; serving the last config")
             }
             Ok(Some(u)) => tracing::debug!(
                 after,
