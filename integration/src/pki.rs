@@ -2,7 +2,31 @@
 //! `openssl` command line (the way an operator would make them), so that tests exercise the
 //! same PEM files a deployment has.
 
+use std::path::Path;
 use std::process::Command;
+
+/// A new P-256 key, unencrypted.
+const EC_KEY: [&str; 5] = [
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:prime256v1",
+    "-nodes",
+];
+
+/// Runs `openssl` in `dir`; panics with its error output when it fails.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl must be installed");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
 
 /// A private CA and a server and a client certificate it signed for `127.0.0.1`, made by the
 /// `openssl` command line (as an operator would) in a temporary folder.
@@ -22,25 +46,8 @@ impl TestPki {
     /// If `openssl` is missing or fails; the message carries its error output.
     pub fn new() -> TestPki {
         let dir = tempfile::tempdir().expect("temp dir");
-        let openssl = |args: &[&str]| {
-            let out = Command::new("openssl")
-                .args(args)
-                .current_dir(dir.path())
-                .output()
-                .expect("openssl must be installed");
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        let ec = [
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-        ];
+        let openssl = |args: &[&str]| openssl(dir.path(), args);
+        let ec = EC_KEY;
         openssl(
             &[
                 &["req", "-x509"][..],
@@ -61,28 +68,59 @@ impl TestPki {
              subjectAltName=IP:127.0.0.1,DNS:localhost\n",
         )
         .unwrap();
+        let pki = TestPki { dir };
         for leaf in ["server", "client"] {
-            let (key, csr, pem) = (
-                format!("{leaf}.key"),
-                format!("{leaf}.csr"),
-                format!("{leaf}.pem"),
-            );
-            openssl(
+            pki.sign_leaf(leaf, "leaf.ext");
+        }
+        pki
+    }
+
+    /// A server certificate signed by this CA for the DNS names given (wildcards allowed):
+    /// `(certificate PEM, private key PEM)`. `name` names its files; a second call with the
+    /// same name makes a new key and certificate (a rotation).
+    pub fn issue(&self, name: &str, dns: &[&str]) -> (String, String) {
+        let sans: Vec<String> = dns.iter().map(|d| format!("DNS:{d}")).collect();
+        let ext = format!("{name}.ext");
+        std::fs::write(
+            self.dir.path().join(&ext),
+            format!(
+                "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n\
+                 extendedKeyUsage=serverAuth\nsubjectAltName={}\n",
+                sans.join(",")
+            ),
+        )
+        .unwrap();
+        self.sign_leaf(name, &ext);
+        let read = |f: String| String::from_utf8(self.read(&f)).unwrap();
+        (read(format!("{name}.pem")), read(format!("{name}.key")))
+    }
+
+    fn sign_leaf(&self, leaf: &str, ext: &str) {
+        let (key, csr, pem) = (
+            format!("{leaf}.key"),
+            format!("{leaf}.csr"),
+            format!("{leaf}.pem"),
+        );
+        let dir = self.dir.path();
+        openssl(
+            dir,
+            &[
+                &["req"][..],
+                &EC_KEY,
                 &[
-                    &["req"][..],
-                    &ec,
-                    &[
-                        "-keyout",
-                        &key,
-                        "-out",
-                        &csr,
-                        "-subj",
-                        &format!("/CN=outpost test {leaf}"),
-                    ],
-                ]
-                .concat(),
-            );
-            openssl(&[
+                    "-keyout",
+                    &key,
+                    "-out",
+                    &csr,
+                    "-subj",
+                    &format!("/CN=outpost test {leaf}"),
+                ],
+            ]
+            .concat(),
+        );
+        openssl(
+            dir,
+            &[
                 "x509",
                 "-req",
                 "-in",
@@ -97,10 +135,9 @@ impl TestPki {
                 "-days",
                 "2",
                 "-extfile",
-                "leaf.ext",
-            ]);
-        }
-        TestPki { dir }
+                ext,
+            ],
+        );
     }
 
     pub fn path(&self, file: &str) -> String {

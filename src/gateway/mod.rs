@@ -31,6 +31,7 @@ pub mod pipeline;
 pub mod policies;
 pub mod proxy;
 pub mod settings;
+pub mod tls;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -64,6 +65,7 @@ use settings::GatewaySettings;
 /// A started gateway. Dropping it stops it (not gracefully).
 pub struct RunningGateway {
     traffic_addr: SocketAddr,
+    https_addr: Option<SocketAddr>,
     ops_addr: SocketAddr,
     status: StatusHandle,
     instance_id: String,
@@ -80,6 +82,11 @@ impl RunningGateway {
     /// `http://<traffic addr>`, a wildcard address replaced by loopback.
     pub fn traffic_url(&self) -> String {
         format!("http://{}", connectable(self.traffic_addr))
+    }
+
+    /// The bound HTTPS traffic address (`None` when `listen.https` is empty).
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.https_addr
     }
 
     pub fn ops_addr(&self) -> SocketAddr {
@@ -213,12 +220,14 @@ pub fn start(settings: GatewaySettings) -> Result<RunningGateway, String> {
     tracing::info!(
         ops = %ops_addr,
         traffic = %started.traffic_addr,
+        https = ?started.https_addr,
         source = started.source.as_str(),
         instance = %started.instance_id,
         "gateway started"
     );
     Ok(RunningGateway {
         traffic_addr: started.traffic_addr,
+        https_addr: started.https_addr,
         ops_addr,
         status,
         instance_id: started.instance_id,
@@ -230,6 +239,7 @@ pub fn start(settings: GatewaySettings) -> Result<RunningGateway, String> {
 /// What the gateway thread reports once it serves.
 struct Started {
     traffic_addr: SocketAddr,
+    https_addr: Option<SocketAddr>,
     source: ConfigSource,
     instance_id: String,
 }
@@ -312,7 +322,7 @@ async fn serve(
             return;
         }
     };
-    let (traffic, traffic_addr) = traffic;
+    let (traffic, addrs) = traffic;
     // Ready only now: the traffic listener is bound, so a load balancer trusting /readyz never
     // sends a request to a port that is not listening yet. ConfigSync starts after this first
     // report so its newer revisions always arrive after it. Awaited, so that `/readyz` says
@@ -354,7 +364,8 @@ async fn serve(
     let _ = ready.send(Ok((
         servers,
         Started {
-            traffic_addr,
+            traffic_addr: addrs.http,
+            https_addr: addrs.https,
             source: loaded.source,
             instance_id: identity.instance_id.clone(),
         },
@@ -375,16 +386,23 @@ fn start_traffic(
         outpost_actors::shared_state::SharedState,
         outpost_actors::cache::CacheHandle,
     ),
-) -> Result<(actix_web::dev::Server, SocketAddr), String> {
+) -> Result<(actix_web::dev::Server, proxy::TrafficAddrs), String> {
     let hooks = proxy::ProxyHooks {
         observer: Some(Arc::new(recorder)),
         shared: Some(shared),
         cache: Some(cache),
     };
-    proxy::start_traffic_server(&settings.listen.http, settings, table, hooks).map_err(|e| {
+    let l = &settings.listen;
+    let https = non_empty(&l.https).map(|listen| proxy::HttpsListen {
+        listen,
+        default_host: non_empty(&l.https_default_hostname).map(str::to_owned),
+        // Validated with the settings.
+        min_tls: tls::MinTls::parse(&l.https_min_tls).unwrap_or(tls::MinTls::V1_2),
+    });
+    proxy::start_traffic_servers(&l.http, https, settings, table, hooks).map_err(|e| {
         format!(
-            "cannot listen on {} (listen.http): {e}",
-            settings.listen.http
+            "cannot listen on {} or {} (listen.http, listen.https): {e}",
+            l.http, l.https
         )
     })
 }
@@ -820,8 +838,12 @@ pub fn run(settings: GatewaySettings) -> Result<(), String> {
     crate::logging::init(&settings.log);
     let running = start(settings)?;
     eprintln!(
-        "outpost gateway: traffic on {}, ops on {} (config from {})",
+        "outpost gateway: traffic on {}{}, ops on {} (config from {})",
         running.traffic_url(),
+        running
+            .https_addr()
+            .map(|a| format!(" and https://{}", connectable(a)))
+            .unwrap_or_default(),
         running.ops_url(),
         running.config_source().as_str()
     );

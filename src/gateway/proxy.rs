@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 use actix_http::error::DispatchError;
 use actix_rt::net::TcpStream;
 use actix_service::{IntoServiceFactory, ServiceFactoryExt, fn_service, map_config};
+use actix_tls::accept::TlsError;
+use actix_tls::accept::rustls_0_23::{Acceptor, TlsStream};
 use actix_web::body::{BodySize, BoxBody, MessageBody};
 use actix_web::dev::AppConfig;
 use actix_web::dev::{Server, ServiceFactory, ServiceRequest, ServiceResponse};
@@ -46,6 +48,7 @@ use super::pipeline::{
     self, ConcurrencyGuard, ConcurrencyLimiter, Exchange, RequestBody, Response, Runtime, Target,
 };
 use super::settings::GatewaySettings;
+use super::tls::MinTls;
 
 /// What the rest of the gateway plugs into the traffic server.
 #[derive(Clone, Default)]
@@ -117,20 +120,49 @@ pub fn traffic_app(
         .default_service(web::to(handle))
 }
 
-/// Binds the traffic listener on `listen` (`127.0.0.1:0` picks a port) and starts it. The
-/// returned [`Server`] must be awaited or spawned by the caller (inside an actix system).
-///
-/// Built from actix-server and actix-http rather than `HttpServer`, so that each connection
-/// is a [`Connection`]: the HTTP/1 codec's own refusals get the gateway's JSON bodies too.
+/// Binds the traffic listener on `listen` (`127.0.0.1:0` picks a port) and starts it, plain
+/// HTTP only. The returned [`Server`] must be awaited or spawned by the caller (inside an actix
+/// system).
 pub fn start_traffic_server(
     listen: &str,
     settings: &GatewaySettings,
     table: TableHandle,
     hooks: ProxyHooks,
 ) -> std::io::Result<(Server, SocketAddr)> {
-    let traffic = Arc::new(Traffic::new(settings, table, hooks));
+    let (server, addrs) = start_traffic_servers(listen, None, settings, table, hooks)?;
+    Ok((server, addrs.http))
+}
+
+/// The HTTPS listener of [`start_traffic_servers`].
+pub struct HttpsListen<'a> {
+    pub listen: &'a str,
+    /// Hostname whose certificate clients without SNI get.
+    pub default_host: Option<String>,
+    pub min_tls: MinTls,
+}
+
+/// Where the traffic listeners are bound.
+#[derive(Debug, Clone, Copy)]
+pub struct TrafficAddrs {
+    pub http: SocketAddr,
+    pub https: Option<SocketAddr>,
+}
+
+/// Binds the plain and (optionally) the HTTPS traffic listeners and starts them in one actix
+/// server: the same workers, the same [`Traffic`] (route table, counters, cache) for both.
+///
+/// Built from actix-server and actix-http rather than `HttpServer`, so that each connection
+/// is a [`Connection`]: the HTTP/1 codec's own refusals get the gateway's JSON bodies too.
+pub fn start_traffic_servers(
+    listen: &str,
+    https: Option<HttpsListen<'_>>,
+    settings: &GatewaySettings,
+    table: TableHandle,
+    hooks: ProxyHooks,
+) -> std::io::Result<(Server, TrafficAddrs)> {
+    let traffic = Arc::new(Traffic::new(settings, table.clone(), hooks));
     let listener = std::net::TcpListener::bind(listen)?;
-    let addr = listener.local_addr()?;
+    let http_addr = listener.local_addr()?;
     let mut builder = actix_server::Server::build();
     if settings.listen.workers > 0 {
         builder = builder.workers(settings.listen.workers);
@@ -138,36 +170,95 @@ pub fn start_traffic_server(
     // On stop, idle keep-alive connections are closed at once (as `HttpServer` does), so a
     // SIGTERM does not wait for them until the shutdown timeout.
     let shutdown = builder.graceful_shutdown_signal();
-    let server = builder.listen("outpost-traffic", listener, move || {
-        let shutdown = shutdown.clone();
-        let app = traffic_app(traffic.clone())
-            .into_factory()
-            .map_err(|e: actix_web::Error| e.error_response());
-        // A plain-HTTP listener: `secure()` is false, which is what `AppConfig` defaults to.
-        let http = actix_http::HttpService::build()
-            // Slow clients must not hold workers; the backend timeout covers slow backends.
-            .client_request_timeout(Duration::from_secs(30))
-            .client_disconnect_timeout(Duration::from_secs(1))
-            .keep_alive(Duration::from_secs(75))
-            .graceful_shutdown_signal(move || {
-                let shutdown = shutdown.clone();
-                async move { shutdown.notified().await }
-            })
-            .local_addr(addr)
-            .on_connect_ext(|io: &Connection<TcpStream>, ext| {
-                ext.insert(io.answered());
-            })
-            .h1(map_config(app, |_| AppConfig::default()));
+    let plain = (traffic.clone(), shutdown.clone());
+    builder = builder.listen("outpost-traffic", listener, move || {
+        let (traffic, shutdown) = plain.clone();
         fn_service(|io: TcpStream| async move {
             let peer = io.peer_addr().ok();
             // Answers are written whole; Nagle would only delay the last segment.
             let _ = io.set_nodelay(true);
             Ok::<_, DispatchError>((Connection::new(io), peer))
         })
-        .and_then(http)
+        .and_then(h1::<TcpStream>(&traffic, http_addr, &shutdown, false))
     })?;
-    Ok((server.run(), addr))
+    let mut https_addr = None;
+    if let Some(https) = https {
+        let listener = std::net::TcpListener::bind(https.listen)?;
+        let addr = listener.local_addr()?;
+        https_addr = Some(addr);
+        let mut acceptor = Acceptor::new(super::tls::server_config(
+            table,
+            https.default_host,
+            https.min_tls,
+        ));
+        acceptor.set_handshake_timeout(Duration::from_secs(10));
+        builder = builder.listen("outpost-traffic-https", listener, move || {
+            acceptor
+                .clone()
+                .map_init_err(|_| ())
+                .map_err(TlsError::into_service_error)
+                .map(|io: TlsStream<TcpStream>| {
+                    let peer = io.get_ref().0.peer_addr().ok();
+                    let _ = io.get_ref().0.set_nodelay(true);
+                    (Connection::new(io), peer)
+                })
+                .and_then(
+                    h1::<TlsStream<TcpStream>>(&traffic, addr, &shutdown, true)
+                        .map_err(TlsError::Service),
+                )
+        })?;
+    }
+    Ok((
+        builder.run(),
+        TrafficAddrs {
+            http: http_addr,
+            https: https_addr,
+        },
+    ))
 }
+
+/// The HTTP/1 service over one listener's connections.
+fn h1<T>(
+    traffic: &Arc<Traffic>,
+    addr: SocketAddr,
+    shutdown: &actix_server::GracefulShutdownSignal,
+    secure: bool,
+) -> impl ServiceFactory<
+    (Connection<T>, Option<SocketAddr>),
+    Config = (),
+    Response = (),
+    Error = DispatchError,
+    InitError = (),
+> + use<T>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+{
+    let app = traffic_app(traffic.clone())
+        .into_factory()
+        .map_err(|e: actix_web::Error| e.error_response());
+    let shutdown = shutdown.clone();
+    actix_http::HttpService::build()
+        // Slow clients must not hold workers; the backend timeout covers slow backends.
+        .client_request_timeout(Duration::from_secs(30))
+        .client_disconnect_timeout(Duration::from_secs(1))
+        .keep_alive(Duration::from_secs(75))
+        .graceful_shutdown_signal(move || {
+            let shutdown = shutdown.clone();
+            async move { shutdown.notified().await }
+        })
+        .local_addr(addr)
+        .on_connect_ext(move |io: &Connection<T>, ext| {
+            ext.insert(io.answered());
+            if secure {
+                ext.insert(Secure);
+            }
+        })
+        .h1(map_config(app, |_| AppConfig::default()))
+}
+
+/// Marks a connection that arrived over TLS (`X-Forwarded-Proto: https`).
+#[derive(Clone, Copy)]
+struct Secure;
 
 // === the request ===
 
@@ -423,7 +514,7 @@ async fn serve(
     let client_ip = record.client_ip;
     traffic.forwarding.apply(
         req.peer_addr().map(|a| a.ip()),
-        req.app_config().secure(),
+        req.conn_data::<Secure>().is_some(),
         headers.get(header::HOST),
         &mut request_headers,
     );

@@ -61,8 +61,14 @@ impl ControlPlaneLink {
 #[serde(default, deny_unknown_fields)]
 pub struct ListenSettings {
     pub http: String,
-    /// HTTPS listener; used when the gateway resource has hostnames with certificates.
+    /// HTTPS listener, serving the certificates of the gateway resource's hostnames by SNI name
+    /// (a handshake for a name without a certificate fails); empty: no HTTPS listener.
     pub https: String,
+    /// Hostname whose certificate is served to clients that send no SNI name; empty: none
+    /// (those handshakes fail).
+    pub https_default_hostname: String,
+    /// Lowest TLS version accepted on `https`: "1.2" or "1.3".
+    pub https_min_tls: String,
     /// `/healthz`, `/readyz`, `/metrics`, `/status-0123456789abcdef`.
     pub ops: String,
     /// Worker threads for the traffic listener; 0 means one per core.
@@ -186,6 +192,8 @@ impl Default for ListenSettings {
         Self {
             http: "0.0.0.0:8080".into(),
             https: "0.0.0.0:8443".into(),
+            https_default_hostname: String::new(),
+            https_min_tls: "1.2".into(),
             ops: "0.0.0.0:8090".into(),
             workers: 0,
             trusted_proxies: Vec::new(),
@@ -316,7 +324,12 @@ impl Validate for GatewaySettings {
             );
         }
         check_listen(p, "listen.http", &self.listen.http);
-        check_listen(p, "listen.https", &self.listen.https);
+        if !self.listen.https.is_empty() {
+            check_listen(p, "listen.https", &self.listen.https);
+        }
+        if let Err(e) = super::tls::MinTls::parse(&self.listen.https_min_tls) {
+            p.push("listen.https_min_tls", e);
+        }
         check_listen(p, "listen.ops", &self.listen.ops);
         if let Err(bad) = super::forwarded::Forwarding::new(&self.listen.trusted_proxies) {
             for e in bad {

@@ -19,6 +19,7 @@
 
 pub mod messages;
 pub mod observe;
+pub mod server_tls;
 pub mod state;
 pub mod steps;
 pub mod table;

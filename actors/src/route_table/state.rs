@@ -32,6 +32,7 @@ use outpost_model::view::gateway_view;
 use outpost_model::wire::GatewaySnapshot;
 use outpost_model::{Api, Backend, Problems, Resource};
 
+use super::server_tls::{self, ServerCertificates};
 use super::steps::{Item, Step, StepCx, compile_policy};
 use super::table::{
     BackendUrl, Candidate, CompiledApi, CompiledBackend, CompiledOperation, CompiledProduct,
@@ -84,6 +85,19 @@ pub fn compile(
         (None, [only]) => (*only).into(),
         (None, _) => "".into(),
     };
+
+    // Certificates of every gateway resource are checked (the control plane validates a whole
+    // configuration); this gateway serves its own.
+    let mut certificates = ServerCertificates::default();
+    for r in of(Kind::Gateway) {
+        if let Resource::Gateway(g) = r {
+            let compiled =
+                server_tls::compile(g, &named_values, &r.key().to_string(), &mut problems);
+            if *g.name == *gateway_name {
+                certificates = compiled;
+            }
+        }
+    }
 
     // Backends.
     let mut tls_profiles: HashMap<u64, Arc<TlsProfile>> = HashMap::new();
@@ -290,6 +304,7 @@ pub fn compile(
         revision: snapshot.revision,
         hash: snapshot.hash.clone(),
         gateway_name,
+        certificates,
         hosts,
         wildcard_hosts,
         any_host,

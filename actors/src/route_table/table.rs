@@ -12,6 +12,7 @@ use awc::http::Method;
 use outpost_model::SubscriptionState;
 use outpost_model::resources::VersionScheme;
 
+use super::server_tls::ServerCertificates;
 use super::steps::{CorsStep, Step};
 use super::tls::TlsProfile;
 
@@ -22,6 +23,8 @@ pub struct CompiledTable {
     pub hash: String,
     /// `{gateway.name}`.
     pub gateway_name: Arc<str>,
+    /// What the HTTPS listener serves, by SNI name.
+    pub certificates: ServerCertificates,
     pub(crate) hosts: HashMap<String, HostRoutes>,
     /// `*.example.com` hostnames, as (`.example.com`, routes); checked when no exact host matches.
     pub(crate) wildcard_hosts: Vec<(String, HostRoutes)>,

@@ -1,0 +1,341 @@
+//! HTTPS on the traffic listener with real TLS clients (rustls) over loopback: certificates of
+//! the gateway resource's hostnames chosen by SNI (exact and wildcard), a clean handshake
+//! failure for other names, the default certificate for clients without SNI, the minimum TLS
+//! version, and rotation by publishing a new configuration while connections are open.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+use outpost::gateway::proxy::{HttpsListen, ProxyHooks, TrafficAddrs, start_traffic_servers};
+use outpost::gateway::settings::GatewaySettings;
+use outpost::gateway::tls::MinTls;
+use outpost::sample_backend;
+use outpost_actors::route_table::{CompileContext, TableHandle, compile, new_table_handle};
+use outpost_integration::pki::TestPki;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+use support::snapshot;
+
+/// The configuration: one API behind the sample backend, the gateway with two hostnames.
+fn config(backend: SocketAddr, exact: &(String, String), wildcard: &(String, String)) -> String {
+    let indent = |pem: &str| pem.trim_end().replace('\n', "\n      ");
+    format!(
+        r#"
+apiVersion: outpost/v1
+named-values:
+  - name: api-cert
+    value: |
+      {}
+  - name: api-key
+    secret: true
+    value: |
+      {}
+  - name: wild-cert
+    value: |
+      {}
+  - name: wild-key
+    secret: true
+    value: |
+      {}
+backends:
+  - {{name: main, url: "http://{backend}/api"}}
+apis:
+  - name: orders
+    path: orders
+    backend: main
+    subscription-required: false
+    operations:
+      - {{name: any, method: GET, url-template: "/{{*rest}}"}}
+gateways:
+  - name: edge
+    apis: [orders]
+    hostnames:
+      - {{hostname: api.example.com, certificate-pem: "{{{{api-cert}}}}", key-pem: "{{{{api-key}}}}"}}
+      - {{hostname: "*.wild.example", certificate-pem: "{{{{wild-cert}}}}", key-pem: "{{{{wild-key}}}}"}}
+"#,
+        indent(&exact.0),
+        indent(&exact.1),
+        indent(&wildcard.0),
+        indent(&wildcard.1),
+    )
+}
+
+struct Edge {
+    pki: TestPki,
+    table: TableHandle,
+    addrs: TrafficAddrs,
+    backend: SocketAddr,
+}
+
+impl Edge {
+    async fn start(default_host: Option<&str>, min_tls: MinTls) -> Edge {
+        let pki = TestPki::new();
+        let exact = pki.issue("api", &["api.example.com"]);
+        let wildcard = pki.issue("wild", &["*.wild.example"]);
+        let (backend_server, backend) = sample_backend::start("127.0.0.1:0").unwrap();
+        actix_rt::spawn(backend_server);
+        let table = new_table_handle();
+        let edge = Edge {
+            pki,
+            table: table.clone(),
+            addrs: TrafficAddrs {
+                http: backend,
+                https: None,
+            },
+            backend,
+        };
+        edge.publish(&config(backend, &exact, &wildcard), 1);
+        let mut settings = GatewaySettings::default();
+        settings.listen.workers = 1;
+        let (server, addrs) = start_traffic_servers(
+            "127.0.0.1:0",
+            Some(HttpsListen {
+                listen: "127.0.0.1:0",
+                default_host: default_host.map(str::to_owned),
+                min_tls,
+            }),
+            &settings,
+            table,
+            ProxyHooks::default(),
+        )
+        .unwrap();
+        actix_rt::spawn(server);
+        Edge { addrs, ..edge }
+    }
+
+    /// Compiles and publishes a configuration, as the route table does on a new snapshot.
+    fn publish(&self, yaml: &str, revision: u64) {
+        let mut snap = snapshot(yaml);
+        snap.revision = revision;
+        let compiled = compile(&snap, &CompileContext::default()).unwrap_or_else(|p| panic!("{p}"));
+        self.table.store(Some(Arc::new(compiled)));
+    }
+
+    fn client(&self, versions: &[&'static rustls::SupportedProtocolVersion]) -> Arc<ClientConfig> {
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(&self.pki.read("ca.pem")).unwrap())
+            .unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(versions)
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        // Every handshake a full one: a resumed session would show the certificate of the
+        // session it resumes, not the one the gateway serves now.
+        config.resumption = rustls::client::Resumption::disabled();
+        Arc::new(config)
+    }
+}
+
+/// A TLS connection to the gateway's HTTPS port, asking for `name` (an IP address: no SNI).
+struct Client {
+    tls: StreamOwned<ClientConnection, TcpStream>,
+}
+
+impl Client {
+    fn connect(config: Arc<ClientConfig>, addr: SocketAddr, name: &str) -> Result<Client, String> {
+        let server_name = ServerName::try_from(name.to_owned()).map_err(|e| e.to_string())?;
+        let conn = ClientConnection::new(config, server_name).map_err(|e| e.to_string())?;
+        let tcp = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut tls = StreamOwned::new(conn, tcp);
+        while tls.conn.is_handshaking() {
+            tls.conn
+                .complete_io(&mut tls.sock)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(Client { tls })
+    }
+
+    /// The leaf certificate the gateway presented.
+    fn leaf(&self) -> Vec<u8> {
+        self.tls.conn.peer_certificates().unwrap()[0].to_vec()
+    }
+
+    /// One keep-alive GET; the JSON echo of the sample backend.
+    fn get(&mut self, host: &str, path: &str) -> serde_json::Value {
+        write!(
+            self.tls,
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nX-Forwarded-Proto: http\r\n\r\n"
+        )
+        .unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 8192];
+        loop {
+            let n = self.tls.read(&mut chunk).unwrap();
+            assert!(
+                n > 0,
+                "connection closed: {}",
+                String::from_utf8_lossy(&buf)
+            );
+            buf.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&buf);
+            if let Some(end) = text.find("\r\n\r\n") {
+                let head = text[..end].to_ascii_lowercase();
+                assert!(head.starts_with("http/1.1 200"), "{text}");
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map(|v| v.trim().parse().unwrap())
+                    .expect("content-length");
+                if buf.len() >= end + 4 + len {
+                    return serde_json::from_slice(&buf[end + 4..end + 4 + len]).unwrap();
+                }
+            }
+        }
+    }
+}
+
+fn pem_leaf(pem: &str) -> Vec<u8> {
+    CertificateDer::from_pem_slice(pem.as_bytes())
+        .unwrap()
+        .to_vec()
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.unwrap()
+}
+
+#[actix_rt::test]
+async fn certificates_are_chosen_by_sni_and_unknown_names_fail_cleanly() {
+    let edge = Edge::start(None, MinTls::V1_2).await;
+    let https = edge.addrs.https.unwrap();
+    let client = edge.client(rustls::DEFAULT_VERSIONS);
+    let api_leaf = pem_leaf(&String::from_utf8(edge.pki.read("api.pem")).unwrap());
+    let wild_leaf = pem_leaf(&String::from_utf8(edge.pki.read("wild.pem")).unwrap());
+
+    let c = client.clone();
+    let (leaf, echo) = blocking(move || {
+        let mut conn = Client::connect(c, https, "api.example.com").unwrap();
+        (conn.leaf(), conn.get("api.example.com", "/orders/42"))
+    })
+    .await;
+    assert_eq!(leaf, api_leaf);
+    assert_eq!(echo["path"], "/api/42");
+    // The backend learns the client came over TLS, whatever the client claimed.
+    assert_eq!(echo["headers"]["x-forwarded-proto"], "https", "{echo}");
+
+    let c = client.clone();
+    let leaf = blocking(move || {
+        Client::connect(c, https, "shop.wild.example")
+            .unwrap()
+            .leaf()
+    })
+    .await;
+    assert_eq!(leaf, wild_leaf);
+
+    // A name the gateway has no certificate for, a wildcard two labels deep, no SNI at all:
+    // a handshake failure, and the listener keeps serving.
+    for name in ["other.example.com", "a.b.wild.example", "127.0.0.1"] {
+        let c = client.clone();
+        let err = blocking(move || Client::connect(c, https, name).err()).await;
+        assert!(err.is_some(), "{name}: handshake succeeded");
+    }
+    let c = client.clone();
+    let leaf = blocking(move || Client::connect(c, https, "api.example.com").unwrap().leaf()).await;
+    assert_eq!(leaf, api_leaf);
+    let _ = edge.backend;
+}
+
+#[actix_rt::test]
+async fn clients_without_sni_get_the_default_hostname_and_old_versions_can_be_refused() {
+    let edge = Edge::start(Some("api.example.com"), MinTls::V1_3).await;
+    let https = edge.addrs.https.unwrap();
+    let api_leaf = pem_leaf(&String::from_utf8(edge.pki.read("api.pem")).unwrap());
+
+    // No SNI (an IP address): the default hostname's certificate. The client then checks it
+    // against the name it wanted, so verify against api.example.com by asking for it after.
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(&edge.pki.read("ca.pem")).unwrap())
+        .unwrap();
+    let mut no_sni =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    no_sni.enable_sni = false;
+    let no_sni = Arc::new(no_sni);
+    let leaf = blocking(move || {
+        Client::connect(no_sni, https, "api.example.com")
+            .unwrap()
+            .leaf()
+    })
+    .await;
+    assert_eq!(leaf, api_leaf);
+
+    // TLS 1.3 only: a TLS 1.2 client is refused, a TLS 1.3 one served.
+    let tls12 = edge.client(&[&rustls::version::TLS12]);
+    assert!(
+        blocking(move || Client::connect(tls12, https, "api.example.com").err())
+            .await
+            .is_some()
+    );
+    let tls13 = edge.client(&[&rustls::version::TLS13]);
+    assert!(blocking(move || Client::connect(tls13, https, "api.example.com").is_ok()).await);
+}
+
+#[actix_rt::test]
+async fn a_new_certificate_serves_new_handshakes_while_open_connections_go_on() {
+    let edge = Edge::start(None, MinTls::V1_2).await;
+    let https = edge.addrs.https.unwrap();
+    let client = edge.client(rustls::DEFAULT_VERSIONS);
+    let old_leaf = pem_leaf(&String::from_utf8(edge.pki.read("api.pem")).unwrap());
+
+    // A keep-alive connection opened on the old certificate.
+    let c = client.clone();
+    let mut open = blocking(move || {
+        let mut conn = Client::connect(c, https, "api.example.com").unwrap();
+        conn.get("api.example.com", "/orders/1");
+        conn
+    })
+    .await;
+    assert_eq!(open.leaf(), old_leaf);
+
+    // Rotation: a new key and certificate for the same name, published as revision 2.
+    let rotated = edge.pki.issue("api", &["api.example.com"]);
+    let wildcard = (
+        String::from_utf8(edge.pki.read("wild.pem")).unwrap(),
+        String::from_utf8(edge.pki.read("wild.key")).unwrap(),
+    );
+    edge.publish(&config(edge.backend, &rotated, &wildcard), 2);
+    let new_leaf = pem_leaf(&rotated.0);
+    assert_ne!(new_leaf, old_leaf);
+
+    let c = client.clone();
+    let leaf = blocking(move || Client::connect(c, https, "api.example.com").unwrap().leaf()).await;
+    assert_eq!(leaf, new_leaf, "a new handshake after the rotation");
+    let echo = blocking(move || open.get("api.example.com", "/orders/2")).await;
+    assert_eq!(
+        echo["path"], "/api/2",
+        "the connection opened before the rotation goes on"
+    );
+}
+
+#[test]
+fn a_certificate_that_does_not_parse_or_match_its_key_is_refused_at_compile() {
+    let pki = TestPki::new();
+    let (cert, _) = pki.issue("a", &["api.example.com"]);
+    let (_, other_key) = pki.issue("b", &["api.example.com"]);
+    let backend: SocketAddr = ([127, 0, 0, 1], 9).into();
+    for (pair, why) in [
+        ((cert.clone(), other_key.clone()), "does not belong"),
+        (("not a pem".to_owned(), other_key), "no certificate"),
+    ] {
+        let yaml = config(backend, &pair, &pair);
+        let Err(problems) = compile(&snapshot(&yaml), &CompileContext::default()) else {
+            panic!("{why}: compiled");
+        };
+        let text = problems.to_string();
+        assert!(text.contains("gateways/edge.hostnames[0]"), "{text}");
+        assert!(text.contains(why), "{why}: {text}");
+    }
+}
