@@ -86,6 +86,7 @@ impl Edge {
             addrs: TrafficAddrs {
                 http: backend,
                 https: None,
+                stopping: Default::default(),
             },
             backend,
         };

@@ -8,8 +8,15 @@
 //! [`Connection`] wraps each accepted socket and replaces such an answer with the gateway's
 //! own. It is exact rather than a guess: it only acts on the first answer of a connection on
 //! which no request reached the gateway's handler (the handler marks the connection through
-//! [`Answered`]), so it can only be the codec's; and only when that answer is the bare head the
+//! [`ConnState`]), so it can only be the codec's; and only when that answer is the bare head the
 //! codec writes (status, `content-length: 0`, `connection`, `date`, nothing else).
+//!
+//! A request body with broken chunked framing is the other case: the codec reports it as an
+//! I/O error and drops the connection without an answer. When a request is dropped unanswered
+//! while its client is still connected and the gateway is not stopping, that is what happened
+//! (a client that went away shows as end-of-stream or an error on the socket first), and the
+//! connection writes the gateway's 400 as it closes (plain TCP; over TLS the connection just
+//! closes, counted the same way).
 
 use std::cell::Cell;
 use std::io;
@@ -24,54 +31,121 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::error::GatewayError;
 
-/// Set by the handler on the first request of a connection: from then on, answers on this
-/// connection may be the gateway's (or a backend's) and are never touched.
-#[derive(Clone, Default)]
-pub struct Answered(Rc<Cell<bool>>);
+/// What the handler and the connection tell each other, one per connection.
+#[derive(Clone)]
+pub struct ConnState(Rc<Flags>);
 
-impl Answered {
-    pub fn mark(&self) {
-        self.0.set(true);
+struct Flags {
+    /// A request reached the handler: from then on answers on this connection may be the
+    /// gateway's (or a backend's) and are never touched.
+    answered: Cell<bool>,
+    /// No end-of-stream or error seen on the socket.
+    peer_open: Cell<bool>,
+    /// The handler's request was dropped by the codec for its framing: answer 400 on close.
+    refuse_framing: Cell<bool>,
+}
+
+impl Default for ConnState {
+    fn default() -> Self {
+        Self(Rc::new(Flags {
+            answered: Cell::new(false),
+            peer_open: Cell::new(true),
+            refuse_framing: Cell::new(false),
+        }))
     }
 }
 
-/// An accepted connection (any stream: TCP now, TLS later).
-pub struct Connection<T> {
+impl ConnState {
+    pub fn mark(&self) {
+        self.0.answered.set(true);
+    }
+
+    /// Whether the client is still connected (as far as the socket has told).
+    pub fn peer_open(&self) -> bool {
+        self.0.peer_open.get()
+    }
+
+    /// Asks the connection to write the gateway's 400 for a broken request body as it closes.
+    pub fn refuse_framing(&self) {
+        self.0.refuse_framing.set(true);
+    }
+}
+
+/// A stream that can take a few bytes without waiting (for the answer written on close).
+pub trait WriteNow {
+    fn write_now(&self, buf: &[u8]) -> io::Result<usize>;
+}
+
+impl WriteNow for tokio::net::TcpStream {
+    fn write_now(&self, buf: &[u8]) -> io::Result<usize> {
+        self.try_write(buf)
+    }
+}
+
+impl<T> WriteNow for actix_tls::accept::rustls_0_23::TlsStream<T> {
+    /// Writing means encrypting, which needs the async path the codec has already left.
+    fn write_now(&self, _: &[u8]) -> io::Result<usize> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+}
+
+/// An accepted connection (plain TCP or TLS).
+pub struct Connection<T: WriteNow> {
     io: T,
-    answered: Answered,
+    answered: ConnState,
     /// Whether the first answer was examined.
     checked: bool,
     /// The replacement still to be written, ahead of anything else.
     pending: Bytes,
 }
 
-impl<T> Connection<T> {
+impl<T: WriteNow> Connection<T> {
     pub fn new(io: T) -> Self {
         Self {
             io,
-            answered: Answered::default(),
+            answered: ConnState::default(),
             checked: false,
             pending: Bytes::new(),
         }
     }
 
     /// The handle the handler marks (installed as connection data).
-    pub fn answered(&self) -> Answered {
+    pub fn state(&self) -> ConnState {
         self.answered.clone()
     }
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for Connection<T> {
+impl<T: WriteNow> Drop for Connection<T> {
+    fn drop(&mut self) {
+        if self.answered.0.refuse_framing.get() && self.pending.is_empty() {
+            // Best effort: a small answer into an idle socket's buffer; if it does not fit,
+            // the connection closes as the codec meant it to.
+            let _ = self.io.write_now(&BODY_UNREADABLE.bytes);
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin + WriteNow> AsyncRead for Connection<T> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
+        match &polled {
+            Poll::Ready(Ok(())) if buf.filled().len() == before => {
+                this.answered.0.peer_open.set(false)
+            }
+            Poll::Ready(Err(_)) => this.answered.0.peer_open.set(false),
+            _ => {}
+        }
+        polled
     }
 }
 
-impl<T: AsyncWrite + Unpin> Connection<T> {
+impl<T: AsyncWrite + Unpin + WriteNow> Connection<T> {
     fn drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while !self.pending.is_empty() {
             let n = std::task::ready!(Pin::new(&mut self.io).poll_write(cx, &self.pending))?;
@@ -84,7 +158,7 @@ impl<T: AsyncWrite + Unpin> Connection<T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for Connection<T> {
+impl<T: AsyncWrite + Unpin + WriteNow> AsyncWrite for Connection<T> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -94,7 +168,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Connection<T> {
         std::task::ready!(this.drain(cx))?;
         if !this.checked {
             this.checked = true;
-            if !this.answered.0.get()
+            if !this.answered.0.answered.get()
                 && let Some((head_len, replacement)) = codec_refusal(buf)
             {
                 metrics::counter!(
@@ -113,7 +187,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Connection<T> {
                 return Poll::Ready(Ok(head_len));
             }
         }
-        Pin::new(&mut this.io).poll_write(cx, buf)
+        let written = Pin::new(&mut this.io).poll_write(cx, buf);
+        if let Poll::Ready(Err(_)) = written {
+            this.answered.0.peer_open.set(false);
+        }
+        written
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -138,6 +216,11 @@ static MALFORMED: LazyLock<Replacement> =
     LazyLock::new(|| replacement(&GatewayError::malformed_request()));
 static HEAD_TOO_LARGE: LazyLock<Replacement> =
     LazyLock::new(|| replacement(&GatewayError::head_too_large()));
+static BODY_UNREADABLE: LazyLock<Replacement> = LazyLock::new(|| {
+    replacement(&GatewayError::bad_body(
+        &"its framing is broken (e.g. an invalid chunk size)",
+    ))
+});
 
 fn replacement(err: &GatewayError) -> Replacement {
     let body = err.json_body();

@@ -66,6 +66,8 @@ use settings::GatewaySettings;
 pub struct RunningGateway {
     traffic_addr: SocketAddr,
     https_addr: Option<SocketAddr>,
+    /// Told before the listeners stop, so requests cut off by the stop count as such.
+    stopping: Arc<std::sync::atomic::AtomicBool>,
     ops_addr: SocketAddr,
     status: StatusHandle,
     instance_id: String,
@@ -118,6 +120,8 @@ impl RunningGateway {
     /// Stops gracefully: listeners finish in-flight requests, telemetry still in memory goes
     /// to the spool (when set). Returns once the ports are released.
     pub fn stop(mut self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         self.thread.stop(true);
     }
 
@@ -135,6 +139,8 @@ impl RunningGateway {
 impl Drop for RunningGateway {
     fn drop(&mut self) {
         if self.thread.is_running() {
+            self.stopping
+                .store(true, std::sync::atomic::Ordering::Relaxed);
             self.thread.stop(false);
         }
     }
@@ -228,6 +234,7 @@ pub fn start(settings: GatewaySettings) -> Result<RunningGateway, String> {
     Ok(RunningGateway {
         traffic_addr: started.traffic_addr,
         https_addr: started.https_addr,
+        stopping: started.stopping,
         ops_addr,
         status,
         instance_id: started.instance_id,
@@ -240,6 +247,7 @@ pub fn start(settings: GatewaySettings) -> Result<RunningGateway, String> {
 struct Started {
     traffic_addr: SocketAddr,
     https_addr: Option<SocketAddr>,
+    stopping: Arc<std::sync::atomic::AtomicBool>,
     source: ConfigSource,
     instance_id: String,
 }
@@ -366,6 +374,7 @@ async fn serve(
         Started {
             traffic_addr: addrs.http,
             https_addr: addrs.https,
+            stopping: addrs.stopping,
             source: loaded.source,
             instance_id: identity.instance_id.clone(),
         },

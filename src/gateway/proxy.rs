@@ -15,6 +15,7 @@
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -42,7 +43,7 @@ use outpost_model::resources::VersionScheme;
 use super::error::GatewayError;
 use super::forward::strip_hop_by_hop;
 use super::forwarded::Forwarding;
-use super::listener::{Answered, Connection};
+use super::listener::{ConnState, Connection, WriteNow};
 use super::path;
 use super::pipeline::{
     self, ConcurrencyGuard, ConcurrencyLimiter, Exchange, RequestBody, Response, Runtime, Target,
@@ -73,6 +74,8 @@ pub struct Traffic {
     forwarding: Forwarding,
     max_header_bytes: usize,
     max_body_bytes: usize,
+    /// Set when the gateway stops: requests cut off then are not the client's doing.
+    pub stopping: Arc<AtomicBool>,
 }
 
 impl Traffic {
@@ -95,6 +98,7 @@ impl Traffic {
             forwarding: Forwarding::new(&settings.listen.trusted_proxies).unwrap_or_default(),
             max_header_bytes: settings.limits.max_header_bytes,
             max_body_bytes: settings.limits.max_body_bytes,
+            stopping: Arc::new(AtomicBool::new(false)),
         }
     }
 }
@@ -142,10 +146,12 @@ pub struct HttpsListen<'a> {
 }
 
 /// Where the traffic listeners are bound.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct TrafficAddrs {
     pub http: SocketAddr,
     pub https: Option<SocketAddr>,
+    /// Set it before stopping the server (see [`Traffic::stopping`]).
+    pub stopping: Arc<AtomicBool>,
 }
 
 /// Binds the plain and (optionally) the HTTPS traffic listeners and starts them in one actix
@@ -161,6 +167,7 @@ pub fn start_traffic_servers(
     hooks: ProxyHooks,
 ) -> std::io::Result<(Server, TrafficAddrs)> {
     let traffic = Arc::new(Traffic::new(settings, table.clone(), hooks));
+    let stopping = traffic.stopping.clone();
     let listener = std::net::TcpListener::bind(listen)?;
     let http_addr = listener.local_addr()?;
     let mut builder = actix_server::Server::build();
@@ -213,6 +220,7 @@ pub fn start_traffic_servers(
         TrafficAddrs {
             http: http_addr,
             https: https_addr,
+            stopping,
         },
     ))
 }
@@ -231,7 +239,7 @@ fn h1<T>(
     InitError = (),
 > + use<T>
 where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + WriteNow + 'static,
 {
     let app = traffic_app(traffic.clone())
         .into_factory()
@@ -248,7 +256,7 @@ where
         })
         .local_addr(addr)
         .on_connect_ext(move |io: &Connection<T>, ext| {
-            ext.insert(io.answered());
+            ext.insert(io.state());
             if secure {
                 ext.insert(Secure);
             }
@@ -268,8 +276,9 @@ async fn handle(
     traffic: web::Data<Traffic>,
 ) -> HttpResponse {
     let started = Instant::now();
-    if let Some(answered) = req.conn_data::<Answered>() {
-        answered.mark();
+    let conn = req.conn_data::<ConnState>().cloned();
+    if let Some(conn) = &conn {
+        conn.mark();
     }
     let record = RequestRecord {
         api: None,
@@ -288,12 +297,16 @@ async fn handle(
         error_reason: None,
     };
     // Reported even if the connection dies before an answer (the future is dropped then).
-    let mut pending = Unanswered(Some(Done {
-        record,
-        started,
-        observer: traffic.observer.clone(),
-        _guards: Vec::new(),
-    }));
+    let mut pending = Unanswered {
+        done: Some(Done {
+            record,
+            started,
+            observer: traffic.observer.clone(),
+            _guards: Vec::new(),
+        }),
+        conn,
+        stopping: traffic.stopping.clone(),
+    };
     let record = &mut pending.done().record;
     let (response, guards) = match serve(&req, payload.into_inner(), &traffic, record).await {
         Ok(served) => served,
@@ -307,30 +320,44 @@ async fn handle(
     finish(response, done)
 }
 
-/// A request still being served. Dropped while armed, the client went away first (or broke
-/// its connection, e.g. with a malformed chunked body, which actix-http answers by closing):
-/// counted as nginx counts it, 499, the client's doing.
-struct Unanswered(Option<Done>);
+/// A request still being served. Dropped while armed, the connection ended first: either the
+/// client went away (counted as nginx counts it, 499) or, with the client still connected, the
+/// HTTP codec gave up on the body's framing (a 400, which the connection writes as it closes;
+/// see `listener`). Both are the client's doing, never the backend's.
+struct Unanswered {
+    done: Option<Done>,
+    conn: Option<ConnState>,
+    stopping: Arc<AtomicBool>,
+}
 
 impl Unanswered {
     fn done(&mut self) -> &mut Done {
-        self.0.as_mut().expect("armed until answered")
+        self.done.as_mut().expect("armed until answered")
     }
 
     fn answered(mut self) -> Done {
-        self.0.take().expect("answered once")
+        self.done.take().expect("answered once")
     }
 }
 
 impl Drop for Unanswered {
     fn drop(&mut self) {
-        if let Some(mut done) = self.0.take() {
+        let Some(mut done) = self.done.take() else {
+            return;
+        };
+        let framing = !self.stopping.load(Ordering::Relaxed)
+            && self.conn.as_ref().is_some_and(ConnState::peer_open);
+        if framing && let Some(conn) = &self.conn {
+            conn.refuse_framing();
+            done.record.status = 400;
+            done.record.error_reason = Some("RequestBodyUnreadable");
+        } else {
             done.record.status = CLIENT_CLOSED_REQUEST;
             done.record
                 .error_reason
                 .get_or_insert("ClientClosedRequest");
-            done.report(0);
         }
+        done.report(0);
     }
 }
 
