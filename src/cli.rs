@@ -165,8 +165,10 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     let env = settings::process_env();
     match cli.command {
         Command::ControlPlane { config } => {
-            let s = settings::load(config.as_deref(), &env)
-                .map_err(|p| format!("invalid control plane settings:\n{p}"))?;
+            let s = settings::load(config.as_deref(), &env).map_err(|p| {
+                let p = settings::render(&p, config.as_deref());
+                format!("invalid control plane settings:\n{p}")
+            })?;
             crate::control_plane::run(s).map(|()| ExitCode::SUCCESS)
         }
         Command::Gateway {
@@ -180,8 +182,10 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                     f.display().to_string(),
                 );
             }
-            let s = settings::load(config.as_deref(), &env)
-                .map_err(|p| format!("invalid gateway settings:\n{p}"))?;
+            let s = settings::load(config.as_deref(), &env).map_err(|p| {
+                let p = settings::render(&p, config.as_deref());
+                format!("invalid gateway settings:\n{p}")
+            })?;
             crate::gateway::run(s).map(|()| ExitCode::SUCCESS)
         }
         Command::Demo { port_base } => crate::demo::run(port_base).map(|()| ExitCode::SUCCESS),

@@ -270,7 +270,7 @@ pub fn apply(
             },
         ) {
             Ok(plan) => plan,
-            Err(e) => return apply_failed(&label, e),
+            Err(e) => return apply_failed(&label, files.len() == 1, e),
         };
         let deletes = plan
             .changes
@@ -307,16 +307,24 @@ pub fn apply(
             "the configuration changed while the plan was being confirmed ({}); nothing was changed, run the command again",
             body.message
         )),
-        Err(e) => apply_failed(&label, e),
+        Err(e) => apply_failed(&label, files.len() == 1, e),
     }
 }
 
-fn apply_failed(label: &str, e: CallError) -> Result<ExitCode, String> {
+/// `one_file`: the server saw the file as written, so its lines and columns are the file's;
+/// several files are sent merged into one document, where they would point nowhere useful.
+fn apply_failed(label: &str, one_file: bool, e: CallError) -> Result<ExitCode, String> {
     match e {
         CallError::Api { status: 400, body } => {
             eprintln!("{label}: {}", body.message);
-            if !body.problems.is_empty() {
-                eprintln!("{}", Problems(body.problems));
+            let mut problems = Problems(body.problems);
+            if !problems.is_empty() {
+                if !one_file {
+                    for p in &mut problems.0 {
+                        (p.line, p.column) = (None, None);
+                    }
+                }
+                eprintln!("{}", problems.render_in(label));
             }
             Ok(ExitCode::FAILURE)
         }
@@ -539,10 +547,11 @@ pub fn validate(file: &Path) -> Result<ExitCode, String> {
     // The same two checks the control plane runs before accepting a change: the model's rules,
     // then the gateway's own compiler; and, since a valid file must also be servable offline,
     // no secret left as the export mask.
-    let checked = Document::from_yaml(&text).and_then(|doc| {
+    // Their problems name resources by key; the index puts them back in the file.
+    let checked = Document::from_yaml_indexed(&text).and_then(|(doc, index)| {
         let mut problems = doc.masked_secrets();
         problems.extend(outpost_actors::route_table::validate_config(&doc.resources));
-        problems.into_result().map(|()| doc)
+        index.locate(problems).into_result().map(|()| doc)
     });
     match checked {
         Ok(doc) => {
@@ -554,10 +563,11 @@ pub fn validate(file: &Path) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
         Err(problems) => {
+            let name = file.display().to_string();
             eprintln!(
-                "{}: {} problem(s):\n{problems}",
-                file.display(),
-                problems.len()
+                "{name}: {} problem(s):\n{}",
+                problems.len(),
+                problems.render_in(&name)
             );
             Ok(ExitCode::FAILURE)
         }

@@ -80,7 +80,10 @@ pub const OTHER_VARIABLES: &[(&str, &str)] = &[
     ),
 ];
 
-/// Loads `T` from its defaults, then `file`, then the environment.
+/// Loads `T` from its defaults, then `file`, then the environment. Every bad value is reported
+/// at once: a value of the wrong type is replaced by its default for the rest of the checks, so
+/// it does not hide the next one nor [`Validate`]'s. A problem about a value the file holds has
+/// the line and column of its key (see [`render`]).
 pub fn load<T>(file: Option<&Path>, env: &BTreeMap<String, String>) -> Result<T, Problems>
 where
     T: Serialize + DeserializeOwned + Default + Validate,
@@ -88,12 +91,20 @@ where
     let mut problems = Problems::new();
     let defaults = serde_json::to_value(T::default()).expect("settings serialise");
     let mut merged = defaults.clone();
+    let mut positions = BTreeMap::new();
     if let Some(path) = file {
         match std::fs::read_to_string(path) {
             Err(e) => problems.push(path.display().to_string(), format!("cannot read: {e}")),
             Ok(text) => match toml::from_str::<toml::Value>(&text) {
-                Err(e) => problems.push(path.display().to_string(), format!("not valid TOML: {e}")),
+                Err(e) => {
+                    problems.push("", format!("not valid TOML: {}", e.message().trim_end()));
+                    if let (Some(span), Some(p)) = (e.span(), problems.0.last_mut()) {
+                        let (line, column) = line_column(&text, span.start);
+                        (p.line, p.column) = (Some(line), Some(column));
+                    }
+                }
                 Ok(t) => {
+                    positions = toml_positions(&text);
                     let from_file = serde_json::to_value(t).expect("TOML converts to JSON");
                     merge(&mut merged, &defaults, from_file, "", &mut problems);
                 }
@@ -104,6 +115,8 @@ where
     for (path, default) in leaves(&defaults) {
         let var = env_name(&path);
         if let Some(raw) = env.get(&var) {
+            // The value no longer comes from the file: its position would mislead.
+            positions.remove(&path.join("."));
             match parse_env(raw, default) {
                 Ok(v) => set_path(&mut merged, &path, v),
                 Err(e) => problems.push(var.clone(), e),
@@ -112,20 +125,101 @@ where
         own.insert(var);
     }
     check_unknown_variables(env, &own, &mut problems);
-    let parsed = match serde_json::from_value::<T>(merged) {
-        Ok(t) => Some(t),
-        Err(e) => {
-            problems.push("", e.to_string());
-            None
+    let mut parsed = None;
+    // One round per bad value, each bounded by the number of settings.
+    for _ in 0..=leaves(&defaults).len() {
+        match serde_path_to_error::deserialize::<_, T>(merged.clone()) {
+            Ok(t) => {
+                parsed = Some(t);
+                break;
+            }
+            Err(e) => {
+                let path: Vec<String> = e
+                    .path()
+                    .iter()
+                    .map_while(|s| match s {
+                        serde_path_to_error::Segment::Map { key } => Some(key.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                problems.push(path.join("."), e.inner().to_string());
+                let default = value_at(&defaults, &path).filter(|d| !d.is_object());
+                match default {
+                    Some(d) if value_at(&merged, &path) != Some(d) => {
+                        set_path(&mut merged, &path, d.clone());
+                    }
+                    // Nothing to put back: the checks that need a parsed value cannot run.
+                    _ => break,
+                }
+            }
         }
-    };
+    }
     if let Some(t) = &parsed {
         t.validate(&mut problems);
+    }
+    for p in &mut problems.0 {
+        if let Some((line, column)) = positions.get(&p.path) {
+            (p.line, p.column) = (Some(*line), Some(*column));
+        }
     }
     match parsed {
         Some(t) if problems.is_empty() => Ok(t),
         _ => Err(problems),
     }
+}
+
+/// Settings problems one per line; those about a value in `file` start `FILE:LINE:COLUMN:`
+/// like a compiler's, the others (environment variables) name the variable.
+pub fn render(problems: &Problems, file: Option<&Path>) -> String {
+    let name = file.map(|f| f.display().to_string()).unwrap_or_default();
+    problems
+        .0
+        .iter()
+        .map(|p| match (p.line, p.column) {
+            (Some(l), Some(c)) => format!("- {name}:{l}:{c}: {p}"),
+            _ => format!("- {p}"),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn value_at<'a>(root: &'a Value, path: &[String]) -> Option<&'a Value> {
+    path.iter().try_fold(root, |v, k| v.get(k.as_str()))
+}
+
+/// Dotted key (`log.level`) → line and column (from 1) of the key in a TOML text.
+fn toml_positions(text: &str) -> BTreeMap<String, (u32, u32)> {
+    use toml::de::{DeTable, DeValue};
+    fn walk(text: &str, table: &DeTable<'_>, prefix: &str, out: &mut BTreeMap<String, (u32, u32)>) {
+        for (k, v) in table {
+            let path = if prefix.is_empty() {
+                k.get_ref().to_string()
+            } else {
+                format!("{prefix}.{}", k.get_ref())
+            };
+            out.entry(path.clone())
+                .or_insert_with(|| line_column(text, k.span().start));
+            if let DeValue::Table(t) = v.get_ref() {
+                walk(text, t, &path, out);
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    if let Ok(root) = DeTable::parse(text) {
+        walk(text, root.get_ref(), "", &mut out);
+    }
+    out
+}
+
+/// The 1-based line and column (in characters) of byte `offset` of `text`.
+fn line_column(text: &str, offset: usize) -> (u32, u32) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+    (
+        u32::try_from(line).unwrap_or(u32::MAX),
+        u32::try_from(column).unwrap_or(u32::MAX),
+    )
 }
 
 /// Every settings variable of every process this binary runs (control plane and gateway).
@@ -373,6 +467,34 @@ mod tests {
     }
 
     #[test]
+    fn every_bad_value_of_a_file_at_once_with_its_line_and_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("s.toml");
+        std::fs::write(&f, "listen = 5\n[backup]\nenabled = \"yes\"\n  keep = 0\n").unwrap();
+        let err = render(
+            &load::<Sample>(Some(&f), &BTreeMap::new()).unwrap_err(),
+            Some(&f),
+        );
+        let f = f.display();
+        for want in [
+            format!("- {f}:1:1: listen: invalid type: integer `5`, expected a string"),
+            format!("- {f}:3:1: backup.enabled: invalid type: string \"yes\", expected a boolean"),
+            format!("- {f}:4:3: backup.keep: must be at least 1"),
+        ] {
+            assert!(err.contains(&want), "{want}\nnot in:\n{err}");
+        }
+        assert_eq!(err.lines().count(), 3, "{err}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let g = dir.path().join("bad.toml");
+        std::fs::write(&g, "listen = \"x\"\n[backup\n").unwrap();
+        let p = load::<Sample>(Some(&g), &BTreeMap::new()).unwrap_err();
+        assert_eq!(p.len(), 1, "{p}");
+        assert!(p.0[0].message.starts_with("not valid TOML"), "{p}");
+        assert_eq!(p.0[0].line, Some(2), "{p:?}");
+    }
+
+    #[test]
     fn file_then_env_and_all_problems_at_once() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("s.toml");
@@ -386,8 +508,11 @@ mod tests {
             ("OUTPOST_BACKUP_KEEP".to_string(), "zero".to_string()),
         ]
         .into();
-        let err = load::<Sample>(Some(&f), &env).unwrap_err().to_string();
-        assert!(err.contains("backup.bogus: unknown key"), "{err}");
+        let err = render(&load::<Sample>(Some(&f), &env).unwrap_err(), Some(&f));
+        assert!(
+            err.contains(&format!("{}:4:1: backup.bogus: unknown key", f.display())),
+            "{err}"
+        );
         assert!(
             err.contains("OUTPOST_BACKUP_KEEP: 'zero' is not a number"),
             "{err}"

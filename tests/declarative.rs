@@ -229,9 +229,143 @@ gadgets: []
     );
     let problems = problems_of(c.apply(&masked, false).unwrap_err());
     assert!(
-        problems[0].starts_with("named-values/k.value"),
+        problems[0].starts_with("named-values[0] (k).value"),
         "{problems:?}"
     );
+    assert_eq!(cp.store().revision(), 0);
+}
+
+/// Five mistakes of different layers: `outpost validate` lists them all in one run, each as
+/// `FILE:LINE:COLUMN: PATH: MESSAGE` with the line of the offending field.
+const FIVE_MISTAKES: &str = r#"apiVersion: outpost/v1
+backends:
+  - {name: orders, url: "http://127.0.0.1:9000"}
+apis:
+  - name: typed
+    path: typed
+    backend: orders
+    operations: {name: get-order}
+  - name: policed
+    path: policed
+    backend: orders
+    policies:
+      inbound:
+        - xml-to-json: {apply: always}
+  - name: orphan
+    path: orphan
+    backend: nowhere
+  - name: templated
+    path: templated
+    backend: orders
+    operations:
+      - {name: get-item, method: GET, url-template: "items/{id"}
+subscriptions:
+  - {name: alice, scope: all-apis, primary-key: "0123456789abcdef0123456789abcdef"}
+  - {name: bob, scope: all-apis, primary-key: "0123456789abcdef0123456789abcdef"}
+"#;
+
+/// (line, column, path, words of the message, what the file has at that line and column) of
+/// each of [`FIVE_MISTAKES`]'s problems.
+const FIVE_PROBLEMS: [(u32, u32, &str, &str, &str); 5] = [
+    (
+        8,
+        5,
+        "apis[0] (typed).operations",
+        "expected a sequence",
+        "operations: {",
+    ),
+    (
+        14,
+        11,
+        "apis[1] (policed).policies.inbound[0]",
+        "unknown or unsupported policy 'xml-to-json'",
+        "xml-to-json:",
+    ),
+    (
+        17,
+        5,
+        "apis[2] (orphan).backend",
+        "unknown backend 'nowhere'",
+        "backend: nowhere",
+    ),
+    (
+        22,
+        39,
+        "apis[3] (templated).operations[0].url-template",
+        "must start with '/'",
+        "url-template: \"items/{id\"",
+    ),
+    (
+        25,
+        34,
+        "subscriptions[1] (bob).primary-key",
+        "key already used by subscription 'alice'",
+        "primary-key:",
+    ),
+];
+
+#[test]
+fn validate_lists_the_problems_of_every_layer_in_one_run_with_file_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("five.yaml");
+    std::fs::write(&file, FIVE_MISTAKES).unwrap();
+    let name = file.display().to_string();
+    let out = Command::new(BIN)
+        .args(["validate", "-f", &name])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.starts_with(&format!("{name}: 5 problem(s):\n")),
+        "{err}"
+    );
+    let lines: Vec<&str> = err.lines().skip(1).collect();
+    assert_eq!(lines.len(), 5, "{err}");
+    // In file order, one form for all.
+    for (line, (l, c, path, words, there)) in lines.iter().zip(FIVE_PROBLEMS) {
+        let head = format!("{name}:{l}:{c}: {path}: ");
+        assert!(line.starts_with(&head), "want {head}…\n{err}");
+        assert!(line.contains(words), "want {words}\n{err}");
+        // The position is the offending field's.
+        let source = FIVE_MISTAKES.lines().nth(l as usize - 1).unwrap();
+        assert!(
+            source[c as usize - 1..].starts_with(there),
+            "{l}:{c} is not at {there}: {source}"
+        );
+    }
+}
+
+#[test]
+fn apply_problems_carry_the_file_path_form_and_position() {
+    let cp = cp();
+    let c = conn(&cp);
+    let problems = match c.apply(FIVE_MISTAKES, false).unwrap_err() {
+        CallError::Api { status: 400, body } => body.problems,
+        other => panic!("expected a 400, got {other}"),
+    };
+    let got: Vec<(u32, u32, &str)> = problems
+        .iter()
+        .map(|p| (p.line.unwrap(), p.column.unwrap(), p.path.as_str()))
+        .collect();
+    let want: Vec<(u32, u32, &str)> = FIVE_PROBLEMS
+        .iter()
+        .map(|(l, c, p, _, _)| (*l, *c, *p))
+        .collect();
+    assert_eq!(got, want, "{problems:#?}");
+    // Problems the store finds after the file parsed are put back in the file too.
+    let masked = format!(
+        "apiVersion: outpost/v1\nnamed-values:\n  - {{name: k, value: \"{SECRET_MASK}\", secret: true}}\n"
+    );
+    let problems = match c.apply(&masked, false).unwrap_err() {
+        CallError::Api { status: 400, body } => body.problems,
+        other => panic!("expected a 400, got {other}"),
+    };
+    assert_eq!(
+        problems[0].path, "named-values[0] (k).value",
+        "{problems:?}"
+    );
+    assert_eq!((problems[0].line, problems[0].column), (Some(3), Some(15)));
     assert_eq!(cp.store().revision(), 0);
 }
 
@@ -312,7 +446,7 @@ fn cli_functions_and_binary_end_to_end() {
     assert_eq!(code, Some(1), "{err}");
     assert!(
         err.contains(
-            "named-values/orders-backend-key: value is the export mask '********'; export with --include-secrets or set the real value"
+            "(orders-backend-key): value is the export mask '********'; export with --include-secrets or set the real value"
         ),
         "{err}"
     );
@@ -588,7 +722,7 @@ gateways:
         false,
     )
     .unwrap();
-    let want = "named-values/backend-key: value is the export mask '********'; export with --include-secrets or set the real value";
+    let want = "named-values[0] (backend-key): value is the export mask '********'; export with --include-secrets or set the real value";
 
     let (code, _, err) = outpost(&cp, &["export", "-o", &path("masked.yaml")]);
     assert_eq!(code, Some(0), "{err}");

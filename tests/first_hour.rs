@@ -78,7 +78,11 @@ fn typos_in_variables_and_log_levels_stop_the_gateway_with_every_problem() {
 fn typos_stop_the_control_plane_too_and_the_log_level_is_checked_in_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("cp.toml");
-    std::fs::write(&file, "[log]\nlevel = \"info,outpost=loud\"\n").unwrap();
+    std::fs::write(
+        &file,
+        "[log]\nlevel = \"info,outpost=loud\"\n[admin]\nlisten = 7070\n",
+    )
+    .unwrap();
     let (code, err) = run(
         &["control-plane", "--config", file.to_str().unwrap()],
         &[
@@ -93,8 +97,19 @@ fn typos_stop_the_control_plane_too_and_the_log_level_is_checked_in_the_file() {
             && err.contains("did you mean OUTPOST_STORE_DATA_DIR?"),
         "{err}"
     );
+    // Every bad value of the file at once, each with its line and column: a value of the
+    // wrong type does not hide the level.
+    let name = file.display();
     assert!(
-        err.contains("- log.level: 'outpost=loud' is not a level"),
+        err.contains(&format!(
+            "- {name}:2:1: log.level: 'outpost=loud' is not a level"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "- {name}:4:1: admin.listen: invalid type: integer `7070`, expected a string"
+        )),
         "{err}"
     );
 }

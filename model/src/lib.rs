@@ -26,6 +26,7 @@ pub mod policy;
 pub mod prune;
 pub mod resources;
 pub mod signing;
+pub mod source_map;
 pub mod template;
 pub mod validate;
 pub mod view;

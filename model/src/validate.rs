@@ -23,11 +23,31 @@ use crate::resources::{
 use crate::template::{Template, named_value_refs};
 
 /// One thing wrong with an input, and where.
+// Problems never cross the gateway link (the encoding rule's bincode), only JSON answers and
+// terminals, so absent positions may be left out of the JSON.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Problem {
-    /// Dotted path to the field, e.g. `apis/orders.operations[1].policies.inbound[0]`.
+    /// Dotted path to the field. In a declarative file: the resource's place in the file and
+    /// its name, `apis[0] (orders).operations[1].url-template`; otherwise the resource's key,
+    /// `apis/orders.operations[1].url-template`.
     pub path: String,
     pub message: String,
+    /// Where in the file the field is (1-based), when the input was a file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub column: Option<u32>,
+}
+
+impl Problem {
+    /// One line as compilers print it, `FILE:LINE:COLUMN: PATH: MESSAGE`, which editors and
+    /// terminals turn into a jump to the spot.
+    pub fn render_in(&self, file: &str) -> String {
+        match (self.line, self.column) {
+            (Some(l), Some(c)) => format!("{file}:{l}:{c}: {self}"),
+            _ => format!("{file}: {self}"),
+        }
+    }
 }
 
 impl fmt::Display for Problem {
@@ -53,6 +73,8 @@ impl Problems {
         self.0.push(Problem {
             path: path.into(),
             message: message.into(),
+            line: None,
+            column: None,
         });
     }
 
@@ -78,6 +100,16 @@ impl Problems {
 
     pub fn into_result(self) -> Result<(), Problems> {
         if self.is_empty() { Ok(()) } else { Err(self) }
+    }
+
+    /// Every problem on its own line, `FILE:LINE:COLUMN: PATH: MESSAGE` (see
+    /// [`Problem::render_in`]).
+    pub fn render_in(&self, file: &str) -> String {
+        self.0
+            .iter()
+            .map(|p| p.render_in(file))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 
@@ -107,11 +139,22 @@ fn join(prefix: &str, path: &str) -> String {
 // === parsing ===
 
 /// Parses one resource of `kind` from JSON, collecting problems from every policy step.
-pub fn parse_resource(kind: Kind, mut value: Value) -> Result<Resource, Problems> {
+pub fn parse_resource(kind: Kind, value: Value) -> Result<Resource, Problems> {
+    let (resource, problems) = parse_resource_partial(kind, value);
+    match resource {
+        Some(r) if problems.is_empty() => Ok(r),
+        _ => Err(problems),
+    }
+}
+
+/// [`parse_resource`] that keeps what did parse: with the parse problems, the resource without
+/// the policy documents that did not parse (`None` when the rest did not parse either), so the
+/// checks of [`check_resource`] can still run on it and report their problems in the same pass.
+pub fn parse_resource_partial(kind: Kind, mut value: Value) -> (Option<Resource>, Problems) {
     let mut problems = Problems::new();
     if !value.is_object() {
         problems.push("", format!("a {kind} must be an object"));
-        return Err(problems);
+        return (None, problems);
     }
     // Take the policy documents out, parse the rest with serde, then parse the documents step
     // by step so that each bad step is its own problem.
@@ -139,19 +182,13 @@ pub fn parse_resource(kind: Kind, mut value: Value) -> Result<Resource, Problems
             Err(p) => problems.extend(p.prefixed(&path)),
         }
     }
-    let resource = match Resource::from_json(kind, value) {
-        Ok(r) => Some(r),
-        Err(e) => {
-            problems.push("", e.to_string());
-            None
+    let mut resource = match from_json_at(kind, value) {
+        Ok(r) => r,
+        Err((path, e)) => {
+            problems.push(path, e.to_string());
+            return (None, problems);
         }
     };
-    let Some(mut resource) = resource else {
-        return Err(problems);
-    };
-    if !problems.is_empty() {
-        return Err(problems);
-    }
     for (op, doc) in parsed_docs {
         match (&mut resource, op) {
             (Resource::Api(api), Some(i)) => api.operations[i].policies = doc,
@@ -161,7 +198,47 @@ pub fn parse_resource(kind: Kind, mut value: Value) -> Result<Resource, Problems
             (_, _) => problems.push("policies", format!("a {kind} has no policies")),
         }
     }
-    problems.into_result().map(|()| resource)
+    (Some(resource), problems)
+}
+
+/// [`Resource::from_json`], with the path of the field a type error is at: a file's problem
+/// can then name the field's line rather than the resource's.
+fn from_json_at(kind: Kind, value: Value) -> Result<Resource, (String, serde_json::Error)> {
+    fn at<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, (String, serde_json::Error)> {
+        serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = path_string(e.path());
+            (path, e.into_inner())
+        })
+    }
+    Ok(match kind {
+        Kind::NamedValue => Resource::NamedValue(at(value)?),
+        Kind::Backend => Resource::Backend(at(value)?),
+        Kind::Api => Resource::Api(at(value)?),
+        Kind::Product => Resource::Product(at(value)?),
+        Kind::Subscription => Resource::Subscription(at(value)?),
+        Kind::Gateway => Resource::Gateway(at(value)?),
+        Kind::GlobalPolicy => Resource::GlobalPolicy(at(value)?),
+    })
+}
+
+/// `operations[1].url-template`: the document path form of every other problem.
+fn path_string(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    for segment in path {
+        match segment {
+            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(key);
+            }
+            // Past an untracked step the path would be a guess; the enclosing field is not.
+            Segment::Unknown => break,
+        }
+    }
+    out
 }
 
 /// Parses a policy document step by step.
@@ -828,25 +905,40 @@ fn decode_base64(s: &str) -> Option<Vec<u8>> {
 /// Checks rules across a whole configuration: references resolve, subscription keys are
 /// unique, routes do not collide. `resources` is the complete candidate state.
 pub fn check_config<'a>(resources: impl IntoIterator<Item = &'a Resource>) -> Problems {
+    check_config_partial(resources, &HashSet::new())
+}
+
+/// [`check_config`] on a configuration some of whose resources did not parse: those exist
+/// (`unparsed`), so a reference to one is not a problem, but nothing is known of their content.
+/// This is how one run over a file reports the reference problems of every resource that
+/// parsed, next to the parse problems of those that did not.
+pub fn check_config_partial<'a>(
+    resources: impl IntoIterator<Item = &'a Resource>,
+    unparsed: &HashSet<ResourceKey>,
+) -> Problems {
     let mut p = Problems::new();
     let mut by_key: BTreeMap<ResourceKey, &Resource> = BTreeMap::new();
     for r in resources {
         by_key.insert(r.key(), r);
     }
-    let has = |kind: Kind, name: &str| by_key.contains_key(&ResourceKey::new(kind, name));
+    let has = |kind: Kind, name: &str| {
+        let key = ResourceKey::new(kind, name);
+        by_key.contains_key(&key) || unparsed.contains(&key)
+    };
     let named_value = |name: &str| -> Option<&str> {
         match by_key.get(&ResourceKey::new(Kind::NamedValue, name)) {
             Some(Resource::NamedValue(nv)) => Some(nv.value.as_str()),
             _ => None,
         }
     };
+    let unparsed_value = |name: &str| unparsed.contains(&ResourceKey::new(Kind::NamedValue, name));
     let mut keys: HashMap<&str, String> = HashMap::new();
     let mut routes: HashMap<(String, String, String, String), String> = HashMap::new();
     for (key, r) in &by_key {
         let at = key.to_string();
         let check_refs = |p: &mut Problems, path: &str, s: &str| {
             for n in named_value_refs(s) {
-                if named_value(&n).is_none() {
+                if named_value(&n).is_none() && !unparsed_value(&n) {
                     p.push(
                         join(&at, path),
                         format!("unknown named value '{{{{{n}}}}}'"),

@@ -532,7 +532,13 @@ async fn apply(req: HttpRequest, st: St, body: web::Payload) -> Result<HttpRespo
     .await?;
     let text = std::str::from_utf8(&bytes)
         .map_err(|e| ApiError::BadRequest(format!("the file is not UTF-8: {e}")))?;
-    let doc = Document::from_yaml(text)?;
+    // Problems found after parsing name resources by key; `index` puts them back in the file,
+    // with the same path form and position as the parse problems.
+    let (doc, index) = Document::from_yaml_indexed(text)?;
+    let in_file = |e: ApiError| match e {
+        ApiError::Invalid(p) => ApiError::Invalid(index.locate(p)),
+        e => e,
+    };
     let state = st.store.state();
     if let Some(rev) = expected
         && rev != state.revision
@@ -547,12 +553,15 @@ async fn apply(req: HttpRequest, st: St, body: web::Payload) -> Result<HttpRespo
     } else {
         Default::default()
     };
-    let plan = plan(&state, doc.resources, &owned).map_err(|p| redacted(p, &state))?;
+    let plan = plan(&state, doc.resources, &owned)
+        .map_err(|p| in_file(ApiError::Invalid(redacted(p, &state))))?;
     let mut revision = state.revision;
     if !dry_run && !plan.writes.is_empty() {
         let store = st.store.clone();
         let writes = plan.writes;
-        let committed = blocking(&st.store, move || store.commit(writes)).await?;
+        let committed = blocking(&st.store, move || store.commit(writes))
+            .await
+            .map_err(in_file)?;
         revision = committed.revision;
         tracing::info!(
             revision,

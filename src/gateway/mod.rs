@@ -685,21 +685,19 @@ fn offline_snapshot(file: &Path, gateway: &str) -> Result<GatewaySnapshot, Strin
             file.display()
         )
     })?;
-    let doc = Document::from_yaml(&text).map_err(|p| {
+    let name = file.display().to_string();
+    let refused = |p: Problems| {
         format!(
-            "the offline config file {} has {} problem(s):\n{p}",
-            file.display(),
-            p.len()
+            "the offline config file {name} has {} problem(s):\n{}",
+            p.len(),
+            p.render_in(&name)
         )
-    })?;
+    };
+    let (doc, index) = Document::from_yaml_indexed(&text).map_err(refused)?;
     // Served as is, a masked secret would reach backends as the mask itself.
     let masked = doc.masked_secrets();
     if !masked.is_empty() {
-        return Err(format!(
-            "the offline config file {} has {} problem(s):\n{masked}",
-            file.display(),
-            masked.len()
-        ));
+        return Err(refused(index.locate(masked)));
     }
     let gateways: Vec<&str> = doc
         .resources
