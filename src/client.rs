@@ -313,7 +313,11 @@ pub fn apply(
 
 fn apply_failed(label: &str, e: CallError) -> Result<ExitCode, String> {
     match e {
-        CallError::Api { status: 400, body } => {
+        // 400: the file itself; 409: what it would make of the stored configuration.
+        CallError::Api {
+            status: 400 | 409,
+            body,
+        } => {
             eprintln!("{label}: {}", body.message);
             if !body.problems.is_empty() {
                 eprintln!("{}", Problems(body.problems));

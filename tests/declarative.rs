@@ -53,10 +53,11 @@ fn keys(r: &ApplyResult, action: Action) -> Vec<String> {
 
 fn problems_of(e: CallError) -> Vec<String> {
     match e {
-        CallError::Api { status: 400, body } => {
-            body.problems.iter().map(ToString::to_string).collect()
-        }
-        other => panic!("expected a 400, got {other}"),
+        CallError::Api {
+            status: 400 | 409,
+            body,
+        } => body.problems.iter().map(ToString::to_string).collect(),
+        other => panic!("expected a 400 or 409, got {other}"),
     }
 }
 
