@@ -315,7 +315,11 @@ pub fn apply(
 /// several files are sent merged into one document, where they would point nowhere useful.
 fn apply_failed(label: &str, one_file: bool, e: CallError) -> Result<ExitCode, String> {
     match e {
-        CallError::Api { status: 400, body } => {
+        // 400: the file itself; 409: what it would make of the stored configuration.
+        CallError::Api {
+            status: 400 | 409,
+            body,
+        } => {
             eprintln!("{label}: {}", body.message);
             let mut problems = Problems(body.problems);
             if !problems.is_empty() {

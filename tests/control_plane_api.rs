@@ -310,7 +310,9 @@ fn bad_bodies_get_400_with_every_problem() {
         ),
         (
             Kind::Product,
-            json!({"name": "p", "apis": ["missing-1", "missing-2"]}),
+            // Names no API can have (a valid name of a missing API is a 409, see
+            // the_server_answers_as_the_openapi_document_says).
+            json!({"name": "p", "apis": ["Missing 1", "missing/2"]}),
             vec!["apis[0]", "apis[1]"],
         ),
         (
@@ -616,11 +618,32 @@ fn pagination() {
     assert_eq!(pages, 3);
     let expected: Vec<String> = (0..25).map(|i| format!("nv-{i:02}")).collect();
     assert_eq!(seen, expected, "every item once, sorted by name");
-    // Default page size holds them all; the maximum is capped, not refused.
+    // Default page size holds them all; above the documented maximum is refused, as the
+    // OpenAPI document says.
     let (_, all) = expect(cp.get("/api/v1/named-values"), StatusCode::OK);
     assert_eq!(all["items"].as_array().unwrap().len(), 25);
-    let (_, all) = expect(cp.get("/api/v1/named-values?limit=100000"), StatusCode::OK);
+    let (_, all) = expect(
+        cp.get(&format!(
+            "/api/v1/named-values?limit={}",
+            admin_api::MAX_PAGE
+        )),
+        StatusCode::OK,
+    );
     assert_eq!(all["items"].as_array().unwrap().len(), 25);
+    let (_, err) = expect(
+        cp.get(&format!(
+            "/api/v1/named-values?limit={}",
+            admin_api::MAX_PAGE + 1
+        )),
+        StatusCode::BAD_REQUEST,
+    );
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains("between 1 and 1000"),
+        "{err}"
+    );
     expect(
         cp.get("/api/v1/named-values?limit=0"),
         StatusCode::BAD_REQUEST,
@@ -778,13 +801,14 @@ fn secrets_are_never_returned() {
         Some(Resource::NamedValue(nv)) => assert_eq!(nv.value, secret),
         other => panic!("{other:?}"),
     }
-    // A mask with nothing stored behind it is refused, not stored literally.
+    // A mask with nothing stored behind it is refused, not stored literally (409: the body is
+    // valid, what is stored is not what it needs).
     let (_, err) = expect(
         cp.put(
             "/api/v1/named-values/fresh",
             json!({"value": SECRET_MASK, "secret": true}),
         ),
-        StatusCode::BAD_REQUEST,
+        StatusCode::CONFLICT,
     );
     assert!(problems(&err)[0].contains("mask"), "{err}");
     // Problems that quote a value after substitution do not show the secret.
@@ -997,14 +1021,16 @@ fn gateway_listener_is_separate() {
 #[test]
 fn the_gateway_compiler_checks_every_change_before_commit() {
     let cp = cp();
-    // The model accepts anything that looks like PEM; the gateway's compiler parses it.
+    // The model accepts anything that looks like PEM; the gateway's compiler parses it. It
+    // compiles the configuration as a whole, so its problems are answered like the other
+    // problems of the whole configuration: 409.
     let (_, err) = expect(
         cp.post(
             "/api/v1/backends",
             json!({"name": "b", "url": "https://x", "tls": {
                 "ca-pem": "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n"}}),
         ),
-        StatusCode::BAD_REQUEST,
+        StatusCode::CONFLICT,
     );
     let got = problems(&err);
     assert!(got.iter().any(|p| p.contains("ca-pem")), "{got:?}");
@@ -1226,4 +1252,143 @@ fn a_second_control_plane_in_one_process_is_refused_until_the_first_stops() {
     start(settings(&dir))
         .expect("starts once the first stopped")
         .stop();
+}
+
+/// What schemathesis (.ci/schemathesis.sh) found the OpenAPI document and the server disagreeing
+/// on, each answered as the document now says.
+#[test]
+fn the_server_answers_as_the_openapi_document_says() {
+    let cp = cp();
+    // A method the path is not served with: 405 with the methods it is served with.
+    for (path, allow) in [
+        ("/api/v1/revision", "GET"),
+        ("/api/v1/backends", "GET, POST"),
+        ("/api/v1/backends/b", "DELETE, GET, PUT"),
+        ("/api/v1/gateways/g/token", "POST"),
+    ] {
+        let res = cp.req(reqwest::Method::TRACE, path).send().unwrap();
+        let (headers, body) = expect(res, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(headers["allow"], allow, "{path}");
+        // The gateway admin routes are actix resources, whose own 405 has no body.
+        if !path.contains("/token") {
+            assert_eq!(body["error"], "method-not-allowed", "{path}: {body}");
+        }
+    }
+    // An unknown path is still 404.
+    expect(
+        cp.req(reqwest::Method::TRACE, "/api/v1/nothing")
+            .send()
+            .unwrap(),
+        StatusCode::NOT_FOUND,
+    );
+
+    // If-Match: empty or not an ETag is 400 (the document's pattern); with If-None-Match: *
+    // the two can never both hold: 412.
+    let nv = json!({"value": "v"});
+    for bad in ["", "\"\"", "\"x\"", "+1", "\"12"] {
+        let res = cp
+            .req(reqwest::Method::PUT, "/api/v1/named-values/nv")
+            .header("If-Match", bad)
+            .json(&nv)
+            .send()
+            .unwrap();
+        expect(res, StatusCode::BAD_REQUEST);
+    }
+    let res = cp
+        .req(reqwest::Method::PUT, "/api/v1/named-values/nv")
+        .header("If-Match", "*")
+        .header("If-None-Match", "*")
+        .json(&nv)
+        .send()
+        .unwrap();
+    expect(res, StatusCode::PRECONDITION_FAILED);
+    // ...but a body with problems of its own is 400 first.
+    let res = cp
+        .req(reqwest::Method::PUT, "/api/v1/gateways/g")
+        .header("If-Match", "*")
+        .header("If-None-Match", "*")
+        .json(&json!({"apis": [""]}))
+        .send()
+        .unwrap();
+    let (_, body) = expect(res, StatusCode::BAD_REQUEST);
+    assert!(problems(&body)[0].contains("apis[0]"), "{body}");
+
+    // The body's name must be the path's; unknown fields are refused.
+    let (_, body) = expect(
+        cp.put(
+            "/api/v1/named-values/nv",
+            json!({"name": "other", "value": "v"}),
+        ),
+        StatusCode::BAD_REQUEST,
+    );
+    assert!(problems(&body)[0].starts_with("name:"), "{body}");
+    let (_, body) = expect(
+        cp.post(
+            "/api/v1/gateways/g/keys/regenerate",
+            json!({"key": "primary", "bogus": 1}),
+        ),
+        StatusCode::BAD_REQUEST,
+    );
+    assert!(
+        body["message"].as_str().unwrap().contains("bogus"),
+        "{body}"
+    );
+    expect(
+        cp.post(
+            "/api/v1/backends",
+            json!({"name": "b", "url": "http://b", "bogus": 1}),
+        ),
+        StatusCode::BAD_REQUEST,
+    );
+    // Whole numbers written as floats are integers.
+    expect(
+        cp.post(
+            "/api/v1/backends",
+            json!({"name": "b", "url": "http://[::1]:8080", "request-timeout-ms": 2000.0}),
+        ),
+        StatusCode::CREATED,
+    );
+    expect(
+        cp.post(
+            "/api/v1/backends",
+            json!({"name": "b6", "url": "http://[0]"}),
+        ),
+        StatusCode::BAD_REQUEST,
+    );
+
+    // A valid reference to nothing stored is a conflict with the stored configuration (409,
+    // every problem listed); an invalid name is the request's own problem (400).
+    let (_, body) = expect(
+        cp.post("/api/v1/apis", json!({"name": "a", "backend": "missing"})),
+        StatusCode::CONFLICT,
+    );
+    assert!(problems(&body)[0].contains("missing"), "{body}");
+    let (_, body) = expect(
+        cp.post(
+            "/api/v1/apis",
+            json!({"name": "a", "backend": "Not A Name"}),
+        ),
+        StatusCode::BAD_REQUEST,
+    );
+    assert!(problems(&body)[0].contains("backend"), "{body}");
+    // The mask with no secret stored behind it: 409 too (valid, but nothing to keep).
+    expect(
+        cp.put(
+            "/api/v1/named-values/s",
+            json!({"value": SECRET_MASK, "secret": true}),
+        ),
+        StatusCode::CONFLICT,
+    );
+
+    // /apply: a YAML document that is not a map is refused with the problem listed.
+    for text in ["- a\n- b\n", "just text\n", "42\n"] {
+        let res = cp
+            .req(reqwest::Method::POST, "/api/v1/apply")
+            .header("Content-Type", "application/yaml")
+            .body(text)
+            .send()
+            .unwrap();
+        let (_, body) = expect(res, StatusCode::BAD_REQUEST);
+        assert!(!problems(&body).is_empty(), "{text:?}: {body}");
+    }
 }

@@ -334,7 +334,10 @@ pub fn check_resource(resource: &Resource) -> Problems {
         Resource::NamedValue(_) => {}
         Resource::Backend(b) => check_backend(&mut p, b),
         Resource::Api(a) => check_api(&mut p, a),
-        Resource::Product(prod) => check_policies(&mut p, "policies", &prod.policies),
+        Resource::Product(prod) => {
+            check_names(&mut p, "apis", &prod.apis);
+            check_policies(&mut p, "policies", &prod.policies);
+        }
         Resource::Subscription(s) => check_subscription(&mut p, s),
         Resource::Gateway(g) => check_gateway(&mut p, g),
         Resource::GlobalPolicy(g) => {
@@ -404,6 +407,15 @@ pub fn check_url(p: &mut Problems, path: &str, url: &str) {
     if authority.is_empty() {
         p.push(path, format!("'{url}' has no host"));
     }
+    // A bracketed host is an IPv6 literal; nothing else could connect.
+    if let Some(inner) = authority.strip_prefix('[') {
+        let ok = inner
+            .split_once(']')
+            .is_some_and(|(ip, _)| ip.parse::<std::net::Ipv6Addr>().is_ok());
+        if !ok {
+            p.push(path, format!("'{url}' has an invalid IPv6 address"));
+        }
+    }
     if let Some((_, port)) = authority.rsplit_once(':')
         && !authority.ends_with(']')
         && port.parse::<u16>().is_err()
@@ -440,6 +452,8 @@ fn check_api(p: &mut Problems, a: &Api) {
     }
     if a.backend.is_empty() {
         p.push("backend", "an API needs a backend");
+    } else {
+        check_name(p, "backend", &a.backend);
     }
     if let Some(v) = &a.version {
         if v.name.is_empty() || v.name.contains(['/', '?', '#', ' ']) {
@@ -571,7 +585,20 @@ fn check_hostname(p: &mut Problems, path: &str, h: &str) {
     }
 }
 
+/// References: a name that no resource can have is wrong in the request itself, whatever is
+/// stored (a valid name that is not stored is `check_config`'s).
+fn check_names(p: &mut Problems, path: &str, names: &[String]) {
+    for (i, n) in names.iter().enumerate() {
+        check_name(p, &format!("{path}[{i}]"), n);
+    }
+}
+
 fn check_subscription(p: &mut Problems, s: &Subscription) {
+    match &s.scope {
+        Scope::AllApis => {}
+        Scope::Product(n) => check_name(p, "scope.product", n),
+        Scope::Api(n) => check_name(p, "scope.api", n),
+    }
     for (field, key) in [
         ("primary-key", &s.primary_key),
         ("secondary-key", &s.secondary_key),
@@ -591,6 +618,7 @@ fn check_subscription(p: &mut Problems, s: &Subscription) {
 }
 
 fn check_gateway(p: &mut Problems, g: &Gateway) {
+    check_names(p, "apis", &g.apis);
     for (i, h) in g.hostnames.iter().enumerate() {
         check_hostname(p, &format!("hostnames[{i}].hostname"), &h.hostname);
         if h.certificate_pem.is_some() != h.key_pem.is_some() {

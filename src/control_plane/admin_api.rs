@@ -28,7 +28,7 @@ use futures_util::StreamExt as _;
 use outpost_model::document::Document;
 use outpost_model::prune::prune;
 use outpost_model::resources::{GLOBAL_POLICY_NAME, GlobalPolicy, SECRET_MASK};
-use outpost_model::validate::parse_resource;
+use outpost_model::validate::{check_resource, parse_resource};
 use outpost_model::{Kind, Problems, Resource, ResourceKey};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -175,10 +175,61 @@ fn register(cfg: &mut web::ServiceConfig, path: &str, route: &Route) {
     cfg.route(path, handler);
 }
 
-/// Answer for any path no route matches (JSON like every other error).
-pub async fn no_route(req: HttpRequest) -> HttpResponse {
+/// Answer of the gateway listener for any request no route takes: 404 in JSON.
+pub async fn not_found(req: HttpRequest) -> HttpResponse {
     use actix_web::ResponseError as _;
     ApiError::NotFound(format!("no route for {} {}", req.method(), req.path())).error_response()
+}
+
+/// Answer for any request no route takes (JSON like every other error): 405 with `Allow` when
+/// the path is served with other methods, 404 otherwise.
+pub async fn no_route(req: HttpRequest) -> HttpResponse {
+    use actix_web::ResponseError as _;
+    let allowed = allowed_methods(req.path());
+    if allowed.is_empty() {
+        return ApiError::NotFound(format!("no route for {} {}", req.method(), req.path()))
+            .error_response();
+    }
+    let allow = allowed.join(", ");
+    let mut res = ApiError::MethodNotAllowed(format!(
+        "{} is not served on {}; allowed: {allow}",
+        req.method(),
+        req.path()
+    ))
+    .error_response();
+    if let Ok(v) = header::HeaderValue::from_str(&allow) {
+        res.headers_mut().insert(header::ALLOW, v);
+    }
+    res
+}
+
+/// The methods served on `path`, from the two route tables the OpenAPI document is built from.
+fn allowed_methods(path: &str) -> Vec<String> {
+    let matches = |template: &str| {
+        let (mut t, mut p) = (template.split('/'), path.split('/'));
+        loop {
+            match (t.next(), p.next()) {
+                (None, None) => return true,
+                (Some(ts), Some(ps)) if ts.starts_with('{') && !ps.is_empty() => {}
+                (Some(ts), Some(ps)) if ts == ps => {}
+                _ => return false,
+            }
+        }
+    };
+    let mut methods: Vec<String> = routes()
+        .into_iter()
+        .map(|r| (r.method, r.path))
+        .chain(
+            super::openapi::gateway_admin_routes()
+                .into_iter()
+                .map(|r| (r.method, r.path)),
+        )
+        .filter(|(_, template)| matches(template))
+        .map(|(m, _)| m.to_string())
+        .collect();
+    methods.sort();
+    methods.dedup();
+    methods
 }
 
 // === handlers ===
@@ -198,8 +249,12 @@ struct ListQuery {
 async fn list(kind: Kind, req: HttpRequest, st: St) -> Result<HttpResponse, ApiError> {
     let q: ListQuery = query(&req)?;
     let limit = match q.limit {
-        Some(0) => return Err(ApiError::BadRequest("limit must be at least 1".into())),
-        Some(n) => n.min(MAX_PAGE),
+        Some(n) if !(1..=MAX_PAGE).contains(&n) => {
+            return Err(ApiError::BadRequest(format!(
+                "limit must be between 1 and {MAX_PAGE}, not {n}"
+            )));
+        }
+        Some(n) => n,
         None => DEFAULT_PAGE,
     };
     let state = st.store.state();
@@ -275,7 +330,6 @@ async fn put(
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let mut value = read_json(&req, body).await?;
-    let pre = write_precondition(req.headers())?;
     if let Value::Object(map) = &mut value {
         match map.get("name") {
             None | Some(Value::Null) => {
@@ -293,6 +347,8 @@ async fn put(
         }
     }
     let resource = parse_body(kind, value)?;
+    // The request's own problems (400) before the preconditions on what is stored (412).
+    let pre = write_precondition(req.headers())?;
     let key = resource.key();
     // The global policy "exists" at revision 0 before its first write (see `get`), so
     // `If-Match: "0"` means "not written yet".
@@ -537,6 +593,7 @@ async fn apply(req: HttpRequest, st: St, body: web::Payload) -> Result<HttpRespo
     let (doc, index) = Document::from_yaml_indexed(text)?;
     let in_file = |e: ApiError| match e {
         ApiError::Invalid(p) => ApiError::Invalid(index.locate(p)),
+        ApiError::Inconsistent(p) => ApiError::Inconsistent(index.locate(p)),
         e => e,
     };
     let state = st.store.state();
@@ -553,8 +610,9 @@ async fn apply(req: HttpRequest, st: St, body: web::Payload) -> Result<HttpRespo
     } else {
         Default::default()
     };
+    // The plan's problems are about what is stored (a masked secret with nothing to keep).
     let plan = plan(&state, doc.resources, &owned)
-        .map_err(|p| in_file(ApiError::Invalid(redacted(p, &state))))?;
+        .map_err(|p| in_file(ApiError::Inconsistent(redacted(p, &state))))?;
     let mut revision = state.revision;
     if !dry_run && !plan.writes.is_empty() {
         let store = st.store.clone();
@@ -694,11 +752,18 @@ fn etag(revision: u64) -> String {
     format!("\"{revision}\"")
 }
 
-/// `"12"`, `W/"12"` or `12` → 12.
+/// `"12"`, `W/"12"` or `12` → 12; nothing else (the OpenAPI document's pattern says the same).
 fn parse_etag(v: &str) -> Option<u64> {
     let v = v.trim();
     let v = v.strip_prefix("W/").unwrap_or(v);
-    v.trim_matches('"').parse().ok()
+    let digits = v
+        .strip_prefix('"')
+        .and_then(|d| d.strip_suffix('"'))
+        .unwrap_or(v);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
 }
 
 fn with_revision(
@@ -726,20 +791,31 @@ fn header_str<'a>(
 fn write_precondition(headers: &HeaderMap) -> Result<Precondition, ApiError> {
     let if_match = header_str(headers, &header::IF_MATCH)?;
     let if_none = header_str(headers, &header::IF_NONE_MATCH)?;
-    match (if_match.map(str::trim), if_none.map(str::trim)) {
-        (Some(_), Some(_)) => Err(ApiError::BadRequest(
-            "If-Match and If-None-Match cannot be combined".into(),
-        )),
-        (Some("*"), None) => Ok(Precondition::MustExist),
-        (Some(v), None) => parse_etag(v).map(Precondition::IfMatch).ok_or_else(|| {
+    let if_match = match if_match.map(str::trim) {
+        None => None,
+        Some("*") => Some(Precondition::MustExist),
+        Some(v) => Some(parse_etag(v).map(Precondition::IfMatch).ok_or_else(|| {
             ApiError::BadRequest(format!(
-                "If-Match must be one ETag such as \"12\" (as returned by GET), not {v}"
+                "If-Match must be * or one ETag such as \"12\" (as returned by GET), not '{v}'"
             ))
-        }),
-        (None, Some("*")) => Ok(Precondition::IfNoneMatch),
-        (None, Some(v)) => Err(ApiError::BadRequest(format!(
-            "only 'If-None-Match: *' (create only) is supported on writes, not {v}"
-        ))),
+        })?),
+    };
+    let if_none = match if_none.map(str::trim) {
+        None => None,
+        Some("*") => Some(Precondition::IfNoneMatch),
+        Some(v) => {
+            return Err(ApiError::BadRequest(format!(
+                "only 'If-None-Match: *' (create only) is supported on writes, not '{v}'"
+            )));
+        }
+    };
+    match (if_match, if_none) {
+        // Both well-formed: "exists (at that revision)" and "does not exist" never both hold,
+        // which RFC 9110 answers with 412, as for any other failed precondition.
+        (Some(_), Some(_)) => Err(ApiError::PreconditionFailed(
+            "If-Match and If-None-Match: * can never both hold".into(),
+        )),
+        (Some(p), None) | (None, Some(p)) => Ok(p),
         (None, None) => Ok(Precondition::None),
     }
 }
@@ -792,11 +868,45 @@ async fn read_body(
 
 async fn read_json(req: &HttpRequest, payload: web::Payload) -> Result<Value, ApiError> {
     let bytes = read_body(req, payload, &["application/json"]).await?;
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))
+    let mut value = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))?;
+    whole_numbers_as_integers(&mut value);
+    Ok(value)
 }
 
+/// `5000.0` is the integer 5000 to JSON (and to the OpenAPI document's `"type": "integer"`),
+/// but not to serde's integer fields: write such numbers as integers before parsing.
+fn whole_numbers_as_integers(v: &mut Value) {
+    match v {
+        Value::Number(n) if !n.is_i64() && !n.is_u64() => {
+            if let Some(f) = n.as_f64()
+                && f.fract() == 0.0
+            {
+                // Saturating casts: out-of-range values stay out of range for the field's checks.
+                if f >= 0.0 && f <= u64::MAX as f64 {
+                    *v = Value::from(f as u64);
+                } else if f < 0.0 && f >= i64::MIN as f64 {
+                    *v = Value::from(f as i64);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(whole_numbers_as_integers),
+        Value::Object(map) => map.values_mut().for_each(whole_numbers_as_integers),
+        _ => {}
+    }
+}
+
+/// The resource in a body, with every problem it has on its own (what it would make of the
+/// stored configuration is the store's to check).
 fn parse_body(kind: Kind, value: Value) -> Result<Resource, ApiError> {
-    parse_resource(kind, value).map_err(ApiError::Invalid)
+    let resource = parse_resource(kind, value).map_err(ApiError::Invalid)?;
+    let problems = check_resource(&resource);
+    if !problems.is_empty() {
+        return Err(ApiError::Invalid(
+            problems.prefixed(&resource.key().to_string()),
+        ));
+    }
+    Ok(resource)
 }
 
 /// Commits one put, off the async workers.
@@ -817,7 +927,8 @@ async fn write(st: &St, resource: Resource, pre: Precondition) -> Result<Committ
                 "is the mask '{SECRET_MASK}' but no secret is stored to keep; send the real value"
             ),
         );
-        return Err(ApiError::Invalid(p));
+        // Valid on its own; refused for what is (not) stored.
+        return Err(ApiError::Inconsistent(p));
     }
     let store = st.store.clone();
     let committed = blocking(&st.store, move || store.put(resource, pre)).await?;
@@ -861,6 +972,9 @@ async fn blocking<T: Send + 'static>(
     match web::block(f).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(StoreError::Invalid(p))) => Err(ApiError::Invalid(redacted(p, &store.state()))),
+        Ok(Err(StoreError::Inconsistent(p))) => {
+            Err(ApiError::Inconsistent(redacted(p, &store.state())))
+        }
         Ok(Err(e)) => Err(e.into()),
         Err(e) => Err(ApiError::Internal(format!("blocking task failed: {e}"))),
     }

@@ -24,7 +24,13 @@ pub enum ApiError {
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
+    MethodNotAllowed(String),
+    #[error("{0}")]
     Conflict(String),
+    /// A valid request that would make the stored configuration inconsistent, every problem
+    /// listed (409, like deleting a resource that is still referred to).
+    #[error("the change conflicts with the stored configuration")]
+    Inconsistent(Problems),
     #[error("{0}")]
     PreconditionFailed(String),
     #[error("{0}")]
@@ -50,7 +56,8 @@ impl ApiError {
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not-found",
-            ApiError::Conflict(_) => "conflict",
+            ApiError::MethodNotAllowed(_) => "method-not-allowed",
+            ApiError::Conflict(_) | ApiError::Inconsistent(_) => "conflict",
             ApiError::PreconditionFailed(_) => "precondition-failed",
             ApiError::PayloadTooLarge(_) => "payload-too-large",
             ApiError::UnsupportedMediaType(_) => "unsupported-media-type",
@@ -62,6 +69,13 @@ impl ApiError {
         let (message, problems) = match self {
             ApiError::Invalid(p) => (
                 format!("{} problem(s) in the request", p.len()),
+                p.0.clone(),
+            ),
+            ApiError::Inconsistent(p) => (
+                format!(
+                    "{} problem(s) with the configuration the change would make",
+                    p.len()
+                ),
                 p.0.clone(),
             ),
             other => (other.to_string(), Vec::new()),
@@ -81,7 +95,8 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Conflict(_) | ApiError::Inconsistent(_) => StatusCode::CONFLICT,
             ApiError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -110,6 +125,7 @@ impl From<StoreError> for ApiError {
             }
             StoreError::PreconditionFailed { .. } => ApiError::PreconditionFailed(e.to_string()),
             StoreError::Invalid(p) => ApiError::Invalid(p),
+            StoreError::Inconsistent(p) => ApiError::Inconsistent(p),
             StoreError::Sqlite(_) | StoreError::Corrupt(_) => ApiError::Internal(e.to_string()),
         }
     }

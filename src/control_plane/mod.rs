@@ -220,7 +220,7 @@ pub fn start(settings: ControlPlaneSettings) -> Result<RunningControlPlane, Stri
                 .route("/healthz", web::get().to(healthz))
                 // The gateway-facing endpoint (gateway_api.rs).
                 .configure(gateway_api::configure_gateway_api)
-                .default_service(web::to(admin_api::no_route))
+                .default_service(web::to(admin_api::not_found))
         })
         .shutdown_timeout(2)
         .disable_signals();

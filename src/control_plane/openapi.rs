@@ -9,10 +9,50 @@
 use actix_web::HttpResponse;
 use actix_web::http::Method;
 use outpost_model::Kind;
+use outpost_model::policy::Section;
 use outpost_model::resources::SECRET_MASK;
 use serde_json::{Map, Value, json};
 
 use super::admin_api::{self, DEFAULT_PAGE, MAX_PAGE, Op, PREFIX, REVISION_HEADER};
+
+/// An ETag as the server reads it (`"12"`, `W/"12"` or `12`); 19 digits always fit a revision.
+const REVISION_ETAG: &str = r#"^(W/)?("[0-9]{1,19}"|[0-9]{1,19})$"#;
+
+/// What `check_hostname` accepts: lowercase labels of letters, digits and '-', or `*`.
+const HOSTNAME: &str = r"^(\*|[a-z0-9-]{1,63})(\.(\*|[a-z0-9-]{1,63}))*$";
+
+/// RFC 3339 as chrono reads it, upper-case `T` and `Z` as the server writes them (without
+/// February 29th: a pattern cannot tell leap years).
+const DATE_TIME: &str = r"^[0-9]{4}-((0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])|(0[13-9]|1[0-2])-(29|30)|(0[13578]|1[02])-31)T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$";
+
+/// What `check_url` accepts: `http(s)://host[:port][/path]`, no query, fragment or whitespace;
+/// or, since such a URL is checked only after substitution, any text with a `{{...}}`.
+const BACKEND_URL: &str = r"^(https?://((\[(IPV6)\]|[^/?#\s:\[]+)(:(PORT))?|:(PORT))(/[^?#\s]*)?|[\s\S]*\{\{[\s\S]*\}\}[\s\S]*)$";
+
+/// An IPv6 address in its hexadecimal forms (those with a dotted IPv4 tail are left out).
+const IPV6: &str = "([0-9a-fA-F]{1,4}:){7}[0-9a-fA-F]{1,4}|([0-9a-fA-F]{1,4}:){1,7}:|([0-9a-fA-F]{1,4}:){1,6}:[0-9a-fA-F]{1,4}|([0-9a-fA-F]{1,4}:){1,5}(:[0-9a-fA-F]{1,4}){1,2}|([0-9a-fA-F]{1,4}:){1,4}(:[0-9a-fA-F]{1,4}){1,3}|([0-9a-fA-F]{1,4}:){1,3}(:[0-9a-fA-F]{1,4}){1,4}|([0-9a-fA-F]{1,4}:){1,2}(:[0-9a-fA-F]{1,4}){1,5}|[0-9a-fA-F]{1,4}:(:[0-9a-fA-F]{1,4}){1,6}|:((:[0-9a-fA-F]{1,4}){1,7}|:)";
+
+/// The port part of [`BACKEND_URL`]: 0-65535, leading zeros allowed (as `u16` parses).
+const PORT: &str =
+    "[0-9]{1,4}|[0-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]";
+
+const OPERATION_METHODS: [&str; 9] = [
+    "GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "TRACE", r"\*",
+];
+
+/// A regex matching `word` in any case (the server compares methods case-insensitively; ECMA
+/// regexes have no inline flag).
+fn any_case(word: &str) -> String {
+    word.chars()
+        .map(|c| {
+            if c.is_ascii_alphabetic() {
+                format!("[{}{}]", c.to_ascii_uppercase(), c.to_ascii_lowercase())
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
 
 /// `GET /api/v1/openapi.json` (no authentication).
 pub async fn serve() -> HttpResponse {
@@ -230,7 +270,7 @@ fn operation(op: Op) -> Value {
                 "description": "The declarative file.",
                 "headers": revision_header(),
                 "content": {
-                    "application/yaml": {"schema": {"type": "string"}},
+                    "application/yaml": {"schema": schema_ref("DeclarativeFile")},
                     "application/json": {"schema": schema_ref("DeclarativeFile")},
                 },
             }}), &["400", "401"]),
@@ -251,12 +291,13 @@ fn operation(op: Op) -> Value {
                     "Also delete the resources of the file's kinds that the file does not list."),
                 {"name": "If-Match", "in": "header", "required": false,
                  "description": "`\"<revision>\"`: apply only if the global revision is still this one (412 otherwise), e.g. the revision of a dry run that was reviewed.",
-                 "schema": {"type": "string"}},
+                 "schema": {"type": "string", "pattern": REVISION_ETAG}},
             ],
             "requestBody": {
                 "required": true,
+                "description": "The declarative file, as YAML or JSON (the same document either way).",
                 "content": {
-                    "application/yaml": {"schema": {"type": "string"}},
+                    "application/yaml": {"schema": schema_ref("DeclarativeFile")},
                     "application/json": {"schema": schema_ref("DeclarativeFile")},
                 },
             },
@@ -268,7 +309,7 @@ fn operation(op: Op) -> Value {
             "operationId": format!("list{}", plural_camel(kind)),
             "summary": format!("List {}", kind.plural()),
             "parameters": [
-                query_param("limit", json!({"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": DEFAULT_PAGE}), "Page size (larger values are capped)."),
+                query_param("limit", json!({"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": DEFAULT_PAGE}), "Page size; values outside the range are refused (400)."),
                 query_param("cursor", json!({"type": "string"}), "The `next` value of the previous page."),
             ],
             "responses": responses(ok("200", "One page, sorted by name.", schema_ref(&format!("{}List", camel(kind)))), &["400", "401"]),
@@ -350,11 +391,22 @@ fn put_op(kind: Kind, id: String, mut params: Vec<Value>) -> Value {
         "tags": ["resources"],
         "operationId": id,
         "summary": format!("Create or replace a {kind}"),
-        "description": "The body's name must match the path or be absent.",
+        "description": "The name comes from the path. The body is the resource without `name`; \
+            a `name` equal to the path's is also accepted, so a resource read with GET can be sent back as it is.",
         "parameters": params,
-        "requestBody": json_body(schema_name(kind), true),
+        "requestBody": json_body(&put_body_name(kind), true),
         "responses": responses(ok, &["400", "401", "404", "409", "412", "413", "415"]),
     })
+}
+
+/// The schema of a PUT body: the resource without `name` (it is the path's), except for the
+/// global policy, whose one name is in its schema.
+fn put_body_name(kind: Kind) -> String {
+    if kind == Kind::GlobalPolicy {
+        schema_name(kind).to_owned()
+    } else {
+        format!("{}Body", schema_name(kind))
+    }
 }
 
 fn written(kind: Kind, status: &str, description: &str) -> Value {
@@ -414,8 +466,9 @@ fn parameters() -> Value {
         "Name": {"name": "name", "in": "path", "required": true, "schema": schema_ref("Name")},
         "IfMatch": {
             "name": "If-Match", "in": "header", "required": false,
-            "description": "`\"<revision>\"` from the resource's ETag: the write fails with 412 when the resource changed since; `*` requires it to exist.",
-            "schema": {"type": "string"},
+            "description": "`\"<revision>\"` from the resource's ETag: the write fails with 412 when the resource changed since; `*` requires it to exist. \
+                With `If-None-Match: *` as well, the two can never both hold: 412.",
+            "schema": {"type": "string", "pattern": format!("^\\*$|{REVISION_ETAG}")},
         },
         "IfNoneMatch": {
             "name": "If-None-Match", "in": "header", "required": false,
@@ -436,6 +489,18 @@ fn json_body(schema: &str, required: bool) -> Value {
 fn components() -> Value {
     let mut schemas = resource_schemas();
     let s = schemas.as_object_mut().expect("object");
+    for kind in admin_api::crud_kinds() {
+        let mut body = s[schema_name(kind)].clone();
+        body["properties"]
+            .as_object_mut()
+            .expect("resource schemas have properties")
+            .remove("name");
+        body["required"]
+            .as_array_mut()
+            .expect("resource schemas list required fields")
+            .retain(|f| f != "name");
+        s.insert(put_body_name(kind), body);
+    }
     for kind in Kind::ALL {
         let name = camel(kind);
         s.insert(
@@ -478,8 +543,10 @@ fn components() -> Value {
             "Problem",
             object(
                 json!({
-                    "path": {"type": "string", "description": "Where, e.g. `apis[0] (orders).operations[1].method`."},
+                    "path": {"type": "string", "description": "Where: in a declarative file `apis[0] (orders).operations[1].method`; in a single-resource write, relative to the resource."},
                     "message": {"type": "string"},
+                    "line": {"type": "integer", "minimum": 1, "description": "Line of the applied file where the field starts (1-based). Only on POST /api/v1/apply problems about resources of the file."},
+                    "column": {"type": "integer", "minimum": 1, "description": "Column (1-based, in characters) of that line."},
                 }),
                 &["path", "message"],
             ),
@@ -520,17 +587,7 @@ fn components() -> Value {
             ),
         ),
         ("DeclarativeFile", declarative_file_schema()),
-        (
-            "TokenRequest",
-            object(
-                json!({
-                    "key": {"type": "string", "enum": ["primary", "secondary"], "default": "primary"},
-                    "expiry": {"type": ["string", "null"], "format": "date-time"},
-                    "lifetime-secs": {"type": ["integer", "null"], "minimum": 1},
-                }),
-                &[],
-            ),
-        ),
+        ("TokenRequest", token_request_schema()),
         (
             "TokenResponse",
             object(
@@ -569,7 +626,7 @@ fn components() -> Value {
         ),
         (
             "RegenerateKeyRequest",
-            object(
+            strict(
                 json!({"key": {"type": "string", "enum": ["primary", "secondary"]}}),
                 &["key"],
             ),
@@ -588,8 +645,13 @@ fn components() -> Value {
             "BadRequest": error("Invalid request; `problems` lists every problem found."),
             "Unauthorized": error("Missing or wrong admin token."),
             "NotFound": error("No such resource."),
-            "Conflict": error("Already exists, or still referred to by other resources."),
+            "Conflict": error("Already exists, still referred to by other resources, or the change would make the stored configuration inconsistent (a reference to a missing resource, a route another API serves): `problems` lists every problem."),
             "PreconditionFailed": error("If-Match did not match the resource's current revision."),
+            "MethodNotAllowed": {
+                "description": "The path exists, but not with this method; `Allow` lists its methods.",
+                "headers": {"Allow": {"schema": {"type": "string"}}},
+                "content": {"application/json": {"schema": schema_ref("Error")}},
+            },
             "PayloadTooLarge": error("The body is larger than 1 MiB."),
             "UnsupportedMediaType": error("Wrong Content-Type."),
         },
@@ -616,33 +678,49 @@ fn opt_string() -> Value {
     json!({"type": ["string", "null"]})
 }
 
-fn strings() -> Value {
-    json!({"type": "array", "items": {"type": "string"}})
+/// A policy section: `base` at most once, and the policies allowed in `section`.
+fn policy_section(section: Section) -> Value {
+    let names: Vec<&str> = outpost_model::policy::POLICIES
+        .iter()
+        .filter(|(n, sections)| *n != "base" && sections.contains(&section))
+        .map(|(n, _)| *n)
+        .collect();
+    json!({
+        "type": ["array", "null"],
+        "description": format!("Policies allowed in {}; `base` at most once. null is an empty section.", section.as_str()),
+        "items": {"oneOf": [
+            {"type": "string", "const": "base"},
+            {
+                "type": "object", "minProperties": 1, "maxProperties": 1,
+                "propertyNames": {"type": "string", "enum": names},
+                "additionalProperties": schema_ref("PolicySettings"),
+            },
+        ]},
+        "contains": {"const": "base"},
+        "minContains": 0,
+        "maxContains": 1,
+    })
 }
 
 fn resource_schemas() -> Value {
-    let policy_names: Vec<&str> = outpost_model::policy::POLICIES
-        .iter()
-        .map(|(n, _)| *n)
-        .filter(|n| *n != "base")
-        .collect();
     let name = || schema_ref("Name");
     let policies = || schema_ref("PolicyDocument");
     let display = || json!({"type": "string", "default": ""});
+    let hostname = || json!({"type": "string", "maxLength": 253, "pattern": HOSTNAME});
+    let mut doc = Map::new();
+    for section in Section::ALL {
+        doc.insert(section.as_str().to_owned(), policy_section(section));
+    }
+    let mut policy_document = strict(Value::Object(doc), &[]);
+    policy_document["type"] = json!(["object", "null"]);
+    policy_document["description"] = json!("null is an empty document.");
     json!({
         "Name": {"type": "string", "pattern": "^[a-z0-9][a-z0-9._-]{0,79}$"},
-        "PolicyDocument": strict(json!({
-            "inbound": {"type": "array", "items": schema_ref("PolicyStep")},
-            "backend": {"type": "array", "items": schema_ref("PolicyStep")},
-            "outbound": {"type": "array", "items": schema_ref("PolicyStep")},
-            "on-error": {"type": "array", "items": schema_ref("PolicyStep")},
-        }), &[]),
-        "PolicyStep": {
-            "description": "`base`, or a one-key map from a policy name to its settings (see docs/policies.md).",
-            "oneOf": [
-                {"type": "string", "enum": ["base"]},
-                {"type": "object", "minProperties": 1, "maxProperties": 1, "propertyNames": {"type": "string", "enum": policy_names}},
-            ],
+        "PolicyDocument": policy_document,
+        "PolicySettings": {
+            "type": "object",
+            "description": "The policy's settings, as docs/policies.md describes them for each policy. \
+                The server checks them (fields, ranges, templates) and lists every problem in a 400.",
         },
         "NamedValue": strict(json!({
             "name": name(),
@@ -651,43 +729,57 @@ fn resource_schemas() -> Value {
         }), &["name"]),
         "Backend": strict(json!({
             "name": name(),
-            "url": {"type": "string", "description": "http(s)://host[:port][/path]; may use {{named-values}}."},
+            "url": {
+                "type": "string",
+                "description": "http(s)://host[:port][/path], no query or fragment; or any text with {{named-value}} references, checked after substitution (409 when a referenced named value is missing or the result is not such a URL).",
+                "pattern": BACKEND_URL.replace("PORT", PORT).replace("IPV6", IPV6),
+            },
             "connect-timeout-ms": {"type": "integer", "minimum": 1, "maximum": 600_000, "default": 5000},
             "request-timeout-ms": {"type": "integer", "minimum": 1, "maximum": 3_600_000, "default": 30000},
             "tls": schema_ref("BackendTls"),
         }), &["name", "url"]),
         "BackendTls": strict(json!({
             "verify": {"type": "boolean", "default": true},
-            "ca-pem": opt_string(),
+            "ca-pem": {"type": ["string", "null"], "pattern": r"^[\s\S]*(-----BEGIN CERTIFICATE-----|\{\{[\s\S]*\}\})[\s\S]*$",
+                "description": "PEM certificates, or text with {{named-value}} references."},
             "server-name": opt_string(),
         }), &[]),
         "Api": strict(json!({
             "name": name(),
             "display-name": display(),
-            "path": {"type": "string", "default": "", "description": "Path suffix without leading or trailing '/'; empty is the root."},
-            "hostnames": strings(),
-            "backend": {"type": "string", "description": "Name of a backend."},
+            "path": {"type": "string", "default": "", "description": "Path suffix without leading or trailing '/'; empty is the root.",
+                "pattern": r"^([^/\s{}?#*]([^\s{}?#*]*[^/\s{}?#*])?)?$"},
+            "hostnames": {"type": "array", "items": hostname()},
+            "backend": {"allOf": [name()], "description": "Name of a backend (409 when there is none)."},
             "subscription-required": {"type": "boolean", "default": true},
             "version": {"oneOf": [{"type": "null"}, schema_ref("ApiVersion")]},
             "operations": {"type": "array", "items": schema_ref("Operation")},
             "policies": policies(),
         }), &["name", "backend"]),
-        "ApiVersion": strict(json!({
-            "name": string(),
-            "scheme": {"type": "string", "enum": ["segment", "header", "query"], "default": "segment"},
-            "parameter": {"type": "string", "default": "api-version"},
-        }), &["name"]),
+        "ApiVersion": {
+            "allOf": [strict(json!({
+                "name": {"type": "string", "pattern": "^[^/?# ]+$"},
+                "scheme": {"type": "string", "enum": ["segment", "header", "query"], "default": "segment"},
+                "parameter": {"type": "string", "default": "api-version"},
+            }), &["name"])],
+            // A header or query version needs the parameter's name.
+            "if": {"properties": {"scheme": {"enum": ["header", "query"]}}, "required": ["scheme"]},
+            "then": {"properties": {"parameter": {"minLength": 1}}},
+        },
         "Operation": strict(json!({
             "name": name(),
-            "method": {"type": "string", "description": "GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS, TRACE or * (any)."},
-            "url-template": {"type": "string", "description": "Starts with '/'; `{param}` segments, optional trailing `{*rest}`."},
+            "method": {"type": "string", "description": "GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS, TRACE or * (any), in any case.",
+                "pattern": format!("^({})$", OPERATION_METHODS.iter().map(|m| any_case(m)).collect::<Vec<_>>().join("|"))},
+            "url-template": {"type": "string", "description": "Starts with '/'; `{param}` segments (each name once), optional trailing `{*rest}`.",
+                "minLength": 1,
+                "pattern": r"^(/([^{}?# /]*|\{[A-Za-z0-9_-]+\}))*(/\{\*[A-Za-z0-9_-]+\})?$"},
             "allow-encoded-slashes": {"type": "boolean", "default": false, "description": "Let template parameters match segments with an encoded '/' or '\\' (%2F, %5C)."},
             "policies": policies(),
         }), &["name", "method", "url-template"]),
         "Product": strict(json!({
             "name": name(),
             "display-name": display(),
-            "apis": strings(),
+            "apis": {"type": "array", "items": schema_ref("Name"), "description": "Names of APIs (409 when one is missing)."},
             "subscription-required": {"type": "boolean", "default": true},
             "policies": policies(),
         }), &["name"]),
@@ -696,29 +788,41 @@ fn resource_schemas() -> Value {
             "display-name": display(),
             "scope": schema_ref("SubscriptionScope"),
             "state": {"type": "string", "enum": ["active", "suspended", "expired"], "default": "active"},
-            "primary-key": {"type": "string", "default": "", "description": "32-256 printable characters; empty: generated (or kept on update)."},
-            "secondary-key": {"type": "string", "default": ""},
-            "expires-at": {"type": ["string", "null"], "format": "date-time"},
+            "primary-key": {"type": "string", "default": "", "pattern": "^([!-~]{32,256})?$",
+                "description": "32-256 printable ASCII characters; empty: generated (or kept on update). Differs from the secondary key."},
+            "secondary-key": {"type": "string", "default": "", "pattern": "^([!-~]{32,256})?$"},
+            "expires-at": {"type": ["string", "null"], "format": "date-time", "pattern": DATE_TIME},
         }), &["name", "scope"]),
         "SubscriptionScope": {"oneOf": [
             {"type": "string", "const": "all-apis"},
-            strict(json!({"product": string()}), &["product"]),
-            strict(json!({"api": string()}), &["api"]),
+            strict(json!({"product": name()}), &["product"]),
+            strict(json!({"api": name()}), &["api"]),
         ]},
         "Gateway": strict(json!({
             "name": name(),
             "location": display(),
             "description": display(),
-            "apis": strings(),
+            "apis": {"type": "array", "items": schema_ref("Name"), "uniqueItems": true, "description": "Names of APIs (409 when one is missing)."},
             "hostnames": {"type": "array", "items": schema_ref("GatewayHostname")},
         }), &["name"]),
-        "GatewayHostname": strict(json!({
-            "hostname": string(),
-            "certificate-pem": opt_string(),
-            "key-pem": opt_string(),
-        }), &["hostname"]),
+        "GatewayHostname": {
+            "allOf": [
+                strict(json!({
+                    "hostname": hostname(),
+                    "certificate-pem": opt_string(),
+                    "key-pem": opt_string(),
+                }), &["hostname"]),
+                // A certificate goes with its key (null is none).
+                {"anyOf": [
+                    {"type": "object", "required": ["certificate-pem", "key-pem"],
+                     "properties": {"certificate-pem": {"type": "string"}, "key-pem": {"type": "string"}}},
+                    {"type": "object",
+                     "properties": {"certificate-pem": {"type": "null"}, "key-pem": {"type": "null"}}},
+                ]},
+            ],
+        },
         "GlobalPolicy": strict(json!({
-            "name": {"type": "string", "const": "global", "default": "global"},
+            "name": {"type": ["string", "null"], "enum": ["global", null], "default": "global", "description": "null is the default."},
             "policies": policies(),
         }), &[]),
     })
@@ -730,9 +834,28 @@ fn declarative_file_schema() -> Value {
         "policies": schema_ref("PolicyDocument"),
     });
     for kind in admin_api::crud_kinds() {
-        props[kind.plural()] = json!({"type": "array", "items": schema_ref(schema_name(kind))});
+        props[kind.plural()] = json!({"type": ["array", "null"], "items": schema_ref(schema_name(kind)), "description": "null is an empty section."});
     }
     strict(props, &["apiVersion"])
+}
+
+fn token_request_schema() -> Value {
+    let mut s = strict(
+        json!({
+            "key": {"type": "string", "enum": ["primary", "secondary"], "default": "primary"},
+            "expiry": {"type": ["string", "null"], "format": "date-time", "pattern": DATE_TIME,
+                "description": "In the future, at most `tokens.max_lifetime_days` ahead (400 otherwise); minute precision."},
+            "lifetime-secs": {"type": ["integer", "null"], "minimum": 60,
+                "description": "At most `tokens.max_lifetime_days` in seconds (400 otherwise)."},
+        }),
+        &[],
+    );
+    // One or the other (null is absent).
+    s["not"] = json!({
+        "properties": {"expiry": {"type": "string"}, "lifetime-secs": {"type": "integer"}},
+        "required": ["expiry", "lifetime-secs"],
+    });
+    s
 }
 
 fn instance_status_schema() -> Value {
@@ -809,7 +932,14 @@ mod tests {
         &doc["components"]["schemas"][name]
     }
 
+    /// The properties of a schema, or of its first `allOf` part (schemas with cross-field
+    /// rules keep their fields there).
     fn props(s: &Value) -> BTreeSet<String> {
+        let s = if s["allOf"].is_array() {
+            &s["allOf"][0]
+        } else {
+            s
+        };
         s["properties"]
             .as_object()
             .unwrap_or_else(|| panic!("no properties: {s}"))
@@ -964,6 +1094,55 @@ mod tests {
         }
         let doc = document();
         walk(&doc, &doc);
+    }
+
+    #[test]
+    fn patterns_agree_with_the_model_checks() {
+        let re = |p: &str| regex::Regex::new(p).unwrap();
+        let host = re(HOSTNAME);
+        for ok in ["a", "*.example.com", "api-1.example.com", "x.*"] {
+            assert!(host.is_match(ok), "{ok}");
+        }
+        for bad in ["", "A.example.com", "a..b", "a_b", "a.", "é"] {
+            assert!(!host.is_match(bad), "{bad}");
+        }
+        let url = re(&BACKEND_URL.replace("PORT", PORT).replace("IPV6", IPV6));
+        for ok in [
+            "http://a",
+            "https://a:8443/p/q",
+            "http://[::1]:80/x",
+            "http://:80",
+            "{{base}}/x",
+        ] {
+            assert!(url.is_match(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "ftp://a",
+            "http://",
+            "http://a:",
+            "http://a:65536",
+            "http://a?q",
+            "http://a b",
+            "http://[0]",
+        ] {
+            assert!(!url.is_match(bad), "{bad}");
+        }
+        let etag = re(REVISION_ETAG);
+        for ok in ["\"12\"", "W/\"7\"", "3"] {
+            assert!(etag.is_match(ok), "{ok}");
+        }
+        for bad in ["", "\"\"", "\"x\"", "+1", "\"12"] {
+            assert!(!etag.is_match(bad), "{bad}");
+        }
+        let method =
+            document()["components"]["schemas"]["Operation"]["properties"]["method"]["pattern"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+        let method = re(&method);
+        assert!(method.is_match("GET") && method.is_match("get") && method.is_match("*"));
+        assert!(!method.is_match("FETCH") && !method.is_match(""));
     }
 
     #[test]

@@ -109,6 +109,11 @@ pub enum StoreError {
     },
     #[error("invalid configuration:\n{0}")]
     Invalid(Problems),
+    /// Each resource is valid alone, but the configuration they would make is not (a reference
+    /// to a missing resource, a route another API serves): the answer depends on what is
+    /// stored, not on the request alone.
+    #[error("the configuration would be inconsistent:\n{0}")]
+    Inconsistent(Problems),
     #[error("storage: {0}")]
     Sqlite(#[from] rusqlite::Error),
     #[error("stored data is corrupt: {0}")]
@@ -416,7 +421,7 @@ impl Store {
         }
         let problems = check_config(candidate.values().map(|s| &s.resource));
         if !problems.is_empty() {
-            return Err(StoreError::Invalid(problems));
+            return Err(StoreError::Inconsistent(problems));
         }
         let state = State {
             revision: next,
@@ -425,7 +430,7 @@ impl Store {
         if let Some(validate) = &self.validator {
             let problems = validate(&state);
             if !problems.is_empty() {
-                return Err(StoreError::Invalid(problems));
+                return Err(StoreError::Inconsistent(problems));
             }
         }
 
@@ -969,7 +974,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         match store.put(backend("c", "http://{{nope}}"), Precondition::None) {
-            Err(StoreError::Invalid(p)) => assert!(p.to_string().contains("nope"), "{p}"),
+            Err(StoreError::Inconsistent(p)) => assert!(p.to_string().contains("nope"), "{p}"),
             other => panic!("{other:?}"),
         }
     }

@@ -320,6 +320,11 @@ pub fn requested_expiry(
         }
         (Some(expiry), None) => expiry,
         (None, Some(secs)) => {
+            if secs < 60 {
+                return Err(ApiError::BadRequest(format!(
+                    "lifetime-secs must be at least 60 (tokens have minute precision), not {secs}"
+                )));
+            }
             let secs = i64::try_from(secs).unwrap_or(i64::MAX);
             if secs > max.num_seconds() {
                 return Err(lifetime_too_long(max_lifetime_days));

@@ -188,7 +188,7 @@ impl Estate {
         };
         // Generation 1, with the rate limit if this build takes it.
         let (status, body) = estate.try_apply(&estate.yaml(1, true)).await;
-        if status == 400 && body.to_string().contains("rate-limit") {
+        if (status == 400 || status == 409) && body.to_string().contains("rate-limit") {
             estate.rate_limit = None;
             estate.apply_generation(1).await;
         } else {

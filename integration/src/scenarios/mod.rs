@@ -438,7 +438,7 @@ pub async fn run(scenario: Scenario, settings: &Settings) -> ScenarioReport {
     let mut run = Run::new(estate.nodes.len());
     if estate.rate_limit.is_none() {
         run.note(
-            "this build refuses the `rate-limit` policy (HTTP 400 on apply): configured \
+            "this build refuses the `rate-limit` policy (HTTP 400 or 409 on apply): configured \
              without it, rate-limit assertions skipped",
         );
     }
