@@ -85,9 +85,11 @@ pub enum Command {
         /// Name of the gateway resource the token is for.
         #[arg(long)]
         gateway: String,
-        /// Lifetime such as 30m, 12h, 7d (capped by the control plane's maximum).
-        #[arg(long, default_value = "30d")]
-        expires: String,
+        /// Lifetime such as 30m, 12h, 7d. Default: the control plane's maximum
+        /// (`[tokens] max_lifetime_days`, 30 days unless changed); a longer lifetime is refused
+        /// with an error naming that maximum.
+        #[arg(long)]
+        expires: Option<String>,
         /// Which gateway key signs the token: `primary` or `secondary` (rotate one while the
         /// other's tokens stay valid).
         #[arg(long, default_value = "primary", value_parser = ["primary", "secondary"])]
@@ -216,7 +218,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             expires,
             key,
             server,
-        } => crate::client::gateway_token(&server, &gateway, &expires, &key)
+        } => crate::client::gateway_token(&server, &gateway, expires.as_deref(), &key)
             .map(|()| ExitCode::SUCCESS),
         Command::SigningKey { action, server } => {
             crate::client::signing_key(&server, matches!(action, SigningKeyAction::Rotate))

@@ -195,17 +195,21 @@ impl Connection {
         self.send(self.http.get(self.url("/export?include_secrets=true")))
     }
 
-    /// `POST /api/v1/gateways/{gateway}/token`.
+    /// `POST /api/v1/gateways/{gateway}/token`; without a lifetime the control plane's maximum.
     pub fn gateway_token(
         &self,
         gateway: &str,
-        lifetime: Duration,
+        lifetime: Option<Duration>,
         key: &str,
     ) -> Result<TokenResponse, CallError> {
+        let body = match lifetime {
+            Some(l) => json!({"key": key, "lifetime-secs": l.as_secs()}),
+            None => json!({"key": key}),
+        };
         let req = self
             .http
             .post(self.url(&format!("/gateways/{gateway}/token")))
-            .json(&json!({"key": key, "lifetime-secs": lifetime.as_secs()}));
+            .json(&body);
         Self::json(&self.send(req)?)
     }
 
@@ -578,14 +582,19 @@ pub fn validate(file: &Path) -> Result<ExitCode, String> {
     }
 }
 
-/// `outpost gateway-token --gateway NAME --expires 7d --key primary`: prints the token.
+/// `outpost gateway-token --gateway NAME --expires 7d --key primary`: prints the token. Without
+/// `--expires` the token gets the control plane's longest lifetime; a longer one is refused by
+/// the control plane, whose message names the maximum.
 pub fn gateway_token(
     server: &ServerArgs,
     gateway: &str,
-    expires: &str,
+    expires: Option<&str>,
     key: &str,
 ) -> Result<(), String> {
-    let lifetime = parse_duration(expires).map_err(|e| format!("--expires: {e}"))?;
+    let lifetime = expires
+        .map(parse_duration)
+        .transpose()
+        .map_err(|e| format!("--expires: {e}"))?;
     if !matches!(key, "primary" | "secondary") {
         return Err(format!("--key must be primary or secondary, not '{key}'"));
     }

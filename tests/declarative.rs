@@ -821,3 +821,57 @@ fn cli_errors_name_the_cause() {
     assert!(err.contains(&format!("cannot reach {url}")), "{err}");
     assert!(err.to_lowercase().contains("connection refused"), "{err}");
 }
+
+/// Issue 10 A.6: a lifetime beyond `tokens.max_lifetime_days` is refused, not capped, and the
+/// CLI says what the maximum is; without `--expires` a token gets the maximum, whatever it is.
+#[test]
+fn gateway_token_lifetimes_beyond_the_maximum_are_refused_naming_it() {
+    let mut s = ControlPlaneSettings::default();
+    s.admin.listen = "127.0.0.1:0".into();
+    s.gateway_api.listen = "127.0.0.1:0".into();
+    s.store.data_dir = ":memory:".into();
+    s.admin.token = TOKEN.into();
+    s.tokens.max_lifetime_days = 7;
+    let cp = start(s).unwrap();
+    conn(&cp)
+        .apply(
+            "apiVersion: outpost/v1\ngateways:\n  - {name: site-a}\n",
+            false,
+        )
+        .unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(args)
+            .env("OUTPOST_SERVER", cp.admin_url())
+            .env("OUTPOST_ADMIN_TOKEN", TOKEN)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    let (code, out, err) = run(&["gateway-token", "--gateway", "site-a", "--expires", "90d"]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(out.is_empty(), "no token printed: {out}");
+    assert!(
+        err.contains("token lifetime 90 days exceeds the maximum of 7 days")
+            && err.contains("tokens.max_lifetime_days"),
+        "{err}"
+    );
+
+    // No --expires: the maximum, not a fixed 30 days the control plane would refuse.
+    let (code, out, err) = run(&["gateway-token", "--gateway", "site-a"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.starts_with("GatewayKey site-a&"), "{out}");
+    let expiry = outpost_actors::token::parse(out.trim()).unwrap().expiry;
+    let lifetime = expiry - chrono::Utc::now();
+    assert!(
+        lifetime > chrono::TimeDelta::days(7) - chrono::TimeDelta::minutes(2)
+            && lifetime <= chrono::TimeDelta::days(7),
+        "{lifetime}"
+    );
+    cp.stop();
+}

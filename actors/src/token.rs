@@ -5,8 +5,11 @@
 
 use chrono::{DateTime, NaiveDateTime, TimeDelta, Utc};
 
-/// Tokens expiring within this window raise `outpost_gateway_token_expiring`.
-pub const EXPIRY_WARNING: TimeDelta = TimeDelta::days(7);
+/// The default of the gateway setting `control_plane.token_warning_hours`: how long before its
+/// expiry a token is reported as expiring (log warning, `/readyz`, metric). Shorter than any
+/// lifetime people mint routinely (7 days and up), so a fresh token never warns at start, and
+/// still two days to deploy a new one.
+pub const DEFAULT_WARNING_HOURS: u64 = 48;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenInfo {
@@ -51,9 +54,25 @@ impl TokenInfo {
         self.expiry - now
     }
 
-    pub fn expiring(&self, now: DateTime<Utc>) -> bool {
-        self.remaining(now) <= EXPIRY_WARNING
+    /// Whether the token expires within `window` of `now` (or has expired).
+    pub fn expiring(&self, now: DateTime<Utc>, window: TimeDelta) -> bool {
+        expiring(self.expiry, now, window)
     }
+}
+
+/// Whether a token expiring at `expiry` is within `window` of it at `now`; a zero window never
+/// warns (the setting's way of turning the warning off). One rule for the start-up log, the
+/// periodic log, `/readyz` and the metric, so they never disagree.
+pub fn expiring(expiry: DateTime<Utc>, now: DateTime<Utc>, window: TimeDelta) -> bool {
+    window > TimeDelta::zero() && expiry - now <= window
+}
+
+/// `hours` as a warning window (saturating: a huge setting means "always").
+pub fn warning_window(hours: u64) -> TimeDelta {
+    i64::try_from(hours)
+        .ok()
+        .and_then(TimeDelta::try_hours)
+        .unwrap_or(TimeDelta::MAX)
 }
 
 #[cfg(test)]
@@ -70,9 +89,29 @@ mod tests {
             Utc.with_ymd_and_hms(2025, 1, 31, 12, 0, 0).unwrap()
         );
         let now = Utc.with_ymd_and_hms(2025, 1, 20, 0, 0, 0).unwrap();
-        assert!(!t.expiring(now));
-        assert!(t.expiring(now + TimeDelta::days(5)));
+        let window = warning_window(DEFAULT_WARNING_HOURS);
+        assert!(!t.expiring(now, window));
+        assert!(t.expiring(now + TimeDelta::days(10), window));
         assert!(t.remaining(now + TimeDelta::days(12)) < TimeDelta::zero());
+    }
+
+    /// The README's `--expires 7d` token must not warn on the day it is minted.
+    #[test]
+    fn a_fresh_seven_day_token_does_not_warn_with_the_default_window() {
+        let now = Utc.with_ymd_and_hms(2025, 1, 1, 0, 0, 0).unwrap();
+        let window = warning_window(DEFAULT_WARNING_HOURS);
+        assert!(!expiring(now + TimeDelta::days(7), now, window));
+        assert!(!expiring(now + TimeDelta::hours(49), now, window));
+        assert!(expiring(now + TimeDelta::hours(48), now, window));
+        assert!(expiring(now - TimeDelta::hours(1), now, window), "expired");
+        // A wider window set by the operator, and 0 turning the warning off.
+        assert!(expiring(
+            now + TimeDelta::days(7),
+            now,
+            warning_window(24 * 8)
+        ));
+        assert!(!expiring(now + TimeDelta::hours(1), now, warning_window(0)));
+        assert_eq!(warning_window(u64::MAX), TimeDelta::MAX);
     }
 
     #[test]

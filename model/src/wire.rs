@@ -64,10 +64,15 @@ pub struct Heartbeat {
     /// Expiry of the token the instance uses (RFC 3339).
     pub token_expiry: Option<chrono::DateTime<chrono::Utc>>,
     pub started_at: chrono::DateTime<chrono::Utc>,
-    /// Where the config came from at start: `control-plane`, `backup` or `offline`.
+    /// Where the configuration served now came from: `control-plane`, `backup` or `offline`.
+    /// A gateway that started from its backup says `control-plane` once the control plane
+    /// sent or confirmed its configuration.
     pub config_source: String,
     /// Redis reachability as this instance sees it: `none`, `connected`, `disconnected`.
     pub redis: String,
+    /// The last heartbeat of a process that is stopping: the control plane marks the instance
+    /// `stopped` at once instead of letting it turn stale, then disconnected.
+    pub stopping: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -2,17 +2,16 @@
 //!
 //! A gateway resource may run as several processes (instances), each with a random id chosen at
 //! start. Every heartbeat replaces that instance's record; the admin API derives from it whether
-//! the instance is `connected`, `stale` or `disconnected` (by the age of its last heartbeat) and
-//! whether it is `in-sync` (the config hash it applied equals the hash of the gateway's current
-//! view) or `behind`.
+//! the instance is `connected`, `stale` or `disconnected` (by the age of its last heartbeat) or
+//! `stopped` (its last heartbeat said it was stopping), and whether it is `in-sync` (the config
+//! hash it applied equals the hash of the gateway's current view) or `behind`.
 //!
 //! The records live in memory only. After a control plane restart the list is empty and fills
 //! again within one heartbeat interval, since every running instance keeps reporting; nothing a
-//! gateway needs depends on it. Records of instances not heard from for [`RETENTION`] are
-//! dropped, so restarting gateways (a new id each time) do not grow it without bound.
+//! gateway needs depends on it. Instances not heard from for `instances.forget_after_secs` leave
+//! the list (and memory), so restarting gateways (a new id each time) do not pile up in it.
 
 use std::sync::Mutex;
-use std::time::Duration;
 
 use actix_web::{HttpResponse, web};
 use chrono::{DateTime, Utc};
@@ -24,8 +23,8 @@ use super::error::ApiError;
 use super::gateway_api::GatewayApiState;
 use super::settings::InstanceSettings;
 
-/// How long an instance's record is kept after its last heartbeat.
-pub const RETENTION: Duration = Duration::from_secs(24 * 3600);
+/// Longest time between two sweeps of forgotten records (reads filter them out regardless).
+const PRUNE_EVERY_SECS: i64 = 60;
 
 /// What the control plane knows about one instance.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -40,13 +39,16 @@ pub struct InstanceRecord {
     /// Expiry of the token the last heartbeat was authenticated with (verified, not reported).
     pub token_expiry: DateTime<Utc>,
     pub started_at: DateTime<Utc>,
-    /// `control-plane`, `backup` or `offline`.
+    /// Where the configuration the instance serves now came from: `control-plane`, `backup`
+    /// or `offline`.
     pub config_source: String,
     /// `none`, `connected` or `disconnected`.
     pub redis: String,
     pub last_seen: DateTime<Utc>,
     /// Peer address of the last heartbeat's connection (a proxy's, if there is one in between).
     pub remote_addr: Option<String>,
+    /// When the instance said it was stopping (its last heartbeat); `None` while it runs.
+    pub stopped_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,6 +57,8 @@ pub enum ConnectionState {
     Connected,
     Stale,
     Disconnected,
+    /// Stopped gracefully: its last heartbeat said so.
+    Stopped,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,6 +108,7 @@ impl InstanceRegistry {
         now: DateTime<Utc>,
     ) {
         self.prune(now);
+        let stopped_at = heartbeat.stopping.then_some(now);
         let record = InstanceRecord {
             gateway: gateway.to_owned(),
             instance_id: heartbeat.instance_id,
@@ -117,25 +122,43 @@ impl InstanceRegistry {
             redis: heartbeat.redis,
             last_seen: now,
             remote_addr,
+            stopped_at,
         };
-        self.records
-            .insert((record.gateway.clone(), record.instance_id.clone()), record);
+        let key = (record.gateway.clone(), record.instance_id.clone());
+        match self.records.entry(key) {
+            // Instance ids are never reused, so a process that said it stops does not come
+            // back: a heartbeat after that one is a periodic one that was already in flight.
+            dashmap::Entry::Occupied(e) if e.get().stopped_at.is_some() && stopped_at.is_none() => {
+            }
+            dashmap::Entry::Occupied(mut e) => {
+                e.insert(record);
+            }
+            dashmap::Entry::Vacant(e) => {
+                e.insert(record);
+            }
+        }
     }
 
-    /// Records of one gateway (`Some`) or all (`None`), sorted by gateway then instance id.
-    pub fn records(&self, gateway: Option<&str>) -> Vec<InstanceRecord> {
+    /// Records of one gateway (`Some`) or all (`None`) heard from within
+    /// `instances.forget_after_secs` of `now`, sorted by gateway then instance id.
+    pub fn records(&self, gateway: Option<&str>, now: DateTime<Utc>) -> Vec<InstanceRecord> {
         let mut out: Vec<InstanceRecord> = self
             .records
             .iter()
             .filter(|e| gateway.is_none_or(|g| e.key().0 == g))
+            .filter(|e| !self.forgotten(e.value(), now))
             .map(|e| e.value().clone())
             .collect();
         out.sort_by(|a, b| (&a.gateway, &a.instance_id).cmp(&(&b.gateway, &b.instance_id)));
         out
     }
 
-    pub fn connection(&self, last_seen: DateTime<Utc>, now: DateTime<Utc>) -> ConnectionState {
-        let age = (now - last_seen).num_seconds().max(0) as u64;
+    /// The connection state of `record` at `now`.
+    pub fn connection(&self, record: &InstanceRecord, now: DateTime<Utc>) -> ConnectionState {
+        if record.stopped_at.is_some() {
+            return ConnectionState::Stopped;
+        }
+        let age = age_secs(record.last_seen, now);
         if age <= self.settings.stale_after_secs {
             ConnectionState::Connected
         } else if age <= self.settings.disconnected_after_secs {
@@ -153,7 +176,7 @@ impl InstanceRegistry {
         now: DateTime<Utc>,
     ) -> InstanceStatus {
         InstanceStatus {
-            connection: self.connection(record.last_seen, now),
+            connection: self.connection(&record, now),
             sync: if record.config_hash == current_hash {
                 SyncState::InSync
             } else {
@@ -173,18 +196,33 @@ impl InstanceRegistry {
         self.records.is_empty()
     }
 
-    /// Drops records older than [`RETENTION`], at most once a minute.
+    fn forgotten(&self, record: &InstanceRecord, now: DateTime<Utc>) -> bool {
+        age_secs(record.last_seen, now) > self.settings.forget_after_secs
+    }
+
+    /// Drops forgotten records, at most once a minute (or per `forget_after_secs`, if shorter).
     fn prune(&self, now: DateTime<Utc>) {
+        let every = i64::try_from(self.settings.forget_after_secs)
+            .unwrap_or(i64::MAX)
+            .min(PRUNE_EVERY_SECS);
         {
-            let mut last = self.last_prune.lock().expect("prune lock");
-            if now - *last < chrono::Duration::minutes(1) {
+            // A poisoned lock only means another sweep panicked; sweeping again is harmless.
+            let mut last = self
+                .last_prune
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if (now - *last).num_seconds() < every {
                 return;
             }
             *last = now;
         }
-        let cutoff = now - chrono::Duration::from_std(RETENTION).expect("retention fits");
-        self.records.retain(|_, r| r.last_seen >= cutoff);
+        self.records.retain(|_, r| !self.forgotten(r, now));
     }
+}
+
+/// Whole seconds from `then` to `now`; 0 when `then` is in the future (clock steps).
+fn age_secs(then: DateTime<Utc>, now: DateTime<Utc>) -> u64 {
+    u64::try_from((now - then).num_seconds()).unwrap_or(0)
 }
 
 // === admin routes ===
@@ -223,7 +261,7 @@ async fn statuses(
         let mut hashes: std::collections::HashMap<String, String> = Default::default();
         state
             .instances()
-            .records(gateway.as_deref())
+            .records(gateway.as_deref(), now)
             .into_iter()
             .map(|r| {
                 let hash = hashes
@@ -253,43 +291,115 @@ mod tests {
             started_at: Utc::now(),
             config_source: "control-plane".into(),
             redis: "none".into(),
+            stopping: false,
         }
+    }
+
+    fn registry() -> InstanceRegistry {
+        InstanceRegistry::new(InstanceSettings {
+            stale_after_secs: 30,
+            disconnected_after_secs: 120,
+            forget_after_secs: 300,
+        })
+    }
+
+    fn t0() -> DateTime<Utc> {
+        "2030-01-01T00:00:00Z".parse().unwrap()
+    }
+
+    fn secs(n: i64) -> chrono::Duration {
+        chrono::Duration::seconds(n)
     }
 
     #[test]
     fn derived_states() {
-        let reg = InstanceRegistry::new(InstanceSettings {
-            stale_after_secs: 30,
-            disconnected_after_secs: 120,
-        });
-        let t0: DateTime<Utc> = "2030-01-01T00:00:00Z".parse().unwrap();
+        let reg = registry();
+        let t0 = t0();
         let expiry = t0 + chrono::Duration::days(1);
         reg.record("gw", heartbeat("i-1", "h1"), expiry, None, t0);
         reg.record("gw", heartbeat("i-2", "h0"), expiry, None, t0);
         reg.record("other", heartbeat("i-3", "h1"), expiry, None, t0);
-        let recs = reg.records(Some("gw"));
+        let recs = reg.records(Some("gw"), t0);
         assert_eq!(recs.len(), 2);
-        let s = reg.status(recs[0].clone(), "h1", t0 + chrono::Duration::seconds(10));
+        let s = reg.status(recs[0].clone(), "h1", t0 + secs(10));
         assert_eq!(
             (s.connection, s.sync),
             (ConnectionState::Connected, SyncState::InSync)
         );
-        let s = reg.status(recs[1].clone(), "h1", t0 + chrono::Duration::seconds(60));
+        let s = reg.status(recs[1].clone(), "h1", t0 + secs(60));
         assert_eq!(
             (s.connection, s.sync),
             (ConnectionState::Stale, SyncState::Behind)
         );
-        let s = reg.status(recs[1].clone(), "h1", t0 + chrono::Duration::seconds(121));
+        let s = reg.status(recs[1].clone(), "h1", t0 + secs(121));
         assert_eq!(s.connection, ConnectionState::Disconnected);
         assert_eq!(s.token_expires_in_secs, 86400 - 121);
+    }
 
-        // A heartbeat a day later prunes the instances not heard from since.
+    /// The list shows the configuration source of the latest heartbeat: a gateway that started
+    /// from its backup and then synced says `control-plane`.
+    #[test]
+    fn the_latest_config_source_wins() {
+        let reg = registry();
+        let expiry = t0() + chrono::Duration::days(1);
+        let mut hb = heartbeat("i-1", "h1");
+        hb.config_source = "backup".into();
+        reg.record("gw", hb, expiry, None, t0());
+        assert_eq!(reg.records(None, t0())[0].config_source, "backup");
+        reg.record("gw", heartbeat("i-1", "h1"), expiry, None, t0() + secs(1));
+        assert_eq!(reg.records(None, t0())[0].config_source, "control-plane");
+    }
+
+    #[test]
+    fn a_stopping_heartbeat_marks_the_instance_stopped_at_once() {
+        let reg = registry();
+        let expiry = t0() + chrono::Duration::days(1);
+        reg.record("gw", heartbeat("i-1", "h1"), expiry, None, t0());
+        let mut last = heartbeat("i-1", "h1");
+        last.stopping = true;
+        reg.record("gw", last, expiry, None, t0() + secs(1));
+        let rec = reg.records(Some("gw"), t0() + secs(1)).remove(0);
+        assert_eq!(rec.stopped_at, Some(t0() + secs(1)));
+        assert_eq!(
+            reg.status(rec, "h1", t0() + secs(2)).connection,
+            ConnectionState::Stopped
+        );
+        // A periodic heartbeat that was in flight when the process stopped arrives late: the
+        // instance stays stopped.
+        reg.record("gw", heartbeat("i-1", "h1"), expiry, None, t0() + secs(2));
+        let rec = reg.records(Some("gw"), t0() + secs(2)).remove(0);
+        assert_eq!(
+            reg.status(rec, "h1", t0() + secs(2)).connection,
+            ConnectionState::Stopped
+        );
+    }
+
+    #[test]
+    fn instances_not_heard_from_are_forgotten() {
+        let reg = registry();
+        let expiry = t0() + chrono::Duration::days(1);
+        reg.record("gw", heartbeat("old", "h1"), expiry, None, t0());
+        let mut stopped = heartbeat("stopped", "h1");
+        stopped.stopping = true;
+        reg.record("gw", stopped, expiry, None, t0());
         reg.record(
             "gw",
-            heartbeat("i-1", "h1"),
+            heartbeat("live", "h1"),
             expiry,
             None,
-            t0 + chrono::Duration::hours(25),
+            t0() + secs(200),
+        );
+        assert_eq!(reg.records(None, t0() + secs(300)).len(), 3, "not yet");
+        let left = reg.records(None, t0() + secs(301));
+        let ids: Vec<&str> = left.iter().map(|r| r.instance_id.as_str()).collect();
+        assert_eq!(ids, vec!["live"], "listing filters at once");
+        assert_eq!(reg.len(), 3, "memory is swept on the next heartbeat");
+        reg.record(
+            "gw",
+            heartbeat("live", "h1"),
+            expiry,
+            None,
+            t0() + secs(301),
         );
         assert_eq!(reg.len(), 1);
     }

@@ -61,6 +61,9 @@ pub struct InstanceSettings {
     pub stale_after_secs: u64,
     /// …and after this long `disconnected`.
     pub disconnected_after_secs: u64,
+    /// …and after this long it leaves the list (a stopped instance too), so restarted
+    /// gateways (a new instance id each time) do not pile up.
+    pub forget_after_secs: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -96,6 +99,7 @@ impl Default for ControlPlaneSettings {
             instances: InstanceSettings {
                 stale_after_secs: 30,
                 disconnected_after_secs: 120,
+                forget_after_secs: 300,
             },
             log: LogSettings::default(),
         }
@@ -165,6 +169,12 @@ impl Validate for ControlPlaneSettings {
             p.push(
                 "instances.stale_after_secs",
                 "must be less than instances.disconnected_after_secs",
+            );
+        }
+        if self.instances.disconnected_after_secs >= self.instances.forget_after_secs {
+            p.push(
+                "instances.forget_after_secs",
+                "must be greater than instances.disconnected_after_secs",
             );
         }
         self.log.validate(p);

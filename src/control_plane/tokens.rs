@@ -305,7 +305,8 @@ pub struct RegenerateRequest {
     pub key: KeyType,
 }
 
-/// The expiry a token request asks for, checked against the maximum lifetime.
+/// The expiry a token request asks for, checked against the maximum lifetime: a longer one is
+/// refused, never shortened, so nobody deploys a token believing it lasts longer than it does.
 pub fn requested_expiry(
     req: &TokenRequest,
     now: DateTime<Utc>,
@@ -327,14 +328,20 @@ pub fn requested_expiry(
             }
             let secs = i64::try_from(secs).unwrap_or(i64::MAX);
             if secs > max.num_seconds() {
-                return Err(lifetime_too_long(max_lifetime_days));
+                return Err(lifetime_too_long(
+                    &describe_lifetime(secs),
+                    max_lifetime_days,
+                ));
             }
             now + chrono::Duration::seconds(secs)
         }
         (None, None) => now + max,
     };
     if expiry - now > max {
-        return Err(lifetime_too_long(max_lifetime_days));
+        return Err(lifetime_too_long(
+            &format!("until {expiry}"),
+            max_lifetime_days,
+        ));
     }
     let expiry = truncate_to_minute(expiry);
     if expiry <= now {
@@ -345,10 +352,25 @@ pub fn requested_expiry(
     Ok(expiry)
 }
 
-fn lifetime_too_long(max_days: u64) -> ApiError {
+fn lifetime_too_long(requested: &str, max_days: u64) -> ApiError {
     ApiError::BadRequest(format!(
-        "token lifetime exceeds the maximum of {max_days} days (tokens.max_lifetime_days)"
+        "token lifetime {requested} exceeds the maximum of {max_days} days (the control plane's \
+         tokens.max_lifetime_days); ask for {max_days}d or less"
     ))
+}
+
+/// `90 days`, `36 hours`, `90 minutes`, `10 seconds`: the largest unit that divides it.
+fn describe_lifetime(secs: i64) -> String {
+    let (n, unit) = if secs % 86_400 == 0 {
+        (secs / 86_400, "day")
+    } else if secs % 3600 == 0 {
+        (secs / 3600, "hour")
+    } else if secs % 60 == 0 {
+        (secs / 60, "minute")
+    } else {
+        (secs, "second")
+    };
+    format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
 }
 
 pub(crate) async fn mint_token(
@@ -541,7 +563,7 @@ mod tests {
     }
 
     #[test]
-    fn requested_lifetime_is_capped() {
+    fn a_lifetime_beyond_the_maximum_is_refused_naming_it() {
         let now = at("2030-01-01T00:00:30Z");
         let req = |expiry: Option<&str>, lifetime: Option<u64>| TokenRequest {
             key: KeyType::Primary,
@@ -558,8 +580,15 @@ mod tests {
         );
         let err = requested_expiry(&req(Some("2030-03-01T00:00:00Z"), None), now, 30).unwrap_err();
         assert!(err.to_string().contains("maximum of 30 days"), "{err}");
-        let err = requested_expiry(&req(None, Some(31 * 86400)), now, 30).unwrap_err();
-        assert!(err.to_string().contains("maximum of 30 days"), "{err}");
+        let err = requested_expiry(&req(None, Some(90 * 86400)), now, 30).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("token lifetime 90 days exceeds the maximum of 30 days"),
+            "{err}"
+        );
+        assert!(matches!(err, ApiError::BadRequest(_)), "a 400: {err:?}");
+        let err = requested_expiry(&req(None, Some(31 * 86400 + 3600)), now, 30).unwrap_err();
+        assert!(err.to_string().contains("745 hours"), "{err}");
         assert!(requested_expiry(&req(None, Some(10)), now, 30).is_err());
         assert!(requested_expiry(&req(Some("2030-01-02T00:00:00Z"), Some(5)), now, 30).is_err());
     }

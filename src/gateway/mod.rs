@@ -185,10 +185,11 @@ pub fn start(settings: GatewaySettings) -> Result<RunningGateway, String> {
             trust,
         }
     };
+    let token_warning = token::warning_window(settings.control_plane.token_warning_hours);
     let token = if offline {
         None
     } else {
-        token_info(&settings.control_plane.token)
+        token_info(&settings.control_plane.token, token_warning)
     };
 
     let ops_listener = TcpListener::bind(&settings.listen.ops)
@@ -208,6 +209,7 @@ pub fn start(settings: GatewaySettings) -> Result<RunningGateway, String> {
         offline,
         redis_configured: !settings.redis.url.is_empty(),
         token,
+        token_warning,
         degraded_grace: Duration::from_secs(3 * settings.control_plane.heartbeat_interval_secs),
     });
 
@@ -343,9 +345,9 @@ async fn serve(
             applied_at: Utc::now(),
         }))
         .await;
-    if let (Some(link), Some(trust)) = (link, trust) {
+    let sync = if let (Some(link), Some(trust)) = (link, trust) {
         let cp = &settings.control_plane;
-        ConfigSync::new(
+        let sync = ConfigSync::new(
             SyncConfig {
                 link,
                 poll_wait: Duration::from_secs(cp.poll_wait_secs),
@@ -365,7 +367,10 @@ async fn serve(
             status.clone(),
         )
         .start();
-    }
+        Some(sync)
+    } else {
+        None
+    };
 
     let servers = vec![ops_handle, traffic.handle()];
     let traffic_task = actix_rt::spawn(traffic);
@@ -382,6 +387,11 @@ async fn serve(
 
     let _ = ops_task.await;
     let _ = traffic_task.await;
+    // The listeners are down, so this instance serves nothing any more: say so now rather than
+    // leave the control plane to notice missing heartbeats.
+    if let Some(sync) = sync {
+        let _ = sync.send(config_sync::Stop).await;
+    }
     let _ = telemetry.send(telemetry::Shutdown).await;
     tracing::info!("gateway stopped");
 }
@@ -803,13 +813,16 @@ fn client_tls(ca_file: &str) -> Result<rustls::ClientConfig, String> {
     .with_no_client_auth())
 }
 
-fn token_info(token: &str) -> Option<TokenInfo> {
+/// The token's gateway and expiry, logging at start when it has expired or expires within
+/// `warning` (`control_plane.token_warning_hours`).
+fn token_info(token: &str, warning: chrono::TimeDelta) -> Option<TokenInfo> {
     match token::parse(token) {
         Ok(info) => {
-            let left = info.remaining(Utc::now());
+            let now = Utc::now();
+            let left = info.remaining(now);
             if left <= chrono::TimeDelta::zero() {
                 tracing::error!(expiry = %info.expiry, "the gateway token has expired; mint a new one (outpost gateway-token) and restart");
-            } else if info.expiring(Utc::now()) {
+            } else if info.expiring(now, warning) {
                 tracing::warn!(expiry = %info.expiry, hours_left = left.num_hours(), "the gateway token expires soon; mint a new one (outpost gateway-token) and restart");
             }
             Some(info)

@@ -126,10 +126,7 @@ async fn ready(state: web::Data<OpsState>) -> HttpResponse {
         version: env!("CARGO_PKG_VERSION"),
         started_at: state.started_at,
         status: &status,
-        token_expiring_soon: status
-            .token
-            .as_ref()
-            .map(|t| t.expiry - now <= outpost_actors::token::EXPIRY_WARNING),
+        token_expiring_soon: status.token.as_ref().map(|t| t.expiring(now)),
     };
     HttpResponse::build(code).json(body)
 }

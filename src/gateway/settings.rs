@@ -45,6 +45,9 @@ pub struct ControlPlaneLink {
     /// them (or by a key one of them endorsed in a rotation). Empty: trust on first use — the
     /// key of the first configuration received is pinned next to the backup.
     pub config_signing_keys: Vec<String>,
+    /// How long before its expiry the token is reported as expiring (log warning, `/readyz`
+    /// `token_expiring_soon`, `outpost_gateway_token_expiring`), hours; 0: never.
+    pub token_warning_hours: u64,
 }
 
 impl ControlPlaneLink {
@@ -171,6 +174,10 @@ pub struct TelemetrySettings {
     pub spool_max_bytes: u64,
 }
 
+/// Tokens live at most a year (the control plane's `tokens.max_lifetime_days` is 1..=365), so
+/// a longer warning window would only mean "always".
+const MAX_TOKEN_WARNING_HOURS: u64 = 365 * 24;
+
 impl Default for ControlPlaneLink {
     fn default() -> Self {
         Self {
@@ -183,6 +190,7 @@ impl Default for ControlPlaneLink {
             backoff_max_ms: 30_000,
             ca_file: String::new(),
             config_signing_keys: Vec::new(),
+            token_warning_hours: outpost_actors::token::DEFAULT_WARNING_HOURS,
         }
     }
 }
@@ -313,6 +321,12 @@ impl Validate for GatewaySettings {
             p.push(
                 "control_plane.heartbeat_interval_secs",
                 "must be at least 1",
+            );
+        }
+        if self.control_plane.token_warning_hours > MAX_TOKEN_WARNING_HOURS {
+            p.push(
+                "control_plane.token_warning_hours",
+                format!("must be 0..={MAX_TOKEN_WARNING_HOURS} (a year)"),
             );
         }
         if self.control_plane.backoff_initial_ms == 0

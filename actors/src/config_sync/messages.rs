@@ -1,5 +1,5 @@
 //! What `ConfigSync` answers. It is driven by its own timers and by the control plane's
-//! answers, so from outside it is only ever asked where it stands.
+//! answers, so from outside it is only ever asked where it stands, or told to stop.
 
 use actix::Message;
 
@@ -17,3 +17,10 @@ pub struct SyncStatus {
     /// Consecutive failed polls.
     pub failures: u32,
 }
+
+/// From the gateway's shutdown: send the last heartbeat, marked `stopping`, so the control plane
+/// shows the instance stopped at once, then stop polling. Resolves once the control plane
+/// acknowledged it or a short timeout passed.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Stop;

@@ -8,7 +8,10 @@
 //! snapshot (untrusted signature, or one the route table cannot compile) leaves the previous
 //! one serving. Sending the held hash makes the control plane answer at once with a full
 //! snapshot when its view at that revision differs, so nothing but its own configuration
-//! survives a reconnection. Heartbeats go out on their own timer. Every
+//! survives a reconnection. A gateway serving its backup reports the control plane as its
+//! configuration's source once the control plane sent one, or confirmed the held one (a `304`
+//! to a poll carrying the held hash). Heartbeats go out on their own timer; [`Stop`] sends the
+//! last one, marked `stopping`, and ends the loop. Every
 //! failure — unreachable, 5xx, 401 — keeps the current config serving (fail static) and is
 //! retried with jittered backoff.
 //!
@@ -29,19 +32,24 @@ use actix::prelude::*;
 use chrono::{DateTime, Utc};
 use futures_util::future::BoxFuture;
 use outpost_model::signing::PublicKey;
-use outpost_model::wire::{ConfigUpdate, GatewaySnapshot, Heartbeat};
+use outpost_model::wire::{ConfigUpdate, GatewaySnapshot};
 
 use crate::connectivity::{
-    AppliedConfig, ConfigApplied, ConfigSource, ConnectivityWatcher, ControlPlaneFailed,
-    ControlPlaneReachable, ControlPlaneUnauthorized, Refusal, SnapshotRefused, StatusHandle,
+    AppliedConfig, ConfigApplied, ConfigConfirmed, ConfigSource, ConnectivityWatcher,
+    ControlPlaneFailed, ControlPlaneReachable, ControlPlaneUnauthorized, Refusal, SnapshotRefused,
+    StatusHandle,
 };
 use crate::link::{CallError, Link, LinkConfig};
-pub use messages::{GetSyncStatus, SyncStatus};
+pub use messages::{GetSyncStatus, Stop, SyncStatus};
 use state::{Backoff, Step, SyncState};
 use trust::Trust;
 
 /// How often an expiring token is logged again.
 const TOKEN_WARNING_EVERY: Duration = Duration::from_secs(3600);
+
+/// Longest wait for the last heartbeat of a stopping process: a control plane that does not
+/// answer must not hold up the stop (the instance then ages out as it would after a crash).
+const FINAL_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Hands a snapshot to whatever compiles and serves it (the route table) and says whether it
 /// was taken. A closure rather than a message type so this actor does not depend on the route
@@ -86,6 +94,8 @@ pub struct ConfigSync {
     status: StatusHandle,
     heartbeat_in_flight: bool,
     last_token_warning: Option<Instant>,
+    /// Set by [`Stop`]: no new poll or heartbeat starts.
+    stopping: bool,
 }
 
 impl ConfigSync {
@@ -99,7 +109,8 @@ impl ConfigSync {
     ) -> Self {
         let backoff = Backoff::new(config.backoff_initial, config.backoff_max);
         Self {
-            state: SyncState::new(held, backoff, config.trust.clone()),
+            state: SyncState::new(held, backoff, config.trust.clone())
+                .held_from(config.identity.started_from),
             config,
             link: None,
             sink,
@@ -107,6 +118,7 @@ impl ConfigSync {
             status,
             heartbeat_in_flight: false,
             last_token_warning: None,
+            stopping: false,
         }
     }
 
@@ -117,6 +129,9 @@ impl ConfigSync {
     }
 
     fn poll(&mut self, ctx: &mut Context<Self>) {
+        if self.stopping {
+            return;
+        }
         let link = self.link();
         let after = self.state.poll_after();
         let hash = self.state.poll_hash().map(str::to_owned);
@@ -171,6 +186,20 @@ impl ConfigSync {
             Step::Poll(delay) if delay.is_zero() => self.poll(ctx),
             Step::Poll(delay) => {
                 ctx.run_later(delay, |act, ctx| act.poll(ctx));
+            }
+            Step::Confirm => {
+                if let Some(held) = self.state.held() {
+                    tracing::info!(
+                        revision = held.revision,
+                        hash = %held.hash,
+                        "the control plane confirmed the configuration served from the backup"
+                    );
+                    self.watcher.do_send(ConfigConfirmed {
+                        revision: held.revision,
+                        hash: held.hash.clone(),
+                    });
+                }
+                self.poll(ctx);
             }
             Step::Offer {
                 snapshot,
@@ -290,24 +319,25 @@ impl ConfigSync {
         }));
     }
 
+    fn heartbeat(&self, stopping: bool) -> outpost_model::wire::Heartbeat {
+        state::heartbeat(
+            &self.config.identity,
+            self.state.held().map(|s| &**s),
+            &self.status.load(),
+            self.state.source(),
+            stopping,
+        )
+    }
+
     fn send_heartbeat(&mut self, ctx: &mut Context<Self>) {
+        if self.stopping {
+            return;
+        }
         self.warn_if_token_expiring();
         if self.heartbeat_in_flight {
             return;
         }
-        let id = &self.config.identity;
-        let held = self.state.held();
-        let heartbeat = Heartbeat {
-            instance_id: id.instance_id.clone(),
-            hostname: id.hostname.clone(),
-            version: id.version.clone(),
-            applied_revision: held.map_or(0, |s| s.revision),
-            config_hash: held.map(|s| s.hash.clone()).unwrap_or_default(),
-            token_expiry: id.token_expiry,
-            started_at: id.started_at,
-            config_source: id.started_from.as_str().to_owned(),
-            redis: self.status.load().redis.state.as_str().to_owned(),
-        };
+        let heartbeat = self.heartbeat(false);
         self.heartbeat_in_flight = true;
         let link = self.link();
         let call = async move { link.heartbeat(&heartbeat).await };
@@ -321,11 +351,11 @@ impl ConfigSync {
     }
 
     fn warn_if_token_expiring(&mut self) {
-        let Some(expiry) = self.config.identity.token_expiry else {
+        let Some(token) = self.status.load().token.clone() else {
             return;
         };
-        let left = expiry - Utc::now();
-        if left > crate::token::EXPIRY_WARNING {
+        let now = Utc::now();
+        if !token.expiring(now) {
             return;
         }
         if self
@@ -336,8 +366,8 @@ impl ConfigSync {
         }
         self.last_token_warning = Some(Instant::now());
         tracing::warn!(
-            %expiry,
-            hours_left = left.num_hours(),
+            expiry = %token.expiry,
+            hours_left = (token.expiry - now).num_hours(),
             "the gateway token expires soon; mint a new one (outpost gateway-token) and restart"
         );
     }
@@ -379,6 +409,31 @@ impl Actor for ConfigSync {
             act.send_heartbeat(ctx)
         });
         self.poll(ctx);
+    }
+}
+
+impl Handler<Stop> for ConfigSync {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, _: Stop, _: &mut Self::Context) -> Self::Result {
+        self.stopping = true;
+        let heartbeat = self.heartbeat(true);
+        let link = self.link();
+        let call = async move {
+            tokio::time::timeout(FINAL_HEARTBEAT_TIMEOUT, link.heartbeat(&heartbeat)).await
+        };
+        Box::pin(call.into_actor(self).map(|outcome, _, ctx| {
+            match outcome {
+                Ok(Ok(_)) => tracing::info!("the control plane was told this instance stops"),
+                Ok(Err(e)) => {
+                    tracing::info!(error = %e, "could not tell the control plane this instance stops")
+                }
+                Err(_) => tracing::info!(
+                    "the control plane did not acknowledge that this instance stops in time"
+                ),
+            }
+            ctx.stop();
+        }))
     }
 }
 

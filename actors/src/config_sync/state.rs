@@ -8,7 +8,9 @@ use outpost_model::signing::PublicKey;
 use outpost_model::wire::{ApplyError, ConfigUpdate, GatewaySnapshot};
 use rand::Rng;
 
+use super::Identity;
 use super::trust::Trust;
+use crate::connectivity::{ConfigSource, ConnectivityStatus};
 use crate::link::CallError;
 
 /// Exponential backoff with full jitter: the n-th consecutive failure waits a uniformly random
@@ -70,6 +72,9 @@ pub enum Step {
     },
     /// Poll again after this delay (zero: at once).
     Poll(Duration),
+    /// The control plane confirmed that the configuration held (from the backup) is its
+    /// current one: report it as the control plane's, then poll again at once.
+    Confirm,
 }
 
 /// The last snapshot the route table refused; not offered again.
@@ -87,6 +92,9 @@ pub struct SyncState {
     resync: bool,
     backoff: Backoff,
     trust: Trust,
+    /// Where `held` came from: the backup until the control plane sent or confirmed a
+    /// configuration, from then on the control plane.
+    source: ConfigSource,
 }
 
 impl SyncState {
@@ -99,7 +107,19 @@ impl SyncState {
             resync: false,
             backoff,
             trust,
+            source: ConfigSource::ControlPlane,
         }
+    }
+
+    /// Says where `held` came from at start (the backup, or the control plane's first answer).
+    pub fn held_from(mut self, source: ConfigSource) -> Self {
+        self.source = source;
+        self
+    }
+
+    /// Where the configuration held now came from.
+    pub fn source(&self) -> ConfigSource {
+        self.source
     }
 
     pub fn trust(&self) -> &Trust {
@@ -143,6 +163,13 @@ impl SyncState {
         let update = match outcome {
             Ok(None) => {
                 self.backoff.reset();
+                // A 304 to a poll that carried the held hash means the control plane's view at
+                // its current revision is exactly what is held; without the hash (after a
+                // refusal, or resyncing) it says nothing about what is held.
+                if self.source != ConfigSource::ControlPlane && self.poll_hash().is_some() {
+                    self.source = ConfigSource::ControlPlane;
+                    return Step::Confirm;
+                }
                 return Step::Poll(Duration::ZERO);
             }
             Ok(Some(update)) => update,
@@ -211,6 +238,7 @@ impl SyncState {
         }
         self.held = Some(snapshot);
         self.resync = false;
+        self.source = ConfigSource::ControlPlane;
     }
 
     /// The route table refused `snapshot`; the previous one keeps serving.
@@ -220,5 +248,35 @@ impl SyncState {
             hash: snapshot.hash.clone(),
         });
         self.resync = false;
+    }
+}
+
+/// The heartbeat this instance sends now. The configuration source is the status board's (what
+/// `/readyz` shows), so the control plane's instance list and the gateway never disagree;
+/// `fallback` (the sync loop's own view) only before anything was reported there.
+/// `stopping`: the process's last heartbeat.
+pub fn heartbeat(
+    identity: &Identity,
+    held: Option<&GatewaySnapshot>,
+    status: &ConnectivityStatus,
+    fallback: ConfigSource,
+    stopping: bool,
+) -> outpost_model::wire::Heartbeat {
+    outpost_model::wire::Heartbeat {
+        instance_id: identity.instance_id.clone(),
+        hostname: identity.hostname.clone(),
+        version: identity.version.clone(),
+        applied_revision: held.map_or(0, |s| s.revision),
+        config_hash: held.map(|s| s.hash.clone()).unwrap_or_default(),
+        token_expiry: identity.token_expiry,
+        started_at: identity.started_at,
+        config_source: status
+            .config
+            .as_ref()
+            .map_or(fallback, |c| c.source)
+            .as_str()
+            .to_owned(),
+        redis: status.redis.state.as_str().to_owned(),
+        stopping,
     }
 }

@@ -11,6 +11,7 @@ use rand::rngs::StdRng;
 use super::backup::{self, Backup, BackupError};
 use super::state::{Backoff, Step, SyncState};
 use super::trust::{self, Trust, TrustError};
+use crate::connectivity::ConfigSource;
 use crate::link::CallError;
 
 /// The gateway these tests are.
@@ -542,6 +543,114 @@ fn the_held_hash_goes_with_polls_from_the_held_revision_only() {
     assert_eq!(s.poll_hash(), None, "we do not hold revision 6");
 }
 
+// === where the held configuration came from ===
+
+#[test]
+fn a_304_to_a_poll_with_the_held_hash_confirms_a_backup() {
+    let mut s = sync(Some(snapshot(5, &[("a", "1")]))).held_from(ConfigSource::Backup);
+    assert_eq!(s.source(), ConfigSource::Backup);
+    assert!(s.poll_hash().is_some());
+    assert_eq!(s.on_poll(Ok(None), &mut rng()), Step::Confirm);
+    assert_eq!(s.source(), ConfigSource::ControlPlane);
+    assert_eq!(
+        s.on_poll(Ok(None), &mut rng()),
+        Step::Poll(Duration::ZERO),
+        "confirmed once"
+    );
+}
+
+#[test]
+fn a_failed_poll_or_a_304_without_the_hash_confirms_nothing() {
+    let mut s = sync(Some(snapshot(5, &[("a", "1")]))).held_from(ConfigSource::Backup);
+    assert!(matches!(
+        s.on_poll(Err(CallError::Unreachable("refused".into())), &mut rng()),
+        Step::Poll(_)
+    ));
+    assert_eq!(s.source(), ConfigSource::Backup);
+    // After a refusal the poll asks from the refused revision, without a hash: its 304 says
+    // nothing about what is held.
+    let bad = offered(s.on_poll(
+        Ok(Some(delta(5, 6, &[("a", "1"), ("b", "x")], &[("b", "x")]))),
+        &mut rng(),
+    ));
+    s.on_refused(&bad);
+    assert_eq!(s.on_poll(Ok(None), &mut rng()), Step::Poll(Duration::ZERO));
+    assert_eq!(s.source(), ConfigSource::Backup);
+    // A configuration from the control plane, once served, is the control plane's.
+    let next = offered(s.on_poll(Ok(Some(full(7, &[("a", "2")]))), &mut rng()));
+    s.on_applied(next);
+    assert_eq!(s.source(), ConfigSource::ControlPlane);
+}
+
+#[test]
+fn a_gateway_that_started_from_the_control_plane_has_nothing_to_confirm() {
+    let mut s = sync(Some(snapshot(5, &[("a", "1")])));
+    assert_eq!(s.on_poll(Ok(None), &mut rng()), Step::Poll(Duration::ZERO));
+}
+
+// === heartbeats ===
+
+fn identity(started_from: ConfigSource) -> super::Identity {
+    super::Identity {
+        instance_id: "i-1".into(),
+        hostname: "h".into(),
+        version: "0".into(),
+        started_at: chrono::Utc::now(),
+        started_from,
+        token_expiry: None,
+    }
+}
+
+fn board(source: Option<ConfigSource>) -> crate::connectivity::ConnectivityStatus {
+    let mut c = crate::connectivity::state::Connectivity::new(
+        false,
+        false,
+        None,
+        chrono::TimeDelta::hours(48),
+        chrono::TimeDelta::seconds(30),
+    );
+    if let Some(source) = source {
+        c.config_applied(crate::connectivity::AppliedConfig {
+            source,
+            revision: 5,
+            hash: "h".into(),
+            applied_at: chrono::Utc::now(),
+        });
+    }
+    c.status().clone()
+}
+
+#[test]
+fn the_heartbeat_reports_the_source_the_status_board_shows() {
+    let held = snapshot(5, &[("a", "1")]);
+    let id = identity(ConfigSource::Backup);
+    let hb = super::state::heartbeat(
+        &id,
+        Some(&held),
+        &board(Some(ConfigSource::ControlPlane)),
+        ConfigSource::Backup,
+        false,
+    );
+    assert_eq!(hb.config_source, "control-plane", "not where it started");
+    assert_eq!((hb.applied_revision, hb.stopping), (5, false));
+    assert_eq!(hb.config_hash, held.hash);
+    let hb = super::state::heartbeat(
+        &id,
+        Some(&held),
+        &board(Some(ConfigSource::Backup)),
+        ConfigSource::ControlPlane,
+        true,
+    );
+    assert_eq!(hb.config_source, "backup");
+    assert!(hb.stopping, "the last heartbeat says so");
+    let hb = super::state::heartbeat(&id, None, &board(None), ConfigSource::Backup, false);
+    assert_eq!(
+        (hb.config_source.as_str(), hb.applied_revision),
+        ("backup", 0),
+        "nothing on the board yet: the sync loop's own view"
+    );
+}
+
 // === the actor against a fake control plane and route table ===
 
 mod actor {
@@ -549,10 +658,13 @@ mod actor {
     use outpost_model::wire::{self, HeartbeatAck};
 
     use super::*;
-    use crate::config_sync::messages::GetSyncStatus;
+    use crate::config_sync::messages::{GetSyncStatus, Stop};
     use crate::config_sync::{ConfigSync, Identity, SnapshotSink, SyncConfig};
-    use crate::connectivity::{ConfigSource, ConnectivityWatcher, StatusHandle, WatcherConfig};
+    use crate::connectivity::{
+        AppliedConfig, ConfigApplied, ConnectivityWatcher, StatusHandle, WatcherConfig,
+    };
     use crate::link::{ClientFactory, LinkConfig};
+    use outpost_model::wire::Heartbeat;
 
     type Answer = Arc<dyn Fn(&str) -> Option<ConfigUpdate> + Send + Sync>;
 
@@ -564,8 +676,29 @@ mod actor {
         sink: SnapshotSink,
         backups: &std::path::Path,
     ) -> (Addr<ConfigSync>, StatusHandle) {
-        let url = crate::link::fake::control_plane(Arc::new(move |line: &str, _body: &[u8]| {
+        let (sync, status, _) =
+            start_from(answer, held, ConfigSource::ControlPlane, sink, backups).await;
+        (sync, status)
+    }
+
+    type Heartbeats = Arc<std::sync::Mutex<Vec<Heartbeat>>>;
+
+    /// [`start`] with the held snapshot reported as served from `source` (as the gateway's
+    /// start-up does), and the heartbeats the fake control plane received.
+    async fn start_from(
+        answer: Answer,
+        held: Option<GatewaySnapshot>,
+        source: ConfigSource,
+        sink: SnapshotSink,
+        backups: &std::path::Path,
+    ) -> (Addr<ConfigSync>, StatusHandle, Heartbeats) {
+        let heartbeats = Heartbeats::default();
+        let received = heartbeats.clone();
+        let url = crate::link::fake::control_plane(Arc::new(move |line: &str, body: &[u8]| {
             if line.starts_with("POST /gateway/v1/heartbeat") {
+                if let Ok(hb) = wire::decode::<Heartbeat>(body) {
+                    received.lock().unwrap().push(hb);
+                }
                 let ack = HeartbeatAck {
                     revision: 2,
                     server_time: chrono::Utc::now(),
@@ -585,9 +718,21 @@ mod actor {
             offline: false,
             redis_configured: false,
             token: None,
+            token_warning: chrono::TimeDelta::hours(48),
             degraded_grace: Duration::from_secs(30),
         });
         let watcher = watcher.start();
+        if let Some(h) = &held {
+            watcher
+                .send(ConfigApplied(AppliedConfig {
+                    source,
+                    revision: h.revision,
+                    hash: h.hash.clone(),
+                    applied_at: chrono::Utc::now(),
+                }))
+                .await
+                .unwrap();
+        }
         let sync = ConfigSync::new(
             SyncConfig {
                 link: Arc::new(LinkConfig {
@@ -606,7 +751,7 @@ mod actor {
                     hostname: "h".into(),
                     version: "0".into(),
                     started_at: chrono::Utc::now(),
-                    started_from: ConfigSource::ControlPlane,
+                    started_from: source,
                     token_expiry: None,
                 },
                 trust: Trust::configured(GW, vec![public(1)]),
@@ -617,7 +762,75 @@ mod actor {
             status.clone(),
         )
         .start();
-        (sync, status)
+        (sync, status, heartbeats)
+    }
+
+    fn accept_all() -> SnapshotSink {
+        Arc::new(|_: Arc<GatewaySnapshot>| Box::pin(async { Ok(()) }))
+    }
+
+    /// A gateway serving its backup, whose control plane comes back with the same
+    /// configuration: `/readyz` and the heartbeats say `control-plane` from then on.
+    #[actix::test]
+    async fn a_backup_the_control_plane_confirms_is_reported_as_the_control_planes() {
+        let held = snapshot(4, &[("a", "1")]);
+        let backups = tempfile::tempdir().unwrap();
+        let (_sync, status, heartbeats) = start_from(
+            Arc::new(|_: &str| None),
+            Some(held),
+            ConfigSource::Backup,
+            accept_all(),
+            backups.path(),
+        )
+        .await;
+        let mut reported = false;
+        for _ in 0..150 {
+            let board = status.load().config.as_ref().map(|c| c.source);
+            reported = board == Some(ConfigSource::ControlPlane)
+                && heartbeats
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .any(|h| h.config_source == "control-plane");
+            if reported {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            reported,
+            "board {:?}, heartbeats {:?}",
+            status.load().config,
+            heartbeats.lock().unwrap()
+        );
+        let config = status.load().config.clone().unwrap();
+        assert_eq!(config.revision, 4, "nothing else changed");
+        assert_eq!(
+            heartbeats.lock().unwrap()[0].config_source,
+            "backup",
+            "before the control plane answered"
+        );
+    }
+
+    #[actix::test]
+    async fn stop_sends_a_last_heartbeat_marked_stopping_and_ends_the_loop() {
+        let backups = tempfile::tempdir().unwrap();
+        let (sync, _status, heartbeats) = start_from(
+            Arc::new(|_: &str| None),
+            Some(snapshot(4, &[("a", "1")])),
+            ConfigSource::ControlPlane,
+            accept_all(),
+            backups.path(),
+        )
+        .await;
+        sync.send(Stop).await.unwrap();
+        let received = heartbeats.lock().unwrap().clone();
+        assert!(received.iter().any(|h| h.stopping), "{received:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            sync.send(GetSyncStatus).await.is_err(),
+            "the actor has stopped"
+        );
     }
 
     #[actix::test]

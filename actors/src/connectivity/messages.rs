@@ -30,6 +30,15 @@ pub struct ControlPlaneUnauthorized {
 #[rtype(result = "()")]
 pub struct ConfigApplied(pub AppliedConfig);
 
+/// From `ConfigSync` when the control plane confirmed that the configuration served (from the
+/// backup) is its current one: nothing was applied, only the source changes.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct ConfigConfirmed {
+    pub revision: u64,
+    pub hash: String,
+}
+
 /// From `ConfigSync` when the route table refused a snapshot; the previous one keeps serving.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]

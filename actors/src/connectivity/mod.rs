@@ -48,6 +48,8 @@ pub struct WatcherConfig {
     pub offline: bool,
     pub redis_configured: bool,
     pub token: Option<TokenInfo>,
+    /// `control_plane.token_warning_hours`, as a window (see [`crate::token::warning_window`]).
+    pub token_warning: TimeDelta,
     /// How long after the last success failures count as `degraded`, not `disconnected`.
     /// Successes come at least every heartbeat, so a few heartbeat intervals.
     pub degraded_grace: Duration,
@@ -67,6 +69,7 @@ impl ConnectivityWatcher {
             config.offline,
             config.redis_configured,
             config.token.as_ref(),
+            config.token_warning,
             grace,
         );
         let published = StatusHandle(Arc::new(ArcSwap::from_pointee(state.status().clone())));
@@ -107,10 +110,10 @@ pub fn publish_gauges(status: &ConnectivityStatus) {
             .set(c.applied_at.timestamp_millis() as f64 / 1000.0);
     }
     if let Some(t) = &status.token {
-        let left = t.expiry - Utc::now();
-        metrics::gauge!("outpost_gateway_token_expiry_seconds").set(left.num_seconds() as f64);
-        metrics::gauge!("outpost_gateway_token_expiring")
-            .set(flag(left <= crate::token::EXPIRY_WARNING));
+        let now = Utc::now();
+        metrics::gauge!("outpost_gateway_token_expiry_seconds")
+            .set((t.expiry - now).num_seconds() as f64);
+        metrics::gauge!("outpost_gateway_token_expiring").set(flag(t.expiring(now)));
     }
 }
 
@@ -164,6 +167,15 @@ impl Handler<ConfigApplied> for ConnectivityWatcher {
     fn handle(&mut self, msg: ConfigApplied, _: &mut Self::Context) {
         self.state.config_applied(msg.0);
         self.publish();
+    }
+}
+
+impl Handler<ConfigConfirmed> for ConnectivityWatcher {
+    type Result = ();
+    fn handle(&mut self, msg: ConfigConfirmed, _: &mut Self::Context) {
+        if self.state.config_confirmed(msg.revision, &msg.hash) {
+            self.publish();
+        }
     }
 }
 

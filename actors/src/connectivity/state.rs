@@ -120,6 +120,16 @@ pub struct Refusal {
 pub struct TokenStatus {
     pub gateway: String,
     pub expiry: DateTime<Utc>,
+    /// `control_plane.token_warning_hours`: within this of `expiry` the token is `expiring`.
+    #[serde(skip)]
+    pub warning: TimeDelta,
+}
+
+impl TokenStatus {
+    /// Whether the token is within its warning window (or expired) at `now`.
+    pub fn expiring(&self, now: DateTime<Utc>) -> bool {
+        crate::token::expiring(self.expiry, now, self.warning)
+    }
 }
 
 /// Everything `/readyz`, `/metrics` and heartbeats report, published as one immutable value.
@@ -149,10 +159,12 @@ pub struct Connectivity {
 }
 
 impl Connectivity {
+    /// `token_warning`: how long before its expiry the token counts as expiring.
     pub fn new(
         offline: bool,
         redis_configured: bool,
         token: Option<&TokenInfo>,
+        token_warning: TimeDelta,
         grace: TimeDelta,
     ) -> Self {
         let status = ConnectivityStatus {
@@ -186,6 +198,7 @@ impl Connectivity {
             token: token.map(|t| TokenStatus {
                 gateway: t.gateway.clone(),
                 expiry: t.expiry,
+                warning: token_warning,
             }),
         };
         Self { status, grace }
@@ -256,6 +269,19 @@ impl Connectivity {
 
     pub fn config_applied(&mut self, applied: AppliedConfig) {
         self.status.config = Some(applied);
+    }
+
+    /// The control plane confirmed the configuration served: from now on it is the control
+    /// plane's. Ignored unless it is the one served (a newer one may have been applied since).
+    pub fn config_confirmed(&mut self, revision: u64, hash: &str) -> bool {
+        match &mut self.status.config {
+            Some(c) if c.revision == revision && c.hash == hash => {
+                let changed = c.source != ConfigSource::ControlPlane;
+                c.source = ConfigSource::ControlPlane;
+                changed
+            }
+            _ => false,
+        }
     }
 
     pub fn snapshot_refused(&mut self, refusal: Refusal) {

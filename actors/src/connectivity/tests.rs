@@ -8,7 +8,13 @@ fn at(secs: i64) -> chrono::DateTime<Utc> {
 }
 
 fn board() -> Connectivity {
-    Connectivity::new(false, true, None, TimeDelta::seconds(30))
+    Connectivity::new(
+        false,
+        true,
+        None,
+        TimeDelta::hours(48),
+        TimeDelta::seconds(30),
+    )
 }
 
 #[test]
@@ -77,12 +83,69 @@ fn config_redis_and_refusals_are_recorded() {
     });
     assert_eq!(c.status().refusals, 1);
     assert_eq!(c.status().config.as_ref().unwrap().revision, 7);
-    let offline = Connectivity::new(true, false, None, TimeDelta::seconds(1));
+    let offline = Connectivity::new(
+        true,
+        false,
+        None,
+        TimeDelta::hours(48),
+        TimeDelta::seconds(1),
+    );
     assert_eq!(
         offline.status().control_plane.state,
         ControlPlaneState::Offline
     );
     assert_eq!(offline.status().redis.state, RedisState::None);
+}
+
+#[test]
+fn a_confirmation_changes_the_source_of_the_config_served_only() {
+    let mut c = board();
+    c.config_applied(AppliedConfig {
+        source: ConfigSource::Backup,
+        revision: 7,
+        hash: "ab".into(),
+        applied_at: at(0),
+    });
+    assert!(!c.config_confirmed(6, "ab"), "not the one served");
+    assert!(!c.config_confirmed(7, "cd"), "not the one served");
+    assert_eq!(
+        c.status().config.as_ref().unwrap().source,
+        ConfigSource::Backup
+    );
+    assert!(c.config_confirmed(7, "ab"));
+    let config = c.status().config.as_ref().unwrap();
+    assert_eq!(config.source, ConfigSource::ControlPlane);
+    assert_eq!(config.applied_at, at(0), "nothing was applied again");
+    assert!(!c.config_confirmed(7, "ab"), "once");
+}
+
+/// The board says "expiring" by the configured window, not by a fixed week.
+#[test]
+fn the_token_is_expiring_within_the_configured_window() {
+    let token = crate::token::TokenInfo {
+        gateway: "gw".into(),
+        expiry: at(7 * 86_400),
+    };
+    let c = Connectivity::new(
+        false,
+        false,
+        Some(&token),
+        TimeDelta::hours(48),
+        TimeDelta::seconds(30),
+    );
+    let t = c.status().token.as_ref().unwrap();
+    assert!(!t.expiring(at(0)), "a fresh 7-day token");
+    assert!(!t.expiring(at(5 * 86_400 - 1)));
+    assert!(t.expiring(at(5 * 86_400)), "48 hours left");
+    assert!(t.expiring(at(8 * 86_400)), "expired");
+    let wide = Connectivity::new(
+        false,
+        false,
+        Some(&token),
+        TimeDelta::days(8),
+        TimeDelta::seconds(30),
+    );
+    assert!(wide.status().token.as_ref().unwrap().expiring(at(0)));
 }
 
 #[actix::test]
@@ -91,6 +154,7 @@ async fn the_handle_follows_the_actor() {
         offline: false,
         redis_configured: false,
         token: None,
+        token_warning: TimeDelta::hours(48),
         degraded_grace: std::time::Duration::from_secs(30),
     });
     let addr = watcher.start();
