@@ -40,16 +40,16 @@ use std::time::Duration;
 
 use crate::server_thread::connectable;
 use crate::server_thread::{Ready, ServerThread};
-use actix::{Actor, Addr};
+use actix::{Actor, Addr, Recipient};
 use chrono::Utc;
+use outpost_actors::config_sync::startup::{self, Startup, StartupBackup};
 use outpost_actors::config_sync::trust::{self, Trust};
-use outpost_actors::config_sync::{self, ConfigSync, Identity, SnapshotSink, SyncConfig, backup};
+use outpost_actors::config_sync::{self, ConfigSync, Identity, SyncConfig};
 use outpost_actors::connectivity::{
     AppliedConfig, ConfigApplied, ConfigSource, ConnectivityStatus, ConnectivityWatcher,
-    ControlPlaneFailed, ControlPlaneReachable, ControlPlaneUnauthorized, Refusal, SnapshotRefused,
     StatusHandle, WatcherConfig,
 };
-use outpost_actors::link::{CallError, ClientFactory, Link, LinkConfig};
+use outpost_actors::link::{ClientFactory, LinkConfig};
 use outpost_actors::route_table::{self, ApplySnapshot, CompileContext, RouteTable, TableHandle};
 use outpost_actors::telemetry::{self, Aggregator, TelemetryBuffer, TelemetryConfig};
 use outpost_actors::token::{self, TokenInfo};
@@ -151,16 +151,9 @@ enum Plan {
     Offline(GatewaySnapshot),
     ControlPlane {
         link: Arc<LinkConfig>,
-        backup: Backup,
+        backup: StartupBackup,
         trust: Trust,
     },
-}
-
-enum Backup {
-    Disabled,
-    Missing(PathBuf),
-    Valid(GatewaySnapshot),
-    Corrupt(String),
 }
 
 /// Starts a gateway and returns once it serves (or failed to get a configuration). Needs no
@@ -181,7 +174,7 @@ pub fn start(settings: GatewaySettings) -> Result<RunningGateway, String> {
         let trust = initial_trust(&settings)?;
         Plan::ControlPlane {
             link: Arc::new(link_config(&settings)?),
-            backup: read_backup(&settings, &trust),
+            backup: StartupBackup::read(backup_dir(&settings).as_deref(), &trust),
             trust,
         }
     };
@@ -257,7 +250,7 @@ struct Started {
 /// The gateway thread: everything runs on this actix system until the listeners stop.
 async fn serve(
     settings: GatewaySettings,
-    plan: Plan,
+    mut plan: Plan,
     mut identity: Identity,
     watcher: ConnectivityWatcher,
     status: StatusHandle,
@@ -289,9 +282,9 @@ async fn serve(
         Plan::ControlPlane { link, .. } => token::parse(&link.token).ok().map(|t| t.gateway),
     };
     let route_table = RouteTable::new(table.clone(), CompileContext { gateway_name }).start();
-    let sink = snapshot_sink(route_table);
+    let table_mailbox = route_table.recipient();
 
-    let loaded = match load_config(&settings, &plan, &sink, &watcher).await {
+    let loaded = match load_config(&settings, &mut plan, &table_mailbox, &watcher).await {
         Ok(loaded) => loaded,
         Err(e) => {
             ops_handle.stop(false).await;
@@ -362,7 +355,7 @@ async fn serve(
                 trust,
             },
             Some(Arc::new(loaded.snapshot)),
-            sink,
+            table_mailbox,
             watcher.clone(),
             status.clone(),
         )
@@ -426,23 +419,6 @@ fn start_traffic(
     })
 }
 
-/// Hands snapshots to the route table and says whether it took them.
-fn snapshot_sink(route_table: Addr<RouteTable>) -> SnapshotSink {
-    Arc::new(move |snapshot| {
-        let route_table = route_table.clone();
-        Box::pin(async move {
-            match route_table.send(ApplySnapshot(snapshot)).await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(problems)) => Err(format!(
-                    "{} problem(s) compiling the configuration:\n{problems}",
-                    problems.len()
-                )),
-                Err(e) => Err(format!("the route table is not running: {e}")),
-            }
-        })
-    })
-}
-
 struct Loaded {
     snapshot: GatewaySnapshot,
     source: ConfigSource,
@@ -450,178 +426,65 @@ struct Loaded {
     trust: Option<Trust>,
 }
 
-/// Step 2 of the startup sequence (see the module docs).
+/// Step 2 of the startup sequence (see the module docs): the offline file is served here; the
+/// control plane and the backup go through `config_sync::startup`, which shares the sync
+/// loop's rules (trust, hand-over, backup and pin files, status reports).
 async fn load_config(
     settings: &GatewaySettings,
-    plan: &Plan,
-    sink: &SnapshotSink,
+    plan: &mut Plan,
+    table: &Recipient<ApplySnapshot>,
     watcher: &Addr<ConnectivityWatcher>,
 ) -> Result<Loaded, String> {
-    let (link_config, backup, trust) = match plan {
+    match plan {
         Plan::Offline(snapshot) => {
-            sink(Arc::new(snapshot.clone())).await.map_err(|e| {
-                format!(
-                    "the offline config file {} cannot be served: {e}",
-                    settings.offline.config_file
-                )
-            })?;
+            startup::hand_over(table.clone(), Arc::new(snapshot.clone()))
+                .await
+                .map_err(|e| {
+                    format!(
+                        "the offline config file {} cannot be served: {e}",
+                        settings.offline.config_file
+                    )
+                })?;
             tracing::info!(
                 file = settings.offline.config_file,
                 hash = %snapshot.hash,
                 "offline mode: serving the config file, the control plane is not contacted"
             );
-            return Ok(Loaded {
+            Ok(Loaded {
                 snapshot: snapshot.clone(),
                 source: ConfigSource::Offline,
                 trust: None,
-            });
+            })
         }
         Plan::ControlPlane {
             link,
             backup,
             trust,
-        } => (link, backup, trust),
-    };
-    let mut fetched_trust = trust.clone();
-
-    let link = Link::new(link_config.clone());
-    let url = &link_config.base_url;
-    let fetched = config_sync::fetch_snapshot(&link).await.map(|snapshot| {
-        let pins = fetched_trust.accept_from_control_plane(&snapshot);
-        (snapshot, pins)
-    });
-    let from_control_plane = match fetched {
-        Ok((snapshot, Err(untrusted))) => {
-            watcher.do_send(ControlPlaneReachable);
-            let reason = format!("configuration signature refused: {untrusted}");
-            watcher.do_send(SnapshotRefused(Refusal {
-                revision: snapshot.revision,
-                hash: snapshot.hash.clone(),
-                reason: reason.clone(),
-                at: Utc::now(),
-            }));
-            Err(format!(
-                "the configuration from the control plane at {url} (revision {}) was refused: {reason}",
-                snapshot.revision
-            ))
-        }
-        Ok((snapshot, Ok(pins))) => {
-            watcher.do_send(ControlPlaneReachable);
-            if let Some(keys) = pins {
-                persist_pins(settings, keys).await;
-            }
-            match sink(Arc::new(snapshot.clone())).await {
-                Ok(()) => Ok(snapshot),
-                Err(reason) => {
-                    watcher.do_send(SnapshotRefused(Refusal {
-                        revision: snapshot.revision,
-                        hash: snapshot.hash.clone(),
-                        reason: reason.clone(),
-                        at: Utc::now(),
-                    }));
-                    Err(format!(
-                        "the configuration from the control plane at {url} (revision {}) was refused: {reason}",
-                        snapshot.revision
-                    ))
-                }
-            }
-        }
-        Err(e) => {
-            match &e {
-                CallError::Unauthorized(reason) => watcher.do_send(ControlPlaneUnauthorized {
-                    reason: reason.clone(),
-                }),
-                other => watcher.do_send(ControlPlaneFailed {
-                    error: other.to_string(),
-                }),
-            }
-            Err(describe_fetch_error(url, &e))
-        }
-    };
-
-    let cp_error = match from_control_plane {
-        Ok(snapshot) => {
-            if let Backup::Corrupt(reason) = backup {
-                tracing::warn!("{reason}; it will be replaced by the configuration just fetched");
-            }
-            if settings.backup.enabled {
-                let dir = PathBuf::from(&settings.backup.dir);
-                let to_write = backup::Backup {
-                    gateway: fetched_trust.gateway().to_owned(),
-                    snapshot: snapshot.clone(),
-                };
-                match tokio::task::spawn_blocking(move || backup::write(&dir, &to_write)).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => tracing::error!(error = %e, "cannot write the config backup"),
-                    Err(e) => tracing::error!(error = %e, "config backup task failed"),
-                }
-            }
-            tracing::info!(
-                revision = snapshot.revision,
-                hash = %snapshot.hash,
-                "configuration loaded from the control plane"
-            );
-            return Ok(Loaded {
-                snapshot,
-                source: ConfigSource::ControlPlane,
-                trust: Some(fetched_trust),
-            });
-        }
-        Err(e) => e,
-    };
-
-    match backup {
-        Backup::Valid(snapshot) => {
-            sink(Arc::new(snapshot.clone())).await.map_err(|reason| {
-                format!(
-                    "{cp_error}; and the config backup (revision {}) was refused: {reason}",
-                    snapshot.revision
-                )
-            })?;
-            tracing::warn!(
-                revision = snapshot.revision,
-                hash = %snapshot.hash,
-                error = %cp_error,
-                "serving the config backup; still trying the control plane in the background"
-            );
+        } => {
+            let loaded = startup::first_config(Startup {
+                link,
+                backup: std::mem::replace(backup, StartupBackup::Disabled),
+                trust: trust.clone(),
+                backup_dir: backup_dir(settings),
+                table,
+                watcher,
+            })
+            .await
+            .map_err(|e| e.to_string())?;
             Ok(Loaded {
-                snapshot: snapshot.clone(),
-                source: ConfigSource::Backup,
-                // Not `fetched_trust`: a key pinned from an answer that was then not served
-                // stays unpinned.
-                trust: Some(trust.clone()),
+                snapshot: loaded.snapshot,
+                source: loaded.source,
+                trust: Some(loaded.trust),
             })
         }
-        Backup::Corrupt(reason) => Err(format!(
-            "{cp_error}; and {reason}. Fix or remove the backup file, or make the control plane reachable."
-        )),
-        Backup::Missing(path) => Err(format!(
-            "{cp_error}; and there is no config backup yet ({} does not exist: a gateway writes it \
-             after its first successful sync). Check control_plane.url and the network, or serve a \
-             declarative file with --offline-config.",
-            path.display()
-        )),
-        Backup::Disabled => Err(format!(
-            "{cp_error}; and config backups are off. Check control_plane.url and the network, \
-             enable backup.enabled (with backup.dir) so a gateway that synced once can restart \
-             without the control plane, or serve a declarative file with --offline-config."
-        )),
     }
 }
 
-fn describe_fetch_error(url: &str, e: &CallError) -> String {
-    match e {
-        CallError::Unauthorized(reason) => format!(
-            "the control plane at {url} refused the gateway token ({reason}); mint a new one \
-             (outpost gateway-token --gateway <name>) and set control_plane.token"
-        ),
-        CallError::Unreachable(reason) => {
-            format!("no configuration from the control plane at {url}: {reason}")
-        }
-        CallError::Rejected(reason) => format!(
-            "the control plane at {url} answered something this gateway cannot use: {reason}"
-        ),
-    }
+fn backup_dir(settings: &GatewaySettings) -> Option<PathBuf> {
+    settings
+        .backup
+        .enabled
+        .then(|| PathBuf::from(&settings.backup.dir))
 }
 
 /// The signing keys this gateway trusts at start: the configured ones, else what was pinned
@@ -643,50 +506,6 @@ fn initial_trust(settings: &GatewaySettings) -> Result<Trust, String> {
 
 /// Writes the pinned keys next to the backup (when backups are on; otherwise the pin lives as
 /// long as the process).
-async fn persist_pins(settings: &GatewaySettings, keys: Vec<outpost_model::signing::PublicKey>) {
-    tracing::info!(
-        keys = %outpost_model::signing::describe(&keys),
-        "config signing key pinned"
-    );
-    if !settings.backup.enabled {
-        return;
-    }
-    let dir = PathBuf::from(&settings.backup.dir);
-    match tokio::task::spawn_blocking(move || trust::write_pins(&dir, &keys)).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => tracing::error!(error = %e, "cannot write the pin file"),
-        Err(e) => tracing::error!(error = %e, "pin file task failed"),
-    }
-}
-
-fn read_backup(settings: &GatewaySettings, trust: &Trust) -> Backup {
-    if !settings.backup.enabled {
-        return Backup::Disabled;
-    }
-    let dir = Path::new(&settings.backup.dir);
-    match backup::read(dir) {
-        Ok(Some(found)) => {
-            let path = backup::path_in(dir);
-            if let Err(e) = trust.check_backup(&found) {
-                let reason = format!("config backup {} refused: {e}", path.display());
-                tracing::error!("{reason}");
-                return Backup::Corrupt(reason);
-            }
-            tracing::info!(
-                revision = found.snapshot.revision,
-                path = %path.display(),
-                "config backup found, signature verified"
-            );
-            Backup::Valid(found.snapshot)
-        }
-        Ok(None) => Backup::Missing(backup::path_in(dir)),
-        Err(e) => {
-            tracing::error!("{e}");
-            Backup::Corrupt(e.to_string())
-        }
-    }
-}
-
 /// The snapshot to serve in offline mode: the file's view for the chosen gateway.
 fn offline_snapshot(file: &Path, gateway: &str) -> Result<GatewaySnapshot, String> {
     let text = std::fs::read_to_string(file).map_err(|e| {

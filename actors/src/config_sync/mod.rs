@@ -19,6 +19,7 @@
 
 pub mod backup;
 pub mod messages;
+pub mod startup;
 pub mod state;
 #[cfg(test)]
 mod tests;
@@ -40,6 +41,7 @@ use crate::connectivity::{
     StatusHandle,
 };
 use crate::link::{CallError, Link, LinkConfig};
+use crate::route_table::ApplySnapshot;
 pub use messages::{GetSyncStatus, Stop, SyncStatus};
 use state::{Backoff, Step, SyncState};
 use trust::Trust;
@@ -51,11 +53,9 @@ const TOKEN_WARNING_EVERY: Duration = Duration::from_secs(3600);
 /// answer must not hold up the stop (the instance then ages out as it would after a crash).
 const FINAL_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Hands a snapshot to whatever compiles and serves it (the route table) and says whether it
-/// was taken. A closure rather than a message type so this actor does not depend on the route
-/// table's internals, and tests can stand in for it.
-pub type SnapshotSink =
-    Arc<dyn Fn(Arc<GatewaySnapshot>) -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
+/// Where snapshots go to be compiled and served: the route table's mailbox, as a recipient of
+/// its one message (tests stand in for it with an actor of their own).
+pub type SnapshotTarget = Recipient<ApplySnapshot>;
 
 /// Who this gateway process is, for heartbeats.
 #[derive(Debug, Clone)]
@@ -89,7 +89,7 @@ pub struct ConfigSync {
     state: SyncState,
     /// Built in `started`, on the arbiter that uses it.
     link: Option<Link>,
-    sink: SnapshotSink,
+    table: SnapshotTarget,
     watcher: Addr<ConnectivityWatcher>,
     status: StatusHandle,
     heartbeat_in_flight: bool,
@@ -103,7 +103,7 @@ impl ConfigSync {
     pub fn new(
         config: SyncConfig,
         held: Option<Arc<GatewaySnapshot>>,
-        sink: SnapshotSink,
+        table: SnapshotTarget,
         watcher: Addr<ConnectivityWatcher>,
         status: StatusHandle,
     ) -> Self {
@@ -113,7 +113,7 @@ impl ConfigSync {
                 .held_from(config.identity.started_from),
             config,
             link: None,
-            sink,
+            table,
             watcher,
             status,
             heartbeat_in_flight: false,
@@ -228,44 +228,23 @@ impl ConfigSync {
         let taken: BoxFuture<'static, Result<(), String>> = if unchanged {
             Box::pin(async { Ok(()) })
         } else {
-            (self.sink)(snapshot.clone())
+            Box::pin(startup::hand_over(self.table.clone(), snapshot.clone()))
         };
         let backup_dir = self.config.backup_dir.clone();
         let to_write = backup::Backup {
             gateway: self.config.trust.gateway().to_owned(),
             snapshot: GatewaySnapshot::clone(&snapshot),
         };
-        if let Some(keys) = &pins {
-            tracing::info!(
-                keys = %outpost_model::signing::describe(keys),
-                "config signing key pinned"
-            );
-        }
         let work = async move {
             // The pin goes first: a backup signed by a newly trusted key must never be on disk
             // without the pin that makes it loadable.
-            if let (Some(dir), Some(keys)) = (backup_dir.clone(), pins) {
-                match tokio::task::spawn_blocking(move || trust::write_pins(&dir, &keys)).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => tracing::error!(error = %e, "cannot write the pin file"),
-                    Err(e) => tracing::error!(error = %e, "pin file task failed"),
-                }
+            if let Some(keys) = pins {
+                startup::write_pins(backup_dir.clone(), keys).await;
             }
             taken.await?;
             // Only a snapshot that serves is worth restarting from.
             if let Some(dir) = backup_dir {
-                let written =
-                    tokio::task::spawn_blocking(move || backup::write(&dir, &to_write)).await;
-                match written {
-                    Ok(Ok(path)) => {
-                        tracing::debug!(path = %path.display(), "config backup written")
-                    }
-                    Ok(Err(e)) => {
-                        metrics::counter!("outpost_config_backup_errors_total").increment(1);
-                        tracing::error!(error = %e, "cannot write the config backup");
-                    }
-                    Err(e) => tracing::error!(error = %e, "config backup task failed"),
-                }
+                startup::write_backup(dir, to_write).await;
             }
             Ok(())
         };

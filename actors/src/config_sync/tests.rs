@@ -659,11 +659,14 @@ mod actor {
 
     use super::*;
     use crate::config_sync::messages::{GetSyncStatus, Stop};
-    use crate::config_sync::{ConfigSync, Identity, SnapshotSink, SyncConfig};
+    use crate::config_sync::{ConfigSync, Identity, SnapshotTarget, SyncConfig};
     use crate::connectivity::{
         AppliedConfig, ConfigApplied, ConnectivityWatcher, StatusHandle, WatcherConfig,
     };
     use crate::link::{ClientFactory, LinkConfig};
+    use crate::route_table::{AppliedInfo, ApplySnapshot};
+    use actix::{Context, Handler};
+    use outpost_model::Problems;
     use outpost_model::wire::Heartbeat;
 
     type Answer = Arc<dyn Fn(&str) -> Option<ConfigUpdate> + Send + Sync>;
@@ -673,7 +676,7 @@ mod actor {
     async fn start(
         answer: Answer,
         held: Option<GatewaySnapshot>,
-        sink: SnapshotSink,
+        sink: SnapshotTarget,
         backups: &std::path::Path,
     ) -> (Addr<ConfigSync>, StatusHandle) {
         let (sync, status, _) =
@@ -689,7 +692,7 @@ mod actor {
         answer: Answer,
         held: Option<GatewaySnapshot>,
         source: ConfigSource,
-        sink: SnapshotSink,
+        sink: SnapshotTarget,
         backups: &std::path::Path,
     ) -> (Addr<ConfigSync>, StatusHandle, Heartbeats) {
         let heartbeats = Heartbeats::default();
@@ -765,8 +768,47 @@ mod actor {
         (sync, status, heartbeats)
     }
 
-    fn accept_all() -> SnapshotSink {
-        Arc::new(|_: Arc<GatewaySnapshot>| Box::pin(async { Ok(()) }))
+    type Take = Arc<dyn Fn(Arc<GatewaySnapshot>) -> Result<(), String> + Send + Sync>;
+
+    /// Stands in for the route table: takes or refuses each snapshot as `take` says.
+    struct FakeTable(Take);
+
+    impl Actor for FakeTable {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<ApplySnapshot> for FakeTable {
+        type Result = Result<AppliedInfo, Problems>;
+
+        fn handle(&mut self, msg: ApplySnapshot, _: &mut Context<Self>) -> Self::Result {
+            let snapshot = msg.0;
+            match (self.0)(snapshot.clone()) {
+                Ok(()) => Ok(AppliedInfo {
+                    revision: snapshot.revision,
+                    hash: snapshot.hash.clone(),
+                    apis: 0,
+                    operations: 0,
+                    subscriptions: 0,
+                    unchanged: false,
+                    compile_time: Duration::ZERO,
+                }),
+                Err(reason) => {
+                    let mut problems = Problems::new();
+                    problems.push("", reason);
+                    Err(problems)
+                }
+            }
+        }
+    }
+
+    fn table(
+        take: impl Fn(Arc<GatewaySnapshot>) -> Result<(), String> + Send + Sync + 'static,
+    ) -> SnapshotTarget {
+        FakeTable(Arc::new(take)).start().recipient()
+    }
+
+    fn accept_all() -> SnapshotTarget {
+        table(|_| Ok(()))
     }
 
     /// A gateway serving its backup, whose control plane comes back with the same
@@ -846,14 +888,12 @@ mod actor {
                 None
             }
         });
-        let sink: SnapshotSink = Arc::new(|snapshot: Arc<GatewaySnapshot>| {
-            Box::pin(async move {
-                if snapshot.revision == 2 {
-                    Err("unknown policy 'bad'".to_owned())
-                } else {
-                    Ok(())
-                }
-            })
+        let sink = table(|snapshot: Arc<GatewaySnapshot>| {
+            if snapshot.revision == 2 {
+                Err("unknown policy 'bad'".to_owned())
+            } else {
+                Ok(())
+            }
         });
         let backups = tempfile::tempdir().unwrap();
         let (sync, status) = start(answer, None, sink, backups.path()).await;
@@ -899,9 +939,9 @@ mod actor {
         });
         let served = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
         let record = served.clone();
-        let sink: SnapshotSink = Arc::new(move |snapshot: Arc<GatewaySnapshot>| {
+        let sink = table(move |snapshot: Arc<GatewaySnapshot>| {
             record.lock().unwrap().push(snapshot.hash.clone());
-            Box::pin(async { Ok(()) })
+            Ok(())
         });
         let backups = tempfile::tempdir().unwrap();
         let tampered_hash = tampered.hash.clone();
