@@ -38,9 +38,9 @@ pub enum Command {
     /// Start a control plane, a gateway and a sample backend in one process, load a sample API,
     /// and print curl commands that work against it. Needs no Redis and no files.
     Demo {
-        /// First of five consecutive ports (control plane admin, gateway endpoint, gateway
-        /// traffic, gateway ops, sample backend); 0: 7070, 7071, 8080, 8090 and 9000. A port
-        /// that is taken is replaced by a free one.
+        /// First of six consecutive ports (control plane admin, gateway endpoint, gateway
+        /// traffic, gateway ops, sample backend, gateway HTTPS); 0: 7070, 7071, 8080, 8090,
+        /// 9000 and 8443. A port that is taken is replaced by a free one.
         #[arg(long, default_value_t = 0)]
         port_base: u16,
     },

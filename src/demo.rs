@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use outpost_model::Resource;
 use outpost_model::document::Document;
+use outpost_model::resources::{GatewayHostname, NamedValue};
 
 use crate::control_plane::settings::ControlPlaneSettings;
 use crate::control_plane::store::{Precondition, Write};
@@ -22,7 +23,9 @@ const KEY: &str = "demo000000000000000000000000000000000000000000000000000000000
 
 /// Ports tried first (so the printed commands are the familiar ones); any that is taken is
 /// replaced by a free one.
-const DEFAULT_PORTS: [u16; 5] = [7070, 7071, 8080, 8090, 9000];
+const DEFAULT_PORTS: [u16; 6] = [7070, 7071, 8080, 8090, 9000, 8443];
+/// The name the demo's HTTPS certificate is for (and served to clients without SNI).
+const TLS_HOST: &str = "localhost";
 
 pub fn run(port_base: u16) -> Result<(), String> {
     crate::logging::init(&crate::control_plane::settings::LogSettings {
@@ -43,6 +46,7 @@ pub fn run(port_base: u16) -> Result<(), String> {
     let mut doc =
         Document::from_yaml(DEMO_FILE).map_err(|p| format!("demo configuration:\n{p}"))?;
     point_backend_at(&mut doc, &format!("http://{backend_addr}"))?;
+    add_certificate(&mut doc)?;
     let writes = doc
         .resources
         .into_iter()
@@ -64,7 +68,8 @@ pub fn run(port_base: u16) -> Result<(), String> {
     gw_settings.control_plane.url = cp.gateway_url();
     gw_settings.control_plane.token = token;
     gw_settings.listen.http = format!("127.0.0.1:{}", ports[2]);
-    gw_settings.listen.https = "127.0.0.1:0".into();
+    gw_settings.listen.https = format!("127.0.0.1:{}", ports[5]);
+    gw_settings.listen.https_default_hostname = TLS_HOST.into();
     gw_settings.listen.ops = format!("127.0.0.1:{}", ports[3]);
     gw_settings.listen.workers = 2;
     gw_settings.backup.enabled = true;
@@ -73,8 +78,13 @@ pub fn run(port_base: u16) -> Result<(), String> {
     let gw = crate::gateway::start(gw_settings)?;
     wait_ready(&gw.ops_url())?;
 
+    let https = gw
+        .https_addr()
+        .map(|a| format!("https://{TLS_HOST}:{}", a.port()))
+        .ok_or("the demo gateway has no HTTPS listener")?;
     print_guide(
         &gw.traffic_url(),
+        &https,
         &gw.ops_url(),
         &cp.admin_url(),
         cp.admin_token(),
@@ -109,8 +119,41 @@ fn point_backend_at(doc: &mut Document, url: &str) -> Result<(), String> {
     }
 }
 
-fn pick_ports(base: u16) -> [u16; 5] {
-    let wanted: [u16; 5] = if base == 0 {
+/// A self-signed certificate for `localhost`, made now, as the demo gateway's HTTPS
+/// certificate: named values (the key a secret) referenced by the gateway resource, as an
+/// operator would set it up.
+fn add_certificate(doc: &mut Document) -> Result<(), String> {
+    let made = rcgen::generate_simple_self_signed(vec![TLS_HOST.to_owned()])
+        .map_err(|e| format!("demo certificate: {e}"))?;
+    let gateway = doc.resources.iter_mut().find_map(|r| match r {
+        Resource::Gateway(g) if g.name == GATEWAY => Some(g),
+        _ => None,
+    });
+    let Some(gateway) = gateway else {
+        return Err(format!(
+            "demo configuration: config/demo.yaml has no gateway '{GATEWAY}'"
+        ));
+    };
+    gateway.hostnames.push(GatewayHostname {
+        hostname: TLS_HOST.into(),
+        certificate_pem: Some("{{demo-tls-certificate}}".into()),
+        key_pem: Some("{{demo-tls-key}}".into()),
+    });
+    doc.resources.push(Resource::NamedValue(NamedValue {
+        name: "demo-tls-certificate".into(),
+        value: made.cert.pem(),
+        secret: false,
+    }));
+    doc.resources.push(Resource::NamedValue(NamedValue {
+        name: "demo-tls-key".into(),
+        value: made.signing_key.serialize_pem(),
+        secret: true,
+    }));
+    Ok(())
+}
+
+fn pick_ports(base: u16) -> [u16; 6] {
+    let wanted: [u16; 6] = if base == 0 {
         DEFAULT_PORTS
     } else {
         std::array::from_fn(|i| base.saturating_add(i as u16))
@@ -186,13 +229,22 @@ fn wait_ready(ops_url: &str) -> Result<(), String> {
     }
 }
 
-fn print_guide(gw: &str, ops: &str, admin: &str, token: &str, revision: u64, dir: &str) {
+fn print_guide(
+    gw: &str,
+    https: &str,
+    ops: &str,
+    admin: &str,
+    token: &str,
+    revision: u64,
+    dir: &str,
+) {
     let k = format!("-H 'Ocp-Apim-Subscription-Key: {KEY}'");
     println!(
         r#"
 Outpost demo is running (configuration revision {revision}; data in {dir}).
 
   gateway      {gw}
+  gateway TLS  {https}   (a self-signed certificate for {TLS_HOST}, made at start)
   gateway ops  {ops}   (/healthz /readyz /metrics)
   control plane {admin}  (management API at /api/v1, admin token below)
   dashboard    {admin}/#token={token}
@@ -202,6 +254,9 @@ Try these:
 
   # an API call through the gateway (set-header policies, named values, key check)
   curl -s {k} {gw}/orders/orders/1001
+
+  # the same over HTTPS (-k: the certificate is self-signed)
+  curl -sk {k} {https}/orders/orders/1001
 
   # a response cached by the gateway for 30 s (watch the Age header on the second call)
   curl -si {k} {gw}/orders/orders | grep -i -E '^(HTTP|age|x-)'

@@ -43,6 +43,25 @@ async fn demo_starts_and_its_commands_work() {
         .unwrap();
     assert_eq!(res.status(), 401, "no key");
 
+    // The HTTPS line: the same call over TLS with the demo's self-signed certificate.
+    let https = field("gateway TLS ");
+    assert!(https.starts_with("https://localhost:"), "{https}");
+    let port = https.rsplit(':').next().unwrap().to_owned();
+    let tls = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .resolve("localhost", ([127, 0, 0, 1], port.parse().unwrap()).into())
+        .build()
+        .unwrap();
+    let res = tls
+        .get(format!("{https}/orders/orders/1001"))
+        .header("Ocp-Apim-Subscription-Key", key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["id"], "1001", "{body}");
+
     let res = client()
         .get(format!("{admin}/api/v1/gateways/demo/instances"))
         .bearer_auth(&token)
