@@ -340,3 +340,61 @@ fn a_certificate_that_does_not_parse_or_match_its_key_is_refused_at_compile() {
         assert!(text.contains(why), "{why}: {text}");
     }
 }
+
+#[actix_rt::test]
+async fn http2_is_served_when_the_client_asks_for_it_by_alpn() {
+    let edge = Edge::start(None, MinTls::V1_2).await;
+    let https = edge.addrs.https.unwrap();
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(&edge.pki.read("ca.pem")).unwrap())
+        .unwrap();
+    let mut config =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(https).await.unwrap();
+    let tls = connector
+        .connect(ServerName::try_from("api.example.com").unwrap(), tcp)
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (client, connection) = h2::client::handshake(tls).await.unwrap();
+    actix_rt::spawn(async move {
+        let _ = connection.await;
+    });
+    // Several requests multiplexed on the one connection, each proxied as HTTP/1.1.
+    let mut answers = Vec::new();
+    for id in 1..=3 {
+        let mut client = client.clone().ready().await.unwrap();
+        let request = http::Request::get(format!("https://api.example.com/orders/{id}"))
+            .body(())
+            .unwrap();
+        let (response, _) = client.send_request(request, true).unwrap();
+        answers.push(response);
+    }
+    for (i, response) in answers.into_iter().enumerate() {
+        let response = response.await.unwrap();
+        assert_eq!(response.status(), 200);
+        let mut body = response.into_body();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.unwrap();
+            let _ = body.flow_control().release_capacity(chunk.len());
+            bytes.extend_from_slice(&chunk);
+        }
+        let echo: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(echo["path"], format!("/api/{}", i + 1));
+        assert_eq!(echo["headers"]["x-forwarded-proto"], "https");
+        assert_eq!(
+            echo["headers"]["host"]
+                .as_str()
+                .map(|h| h.starts_with("127.0.0.1:")),
+            Some(true)
+        );
+    }
+}

@@ -20,6 +20,7 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use actix_http::Protocol;
 use actix_http::error::DispatchError;
 use actix_rt::net::TcpStream;
 use actix_service::{IntoServiceFactory, ServiceFactoryExt, fn_service, map_config};
@@ -184,9 +185,9 @@ pub fn start_traffic_servers(
             let peer = io.peer_addr().ok();
             // Answers are written whole; Nagle would only delay the last segment.
             let _ = io.set_nodelay(true);
-            Ok::<_, DispatchError>((Connection::new(io), peer))
+            Ok::<_, DispatchError>((Connection::new(io), Protocol::Http1, peer))
         })
-        .and_then(h1::<TcpStream>(&traffic, http_addr, &shutdown, false))
+        .and_then(http::<TcpStream>(&traffic, http_addr, &shutdown, false))
     })?;
     let mut https_addr = None;
     if let Some(https) = https {
@@ -207,10 +208,16 @@ pub fn start_traffic_servers(
                 .map(|io: TlsStream<TcpStream>| {
                     let peer = io.get_ref().0.peer_addr().ok();
                     let _ = io.get_ref().0.set_nodelay(true);
-                    (Connection::new(io), peer)
+                    // HTTP/2 when the client chose it by ALPN, else HTTP/1.1.
+                    let protocol = if io.get_ref().1.alpn_protocol() == Some(b"h2") {
+                        Protocol::Http2
+                    } else {
+                        Protocol::Http1
+                    };
+                    (Connection::new(io), protocol, peer)
                 })
                 .and_then(
-                    h1::<TlsStream<TcpStream>>(&traffic, addr, &shutdown, true)
+                    http::<TlsStream<TcpStream>>(&traffic, addr, &shutdown, true)
                         .map_err(TlsError::Service),
                 )
         })?;
@@ -225,14 +232,15 @@ pub fn start_traffic_servers(
     ))
 }
 
-/// The HTTP/1 service over one listener's connections.
-fn h1<T>(
+/// The HTTP service (HTTP/1.1, or HTTP/2 as the connection's protocol says) over one
+/// listener's connections.
+fn http<T>(
     traffic: &Arc<Traffic>,
     addr: SocketAddr,
     shutdown: &actix_server::GracefulShutdownSignal,
     secure: bool,
 ) -> impl ServiceFactory<
-    (Connection<T>, Option<SocketAddr>),
+    (Connection<T>, Protocol, Option<SocketAddr>),
     Config = (),
     Response = (),
     Error = DispatchError,
@@ -261,7 +269,7 @@ where
                 ext.insert(Secure);
             }
         })
-        .h1(map_config(app, |_| AppConfig::default()))
+        .finish(map_config(app, |_| AppConfig::default()))
 }
 
 /// Marks a connection that arrived over TLS (`X-Forwarded-Proto: https`).

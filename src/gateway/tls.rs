@@ -51,7 +51,8 @@ impl ResolvesServerCert for FromTable {
 }
 
 /// The server configuration: TLS 1.2 and 1.3 (or 1.3 only) with rustls' default cipher suites
-/// (forward-secret AEAD only), certificates by SNI from the route table, HTTP/1.1 by ALPN.
+/// (forward-secret AEAD only), certificates by SNI from the route table, HTTP/2 or HTTP/1.1 by
+/// ALPN.
 pub fn server_config(
     table: TableHandle,
     default_host: Option<String>,
@@ -70,6 +71,6 @@ pub fn server_config(
             table,
             default_host: default_host.map(|h| h.to_ascii_lowercase()),
         }));
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     config
 }
