@@ -108,6 +108,13 @@ fn body_of(text: &str) -> &str {
     text.find("\r\n\r\n").map_or("", |i| &text[i + 4..])
 }
 
+/// `GET path` is forwarded and nginx resolved it to `want`.
+async fn expect_uri(gw: &Gateway, path: &str, want: &str) {
+    let (status, text) = raw_get(gw, path, "").await;
+    assert_eq!(status, 200, "{path}: {text}");
+    assert_eq!(body_of(&text), format!("uri={want}"), "{path}");
+}
+
 fn error_message(status: u16, text: &str, want: u16) -> String {
     assert_eq!(status, want, "{text}");
     let v: Value = serde_json::from_str(body_of(text)).unwrap_or_else(|e| panic!("{e}: {text}"));
@@ -188,12 +195,8 @@ async fn dot_segments_never_leave_the_api_prefix() {
     }
 
     // Dot-segments inside the API are resolved before routing and forwarding.
-    let (status, text) = raw_get(&gw, "/ng/a/b/../c/./d", "").await;
-    assert_eq!(status, 200, "{text}");
-    assert_eq!(body_of(&text), "uri=/other-svc/a/c/d");
-    let (status, text) = raw_get(&gw, "/ng/%61%7e", "").await;
-    assert_eq!(status, 200, "{text}");
-    assert_eq!(body_of(&text), "uri=/other-svc/a~");
+    expect_uri(&gw, "/ng/a/b/../c/./d", "/other-svc/a/c/d").await;
+    expect_uri(&gw, "/ng/%61%7e", "/other-svc/a~").await;
 
     // A template parameter does not match an encoded slash, unless the operation allows it.
     let (status, text) = raw_get(&gw, "/ngitem/items/a%2Fb", "").await;
@@ -203,12 +206,8 @@ async fn dot_segments_never_leave_the_api_prefix() {
     );
     let (status, text) = raw_get(&gw, "/ngitem/items/a%5cb", "").await;
     assert_eq!(status, 404, "{text}");
-    let (status, text) = raw_get(&gw, "/ngitem/files/a%2fb", "").await;
-    assert_eq!(status, 200, "{text}");
-    assert_eq!(body_of(&text), "uri=/other-svc/files/a/b");
-    let (status, text) = raw_get(&gw, "/ngitem/items/42", "").await;
-    assert_eq!(status, 200, "{text}");
-    assert_eq!(body_of(&text), "uri=/other-svc/42/details");
+    expect_uri(&gw, "/ngitem/files/a%2fb", "/other-svc/files/a/b").await;
+    expect_uri(&gw, "/ngitem/items/42", "/other-svc/42/details").await;
 
     // rewrite-uri output is normalised and checked the same way.
     let (status, text) = raw_get(&gw, "/ngitem/climb/7", "").await;
@@ -223,12 +222,8 @@ async fn dot_segments_never_leave_the_api_prefix() {
 async fn the_cache_key_is_the_normalised_path() {
     let nginx = Nginx::start();
     let gw = gateway(&path_config(nginx.addr)).await;
-    let (status, text) = raw_get(&gw, "/cached/a/./b/../c", "").await;
-    assert_eq!(status, 200, "{text}");
-    assert_eq!(body_of(&text), "uri=/other-svc/a/c");
-    let (status, text) = raw_get(&gw, "/cached/a/%63", "").await;
-    assert_eq!(status, 200, "{text}");
-    assert_eq!(body_of(&text), "uri=/other-svc/a/c");
+    expect_uri(&gw, "/cached/a/./b/../c", "/other-svc/a/c").await;
+    expect_uri(&gw, "/cached/a/%63", "/other-svc/a/c").await;
     let records = gw.records.lock().unwrap().clone();
     let cache: Vec<CacheStatus> = records.iter().map(|r| r.cache).collect();
     assert_eq!(cache, [CacheStatus::Miss, CacheStatus::Hit], "{records:?}");
@@ -342,32 +337,15 @@ async fn forwarding_headers_are_believed_only_from_trusted_proxies() {
     );
 }
 
-/// Writes `request`, closes the writing half (the body is cut short), reads the answer.
-async fn raw_half_closed(addr: SocketAddr, request: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(request.as_bytes()).await.unwrap();
-    s.shutdown().await.unwrap();
-    let mut out = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
-    assert!(read.is_ok(), "no answer within 10 s");
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, text)
-}
-
 #[actix_rt::test]
 async fn a_broken_request_body_is_the_clients_error() {
     let gw = gateway(HEADER_CONFIG).await;
 
     // A body cut short: 400 with the JSON body (it was a 502 "backend failed").
-    let (status, text) = raw_half_closed(
+    let (status, text) = raw_with(
         gw.addr,
         "POST /orders/1 HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nonly ten b",
+        true,
     )
     .await;
     let message = error_message(status, &text, 400);

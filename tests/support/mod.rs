@@ -150,9 +150,17 @@ pub async fn get(gw: &Gateway, path: &str, headers: &[(&str, &str)]) -> Answer {
 /// A request written byte for byte (for headers awc would not send as given); the request
 /// closes the connection, so the answer is read to the end.
 pub async fn raw(addr: SocketAddr, request: &str) -> (u16, String) {
+    raw_with(addr, request, false).await
+}
+
+/// [`raw`], closing the writing half after the request when `half_close` (a body cut short).
+pub async fn raw_with(addr: SocketAddr, request: &str, half_close: bool) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     s.write_all(request.as_bytes()).await.unwrap();
+    if half_close {
+        s.shutdown().await.unwrap();
+    }
     let mut out = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
     assert!(read.is_ok(), "no answer within 10 s");
