@@ -255,8 +255,8 @@ Try these:
   # an API call through the gateway (set-header policies, named values, key check)
   curl -s {k} {gw}/orders/orders/1001
 
-  # the same over HTTPS (-k: the certificate is self-signed)
-  curl -sk {k} {https}/orders/orders/1001
+  # the same over HTTPS and HTTP/2 (-k: the certificate is self-signed)
+  curl -sk --http2 {k} {https}/orders/orders/1001
 
   # a response cached by the gateway for 30 s (watch the Age header on the second call)
   curl -si {k} {gw}/orders/orders | grep -i -E '^(HTTP|age|x-)'
