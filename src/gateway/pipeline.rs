@@ -299,26 +299,8 @@ async fn run_main(
     rt: &Runtime,
 ) -> Result<Response, GatewayError> {
     let mut from_cache = None;
-    let inbound = &pipeline.inbound[..];
-    let mut i = 0;
-    while i < inbound.len() {
-        let step = &inbound[i];
-        i += 1;
-        let flow = match (step, inbound.get(i)) {
-            // A rate limit right before a quota: both checks in one round trip (same outcome).
-            (Step::RateLimit(s), Some(Step::Quota(q))) => {
-                i += 1;
-                let rate = policies::limits::RateCheck::PerSubscription(s);
-                policies::limits::rate_limit_then_quota(rate, q, ex, rt).await?
-            }
-            (Step::RateLimitByKey(s), Some(Step::Quota(q))) => {
-                i += 1;
-                let rate = policies::limits::RateCheck::ByKey(s);
-                policies::limits::rate_limit_then_quota(rate, q, ex, rt).await?
-            }
-            _ => run_step(step, Phase::Inbound, ex, rt).await?,
-        };
-        match flow {
+    for step in pipeline.inbound.iter() {
+        match run_step(step, Phase::Inbound, ex, rt).await? {
             Flow::Continue => {}
             Flow::Respond(res) => return Ok(res),
             Flow::SkipToOutbound(res) => {
@@ -419,6 +401,7 @@ pub async fn run_step(
         Step::RateLimit(s) => policies::limits::rate_limit(s, ex, rt).await,
         Step::RateLimitByKey(s) => policies::limits::rate_limit_by_key(s, ex, rt).await,
         Step::Quota(s) => policies::limits::quota(s, ex, rt).await,
+        Step::RateLimitThenQuota(s) => policies::limits::rate_limit_then_quota(s, ex, rt).await,
         Step::CacheLookup(s) => policies::cache::cache_lookup(s, ex, rt).await,
         Step::CacheStore(s) => policies::cache::cache_store(s, ex, rt).await,
         Step::CacheLookupValue(s) => policies::cache::cache_lookup_value(s, ex, rt).await,

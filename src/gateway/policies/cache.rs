@@ -10,15 +10,15 @@
 use actix_web::body::{BodySize, BoxBody, MessageBody};
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use outpost_actors::cache::policy::{
-    CacheLookupStep, CacheLookupValueStep, CacheRemoveValueStep, CacheStoreStep,
-    CacheStoreValueStep,
-};
 use outpost_actors::cache::rules::{
     CacheControl, RequestFacts, ResponseFacts, lookup_allowed, storable_header, store_ttl,
 };
 use outpost_actors::cache::{CacheKey, CachedResponse, Fill, Lookup};
 use outpost_actors::route_table::CacheStatus;
+use outpost_actors::route_table::steps::{
+    CacheLookupStep, CacheLookupValueStep, CacheRemoveValueStep, CacheStoreStep,
+    CacheStoreValueStep,
+};
 use outpost_actors::shared_state::local::now_ms;
 
 use crate::gateway::error::GatewayError;

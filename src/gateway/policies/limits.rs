@@ -16,7 +16,9 @@ use std::time::Duration;
 use actix_web::body::{BodySize, MessageBody};
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderName, HeaderValue};
-use outpost_actors::shared_state::policy::{QuotaStep, RateLimitByKeyStep, RateLimitStep};
+use outpost_actors::route_table::steps::{
+    QuotaStep, RateLimitByKeyStep, RateLimitOf, RateLimitStep, RateLimitThenQuotaStep,
+};
 use outpost_actors::shared_state::{
     CountedBy, Decision, QuotaDecision, QuotaDelta, QuotaLimits, Verdict,
 };
@@ -99,12 +101,19 @@ fn rate_outcome(
 /// A rate-limit step of either kind: its counter key, its check and how its answer applies.
 /// One path for a step alone and for a step checked together with a quota.
 #[derive(Clone, Copy)]
-pub enum RateCheck<'a> {
+enum RateCheck<'a> {
     PerSubscription(&'a RateLimitStep),
     ByKey(&'a RateLimitByKeyStep),
 }
 
-impl RateCheck<'_> {
+impl<'a> RateCheck<'a> {
+    fn of(rate: &'a RateLimitOf) -> Self {
+        match rate {
+            RateLimitOf::PerSubscription(s) => RateCheck::PerSubscription(s),
+            RateLimitOf::ByKey(s) => RateCheck::ByKey(s),
+        }
+    }
+
     /// The counter key; `None` for a `rate-limit` call without a subscription, which is not
     /// counted.
     fn key(self, ex: &Exchange) -> Option<String> {
@@ -230,9 +239,9 @@ fn quota_outcome(s: &QuotaStep, key: String, d: &QuotaDecision, ex: &mut Exchang
     }
 }
 
-/// A rate limit directly followed by a quota, the usual product set-up. Both checks go to the
-/// shared store at once, so the request waits for one Redis round trip instead of two in a
-/// row; the outcome is the one of running them in order:
+/// A rate limit directly followed by a quota, the usual product set-up (fused by the compiler).
+/// Both checks go to the shared store at once, so the request waits for one Redis round trip
+/// instead of two in a row; the outcome is the one of running them in order:
 /// - rate limit exceeded: 429, and the quota admission made meanwhile is taken back (in the
 ///   background, as a post-response record is) since the quota would not have been reached;
 /// - rate limit passed: the quota's decision stands (403 when exceeded; the rate-limit hit
@@ -241,11 +250,11 @@ fn quota_outcome(s: &QuotaStep, key: String, d: &QuotaDecision, ex: &mut Exchang
 /// Until that take-back lands, the quota counts one call more: a concurrent request at the
 /// quota's very edge may be refused a moment early (never admitted beyond it).
 pub async fn rate_limit_then_quota(
-    rate: RateCheck<'_>,
-    q: &QuotaStep,
+    s: &RateLimitThenQuotaStep,
     ex: &mut Exchange,
     rt: &Runtime,
 ) -> Result<Flow, GatewayError> {
+    let (rate, q) = (RateCheck::of(&s.rate), &*s.quota);
     let (Some(rate_key), Some(quota_key)) = (rate.key(ex), quota_key(q, ex)) else {
         // One of them counts nothing for this call: in order, as separate steps.
         let flow = rate.run(ex, rt).await;

@@ -1,6 +1,6 @@
 //! Running the shared-state policies: rate limits and quotas ([`limits`]) and the cache
-//! ([`cache`]). Their compiled steps come from `outpost_actors::shared_state::policy` and
-//! `outpost_actors::cache::policy`; the stores are in the pipeline's [`Runtime`].
+//! ([`cache`]). Their compiled steps come from `outpost_actors::route_table::steps`; the stores
+//! are in the pipeline's [`Runtime`].
 //!
 //! Some of their work happens after the response is known: refunds for `increment-condition`,
 //! bandwidth for quotas, `remaining-calls` headers, the cache fill. [`PolicyState`] carries
