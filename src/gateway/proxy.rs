@@ -40,14 +40,14 @@ use outpost_actors::route_table::{
 use outpost_model::SubscriptionState;
 use outpost_model::resources::VersionScheme;
 
+use super::concurrency::{ConcurrencyGuard, ConcurrencyLimiter};
 use super::error::GatewayError;
+use super::exchange::{Exchange, RequestBody, Response, Runtime, Target, percent_decode};
 use super::forward::strip_hop_by_hop;
 use super::forwarded::Forwarding;
 use super::listener::{ConnState, Connection, WriteNow};
 use super::path;
-use super::pipeline::{
-    self, ConcurrencyGuard, ConcurrencyLimiter, Exchange, RequestBody, Response, Runtime, Target,
-};
+use super::pipeline;
 use super::settings::GatewaySettings;
 use super::tls::MinTls;
 
@@ -81,7 +81,8 @@ pub struct Traffic {
 impl Traffic {
     pub fn new(settings: &GatewaySettings, table: TableHandle, hooks: ProxyHooks) -> Self {
         let sub = &settings.subscription;
-        let (shared, cache) = crate::gateway::policies::stores(settings, &hooks);
+        let (shared, cache) =
+            super::stores::stores(settings, hooks.shared.clone(), hooks.cache.clone());
         Self {
             table,
             runtime: Runtime {
@@ -507,9 +508,7 @@ async fn serve(
         .and_then(|h| headers.get(h))
         .and_then(|v| v.to_str().ok())
         .map(Cow::Borrowed)
-        .or_else(|| {
-            query_raw(query, &traffic.key_query).map(|k| Cow::Owned(pipeline::percent_decode(k)))
-        });
+        .or_else(|| query_raw(query, &traffic.key_query).map(|k| Cow::Owned(percent_decode(k))));
     let subscription = match check_key(traffic, &table, key.as_deref(), &api) {
         Ok(s) => s,
         Err(err) => {
@@ -555,8 +554,7 @@ async fn serve(
         })
         .filter(|(k, _)| {
             traffic.key_query.is_empty()
-                || (k != &traffic.key_query_encoded
-                    && pipeline::percent_decode(k) != traffic.key_query)
+                || (k != &traffic.key_query_encoded && percent_decode(k) != traffic.key_query)
         })
         .collect();
     let has_body = length.is_some_and(|l| l > 0) || headers.contains_key(header::TRANSFER_ENCODING);

@@ -8,8 +8,8 @@ use outpost_actors::route_table::steps::{
 use outpost_actors::route_table::table::BackendUrl;
 use outpost_model::policy::ExistsAction;
 
-use super::{Exchange, Flow, Phase, Target, percent_decode};
 use crate::gateway::error::GatewayError;
+use crate::gateway::exchange::{Exchange, Flow, Phase, Target, percent_decode};
 
 pub(super) fn set_header(
     s: &SetHeaderStep,
