@@ -22,6 +22,7 @@
 //! the compiled [`Step`]s. What they act on is in [`super::exchange`].
 
 mod auth;
+mod backend;
 mod cache;
 mod cors;
 mod headers;
@@ -150,15 +151,9 @@ pub async fn run_step(
         Step::SetHeader(s) => headers::set_header(s, phase, ex),
         Step::SetQueryParameter(s) => headers::set_query_parameter(s, ex),
         Step::RewriteUri(s) => headers::rewrite_uri(s, ex),
-        Step::SetBackendService(s) => headers::set_backend_service(s, ex),
-        Step::ForwardRequest(s) => {
-            ex.timeout_override = s.timeout;
-            Ok(Flow::Continue)
-        }
-        Step::Retry(s) => {
-            ex.retry = Some(s.clone());
-            Ok(Flow::Continue)
-        }
+        Step::SetBackendService(s) => backend::set_backend_service(s, ex),
+        Step::ForwardRequest(s) => backend::forward_request(s, ex),
+        Step::Retry(s) => backend::retry(s, ex),
         Step::MockResponse(s) => responses::mock_response(s, ex),
         Step::ReturnResponse(s) => responses::return_response(s, ex),
         Step::ValidateJwt(s) => auth::validate_jwt(s, ex),
