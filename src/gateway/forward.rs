@@ -26,7 +26,7 @@ use futures_util::{Stream, StreamExt};
 use outpost_actors::route_table::tls::TlsProfile;
 
 use super::error::GatewayError;
-use super::pipeline::{Exchange, RequestBody, Response, Runtime};
+use super::exchange::{Exchange, RequestBody, Response, Runtime};
 
 /// Connections per worker per TLS profile; above awc's default of 100 so busy workers do not
 /// queue in the pool.

@@ -21,16 +21,18 @@
 //! 4. `ConfigSync` keeps polling from there (in the background when serving from the backup),
 //!    `TelemetryBuffer` uploads request metrics, `ConnectivityWatcher` keeps the status board.
 
+pub mod concurrency;
 pub mod error;
+pub mod exchange;
 pub mod forward;
 pub mod forwarded;
 pub mod listener;
 pub mod ops;
 pub mod path;
 pub mod pipeline;
-pub mod policies;
 pub mod proxy;
 pub mod settings;
+pub mod stores;
 pub mod tls;
 
 use std::net::{SocketAddr, TcpListener};
@@ -309,7 +311,7 @@ async fn serve(
     });
     let telemetry = telemetry.start();
 
-    let stores = match policies::start(&settings, watcher.clone().recipient()).await {
+    let stores = match stores::start(&settings, watcher.clone().recipient()).await {
         Ok(stores) => stores,
         Err(e) => {
             ops_handle.stop(false).await;

@@ -17,271 +17,26 @@
 //!   `error-reason`, `error-message`, `error-source` and `error-status`
 //!   (`{variable.error-message}`).
 //!
-//! Each step kind runs in its own file under `pipeline/`; [`run_step`] is the one exhaustive
-//! `match` over the compiled [`Step`]s.
+//! Each policy family runs in its own file under `pipeline/`, named as its compiled steps'
+//! file under `actors/src/route_table/steps/`; [`run_step`] is the one exhaustive `match` over
+//! the compiled [`Step`]s. What they act on is in [`super::exchange`].
 
 mod auth;
+mod backend;
+mod cache;
 mod cors;
 mod headers;
 mod limits;
 mod responses;
 
-use std::collections::HashMap;
-use std::net::IpAddr;
-use std::sync::Arc;
-use std::time::Duration;
-
-use actix_web::body::BoxBody;
-use actix_web::dev::Payload;
-use actix_web::http::header::{HeaderMap, HeaderValue};
-use actix_web::http::{Method, StatusCode};
-use bytes::Bytes;
-use outpost_actors::route_table::CacheStatus;
-use outpost_actors::route_table::steps::{CorsStep, RetryStep, Step};
-use outpost_actors::route_table::table::{
-    BackendUrl, CompiledApi, CompiledBackend, CompiledOperation, CompiledSubscription, Pipeline,
-};
-use outpost_actors::route_table::tls::TlsProfile;
-use outpost_model::template::{Segment, Template, Var};
+use outpost_actors::route_table::steps::Step;
+use outpost_actors::route_table::table::Pipeline;
 
 pub use cors::{decorate, is_preflight, preflight_response};
-pub use limits::{ConcurrencyGuard, ConcurrencyLimiter};
 
-use super::error::GatewayError;
-use super::{forward, policies};
-
-/// What steps share across requests, for the lifetime of the traffic server. Shared-state
-/// policies (rate limits, quotas, cache) add their stores here.
-pub struct Runtime {
-    pub concurrency: ConcurrencyLimiter,
-    /// Rate-limit and quota counters (Redis or in-process).
-    pub shared: outpost_actors::shared_state::SharedState,
-    /// Response and value cache.
-    pub cache: outpost_actors::cache::CacheHandle,
-    /// Cap on a request body the gateway has to hold (to retry it).
-    pub max_body_bytes: usize,
-}
-
-/// Where a request goes.
-#[derive(Debug, Clone)]
-pub struct Target {
-    pub name: Arc<str>,
-    pub url: BackendUrl,
-    pub request_timeout: Duration,
-    pub tls: Arc<TlsProfile>,
-}
-
-impl Target {
-    pub fn of(b: &CompiledBackend) -> Self {
-        Self {
-            name: b.name.clone(),
-            url: b.url.clone(),
-            request_timeout: b.request_timeout,
-            tls: b.tls.clone(),
-        }
-    }
-}
-
-/// The request body, as far as the pipeline has touched it.
-pub enum RequestBody {
-    None,
-    /// Not read yet; `length` from `Content-Length`.
-    Stream {
-        payload: Payload,
-        length: Option<u64>,
-    },
-    /// Read whole (to be sent more than once).
-    Buffered(Bytes),
-    /// Already sent.
-    Taken,
-}
-
-/// A response on its way to the client: from the backend (streaming), or made by the gateway.
-pub struct Response {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    pub body: BoxBody,
-}
-
-impl Response {
-    pub fn new(status: StatusCode, content_type: Option<HeaderValue>, body: String) -> Self {
-        let mut headers = HeaderMap::new();
-        if let Some(ct) = content_type {
-            headers.insert(actix_web::http::header::CONTENT_TYPE, ct);
-        }
-        Self {
-            status,
-            headers,
-            body: BoxBody::new(body),
-        }
-    }
-
-    pub fn from_error(e: &GatewayError) -> Self {
-        let res = e.response();
-        let status = res.status();
-        let headers = res.headers().clone();
-        Self {
-            status,
-            headers,
-            body: res.into_body(),
-        }
-    }
-}
-
-/// What a step decided.
-pub enum Flow {
-    Continue,
-    /// Answer the client with this, now: nothing else runs (`return-response`).
-    Respond(Response),
-    /// Skip the backend and run `outbound` on this response (a cache hit).
-    SkipToOutbound(Response),
-}
-
-/// The section a step runs in; some steps act on the request in one and on the response in
-/// another.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    Inbound,
-    Backend,
-    Outbound,
-    OnError,
-}
-
-/// One request travelling through the pipeline.
-pub struct Exchange {
-    // What the client sent (unchanged by policies).
-    pub method: Method,
-    /// Lowercase, without port.
-    pub host: String,
-    /// Raw path as received.
-    pub path: String,
-    pub client_ip: Option<IpAddr>,
-    pub request_id: String,
-    pub gateway_name: Arc<str>,
-    // What it matched.
-    pub api: Arc<CompiledApi>,
-    pub operation: usize,
-    /// URL template parameters, raw (percent-encoded).
-    pub params: Vec<(Arc<str>, String)>,
-    pub subscription: Option<Arc<CompiledSubscription>>,
-    pub product: Option<Arc<str>>,
-    // The request as it will be forwarded.
-    pub request_headers: HeaderMap,
-    /// Path below the backend's base URL, raw.
-    pub backend_path: String,
-    /// Query pairs, raw (percent-encoded).
-    pub query: Vec<(String, String)>,
-    pub target: Target,
-    /// Set by `forward-request`; otherwise the target's request timeout.
-    pub timeout_override: Option<Duration>,
-    pub retry: Option<Arc<RetryStep>>,
-    pub body: RequestBody,
-    /// `{variable.NAME}`.
-    pub variables: HashMap<String, String>,
-    // The answer.
-    pub response: Option<Response>,
-    pub error: Option<GatewayError>,
-    // Accounting.
-    pub backend_duration: Option<Duration>,
-    pub request_bytes: u64,
-    pub cache: CacheStatus,
-    pub guards: Vec<ConcurrencyGuard>,
-    /// The `cors` policy that allowed this request's origin, to decorate the response.
-    pub cors: Option<(Arc<CorsStep>, HeaderValue)>,
-    /// Post-response work of rate limits, quotas and the cache (`super::policies`).
-    pub shared_state: super::policies::PolicyState,
-}
-
-impl Exchange {
-    pub fn operation(&self) -> &CompiledOperation {
-        &self.api.operations[self.operation]
-    }
-
-    pub fn timeout(&self) -> Duration {
-        self.timeout_override.unwrap_or(self.target.request_timeout)
-    }
-
-    /// The query string as it will be forwarded.
-    pub fn query_string(&self) -> String {
-        let mut out = String::new();
-        for (i, (k, v)) in self.query.iter().enumerate() {
-            if i > 0 {
-                out.push('&');
-            }
-            out.push_str(k);
-            if !v.is_empty() {
-                out.push('=');
-                out.push_str(v);
-            }
-        }
-        out
-    }
-
-    /// A query parameter's value, decoded.
-    pub fn query_value(&self, name: &str) -> Option<String> {
-        self.query
-            .iter()
-            .find(|(k, _)| percent_decode(k) == name)
-            .map(|(_, v)| percent_decode(v))
-    }
-
-    /// Renders a template for this request. Unknown values render empty.
-    pub fn render(&self, t: &Template) -> String {
-        let mut out = String::new();
-        for seg in &t.segments {
-            match seg {
-                Segment::Literal(l) => out.push_str(l),
-                // Substituted at compile time; never reaches a compiled step.
-                Segment::NamedValue(_) => {}
-                Segment::Var(v) => self.push_var(&mut out, v),
-            }
-        }
-        out
-    }
-
-    fn push_var(&self, out: &mut String, v: &Var) {
-        match v {
-            Var::SubscriptionId => {
-                out.push_str(self.subscription.as_ref().map_or("", |s| &s.name));
-            }
-            Var::ProductName => out.push_str(self.product.as_deref().unwrap_or("")),
-            Var::ApiName => out.push_str(&self.api.name),
-            Var::OperationName => out.push_str(&self.operation().name),
-            Var::GatewayName => out.push_str(&self.gateway_name),
-            Var::RequestIp => {
-                if let Some(ip) = self.client_ip {
-                    out.push_str(&ip.to_string());
-                }
-            }
-            Var::RequestMethod => out.push_str(self.method.as_str()),
-            Var::RequestPath => out.push_str(&self.path),
-            Var::RequestHost => out.push_str(&self.host),
-            Var::RequestId => out.push_str(&self.request_id),
-            Var::RequestHeader(h) => {
-                if let Some(v) = self.request_headers.get(h.as_str())
-                    && let Ok(s) = v.to_str()
-                {
-                    out.push_str(s);
-                }
-            }
-            Var::RequestQuery(q) => {
-                if let Some(v) = self.query_value(q) {
-                    out.push_str(&v);
-                }
-            }
-            Var::Param(p) => {
-                if let Some((_, v)) = self.params.iter().find(|(k, _)| &**k == p) {
-                    out.push_str(v);
-                }
-            }
-            Var::Variable(name) => {
-                if let Some(v) = self.variables.get(name) {
-                    out.push_str(v);
-                }
-            }
-        }
-    }
-}
+use super::error::{ErrorSource, GatewayError};
+use super::exchange::{Exchange, Flow, Phase, Response, Runtime};
+use super::forward;
 
 /// Runs the pipeline to a response; never fails (failures become `on-error` responses).
 pub async fn run(ex: &mut Exchange, pipeline: &Pipeline, rt: &Runtime) -> Response {
@@ -289,7 +44,7 @@ pub async fn run(ex: &mut Exchange, pipeline: &Pipeline, rt: &Runtime) -> Respon
         Ok(res) => res,
         Err(err) => run_on_error(ex, pipeline, rt, err).await,
     };
-    super::policies::finish(ex, rt, &mut res);
+    finish(ex, rt, &mut res);
     res
 }
 
@@ -299,26 +54,8 @@ async fn run_main(
     rt: &Runtime,
 ) -> Result<Response, GatewayError> {
     let mut from_cache = None;
-    let inbound = &pipeline.inbound[..];
-    let mut i = 0;
-    while i < inbound.len() {
-        let step = &inbound[i];
-        i += 1;
-        let flow = match (step, inbound.get(i)) {
-            // A rate limit right before a quota: both checks in one round trip (same outcome).
-            (Step::RateLimit(s), Some(Step::Quota(q))) => {
-                i += 1;
-                let rate = policies::limits::RateCheck::PerSubscription(s);
-                policies::limits::rate_limit_then_quota(rate, q, ex, rt).await?
-            }
-            (Step::RateLimitByKey(s), Some(Step::Quota(q))) => {
-                i += 1;
-                let rate = policies::limits::RateCheck::ByKey(s);
-                policies::limits::rate_limit_then_quota(rate, q, ex, rt).await?
-            }
-            _ => run_step(step, Phase::Inbound, ex, rt).await?,
-        };
-        match flow {
+    for step in pipeline.inbound.iter() {
+        match run_step(step, Phase::Inbound, ex, rt).await? {
             Flow::Continue => {}
             Flow::Respond(res) => return Ok(res),
             Flow::SkipToOutbound(res) => {
@@ -362,7 +99,7 @@ async fn run_on_error(
     rt: &Runtime,
     err: GatewayError,
 ) -> Response {
-    if err.source == super::error::ErrorSource::Backend {
+    if err.source == ErrorSource::Backend {
         tracing::debug!(api = %ex.api.name, error = %err, "backend call failed");
     }
     ex.variables
@@ -389,6 +126,20 @@ async fn run_on_error(
     ex.response.take().expect("set above")
 }
 
+/// After the pipeline: headers onto the response, post-response accounting (in the background:
+/// the client does not wait for it).
+fn finish(ex: &mut Exchange, rt: &Runtime, response: &mut Response) {
+    for (name, value) in ex.shared_state.headers.drain(..) {
+        // A refusal's own headers (e.g. remaining 0 on a 429) win.
+        if !response.headers.contains_key(&name) {
+            response.headers.insert(name, value);
+        }
+    }
+    limits::after_response(ex, rt, response);
+    // Dropping an unused fill releases the requests waiting on it.
+    ex.shared_state.fill = None;
+}
+
 /// Runs one step. The `match` is exhaustive over every compiled step kind.
 pub async fn run_step(
     step: &Step,
@@ -400,15 +151,9 @@ pub async fn run_step(
         Step::SetHeader(s) => headers::set_header(s, phase, ex),
         Step::SetQueryParameter(s) => headers::set_query_parameter(s, ex),
         Step::RewriteUri(s) => headers::rewrite_uri(s, ex),
-        Step::SetBackendService(s) => headers::set_backend_service(s, ex),
-        Step::ForwardRequest(s) => {
-            ex.timeout_override = s.timeout;
-            Ok(Flow::Continue)
-        }
-        Step::Retry(s) => {
-            ex.retry = Some(s.clone());
-            Ok(Flow::Continue)
-        }
+        Step::SetBackendService(s) => backend::set_backend_service(s, ex),
+        Step::ForwardRequest(s) => backend::forward_request(s, ex),
+        Step::Retry(s) => backend::retry(s, ex),
         Step::MockResponse(s) => responses::mock_response(s, ex),
         Step::ReturnResponse(s) => responses::return_response(s, ex),
         Step::ValidateJwt(s) => auth::validate_jwt(s, ex),
@@ -416,41 +161,14 @@ pub async fn run_step(
         Step::IpFilter(s) => auth::ip_filter(s, ex),
         Step::Cors(s) => cors::apply(s, ex),
         Step::LimitConcurrency(s) => limits::limit_concurrency(s, ex, rt),
-        Step::RateLimit(s) => policies::limits::rate_limit(s, ex, rt).await,
-        Step::RateLimitByKey(s) => policies::limits::rate_limit_by_key(s, ex, rt).await,
-        Step::Quota(s) => policies::limits::quota(s, ex, rt).await,
-        Step::CacheLookup(s) => policies::cache::cache_lookup(s, ex, rt).await,
-        Step::CacheStore(s) => policies::cache::cache_store(s, ex, rt).await,
-        Step::CacheLookupValue(s) => policies::cache::cache_lookup_value(s, ex, rt).await,
-        Step::CacheStoreValue(s) => policies::cache::cache_store_value(s, ex, rt).await,
-        Step::CacheRemoveValue(s) => policies::cache::cache_remove_value(s, ex, rt).await,
+        Step::RateLimit(s) => limits::rate_limit(s, ex, rt).await,
+        Step::RateLimitByKey(s) => limits::rate_limit_by_key(s, ex, rt).await,
+        Step::Quota(s) => limits::quota(s, ex, rt).await,
+        Step::RateLimitThenQuota(s) => limits::rate_limit_then_quota(s, ex, rt).await,
+        Step::CacheLookup(s) => cache::cache_lookup(s, ex, rt).await,
+        Step::CacheStore(s) => cache::cache_store(s, ex, rt).await,
+        Step::CacheLookupValue(s) => cache::cache_lookup_value(s, ex, rt).await,
+        Step::CacheStoreValue(s) => cache::cache_store_value(s, ex, rt).await,
+        Step::CacheRemoveValue(s) => cache::cache_remove_value(s, ex, rt).await,
     }
-}
-
-/// Percent-decodes a query component (`+` is a space).
-pub fn percent_decode(s: &str) -> String {
-    if !s.contains(['%', '+']) {
-        return s.to_owned();
-    }
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                let hex = |b: u8| (b as char).to_digit(16);
-                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                    (Some(h), Some(l)) => {
-                        out.push((h * 16 + l) as u8);
-                        i += 2;
-                    }
-                    _ => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }

@@ -13,7 +13,8 @@
 //! unreachable, 503 no configuration yet, 504 backend too slow.
 
 use std::borrow::Cow;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::ControlFlow;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -34,21 +35,23 @@ use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use actix_web::{App, HttpRequest, HttpResponse, web};
 use bytes::Bytes;
 use outpost_actors::route_table::steps::encode_query_component;
-use outpost_actors::route_table::table::{CompiledApi, CompiledSubscription, CompiledTable};
+use outpost_actors::route_table::table::{
+    CompiledApi, CompiledSubscription, CompiledTable, RouteMatch,
+};
 use outpost_actors::route_table::{
     CacheStatus, RequestObserver, RequestRecord, RouteOutcome, RouteRequest, TableHandle,
 };
 use outpost_model::SubscriptionState;
 use outpost_model::resources::VersionScheme;
 
+use super::concurrency::{ConcurrencyGuard, ConcurrencyLimiter};
 use super::error::GatewayError;
+use super::exchange::{Exchange, RequestBody, Response, Runtime, Target, percent_decode};
 use super::forward::strip_hop_by_hop;
 use super::forwarded::Forwarding;
 use super::listener::{ConnState, Connection, WriteNow};
-use super::path;
-use super::pipeline::{
-    self, ConcurrencyGuard, ConcurrencyLimiter, Exchange, RequestBody, Response, Runtime, Target,
-};
+use super::path::{self, Normalized};
+use super::pipeline;
 use super::settings::GatewaySettings;
 use super::tls::MinTls;
 
@@ -82,7 +85,8 @@ pub struct Traffic {
 impl Traffic {
     pub fn new(settings: &GatewaySettings, table: TableHandle, hooks: ProxyHooks) -> Self {
         let sub = &settings.subscription;
-        let (shared, cache) = crate::gateway::policies::stores(settings, &hooks);
+        let (shared, cache) =
+            super::stores::stores(settings, hooks.shared.clone(), hooks.cache.clone());
         Self {
             table,
             runtime: Runtime {
@@ -375,12 +379,55 @@ const CLIENT_CLOSED_REQUEST: u16 = 499;
 /// A request that made it to the pipeline: its response and the concurrency places it holds.
 type Served = (Response, Vec<ConcurrencyGuard>);
 
+/// A phase that answered the request itself (a CORS preflight, a refusal a browser must be able
+/// to read) breaks with that answer; the request goes no further but counts as served.
+type Next<T> = ControlFlow<Response, T>;
+
+/// A request that passed routing and authentication: what its exchange is built from.
+struct Accepted<'a> {
+    host: String,
+    /// Normalised (see `path`).
+    path: &'a str,
+    length: Option<u64>,
+    matched: RouteMatch<'a>,
+    subscription: Option<Arc<CompiledSubscription>>,
+}
+
+/// Admit → normalise → route → authenticate → build the exchange → run its pipeline.
 async fn serve(
     req: &HttpRequest,
     payload: actix_web::dev::Payload,
     traffic: &Traffic,
     record: &mut RequestRecord,
 ) -> Result<Served, GatewayError> {
+    let length = admit(req, traffic)?;
+    // One load: the whole request sees the configuration that was current when it arrived.
+    let Some(table) = traffic.table.load_full() else {
+        return Err(GatewayError::no_configuration());
+    };
+    let host = request_host(req);
+    let normalized = normalise(req, &table, &host)?;
+    let matched = match route(req, &table, &host, &normalized, record)? {
+        ControlFlow::Continue(matched) => matched,
+        ControlFlow::Break(res) => return Ok((res, Vec::new())),
+    };
+    let subscription = match authenticate(req, traffic, &table, &matched, record)? {
+        ControlFlow::Continue(subscription) => subscription,
+        ControlFlow::Break(res) => return Ok((res, Vec::new())),
+    };
+    let accepted = Accepted {
+        host,
+        path: &normalized.path,
+        length,
+        matched,
+        subscription,
+    };
+    let ex = build_exchange(req, payload, traffic, &table, accepted, record.client_ip);
+    Ok(run(ex, traffic, record).await)
+}
+
+/// The limits that need nothing but the request line and headers; the body's announced length.
+fn admit(req: &HttpRequest, traffic: &Traffic) -> Result<Option<u64>, GatewayError> {
     let headers = req.headers();
     // The request line counts too: a huge target must not slip past the header limit.
     let target_bytes = req.uri().path_and_query().map_or(0, |t| t.as_str().len());
@@ -404,23 +451,39 @@ async fn serve(
     if length.is_some_and(|l| l > traffic.max_body_bytes as u64) {
         return Err(GatewayError::body_too_large(traffic.max_body_bytes));
     }
-    let Some(table) = traffic.table.load_full() else {
-        return Err(GatewayError::no_configuration());
-    };
+    Ok(length)
+}
 
-    let host = request_host(req);
-    // Normalised once: routing, the backend path, the cache key and `{request.path}` all see
-    // this path, never the raw one (see `path`).
+/// The path, normalised once: routing, the backend path, the cache key and `{request.path}` all
+/// see this path, never the raw one (see `path`).
+fn normalise<'r>(
+    req: &'r HttpRequest,
+    table: &CompiledTable,
+    host: &str,
+) -> Result<Normalized<'r>, GatewayError> {
     let normalized = path::normalize(req.uri().path()).map_err(GatewayError::bad_path)?;
-    let path: &str = &normalized.path;
     if let Some(climbed_to) = normalized.climbed_to
         && table
-            .api_prefix(&host, req.uri().path())
+            .api_prefix(host, req.uri().path())
             .is_some_and(|prefix| climbed_to < path::segments(prefix))
     {
         // `..` left the API the raw path names: refused, never re-routed elsewhere.
         return Err(GatewayError::bad_path(path::PathError::LeftApi));
     }
+    Ok(normalized)
+}
+
+/// The operation: host → path → version → method. A preflight for a path whose operations take
+/// other methods is answered here, from the `cors` policy of the operation it asks about.
+fn route<'t>(
+    req: &HttpRequest,
+    table: &'t CompiledTable,
+    host: &str,
+    normalized: &Normalized<'_>,
+    record: &mut RequestRecord,
+) -> Result<Next<RouteMatch<'t>>, GatewayError> {
+    let headers = req.headers();
+    let path: &str = &normalized.path;
     let query = req.uri().query().unwrap_or("");
     let method = req.method();
     let preflight = pipeline::is_preflight(method, headers);
@@ -436,7 +499,7 @@ async fn serve(
         }
     };
     let outcome = table.route(&RouteRequest {
-        host: &host,
+        host,
         path,
         method,
         preflight_method: preflight_method.as_ref(),
@@ -481,13 +544,12 @@ async fn serve(
             {
                 record.api = Some(api.name.clone());
                 record.operation = Some(op.name.clone());
-                return Ok((res, Vec::new()));
+                return Ok(ControlFlow::Break(res));
             }
             return Err(GatewayError::method_not_allowed(method.as_str(), allow));
         }
     };
-    let api = matched.api.clone();
-    let op = matched.operation;
+    let (api, op) = (matched.api, matched.operation);
     record.api = Some(api.name.clone());
     record.operation = Some(op.name.clone());
     if normalized
@@ -507,46 +569,74 @@ async fn serve(
             op.name, api.name
         )));
     }
+    Ok(ControlFlow::Continue(matched))
+}
 
-    // Subscription key: header first, then query.
+/// The subscription key (header first, then query) → the subscription, if the API needs or
+/// accepts one.
+fn authenticate(
+    req: &HttpRequest,
+    traffic: &Traffic,
+    table: &CompiledTable,
+    matched: &RouteMatch<'_>,
+    record: &mut RequestRecord,
+) -> Result<Next<Option<Arc<CompiledSubscription>>>, GatewayError> {
+    let headers = req.headers();
+    let query = req.uri().query().unwrap_or("");
     let key: Option<Cow<'_, str>> = traffic
         .key_header
         .as_ref()
         .and_then(|h| headers.get(h))
         .and_then(|v| v.to_str().ok())
         .map(Cow::Borrowed)
-        .or_else(|| {
-            query_raw(query, &traffic.key_query).map(|k| Cow::Owned(pipeline::percent_decode(k)))
-        });
-    let subscription = match check_key(traffic, &table, key.as_deref(), &api) {
+        .or_else(|| query_raw(query, &traffic.key_query).map(|k| Cow::Owned(percent_decode(k))));
+    let subscription = match check_key(traffic, table, key.as_deref(), matched.api) {
         Ok(s) => s,
         Err(err) => {
             // A browser must be able to read the 401 too.
             let mut res = Response::from_error(&err);
-            if let Some(cors) = &op.preflight_cors
+            if let Some(cors) = &matched.operation.preflight_cors
                 && let Some(origin) = headers.get(header::ORIGIN)
                 && origin.to_str().is_ok_and(|o| cors.origin_allowed(o))
             {
                 pipeline::decorate(cors, origin.clone(), &mut res.headers);
                 record.error_reason = Some(err.reason);
-                return Ok((res, Vec::new()));
+                return Ok(ControlFlow::Break(res));
             }
             return Err(err);
         }
     };
     record.subscription = subscription.as_ref().map(|s| s.name.clone());
-    let product = subscription.as_ref().and_then(|s| s.product().cloned());
-    let pipeline = op.pipeline_for(product.as_deref()).clone();
+    Ok(ControlFlow::Continue(subscription))
+}
 
-    // The request as the backend will see it. Hop-by-hop headers (and those the client's
-    // `Connection` names) go before any policy runs: a client must not be able to delete what
-    // policies and the gateway add.
+/// The request as the backend will see it, before any policy runs.
+fn build_exchange(
+    req: &HttpRequest,
+    payload: actix_web::dev::Payload,
+    traffic: &Traffic,
+    table: &CompiledTable,
+    accepted: Accepted<'_>,
+    client_ip: Option<IpAddr>,
+) -> Exchange {
+    let Accepted {
+        host,
+        path,
+        length,
+        matched,
+        subscription,
+    } = accepted;
+    let headers = req.headers();
+    let query = req.uri().query().unwrap_or("");
+    let api = matched.api.clone();
+    let product = subscription.as_ref().and_then(|s| s.product().cloned());
+    // Hop-by-hop headers (and those the client's `Connection` names) go before any policy runs:
+    // a client must not be able to delete what policies and the gateway add.
     let mut request_headers = headers.clone();
     strip_hop_by_hop(&mut request_headers);
     if let Some(h) = &traffic.key_header {
         request_headers.remove(h);
     }
-    let client_ip = record.client_ip;
     traffic.forwarding.apply(
         req.peer_addr().map(|a| a.ip()),
         req.conn_data::<Secure>().is_some(),
@@ -563,13 +653,12 @@ async fn serve(
         })
         .filter(|(k, _)| {
             traffic.key_query.is_empty()
-                || (k != &traffic.key_query_encoded
-                    && pipeline::percent_decode(k) != traffic.key_query)
+                || (k != &traffic.key_query_encoded && percent_decode(k) != traffic.key_query)
         })
         .collect();
     let has_body = length.is_some_and(|l| l > 0) || headers.contains_key(header::TRANSFER_ENCODING);
-    let mut ex = Exchange {
-        method: method.clone(),
+    Exchange {
+        method: req.method().clone(),
         host,
         path: path.to_owned(),
         client_ip,
@@ -600,7 +689,12 @@ async fn serve(
         guards: Vec::new(),
         cors: None,
         shared_state: Default::default(),
-    };
+    }
+}
+
+/// The pipeline of the operation for the request's product, then what the record keeps of it.
+async fn run(mut ex: Exchange, traffic: &Traffic, record: &mut RequestRecord) -> Served {
+    let pipeline = ex.operation().pipeline_for(ex.product.as_deref()).clone();
     let mut response = pipeline::run(&mut ex, &pipeline, &traffic.runtime).await;
     if let Some((cors, origin)) = ex.cors.take() {
         pipeline::decorate(&cors, origin, &mut response.headers);
@@ -609,7 +703,7 @@ async fn serve(
     record.request_bytes = ex.request_bytes;
     record.cache = ex.cache;
     record.error_reason = ex.error.as_ref().map(|e| e.reason);
-    Ok((response, std::mem::take(&mut ex.guards)))
+    (response, std::mem::take(&mut ex.guards))
 }
 
 /// Checks the subscription key against the API: the subscription to use (if any), or the

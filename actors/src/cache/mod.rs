@@ -12,7 +12,7 @@
 //! - [`entry`]: stored responses and values, and their encoding for Redis.
 //! - [`tier`]: the in-process tier.
 //! - [`coalesce`]: single-flight for concurrent misses.
-//! - [`policy`]: the compiled cache steps.
+//! - The compiled cache steps are in `crate::route_table::steps` (cache).
 //! - [`handle`]: [`CacheHandle`], tiers per `caching-type`.
 //! - `messages.rs`, `state.rs` (pure), this file (the thin actor shell), `tests.rs`.
 
@@ -21,7 +21,6 @@ pub mod entry;
 pub mod handle;
 pub mod key;
 pub mod messages;
-pub mod policy;
 pub mod rules;
 pub mod state;
 pub mod tier;

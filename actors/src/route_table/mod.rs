@@ -13,10 +13,12 @@
 //! - [`messages`]: what the actor accepts.
 //! - [`state`]: the compiler, pure ([`compile`], [`validate_config`] for the control plane).
 //! - [`table`]: the compiled table and its lookups (host → path → version → method).
+//! - [`backend`]: a compiled backend resource, shared by the table and the steps.
 //! - [`steps`]: compiled policy steps, one file per family; how to add a step kind.
 //! - [`tls`]: backend TLS client configurations.
 //! - [`observe`]: the per-request record for telemetry ([`RequestObserver`]).
 
+pub mod backend;
 pub mod messages;
 pub mod observe;
 pub mod server_tls;

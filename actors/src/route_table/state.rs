@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use awc::http::Method;
 use outpost_model::policy::{PolicyDocument, Section};
-use outpost_model::resources::{Kind, Scope, VersionScheme};
+use outpost_model::resources::{Kind, Operation, Scope, VersionScheme};
 use outpost_model::template::substitute_named_values;
 use outpost_model::validate::parse_url_template;
 use outpost_model::view::gateway_view;
@@ -33,7 +33,7 @@ use outpost_model::wire::GatewaySnapshot;
 use outpost_model::{Api, Backend, Problems, Resource};
 
 use super::server_tls::{self, ServerCertificates};
-use super::steps::{Item, Step, StepCx, compile_policy};
+use super::steps::{Item, Step, StepCx, compile_policy, fuse_rate_limit_then_quota};
 use super::table::{
     BackendUrl, Candidate, CompiledApi, CompiledBackend, CompiledOperation, CompiledProduct,
     CompiledSubscription, CompiledTable, CompiledVersion, HostRoutes, Pipeline, RouteEntry,
@@ -66,79 +66,157 @@ where
 }
 
 /// Compiles a snapshot, or lists every problem found in it.
+///
+/// One phase per kind of resource, in the order they depend on one another; every phase runs
+/// whatever the earlier ones found, so that one pass lists every problem.
 pub fn compile(
     snapshot: &GatewaySnapshot,
     ctx: &CompileContext,
 ) -> Result<CompiledTable, Problems> {
     let mut problems = Problems::new();
-    let of = |kind| snapshot.of_kind(kind);
+    let named_values = named_values(snapshot);
+    let gateway_name = gateway_name(snapshot, ctx);
+    let certificates = certificates(snapshot, &named_values, &gateway_name, &mut problems);
+    let backends = backends(snapshot, &named_values, &mut problems);
+    let docs = DocCx {
+        named_values: &named_values,
+        backends: &backends,
+    };
+    let scopes = documents(snapshot, &docs, &mut problems);
+    let (apis, sources) = apis(snapshot, &docs, &scopes, &mut problems);
+    let routes = build_routes(&sources, &apis, &mut problems);
+    let subscriptions = subscriptions(snapshot, &scopes.products, &mut problems);
 
-    let named_values: HashMap<&str, &str> = of(Kind::NamedValue)
+    if !problems.is_empty() {
+        return Err(dedup(problems));
+    }
+    let (hosts, wildcard_hosts, any_host) = routes;
+    Ok(CompiledTable {
+        revision: snapshot.revision,
+        hash: snapshot.hash.clone(),
+        gateway_name,
+        certificates,
+        hosts,
+        wildcard_hosts,
+        any_host,
+        subscriptions,
+        apis,
+        products: scopes.products,
+        backends: backends
+            .into_iter()
+            .map(|(k, v)| (Arc::from(k), v))
+            .collect(),
+    })
+}
+
+fn named_values(snapshot: &GatewaySnapshot) -> HashMap<&str, &str> {
+    snapshot
+        .of_kind(Kind::NamedValue)
         .filter_map(|r| match r {
             Resource::NamedValue(nv) => Some((nv.name.as_str(), nv.value.as_str())),
             _ => None,
         })
+        .collect()
+}
+
+fn gateway_name(snapshot: &GatewaySnapshot, ctx: &CompileContext) -> Arc<str> {
+    let gateways: Vec<&str> = snapshot
+        .of_kind(Kind::Gateway)
+        .map(Resource::name)
         .collect();
-    let gateways: Vec<&str> = of(Kind::Gateway).map(Resource::name).collect();
-    let gateway_name: Arc<str> = match (&ctx.gateway_name, gateways.as_slice()) {
+    match (&ctx.gateway_name, gateways.as_slice()) {
         (Some(n), _) => n.as_str().into(),
         (None, [only]) => (*only).into(),
         (None, _) => "".into(),
-    };
+    }
+}
 
-    // Certificates of every gateway resource are checked (the control plane validates a whole
-    // configuration); this gateway serves its own.
+/// Certificates of every gateway resource are checked (the control plane validates a whole
+/// configuration); this gateway serves its own.
+fn certificates(
+    snapshot: &GatewaySnapshot,
+    named_values: &HashMap<&str, &str>,
+    gateway_name: &str,
+    problems: &mut Problems,
+) -> ServerCertificates {
     let mut certificates = ServerCertificates::default();
-    for r in of(Kind::Gateway) {
+    for r in snapshot.of_kind(Kind::Gateway) {
         if let Resource::Gateway(g) = r {
-            let compiled =
-                server_tls::compile(g, &named_values, &r.key().to_string(), &mut problems);
+            let compiled = server_tls::compile(g, named_values, &r.key().to_string(), problems);
             if *g.name == *gateway_name {
                 certificates = compiled;
             }
         }
     }
+    certificates
+}
 
-    // Backends.
+fn backends<'s>(
+    snapshot: &'s GatewaySnapshot,
+    named_values: &HashMap<&str, &str>,
+    problems: &mut Problems,
+) -> HashMap<&'s str, Arc<CompiledBackend>> {
     let mut tls_profiles: HashMap<u64, Arc<TlsProfile>> = HashMap::new();
-    let mut backends: HashMap<&str, Arc<CompiledBackend>> = HashMap::new();
-    for r in of(Kind::Backend) {
+    let mut backends = HashMap::new();
+    for r in snapshot.of_kind(Kind::Backend) {
         if let Resource::Backend(b) = r
-            && let Some(compiled) =
-                compile_backend(b, &named_values, &mut tls_profiles, &mut problems)
+            && let Some(compiled) = compile_backend(b, named_values, &mut tls_profiles, problems)
         {
             backends.insert(b.name.as_str(), Arc::new(compiled));
         }
     }
+    backends
+}
 
-    // Policy documents, each compiled once.
-    let doc = |path: String, d: &PolicyDocument, params: Option<&[String]>, p: &mut Problems| {
-        compile_document(&path, d, params, &named_values, &backends, p)
-    };
-    let global = of(Kind::GlobalPolicy)
+/// What compiling a policy document needs from the phases before.
+struct DocCx<'a> {
+    named_values: &'a HashMap<&'a str, &'a str>,
+    backends: &'a HashMap<&'a str, Arc<CompiledBackend>>,
+}
+
+impl DocCx<'_> {
+    fn compile(
+        &self,
+        path: String,
+        d: &PolicyDocument,
+        params: Option<&[String]>,
+        problems: &mut Problems,
+    ) -> CompiledDoc {
+        compile_document(&path, d, params, self.named_values, self.backends, problems)
+    }
+}
+
+/// The policy documents around the APIs (global, products), each compiled once, and the
+/// products.
+struct Scopes<'s> {
+    global: CompiledDoc,
+    product_docs: BTreeMap<&'s str, CompiledDoc>,
+    products_of_api: HashMap<&'s str, Vec<&'s str>>,
+    products: BTreeMap<Arc<str>, Arc<CompiledProduct>>,
+}
+
+fn documents<'s>(
+    snapshot: &'s GatewaySnapshot,
+    docs: &DocCx<'_>,
+    problems: &mut Problems,
+) -> Scopes<'s> {
+    let global = snapshot
+        .of_kind(Kind::GlobalPolicy)
         .find_map(|r| match r {
-            Resource::GlobalPolicy(g) => Some(doc(
-                format!("{}.policies", r.key()),
-                &g.policies,
-                None,
-                &mut problems,
-            )),
+            Resource::GlobalPolicy(g) => {
+                Some(docs.compile(format!("{}.policies", r.key()), &g.policies, None, problems))
+            }
             _ => None,
         })
         .unwrap_or_default();
     let mut product_docs: BTreeMap<&str, CompiledDoc> = BTreeMap::new();
     let mut products_of_api: HashMap<&str, Vec<&str>> = HashMap::new();
     let mut products = BTreeMap::new();
-    for r in of(Kind::Product) {
+    for r in snapshot.of_kind(Kind::Product) {
         if let Resource::Product(p) = r {
             product_docs.insert(
                 &p.name,
-                doc(
-                    format!("{}.policies", r.key()),
-                    &p.policies,
-                    None,
-                    &mut problems,
-                ),
+                docs.compile(format!("{}.policies", r.key()), &p.policies, None, problems),
             );
             for a in &p.apis {
                 products_of_api.entry(a).or_default().push(&p.name);
@@ -153,80 +231,42 @@ pub fn compile(
             );
         }
     }
+    Scopes {
+        global,
+        product_docs,
+        products_of_api,
+        products,
+    }
+}
 
-    // APIs and their operations' pipelines.
+type Apis<'s> = (BTreeMap<Arc<str>, Arc<CompiledApi>>, Vec<&'s Api>);
+
+/// APIs and their operations' pipelines; with the APIs as written, for the routes.
+fn apis<'s>(
+    snapshot: &'s GatewaySnapshot,
+    docs: &DocCx<'_>,
+    scopes: &Scopes<'_>,
+    problems: &mut Problems,
+) -> Apis<'s> {
     let mut apis: BTreeMap<Arc<str>, Arc<CompiledApi>> = BTreeMap::new();
     let mut sources: Vec<&Api> = Vec::new();
-    for r in of(Kind::Api) {
+    for r in snapshot.of_kind(Kind::Api) {
         let Resource::Api(api) = r else { continue };
         let at = r.key().to_string();
-        let backend = backends.get(api.backend.as_str()).cloned();
+        let backend = docs.backends.get(api.backend.as_str()).cloned();
         if backend.is_none() {
             problems.push(
                 format!("{at}.backend"),
                 format!("unknown backend '{}'", api.backend),
             );
         }
-        let api_doc = doc(format!("{at}.policies"), &api.policies, None, &mut problems);
+        let api_doc = docs.compile(format!("{at}.policies"), &api.policies, None, problems);
         let mut operations = Vec::with_capacity(api.operations.len());
         for (i, op) in api.operations.iter().enumerate() {
             let op_at = format!("{at}.operations[{i}]");
-            let params = match parse_url_template(&op.url_template) {
-                Ok(p) => p,
-                Err(e) => {
-                    problems.push(format!("{op_at}.url-template"), e);
-                    continue;
-                }
-            };
-            let method = match op.method.as_str() {
-                "*" => None,
-                m => match Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
-                    Ok(m) => Some(m),
-                    Err(_) => {
-                        problems.push(format!("{op_at}.method"), format!("'{m}' is not a method"));
-                        continue;
-                    }
-                },
-            };
-            let op_doc = doc(
-                format!("{op_at}.policies"),
-                &op.policies,
-                Some(&params),
-                &mut problems,
-            );
-            let pipeline = Arc::new(expand(&[&global, &api_doc, &op_doc]));
-            let product_pipelines = products_of_api
-                .get(api.name.as_str())
-                .into_iter()
-                .flatten()
-                .map(|p| {
-                    let product_doc = &product_docs[p];
-                    let pipeline = if product_doc.is_empty() {
-                        pipeline.clone()
-                    } else {
-                        Arc::new(expand(&[&global, product_doc, &api_doc, &op_doc]))
-                    };
-                    (Arc::from(*p), pipeline)
-                })
-                .collect::<Vec<_>>();
-            let preflight_cors = std::iter::once(&pipeline)
-                .chain(product_pipelines.iter().map(|(_, p)| p))
-                .find_map(|p| {
-                    p.inbound.iter().find_map(|s| match s {
-                        Step::Cors(c) => Some(c.clone()),
-                        _ => None,
-                    })
-                });
-            operations.push(CompiledOperation {
-                name: op.name.as_str().into(),
-                method,
-                url_template: op.url_template.clone(),
-                params: params.iter().map(|p| Arc::from(p.as_str())).collect(),
-                allow_encoded_slashes: op.allow_encoded_slashes,
-                pipeline,
-                product_pipelines,
-                preflight_cors,
-            });
+            if let Some(op) = operation(op, &op_at, api, &api_doc, docs, scopes, problems) {
+                operations.push(op);
+            }
         }
         let Some(backend) = backend else { continue };
         let name: Arc<str> = api.name.as_str().into();
@@ -246,13 +286,88 @@ pub fn compile(
         );
         sources.push(api);
     }
+    (apis, sources)
+}
 
-    let routes = build_routes(&sources, &apis, &mut problems);
+/// One operation: its pipeline without product scope and one per product containing its API.
+fn operation(
+    op: &Operation,
+    op_at: &str,
+    api: &Api,
+    api_doc: &CompiledDoc,
+    docs: &DocCx<'_>,
+    scopes: &Scopes<'_>,
+    problems: &mut Problems,
+) -> Option<CompiledOperation> {
+    let params = match parse_url_template(&op.url_template) {
+        Ok(p) => p,
+        Err(e) => {
+            problems.push(format!("{op_at}.url-template"), e);
+            return None;
+        }
+    };
+    let method = match op.method.as_str() {
+        "*" => None,
+        m => match Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
+            Ok(m) => Some(m),
+            Err(_) => {
+                problems.push(format!("{op_at}.method"), format!("'{m}' is not a method"));
+                return None;
+            }
+        },
+    };
+    let op_doc = docs.compile(
+        format!("{op_at}.policies"),
+        &op.policies,
+        Some(&params),
+        problems,
+    );
+    let global = &scopes.global;
+    let pipeline = Arc::new(expand(&[global, api_doc, &op_doc]));
+    let product_pipelines = scopes
+        .products_of_api
+        .get(api.name.as_str())
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            let product_doc = &scopes.product_docs[p];
+            let pipeline = if product_doc.is_empty() {
+                pipeline.clone()
+            } else {
+                Arc::new(expand(&[global, product_doc, api_doc, &op_doc]))
+            };
+            (Arc::from(*p), pipeline)
+        })
+        .collect::<Vec<_>>();
+    let preflight_cors = std::iter::once(&pipeline)
+        .chain(product_pipelines.iter().map(|(_, p)| p))
+        .find_map(|p| {
+            p.inbound.iter().find_map(|s| match s {
+                Step::Cors(c) => Some(c.clone()),
+                _ => None,
+            })
+        });
+    Some(CompiledOperation {
+        name: op.name.as_str().into(),
+        method,
+        url_template: op.url_template.clone(),
+        params: params.iter().map(|p| Arc::from(p.as_str())).collect(),
+        allow_encoded_slashes: op.allow_encoded_slashes,
+        pipeline,
+        product_pipelines,
+        preflight_cors,
+    })
+}
 
-    // Subscriptions, by key.
+/// Subscriptions, by key.
+fn subscriptions(
+    snapshot: &GatewaySnapshot,
+    products: &BTreeMap<Arc<str>, Arc<CompiledProduct>>,
+    problems: &mut Problems,
+) -> HashMap<String, Arc<CompiledSubscription>> {
     let mut subscriptions: HashMap<String, Arc<CompiledSubscription>> = HashMap::new();
     let mut key_owner: HashMap<&str, &str> = HashMap::new();
-    for r in of(Kind::Subscription) {
+    for r in snapshot.of_kind(Kind::Subscription) {
         let Resource::Subscription(s) = r else {
             continue;
         };
@@ -295,27 +410,7 @@ pub fn compile(
             subscriptions.insert(key.clone(), compiled.clone());
         }
     }
-
-    if !problems.is_empty() {
-        return Err(dedup(problems));
-    }
-    let (hosts, wildcard_hosts, any_host) = routes;
-    Ok(CompiledTable {
-        revision: snapshot.revision,
-        hash: snapshot.hash.clone(),
-        gateway_name,
-        certificates,
-        hosts,
-        wildcard_hosts,
-        any_host,
-        subscriptions,
-        apis,
-        products,
-        backends: backends
-            .into_iter()
-            .map(|(k, v)| (Arc::from(k), v))
-            .collect(),
-    })
+    subscriptions
 }
 
 /// The same problem found through several hosts or operations is reported once.
@@ -447,7 +542,7 @@ fn compile_document(
 
 /// Splices the sections of `levels` (outermost first) at their `base` markers.
 fn expand(levels: &[&CompiledDoc]) -> Pipeline {
-    let section = |index: usize| -> Box<[Step]> {
+    let section = |index: usize| -> Vec<Step> {
         let mut acc: Vec<Step> = Vec::new();
         for level in levels {
             let items = &level.sections[index];
@@ -463,15 +558,16 @@ fn expand(levels: &[&CompiledDoc]) -> Pipeline {
             }
             acc = next;
         }
-        acc.into_boxed_slice()
+        acc
     };
     let backend = section(1);
     Pipeline {
         buffers_request_body: backend.iter().any(|s| matches!(s, Step::Retry(_))),
-        inbound: section(0),
-        backend,
-        outbound: section(2),
-        on_error: section(3),
+        // After `base` is expanded: a rate limit and a quota from different levels fuse too.
+        inbound: fuse_rate_limit_then_quota(section(0)).into_boxed_slice(),
+        backend: backend.into_boxed_slice(),
+        outbound: section(2).into_boxed_slice(),
+        on_error: section(3).into_boxed_slice(),
     }
 }
 

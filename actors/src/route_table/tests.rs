@@ -222,6 +222,48 @@ policies:
 }
 
 #[test]
+fn a_rate_limit_right_before_a_quota_is_fused_after_base_is_expanded() {
+    let t = table(&format!(
+        "{BASE}{}",
+        r#"
+apis:
+  - name: a
+    path: a
+    backend: echo
+    policies:
+      inbound:
+        - base
+        - quota: {calls: 10, renewal-period: 60}
+        - quota: {calls: 20, renewal-period: 60}
+    operations:
+      - {name: op, method: GET, url-template: /x}
+products:
+  - name: gold
+    apis: [a]
+    policies:
+      inbound: [{rate-limit: {calls: 5, renewal-period: 1}}]
+"#
+    ));
+    let kinds = |p: &Pipeline| -> Vec<&str> {
+        p.inbound
+            .iter()
+            .map(|s| match s {
+                Step::RateLimitThenQuota(_) => "rate-limit+quota",
+                Step::Quota(_) => "quota",
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    };
+    let op = &t.apis["a"].operations[0];
+    assert_eq!(kinds(op.pipeline_for(None)), ["quota", "quota"]);
+    // The product's rate limit and the API's first quota: one step; the second quota alone.
+    assert_eq!(
+        kinds(op.pipeline_for(Some("gold"))),
+        ["rate-limit+quota", "quota"]
+    );
+}
+
+#[test]
 fn every_problem_is_listed_at_once() {
     let snap = snapshot(&format!(
         "{BASE}{}",

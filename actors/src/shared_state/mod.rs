@@ -5,7 +5,7 @@
 //! - [`window`]: the counting rules, pure (sliding window of slots, period-aligned quotas).
 //! - [`store`]: the [`CounterStore`] trait both stores implement, one atomic operation each.
 //! - [`local`]: the in-process store (`DashMap`), the default without Redis.
-//! - [`policy`]: the compiled rate-limit and quota steps.
+//! - The compiled rate-limit and quota steps are in `crate::route_table::steps` (limits).
 //! - `journal`: what this node counted alone during a Redis outage, added to the shared
 //!   counters when Redis is back.
 //! - [`redis_store`]: the Redis store (Lua scripts in `scripts/`, at most one round trip per
@@ -21,7 +21,6 @@
 mod batch;
 mod journal;
 pub mod local;
-pub mod policy;
 pub mod redis_store;
 pub mod store;
 pub mod window;

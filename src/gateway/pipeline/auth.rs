@@ -2,8 +2,8 @@
 
 use outpost_actors::route_table::steps::{CheckHeaderStep, IpFilterStep, ValidateJwtStep};
 
-use super::{Exchange, Flow};
 use crate::gateway::error::GatewayError;
+use crate::gateway::exchange::{Exchange, Flow};
 
 pub(super) fn validate_jwt(s: &ValidateJwtStep, ex: &mut Exchange) -> Result<Flow, GatewayError> {
     let fail = || GatewayError::policy(s.failed_status, "JwtInvalid", s.failed_message.clone());

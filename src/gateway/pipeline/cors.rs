@@ -11,8 +11,8 @@ use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderMap, HeaderValue};
 use outpost_actors::route_table::steps::CorsStep;
 
-use super::{Exchange, Flow, Response};
 use crate::gateway::error::GatewayError;
+use crate::gateway::exchange::{Exchange, Flow, Response};
 
 /// Whether a request is a CORS preflight.
 pub fn is_preflight(method: &Method, headers: &HeaderMap) -> bool {

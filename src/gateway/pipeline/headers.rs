@@ -1,15 +1,13 @@
-//! `set-header`, `set-query-parameter`, `rewrite-uri`, `set-backend-service`.
+//! `set-header`, `set-query-parameter`, `rewrite-uri`.
 
 use actix_web::http::header::{HeaderMap, HeaderValue};
 use outpost_actors::route_table::steps::{
-    BackendTarget, RewriteUriStep, SetBackendServiceStep, SetHeaderStep, SetQueryParameterStep,
-    encode_query_component,
+    RewriteUriStep, SetHeaderStep, SetQueryParameterStep, encode_query_component,
 };
-use outpost_actors::route_table::table::BackendUrl;
 use outpost_model::policy::ExistsAction;
 
-use super::{Exchange, Flow, Phase, Target, percent_decode};
 use crate::gateway::error::GatewayError;
+use crate::gateway::exchange::{Exchange, Flow, Phase, percent_decode};
 
 pub(super) fn set_header(
     s: &SetHeaderStep,
@@ -109,25 +107,5 @@ pub(super) fn rewrite_uri(s: &RewriteUriStep, ex: &mut Exchange) -> Result<Flow,
     }
     ex.backend_path = path;
     ex.query = query;
-    Ok(Flow::Continue)
-}
-
-pub(super) fn set_backend_service(
-    s: &SetBackendServiceStep,
-    ex: &mut Exchange,
-) -> Result<Flow, GatewayError> {
-    match &s.target {
-        BackendTarget::Backend(b) => ex.target = Target::of(b),
-        BackendTarget::Url(u) => ex.target.url = u.clone(),
-        BackendTarget::UrlTemplate(t) => {
-            let rendered = ex.render(t);
-            ex.target.url = BackendUrl::parse(&rendered).map_err(|e| {
-                GatewayError::internal(
-                    "PolicyInvalidBackendUrl",
-                    format!("set-backend-service produced an invalid URL: {e}"),
-                )
-            })?;
-        }
-    }
     Ok(Flow::Continue)
 }

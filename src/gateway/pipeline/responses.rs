@@ -4,8 +4,8 @@ use actix_web::http::StatusCode;
 use actix_web::http::header::HeaderValue;
 use outpost_actors::route_table::steps::{MockResponseStep, ReturnResponseStep};
 
-use super::{Exchange, Flow, Response};
 use crate::gateway::error::GatewayError;
+use crate::gateway::exchange::{Exchange, Flow, Response};
 
 fn status(code: u16) -> StatusCode {
     StatusCode::from_u16(code).unwrap_or(StatusCode::OK)

@@ -11,7 +11,8 @@ use outpost_model::policy::{
 use outpost_model::validate::parse_cidr;
 use serde_json::{Map, Value};
 
-use super::{Step, StepCx, header_name};
+use super::Step;
+use super::cx::{StepCx, header_name};
 
 /// `validate-jwt` with its keys decoded and one validation per key family.
 #[derive(Debug)]

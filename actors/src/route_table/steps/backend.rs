@@ -9,8 +9,9 @@ use std::time::Duration;
 use outpost_model::policy::{ForwardRequest, Retry, SetBackendService, StatusSet};
 use outpost_model::template::Template;
 
-use super::{Step, StepCx, literal};
-use crate::route_table::table::{BackendUrl, CompiledBackend};
+use super::Step;
+use super::cx::{StepCx, literal};
+use crate::route_table::backend::{BackendUrl, CompiledBackend};
 
 #[derive(Debug)]
 pub struct SetBackendServiceStep {

@@ -6,7 +6,8 @@ use awc::http::Method;
 use awc::http::header::HeaderValue;
 use outpost_model::policy::Cors;
 
-use super::{Step, StepCx};
+use super::Step;
+use super::cx::StepCx;
 
 #[derive(Debug)]
 pub struct CorsStep {

@@ -6,7 +6,8 @@ use awc::http::header::HeaderName;
 use outpost_model::policy::{ExistsAction, RewriteUri, SetHeader, SetQueryParameter};
 use outpost_model::template::Template;
 
-use super::{Step, StepCx, header_name};
+use super::Step;
+use super::cx::{StepCx, header_name};
 
 /// `set-header`: on the request in `inbound`, on the response in `outbound` / `on-error`.
 #[derive(Debug)]

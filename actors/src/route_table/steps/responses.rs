@@ -6,7 +6,8 @@ use awc::http::header::{HeaderName, HeaderValue};
 use outpost_model::policy::{MockResponse, ReturnResponse};
 use outpost_model::template::Template;
 
-use super::{Step, StepCx, header_name};
+use super::Step;
+use super::cx::{StepCx, header_name};
 
 #[derive(Debug)]
 pub struct MockResponseStep {

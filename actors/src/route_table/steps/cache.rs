@@ -1,6 +1,7 @@
-//! Compiled `cache-lookup`, `cache-store` and `cache-*-value` steps (the route table's compiler
-//! calls these; the gateway's pipeline runs them in `src/gateway/policies/cache.rs`).
+//! The cache family: `cache-lookup`, `cache-store` and `cache-*-value`. The gateway runs them
+//! in `src/gateway/pipeline/cache.rs`; the rules they follow are in `crate::cache::rules`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use awc::http::header::HeaderName;
@@ -9,7 +10,8 @@ use outpost_model::policy::{
 };
 use outpost_model::template::Template;
 
-use crate::route_table::steps::{StepCx, header_name};
+use super::Step;
+use super::cx::{StepCx, header_name};
 
 #[derive(Debug)]
 pub struct CacheLookupStep {
@@ -65,7 +67,7 @@ fn non_empty(cx: &mut StepCx<'_>, field: &str, s: &str) -> Option<()> {
     Some(())
 }
 
-pub(crate) fn cache_lookup(p: &CacheLookup, cx: &mut StepCx<'_>) -> Option<CacheLookupStep> {
+pub(super) fn cache_lookup(p: &CacheLookup, cx: &mut StepCx<'_>) -> Option<Step> {
     let mut headers = Vec::new();
     let mut ok = true;
     for (i, h) in p.vary_by_header.iter().enumerate() {
@@ -77,26 +79,25 @@ pub(crate) fn cache_lookup(p: &CacheLookup, cx: &mut StepCx<'_>) -> Option<Cache
     let mut query: Vec<String> = p.vary_by_query_parameter.clone();
     query.sort();
     query.dedup();
-    ok.then_some(CacheLookupStep {
-        vary_by_header: headers,
-        vary_by_query_parameter: query,
-        vary_by_developer: p.vary_by_developer,
-        ignore_cache_control: p.ignore_cache_control,
-        caching: p.caching_type,
+    ok.then(|| {
+        Step::CacheLookup(Arc::new(CacheLookupStep {
+            vary_by_header: headers,
+            vary_by_query_parameter: query,
+            vary_by_developer: p.vary_by_developer,
+            ignore_cache_control: p.ignore_cache_control,
+            caching: p.caching_type,
+        }))
     })
 }
 
-pub(crate) fn cache_store(p: &CacheStore, cx: &mut StepCx<'_>) -> Option<CacheStoreStep> {
-    Some(CacheStoreStep {
+pub(super) fn cache_store(p: &CacheStore, cx: &mut StepCx<'_>) -> Option<Step> {
+    Some(Step::CacheStore(Arc::new(CacheStoreStep {
         duration: duration(cx, p.duration)?,
         ignore_cache_control: p.ignore_cache_control,
-    })
+    })))
 }
 
-pub(crate) fn cache_lookup_value(
-    p: &CacheLookupValue,
-    cx: &mut StepCx<'_>,
-) -> Option<CacheLookupValueStep> {
+pub(super) fn cache_lookup_value(p: &CacheLookupValue, cx: &mut StepCx<'_>) -> Option<Step> {
     let named = non_empty(cx, "key", &p.key).and(non_empty(cx, "variable-name", &p.variable_name));
     let key = cx.template("key", &p.key);
     let default_value = match &p.default_value {
@@ -104,38 +105,32 @@ pub(crate) fn cache_lookup_value(
         None => None,
     };
     named?;
-    Some(CacheLookupValueStep {
+    Some(Step::CacheLookupValue(Arc::new(CacheLookupValueStep {
         key: key?,
         variable_name: p.variable_name.clone(),
         default_value,
         caching: p.caching_type,
-    })
+    })))
 }
 
-pub(crate) fn cache_store_value(
-    p: &CacheStoreValue,
-    cx: &mut StepCx<'_>,
-) -> Option<CacheStoreValueStep> {
+pub(super) fn cache_store_value(p: &CacheStoreValue, cx: &mut StepCx<'_>) -> Option<Step> {
     let named = non_empty(cx, "key", &p.key);
     let key = cx.template("key", &p.key);
     let value = cx.template("value", &p.value);
     let duration = duration(cx, p.duration);
     named?;
-    Some(CacheStoreValueStep {
+    Some(Step::CacheStoreValue(Arc::new(CacheStoreValueStep {
         key: key?,
         value: value?,
         duration: duration?,
         caching: p.caching_type,
-    })
+    })))
 }
 
-pub(crate) fn cache_remove_value(
-    p: &CacheRemoveValue,
-    cx: &mut StepCx<'_>,
-) -> Option<CacheRemoveValueStep> {
+pub(super) fn cache_remove_value(p: &CacheRemoveValue, cx: &mut StepCx<'_>) -> Option<Step> {
     non_empty(cx, "key", &p.key)?;
-    Some(CacheRemoveValueStep {
+    Some(Step::CacheRemoveValue(Arc::new(CacheRemoveValueStep {
         key: cx.template("key", &p.key)?,
         caching: p.caching_type,
-    })
+    })))
 }

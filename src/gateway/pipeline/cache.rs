@@ -10,27 +10,19 @@
 use actix_web::body::{BodySize, BoxBody, MessageBody};
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use outpost_actors::cache::policy::{
-    CacheLookupStep, CacheLookupValueStep, CacheRemoveValueStep, CacheStoreStep,
-    CacheStoreValueStep,
-};
 use outpost_actors::cache::rules::{
     CacheControl, RequestFacts, ResponseFacts, lookup_allowed, storable_header, store_ttl,
 };
-use outpost_actors::cache::{CacheKey, CachedResponse, Fill, Lookup};
+use outpost_actors::cache::{CacheKey, CachedResponse, Lookup};
 use outpost_actors::route_table::CacheStatus;
+use outpost_actors::route_table::steps::{
+    CacheLookupStep, CacheLookupValueStep, CacheRemoveValueStep, CacheStoreStep,
+    CacheStoreValueStep,
+};
 use outpost_actors::shared_state::local::now_ms;
 
 use crate::gateway::error::GatewayError;
-use crate::gateway::pipeline::{Exchange, Flow, Response, Runtime, percent_decode};
-
-/// A miss waiting for `cache-store`.
-pub(crate) struct PendingFill {
-    pub(crate) fill: Fill,
-    vary_by_developer: bool,
-    has_authorization: bool,
-    method_get: bool,
-}
+use crate::gateway::exchange::{Exchange, Flow, PendingFill, Response, Runtime, percent_decode};
 
 fn cache_control(headers: &HeaderMap) -> CacheControl {
     CacheControl::parse(

@@ -1,66 +1,27 @@
-//! Running the shared-state policies: rate limits and quotas ([`limits`]) and the cache
-//! ([`cache`]). Their compiled steps come from `outpost_actors::shared_state::policy` and
-//! `outpost_actors::cache::policy`; the stores are in the pipeline's [`Runtime`].
-//!
-//! Some of their work happens after the response is known: refunds for `increment-condition`,
-//! bandwidth for quotas, `remaining-calls` headers, the cache fill. [`PolicyState`] carries
-//! that work in the [`Exchange`]; [`finish`] runs it once the pipeline has its response.
-
-pub mod cache;
-pub mod limits;
+//! The stores behind the shared-state policies: rate-limit and quota counters
+//! ([`SharedState`], Redis or in-process) and the cache ([`CacheHandle`]), built at start from
+//! the settings. The policies themselves run in `pipeline/limits.rs` and `pipeline/cache.rs`.
 
 use std::time::Duration;
 
-use actix_web::http::header::{HeaderName, HeaderValue};
-use outpost_actors::cache::{CacheConfig, CacheHandle, Fill};
+use outpost_actors::cache::{CacheConfig, CacheHandle};
 use outpost_actors::shared_state::{RedisConfig, RedisTls, SharedState, SharedStateConfig};
 
-use super::pipeline::{Exchange, Response, Runtime};
+use super::settings::GatewaySettings;
 
-/// Per-request state of the shared-state policies.
-#[derive(Default)]
-pub struct PolicyState {
-    pub(crate) limits: limits::Pending,
-    pub(crate) fill: Option<cache::PendingFill>,
-    /// Added to the final response (e.g. `X-RateLimit-Remaining`).
-    pub(crate) headers: Vec<(HeaderName, HeaderValue)>,
-}
-
-impl PolicyState {
-    /// The cache fill this request leads or owns, if any.
-    pub fn fill(&self) -> Option<&Fill> {
-        self.fill.as_ref().map(|f| &f.fill)
-    }
-}
-
-/// After the pipeline: headers onto the response, post-response accounting (in the background:
-/// the client does not wait for it).
-pub fn finish(ex: &mut Exchange, rt: &Runtime, response: &mut Response) {
-    for (name, value) in ex.shared_state.headers.drain(..) {
-        // A refusal's own headers (e.g. remaining 0 on a 429) win.
-        if !response.headers.contains_key(&name) {
-            response.headers.insert(name, value);
-        }
-    }
-    limits::after_response(ex, rt, response);
-    // Dropping an unused fill releases the requests waiting on it.
-    ex.shared_state.fill = None;
-}
-
-/// The stores the traffic server uses: the ones given in `hooks`, else in-process ones.
+/// The stores the traffic server uses: the ones given (the proxy's hooks), else in-process
+/// ones.
 pub fn stores(
-    settings: &crate::gateway::settings::GatewaySettings,
-    hooks: &crate::gateway::proxy::ProxyHooks,
+    settings: &GatewaySettings,
+    shared: Option<SharedState>,
+    cache: Option<CacheHandle>,
 ) -> (SharedState, CacheHandle) {
-    let shared = hooks.shared.clone().unwrap_or_else(SharedState::in_process);
-    let cache = hooks
-        .cache
-        .clone()
-        .unwrap_or_else(|| CacheHandle::new(cache_config(settings), shared.clone()));
+    let shared = shared.unwrap_or_else(SharedState::in_process);
+    let cache = cache.unwrap_or_else(|| CacheHandle::new(cache_config(settings), shared.clone()));
     (shared, cache)
 }
 
-pub fn cache_config(settings: &crate::gateway::settings::GatewaySettings) -> CacheConfig {
+pub fn cache_config(settings: &GatewaySettings) -> CacheConfig {
     CacheConfig {
         local_max_bytes: settings.cache.local_max_bytes,
         max_entry_bytes: settings.cache.max_entry_bytes,
@@ -70,9 +31,7 @@ pub fn cache_config(settings: &crate::gateway::settings::GatewaySettings) -> Cac
 
 /// Builds the shared state from `settings.redis` (in-process when no URL), on the current
 /// runtime. Never fails because Redis is down: it starts disconnected and keeps probing.
-pub async fn connect(
-    settings: &crate::gateway::settings::GatewaySettings,
-) -> Result<SharedState, String> {
+pub async fn connect(settings: &GatewaySettings) -> Result<SharedState, String> {
     let r = &settings.redis;
     let some = |v: &String| (!v.is_empty()).then(|| v.clone());
     let redis = if r.url.is_empty() {
@@ -148,7 +107,7 @@ fn read_pem(setting: &str, path: &str, kind: Pem) -> Result<Option<Vec<u8>>, Str
 /// Startup: the shared state from `settings.redis` (reachability reported to `watcher`), the
 /// cache over it, and the `Cache` actor for its maintenance. Call inside the actix system.
 pub async fn start(
-    settings: &crate::gateway::settings::GatewaySettings,
+    settings: &GatewaySettings,
     watcher: actix::Recipient<outpost_actors::connectivity::messages::RedisObserved>,
 ) -> Result<(SharedState, CacheHandle), String> {
     use actix::Actor;

@@ -1,0 +1,99 @@
+//! What compiling one policy needs to know, and the checks every step family shares. A leaf:
+//! the step families import it, it imports none of them.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use outpost_model::Problems;
+use outpost_model::template::{Segment, Template, Var, substitute_named_values};
+
+use crate::route_table::backend::CompiledBackend;
+
+/// What compiling one policy needs to know, and where its problems go.
+pub(crate) struct StepCx<'a> {
+    pub(crate) named_values: &'a HashMap<&'a str, &'a str>,
+    pub(crate) backends: &'a HashMap<&'a str, Arc<CompiledBackend>>,
+    /// URL template parameters when compiling an operation's own document: `{param}` references
+    /// are checked against them. At wider scopes a missing parameter renders empty.
+    pub(crate) params: Option<&'a [String]>,
+    /// Location of the policy, e.g. `apis/orders.policies.inbound[2].set-header`.
+    pub(crate) at: String,
+    pub(crate) problems: &'a mut Problems,
+}
+
+impl StepCx<'_> {
+    pub(crate) fn problem(&mut self, field: &str, message: impl Into<String>) {
+        let path = if field.is_empty() {
+            self.at.clone()
+        } else {
+            format!("{}.{field}", self.at)
+        };
+        self.problems.push(path, message);
+    }
+
+    /// Parses a request template, substituting named values.
+    pub(crate) fn template(&mut self, field: &str, s: &str) -> Option<Template> {
+        let named_values = self.named_values;
+        let parsed = Template::parse(s)
+            .and_then(|t| t.resolve_named_values(|n| named_values.get(n).copied()));
+        match parsed {
+            Ok(t) => {
+                if let Some(params) = self.params {
+                    for v in t.vars() {
+                        if let Var::Param(p) = v
+                            && !params.iter().any(|x| x == p)
+                        {
+                            self.problem(
+                                field,
+                                format!(
+                                    "'{{{p}}}' is not a parameter of the operation's URL template"
+                                ),
+                            );
+                        }
+                    }
+                }
+                Some(t)
+            }
+            Err(e) => {
+                self.problem(field, e);
+                None
+            }
+        }
+    }
+
+    /// Substitutes named values in a plain string (no request variables).
+    pub(crate) fn plain(&mut self, field: &str, s: &str) -> Option<String> {
+        let named_values = self.named_values;
+        match substitute_named_values(s, |n| named_values.get(n).copied()) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.problem(field, e);
+                None
+            }
+        }
+    }
+}
+
+/// The literal text of a template that uses no request variable, if it is one.
+pub fn literal(t: &Template) -> Option<&str> {
+    match t.segments.as_slice() {
+        [] => Some(""),
+        [Segment::Literal(l)] => Some(l),
+        _ => None,
+    }
+}
+
+/// A header name from a policy, checked once here so the hot path never parses one.
+pub(crate) fn header_name(
+    cx: &mut StepCx<'_>,
+    field: &str,
+    name: &str,
+) -> Option<awc::http::header::HeaderName> {
+    match awc::http::header::HeaderName::from_bytes(name.as_bytes()) {
+        Ok(h) => Some(h),
+        Err(_) => {
+            cx.problem(field, format!("'{name}' is not a valid header name"));
+            None
+        }
+    }
+}

@@ -1,0 +1,336 @@
+//! One request on its way through the gateway ([`Exchange`]), what a step answers ([`Flow`],
+//! [`Response`]) and what steps share across requests ([`Runtime`]). The proxy builds an
+//! exchange, the pipeline and its steps act on it, the forwarder sends it: all of them import
+//! this file, and it imports none of them, only the leaves it is made of.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::body::BoxBody;
+use actix_web::dev::Payload;
+use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
+use actix_web::http::{Method, StatusCode};
+use bytes::Bytes;
+use outpost_actors::cache::Fill;
+use outpost_actors::route_table::CacheStatus;
+use outpost_actors::route_table::steps::{CorsStep, RetryStep};
+use outpost_actors::route_table::table::{
+    BackendUrl, CompiledApi, CompiledBackend, CompiledOperation, CompiledSubscription,
+};
+use outpost_actors::route_table::tls::TlsProfile;
+use outpost_actors::shared_state::{CountedBy, Decision, QuotaLimits};
+use outpost_model::policy::{OutageMode, StatusSet};
+use outpost_model::template::{Segment, Template, Var};
+
+use super::concurrency::{ConcurrencyGuard, ConcurrencyLimiter};
+use super::error::GatewayError;
+
+/// What steps share across requests, for the lifetime of the traffic server. Shared-state
+/// policies (rate limits, quotas, cache) add their stores here.
+pub struct Runtime {
+    pub concurrency: ConcurrencyLimiter,
+    /// Rate-limit and quota counters (Redis or in-process).
+    pub shared: outpost_actors::shared_state::SharedState,
+    /// Response and value cache.
+    pub cache: outpost_actors::cache::CacheHandle,
+    /// Cap on a request body the gateway has to hold (to retry it).
+    pub max_body_bytes: usize,
+}
+
+/// Where a request goes.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub name: Arc<str>,
+    pub url: BackendUrl,
+    pub request_timeout: Duration,
+    pub tls: Arc<TlsProfile>,
+}
+
+impl Target {
+    pub fn of(b: &CompiledBackend) -> Self {
+        Self {
+            name: b.name.clone(),
+            url: b.url.clone(),
+            request_timeout: b.request_timeout,
+            tls: b.tls.clone(),
+        }
+    }
+}
+
+/// The request body, as far as the pipeline has touched it.
+pub enum RequestBody {
+    None,
+    /// Not read yet; `length` from `Content-Length`.
+    Stream {
+        payload: Payload,
+        length: Option<u64>,
+    },
+    /// Read whole (to be sent more than once).
+    Buffered(Bytes),
+    /// Already sent.
+    Taken,
+}
+
+/// A response on its way to the client: from the backend (streaming), or made by the gateway.
+pub struct Response {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: BoxBody,
+}
+
+impl Response {
+    pub fn new(status: StatusCode, content_type: Option<HeaderValue>, body: String) -> Self {
+        let mut headers = HeaderMap::new();
+        if let Some(ct) = content_type {
+            headers.insert(actix_web::http::header::CONTENT_TYPE, ct);
+        }
+        Self {
+            status,
+            headers,
+            body: BoxBody::new(body),
+        }
+    }
+
+    pub fn from_error(e: &GatewayError) -> Self {
+        let res = e.response();
+        let status = res.status();
+        let headers = res.headers().clone();
+        Self {
+            status,
+            headers,
+            body: res.into_body(),
+        }
+    }
+}
+
+/// What a step decided.
+pub enum Flow {
+    Continue,
+    /// Answer the client with this, now: nothing else runs (`return-response`).
+    Respond(Response),
+    /// Skip the backend and run `outbound` on this response (a cache hit).
+    SkipToOutbound(Response),
+}
+
+/// The section a step runs in; some steps act on the request in one and on the response in
+/// another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Inbound,
+    Backend,
+    Outbound,
+    OnError,
+}
+
+/// One request travelling through the pipeline.
+pub struct Exchange {
+    // What the client sent (unchanged by policies).
+    pub method: Method,
+    /// Lowercase, without port.
+    pub host: String,
+    /// Raw path as received.
+    pub path: String,
+    pub client_ip: Option<IpAddr>,
+    pub request_id: String,
+    pub gateway_name: Arc<str>,
+    // What it matched.
+    pub api: Arc<CompiledApi>,
+    pub operation: usize,
+    /// URL template parameters, raw (percent-encoded).
+    pub params: Vec<(Arc<str>, String)>,
+    pub subscription: Option<Arc<CompiledSubscription>>,
+    pub product: Option<Arc<str>>,
+    // The request as it will be forwarded.
+    pub request_headers: HeaderMap,
+    /// Path below the backend's base URL, raw.
+    pub backend_path: String,
+    /// Query pairs, raw (percent-encoded).
+    pub query: Vec<(String, String)>,
+    pub target: Target,
+    /// Set by `forward-request`; otherwise the target's request timeout.
+    pub timeout_override: Option<Duration>,
+    pub retry: Option<Arc<RetryStep>>,
+    pub body: RequestBody,
+    /// `{variable.NAME}`.
+    pub variables: HashMap<String, String>,
+    // The answer.
+    pub response: Option<Response>,
+    pub error: Option<GatewayError>,
+    // Accounting.
+    pub backend_duration: Option<Duration>,
+    pub request_bytes: u64,
+    pub cache: CacheStatus,
+    pub guards: Vec<ConcurrencyGuard>,
+    /// The `cors` policy that allowed this request's origin, to decorate the response.
+    pub cors: Option<(Arc<CorsStep>, HeaderValue)>,
+    /// Post-response work of rate limits, quotas and the cache.
+    pub shared_state: PolicyState,
+}
+
+impl Exchange {
+    pub fn operation(&self) -> &CompiledOperation {
+        &self.api.operations[self.operation]
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout_override.unwrap_or(self.target.request_timeout)
+    }
+
+    /// The query string as it will be forwarded.
+    pub fn query_string(&self) -> String {
+        let mut out = String::new();
+        for (i, (k, v)) in self.query.iter().enumerate() {
+            if i > 0 {
+                out.push('&');
+            }
+            out.push_str(k);
+            if !v.is_empty() {
+                out.push('=');
+                out.push_str(v);
+            }
+        }
+        out
+    }
+
+    /// A query parameter's value, decoded.
+    pub fn query_value(&self, name: &str) -> Option<String> {
+        self.query
+            .iter()
+            .find(|(k, _)| percent_decode(k) == name)
+            .map(|(_, v)| percent_decode(v))
+    }
+
+    /// Renders a template for this request. Unknown values render empty.
+    pub fn render(&self, t: &Template) -> String {
+        let mut out = String::new();
+        for seg in &t.segments {
+            match seg {
+                Segment::Literal(l) => out.push_str(l),
+                // Substituted at compile time; never reaches a compiled step.
+                Segment::NamedValue(_) => {}
+                Segment::Var(v) => self.push_var(&mut out, v),
+            }
+        }
+        out
+    }
+
+    fn push_var(&self, out: &mut String, v: &Var) {
+        match v {
+            Var::SubscriptionId => {
+                out.push_str(self.subscription.as_ref().map_or("", |s| &s.name));
+            }
+            Var::ProductName => out.push_str(self.product.as_deref().unwrap_or("")),
+            Var::ApiName => out.push_str(&self.api.name),
+            Var::OperationName => out.push_str(&self.operation().name),
+            Var::GatewayName => out.push_str(&self.gateway_name),
+            Var::RequestIp => {
+                if let Some(ip) = self.client_ip {
+                    out.push_str(&ip.to_string());
+                }
+            }
+            Var::RequestMethod => out.push_str(self.method.as_str()),
+            Var::RequestPath => out.push_str(&self.path),
+            Var::RequestHost => out.push_str(&self.host),
+            Var::RequestId => out.push_str(&self.request_id),
+            Var::RequestHeader(h) => {
+                if let Some(v) = self.request_headers.get(h.as_str())
+                    && let Ok(s) = v.to_str()
+                {
+                    out.push_str(s);
+                }
+            }
+            Var::RequestQuery(q) => {
+                if let Some(v) = self.query_value(q) {
+                    out.push_str(&v);
+                }
+            }
+            Var::Param(p) => {
+                if let Some((_, v)) = self.params.iter().find(|(k, _)| &**k == p) {
+                    out.push_str(v);
+                }
+            }
+            Var::Variable(name) => {
+                if let Some(v) = self.variables.get(name) {
+                    out.push_str(v);
+                }
+            }
+        }
+    }
+}
+
+// === post-response work of the shared-state policies ===
+//
+// Some of their work happens after the response is known: refunds for `increment-condition`,
+// bandwidth for quotas, `remaining-calls` headers, the cache fill. The exchange carries it to
+// `pipeline::finish`; the records are plain data, their meaning lives with their family
+// (`pipeline/limits.rs`, `pipeline/cache.rs`).
+
+/// Per-request state of the shared-state policies.
+#[derive(Default)]
+pub struct PolicyState {
+    pub(crate) limits: PendingLimits,
+    pub(crate) fill: Option<PendingFill>,
+    /// Added to the final response (e.g. `X-RateLimit-Remaining`).
+    pub(crate) headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl PolicyState {
+    /// The cache fill this request leads or owns, if any.
+    pub fn fill(&self) -> Option<&Fill> {
+        self.fill.as_ref().map(|f| &f.fill)
+    }
+}
+
+/// Post-response work of the limits of one request.
+#[derive(Default)]
+pub(crate) struct PendingLimits {
+    pub(crate) refunds: Vec<(Decision, StatusSet)>,
+    pub(crate) quotas: Vec<PendingQuota>,
+}
+
+pub(crate) struct PendingQuota {
+    pub(crate) key: String,
+    pub(crate) period: Duration,
+    pub(crate) limits: QuotaLimits,
+    pub(crate) outage: OutageMode,
+    pub(crate) condition: Option<StatusSet>,
+    pub(crate) counted_by: CountedBy,
+}
+
+/// A miss waiting for `cache-store`.
+pub(crate) struct PendingFill {
+    pub(crate) fill: Fill,
+    pub(crate) vary_by_developer: bool,
+    pub(crate) has_authorization: bool,
+    pub(crate) method_get: bool,
+}
+
+/// Percent-decodes a query component (`+` is a space).
+pub fn percent_decode(s: &str) -> String {
+    if !s.contains(['%', '+']) {
+        return s.to_owned();
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = |b: u8| (b as char).to_digit(16);
+                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                    (Some(h), Some(l)) => {
+                        out.push((h * 16 + l) as u8);
+                        i += 2;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
