@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::client::ServerArgs;
 use crate::settings;
 
 #[derive(Debug, Parser)]
@@ -136,20 +137,6 @@ pub enum SigningKeyAction {
     Show,
     /// Replace the signing key with a new one, endorsed by the old one; gateways follow.
     Rotate,
-}
-
-/// Where the management API is and how to authenticate to it.
-#[derive(Debug, Clone, clap::Args)]
-pub struct ServerArgs {
-    /// Management API base URL.
-    #[arg(long, env = "OUTPOST_SERVER", default_value = "http://127.0.0.1:7070")]
-    pub server: String,
-    /// Admin bearer token.
-    #[arg(long, env = "OUTPOST_ADMIN_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-    /// File holding the admin token (the control plane writes `<data_dir>/admin-token`).
-    #[arg(long, env = "OUTPOST_ADMIN_TOKEN_FILE")]
-    pub token_file: Option<PathBuf>,
 }
 
 pub fn main() -> ExitCode {
