@@ -11,6 +11,7 @@
 //! Admin listener (`admin.listen`):
 //! - `/` — the dashboard ([`dashboard`]);
 //! - `/api/v1/openapi.json` — the OpenAPI document ([`openapi`]), no authentication;
+//!   every admin route is listed once, in [`routes`];
 //! - `/api/v1/...` — the management API ([`admin_api`]) and the gateway admin routes
 //!   ([`gateway_api::configure_admin`]), behind `Authorization: Bearer <admin token>` ([`auth`]).
 //!
@@ -23,6 +24,7 @@ pub mod dashboard;
 pub mod data_dir;
 pub mod error;
 pub mod openapi;
+pub mod routes;
 pub mod settings;
 pub mod store;
 // --- gateway keys/tokens, gateway endpoint, instances, telemetry (owned by the gateway-API side) ---
@@ -202,7 +204,7 @@ pub fn start(settings: ControlPlaneSettings) -> Result<RunningControlPlane, Stri
                 .configure(dashboard::configure)
                 .configure(admin_api::configure_public)
                 .service(
-                    web::scope(admin_api::PREFIX)
+                    web::scope(routes::PREFIX)
                         .wrap(from_fn(auth::require_admin))
                         .configure(admin_api::configure_protected)
                         // Gateway keys, tokens, instances, telemetry (gateway_api.rs).
