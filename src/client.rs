@@ -16,7 +16,7 @@ use serde_json::{Map, Value, json};
 
 use crate::control_plane::admin_api::{Action, ApplyResult};
 use crate::control_plane::error::ErrorBody;
-use crate::control_plane::gateway_api::SigningKeysResponse;
+use crate::control_plane::gateway_state::SigningKeysResponse;
 use crate::control_plane::tokens::TokenResponse;
 
 /// Where the CLI looks for the admin token when none is given (the default data directory).

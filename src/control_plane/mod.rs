@@ -29,9 +29,11 @@ pub mod settings;
 pub mod store;
 // --- gateway keys/tokens, gateway endpoint, instances, telemetry (owned by the gateway-API side) ---
 pub mod gateway_api;
+pub mod gateway_state;
 pub mod instances;
 pub mod telemetry;
 pub mod tokens;
+pub mod views;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
@@ -47,7 +49,7 @@ use outpost_model::Problems;
 use self::admin_api::AdminState;
 use self::auth::AdminToken;
 use self::data_dir::DataDir;
-use self::gateway_api::GatewayApiState;
+use self::gateway_state::GatewayApiState;
 use self::settings::{ControlPlaneSettings, GatewayApiSettings};
 use self::store::{State, Store, StoreOptions};
 use crate::settings::Validate;
