@@ -6,6 +6,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::client::ServerArgs;
+use crate::control_plane::settings::ControlPlaneSettings;
+use crate::gateway::settings::GatewaySettings;
 use crate::settings;
 
 #[derive(Debug, Parser)]
@@ -154,7 +156,9 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     let env = settings::process_env();
     match cli.command {
         Command::ControlPlane { config } => {
-            let s = settings::load(config.as_deref(), &env).map_err(|p| {
+            // The two processes often share an env file: the gateway's variables are no typos.
+            let neighbours = settings::variables::<GatewaySettings>();
+            let s = settings::load(config.as_deref(), &env, &neighbours).map_err(|p| {
                 let p = settings::render(&p, config.as_deref());
                 format!("invalid control plane settings:\n{p}")
             })?;
@@ -171,7 +175,8 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                     f.display().to_string(),
                 );
             }
-            let s = settings::load(config.as_deref(), &env).map_err(|p| {
+            let neighbours = settings::variables::<ControlPlaneSettings>();
+            let s = settings::load(config.as_deref(), &env, &neighbours).map_err(|p| {
                 let p = settings::render(&p, config.as_deref());
                 format!("invalid gateway settings:\n{p}")
             })?;

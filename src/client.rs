@@ -1104,8 +1104,9 @@ paths:
     fn control_plane_example_settings_are_the_defaults_and_list_every_key() {
         use crate::control_plane::settings::ControlPlaneSettings;
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/control-plane.toml");
-        let loaded: ControlPlaneSettings = crate::settings::load(Some(&path), &Default::default())
-            .unwrap_or_else(|p| panic!("{p}"));
+        let loaded: ControlPlaneSettings =
+            crate::settings::load(Some(&path), &Default::default(), &Default::default())
+                .unwrap_or_else(|p| panic!("{p}"));
         assert_eq!(loaded, ControlPlaneSettings::default());
         let text = std::fs::read_to_string(&path).unwrap();
         let file: toml::Value = toml::from_str(&text).unwrap();

@@ -25,7 +25,7 @@ const KEY: &str = "demo000000000000000000000000000000000000000000000000000000000
 const DEFAULT_PORTS: [u16; 5] = [7070, 7071, 8080, 8090, 9000];
 
 pub fn run(port_base: u16) -> Result<(), String> {
-    crate::logging::init(&crate::control_plane::settings::LogSettings {
+    crate::logging::init(&crate::logging::LogSettings {
         level: "warn".into(),
         format: "text".into(),
     });
