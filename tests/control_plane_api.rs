@@ -1210,7 +1210,8 @@ fn a_data_directory_open_to_others_is_refused_with_the_fix() {
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let err = start(settings(&dir.display().to_string()))
         .err()
-        .expect("refused");
+        .expect("refused")
+        .to_string();
     assert!(
         err.contains(&dir.display().to_string()) && err.contains("chmod 700"),
         "{err}"
@@ -1237,7 +1238,7 @@ fn a_second_control_plane_in_one_process_is_refused_until_the_first_stops() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data").display().to_string();
     let first = start(settings(&dir)).unwrap();
-    let err = start(settings(&dir)).err().expect("refused");
+    let err = start(settings(&dir)).err().expect("refused").to_string();
     assert!(
         err.contains(&format!(
             "{dir} is in use by another control plane (pid {})",
