@@ -27,7 +27,7 @@ pub const ENV_PREFIX: &str = "OUTPOST_";
 /// settings variable used to be silently ignored, so [`load`] refuses every `OUTPOST_*` variable
 /// it cannot place; these are the legitimate ones it must leave alone. They often sit in the
 /// same shell or env file as the settings (an operator's profile, a CI job, a compose `.env`).
-/// A unit test checks that every `env` of the CLI (`src/cli.rs`) is listed here.
+/// A unit test in `src/cli.rs` checks that every `env` of the CLI's arguments is listed here.
 pub const OTHER_VARIABLES: &[(&str, &str)] = &[
     (
         "OUTPOST_SERVER",
