@@ -22,10 +22,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use actix_web::{App, HttpServer, web};
-use outpost::control_plane::gateway_api::{Format, GatewayApiState, configure_gateway_api};
+use outpost::control_plane::gateway_api::configure_gateway_api;
+use outpost::control_plane::gateway_state::GatewayApiState;
 use outpost::control_plane::settings::ControlPlaneSettings;
 use outpost::control_plane::store::{Precondition, Store, StoreOptions, Write};
 use outpost::control_plane::tokens;
+use outpost::control_plane::views::Format;
 use outpost_model::view::{View, content_hash, gateway_view};
 use outpost_model::wire::{self, BINCODE_MEDIA_TYPE, ConfigUpdate, GatewaySnapshot};
 use outpost_model::{Kind, Resource};

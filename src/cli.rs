@@ -5,6 +5,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::client::ServerArgs;
+use crate::control_plane::settings::ControlPlaneSettings;
+use crate::gateway::settings::GatewaySettings;
 use crate::settings;
 
 #[derive(Debug, Parser)]
@@ -138,20 +141,6 @@ pub enum SigningKeyAction {
     Rotate,
 }
 
-/// Where the management API is and how to authenticate to it.
-#[derive(Debug, Clone, clap::Args)]
-pub struct ServerArgs {
-    /// Management API base URL.
-    #[arg(long, env = "OUTPOST_SERVER", default_value = "http://127.0.0.1:7070")]
-    pub server: String,
-    /// Admin bearer token.
-    #[arg(long, env = "OUTPOST_ADMIN_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-    /// File holding the admin token (the control plane writes `<data_dir>/admin-token`).
-    #[arg(long, env = "OUTPOST_ADMIN_TOKEN_FILE")]
-    pub token_file: Option<PathBuf>,
-}
-
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -167,7 +156,9 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     let env = settings::process_env();
     match cli.command {
         Command::ControlPlane { config } => {
-            let s = settings::load(config.as_deref(), &env).map_err(|p| {
+            // The two processes often share an env file: the gateway's variables are no typos.
+            let neighbours = settings::variables::<GatewaySettings>();
+            let s = settings::load(config.as_deref(), &env, &neighbours).map_err(|p| {
                 let p = settings::render(&p, config.as_deref());
                 format!("invalid control plane settings:\n{p}")
             })?;
@@ -184,7 +175,8 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                     f.display().to_string(),
                 );
             }
-            let s = settings::load(config.as_deref(), &env).map_err(|p| {
+            let neighbours = settings::variables::<ControlPlaneSettings>();
+            let s = settings::load(config.as_deref(), &env, &neighbours).map_err(|p| {
                 let p = settings::render(&p, config.as_deref());
                 format!("invalid gateway settings:\n{p}")
             })?;

@@ -14,14 +14,27 @@ use outpost_model::document::{API_VERSION, Document};
 use outpost_model::{Problem, Problems};
 use serde_json::{Map, Value, json};
 
-use crate::cli::ServerArgs;
 use crate::control_plane::admin_api::{Action, ApplyResult};
 use crate::control_plane::error::ErrorBody;
-use crate::control_plane::gateway_api::SigningKeysResponse;
+use crate::control_plane::gateway_state::SigningKeysResponse;
 use crate::control_plane::tokens::TokenResponse;
 
 /// Where the CLI looks for the admin token when none is given (the default data directory).
 pub const DEFAULT_TOKEN_FILE: &str = "./outpost-data/admin-token";
+
+/// Where the management API is and how to authenticate to it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerArgs {
+    /// Management API base URL.
+    #[arg(long, env = "OUTPOST_SERVER", default_value = "http://127.0.0.1:7070")]
+    pub server: String,
+    /// Admin bearer token.
+    #[arg(long, env = "OUTPOST_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// File holding the admin token (the control plane writes `<data_dir>/admin-token`).
+    #[arg(long, env = "OUTPOST_ADMIN_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+}
 
 /// A failed call: the server's error body when it sent one.
 #[derive(Debug)]
@@ -1091,8 +1104,9 @@ paths:
     fn control_plane_example_settings_are_the_defaults_and_list_every_key() {
         use crate::control_plane::settings::ControlPlaneSettings;
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/control-plane.toml");
-        let loaded: ControlPlaneSettings = crate::settings::load(Some(&path), &Default::default())
-            .unwrap_or_else(|p| panic!("{p}"));
+        let loaded: ControlPlaneSettings =
+            crate::settings::load(Some(&path), &Default::default(), &Default::default())
+                .unwrap_or_else(|p| panic!("{p}"));
         assert_eq!(loaded, ControlPlaneSettings::default());
         let text = std::fs::read_to_string(&path).unwrap();
         let file: toml::Value = toml::from_str(&text).unwrap();

@@ -28,7 +28,7 @@ const DEFAULT_PORTS: [u16; 6] = [7070, 7071, 8080, 8090, 9000, 8443];
 const TLS_HOST: &str = "localhost";
 
 pub fn run(port_base: u16) -> Result<(), String> {
-    crate::logging::init(&crate::control_plane::settings::LogSettings {
+    crate::logging::init(&crate::logging::LogSettings {
         level: "warn".into(),
         format: "text".into(),
     });
@@ -41,7 +41,7 @@ pub fn run(port_base: u16) -> Result<(), String> {
     cp_settings.admin.listen = format!("127.0.0.1:{}", ports[0]);
     cp_settings.gateway_api.listen = format!("127.0.0.1:{}", ports[1]);
     cp_settings.store.data_dir = dir.path().join("control-plane").display().to_string();
-    let cp = crate::control_plane::start(cp_settings)?;
+    let cp = crate::control_plane::start(cp_settings).map_err(|e| e.to_string())?;
 
     let mut doc =
         Document::from_yaml(DEMO_FILE).map_err(|p| format!("demo configuration:\n{p}"))?;

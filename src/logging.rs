@@ -1,15 +1,47 @@
-//! Log setup shared by every process.
+//! Log setup shared by every process, and the `[log]` settings section they all have.
 
 use std::io::IsTerminal;
 
+use outpost_model::Problems;
+use serde::{Deserialize, Serialize};
 use tracing_subscriber::EnvFilter;
 
-use crate::control_plane::settings::LogSettings;
+use crate::settings::Validate;
 
 /// actix-http's HTTP/1 dispatcher logs every broken client connection (a reset, a malformed
 /// chunked body, a truncated head) as an ERROR "stream error". Those are the client's faults,
 /// counted in the request metrics; they are shown only when the log level asks for debug.
 const CLIENT_STREAM_ERRORS: &str = "actix_http::h1::dispatcher=off";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    /// `error`, `warn`, `info`, `debug`, `trace` (or `off`), or comma-separated directives
+    /// `level` / `target=level` (`info,outpost=debug`); checked at load.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: "text".into(),
+        }
+    }
+}
+
+impl Validate for LogSettings {
+    fn validate(&self, p: &mut Problems) {
+        if !matches!(self.format.as_str(), "text" | "json") {
+            p.push("log.format", "must be text or json");
+        }
+        if let Err(e) = check_level(&self.level) {
+            p.push("log.level", e);
+        }
+    }
+}
 
 /// Installs the global tracing subscriber; `RUST_LOG` wins over the configured level.
 pub fn init(settings: &LogSettings) {

@@ -27,7 +27,7 @@ pub const ENV_PREFIX: &str = "OUTPOST_";
 /// settings variable used to be silently ignored, so [`load`] refuses every `OUTPOST_*` variable
 /// it cannot place; these are the legitimate ones it must leave alone. They often sit in the
 /// same shell or env file as the settings (an operator's profile, a CI job, a compose `.env`).
-/// A unit test checks that every `env` of the CLI (`src/cli.rs`) is listed here.
+/// A unit test in `src/cli.rs` checks that every `env` of the CLI's arguments is listed here.
 pub const OTHER_VARIABLES: &[(&str, &str)] = &[
     (
         "OUTPOST_SERVER",
@@ -83,8 +83,13 @@ pub const OTHER_VARIABLES: &[(&str, &str)] = &[
 /// Loads `T` from its defaults, then `file`, then the environment. Every bad value is reported
 /// at once: a value of the wrong type is replaced by its default for the rest of the checks, so
 /// it does not hide the next one nor [`Validate`]'s. A problem about a value the file holds has
-/// the line and column of its key (see [`render`]).
-pub fn load<T>(file: Option<&Path>, env: &BTreeMap<String, String>) -> Result<T, Problems>
+/// the line and column of its key (see [`render`]). `neighbours` are the variables of the other
+/// process's settings ([`variables`]): known, so not refused, though `T` does not read them.
+pub fn load<T>(
+    file: Option<&Path>,
+    env: &BTreeMap<String, String>,
+    neighbours: &BTreeSet<String>,
+) -> Result<T, Problems>
 where
     T: Serialize + DeserializeOwned + Default + Validate,
 {
@@ -124,7 +129,7 @@ where
         }
         own.insert(var);
     }
-    check_unknown_variables(env, &own, &mut problems);
+    check_unknown_variables(env, &own, neighbours, &mut problems);
     let mut parsed = None;
     // One round per bad value, each bounded by the number of settings.
     for _ in 0..=leaves(&defaults).len() {
@@ -222,16 +227,20 @@ fn line_column(text: &str, offset: usize) -> (u32, u32) {
     )
 }
 
-/// Every settings variable of every process this binary runs (control plane and gateway).
-fn settings_variables() -> BTreeSet<String> {
-    fn names<T: Serialize + Default>() -> Vec<String> {
-        let defaults = serde_json::to_value(T::default()).expect("settings serialise");
-        leaves(&defaults).iter().map(|(p, _)| env_name(p)).collect()
+/// The `OUTPOST_*` variables of the settings type `T`, one per key.
+pub fn variables<T: Serialize + Default>() -> BTreeSet<String> {
+    let defaults = serde_json::to_value(T::default()).expect("settings serialise");
+    leaves(&defaults).iter().map(|(p, _)| env_name(p)).collect()
+}
+
+/// Checks a `host:port` listen address.
+pub fn check_listen(p: &mut Problems, key: &str, value: &str) {
+    if value.parse::<std::net::SocketAddr>().is_err() {
+        p.push(
+            key,
+            format!("'{value}' is not an address:port such as 0.0.0.0:7070"),
+        );
     }
-    let mut all = BTreeSet::new();
-    all.extend(names::<crate::control_plane::settings::ControlPlaneSettings>());
-    all.extend(names::<crate::gateway::settings::GatewaySettings>());
-    all
 }
 
 /// Refuses the `OUTPOST_*` variables that nothing reads: typos, mostly. A variable of the
@@ -241,9 +250,9 @@ fn settings_variables() -> BTreeSet<String> {
 fn check_unknown_variables(
     env: &BTreeMap<String, String>,
     own: &BTreeSet<String>,
+    others: &BTreeSet<String>,
     problems: &mut Problems,
 ) {
-    let others = settings_variables();
     let mut known: Vec<&str> = own.iter().map(String::as_str).collect();
     known.extend(others.iter().map(String::as_str));
     known.extend(OTHER_VARIABLES.iter().map(|(name, _)| *name));
@@ -472,7 +481,7 @@ mod tests {
         let f = dir.path().join("s.toml");
         std::fs::write(&f, "listen = 5\n[backup]\nenabled = \"yes\"\n  keep = 0\n").unwrap();
         let err = render(
-            &load::<Sample>(Some(&f), &BTreeMap::new()).unwrap_err(),
+            &load::<Sample>(Some(&f), &BTreeMap::new(), &BTreeSet::new()).unwrap_err(),
             Some(&f),
         );
         let f = f.display();
@@ -488,7 +497,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let g = dir.path().join("bad.toml");
         std::fs::write(&g, "listen = \"x\"\n[backup\n").unwrap();
-        let p = load::<Sample>(Some(&g), &BTreeMap::new()).unwrap_err();
+        let p = load::<Sample>(Some(&g), &BTreeMap::new(), &BTreeSet::new()).unwrap_err();
         assert_eq!(p.len(), 1, "{p}");
         assert!(p.0[0].message.starts_with("not valid TOML"), "{p}");
         assert_eq!(p.0[0].line, Some(2), "{p:?}");
@@ -508,7 +517,10 @@ mod tests {
             ("OUTPOST_BACKUP_KEEP".to_string(), "zero".to_string()),
         ]
         .into();
-        let err = render(&load::<Sample>(Some(&f), &env).unwrap_err(), Some(&f));
+        let err = render(
+            &load::<Sample>(Some(&f), &env, &BTreeSet::new()).unwrap_err(),
+            Some(&f),
+        );
         assert!(
             err.contains(&format!("{}:4:1: backup.bogus: unknown key", f.display())),
             "{err}"
@@ -521,7 +533,7 @@ mod tests {
         std::fs::write(&f, "listen = \"127.0.0.1:9\"\n[backup]\nenabled = true\n").unwrap();
         let env: BTreeMap<String, String> =
             [("OUTPOST_BACKUP_DIR".to_string(), "/var/x".to_string())].into();
-        let s = load::<Sample>(Some(&f), &env).unwrap();
+        let s = load::<Sample>(Some(&f), &env, &BTreeSet::new()).unwrap();
         assert_eq!(s.listen, "127.0.0.1:9");
         assert!(s.backup.enabled);
         assert_eq!(s.backup.dir, "/var/x");
@@ -530,7 +542,7 @@ mod tests {
         let env: BTreeMap<String, String> =
             [("OUTPOST_BACKUP_KEEP".to_string(), "0".to_string())].into();
         assert!(
-            load::<Sample>(None, &env)
+            load::<Sample>(None, &env, &BTreeSet::new())
                 .unwrap_err()
                 .to_string()
                 .contains("must be at least 1")
@@ -553,7 +565,8 @@ mod tests {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-        let err = load::<Sample>(None, &env).unwrap_err();
+        let neighbours = BTreeSet::from(["OUTPOST_STORE_DATA_DIR".to_string()]);
+        let err = load::<Sample>(None, &env, &neighbours).unwrap_err();
         let lines: Vec<String> = err.0.iter().map(ToString::to_string).collect();
         assert_eq!(lines.len(), 3, "{err}");
         assert!(

@@ -5,9 +5,9 @@
 use std::collections::BTreeSet;
 use std::sync::{Arc, Barrier};
 
-use outpost::control_plane::admin_api::{self, REVISION_HEADER};
+use outpost::control_plane::routes::{self, REVISION_HEADER};
 use outpost::control_plane::settings::ControlPlaneSettings;
-use outpost::control_plane::{RunningControlPlane, openapi, start};
+use outpost::control_plane::{RunningControlPlane, start};
 use outpost_model::resources::SECRET_MASK;
 use outpost_model::{Kind, Resource, ResourceKey};
 use reqwest::StatusCode;
@@ -623,17 +623,14 @@ fn pagination() {
     let (_, all) = expect(cp.get("/api/v1/named-values"), StatusCode::OK);
     assert_eq!(all["items"].as_array().unwrap().len(), 25);
     let (_, all) = expect(
-        cp.get(&format!(
-            "/api/v1/named-values?limit={}",
-            admin_api::MAX_PAGE
-        )),
+        cp.get(&format!("/api/v1/named-values?limit={}", routes::MAX_PAGE)),
         StatusCode::OK,
     );
     assert_eq!(all["items"].as_array().unwrap().len(), 25);
     let (_, err) = expect(
         cp.get(&format!(
             "/api/v1/named-values?limit={}",
-            admin_api::MAX_PAGE + 1
+            routes::MAX_PAGE + 1
         )),
         StatusCode::BAD_REQUEST,
     );
@@ -943,13 +940,13 @@ fn openapi_document_lists_every_route_and_only_those() {
                 .map(move |m| (m.to_ascii_uppercase(), path.clone()))
         })
         .collect();
-    // The router is built from `admin_api::routes()`; the gateway admin routes are listed in
-    // `openapi::gateway_admin_routes()`.
-    let served: BTreeSet<(String, String)> = admin_api::routes()
+    // The router is built from `routes::routes()`; the gateway admin routes are listed in
+    // `routes::gateway_admin_routes()`.
+    let served: BTreeSet<(String, String)> = routes::routes()
         .into_iter()
         .map(|r| (r.method.to_string(), r.path))
         .chain(
-            openapi::gateway_admin_routes()
+            routes::gateway_admin_routes()
                 .into_iter()
                 .map(|r| (r.method.to_string(), r.path)),
         )
@@ -1213,7 +1210,8 @@ fn a_data_directory_open_to_others_is_refused_with_the_fix() {
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let err = start(settings(&dir.display().to_string()))
         .err()
-        .expect("refused");
+        .expect("refused")
+        .to_string();
     assert!(
         err.contains(&dir.display().to_string()) && err.contains("chmod 700"),
         "{err}"
@@ -1240,7 +1238,7 @@ fn a_second_control_plane_in_one_process_is_refused_until_the_first_stops() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data").display().to_string();
     let first = start(settings(&dir)).unwrap();
-    let err = start(settings(&dir)).err().expect("refused");
+    let err = start(settings(&dir)).err().expect("refused").to_string();
     assert!(
         err.contains(&format!(
             "{dir} is in use by another control plane (pid {})",

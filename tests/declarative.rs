@@ -6,8 +6,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use outpost::cli::ServerArgs;
-use outpost::client::{self, ApplyFlags, ApplyOptions, CallError, Connection};
+use outpost::client::{self, ApplyFlags, ApplyOptions, CallError, Connection, ServerArgs};
 use outpost::control_plane::admin_api::{Action, ApplyResult};
 use outpost::control_plane::settings::ControlPlaneSettings;
 use outpost::control_plane::{RunningControlPlane, start};

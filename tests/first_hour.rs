@@ -235,8 +235,12 @@ fn every_settings_example_loads_and_lists_every_key() {
         let (defaults, problems) = match name.as_str() {
             "control-plane.toml" => (
                 serde_json::to_value(ControlPlaneSettings::default()).unwrap(),
-                outpost::settings::load::<ControlPlaneSettings>(Some(&file), &BTreeMap::new())
-                    .err(),
+                outpost::settings::load::<ControlPlaneSettings>(
+                    Some(&file),
+                    &BTreeMap::new(),
+                    &Default::default(),
+                )
+                .err(),
             ),
             // The token is the one key the example leaves to the environment, as it advises.
             "gateway.toml" => (
@@ -248,6 +252,7 @@ fn every_settings_example_loads_and_lists_every_key() {
                         "GatewayKey site-a&203001010000&c2lnbmF0dXJl".to_string(),
                     )]
                     .into(),
+                    &Default::default(),
                 )
                 .err(),
             ),

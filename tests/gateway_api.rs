@@ -13,9 +13,8 @@ use actix_web::http::StatusCode;
 use actix_web::{App, HttpServer, web};
 use chrono::Utc;
 use outpost::control_plane::error::ErrorBody;
-use outpost::control_plane::gateway_api::{
-    GatewayApiState, configure_admin, configure_gateway_api,
-};
+use outpost::control_plane::gateway_api::{configure_admin, configure_gateway_api};
+use outpost::control_plane::gateway_state::GatewayApiState;
 use outpost::control_plane::settings::ControlPlaneSettings;
 use outpost::control_plane::store::{Precondition, Store, StoreOptions, Write};
 use outpost::control_plane::tokens;

@@ -1,8 +1,8 @@
 //! The management REST API under `/api/v1` (admin listener).
 //!
-//! One table, [`routes`], lists every route this module serves; the router ([`configure_public`],
-//! [`configure_protected`]) and the OpenAPI document ([`super::openapi`]) are both built from
-//! it, so the document cannot forget a route nor describe one that does not exist.
+//! One table, [`super::routes`], lists every route this module serves; the router
+//! ([`configure_public`], [`configure_protected`]) and the OpenAPI document ([`super::openapi`])
+//! are both built from it, so the document cannot forget a route nor describe one that does not exist.
 //!
 //! Conventions:
 //! - Resource bodies are the model's JSON (kebab-case), pruned of empty values; secret named
@@ -20,8 +20,8 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderMap};
-use actix_web::http::{Method, StatusCode};
 use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt as _;
@@ -34,88 +34,17 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::error::ApiError;
+use super::routes::{
+    DEFAULT_PAGE, MAX_PAGE, Op, PREFIX, REVISION_HEADER, Route, gateway_admin_routes, routes,
+};
 use super::store::{Committed, Precondition, State, Store, StoreError, Write, fill_generated};
 
-/// Prefix of every management route.
-pub const PREFIX: &str = "/api/v1";
 /// Largest accepted request body.
 pub const BODY_LIMIT: usize = 1 << 20;
-/// Header carrying the global revision on every answer.
-pub const REVISION_HEADER: &str = "X-Outpost-Revision";
-pub const DEFAULT_PAGE: usize = 100;
-pub const MAX_PAGE: usize = 1000;
 
 /// What the management API handlers share.
 pub struct AdminState {
     pub store: Arc<Store>,
-}
-
-// === the route table ===
-
-/// What a route does; each variant is served by exactly one handler.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Op {
-    OpenApi,
-    Revision,
-    Export,
-    Apply,
-    List(Kind),
-    Create(Kind),
-    Get(Kind),
-    Put(Kind),
-    Delete(Kind),
-    RegenerateKey,
-    GetGlobalPolicy,
-    PutGlobalPolicy,
-}
-
-impl Op {
-    /// Served without the admin token.
-    pub fn is_public(self) -> bool {
-        matches!(self, Op::OpenApi)
-    }
-}
-
-/// One route: method, full path (OpenAPI and actix share the `{name}` syntax) and operation.
-#[derive(Debug, Clone)]
-pub struct Route {
-    pub method: Method,
-    pub path: String,
-    pub op: Op,
-}
-
-/// The kinds with per-name CRUD routes (the global policy has its own two routes).
-pub fn crud_kinds() -> impl Iterator<Item = Kind> {
-    Kind::ALL.into_iter().filter(|k| *k != Kind::GlobalPolicy)
-}
-
-/// Every route this module serves.
-pub fn routes() -> Vec<Route> {
-    let r = |method: Method, path: String, op: Op| Route { method, path, op };
-    let mut out = vec![
-        r(Method::GET, format!("{PREFIX}/openapi.json"), Op::OpenApi),
-        r(Method::GET, format!("{PREFIX}/revision"), Op::Revision),
-        r(Method::GET, format!("{PREFIX}/export"), Op::Export),
-        r(Method::POST, format!("{PREFIX}/apply"), Op::Apply),
-    ];
-    for kind in crud_kinds() {
-        let list = format!("{PREFIX}/{}", kind.plural());
-        let one = format!("{list}/{{name}}");
-        out.push(r(Method::GET, list.clone(), Op::List(kind)));
-        out.push(r(Method::POST, list, Op::Create(kind)));
-        out.push(r(Method::GET, one.clone(), Op::Get(kind)));
-        out.push(r(Method::PUT, one.clone(), Op::Put(kind)));
-        out.push(r(Method::DELETE, one, Op::Delete(kind)));
-    }
-    out.push(r(
-        Method::POST,
-        format!("{PREFIX}/subscriptions/{{name}}/regenerate-key"),
-        Op::RegenerateKey,
-    ));
-    let global = format!("{PREFIX}/policies/{GLOBAL_POLICY_NAME}");
-    out.push(r(Method::GET, global.clone(), Op::GetGlobalPolicy));
-    out.push(r(Method::PUT, global, Op::PutGlobalPolicy));
-    out
 }
 
 /// Registers the unauthenticated routes at their full paths (on the app, before the scope).
@@ -139,7 +68,7 @@ type Name = web::Path<String>;
 fn register(cfg: &mut web::ServiceConfig, path: &str, route: &Route) {
     let m = web::method(route.method.clone());
     let handler = match route.op {
-        Op::OpenApi => m.to(super::openapi::serve),
+        Op::OpenApi => m.to(openapi),
         Op::Revision => m.to(revision),
         Op::Export => m.to(export),
         Op::Apply => m.to(apply),
@@ -220,7 +149,7 @@ fn allowed_methods(path: &str) -> Vec<String> {
         .into_iter()
         .map(|r| (r.method, r.path))
         .chain(
-            super::openapi::gateway_admin_routes()
+            gateway_admin_routes()
                 .into_iter()
                 .map(|r| (r.method, r.path)),
         )
@@ -233,6 +162,11 @@ fn allowed_methods(path: &str) -> Vec<String> {
 }
 
 // === handlers ===
+
+/// `GET /api/v1/openapi.json` (no authentication).
+async fn openapi() -> HttpResponse {
+    HttpResponse::Ok().json(super::openapi::document())
+}
 
 async fn revision(st: St) -> HttpResponse {
     let rev = st.store.revision();

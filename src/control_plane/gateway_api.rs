@@ -1,5 +1,7 @@
 //! The gateway-facing endpoint (`/gateway/v1/...` on the gateway listener) and the admin routes
-//! about gateways' tokens, instances and telemetry.
+//! about gateways' tokens, instances and telemetry: the HTTP side only. What both share is
+//! [`GatewayApiState`] (its own file, which knows no route); the token format, the instance
+//! registry and the telemetry store are leaves below it.
 //!
 //! Every gateway call carries `Authorization: GatewayKey <gateway>&<expiry>&<signature>`; the
 //! gateway named in a verified token is the only one whose view the call can see. A refused token
@@ -19,7 +21,7 @@
 //!
 //! # Cost when many gateways wake at once
 //! One change wakes every waiting poller. The work per answer is cached so that it is done once
-//! per gateway and revision, not once per poller: [`ViewCache`] keeps each gateway's view (and
+//! per gateway and revision, not once per poller: [`ViewCache`](super::views::ViewCache) keeps each gateway's view (and
 //! its content hash) for its last few revisions, and the encoded answers for the last few
 //! (from, to) pairs, so the instances of one gateway share one computation and the view at `R`
 //! computed on the previous change is reused as the base of the next delta. Cache misses run on
@@ -43,42 +45,31 @@
 //! once instead of a wait: a configuration altered on the gateway's side is replaced on the next
 //! poll, not kept until the next change.
 //!
-//! Instance status and telemetry live in memory ([`instances`], [`telemetry`]); after a
+//! Instance status and telemetry live in memory ([`super::instances`], [`super::telemetry`]); after a
 //! control plane restart they are rebuilt from the next heartbeats and uploads.
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
-use arc_swap::ArcSwap;
 use bytes::Bytes;
 use chrono::Utc;
-use dashmap::DashMap;
 use futures_util::StreamExt;
-use outpost_model::signing::KeyEndorsement;
-use outpost_model::view::{View, content_hash, diff, gateway_view};
 use outpost_model::wire::{
-    self, BINCODE_MEDIA_TYPE, CONFIG_PATH, ConfigUpdate, HEARTBEAT_PATH, Heartbeat, HeartbeatAck,
-    TELEMETRY_PATH, TelemetryBatch,
+    CONFIG_PATH, HEARTBEAT_PATH, Heartbeat, HeartbeatAck, TELEMETRY_PATH, TelemetryBatch,
 };
-use outpost_model::{Kind, Resource, ResourceKey};
-use serde::{Deserialize, Serialize};
-use tokio::sync::Semaphore;
+use serde::Deserialize;
 
 use super::error::ApiError;
-use super::instances::{self, InstanceRegistry};
-use super::settings::ControlPlaneSettings;
-use super::store::{GatewayKeys, KeyType, SigningKeyInfo, SigningKeys, State, Store, StoreError};
-use super::telemetry::{self, Ingested, TelemetryStore};
-use super::tokens::{self, TokenError, VerifiedToken};
+use super::gateway_state::{GatewayApiState, blocking_error};
+use super::instances::InstanceStatus;
+use super::store::KeyType;
+use super::telemetry::{Ingested, RETENTION_MINUTES};
+use super::tokens::{self, RegenerateRequest, TokenRequest, TokenResponse, VerifiedToken};
+use super::views::Format;
 
-/// Optional request header naming the gateway the caller expects to be; a token for another
-/// gateway is then refused (`wrong gateway`) instead of silently serving that gateway's config.
-pub const EXPECTED_GATEWAY_HEADER: &str = "Outpost-Gateway";
 /// Response header with the revision of a config answer (also in the body).
 pub const REVISION_HEADER: &str = "Outpost-Revision";
 
@@ -86,608 +77,6 @@ const MAX_HEARTBEAT_BYTES: usize = 64 * 1024;
 const MAX_TELEMETRY_BYTES: usize = 16 * 1024 * 1024;
 /// Longest text field accepted in a heartbeat.
 const MAX_FIELD_LEN: usize = 256;
-/// How long cached gateway keys are trusted when nothing else invalidates them. Regeneration
-/// through [`GatewayApiState::regenerate_key`] takes effect at once; this only bounds how long a
-/// key changed behind this module's back (directly in the store) keeps working.
-const KEYS_TTL: Duration = Duration::from_secs(30);
-/// Views and answers kept per gateway.
-const VIEWS_KEPT: usize = 2;
-const UPDATES_KEPT: usize = 4;
-/// Endorsements sent with each answer: enough for a gateway that missed this many rotations.
-const ENDORSEMENTS_SENT: usize = 8;
-
-/// Everything the gateway endpoint and its admin routes share. One instance serves both
-/// listeners (wrap it in one `web::Data` and hand clones to both apps), so heartbeats received
-/// on the gateway listener show in the admin API.
-pub struct GatewayApiState {
-    store: Arc<Store>,
-    max_wait: Duration,
-    max_token_lifetime_days: u64,
-    keys: Mutex<KeysCache>,
-    views: ViewCache,
-    instances: InstanceRegistry,
-    telemetry: TelemetryStore,
-    compute: Semaphore,
-    waiting: AtomicUsize,
-    signer: ArcSwap<Signer>,
-    /// Serialises rotations, so the signer published is always the store's newest key.
-    rotation: Mutex<()>,
-}
-
-/// The key answers are signed with, and a generation number bumped by each rotation.
-struct Signer {
-    generation: u64,
-    keys: SigningKeys,
-    endorsements: Vec<KeyEndorsement>,
-}
-
-impl Signer {
-    fn new(generation: u64, keys: SigningKeys) -> Signer {
-        let skip = keys.endorsements.len().saturating_sub(ENDORSEMENTS_SENT);
-        let endorsements = keys.endorsements[skip..].to_vec();
-        Signer {
-            generation,
-            keys,
-            endorsements,
-        }
-    }
-}
-
-/// `GET /api/v1/signing-keys` and the answer to a rotation.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub struct SigningKeysResponse {
-    /// The key configurations are signed with now: what gateways trust
-    /// (`control_plane.config_signing_keys`).
-    pub active: String,
-    /// Every key, oldest first, each endorsed by the one before it.
-    pub keys: Vec<SigningKeyInfo>,
-}
-
-#[derive(Default)]
-struct KeysCache {
-    /// Bumped around every regeneration, so a lookup that raced one does not cache old keys.
-    epoch: u64,
-    entries: HashMap<String, CachedKeys>,
-}
-
-struct CachedKeys {
-    keys: GatewayKeys,
-    /// Revision of the gateway resource when fetched: a deleted and re-created gateway has new
-    /// keys (the store drops them with the resource) and a new revision.
-    gateway_revision: u64,
-    fetched: Instant,
-}
-
-impl GatewayApiState {
-    /// Loads (on first start: creates) the config signing key from the store.
-    pub fn new(store: Arc<Store>, settings: &ControlPlaneSettings) -> Result<Self, StoreError> {
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let keys = store.signing_keys()?;
-        Ok(Self {
-            store,
-            max_wait: Duration::from_secs(settings.gateway_api.max_wait_secs),
-            max_token_lifetime_days: settings.tokens.max_lifetime_days,
-            keys: Mutex::new(KeysCache::default()),
-            views: ViewCache::default(),
-            instances: InstanceRegistry::new(settings.instances.clone()),
-            telemetry: TelemetryStore::new(),
-            compute: Semaphore::new(cores),
-            waiting: AtomicUsize::new(0),
-            signer: ArcSwap::from_pointee(Signer::new(0, keys)),
-            rotation: Mutex::new(()),
-        })
-    }
-
-    /// The public key configurations are signed with now (`ed25519:<base64>`).
-    pub fn signing_public_key(&self) -> String {
-        self.signer.load().keys.active.public().to_string()
-    }
-
-    pub fn signing_keys(&self) -> SigningKeysResponse {
-        let signer = self.signer.load();
-        SigningKeysResponse {
-            active: signer.keys.active.public().to_string(),
-            keys: signer.keys.history.clone(),
-        }
-    }
-
-    /// Replaces the signing key (blocking: call it off the actix workers). Answers computed from
-    /// now on are signed with the new key and carry the old key's endorsement of it.
-    pub fn rotate_signing_key(&self) -> Result<SigningKeysResponse, StoreError> {
-        let _one_at_a_time = self.rotation.lock().expect("rotation lock");
-        let keys = self.store.rotate_signing_key()?;
-        let generation = self.signer.load().generation + 1;
-        tracing::info!(
-            key = %keys.active.public(),
-            "config signing key rotated; gateways follow through the old key's endorsement"
-        );
-        self.signer.store(Arc::new(Signer::new(generation, keys)));
-        Ok(self.signing_keys())
-    }
-
-    pub fn store(&self) -> &Arc<Store> {
-        &self.store
-    }
-
-    pub fn views(&self) -> &ViewCache {
-        &self.views
-    }
-
-    pub fn instances(&self) -> &InstanceRegistry {
-        &self.instances
-    }
-
-    pub fn telemetry(&self) -> &TelemetryStore {
-        &self.telemetry
-    }
-
-    /// Long-polls waiting for a change right now.
-    pub fn waiting_polls(&self) -> usize {
-        self.waiting.load(Ordering::Relaxed)
-    }
-
-    pub fn max_token_lifetime_days(&self) -> u64 {
-        self.max_token_lifetime_days
-    }
-
-    /// The gateway's keys, fresh from the store (admin use). 404 for an unknown gateway.
-    pub async fn keys(&self, gateway: &str) -> Result<GatewayKeys, ApiError> {
-        let store = self.store.clone();
-        let name = gateway.to_owned();
-        Ok(web::block(move || store.gateway_keys(&name))
-            .await
-            .map_err(blocking_error)??)
-    }
-
-    /// Replaces one of the gateway's keys; tokens minted from the old key stop verifying at once.
-    pub async fn regenerate_key(
-        &self,
-        gateway: &str,
-        which: KeyType,
-    ) -> Result<GatewayKeys, ApiError> {
-        {
-            let mut cache = self.keys.lock().expect("keys cache lock");
-            cache.epoch += 1;
-            cache.entries.remove(gateway);
-        }
-        let store = self.store.clone();
-        let name = gateway.to_owned();
-        let result = web::block(move || store.regenerate_gateway_key(&name, which))
-            .await
-            .map_err(blocking_error)?;
-        let mut cache = self.keys.lock().expect("keys cache lock");
-        cache.epoch += 1;
-        cache.entries.remove(gateway);
-        Ok(result?)
-    }
-
-    /// The keys to verify a token of `gateway` with (`None`: no such gateway): cached while the
-    /// gateway resource is unchanged, for at most [`KEYS_TTL`].
-    async fn keys_for_auth(&self, gateway: &str) -> Result<Option<GatewayKeys>, ApiError> {
-        let key = ResourceKey::new(Kind::Gateway, gateway);
-        let Some(gateway_revision) = self.store.state().get(&key).map(|s| s.revision) else {
-            return Ok(None);
-        };
-        let epoch = {
-            let cache = self.keys.lock().expect("keys cache lock");
-            if let Some(c) = cache.entries.get(gateway)
-                && c.gateway_revision == gateway_revision
-                && c.fetched.elapsed() < KEYS_TTL
-            {
-                return Ok(Some(c.keys.clone()));
-            }
-            cache.epoch
-        };
-        let store = self.store.clone();
-        let name = gateway.to_owned();
-        let keys = match web::block(move || store.gateway_keys(&name))
-            .await
-            .map_err(blocking_error)?
-        {
-            Ok(keys) => keys,
-            Err(super::store::StoreError::NotFound(_)) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        let mut cache = self.keys.lock().expect("keys cache lock");
-        if cache.epoch == epoch {
-            cache.entries.insert(
-                gateway.to_owned(),
-                CachedKeys {
-                    keys: keys.clone(),
-                    gateway_revision,
-                    fetched: Instant::now(),
-                },
-            );
-        }
-        Ok(Some(keys))
-    }
-
-    /// Verifies the request's gateway token. A refusal is logged with its real reason here,
-    /// because the answer may not carry it (see [`tokens::TokenError::public_message`]).
-    pub async fn authenticate(&self, req: &HttpRequest) -> Result<VerifiedToken, ApiError> {
-        match self.verify_token(req).await? {
-            Ok(verified) => Ok(verified),
-            Err(refused) => {
-                log_refusal(req, &refused);
-                Err(refused.into())
-            }
-        }
-    }
-
-    /// The outer error is the control plane's own failure (a 500), the inner one a refusal.
-    async fn verify_token(
-        &self,
-        req: &HttpRequest,
-    ) -> Result<Result<VerifiedToken, TokenError>, ApiError> {
-        let header = match req.headers().get(header::AUTHORIZATION) {
-            None => return Ok(Err(TokenError::Missing)),
-            Some(value) => match value.to_str() {
-                Ok(text) => text,
-                Err(_) => {
-                    return Ok(Err(TokenError::Malformed(
-                        "the Authorization header is not ASCII".into(),
-                    )));
-                }
-            },
-        };
-        let parsed = match tokens::parse(header) {
-            Ok(parsed) => parsed,
-            Err(e) => return Ok(Err(e)),
-        };
-        let Some(keys) = self.keys_for_auth(&parsed.gateway).await? else {
-            return Ok(Err(tokens::refuse_unknown(&parsed)));
-        };
-        Ok(
-            tokens::verify(&parsed, &keys, Utc::now()).and_then(|verified| {
-                match req.headers().get(EXPECTED_GATEWAY_HEADER) {
-                    Some(expected) => {
-                        verified.require_gateway(expected.to_str().unwrap_or_default())
-                    }
-                    None => Ok(verified),
-                }
-            }),
-        )
-    }
-
-    /// The revision a delta for a poll with `after` starts from, at revision `to`; `None` means a
-    /// full snapshot (`after` is 0, ahead of the store, or older than the change log).
-    fn delta_base(&self, after: u64, to: u64) -> Option<u64> {
-        (after != 0 && after <= to && after >= self.store.log_floor()).then_some(after)
-    }
-
-    /// The encoded answer for `gateway` polling `after`, at the current revision.
-    pub fn config_body(&self, gateway: &str, after: u64, format: Format) -> Result<Bytes, String> {
-        let current = self.store.state();
-        let update = self.update(gateway, after, &current);
-        update.encoded(format)
-    }
-
-    /// The update taking `gateway` from `after` to `current`, cached per (from, to, signer).
-    pub fn update(&self, gateway: &str, after: u64, current: &Arc<State>) -> Arc<CachedUpdate> {
-        let to = current.revision;
-        let base = self.delta_base(after, to);
-        let signer = self.signer.load_full();
-        let slot = self
-            .views
-            .update_slot(gateway, (base, to, signer.generation));
-        slot.get_or_init(|| {
-            let new = self.views.view(gateway, current);
-            let old = base.and_then(|from| {
-                if from == to {
-                    return Some(new.clone());
-                }
-                self.views
-                    .cached_view(gateway, from)
-                    .or_else(|| Some(self.views.view(gateway, &*self.store.state_at(from)?)))
-            });
-            let signature = signer.keys.active.sign_config(gateway, to, &new.hash);
-            let endorsements = signer.endorsements.clone();
-            let update = match old {
-                Some(old) => {
-                    let (upserts, deletes) = diff(&old.view, &new.view);
-                    ConfigUpdate {
-                        full: false,
-                        from_revision: old.revision,
-                        revision: to,
-                        hash: new.hash.clone(),
-                        upserts,
-                        deletes,
-                        signature,
-                        endorsements,
-                    }
-                }
-                None => ConfigUpdate {
-                    full: true,
-                    from_revision: 0,
-                    revision: to,
-                    hash: new.hash.clone(),
-                    upserts: new.view.values().cloned().collect(),
-                    deletes: Vec::new(),
-                    signature,
-                    endorsements,
-                },
-            };
-            Arc::new(CachedUpdate {
-                update,
-                bincode: OnceLock::new(),
-                json: OnceLock::new(),
-            })
-        })
-        .clone()
-    }
-
-    /// The cached answer when it is already encoded: the fast path of a wake-up, no blocking.
-    fn ready_body(&self, gateway: &str, after: u64, format: Format) -> Option<Bytes> {
-        let current = self.store.state();
-        let to = current.revision;
-        let base = self.delta_base(after, to);
-        let generation = self.signer.load().generation;
-        let update = self.views.peek_update(gateway, (base, to, generation))?;
-        match format {
-            Format::Bincode => update.bincode.get(),
-            Format::Json => update.json.get(),
-        }
-        .and_then(|r| r.as_ref().ok())
-        .cloned()
-    }
-}
-
-fn blocking_error(e: actix_web::error::BlockingError) -> ApiError {
-    ApiError::Internal(format!("blocking task: {e}"))
-}
-
-// === view cache ===
-
-/// A gateway's view at one revision, with its content hash.
-#[derive(Debug)]
-pub struct GatewayView {
-    pub revision: u64,
-    pub view: View,
-    pub hash: String,
-}
-
-/// An answer to a poll, with its encodings made on first use.
-pub struct CachedUpdate {
-    pub update: ConfigUpdate,
-    bincode: OnceLock<Result<Bytes, String>>,
-    json: OnceLock<Result<Bytes, String>>,
-}
-
-impl CachedUpdate {
-    pub fn encoded(&self, format: Format) -> Result<Bytes, String> {
-        match format {
-            Format::Bincode => self.bincode.get_or_init(|| {
-                wire::encode(&self.update)
-                    .map(Bytes::from)
-                    .map_err(|e| e.to_string())
-            }),
-            Format::Json => self.json.get_or_init(|| {
-                serde_json::to_vec(&self.update)
-                    .map(Bytes::from)
-                    .map_err(|e| e.to_string())
-            }),
-        }
-        .clone()
-    }
-}
-
-/// (delta base, or `None` for a full snapshot; target revision; signer generation).
-type UpdateKey = (Option<u64>, u64, u64);
-
-/// Per-gateway views and encoded answers for the last few revisions. Each entry is a
-/// `OnceLock`, so concurrent pollers of one gateway wait for one computation instead of all
-/// doing it.
-pub struct ViewCache {
-    gateways: DashMap<String, Arc<Mutex<GatewayEntries>>>,
-    /// Number of cached gateways above which entries of deleted gateways are dropped.
-    sweep_above: AtomicUsize,
-}
-
-impl Default for ViewCache {
-    fn default() -> Self {
-        Self {
-            gateways: DashMap::new(),
-            sweep_above: AtomicUsize::new(64),
-        }
-    }
-}
-
-#[derive(Default)]
-struct GatewayEntries {
-    views: VecDeque<(u64, Arc<OnceLock<Arc<GatewayView>>>)>,
-    updates: VecDeque<(UpdateKey, Arc<OnceLock<Arc<CachedUpdate>>>)>,
-}
-
-fn slot<K: PartialEq, V>(
-    list: &mut VecDeque<(K, Arc<OnceLock<V>>)>,
-    key: K,
-    keep: usize,
-) -> Arc<OnceLock<V>> {
-    if let Some((_, v)) = list.iter().find(|(k, _)| *k == key) {
-        return v.clone();
-    }
-    let v = Arc::new(OnceLock::new());
-    list.push_back((key, v.clone()));
-    while list.len() > keep {
-        list.pop_front();
-    }
-    v
-}
-
-impl ViewCache {
-    fn entries(&self, gateway: &str) -> Arc<Mutex<GatewayEntries>> {
-        if let Some(e) = self.gateways.get(gateway) {
-            return e.clone();
-        }
-        self.gateways.entry(gateway.to_owned()).or_default().clone()
-    }
-
-    /// The view of `gateway` in `state`, computed once per (gateway, revision).
-    pub fn view(&self, gateway: &str, state: &State) -> Arc<GatewayView> {
-        let cell = {
-            let entries = self.entries(gateway);
-            let mut e = entries.lock().expect("view cache lock");
-            slot(&mut e.views, state.revision, VIEWS_KEPT)
-        };
-        cell.get_or_init(|| {
-            self.forget_deleted_gateways(state);
-            let candidates = candidates(state, gateway);
-            let view = gateway_view(candidates.iter().copied(), Some(gateway));
-            let hash = content_hash(&view);
-            Arc::new(GatewayView {
-                revision: state.revision,
-                view,
-                hash,
-            })
-        })
-        .clone()
-    }
-
-    fn cached_view(&self, gateway: &str, revision: u64) -> Option<Arc<GatewayView>> {
-        let entries = self.gateways.get(gateway)?.clone();
-        let e = entries.lock().expect("view cache lock");
-        e.views
-            .iter()
-            .find(|(r, _)| *r == revision)
-            .and_then(|(_, v)| v.get().cloned())
-    }
-
-    fn update_slot(&self, gateway: &str, key: UpdateKey) -> Arc<OnceLock<Arc<CachedUpdate>>> {
-        let entries = self.entries(gateway);
-        let mut e = entries.lock().expect("view cache lock");
-        slot(&mut e.updates, key, UPDATES_KEPT)
-    }
-
-    fn peek_update(&self, gateway: &str, key: UpdateKey) -> Option<Arc<CachedUpdate>> {
-        let entries = self.gateways.get(gateway)?.clone();
-        let e = entries.lock().expect("view cache lock");
-        e.updates
-            .iter()
-            .find(|(k, _)| *k == key)
-            .and_then(|(_, v)| v.get().cloned())
-    }
-
-    /// Drops the entries of gateways that no longer exist, once the cache has grown past a
-    /// high-water mark (so the check costs nothing on the hot path).
-    fn forget_deleted_gateways(&self, state: &State) {
-        if self.gateways.len() <= self.sweep_above.load(Ordering::Relaxed) {
-            return;
-        }
-        self.gateways.retain(|name, _| {
-            state
-                .get(&ResourceKey::new(Kind::Gateway, name.clone()))
-                .is_some()
-        });
-        self.sweep_above
-            .store(2 * self.gateways.len() + 64, Ordering::Relaxed);
-    }
-}
-
-/// What `gateway_view` needs to look at for `gateway`: everything but the APIs not assigned to
-/// it and the other gateways, which never enter nor influence its view. Most of a large
-/// configuration is other gateways' APIs, so this is what keeps one gateway's view cheap when a
-/// thousand gateways wake up on one change (`gateway_view` indexes whatever it is given).
-fn candidates<'a>(state: &'a State, gateway: &str) -> Vec<&'a Resource> {
-    let Some(stored) = state.get(&ResourceKey::new(Kind::Gateway, gateway)) else {
-        return Vec::new();
-    };
-    let Resource::Gateway(gw) = &stored.resource else {
-        return Vec::new();
-    };
-    let mut out = vec![&stored.resource];
-    out.extend(
-        gw.apis
-            .iter()
-            .filter_map(|api| state.get(&ResourceKey::new(Kind::Api, api.clone())))
-            .map(|s| &s.resource),
-    );
-    for kind in [
-        Kind::NamedValue,
-        Kind::Backend,
-        Kind::Product,
-        Kind::Subscription,
-        Kind::GlobalPolicy,
-    ] {
-        out.extend(state.of_kind(kind).map(|s| &s.resource));
-    }
-    out
-}
-
-// === encodings ===
-
-/// Body encoding of the gateway protocol.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    Bincode,
-    Json,
-}
-
-impl Format {
-    pub fn media_type(self) -> &'static str {
-        match self {
-            Format::Bincode => BINCODE_MEDIA_TYPE,
-            Format::Json => "application/json",
-        }
-    }
-
-    /// JSON when the client accepts it explicitly, bincode otherwise.
-    pub fn from_accept(req: &HttpRequest) -> Format {
-        let accept = req
-            .headers()
-            .get(header::ACCEPT)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default();
-        if accept.contains("application/json") {
-            Format::Json
-        } else {
-            Format::Bincode
-        }
-    }
-
-    /// The request body's encoding: JSON or bincode by `Content-Type` (bincode when absent).
-    fn from_content_type(req: &HttpRequest) -> Result<Format, ApiError> {
-        let Some(ct) = req.headers().get(header::CONTENT_TYPE) else {
-            return Ok(Format::Bincode);
-        };
-        let ct = ct.to_str().unwrap_or_default();
-        let essence = ct.split(';').next().unwrap_or_default().trim();
-        if essence.eq_ignore_ascii_case("application/json") {
-            Ok(Format::Json)
-        } else if essence.eq_ignore_ascii_case(BINCODE_MEDIA_TYPE)
-            || essence.eq_ignore_ascii_case("application/octet-stream")
-        {
-            Ok(Format::Bincode)
-        } else {
-            Err(ApiError::UnsupportedMediaType(format!(
-                "Content-Type '{ct}' is not supported: use {BINCODE_MEDIA_TYPE} or application/json"
-            )))
-        }
-    }
-
-    fn decode<T: serde::de::DeserializeOwned>(self, body: &[u8]) -> Result<T, ApiError> {
-        match self {
-            Format::Bincode => wire::decode(body)
-                .map_err(|e| ApiError::BadRequest(format!("invalid bincode body: {e}"))),
-            Format::Json => serde_json::from_slice(body)
-                .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}"))),
-        }
-    }
-
-    fn respond<T: Serialize>(self, value: &T) -> Result<HttpResponse, ApiError> {
-        let body = match self {
-            Format::Bincode => {
-                wire::encode(value).map_err(|e| ApiError::Internal(e.to_string()))?
-            }
-            Format::Json => {
-                serde_json::to_vec(value).map_err(|e| ApiError::Internal(e.to_string()))?
-            }
-        };
-        Ok(HttpResponse::Ok()
-            .content_type(self.media_type())
-            .body(body))
-    }
-}
 
 /// Reads at most `limit` bytes of body.
 async fn read_body(mut payload: web::Payload, limit: usize) -> Result<Bytes, ApiError> {
@@ -813,58 +202,6 @@ async fn poll_config(
         .content_type(format.media_type())
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .body(body))
-}
-
-/// Logs a refused gateway token with its real reason (never the token itself). A missing or
-/// malformed header is routine noise from scanners, so only the refusal of a well-formed token,
-/// which is a gateway that needs attention or someone guessing, is a warning.
-fn log_refusal(req: &HttpRequest, refused: &TokenError) {
-    let peer = req
-        .peer_addr()
-        .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
-    let gateway = refused.gateway().unwrap_or("");
-    match refused {
-        TokenError::Missing | TokenError::Malformed(_) => tracing::info!(
-            %peer,
-            path = req.path(),
-            reason = %refused,
-            "gateway token refused"
-        ),
-        _ => tracing::warn!(
-            %peer,
-            path = req.path(),
-            gateway,
-            reason = %refused,
-            "gateway token refused"
-        ),
-    }
-}
-
-impl GatewayApiState {
-    /// Whether `held` is the content hash of `gateway`'s view at the current revision, which must
-    /// be `revision` (otherwise the question does not arise: the delta's hash check decides).
-    async fn holds_current_view(
-        self: &Arc<Self>,
-        gateway: &str,
-        revision: u64,
-        held: &str,
-    ) -> Result<bool, ApiError> {
-        let current = self.store.state();
-        if current.revision != revision {
-            return Ok(true);
-        }
-        let _permit = self
-            .compute
-            .acquire()
-            .await
-            .map_err(|_| ApiError::Internal("compute semaphore closed".into()))?;
-        let this = self.clone();
-        let gateway = gateway.to_owned();
-        let view = web::block(move || this.views.view(&gateway, &current))
-            .await
-            .map_err(blocking_error)?;
-        Ok(view.hash == held)
-    }
 }
 
 /// Counts a waiting poll for as long as it lives (a poll whose client goes away is dropped).
@@ -1004,6 +341,117 @@ async fn rotate_signing_key(state: web::Data<GatewayApiState>) -> Result<HttpRes
     Ok(HttpResponse::Ok().json(keys))
 }
 
+// === admin routes ===
+
+async fn mint_token(
+    state: web::Data<GatewayApiState>,
+    name: web::Path<String>,
+    body: web::Json<TokenRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let now = Utc::now();
+    let expiry = tokens::requested_expiry(&body, now, state.max_token_lifetime_days())?;
+    let keys = state.keys(&name).await?;
+    let key = match body.key {
+        KeyType::Primary => &keys.primary,
+        KeyType::Secondary => &keys.secondary,
+    };
+    Ok(HttpResponse::Ok().json(TokenResponse {
+        value: tokens::mint(&name, key, expiry),
+        expiry,
+        key: body.key,
+        config_signing_keys: vec![state.signing_public_key()],
+    }))
+}
+
+async fn get_keys(
+    state: web::Data<GatewayApiState>,
+    name: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(state.keys(&name).await?))
+}
+
+async fn regenerate_key(
+    state: web::Data<GatewayApiState>,
+    name: web::Path<String>,
+    body: web::Json<RegenerateRequest>,
+) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(state.regenerate_key(&name, body.key).await?))
+}
+
+async fn list_gateway_instances(
+    state: web::Data<GatewayApiState>,
+    name: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let name = name.into_inner();
+    if state.store().state().get(&gateway_key(&name)).is_none() {
+        return Err(ApiError::NotFound(format!("gateway '{name}' not found")));
+    }
+    let list = statuses(state, Some(name)).await?;
+    Ok(HttpResponse::Ok().json(list))
+}
+
+async fn list_all_instances(state: web::Data<GatewayApiState>) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(statuses(state, None).await?))
+}
+
+fn gateway_key(name: &str) -> outpost_model::ResourceKey {
+    outpost_model::ResourceKey::new(outpost_model::Kind::Gateway, name)
+}
+
+/// Every instance (of one gateway or all) with its derived state. Computing the current view
+/// hashes may take a while on a large configuration, so it runs off the actix worker.
+async fn statuses(
+    state: web::Data<GatewayApiState>,
+    gateway: Option<String>,
+) -> Result<Vec<InstanceStatus>, ApiError> {
+    web::block(move || {
+        let now = Utc::now();
+        let current = state.store().state();
+        let mut hashes: std::collections::HashMap<String, String> = Default::default();
+        state
+            .instances()
+            .records(gateway.as_deref(), now)
+            .into_iter()
+            .map(|r| {
+                let hash = hashes
+                    .entry(r.gateway.clone())
+                    .or_insert_with(|| state.views().view(&r.gateway, &current).hash.clone())
+                    .clone();
+                state.instances().status(r, &hash, now)
+            })
+            .collect()
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("instance listing: {e}")))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct SummaryQuery {
+    pub gateway: Option<String>,
+    pub api: Option<String>,
+    /// Minutes back from now, 1..=1440; default 60.
+    pub minutes: Option<i64>,
+}
+
+async fn get_summary(
+    state: web::Data<GatewayApiState>,
+    query: web::Query<SummaryQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let minutes = query.minutes.unwrap_or(60);
+    if !(1..=RETENTION_MINUTES).contains(&minutes) {
+        return Err(ApiError::BadRequest(format!(
+            "minutes must be 1..={RETENTION_MINUTES}"
+        )));
+    }
+    Ok(HttpResponse::Ok().json(state.telemetry().summary(
+        query.gateway.as_deref(),
+        query.api.as_deref(),
+        minutes,
+        Utc::now(),
+    )))
+}
+
 /// Mounts the gateway endpoint (`/gateway/v1/...`) at the root of the gateway listener. Needs
 /// `web::Data<GatewayApiState>` in the app.
 pub fn configure_gateway_api(cfg: &mut web::ServiceConfig) {
@@ -1032,102 +480,22 @@ pub fn configure_admin(cfg: &mut web::ServiceConfig) {
         .service(
             web::resource("/gateways/{name}/token")
                 .app_data(json())
-                .route(web::post().to(tokens::mint_token)),
+                .route(web::post().to(mint_token)),
         )
-        .service(web::resource("/gateways/{name}/keys").route(web::get().to(tokens::get_keys)))
+        .service(web::resource("/gateways/{name}/keys").route(web::get().to(get_keys)))
         .service(
             web::resource("/gateways/{name}/keys/regenerate")
                 .app_data(json())
-                .route(web::post().to(tokens::regenerate_key)),
+                .route(web::post().to(regenerate_key)),
         )
         .service(
             web::resource("/gateways/{name}/instances")
-                .route(web::get().to(instances::list_gateway_instances)),
+                .route(web::get().to(list_gateway_instances)),
         )
-        .service(web::resource("/instances").route(web::get().to(instances::list_all_instances)))
+        .service(web::resource("/instances").route(web::get().to(list_all_instances)))
         .service(
             web::resource("/telemetry")
                 .app_data(query())
-                .route(web::get().to(telemetry::get_summary)),
+                .route(web::get().to(get_summary)),
         );
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::control_plane::store::{Precondition, StoreOptions, Write};
-    use serde_json::json;
-
-    fn res(kind: Kind, body: serde_json::Value) -> Resource {
-        Resource::from_json(kind, body).unwrap()
-    }
-
-    /// The shortcut in [`candidates`] must never change a view: compare with `gateway_view` over
-    /// everything, on a configuration where gateways share products, subscriptions, backends
-    /// and named values in every way the model allows.
-    #[test]
-    fn candidates_give_the_same_views_as_the_whole_config() {
-        let store = Store::open(std::path::Path::new(":memory:"), StoreOptions::default()).unwrap();
-        let mut all = vec![
-            res(Kind::NamedValue, json!({"name": "host", "value": "h"})),
-            res(Kind::NamedValue, json!({"name": "hdr", "value": "v"})),
-            res(Kind::NamedValue, json!({"name": "unused", "value": "u"})),
-            res(
-                Kind::Backend,
-                json!({"name": "b1", "url": "http://{{host}}"}),
-            ),
-            res(Kind::Backend, json!({"name": "b2", "url": "http://b2"})),
-            res(Kind::Backend, json!({"name": "b3", "url": "http://b3"})),
-            res(
-                Kind::GlobalPolicy,
-                json!({"name": "global", "policies": {"inbound": [
-                    {"set-header": {"name": "X-G", "value": "{{hdr}}"}}]}}),
-            ),
-        ];
-        for (i, backend) in ["b1", "b2", "b3", "b1"].iter().enumerate() {
-            all.push(res(
-                Kind::Api,
-                json!({"name": format!("api-{i}"), "path": format!("p{i}"), "backend": backend}),
-            ));
-        }
-        all.extend([
-            res(
-                Kind::Product,
-                json!({"name": "p01", "apis": ["api-0", "api-1"]}),
-            ),
-            res(Kind::Product, json!({"name": "p3", "apis": ["api-3"]})),
-            res(
-                Kind::Subscription,
-                json!({"name": "s-all", "scope": "all-apis"}),
-            ),
-            res(
-                Kind::Subscription,
-                json!({"name": "s-p01", "scope": {"product": "p01"}}),
-            ),
-            res(
-                Kind::Subscription,
-                json!({"name": "s-a2", "scope": {"api": "api-2"}}),
-            ),
-            res(Kind::Gateway, json!({"name": "g0", "apis": ["api-0"]})),
-            res(
-                Kind::Gateway,
-                json!({"name": "g12", "apis": ["api-1", "api-2"]}),
-            ),
-            res(Kind::Gateway, json!({"name": "g3", "apis": ["api-3"]})),
-            res(Kind::Gateway, json!({"name": "none", "apis": []})),
-        ]);
-        store
-            .commit(
-                all.into_iter()
-                    .map(|r| Write::Put(Box::new(r), Precondition::None))
-                    .collect(),
-            )
-            .unwrap();
-        let state = store.state();
-        for gw in ["g0", "g12", "g3", "none", "missing"] {
-            let expected = gateway_view(state.iter_resources(), Some(gw));
-            let shortcut = gateway_view(candidates(&state, gw).iter().copied(), Some(gw));
-            assert_eq!(shortcut, expected, "{gw}");
-        }
-    }
 }

@@ -13,14 +13,11 @@
 
 use std::sync::Mutex;
 
-use actix_web::{HttpResponse, web};
 use chrono::{DateTime, Utc};
 use dashmap::DashMap;
 use outpost_model::wire::Heartbeat;
 use serde::{Deserialize, Serialize};
 
-use super::error::ApiError;
-use super::gateway_api::GatewayApiState;
 use super::settings::InstanceSettings;
 
 /// Longest time between two sweeps of forgotten records (reads filter them out regardless).
@@ -223,57 +220,6 @@ impl InstanceRegistry {
 /// Whole seconds from `then` to `now`; 0 when `then` is in the future (clock steps).
 fn age_secs(then: DateTime<Utc>, now: DateTime<Utc>) -> u64 {
     u64::try_from((now - then).num_seconds()).unwrap_or(0)
-}
-
-// === admin routes ===
-
-pub(crate) async fn list_gateway_instances(
-    state: web::Data<GatewayApiState>,
-    name: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    let name = name.into_inner();
-    if state.store().state().get(&gateway_key(&name)).is_none() {
-        return Err(ApiError::NotFound(format!("gateway '{name}' not found")));
-    }
-    let list = statuses(state, Some(name)).await?;
-    Ok(HttpResponse::Ok().json(list))
-}
-
-pub(crate) async fn list_all_instances(
-    state: web::Data<GatewayApiState>,
-) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(statuses(state, None).await?))
-}
-
-fn gateway_key(name: &str) -> outpost_model::ResourceKey {
-    outpost_model::ResourceKey::new(outpost_model::Kind::Gateway, name)
-}
-
-/// Every instance (of one gateway or all) with its derived state. Computing the current view
-/// hashes may take a while on a large configuration, so it runs off the actix worker.
-async fn statuses(
-    state: web::Data<GatewayApiState>,
-    gateway: Option<String>,
-) -> Result<Vec<InstanceStatus>, ApiError> {
-    web::block(move || {
-        let now = Utc::now();
-        let current = state.store().state();
-        let mut hashes: std::collections::HashMap<String, String> = Default::default();
-        state
-            .instances()
-            .records(gateway.as_deref(), now)
-            .into_iter()
-            .map(|r| {
-                let hash = hashes
-                    .entry(r.gateway.clone())
-                    .or_insert_with(|| state.views().view(&r.gateway, &current).hash.clone())
-                    .clone();
-                state.instances().status(r, &hash, now)
-            })
-            .collect()
-    })
-    .await
-    .map_err(|e| ApiError::Internal(format!("instance listing: {e}")))
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 //! Admin listener (`admin.listen`):
 //! - `/` — the dashboard ([`dashboard`]);
 //! - `/api/v1/openapi.json` — the OpenAPI document ([`openapi`]), no authentication;
+//!   every admin route is listed once, in [`routes`];
 //! - `/api/v1/...` — the management API ([`admin_api`]) and the gateway admin routes
 //!   ([`gateway_api::configure_admin`]), behind `Authorization: Bearer <admin token>` ([`auth`]).
 //!
@@ -23,16 +24,19 @@ pub mod dashboard;
 pub mod data_dir;
 pub mod error;
 pub mod openapi;
+pub mod routes;
 pub mod settings;
 pub mod store;
 // --- gateway keys/tokens, gateway endpoint, instances, telemetry (owned by the gateway-API side) ---
 pub mod gateway_api;
+pub mod gateway_state;
 pub mod instances;
 pub mod telemetry;
 pub mod tokens;
+pub mod views;
 
 use std::net::{SocketAddr, TcpListener};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::server_thread::ServerThread;
@@ -45,9 +49,9 @@ use outpost_model::Problems;
 use self::admin_api::AdminState;
 use self::auth::AdminToken;
 use self::data_dir::DataDir;
-use self::gateway_api::GatewayApiState;
+use self::gateway_state::GatewayApiState;
 use self::settings::{ControlPlaneSettings, GatewayApiSettings};
-use self::store::{State, Store, StoreOptions};
+use self::store::{State, Store, StoreError, StoreOptions};
 use crate::settings::Validate;
 
 /// Name of the SQLite file in the data directory.
@@ -144,39 +148,67 @@ impl Drop for RunningControlPlane {
     }
 }
 
-/// Opens the store, resolves the admin token, starts both listeners and returns once they
-/// accept connections.
 /// Liveness for container health checks and load balancers: answers while the process serves.
 async fn healthz() -> actix_web::HttpResponse {
     actix_web::HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
 }
 
-pub fn start(settings: ControlPlaneSettings) -> Result<RunningControlPlane, String> {
+/// Why [`start`] refused to start; each message says what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid control plane settings:\n{0}")]
+    Settings(Problems),
+    #[error(transparent)]
+    DataDir(data_dir::DataDirError),
+    #[error("cannot open the store at {}: {source}", path.display())]
+    Store { path: PathBuf, source: StoreError },
+    #[error("{0}")]
+    AdminToken(String),
+    #[error("{0}")]
+    Tls(String),
+    #[error("cannot listen on {address} ({key}): {source}")]
+    Listen {
+        address: String,
+        key: &'static str,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    LocalAddr(std::io::Error),
+    #[error("cannot load the config signing key: {0}")]
+    SigningKey(StoreError),
+    /// The listeners' thread did not come up (its message says why).
+    #[error("{0}")]
+    Listeners(String),
+}
+
+/// Opens the store, resolves the admin token, starts both listeners and returns once they
+/// accept connections.
+pub fn start(settings: ControlPlaneSettings) -> Result<RunningControlPlane, StartError> {
     let mut problems = Problems::new();
     settings.validate(&mut problems);
     if !problems.is_empty() {
-        return Err(format!("invalid control plane settings:\n{problems}"));
+        return Err(StartError::Settings(problems));
     }
     let data_dir = open_data_dir(&settings)?;
     let store = open_store(&settings)?;
-    let (admin_token, source) = auth::resolve_admin_token(&settings)?;
+    let (admin_token, source) =
+        auth::resolve_admin_token(&settings).map_err(StartError::AdminToken)?;
     auth::announce(&admin_token, &source);
 
-    let tls = gateway_tls_config(&settings.gateway_api)?;
-    let admin_listener = TcpListener::bind(&settings.admin.listen).map_err(|e| {
-        format!(
-            "cannot listen on {} (admin.listen): {e}",
-            settings.admin.listen
-        )
-    })?;
-    let gateway_listener = TcpListener::bind(&settings.gateway_api.listen).map_err(|e| {
-        format!(
-            "cannot listen on {} (gateway_api.listen): {e}",
-            settings.gateway_api.listen
-        )
-    })?;
-    let admin_addr = admin_listener.local_addr().map_err(|e| e.to_string())?;
-    let gateway_addr = gateway_listener.local_addr().map_err(|e| e.to_string())?;
+    let tls = gateway_tls_config(&settings.gateway_api).map_err(StartError::Tls)?;
+    let bind = |key: &'static str, address: &str| {
+        TcpListener::bind(address).map_err(|source| StartError::Listen {
+            address: address.to_owned(),
+            key,
+            source,
+        })
+    };
+    let admin_listener = bind("admin.listen", &settings.admin.listen)?;
+    let gateway_listener = bind("gateway_api.listen", &settings.gateway_api.listen)?;
+    let admin_addr = admin_listener.local_addr().map_err(StartError::LocalAddr)?;
+    let gateway_addr = gateway_listener
+        .local_addr()
+        .map_err(StartError::LocalAddr)?;
     let gateway_tls = tls.is_some();
 
     let admin_state = web::Data::new(AdminState {
@@ -186,8 +218,7 @@ pub fn start(settings: ControlPlaneSettings) -> Result<RunningControlPlane, Stri
     // One instance for both listeners, so heartbeats received on the gateway listener show in
     // the admin API.
     let gateway_state = web::Data::new(
-        GatewayApiState::new(store.clone(), &settings)
-            .map_err(|e| format!("cannot load the config signing key: {e}"))?,
+        GatewayApiState::new(store.clone(), &settings).map_err(StartError::SigningKey)?,
     );
 
     let gw_state = gateway_state.clone();
@@ -202,7 +233,7 @@ pub fn start(settings: ControlPlaneSettings) -> Result<RunningControlPlane, Stri
                 .configure(dashboard::configure)
                 .configure(admin_api::configure_public)
                 .service(
-                    web::scope(admin_api::PREFIX)
+                    web::scope(routes::PREFIX)
                         .wrap(from_fn(auth::require_admin))
                         .configure(admin_api::configure_protected)
                         // Gateway keys, tokens, instances, telemetry (gateway_api.rs).
@@ -242,7 +273,8 @@ pub fn start(settings: ControlPlaneSettings) -> Result<RunningControlPlane, Stri
                 tracing::error!(listener = what, error = %e, "listener failed");
             }
         }
-    })?;
+    })
+    .map_err(StartError::Listeners)?;
     tracing::info!(
         admin = %admin_addr,
         gateway = %gateway_addr,
@@ -262,7 +294,7 @@ pub fn start(settings: ControlPlaneSettings) -> Result<RunningControlPlane, Stri
 }
 
 /// Checks, locks and makes private the data directory before anything reads or writes in it.
-fn open_data_dir(settings: &ControlPlaneSettings) -> Result<Option<DataDir>, String> {
+fn open_data_dir(settings: &ControlPlaneSettings) -> Result<Option<DataDir>, StartError> {
     if settings.store.data_dir == ":memory:" {
         return Ok(None);
     }
@@ -272,10 +304,10 @@ fn open_data_dir(settings: &ControlPlaneSettings) -> Result<Option<DataDir>, Str
         &[auth::TOKEN_FILE],
     )
     .map(Some)
-    .map_err(|e| e.to_string())
+    .map_err(StartError::DataDir)
 }
 
-fn open_store(settings: &ControlPlaneSettings) -> Result<Arc<Store>, String> {
+fn open_store(settings: &ControlPlaneSettings) -> Result<Arc<Store>, StartError> {
     let options = StoreOptions {
         change_log_limit: settings.store.change_log_limit,
     };
@@ -285,7 +317,10 @@ fn open_store(settings: &ControlPlaneSettings) -> Result<Arc<Store>, String> {
         Path::new(&settings.store.data_dir).join(DB_FILE)
     };
     let store = Store::open(&path, options)
-        .map_err(|e| format!("cannot open the store at {}: {e}", path.display()))?
+        .map_err(|source| StartError::Store {
+            path: path.clone(),
+            source,
+        })?
         // Every candidate configuration is compiled the way a gateway would compile it, so
         // nothing a gateway would refuse (an unsupported policy, say) is ever accepted.
         .with_validator(Box::new(|state: &State| {
@@ -325,7 +360,7 @@ fn gateway_tls_config(s: &GatewayApiSettings) -> Result<Option<rustls::ServerCon
 /// Runs the control plane until SIGINT or SIGTERM, then stops gracefully.
 pub fn run(settings: ControlPlaneSettings) -> Result<(), String> {
     crate::logging::init(&settings.log);
-    let running = start(settings)?;
+    let running = start(settings).map_err(|e| e.to_string())?;
     eprintln!(
         "outpost control plane: management API and dashboard on {}, gateway endpoint on {}",
         running.admin_url(),

@@ -1,19 +1,22 @@
-//! The OpenAPI 3.1 document of the management API, served at `/api/v1/openapi.json`.
+//! The OpenAPI 3.1 document of the management API, which `admin_api` serves at
+//! `/api/v1/openapi.json`.
 //!
-//! Paths come from the same table the router is built from ([`admin_api::routes`]) plus the
-//! table of the gateway admin routes ([`gateway_admin_routes`], served by `gateway_api`), so a
+//! Paths come from the same tables the routers are built from ([`routes`] and
+//! [`gateway_admin_routes`], served by `gateway_api`), so a
 //! route cannot be served undocumented or documented unserved (the integration tests check the
 //! second table against the live server). Resource schemas are written here; unit tests check
 //! them field by field against the model's serde types (property names, required fields).
 
-use actix_web::HttpResponse;
 use actix_web::http::Method;
 use outpost_model::Kind;
 use outpost_model::policy::Section;
 use outpost_model::resources::SECRET_MASK;
 use serde_json::{Map, Value, json};
 
-use super::admin_api::{self, DEFAULT_PAGE, MAX_PAGE, Op, PREFIX, REVISION_HEADER};
+use super::routes::{
+    DEFAULT_PAGE, GatewayAdminOp, MAX_PAGE, Op, REVISION_HEADER, crud_kinds, gateway_admin_routes,
+    routes,
+};
 
 /// An ETag as the server reads it (`"12"`, `W/"12"` or `12`); 19 digits always fit a revision.
 const REVISION_ETAG: &str = r#"^(W/)?("[0-9]{1,19}"|[0-9]{1,19})$"#;
@@ -54,133 +57,83 @@ fn any_case(word: &str) -> String {
         .collect()
 }
 
-/// `GET /api/v1/openapi.json` (no authentication).
-pub async fn serve() -> HttpResponse {
-    HttpResponse::Ok().json(document())
-}
-
-/// A documented route served by another module.
-#[derive(Debug, Clone)]
-pub struct DocRoute {
-    pub method: Method,
-    pub path: String,
-    pub operation: Value,
-}
-
-/// The admin routes of `gateway_api::configure_admin` (tokens, keys, instances, telemetry).
-pub fn gateway_admin_routes() -> Vec<DocRoute> {
+/// The documentation of a gateway admin route.
+fn gateway_operation(op: GatewayAdminOp) -> Value {
     let name = || param_ref("Name");
-    let route = |method: Method, path: &str, operation: Value| DocRoute {
-        method,
-        path: format!("{PREFIX}{path}"),
-        operation,
-    };
-    vec![
-        route(
-            Method::POST,
-            "/gateways/{name}/token",
-            json!({
-                "tags": ["gateway access"],
-                "operationId": "mintGatewayToken",
-                "summary": "Mint a gateway token",
-                "description": "Mints `GatewayKey <gateway>&<expiry yyyyMMddHHmm>&<base64 HMAC-SHA512>` from one of the gateway's keys. Give `expiry` or `lifetime-secs`, or neither for the longest lifetime allowed (`tokens.max_lifetime_days`).",
-                "parameters": [name()],
-                "requestBody": json_body("TokenRequest", true),
-                "responses": responses(
-                    ok("200", "The token; send it as the gateway's `Authorization` header.", schema_ref("TokenResponse")),
-                    &["400", "401", "404"],
-                ),
-            }),
-        ),
-        route(
-            Method::GET,
-            "/gateways/{name}/keys",
-            json!({
-                "tags": ["gateway access"],
-                "operationId": "getGatewayKeys",
-                "summary": "Get the gateway's primary and secondary keys",
-                "parameters": [name()],
-                "responses": responses(ok("200", "The keys.", schema_ref("GatewayKeys")), &["401", "404"]),
-            }),
-        ),
-        route(
-            Method::POST,
-            "/gateways/{name}/keys/regenerate",
-            json!({
-                "tags": ["gateway access"],
-                "operationId": "regenerateGatewayKey",
-                "summary": "Regenerate one gateway key",
-                "description": "Every token minted from the old key stops working at once.",
-                "parameters": [name()],
-                "requestBody": json_body("RegenerateKeyRequest", true),
-                "responses": responses(ok("200", "The new keys.", schema_ref("GatewayKeys")), &["400", "401", "404"]),
-            }),
-        ),
-        route(
-            Method::GET,
-            "/signing-keys",
-            json!({
-                "tags": ["gateway access"],
-                "operationId": "getSigningKeys",
-                "summary": "Get the config signing keys",
-                "description": "The Ed25519 public key every gateway configuration is signed with (`active`), to give gateways out of band in `control_plane.config_signing_keys`, and every earlier key. Private keys never leave the store.",
-                "responses": responses(ok("200", "The keys.", schema_ref("SigningKeys")), &["401"]),
-            }),
-        ),
-        route(
-            Method::POST,
-            "/signing-keys/rotate",
-            json!({
-                "tags": ["gateway access"],
-                "operationId": "rotateSigningKey",
-                "summary": "Rotate the config signing key",
-                "description": "Creates a new key pair and signs configurations with it from now on. The previous key endorses the new one; every config answer carries the endorsements, so gateways that trust the previous key (configured or pinned) accept the new one. Then add the new key to the gateways that list keys explicitly and remove the old one.",
-                "responses": responses(ok("200", "The keys after the rotation.", schema_ref("SigningKeys")), &["401"]),
-            }),
-        ),
-        route(
-            Method::GET,
-            "/gateways/{name}/instances",
-            json!({
-                "tags": ["gateway status"],
-                "operationId": "listGatewayInstances",
-                "summary": "List a gateway's instances and their sync state",
-                "parameters": [name()],
-                "responses": responses(
-                    ok("200", "Instances, from their heartbeats.", json!({"type": "array", "items": schema_ref("InstanceStatus")})),
-                    &["401", "404"],
-                ),
-            }),
-        ),
-        route(
-            Method::GET,
-            "/instances",
-            json!({
-                "tags": ["gateway status"],
-                "operationId": "listInstances",
-                "summary": "List the instances of every gateway",
-                "responses": responses(
-                    ok("200", "Instances, from their heartbeats.", json!({"type": "array", "items": schema_ref("InstanceStatus")})),
-                    &["401"],
-                ),
-            }),
-        ),
-        route(
-            Method::GET,
-            "/telemetry",
-            json!({
-                "tags": ["gateway status"],
-                "operationId": "getTelemetrySummary",
-                "summary": "Request metrics reported by the gateways",
-                "parameters": [
-                    query_param("gateway", json!({"type": "string"}), "Only this gateway."),
-                    query_param("api", json!({"type": "string"}), "Only this API."),
-                    query_param("minutes", json!({"type": "integer", "minimum": 1, "maximum": 1440, "default": 60}), "Minutes back from now."),
-                ],
-                "responses": responses(ok("200", "Aggregates per API.", schema_ref("TelemetrySummary")), &["400", "401"]),
-            }),
-        ),
-    ]
+    match op {
+        GatewayAdminOp::MintGatewayToken => json!({
+            "tags": ["gateway access"],
+            "operationId": "mintGatewayToken",
+            "summary": "Mint a gateway token",
+            "description": "Mints `GatewayKey <gateway>&<expiry yyyyMMddHHmm>&<base64 HMAC-SHA512>` from one of the gateway's keys. Give `expiry` or `lifetime-secs`, or neither for the longest lifetime allowed (`tokens.max_lifetime_days`).",
+            "parameters": [name()],
+            "requestBody": json_body("TokenRequest", true),
+            "responses": responses(
+                ok("200", "The token; send it as the gateway's `Authorization` header.", schema_ref("TokenResponse")),
+                &["400", "401", "404"],
+            ),
+        }),
+        GatewayAdminOp::GetGatewayKeys => json!({
+            "tags": ["gateway access"],
+            "operationId": "getGatewayKeys",
+            "summary": "Get the gateway's primary and secondary keys",
+            "parameters": [name()],
+            "responses": responses(ok("200", "The keys.", schema_ref("GatewayKeys")), &["401", "404"]),
+        }),
+        GatewayAdminOp::RegenerateGatewayKey => json!({
+            "tags": ["gateway access"],
+            "operationId": "regenerateGatewayKey",
+            "summary": "Regenerate one gateway key",
+            "description": "Every token minted from the old key stops working at once.",
+            "parameters": [name()],
+            "requestBody": json_body("RegenerateKeyRequest", true),
+            "responses": responses(ok("200", "The new keys.", schema_ref("GatewayKeys")), &["400", "401", "404"]),
+        }),
+        GatewayAdminOp::GetSigningKeys => json!({
+            "tags": ["gateway access"],
+            "operationId": "getSigningKeys",
+            "summary": "Get the config signing keys",
+            "description": "The Ed25519 public key every gateway configuration is signed with (`active`), to give gateways out of band in `control_plane.config_signing_keys`, and every earlier key. Private keys never leave the store.",
+            "responses": responses(ok("200", "The keys.", schema_ref("SigningKeys")), &["401"]),
+        }),
+        GatewayAdminOp::RotateSigningKey => json!({
+            "tags": ["gateway access"],
+            "operationId": "rotateSigningKey",
+            "summary": "Rotate the config signing key",
+            "description": "Creates a new key pair and signs configurations with it from now on. The previous key endorses the new one; every config answer carries the endorsements, so gateways that trust the previous key (configured or pinned) accept the new one. Then add the new key to the gateways that list keys explicitly and remove the old one.",
+            "responses": responses(ok("200", "The keys after the rotation.", schema_ref("SigningKeys")), &["401"]),
+        }),
+        GatewayAdminOp::ListGatewayInstances => json!({
+            "tags": ["gateway status"],
+            "operationId": "listGatewayInstances",
+            "summary": "List a gateway's instances and their sync state",
+            "parameters": [name()],
+            "responses": responses(
+                ok("200", "Instances, from their heartbeats.", json!({"type": "array", "items": schema_ref("InstanceStatus")})),
+                &["401", "404"],
+            ),
+        }),
+        GatewayAdminOp::ListInstances => json!({
+            "tags": ["gateway status"],
+            "operationId": "listInstances",
+            "summary": "List the instances of every gateway",
+            "responses": responses(
+                ok("200", "Instances, from their heartbeats.", json!({"type": "array", "items": schema_ref("InstanceStatus")})),
+                &["401"],
+            ),
+        }),
+        GatewayAdminOp::GetTelemetrySummary => json!({
+            "tags": ["gateway status"],
+            "operationId": "getTelemetrySummary",
+            "summary": "Request metrics reported by the gateways",
+            "parameters": [
+                query_param("gateway", json!({"type": "string"}), "Only this gateway."),
+                query_param("api", json!({"type": "string"}), "Only this API."),
+                query_param("minutes", json!({"type": "integer", "minimum": 1, "maximum": 1440, "default": 60}), "Minutes back from now."),
+            ],
+            "responses": responses(ok("200", "Aggregates per API.", schema_ref("TelemetrySummary")), &["400", "401"]),
+        }),
+    }
 }
 
 /// The whole document.
@@ -192,11 +145,11 @@ pub fn document() -> Value {
             .or_insert_with(|| Value::Object(Map::new()));
         item[method.as_str().to_ascii_lowercase()] = op;
     };
-    for route in admin_api::routes() {
+    for route in routes() {
         add(&route.path, &route.method, operation(route.op));
     }
     for route in gateway_admin_routes() {
-        add(&route.path, &route.method, route.operation);
+        add(&route.path, &route.method, gateway_operation(route.op));
     }
     json!({
         "openapi": "3.1.0",
@@ -489,7 +442,7 @@ fn json_body(schema: &str, required: bool) -> Value {
 fn components() -> Value {
     let mut schemas = resource_schemas();
     let s = schemas.as_object_mut().expect("object");
-    for kind in admin_api::crud_kinds() {
+    for kind in crud_kinds() {
         let mut body = s[schema_name(kind)].clone();
         body["properties"]
             .as_object_mut()
@@ -833,7 +786,7 @@ fn declarative_file_schema() -> Value {
         "apiVersion": {"type": "string", "const": outpost_model::document::API_VERSION},
         "policies": schema_ref("PolicyDocument"),
     });
-    for kind in admin_api::crud_kinds() {
+    for kind in crud_kinds() {
         props[kind.plural()] = json!({"type": ["array", "null"], "items": schema_ref(schema_name(kind)), "description": "null is an empty section."});
     }
     strict(props, &["apiVersion"])
@@ -1043,7 +996,7 @@ mod tests {
     #[test]
     fn every_route_is_documented_once_with_its_parameters() {
         let doc = document();
-        for route in admin_api::routes() {
+        for route in routes() {
             let op = &doc["paths"][&route.path][route.method.as_str().to_ascii_lowercase()];
             assert!(
                 op.is_object(),
@@ -1063,10 +1016,7 @@ mod tests {
             .values()
             .map(|item| item.as_object().unwrap().len())
             .sum();
-        assert_eq!(
-            ops,
-            admin_api::routes().len() + gateway_admin_routes().len()
-        );
+        assert_eq!(ops, routes().len() + gateway_admin_routes().len());
         let ids: Vec<&str> = doc["paths"]
             .as_object()
             .unwrap()

@@ -3,7 +3,8 @@
 use outpost_model::Problems;
 use serde::{Deserialize, Serialize};
 
-use crate::settings::Validate;
+use crate::logging::LogSettings;
+use crate::settings::{Validate, check_listen};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -66,16 +67,6 @@ pub struct InstanceSettings {
     pub forget_after_secs: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LogSettings {
-    /// `error`, `warn`, `info`, `debug`, `trace` (or `off`), or comma-separated directives
-    /// `level` / `target=level` (`info,outpost=debug`); checked at load.
-    pub level: String,
-    /// `text` or `json`.
-    pub format: String,
-}
-
 impl Default for ControlPlaneSettings {
     fn default() -> Self {
         Self {
@@ -131,15 +122,6 @@ impl Default for InstanceSettings {
         ControlPlaneSettings::default().instances
     }
 }
-impl Default for LogSettings {
-    fn default() -> Self {
-        Self {
-            level: "info".into(),
-            format: "text".into(),
-        }
-    }
-}
-
 impl Validate for ControlPlaneSettings {
     fn validate(&self, p: &mut Problems) {
         check_listen(p, "admin.listen", &self.admin.listen);
@@ -178,27 +160,6 @@ impl Validate for ControlPlaneSettings {
             );
         }
         self.log.validate(p);
-    }
-}
-
-impl Validate for LogSettings {
-    fn validate(&self, p: &mut Problems) {
-        if !matches!(self.format.as_str(), "text" | "json") {
-            p.push("log.format", "must be text or json");
-        }
-        if let Err(e) = crate::logging::check_level(&self.level) {
-            p.push("log.level", e);
-        }
-    }
-}
-
-/// Checks a `host:port` listen address.
-pub fn check_listen(p: &mut Problems, key: &str, value: &str) {
-    if value.parse::<std::net::SocketAddr>().is_err() {
-        p.push(
-            key,
-            format!("'{value}' is not an address:port such as 0.0.0.0:7070"),
-        );
     }
 }
 

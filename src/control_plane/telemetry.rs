@@ -15,13 +15,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 
-use actix_web::{HttpResponse, web};
 use chrono::{DateTime, Utc};
 use outpost_model::wire::TelemetryBatch;
 use serde::{Deserialize, Serialize};
-
-use super::error::ApiError;
-use super::gateway_api::GatewayApiState;
 
 /// Minutes of history kept (one day).
 pub const RETENTION_MINUTES: i64 = 24 * 60;
@@ -267,33 +263,6 @@ pub struct ApiSummary {
     pub response_bytes: u64,
     /// Request count per status code.
     pub statuses: BTreeMap<String, u64>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-pub struct SummaryQuery {
-    pub gateway: Option<String>,
-    pub api: Option<String>,
-    /// Minutes back from now, 1..=1440; default 60.
-    pub minutes: Option<i64>,
-}
-
-pub(crate) async fn get_summary(
-    state: web::Data<GatewayApiState>,
-    query: web::Query<SummaryQuery>,
-) -> Result<HttpResponse, ApiError> {
-    let minutes = query.minutes.unwrap_or(60);
-    if !(1..=RETENTION_MINUTES).contains(&minutes) {
-        return Err(ApiError::BadRequest(format!(
-            "minutes must be 1..={RETENTION_MINUTES}"
-        )));
-    }
-    Ok(HttpResponse::Ok().json(state.telemetry().summary(
-        query.gateway.as_deref(),
-        query.api.as_deref(),
-        minutes,
-        Utc::now(),
-    )))
 }
 
 #[cfg(test)]

@@ -13,11 +13,10 @@
 //! matches neither key, which read alike ([`INVALID_TOKEN`]): telling them apart would let anyone
 //! list the gateway names. "Expired" is said only once the signature verified.
 //!
-//! Admin routes (mounted under `/api/v1` by [`super::gateway_api::configure_admin`]):
+//! Admin routes (served by [`super::gateway_api::configure_admin`] under `/api/v1`):
 //! `POST /gateways/{name}/token`, `GET /gateways/{name}/keys`,
 //! `POST /gateways/{name}/keys/regenerate`.
 
-use actix_web::{HttpResponse, web};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use chrono::{DateTime, NaiveDateTime, TimeZone, Timelike, Utc};
@@ -26,7 +25,6 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha512;
 
 use super::error::ApiError;
-use super::gateway_api::GatewayApiState;
 use super::store::{GatewayKeys, KeyType};
 
 /// The `Authorization` scheme of gateway tokens.
@@ -371,41 +369,6 @@ fn describe_lifetime(secs: i64) -> String {
         (secs, "second")
     };
     format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
-}
-
-pub(crate) async fn mint_token(
-    state: web::Data<GatewayApiState>,
-    name: web::Path<String>,
-    body: web::Json<TokenRequest>,
-) -> Result<HttpResponse, ApiError> {
-    let now = Utc::now();
-    let expiry = requested_expiry(&body, now, state.max_token_lifetime_days())?;
-    let keys = state.keys(&name).await?;
-    let key = match body.key {
-        KeyType::Primary => &keys.primary,
-        KeyType::Secondary => &keys.secondary,
-    };
-    Ok(HttpResponse::Ok().json(TokenResponse {
-        value: mint(&name, key, expiry),
-        expiry,
-        key: body.key,
-        config_signing_keys: vec![state.signing_public_key()],
-    }))
-}
-
-pub(crate) async fn get_keys(
-    state: web::Data<GatewayApiState>,
-    name: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(state.keys(&name).await?))
-}
-
-pub(crate) async fn regenerate_key(
-    state: web::Data<GatewayApiState>,
-    name: web::Path<String>,
-    body: web::Json<RegenerateRequest>,
-) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(state.regenerate_key(&name, body.key).await?))
 }
 
 #[cfg(test)]

@@ -3,8 +3,8 @@
 use outpost_model::Problems;
 use serde::{Deserialize, Serialize};
 
-use crate::control_plane::settings::{LogSettings, check_listen};
-use crate::settings::Validate;
+use crate::logging::LogSettings;
+use crate::settings::{Validate, check_listen};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -456,7 +456,7 @@ mod tests {
             if let Some(v) = value {
                 env.insert("OUTPOST_OPS_READYZ_DETAIL".into(), v.into());
             }
-            crate::settings::load::<super::GatewaySettings>(None, &env)
+            crate::settings::load::<super::GatewaySettings>(None, &env, &Default::default())
         };
         assert!(load(None).unwrap().ops.readyz_detail);
         assert!(!load(Some("false")).unwrap().ops.readyz_detail);
@@ -481,7 +481,7 @@ mod tests {
                 ),
             ]
             .into();
-            crate::settings::load::<super::GatewaySettings>(None, &env)
+            crate::settings::load::<super::GatewaySettings>(None, &env, &Default::default())
         };
         let s = load(&format!("{good}, {good}")).unwrap();
         assert_eq!(s.control_plane.signing_keys().len(), 2);
@@ -514,7 +514,8 @@ mod tests {
             ]
             .into()
         };
-        let load = |e| crate::settings::load::<super::GatewaySettings>(None, &e);
+        let load =
+            |e| crate::settings::load::<super::GatewaySettings>(None, &e, &Default::default());
         let err = load(env("false", seeds)).unwrap_err().to_string();
         assert!(err.contains("set redis.cluster = true"), "{err}");
         let mut sentinels = env("false", seeds);
@@ -540,7 +541,7 @@ mod tests {
             let mut env: BTreeMap<String, String> =
                 [("OUTPOST_OFFLINE_CONFIG_FILE".into(), "/x.yaml".into())].into();
             env.extend(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-            crate::settings::load::<super::GatewaySettings>(None, &env)
+            crate::settings::load::<super::GatewaySettings>(None, &env, &Default::default())
         };
         let s = load(&[
             ("OUTPOST_REDIS_URL", "rediss://redis.internal:6380"),
