@@ -199,6 +199,53 @@ impl GatewayError {
         )
     }
 
+    /// A rate limit refused the call; the caller adds `Retry-After` and the remaining count.
+    pub fn rate_limited(wait_secs: u64) -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorSource::Policy,
+            "RateLimitExceeded",
+            format!("Rate limit is exceeded. Try again in {wait_secs} seconds."),
+        )
+    }
+
+    /// A quota is used up (`what`: "call volume" or "bandwidth") until it resets.
+    pub fn quota_exceeded(what: &str, resets_in_secs: u64) -> Self {
+        let s = resets_in_secs;
+        Self::new(
+            StatusCode::FORBIDDEN,
+            ErrorSource::Policy,
+            "QuotaExceeded",
+            format!(
+                "Out of {what} quota. Quota will be replenished in {:02}:{:02}:{:02}.",
+                s / 3600,
+                s / 60 % 60,
+                s % 60
+            ),
+        )
+    }
+
+    /// A limit could not be checked (the shared counter store is unreachable and the policy's
+    /// outage mode is `fail-closed`).
+    pub fn limit_unavailable() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorSource::Policy,
+            "LimitUnavailable",
+            "The limit cannot be checked right now (shared counter store unreachable). Try again shortly.",
+        )
+    }
+
+    /// `limit-concurrency` is at its maximum for this key.
+    pub fn concurrency_exceeded() -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorSource::Policy,
+            "ConcurrencyLimitExceeded",
+            "Too many concurrent requests; retry later.",
+        )
+    }
+
     pub fn no_configuration() -> Self {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -17,7 +17,6 @@
 use std::time::Duration;
 
 use actix_web::body::{BodySize, MessageBody};
-use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderName, HeaderValue};
 use outpost_actors::route_table::steps::{
     LimitConcurrencyStep, QuotaStep, RateLimitByKeyStep, RateLimitOf, RateLimitStep,
@@ -28,15 +27,6 @@ use outpost_actors::shared_state::{CountedBy, Decision, QuotaDecision, QuotaDelt
 use crate::gateway::error::GatewayError;
 use crate::gateway::exchange::{Exchange, Flow, PendingQuota, Response, Runtime};
 
-fn json(status: StatusCode, message: String) -> Response {
-    let body = serde_json::json!({"statusCode": status.as_u16(), "message": message}).to_string();
-    Response::new(
-        status,
-        Some(HeaderValue::from_static("application/json")),
-        body,
-    )
-}
-
 fn secs(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
@@ -46,10 +36,7 @@ fn num(v: u64) -> HeaderValue {
 }
 
 fn unavailable(retry_after: Duration) -> Flow {
-    let mut res = json(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "The limit cannot be checked right now (shared counter store unreachable). Try again shortly.".into(),
-    );
+    let mut res = Response::from_error(&GatewayError::limit_unavailable());
     res.headers
         .insert(header::RETRY_AFTER, num(secs(retry_after).max(1)));
     Flow::Respond(res)
@@ -71,10 +58,7 @@ fn rate_outcome(
         }
         Verdict::Limited => {
             let wait = secs(d.retry_after).max(1);
-            let mut res = json(
-                StatusCode::TOO_MANY_REQUESTS,
-                format!("Rate limit is exceeded. Try again in {wait} seconds."),
-            );
+            let mut res = Response::from_error(&GatewayError::rate_limited(wait));
             res.headers.insert(retry_header.clone(), num(wait));
             res.headers.insert(remaining_header.clone(), num(0));
             Flow::Respond(res)
@@ -278,15 +262,7 @@ fn quota_exceeded(d: &QuotaDecision) -> Response {
         Some(l) if d.calls >= l => "call volume",
         _ => "bandwidth",
     };
-    let mut res = json(
-        StatusCode::FORBIDDEN,
-        format!(
-            "Out of {what} quota. Quota will be replenished in {:02}:{:02}:{:02}.",
-            s / 3600,
-            s / 60 % 60,
-            s % 60
-        ),
-    );
+    let mut res = Response::from_error(&GatewayError::quota_exceeded(what, s));
     res.headers.insert(header::RETRY_AFTER, num(s));
     res
 }
@@ -338,10 +314,6 @@ pub(super) fn limit_concurrency(
             ex.guards.push(guard);
             Ok(Flow::Continue)
         }
-        None => Err(GatewayError::policy(
-            429,
-            "ConcurrencyLimitExceeded",
-            "Too many concurrent requests; retry later.",
-        )),
+        None => Err(GatewayError::concurrency_exceeded()),
     }
 }
