@@ -398,3 +398,100 @@ async fn http2_is_served_when_the_client_asks_for_it_by_alpn() {
         );
     }
 }
+
+/// One HTTP/2 request over `io` (TLS or plain); status and body.
+async fn h2_request<T>(
+    io: T,
+    path: &str,
+    header: Option<(&str, String)>,
+    body: Option<Vec<u8>>,
+) -> (u16, Vec<u8>)
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+{
+    let (client, connection) = h2::client::handshake(io).await.unwrap();
+    actix_rt::spawn(async move {
+        let _ = connection.await;
+    });
+    let mut client = client.ready().await.unwrap();
+    let mut request = http::Request::post(format!("http://gateway{path}"));
+    if let Some((name, value)) = header {
+        request = request.header(name, value);
+    }
+    let request = request.body(()).unwrap();
+    let (response, mut stream) = client.send_request(request, body.is_none()).unwrap();
+    if let Some(body) = body {
+        stream.send_data(body.into(), true).unwrap();
+    }
+    let response = response.await.unwrap();
+    let status = response.status().as_u16();
+    let mut body = response.into_body();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        bytes.extend_from_slice(&chunk);
+    }
+    (status, bytes)
+}
+
+#[actix_rt::test]
+async fn h2c_with_prior_knowledge_keeps_the_limits() {
+    let config = r#"
+apiVersion: outpost/v1
+backends:
+  - {name: main, url: "BACKEND/api"}
+apis:
+  - name: orders
+    path: orders
+    backend: main
+    subscription-required: false
+    operations:
+      - {name: any, method: "*", url-template: "/{*rest}"}
+"#;
+    let gw = support::gateway_with(config, |s| {
+        s.listen.h2c = true;
+        s.limits.max_body_bytes = 1024;
+    })
+    .await;
+    let connect = || tokio::net::TcpStream::connect(gw.addr);
+
+    let (status, body) = h2_request(connect().await.unwrap(), "/orders/9", None, None).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let echo: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(echo["path"], "/api/9");
+    assert_eq!(echo["headers"]["x-forwarded-proto"], "http");
+
+    // A body: HTTP/2 frames it without Content-Length; the backend gets all of it.
+    let (status, body) = h2_request(
+        connect().await.unwrap(),
+        "/orders/9",
+        None,
+        Some(vec![b'y'; 700]),
+    )
+    .await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let echo: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(echo["bodyBytes"], 700, "{echo}");
+
+    // The header limit (32 KiB by default) and the body limit hold over HTTP/2.
+    let big = ("x-big", "a".repeat(40 * 1024));
+    let (status, body) = h2_request(connect().await.unwrap(), "/orders/9", Some(big), None).await;
+    assert_eq!(status, 431, "{}", String::from_utf8_lossy(&body));
+    let (status, body) = h2_request(
+        connect().await.unwrap(),
+        "/orders/9",
+        None,
+        Some(vec![b'x'; 4096]),
+    )
+    .await;
+    assert_eq!(status, 413, "{}", String::from_utf8_lossy(&body));
+
+    // HTTP/1.1 on the same port is served as before.
+    let (status, text) = support::raw(
+        gw.addr,
+        "GET /orders/1 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+}

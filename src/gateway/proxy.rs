@@ -183,13 +183,19 @@ pub fn start_traffic_servers(
     // SIGTERM does not wait for them until the shutdown timeout.
     let shutdown = builder.graceful_shutdown_signal();
     let plain = (traffic.clone(), shutdown.clone());
+    let h2c = settings.listen.h2c;
     builder = builder.listen("outpost-traffic", listener, move || {
         let (traffic, shutdown) = plain.clone();
-        fn_service(|io: TcpStream| async move {
+        fn_service(move |io: TcpStream| async move {
             let peer = io.peer_addr().ok();
             // Answers are written whole; Nagle would only delay the last segment.
             let _ = io.set_nodelay(true);
-            Ok::<_, DispatchError>((Connection::new(io), Protocol::Http1, peer))
+            let protocol = if h2c && starts_with_h2_preface(&io).await? {
+                Protocol::Http2
+            } else {
+                Protocol::Http1
+            };
+            Ok::<_, DispatchError>((Connection::new(io), protocol, peer))
         })
         .and_then(http::<TcpStream>(&traffic, http_addr, &shutdown, false))
     })?;
@@ -234,6 +240,30 @@ pub fn start_traffic_servers(
             stopping,
         },
     ))
+}
+
+/// Whether a plain connection opens with HTTP/2's connection preface (prior knowledge, RFC 9113
+/// §3.3). Peeked, so an HTTP/1.1 request is read by its codec as if nothing happened; a client
+/// that sends fewer bytes first is HTTP/1.1 (no HTTP/1 request is shorter than the preface's
+/// start, and an h2 client sends it whole).
+async fn starts_with_h2_preface(io: &TcpStream) -> Result<bool, DispatchError> {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0";
+    let mut buf = [0u8; 14];
+    let mut seen = 0;
+    // A peek returns what has arrived; wait (briefly, bounded by the client's own pace) until
+    // enough bytes are there to decide.
+    for _ in 0..8 {
+        // A client that sends nothing is left to the HTTP/1 codec's request timeout.
+        seen = match actix_rt::time::timeout(Duration::from_secs(5), io.peek(&mut buf)).await {
+            Ok(peeked) => peeked.map_err(DispatchError::Io)?,
+            Err(_) => return Ok(false),
+        };
+        if seen >= PREFACE.len() || seen == 0 || buf[..seen] != PREFACE[..seen] {
+            break;
+        }
+        actix_rt::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(seen >= PREFACE.len() && buf == *PREFACE)
 }
 
 /// The HTTP service (HTTP/1.1, or HTTP/2 as the connection's protocol says) over one
@@ -422,8 +452,46 @@ async fn serve(
         matched,
         subscription,
     };
-    let ex = build_exchange(req, payload, traffic, &table, accepted, record.client_ip);
+    let (payload, has_body) = request_body(req, payload, length).await;
+    let ex = build_exchange(
+        req,
+        payload,
+        has_body,
+        traffic,
+        &table,
+        accepted,
+        record.client_ip,
+    );
     Ok(run(ex, traffic, record).await)
+}
+
+/// The request body and whether there is one. HTTP/1 says so in its headers; HTTP/2 frames a
+/// body without `Content-Length` or chunked encoding, so whether one follows is known only from
+/// the stream (a request without one ends with its headers): its first chunk is read here and
+/// put back in front of the rest.
+async fn request_body(
+    req: &HttpRequest,
+    mut payload: actix_web::dev::Payload,
+    length: Option<u64>,
+) -> (actix_web::dev::Payload, bool) {
+    if let Some(length) = length {
+        return (payload, length > 0);
+    }
+    if req.version() != actix_web::http::Version::HTTP_2 {
+        return (
+            payload,
+            req.headers().contains_key(header::TRANSFER_ENCODING),
+        );
+    }
+    use futures_util::StreamExt;
+    match payload.next().await {
+        None => (actix_web::dev::Payload::None, false),
+        Some(first) => {
+            let rest: actix_http::BoxedPayloadStream =
+                Box::pin(futures_util::stream::once(async move { first }).chain(payload));
+            (actix_web::dev::Payload::from(rest), true)
+        }
+    }
 }
 
 /// The limits that need nothing but the request line and headers; the body's announced length.
@@ -614,6 +682,7 @@ fn authenticate(
 fn build_exchange(
     req: &HttpRequest,
     payload: actix_web::dev::Payload,
+    has_body: bool,
     traffic: &Traffic,
     table: &CompiledTable,
     accepted: Accepted<'_>,
@@ -656,7 +725,6 @@ fn build_exchange(
                 || (k != &traffic.key_query_encoded && percent_decode(k) != traffic.key_query)
         })
         .collect();
-    let has_body = length.is_some_and(|l| l > 0) || headers.contains_key(header::TRANSFER_ENCODING);
     Exchange {
         method: req.method().clone(),
         host,

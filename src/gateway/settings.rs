@@ -72,6 +72,9 @@ pub struct ListenSettings {
     pub https_default_hostname: String,
     /// Lowest TLS version accepted on `https`: "1.2" or "1.3".
     pub https_min_tls: String,
+    /// Also serve HTTP/2 without TLS (h2c, prior knowledge) on `http`, for clients and sidecars
+    /// inside a trusted network.
+    pub h2c: bool,
     /// `/healthz`, `/readyz`, `/metrics`, `/status-0123456789abcdef`.
     pub ops: String,
     /// Worker threads for the traffic listener; 0 means one per core.
@@ -202,6 +205,7 @@ impl Default for ListenSettings {
             https: "0.0.0.0:8443".into(),
             https_default_hostname: String::new(),
             https_min_tls: "1.2".into(),
+            h2c: false,
             ops: "0.0.0.0:8090".into(),
             workers: 0,
             trusted_proxies: Vec::new(),
