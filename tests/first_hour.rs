@@ -279,7 +279,9 @@ fn shown_keys(text: &str) -> Vec<String> {
         }
         let line = line.strip_prefix("# ").unwrap_or(line);
         if let Some((key, _)) = line.split_once(" = ")
-            && key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+            && key
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
         {
             keys.push(format!("{section}.{key}"));
         }
