@@ -115,6 +115,18 @@ async fn expect_uri(gw: &Gateway, path: &str, want: &str) {
     assert_eq!(body_of(&text), format!("uri={want}"), "{path}");
 }
 
+/// Every request the gateway recorded was from `ip` (as telemetry and logs see it).
+fn every_client_is(gw: &Gateway, ip: [u8; 4]) {
+    let ips: Vec<_> = gw
+        .records
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| r.client_ip)
+        .collect();
+    assert!(ips.iter().all(|c| *c == Some(ip.into())), "{ips:?}");
+}
+
 fn error_message(status: u16, text: &str, want: u16) -> String {
     assert_eq!(status, want, "{text}");
     let v: Value = serde_json::from_str(body_of(text)).unwrap_or_else(|e| panic!("{e}: {text}"));
@@ -292,17 +304,7 @@ async fn forwarding_headers_are_believed_only_from_trusted_proxies() {
     }
     let (status, text) = raw_get(&gw, "/orders/partners", spoof).await;
     assert_eq!(status, 403, "{text}");
-    let ips: Vec<_> = gw
-        .records
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|r| r.client_ip)
-        .collect();
-    assert!(
-        ips.iter().all(|ip| *ip == Some([127, 0, 0, 1].into())),
-        "{ips:?}"
-    );
+    every_client_is(&gw, [127, 0, 0, 1]);
 
     // Behind a trusted load balancer (here: loopback), the client is who it names.
     let gw = gateway_with(HEADER_CONFIG, |s| {
@@ -324,17 +326,7 @@ async fn forwarding_headers_are_believed_only_from_trusted_proxies() {
     );
     let (status, text) = raw_get(&gw, "/orders/partners", spoof).await;
     assert_eq!(status, 200, "{text}");
-    let ips: Vec<_> = gw
-        .records
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|r| r.client_ip)
-        .collect();
-    assert!(
-        ips.iter().all(|ip| *ip == Some([203, 0, 113, 9].into())),
-        "{ips:?}"
-    );
+    every_client_is(&gw, [203, 0, 113, 9]);
 }
 
 #[actix_rt::test]

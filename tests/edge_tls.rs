@@ -118,6 +118,15 @@ impl Edge {
     }
 
     fn client(&self, versions: &[&'static rustls::SupportedProtocolVersion]) -> Arc<ClientConfig> {
+        Arc::new(self.client_config(versions))
+    }
+
+    /// A client trusting this PKI's CA; every handshake a full one (a resumed session would
+    /// show the certificate of the session it resumes, not the one the gateway serves now).
+    fn client_config(
+        &self,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> ClientConfig {
         let mut roots = RootCertStore::empty();
         roots
             .add(CertificateDer::from_pem_slice(&self.pki.read("ca.pem")).unwrap())
@@ -128,10 +137,8 @@ impl Edge {
             .unwrap()
             .with_root_certificates(roots)
             .with_no_client_auth();
-        // Every handshake a full one: a resumed session would show the certificate of the
-        // session it resumes, not the one the gateway serves now.
         config.resumption = rustls::client::Resumption::disabled();
-        Arc::new(config)
+        config
     }
 }
 
@@ -253,16 +260,7 @@ async fn clients_without_sni_get_the_default_hostname_and_old_versions_can_be_re
 
     // No SNI (an IP address): the default hostname's certificate. The client then checks it
     // against the name it wanted, so verify against api.example.com by asking for it after.
-    let mut roots = RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(&edge.pki.read("ca.pem")).unwrap())
-        .unwrap();
-    let mut no_sni =
-        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+    let mut no_sni = edge.client_config(rustls::DEFAULT_VERSIONS);
     no_sni.enable_sni = false;
     let no_sni = Arc::new(no_sni);
     let leaf = blocking(move || {
@@ -345,16 +343,7 @@ fn a_certificate_that_does_not_parse_or_match_its_key_is_refused_at_compile() {
 async fn http2_is_served_when_the_client_asks_for_it_by_alpn() {
     let edge = Edge::start(None, MinTls::V1_2).await;
     let https = edge.addrs.https.unwrap();
-    let mut roots = RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(&edge.pki.read("ca.pem")).unwrap())
-        .unwrap();
-    let mut config =
-        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+    let mut config = edge.client_config(rustls::DEFAULT_VERSIONS);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = tokio::net::TcpStream::connect(https).await.unwrap();
