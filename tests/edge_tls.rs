@@ -388,6 +388,17 @@ async fn http2_is_served_when_the_client_asks_for_it_by_alpn() {
     }
 }
 
+/// One HTTP/2 request with prior knowledge (h2c) to `addr`; status and body.
+async fn h2c_request(
+    addr: SocketAddr,
+    path: &str,
+    header: Option<(&str, String)>,
+    body: Option<Vec<u8>>,
+) -> (u16, Vec<u8>) {
+    let io = tokio::net::TcpStream::connect(addr).await.unwrap();
+    h2_request(io, path, header, body).await
+}
+
 /// One HTTP/2 request over `io` (TLS or plain); status and body.
 async fn h2_request<T>(
     io: T,
@@ -443,37 +454,24 @@ apis:
         s.limits.max_body_bytes = 1024;
     })
     .await;
-    let connect = || tokio::net::TcpStream::connect(gw.addr);
 
-    let (status, body) = h2_request(connect().await.unwrap(), "/orders/9", None, None).await;
+    let (status, body) = h2c_request(gw.addr, "/orders/9", None, None).await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     let echo: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(echo["path"], "/api/9");
     assert_eq!(echo["headers"]["x-forwarded-proto"], "http");
 
     // A body: HTTP/2 frames it without Content-Length; the backend gets all of it.
-    let (status, body) = h2_request(
-        connect().await.unwrap(),
-        "/orders/9",
-        None,
-        Some(vec![b'y'; 700]),
-    )
-    .await;
+    let (status, body) = h2c_request(gw.addr, "/orders/9", None, Some(vec![b'y'; 700])).await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     let echo: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(echo["bodyBytes"], 700, "{echo}");
 
     // The header limit (32 KiB by default) and the body limit hold over HTTP/2.
     let big = ("x-big", "a".repeat(40 * 1024));
-    let (status, body) = h2_request(connect().await.unwrap(), "/orders/9", Some(big), None).await;
+    let (status, body) = h2c_request(gw.addr, "/orders/9", Some(big), None).await;
     assert_eq!(status, 431, "{}", String::from_utf8_lossy(&body));
-    let (status, body) = h2_request(
-        connect().await.unwrap(),
-        "/orders/9",
-        None,
-        Some(vec![b'x'; 4096]),
-    )
-    .await;
+    let (status, body) = h2c_request(gw.addr, "/orders/9", None, Some(vec![b'x'; 4096])).await;
     assert_eq!(status, 413, "{}", String::from_utf8_lossy(&body));
 
     // HTTP/1.1 on the same port is served as before.
