@@ -34,6 +34,7 @@ pub mod proxy;
 pub mod settings;
 pub mod stores;
 pub mod tls;
+pub mod upgrade;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
