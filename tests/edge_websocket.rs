@@ -39,7 +39,7 @@ struct Seen {
 }
 
 /// A WebSocket echo server: sends every text and binary message back; `close-me` makes it
-/// close with 4000 "bye"; a handshake for `/ws/refuse…` is refused with a 403 and a JSON body;
+/// close with 4000 "bye"; `flood` makes it send 64 MiB; a handshake for `/ws/refuse…` is refused with a 403 and a JSON body;
 /// the `chat` subprotocol is accepted when offered.
 struct Echo {
     addr: SocketAddr,
@@ -138,6 +138,15 @@ async fn echo<S: AsyncRead + AsyncWrite + Unpin>(io: S, seen: Arc<Mutex<Seen>>) 
                     reason: "bye".into(),
                 };
                 let _ = ws.close(Some(bye)).await;
+            }
+            Ok(Message::Text(t)) if t.as_str() == "flood" => {
+                // More than every buffer on the way holds: blocks once the client stops reading.
+                let chunk = Message::binary(vec![0u8; 1 << 20]);
+                for _ in 0..64 {
+                    if ws.send(chunk.clone()).await.is_err() {
+                        break;
+                    }
+                }
             }
             Ok(m @ (Message::Text(_) | Message::Binary(_))) => {
                 if ws.send(m).await.is_err() {
@@ -557,6 +566,38 @@ async fn an_idle_connection_is_closed_and_counted() {
         metric(r#"outpost_websocket_closed_total{api="quiet",reason="idle"}"#) == Some(1.0)
     })
     .await;
+}
+
+/// A client that stops reading while the backend sends leaves the gateway unable to write,
+/// with no bytes moving: that is idle too, and both sides are closed.
+#[actix_rt::test]
+async fn a_client_that_stops_reading_is_closed_when_idle() {
+    outpost::gateway::ops::prometheus();
+    let echo = Echo::start(None).await;
+    let backend = format!("http://{}", echo.addr);
+    let yaml = config(&backend, false, "", "").replace("name: chat", "name: stuck");
+    let gw = gateway_with(&yaml, |s| s.limits.websocket_idle_secs = 1).await;
+    let (mut ws, _) = open(gw.addr, "/chat/room", &[]).await.expect("upgraded");
+    ws.send(Message::text("flood")).await.unwrap();
+    eventually("the stalled connection is closed as idle", || {
+        metric(r#"outpost_websocket_closed_total{api="stuck",reason="idle"}"#) == Some(1.0)
+    })
+    .await;
+    eventually("the backend's side is closed", || {
+        echo.seen.lock().unwrap().ended == 1
+    })
+    .await;
+    // What the client had received is still readable; then the connection ends.
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(60), ws.next())
+            .await
+            .expect("the connection ends");
+        match next {
+            Some(Ok(Message::Binary(_))) => {}
+            Some(Err(_)) | None => break,
+            Some(Ok(other)) => panic!("unexpected {other:?}"),
+        }
+    }
 }
 
 /// A sample of the process's Prometheus recorder.

@@ -84,6 +84,8 @@ pub struct ClientUpgrade {
     pub stream: Payload,
     /// Notified when the traffic server starts a graceful stop; `None` outside a server.
     pub shutdown: Option<actix_server::GracefulShutdownSignal>,
+    /// The client's connection, to cut it when the gateway ends the tunnel itself.
+    pub conn: Option<super::listener::ConnState>,
 }
 
 /// A response on its way to the client: from the backend (streaming), or made by the gateway.

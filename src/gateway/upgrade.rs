@@ -20,14 +20,13 @@
 //! The gateway does not parse WebSocket frames: messages, pings and close frames pass as they
 //! are, and a connection it closes itself (idle, stopping) is closed without a close frame.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use actix_http::h1::ClientCodec;
@@ -45,12 +44,13 @@ use outpost_actors::route_table::tls::TlsProfile;
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 use tokio_util::codec::{Framed, FramedParts};
 
 use super::error::GatewayError;
 use super::exchange::{ClientUpgrade, Exchange, Response, Runtime};
 use super::forward::strip_hop_by_hop;
+use super::listener::ConnState;
 
 const SEC_WEBSOCKET_KEY: HeaderName = HeaderName::from_static("sec-websocket-key");
 const SEC_WEBSOCKET_VERSION: HeaderName = HeaderName::from_static("sec-websocket-version");
@@ -149,6 +149,7 @@ pub fn client_side(req: &HttpRequest, handshake: Handshake, stream: Payload) -> 
         shutdown: req
             .conn_data::<actix_server::GracefulShutdownSignal>()
             .cloned(),
+        conn: req.conn_data::<ConnState>().cloned(),
     }
 }
 
@@ -339,8 +340,8 @@ async fn connect(uri: &Uri, tls: &TlsProfile) -> Result<BackendIo, SendRequestEr
 
 thread_local! {
     /// Per TLS profile, its client configuration offering HTTP/1.1 alone by ALPN.
-    static HTTP1_CONFIGS: std::cell::RefCell<HashMap<u64, Arc<ClientConfig>>> =
-        std::cell::RefCell::new(HashMap::new());
+    static HTTP1_CONFIGS: RefCell<HashMap<u64, Arc<ClientConfig>>> =
+        RefCell::new(HashMap::new());
 }
 
 /// The backend's TLS configuration, offering no protocol but HTTP/1.1: the upgrade is an
@@ -439,25 +440,57 @@ impl Ended {
     }
 }
 
-/// The backend's side of an upgraded connection, as the body of the client's 101: yields what
-/// the backend sends; ends when the backend closes, on idleness or when the gateway stops.
-/// Dropped (the client went away, or the answer is done), it stops the client→backend pump,
-/// which closes the backend connection.
-struct Tunnel {
+/// What both directions of a tunnel share (they run on the same worker thread).
+struct Shared {
     api: Arc<str>,
+    /// When a byte last went either way.
+    activity: Cell<Instant>,
+    ended: Cell<Option<Ended>>,
+    /// The client connection's task (actix-http's dispatcher, which polls [`Tunnel`]).
+    dispatcher: RefCell<Option<Waker>>,
+    conn: Option<ConnState>,
+    open: metrics::Gauge,
+}
+
+impl Shared {
+    /// Ends the tunnel once (the first reason counts). The gateway's own reasons cut the
+    /// client's connection: a client that does not read leaves the dispatcher waiting to write
+    /// and never polling [`Tunnel`] again, so only a failing socket gets it to drop the tunnel.
+    fn end(&self, why: Ended) {
+        if self.ended.get().is_some() {
+            return;
+        }
+        self.ended.set(Some(why));
+        tracing::debug!(api = %self.api, reason = why.label(), "websocket connection closed");
+        metrics::counter!(
+            "outpost_websocket_closed_total",
+            "api" => self.api.clone(),
+            "reason" => why.label(),
+        )
+        .increment(1);
+        if matches!(why, Ended::Idle | Ended::Stopping) {
+            if let Some(conn) = &self.conn {
+                conn.cut();
+            }
+            if let Some(dispatcher) = self.dispatcher.take() {
+                dispatcher.wake();
+            }
+        }
+    }
+}
+
+/// The backend's side of an upgraded connection, as the body of the client's 101: yields what
+/// the backend sends, and ends when the backend closes or the tunnel is ended by [`pump`].
+/// Dropped (the client went away, or the answer is done), it stops [`pump`], which closes the
+/// backend connection.
+struct Tunnel {
+    shared: Rc<Shared>,
     /// What the backend sent right behind its 101.
     first: Bytes,
     backend: ReadHalf<BackendIo>,
     buf: BytesMut,
-    idle: Duration,
-    /// When a byte last went either way.
-    activity: Rc<Cell<Instant>>,
-    timer: Pin<Box<Sleep>>,
-    stopping: Option<Pin<Box<dyn Future<Output = ()>>>>,
     pump: tokio::task::JoinHandle<()>,
     to_client: metrics::Counter,
-    open: metrics::Gauge,
-    ended: Option<Ended>,
 }
 
 impl Tunnel {
@@ -469,8 +502,6 @@ impl Tunnel {
         idle: Duration,
     ) -> Tunnel {
         let (backend, to_backend) = tokio::io::split(io);
-        let now = Instant::now();
-        let activity = Rc::new(Cell::new(now));
         let counter = |direction: &'static str| {
             metrics::counter!(
                 "outpost_websocket_bytes_total",
@@ -478,43 +509,34 @@ impl Tunnel {
                 "direction" => direction,
             )
         };
+        let open = metrics::gauge!("outpost_websocket_connections", "api" => api.clone());
+        open.increment(1);
+        let shared = Rc::new(Shared {
+            api: api.clone(),
+            activity: Cell::new(Instant::now()),
+            ended: Cell::new(None),
+            dispatcher: RefCell::new(None),
+            conn: client.conn,
+            open,
+        });
         let pump = actix_rt::spawn(pump(
             client.stream,
             to_backend,
-            activity.clone(),
+            shared.clone(),
+            Watch {
+                idle,
+                stopping: client.shutdown,
+            },
             counter("to_backend"),
         ));
-        let open = metrics::gauge!("outpost_websocket_connections", "api" => api.clone());
-        open.increment(1);
         Tunnel {
-            api: api.clone(),
+            shared,
             first,
             backend,
             buf: BytesMut::new(),
-            idle,
-            activity,
-            timer: Box::pin(tokio::time::sleep_until(now + idle)),
-            stopping: client.shutdown.map(|signal| {
-                Box::pin(async move { signal.notified().await })
-                    as Pin<Box<dyn Future<Output = ()>>>
-            }),
             pump,
             to_client: counter("to_client"),
-            open,
-            ended: None,
         }
-    }
-
-    fn end(&mut self, why: Ended) -> Poll<Option<Result<Bytes, io::Error>>> {
-        self.ended = Some(why);
-        tracing::debug!(api = %self.api, reason = why.label(), "websocket connection closed");
-        metrics::counter!(
-            "outpost_websocket_closed_total",
-            "api" => self.api.clone(),
-            "reason" => why.label(),
-        )
-        .increment(1);
-        Poll::Ready(None)
     }
 }
 
@@ -530,20 +552,15 @@ impl MessageBody for Tunnel {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Bytes, Self::Error>>> {
         let this = self.get_mut();
-        if this.ended.is_some() {
+        let shared = &*this.shared;
+        if shared.ended.get().is_some() {
             return Poll::Ready(None);
         }
-        if let Some(stopping) = &mut this.stopping
-            && stopping.as_mut().poll(cx).is_ready()
         {
-            return this.end(Ended::Stopping);
-        }
-        while this.timer.as_mut().poll(cx).is_ready() {
-            let deadline = this.activity.get() + this.idle;
-            if deadline <= Instant::now() {
-                return this.end(Ended::Idle);
+            let mut dispatcher = shared.dispatcher.borrow_mut();
+            if !dispatcher.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *dispatcher = Some(cx.waker().clone());
             }
-            this.timer.as_mut().reset(deadline);
         }
         if !this.first.is_empty() {
             let first = std::mem::take(&mut this.first);
@@ -555,15 +572,17 @@ impl MessageBody for Tunnel {
         }
         match tokio_util::io::poll_read_buf(Pin::new(&mut this.backend), cx, &mut this.buf) {
             Poll::Pending => Poll::Pending,
-            Poll::Ready(Ok(0)) => this.end(Ended::BackendClosed),
-            Poll::Ready(Ok(n)) => {
-                this.activity.set(Instant::now());
+            Poll::Ready(Ok(n)) if n > 0 => {
+                shared.activity.set(Instant::now());
                 this.to_client.increment(n as u64);
                 Poll::Ready(Some(Ok(this.buf.split().freeze())))
             }
-            Poll::Ready(Err(e)) => {
-                tracing::debug!(error = %e, "websocket backend connection failed");
-                this.end(Ended::BackendClosed)
+            Poll::Ready(done) => {
+                if let Err(e) = done {
+                    tracing::debug!(error = %e, "websocket backend connection failed");
+                }
+                shared.end(Ended::BackendClosed);
+                Poll::Ready(None)
             }
         }
     }
@@ -572,30 +591,61 @@ impl MessageBody for Tunnel {
 impl Drop for Tunnel {
     fn drop(&mut self) {
         self.pump.abort();
-        self.open.decrement(1);
-        if self.ended.is_none() {
-            let _ = self.end(Ended::ClientGone);
-        }
+        self.shared.open.decrement(1);
+        self.shared.end(Ended::ClientGone);
     }
 }
 
-/// Client → backend, until the client stops sending; then the backend is told (its write side
-/// is shut down) and the tunnel goes on until the backend closes too.
+/// What ends a tunnel besides its peers.
+struct Watch {
+    idle: Duration,
+    stopping: Option<actix_server::GracefulShutdownSignal>,
+}
+
+/// Client → backend, until the client stops sending (then the backend's write side is shut
+/// down and the tunnel goes on until the backend closes too); meanwhile, and after, the idle
+/// deadline and the gateway's stop. Its own task, so that these hold whoever stops reading.
 async fn pump(
     mut client: Payload,
     mut backend: WriteHalf<BackendIo>,
-    activity: Rc<Cell<Instant>>,
+    shared: Rc<Shared>,
+    watch: Watch,
     counted: metrics::Counter,
 ) {
-    while let Some(Ok(chunk)) = client.next().await {
-        activity.set(Instant::now());
-        counted.increment(chunk.len() as u64);
-        // Flushed each time: a TLS stream may hold written bytes until then.
-        if backend.write_all(&chunk).await.is_err() || backend.flush().await.is_err() {
-            return;
+    let activity = shared.clone();
+    let forward = async move {
+        while let Some(Ok(chunk)) = client.next().await {
+            activity.activity.set(Instant::now());
+            counted.increment(chunk.len() as u64);
+            // Flushed each time: a TLS stream may hold written bytes until then.
+            if backend.write_all(&chunk).await.is_err() || backend.flush().await.is_err() {
+                return;
+            }
+        }
+        let _ = backend.shutdown().await;
+    };
+    let stopping = async move {
+        match watch.stopping {
+            Some(signal) => signal.notified().await,
+            None => std::future::pending().await,
+        }
+    };
+    let idle = tokio::time::sleep_until(shared.activity.get() + watch.idle);
+    tokio::pin!(forward, stopping, idle);
+    let mut forwarding = true;
+    loop {
+        tokio::select! {
+            () = &mut forward, if forwarding => forwarding = false,
+            () = &mut stopping => return shared.end(Ended::Stopping),
+            () = &mut idle => {
+                let deadline = shared.activity.get() + watch.idle;
+                if deadline <= Instant::now() {
+                    return shared.end(Ended::Idle);
+                }
+                idle.as_mut().reset(deadline);
+            }
         }
     }
-    let _ = backend.shutdown().await;
 }
 
 #[cfg(test)]
