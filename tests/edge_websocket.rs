@@ -238,7 +238,7 @@ fn refused_with(result: Result<(Client, impl std::fmt::Debug), WsError>) -> u16 
 
 /// The next data message (pings and pongs skipped), bounded so that a broken tunnel fails the
 /// test instead of hanging it.
-async fn next_message(ws: &mut Client) -> Message {
+async fn next_message<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>) -> Message {
     loop {
         let next = tokio::time::timeout(Duration::from_secs(30), ws.next())
             .await
@@ -543,6 +543,79 @@ async fn a_wss_backend_over_tls_with_a_private_ca() {
     );
     let records = untrusted.records.lock().unwrap();
     assert_eq!(records[0].error_reason, Some("BackendConnectionFailure"));
+}
+
+/// `wss://` from the client: the HTTPS listener (certificate chosen by SNI) upgrades as the
+/// plain one does, over HTTP/1.1 inside TLS.
+#[actix_rt::test]
+async fn a_wss_client_through_the_https_listener() {
+    use outpost::gateway::proxy::{HttpsListen, ProxyHooks, start_traffic_servers};
+    use outpost::gateway::tls::MinTls;
+    use outpost_actors::route_table::{CompileContext, compile, new_table_handle};
+
+    let echo = Echo::start(None).await;
+    let pki = TestPki::new();
+    let (cert, key) = pki.issue("gw", &["gw.example"]);
+    let indent = |pem: &str| pem.trim_end().replace('\n', "\n      ");
+    let named = format!(
+        "named-values:\n  - name: gw-cert\n    value: |\n      {}\n  - name: gw-key\n    secret: true\n    value: |\n      {}",
+        indent(&cert),
+        indent(&key)
+    );
+    let yaml = config(&format!("http://{}", echo.addr), false, "", &named)
+        .replace("BACKEND", "http://127.0.0.1:9")
+        + r#"gateways:
+  - name: edge
+    apis: [chat, plain]
+    hostnames:
+      - {hostname: gw.example, certificate-pem: "{{gw-cert}}", key-pem: "{{gw-key}}"}
+"#;
+    let table = new_table_handle();
+    let compiled = compile(&support::snapshot(&yaml), &CompileContext::default())
+        .unwrap_or_else(|p| panic!("{p}"));
+    table.store(Some(Arc::new(compiled)));
+    let mut settings = outpost::gateway::settings::GatewaySettings::default();
+    settings.listen.workers = 1;
+    let https = HttpsListen {
+        listen: "127.0.0.1:0",
+        default_host: None,
+        min_tls: MinTls::V1_2,
+    };
+    let (server, addrs) = start_traffic_servers(
+        "127.0.0.1:0",
+        Some(https),
+        &settings,
+        table,
+        ProxyHooks::default(),
+    )
+    .unwrap();
+    actix_rt::spawn(server);
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(&pki.read("ca.pem")).unwrap())
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = TcpStream::connect(addrs.https.unwrap()).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("gw.example").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(client))
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake with the gateway");
+    let (mut ws, res) = client_async("wss://gw.example/chat/secure", tls)
+        .await
+        .expect("upgraded");
+    assert_eq!(res.status(), 101);
+    assert_eq!(echo.last_header("x-forwarded-proto"), ["https"]);
+    ws.send(Message::text("inside tls")).await.unwrap();
+    assert_eq!(next_message(&mut ws).await, Message::text("inside tls"));
+    ws.close(None).await.unwrap();
+    assert!(matches!(next_message(&mut ws).await, Message::Close(_)));
 }
 
 #[actix_rt::test]
