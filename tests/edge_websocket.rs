@@ -394,13 +394,16 @@ async fn a_subscription_key_is_checked_before_the_upgrade() {
 }
 
 #[actix_rt::test]
-async fn a_rate_limit_and_a_header_policy_run_before_the_upgrade() {
+async fn a_rate_limit_and_header_policies_run_on_the_handshake() {
     let echo = Echo::start(None).await;
-    let inbound = "        - rate-limit-by-key: {calls: 1, renewal-period: 60, counter-key: \"{request.ip}\"}\n        \
-                   - set-header: {name: X-Gateway, value: outpost}";
-    let gw = start(&echo, inbound).await;
-    let (mut first, _) = open(gw.addr, "/chat/one", &[]).await.expect("upgraded");
+    let policies = "        - rate-limit-by-key: {calls: 1, renewal-period: 60, counter-key: \"{request.ip}\"}\n        \
+                   - set-header: {name: X-Gateway, value: outpost}\n      \
+                   outbound:\n        - base\n        - set-header: {name: X-Via, value: outpost}";
+    let gw = start(&echo, policies).await;
+    let (mut first, res) = open(gw.addr, "/chat/one", &[]).await.expect("upgraded");
     assert_eq!(echo.last_header("x-gateway"), ["outpost"]);
+    // Outbound policies act on the 101's headers.
+    assert_eq!(res.headers()["x-via"], "outpost");
     assert_eq!(refused_with(open(gw.addr, "/chat/two", &[]).await), 429);
     assert_eq!(
         echo.handshakes(),
@@ -410,6 +413,36 @@ async fn a_rate_limit_and_a_header_policy_run_before_the_upgrade() {
     // The first connection is not disturbed by the refusal of the second.
     first.send(Message::text("still here")).await.unwrap();
     assert_eq!(next_message(&mut first).await, Message::text("still here"));
+}
+
+/// A `limit-concurrency` place is held for as long as the connection is open.
+#[actix_rt::test]
+async fn an_open_connection_holds_its_concurrency_place() {
+    let echo = Echo::start(None).await;
+    let inbound = "        - limit-concurrency: {key: all, max-count: 1}";
+    let gw = start(&echo, inbound).await;
+    let (mut first, _) = open(gw.addr, "/chat/one", &[]).await.expect("upgraded");
+    assert_eq!(refused_with(open(gw.addr, "/chat/two", &[]).await), 429);
+    first.close(None).await.unwrap();
+    assert!(matches!(next_message(&mut first).await, Message::Close(_)));
+    ends(&mut first, "the first connection ends").await;
+    // The place comes back once the first tunnel is gone (asynchronously: retried).
+    let mut third = None;
+    for _ in 0..500 {
+        match open(gw.addr, "/chat/three", &[]).await {
+            Ok((ws, _)) => {
+                third = Some(ws);
+                break;
+            }
+            Err(WsError::Http(res)) if res.status() == 429 => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let mut third = third.expect("the place is given back");
+    third.send(Message::text("third")).await.unwrap();
+    assert_eq!(next_message(&mut third).await, Message::text("third"));
 }
 
 #[actix_rt::test]
