@@ -12,9 +12,9 @@
 //!
 //! - `101` with a valid WebSocket handshake: the client gets the 101 with the backend's headers
 //!   (`Sec-WebSocket-Accept`, `-Protocol`, `-Extensions`, …) and a body that never ends by
-//!   itself: the backend's bytes ([`Tunnel`]). The client's bytes arrive as the request's body:
+//!   itself: the backend's bytes (`Tunnel`). The client's bytes arrive as the request's body:
 //!   actix-http's HTTP/1 decoder reads whatever follows a WebSocket handshake as an unbounded
-//!   body, so a task ([`pump`]) writes them to the backend as they come.
+//!   body, so a task (`pump`) writes them to the backend as they come.
 //! - anything else: an ordinary response (a backend refusing the upgrade, e.g. 403).
 //!
 //! The gateway does not parse WebSocket frames: messages, pings and close frames pass as they
@@ -71,7 +71,7 @@ pub struct Handshake {
 
 /// Whether the request asks to switch protocols, and to what. `Ok(None)`: a plain request (any
 /// `Upgrade` header goes no further, with the other hop-by-hop headers). Refused: an `Upgrade`
-/// to anything but WebSocket (h2c aside, see [`H2C`]), and a WebSocket handshake that breaks
+/// to anything but WebSocket (h2c aside, see `H2C`), and a WebSocket handshake that breaks
 /// RFC 6455 §4.1.
 ///
 /// Only HTTP/1.1 upgrades: HTTP/2 forbids the header (the h2 codec refuses a request carrying
