@@ -36,6 +36,7 @@ pub mod reload;
 pub mod settings;
 pub mod stores;
 pub mod tls;
+pub mod upgrade;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
