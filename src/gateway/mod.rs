@@ -26,6 +26,7 @@ pub mod error;
 pub mod exchange;
 pub mod forward;
 pub mod forwarded;
+pub mod h2_server;
 pub mod listener;
 pub mod ops;
 pub mod path;
@@ -34,6 +35,8 @@ pub mod proxy;
 pub mod settings;
 pub mod stores;
 pub mod tls;
+pub mod trailers;
+pub mod upstream_h2;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
