@@ -653,6 +653,8 @@ impl tonic::codegen::Service<http1::Request<tonic::body::Body>> for Echo {
             Ok(match req.uri().path() {
                 "/outpost.test.Echo/Say" => grpc.unary(Say, req).await,
                 "/outpost.test.Echo/Count" => grpc.server_streaming(Count, req).await,
+                "/outpost.test.Echo/Chat" => grpc.streaming(Chat, req).await,
+                "/outpost.test.Echo/Endless" => grpc.server_streaming(Endless, req).await,
                 _ => tonic::Status::unimplemented("no such method").into_http(),
             })
         })
@@ -713,6 +715,91 @@ impl tonic::codegen::Service<tonic::Request<EchoRequest>> for Count {
             .collect();
         let stream: BoxStream<EchoReply> = Box::pin(tonic::codegen::tokio_stream::iter(
             replies.into_iter().map(Ok),
+        ));
+        Box::pin(async move { Ok(tonic::Response::new(stream)) })
+    }
+}
+
+/// Bidirectional: says `ready` before reading anything, then echoes each message as it comes.
+struct Chat;
+
+impl tonic::codegen::Service<tonic::Request<tonic::Streaming<EchoRequest>>> for Chat {
+    type Response = tonic::Response<BoxStream<EchoReply>>;
+    type Error = tonic::Status;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: tonic::Request<tonic::Streaming<EchoRequest>>) -> Self::Future {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let mut incoming = req.into_inner();
+        tokio::spawn(async move {
+            let say = |text: String| EchoReply {
+                text,
+                ..EchoReply::default()
+            };
+            if tx.send(Ok(say("ready".to_owned()))).await.is_err() {
+                return;
+            }
+            while let Ok(Some(message)) = incoming.message().await {
+                if tx
+                    .send(Ok(say(format!("echo {}", message.text))))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        let stream: BoxStream<EchoReply> = Box::pin(
+            tonic::codegen::tokio_stream::wrappers::ReceiverStream::new(rx),
+        );
+        Box::pin(async move { Ok(tonic::Response::new(stream)) })
+    }
+}
+
+/// Server streaming without end; counts the streams it has open ([`ENDLESS_OPEN`]).
+struct Endless;
+
+static ENDLESS_OPEN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Held by an endless stream: counted open until the stream is dropped.
+struct Open;
+
+impl Open {
+    fn new() -> Open {
+        ENDLESS_OPEN.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Open
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        ENDLESS_OPEN.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl tonic::codegen::Service<tonic::Request<EchoRequest>> for Endless {
+    type Response = tonic::Response<BoxStream<EchoReply>>;
+    type Error = tonic::Status;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: tonic::Request<EchoRequest>) -> Self::Future {
+        let stream: BoxStream<EchoReply> = Box::pin(futures_util::stream::unfold(
+            (Open::new(), 0u64),
+            |(open, n)| async move {
+                let reply = EchoReply {
+                    text: format!("tick {n}"),
+                    ..EchoReply::default()
+                };
+                Some((Ok(reply), (open, n + 1)))
+            },
         ));
         Box::pin(async move { Ok(tonic::Response::new(stream)) })
     }
@@ -780,6 +867,8 @@ apis:
     operations:
       - {{name: say, method: POST, url-template: /Say}}
       - {{name: count, method: POST, url-template: /Count}}
+      - {{name: chat, method: POST, url-template: /Chat}}
+      - {{name: endless, method: POST, url-template: /Endless}}
   - name: gone
     path: outpost.test.Gone
     backend: gone
@@ -881,4 +970,93 @@ async fn grpc_calls_pass_through_with_their_statuses() {
         ],
         "{records:#?}"
     );
+}
+
+#[actix_rt::test]
+async fn a_bidirectional_grpc_stream_flows_both_ways_at_once() {
+    let backend = grpc_server().await;
+    let gw = support::gateway_with(&grpc_config(backend), |s| s.listen.h2c = true).await;
+    let mut client = grpc_client(gw.addr).await;
+    client.ready().await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel::<EchoRequest>(4);
+    let mut outgoing = tonic::Request::new(
+        tonic::codegen::tokio_stream::wrappers::ReceiverStream::new(rx),
+    );
+    outgoing
+        .metadata_mut()
+        .insert("ocp-apim-subscription-key", KEY.parse().unwrap());
+    let mut incoming = client
+        .streaming(
+            outgoing,
+            http1::uri::PathAndQuery::from_static("/outpost.test.Echo/Chat"),
+            ProstCodec::<EchoRequest, EchoReply>::default(),
+        )
+        .await
+        .unwrap()
+        .into_inner();
+    // The backend speaks first, before the client has sent a message: the call reached it
+    // without waiting for the client's body.
+    assert_eq!(incoming.message().await.unwrap().unwrap().text, "ready");
+    // Each message is answered before the next is sent.
+    for text in ["one", "two", "three"] {
+        tx.send(EchoRequest {
+            text: text.to_owned(),
+            count: 0,
+        })
+        .await
+        .unwrap();
+        let reply = incoming.message().await.unwrap().unwrap();
+        assert_eq!(reply.text, format!("echo {text}"));
+    }
+    drop(tx);
+    assert!(
+        incoming.message().await.unwrap().is_none(),
+        "the call ends OK"
+    );
+    let record = gw.records.lock().unwrap().last().cloned().unwrap();
+    assert_eq!((record.status, record.grpc_status), (200, Some(0)));
+}
+
+#[actix_rt::test]
+async fn a_client_that_cancels_a_stream_cancels_it_at_the_backend() {
+    let backend = grpc_server().await;
+    let gw = support::gateway_with(&grpc_config(backend), |s| s.listen.h2c = true).await;
+    let mut client = grpc_client(gw.addr).await;
+    client.ready().await.unwrap();
+    let mut stream = client
+        .server_streaming(
+            request("x", 0, Some(KEY)),
+            http1::uri::PathAndQuery::from_static("/outpost.test.Echo/Endless"),
+            ProstCodec::<EchoRequest, EchoReply>::default(),
+        )
+        .await
+        .unwrap()
+        .into_inner();
+    for n in 0..3 {
+        assert_eq!(
+            stream.message().await.unwrap().unwrap().text,
+            format!("tick {n}")
+        );
+    }
+    assert_eq!(ENDLESS_OPEN.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // The client gives up: its stream is reset, the gateway drops the backend's stream, the
+    // backend's handler ends.
+    drop(stream);
+    let mut waited = 0;
+    while ENDLESS_OPEN.load(std::sync::atomic::Ordering::SeqCst) != 0 {
+        waited += 1;
+        assert!(waited < 500, "the backend's stream is still open");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // And the request is reported.
+    let mut waited = 0;
+    let record = loop {
+        if let Some(r) = gw.records.lock().unwrap().last().cloned() {
+            break r;
+        }
+        waited += 1;
+        assert!(waited < 500, "the request was never reported");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
+    assert_eq!(record.operation.as_deref(), Some("endless"));
 }

@@ -53,6 +53,9 @@ const CHUNK: usize = 16 << 10;
 pub struct H2Stream {
     /// The connection arrived over TLS.
     pub secure: bool,
+    /// The request's header block did not end the stream: a body (or trailers) follows. Known
+    /// from the frame, so a streaming call is forwarded before its first message arrives.
+    pub has_body: bool,
     pub trailers: Trailers,
 }
 
@@ -164,7 +167,12 @@ where
     let mut stopping = std::pin::pin!(stopping);
     let mut closing = false;
     loop {
-        let idle_at = (last_end.get() + config.keep_alive).max(Instant::now());
+        // With streams open the connection is not idle: look again a keep-alive later.
+        let idle_at = if open.get() == 0 {
+            last_end.get() + config.keep_alive
+        } else {
+            Instant::now() + config.keep_alive
+        };
         tokio::select! {
             accepted = conn.accept() => match accepted {
                 Some(Ok((req, respond))) => {
@@ -228,7 +236,8 @@ async fn serve_stream<S, B>(
 {
     let (parts, body) = req.into_parts();
     let trailers = Trailers::default();
-    let payload = if body.is_end_stream() {
+    let has_body = !body.is_end_stream();
+    let payload = if !has_body {
         Payload::None
     } else {
         let stream: actix_http::BoxedPayloadStream = Box::pin(RequestBody {
@@ -248,6 +257,7 @@ async fn serve_stream<S, B>(
     head.peer_addr = peer;
     request.extensions_mut().insert(H2Stream {
         secure,
+        has_body,
         trailers: trailers.clone(),
     });
     // A client that resets the stream before the answer cancels the request: dropping the

@@ -10,7 +10,11 @@
 //! Answers the gateway makes itself ([`GatewayError`]): 401 missing or invalid key (or a key of
 //! another API), 403 suspended or expired subscription, 404 no such API/operation/version, 405
 //! wrong method (with `Allow`), 413 body too large, 431 headers too large, 502 backend
-//! unreachable, 503 no configuration yet, 504 backend too slow.
+//! unreachable, 503 no configuration yet, 504 backend too slow. A gRPC client gets each as a
+//! gRPC status instead (`grpc_answer`).
+//!
+//! HTTP/1.1 connections are served by actix-http's dispatcher, HTTP/2 ones by the gateway's own
+//! ([`super::h2_server`], which can send trailers); both call the same application.
 
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
@@ -546,9 +550,10 @@ async fn serve(
 }
 
 /// The request body and whether there is one. HTTP/1 says so in its headers; HTTP/2 frames a
-/// body without `Content-Length` or chunked encoding, so whether one follows is known only from
-/// the stream (a request without one ends with its headers): its first chunk is read here and
-/// put back in front of the rest.
+/// body without `Content-Length` or chunked encoding, so whether one follows is known from the
+/// stream (a request without one ends with its headers): the gateway's HTTP/2 server says so
+/// ([`H2Stream::has_body`]); for any other HTTP/2 request the first chunk is read here and put
+/// back in front of the rest.
 async fn request_body(
     req: &HttpRequest,
     mut payload: actix_web::dev::Payload,
@@ -556,6 +561,9 @@ async fn request_body(
 ) -> (actix_web::dev::Payload, bool) {
     if let Some(length) = length {
         return (payload, length > 0);
+    }
+    if let Some(stream) = req.extensions().get::<H2Stream>() {
+        return (payload, stream.has_body);
     }
     if req.version() != actix_web::http::Version::HTTP_2 {
         return (

@@ -536,6 +536,11 @@ async fn exchange(
     };
     match tokio::time::timeout_at(deadline.into(), response).await {
         Ok(Ok(res)) => Ok((res, hold)),
+        // The backend did not process the stream (RFC 9113 §8.7: REFUSED_STREAM, e.g. after its
+        // GOAWAY): a bodiless request can go again as if never sent.
+        Ok(Err(e)) if bodiless && e.reason() == Some(Reason::REFUSED_STREAM) => {
+            Err(Attempt::Unsent(UpstreamError::of(&e), Source::None))
+        }
         Ok(Err(e)) => Err(Attempt::Failed(UpstreamError::of(&e))),
         Err(_) => Err(Attempt::Failed(UpstreamError::Timeout)),
     }

@@ -4,7 +4,7 @@
 //! with a read-only or missing CA bundle still verifies backends, plus the backend's own
 //! `tls.ca-pem`. `tls.verify: false` accepts any certificate (signatures are still checked,
 //! so the handshake stays a real one). `tls.server-name` verifies the certificate against that
-//! name instead of the URL's host.
+//! name instead of the URL's host (and the HTTP/2 upstream sends it as SNI too).
 //!
 //! The proxy keeps one pooled HTTP client per worker thread per [`TlsProfile::id`]; the id is a
 //! hash of the settings, so recompiling the same configuration reuses the same pools.
