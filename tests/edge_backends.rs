@@ -5,6 +5,7 @@
 mod support;
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -1059,4 +1060,182 @@ async fn a_client_that_cancels_a_stream_cancels_it_at_the_backend() {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     };
     assert_eq!(record.operation.as_deref(), Some("endless"));
+}
+
+// === the HTTP/2 server's own limits ===
+
+/// An h2c backend that tells `arrived` about each request and answers it only when `release`
+/// is notified.
+async fn held_backend(
+    arrived: tokio::sync::mpsc::Sender<()>,
+    release: Arc<tokio::sync::Notify>,
+) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (arrived, release) = (arrived.clone(), release.clone());
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(tcp).await else {
+                    return;
+                };
+                while let Some(Ok((_, mut respond))) = conn.accept().await {
+                    let (arrived, release) = (arrived.clone(), release.clone());
+                    tokio::spawn(async move {
+                        let _ = arrived.send(()).await;
+                        release.notified().await;
+                        let response = http::Response::builder().status(200).body(()).unwrap();
+                        if let Ok(mut stream) = respond.send_response(response, false) {
+                            let _ = stream.send_data(Bytes::from_static(b"released"), true);
+                        }
+                    });
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[actix_rt::test]
+async fn a_stopping_gateway_lets_open_streams_finish_then_closes_with_goaway() {
+    use outpost::gateway::proxy::{ProxyHooks, start_traffic_servers};
+    use outpost::gateway::settings::GatewaySettings;
+    use outpost_actors::route_table::{CompileContext, compile, new_table_handle};
+
+    let (arrived_tx, mut arrived) = tokio::sync::mpsc::channel(1);
+    let release = Arc::new(tokio::sync::Notify::new());
+    let backend = held_backend(arrived_tx, release.clone()).await;
+    let config = format!(
+        r#"
+apiVersion: outpost/v1
+backends:
+  - {{name: held, url: "http://{backend}", protocol: h2}}
+apis:
+  - {{name: held, path: held, backend: held, subscription-required: false, operations: [{{name: any, method: "*", url-template: "/{{*rest}}"}}]}}
+"#
+    );
+    let table = new_table_handle();
+    let compiled = compile(&support::snapshot(&config), &CompileContext::default())
+        .unwrap_or_else(|p| panic!("{p}"));
+    table.store(Some(Arc::new(compiled)));
+    let mut settings = GatewaySettings::default();
+    settings.listen.workers = 1;
+    settings.listen.h2c = true;
+    let (server, addrs) =
+        start_traffic_servers("127.0.0.1:0", None, &settings, table, ProxyHooks::default())
+            .unwrap();
+    let handle = server.handle();
+    actix_rt::spawn(server);
+
+    let goaway = Arc::new(tokio::sync::Notify::new());
+    let io = GoawaySniffer {
+        io: tokio::net::TcpStream::connect(addrs.http).await.unwrap(),
+        header: Vec::new(),
+        skip: 0,
+        goaway: goaway.clone(),
+    };
+    let (client, mut connection) = h2::client::handshake(io).await.unwrap();
+    let max_streams = std::rc::Rc::new(std::cell::Cell::new(0));
+    let seen = max_streams.clone();
+    let connection = actix_rt::spawn(async move {
+        std::future::poll_fn(|cx| {
+            let polled = std::pin::Pin::new(&mut connection).poll(cx);
+            seen.set(connection.max_concurrent_send_streams());
+            polled
+        })
+        .await
+    });
+    let mut client = client.ready().await.unwrap();
+    let request = http::Request::get("http://gateway/held/slow")
+        .body(())
+        .unwrap();
+    let (response, _) = client.send_request(request, true).unwrap();
+    arrived.recv().await.unwrap();
+    // The gateway's limit on concurrent streams reached the client in its settings.
+    assert_eq!(max_streams.get(), 256);
+
+    // Stop while the stream is open: GOAWAY comes at once, the stream still finishes, then the
+    // connection closes.
+    addrs
+        .stopping
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let stopped = actix_rt::spawn(handle.stop(true));
+    goaway.notified().await;
+    release.notify_one();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = body.data().await {
+        bytes.extend_from_slice(&chunk.unwrap());
+    }
+    assert_eq!(bytes, b"released");
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(20), connection)
+        .await
+        .expect("the gateway kept the connection open after its last stream")
+        .unwrap();
+    assert!(closed.is_ok(), "not a clean close: {closed:?}");
+    stopped.await.unwrap();
+}
+
+/// A client connection that reads HTTP/2 frame headers as they pass and notifies `goaway` when
+/// the server sends GOAWAY.
+struct GoawaySniffer {
+    io: tokio::net::TcpStream,
+    /// The next frame header, as far as it has arrived.
+    header: Vec<u8>,
+    /// Payload bytes of the current frame still to pass.
+    skip: usize,
+    goaway: Arc<tokio::sync::Notify>,
+}
+
+impl tokio::io::AsyncRead for GoawaySniffer {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.io).poll_read(cx, buf);
+        let this = &mut *self;
+        for &byte in &buf.filled()[before..] {
+            if this.skip > 0 {
+                this.skip -= 1;
+                continue;
+            }
+            this.header.push(byte);
+            if this.header.len() == 9 {
+                let h = std::mem::take(&mut this.header);
+                this.skip = usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
+                if h[3] == 0x7 {
+                    this.goaway.notify_one();
+                }
+            }
+        }
+        polled
+    }
+}
+
+impl tokio::io::AsyncWrite for GoawaySniffer {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
 }

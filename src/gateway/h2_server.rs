@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use actix_http::HttpMessage;
 use actix_http::error::{DispatchError, PayloadError};
 use actix_http::header::{self, HeaderValue};
-use actix_http::{Payload, Protocol, Request, Response, ResponseHead};
+use actix_http::{Extensions, Payload, Protocol, Request, Response, ResponseHead};
 use actix_service::{Service, ServiceFactory, fn_factory, fn_service};
 use actix_web::body::{BodySize, BoxBody, MessageBody};
 use actix_web::dev::{AppConfig, ServiceResponse};
@@ -51,8 +51,9 @@ const CHUNK: usize = 16 << 10;
 /// What an HTTP/2 stream's request carries for the gateway (in its extensions).
 #[derive(Clone)]
 pub struct H2Stream {
-    /// The connection arrived over TLS.
-    pub secure: bool,
+    /// What the listener recorded about the connection (actix keeps this as the request's
+    /// connection data, which only its own dispatchers can set): read it with [`conn_data`].
+    pub conn: Rc<Extensions>,
     /// The request's header block did not end the stream: a body (or trailers) follows. Known
     /// from the frame, so a streaming call is forwarded before its first message arrives.
     pub has_body: bool,
@@ -68,16 +69,28 @@ pub struct H2Config {
     pub keep_alive: Duration,
     /// The client must finish the HTTP/2 preface and settings within this.
     pub handshake_timeout: Duration,
-    pub secure: bool,
+}
+
+/// The connection data of type `T` of a request over either HTTP version: actix's connection
+/// data for HTTP/1.1, the [`H2Stream`]'s for HTTP/2.
+pub fn conn_data<T: Clone + 'static>(req: &actix_web::HttpRequest) -> Option<T> {
+    if let Some(data) = req.conn_data::<T>() {
+        return Some(data.clone());
+    }
+    req.extensions()
+        .get::<H2Stream>()
+        .and_then(|s| s.conn.get::<T>().cloned())
 }
 
 /// The service for one listener's connections: HTTP/1.1 to `h1` (actix-http's dispatcher),
-/// HTTP/2 to [`serve`], both calling the traffic application `app` builds.
-pub fn serve_both<Io, H1, A, B>(
+/// HTTP/2 to [`serve`], both calling the traffic application `app` builds. `on_connect` records
+/// what HTTP/2 requests learn about their connection (as `h1`'s own `on_connect_ext` does).
+pub fn serve_both<Io, H1, A, B, C>(
     h1: H1,
     app: A,
     config: H2Config,
     shutdown: actix_server::GracefulShutdownSignal,
+    on_connect: C,
 ) -> impl ServiceFactory<
     (Io, Protocol, Option<SocketAddr>),
     Config = (),
@@ -107,6 +120,7 @@ where
     A::Future: 'static,
     <A::Service as Service<Request>>::Future: 'static,
     B: MessageBody + 'static,
+    C: Fn(&Io, &mut Extensions) + Clone + 'static,
 {
     let h1 = Rc::new(h1);
     let app = Rc::new(app);
@@ -114,6 +128,7 @@ where
         let h1 = h1.new_service(());
         let app = app.new_service(AppConfig::default());
         let shutdown = shutdown.clone();
+        let on_connect = on_connect.clone();
         async move {
             let h1 = Rc::new(h1.await?);
             let app = Rc::new(app.await?);
@@ -122,7 +137,16 @@ where
                     let served: LocalBoxFuture<'static, Result<(), DispatchError>> = match protocol
                     {
                         Protocol::Http2 => {
-                            Box::pin(serve(io, peer, app.clone(), config, shutdown.clone()))
+                            let mut conn = Extensions::new();
+                            on_connect(&io, &mut conn);
+                            Box::pin(serve(
+                                io,
+                                peer,
+                                Rc::new(conn),
+                                app.clone(),
+                                config,
+                                shutdown.clone(),
+                            ))
                         }
                         _ => Box::pin(h1.call((io, protocol, peer))),
                     };
@@ -137,6 +161,7 @@ where
 pub async fn serve<Io, S, B>(
     io: Io,
     peer: Option<SocketAddr>,
+    conn_data: Rc<Extensions>,
     app: Rc<S>,
     config: H2Config,
     shutdown: actix_server::GracefulShutdownSignal,
@@ -177,7 +202,7 @@ where
             accepted = conn.accept() => match accepted {
                 Some(Ok((req, respond))) => {
                     let stream = Served::new(&open, &last_end);
-                    actix_rt::spawn(serve_stream(req, respond, app.clone(), peer, config.secure, stream));
+                    actix_rt::spawn(serve_stream(req, respond, app.clone(), peer, conn_data.clone(), stream));
                 }
                 Some(Err(e)) => {
                     // A client that went away or broke the protocol: its streams end with it.
@@ -228,7 +253,7 @@ async fn serve_stream<S, B>(
     mut respond: SendResponse<Bytes>,
     app: Rc<S>,
     peer: Option<SocketAddr>,
-    secure: bool,
+    conn: Rc<Extensions>,
     _served: Served,
 ) where
     S: Service<Request, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
@@ -256,7 +281,7 @@ async fn serve_stream<S, B>(
     head.headers = parts.headers.into();
     head.peer_addr = peer;
     request.extensions_mut().insert(H2Stream {
-        secure,
+        conn,
         has_body,
         trailers: trailers.clone(),
     });

@@ -295,7 +295,6 @@ where
         max_header_bytes: traffic.max_header_bytes,
         keep_alive: KEEP_ALIVE,
         handshake_timeout: CLIENT_REQUEST_TIMEOUT,
-        secure,
     };
     let h2_app = traffic_app(traffic.clone()).into_factory();
     let h2_shutdown = shutdown.clone();
@@ -311,15 +310,34 @@ where
         })
         .local_addr(addr)
         .on_connect_ext(move |io: &Connection<T>, ext| {
+            // The codec-refusal handshake is HTTP/1's alone (see `listener`).
             ext.insert(io.state());
-            if secure {
-                ext.insert(Secure);
-            }
+            connection_data(io, ext, secure);
         })
         .finish(map_config(app, |_| AppConfig::default()));
     // HTTP/2 connections get the gateway's own dispatcher (it sends trailers), calling the same
     // application.
-    h2_server::serve_both(h1, h2_app, h2, h2_shutdown)
+    h2_server::serve_both(
+        h1,
+        h2_app,
+        h2,
+        h2_shutdown,
+        move |io: &Connection<T>, ext: &mut actix_http::Extensions| {
+            connection_data(io, ext, secure);
+        },
+    )
+}
+
+/// What requests learn about their connection, over either HTTP version (read with
+/// [`h2_server::conn_data`]).
+fn connection_data<T: WriteNow>(
+    _io: &Connection<T>,
+    ext: &mut actix_http::Extensions,
+    secure: bool,
+) {
+    if secure {
+        ext.insert(Secure);
+    }
 }
 
 /// How long a client has to send a request head (HTTP/1.1) or its connection preface (HTTP/2).
@@ -797,7 +815,7 @@ fn build_exchange(
     let h2 = req.extensions().get::<H2Stream>().cloned();
     traffic.forwarding.apply(
         req.peer_addr().map(|a| a.ip()),
-        req.conn_data::<Secure>().is_some() || h2.as_ref().is_some_and(|s| s.secure),
+        h2_server::conn_data::<Secure>(req).is_some(),
         headers.get(header::HOST),
         &mut request_headers,
     );
