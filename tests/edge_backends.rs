@@ -251,6 +251,7 @@ fn byte_sum(bytes: &[u8]) -> u64 {
 /// What an HTTP/2 client got: status, headers, body, trailers.
 struct H2Answer {
     status: u16,
+    headers: http::HeaderMap,
     body: Vec<u8>,
     trailers: Option<http::HeaderMap>,
 }
@@ -319,6 +320,7 @@ async fn h2c_call(
         .await
         .unwrap_or_else(|e| panic!("{method} {path}: {e:?}"));
     let status = response.status().as_u16();
+    let headers = response.headers().clone();
     let mut body = response.into_body();
     let mut bytes = Vec::new();
     // A server that answered before reading the whole request may then reset the stream with
@@ -341,6 +343,7 @@ async fn h2c_call(
     }
     H2Answer {
         status,
+        headers,
         body: bytes,
         trailers,
     }
@@ -1238,4 +1241,48 @@ impl tokio::io::AsyncWrite for GoawaySniffer {
     ) -> Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
     }
+}
+
+#[actix_rt::test]
+async fn a_slow_h2_backend_is_a_504_and_a_grpc_deadline_exceeded() {
+    let (arrived_tx, _arrived) = tokio::sync::mpsc::channel(8);
+    // Never released: the backend takes every request and never answers.
+    let backend = held_backend(arrived_tx, Arc::new(tokio::sync::Notify::new())).await;
+    let config = format!(
+        r#"
+apiVersion: outpost/v1
+backends:
+  - {{name: slow, url: "http://{backend}", protocol: h2, request-timeout-ms: 300}}
+apis:
+  - {{name: slow, path: slow, backend: slow, subscription-required: false, operations: [{{name: any, method: "*", url-template: "/{{*rest}}"}}]}}
+"#
+    );
+    let gw = support::gateway_with(&config, |s| s.listen.h2c = true).await;
+    let message = support::get(&gw, "/slow/x", &[]).await.error(504);
+    assert_eq!(message, "The backend 'slow' did not answer in time.");
+
+    // The same for a gRPC client: DEADLINE_EXCEEDED, HTTP 200, the status in the headers.
+    let answer = h2c_call(
+        gw.addr,
+        "POST",
+        "/slow/pkg.Service/Method",
+        &[("content-type", "application/grpc")],
+        Some(vec![0, 0, 0, 0, 0]),
+        None,
+    )
+    .await;
+    assert_eq!(answer.status, 200);
+    assert!(answer.body.is_empty());
+    let headers = answer.headers;
+    assert_eq!(headers.get("grpc-status").unwrap(), "4");
+    assert_eq!(
+        headers.get("grpc-message").unwrap(),
+        "The backend 'slow' did not answer in time."
+    );
+    let records = gw.records.lock().unwrap();
+    let last = records.last().unwrap();
+    assert_eq!(
+        (last.status, last.grpc_status, last.error_reason),
+        (504, Some(4), Some("BackendTimeout"))
+    );
 }
