@@ -482,6 +482,45 @@ mod tests {
     }
 
     #[test]
+    fn http2_backend_failures_get_the_statuses_of_http1_ones() {
+        let cases = [
+            (UpstreamError::Timeout, 504, "BackendTimeout"),
+            (UpstreamError::ConnectTimeout, 504, "BackendConnectTimeout"),
+            (
+                UpstreamError::Connect("TLS: invalid peer certificate".into()),
+                502,
+                "BackendConnectionFailure",
+            ),
+            (
+                UpstreamError::Closed("GOAWAY".into()),
+                502,
+                "BackendConnectionFailure",
+            ),
+            (
+                UpstreamError::Reset(h2::Reason::INTERNAL_ERROR),
+                502,
+                "BackendConnectionFailure",
+            ),
+            (
+                UpstreamError::Protocol("bad frame".into()),
+                502,
+                "BackendInvalidResponse",
+            ),
+        ];
+        for (failure, status, reason) in cases {
+            let e = GatewayError::from_upstream(&failure, "orders");
+            assert_eq!((e.status.as_u16(), e.reason), (status, reason), "{failure}");
+            assert_eq!(e.source, ErrorSource::Backend);
+            assert!(e.connection, "retry on-connection-error must see {failure}");
+            assert!(
+                e.message.starts_with("The backend 'orders' "),
+                "{}",
+                e.message
+            );
+        }
+    }
+
+    #[test]
     fn a_closed_backend_connection_is_said_plainly() {
         let e = GatewayError::from_send(
             &SendRequestError::Connect(ConnectError::Disconnected),
