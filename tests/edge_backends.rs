@@ -179,6 +179,14 @@ async fn answer_h2(
     sni: Option<String>,
 ) {
     let (parts, mut body) = req.into_parts();
+    // `/flaky` answers 503 to its first two requests.
+    if parts.uri.path().ends_with("/flaky")
+        && FLAKY.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 2
+    {
+        let response = http::Response::builder().status(503).body(()).unwrap();
+        let _ = respond.send_response(response, true);
+        return;
+    }
     let mut received = 0u64;
     let mut sum = 0u64;
     while let Some(chunk) = body.data().await {
@@ -234,6 +242,9 @@ async fn answer_h2(
     }
     let _ = stream.send_trailers(trailers);
 }
+
+/// Requests `/flaky` has had.
+static FLAKY: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// `n` bytes of a repeating pattern that a cut or reordered transfer would not keep.
 fn pattern(n: usize) -> Vec<u8> {
@@ -1285,4 +1296,45 @@ apis:
         (last.status, last.grpc_status, last.error_reason),
         (504, Some(4), Some("BackendTimeout"))
     );
+}
+
+#[actix_rt::test]
+async fn retry_sends_the_body_and_trailers_again_to_an_h2_backend() {
+    let backend = h2c_backend().await;
+    let config = format!(
+        r#"
+apiVersion: outpost/v1
+backends:
+  - {{name: h2c, url: "http://{backend}", protocol: h2}}
+apis:
+  - name: retried
+    path: retried
+    backend: h2c
+    subscription-required: false
+    operations: [{{name: post, method: POST, url-template: "/{{*rest}}"}}]
+    policies:
+      backend: [{{retry: {{count: 3, interval-ms: 0, condition: "503"}}}}]
+"#
+    );
+    let gw = support::gateway_with(&config, |s| s.listen.h2c = true).await;
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("x-client-trailer", "again".parse().unwrap());
+    let answer = h2c_call(
+        gw.addr,
+        "POST",
+        "/retried/flaky",
+        &[],
+        Some(b"payload".to_vec()),
+        Some(trailers),
+    )
+    .await;
+    assert_eq!(
+        answer.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    assert_eq!(answer.json()["received"], 7);
+    assert_eq!(answer.trailer("x-client-trailer"), Some("again"));
+    assert_eq!(FLAKY.load(std::sync::atomic::Ordering::SeqCst), 3);
 }

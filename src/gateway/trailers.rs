@@ -37,8 +37,9 @@ impl Trailers {
         self.0.request.borrow().is_some()
     }
 
-    pub fn take_request(&self) -> Option<HeaderMap> {
-        self.0.request.borrow_mut().take()
+    /// The client's request trailers (a copy: a retried request sends them again).
+    pub fn request(&self) -> Option<HeaderMap> {
+        self.0.request.borrow().clone()
     }
 
     pub fn set_response(&self, trailers: HeaderMap) {

@@ -591,7 +591,7 @@ async fn pump(
         // side reports it.
         return;
     }
-    let end = match trailers.and_then(|t| t.take_request()) {
+    let end = match trailers.and_then(|t| t.request()) {
         Some(t) => stream.send_trailers(t),
         None => stream.send_data(Bytes::new(), true),
     };
