@@ -551,6 +551,15 @@ apis:
     let answer = support::get(&gw, "/h2c/plain", &[]).await;
     assert_eq!(answer.json()["protocol"], "h2");
 
+    // Headers: past the gateway's limit (32 KiB) its JSON 431; past twice that, the HTTP/2
+    // layer's own 431, before anything is decoded into a request.
+    for (size, json) in [(40 << 10, true), (80 << 10, false)] {
+        let big = "a".repeat(size);
+        let answer = h2c_call(gw.addr, "GET", "/h2c/plain", &[("x-big", &big)], None, None).await;
+        assert_eq!(answer.status, 431, "{size}");
+        assert_eq!(answer.body.starts_with(b"{"), json, "{size}");
+    }
+
     // The body limit holds on the way to an HTTP/2 backend.
     let answer = h2c_call(
         gw.addr,
