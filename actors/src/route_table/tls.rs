@@ -4,7 +4,7 @@
 //! with a read-only or missing CA bundle still verifies backends, plus the backend's own
 //! `tls.ca-pem`. `tls.verify: false` accepts any certificate (signatures are still checked,
 //! so the handshake stays a real one). `tls.server-name` verifies the certificate against that
-//! name instead of the URL's host.
+//! name instead of the URL's host (and the HTTP/2 upstream sends it as SNI too).
 //!
 //! The proxy keeps one pooled HTTP client per worker thread per [`TlsProfile::id`]; the id is a
 //! hash of the settings, so recompiling the same configuration reuses the same pools.
@@ -28,6 +28,8 @@ pub struct TlsProfile {
     pub id: u64,
     pub connect_timeout: Duration,
     pub config: Arc<ClientConfig>,
+    /// `tls.server-name`: the name to ask for (SNI) and verify, instead of the URL's host.
+    pub server_name: Option<ServerName<'static>>,
 }
 
 impl fmt::Debug for TlsProfile {
@@ -98,7 +100,7 @@ impl TlsSettings {
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate { algorithms }))
                 .with_no_client_auth()
-        } else if let Some(name) = server_name {
+        } else if let Some(name) = server_name.clone() {
             let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
                 .build()
                 .map_err(|e| ("tls", e.to_string()))?;
@@ -113,6 +115,7 @@ impl TlsSettings {
             id: self.id(),
             connect_timeout: self.connect_timeout,
             config: Arc::new(config),
+            server_name,
         })
     }
 }
