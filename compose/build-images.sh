@@ -121,7 +121,12 @@ build() {
     return
   fi
   old="$(docker image inspect -f '{{ .Id }}' "$tag" 2>/dev/null || true)"
-  docker build --quiet --label "org.outpost.content=$hash" --tag "$tag" "$ctx" >/dev/null
+  # Quiet unless it fails (the legacy builder also warns that it is deprecated, every time).
+  if ! docker build --quiet --label "org.outpost.content=$hash" --tag "$tag" "$ctx" \
+      >"$stage/build.log" 2>&1; then
+    cat "$stage/build.log" >&2
+    fail "docker build of $tag failed"
+  fi
   new="$(docker image inspect -f '{{ .Id }}' "$tag")"
   if [ -n "$old" ] && [ "$old" != "$new" ]; then
     docker image rm "$old" >/dev/null 2>&1 || true

@@ -98,7 +98,7 @@ pub enum Command {
         /// other's tokens stay valid).
         #[arg(long, default_value = "primary", value_parser = ["primary", "secondary"])]
         key: String,
-        /// Write each token to DIR/<gateway> (mode 0600, replaced atomically) instead of
+        /// Write each token to `DIR/<gateway>` (mode 0600, replaced atomically) instead of
         /// standard output, for gateways that read control_plane.token_file.
         #[arg(long)]
         output_dir: Option<PathBuf>,

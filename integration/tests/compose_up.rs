@@ -174,6 +174,21 @@ impl Estate {
         Ok((a.status, a.json()))
     }
 
+    /// Waits until Docker reports `service`'s health check (`outpost probe`, `redis-cli ping`)
+    /// as passing.
+    async fn healthy(&self, service: &str) {
+        let id = self.fleet.container(service).await.expect("container");
+        eventually(secs(120), ms(250), async || {
+            let state = docker(&["inspect", "-f", "{{.State.Health.Status}}", &id]).await?;
+            match state.trim() {
+                "healthy" => Ok(()),
+                other => Err(format!("{service} is {other}")),
+            }
+        })
+        .await
+        .unwrap_or_else(|e| panic!("health check of {service}: {e}"));
+    }
+
     /// The address of `service`'s container on compose network `net`.
     async fn address(&self, service: &str, net: &str) -> String {
         let id = self.fleet.container(service).await.expect("container");
@@ -299,6 +314,19 @@ async fn docker_compose_fleet_runs_and_rides_out_faults() {
 
 /// Calls through lb-a and to site B; refusals; the round robin.
 async fn calls(e: &mut Estate) {
+    // Every health check passes: `outpost probe` in images that have nothing else.
+    for service in [
+        "control-plane",
+        "redis-a",
+        "gw-a1",
+        "gw-a2",
+        "gw-a3",
+        "gw-b1",
+        "backend-a",
+        "backend-b",
+    ] {
+        e.healthy(service).await;
+    }
     // lb-a starts last; `up -d` may return before nginx listens.
     wait_for_http_ok(&format!("http://{}/lb-healthz", e.lb), secs(60))
         .await
