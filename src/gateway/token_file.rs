@@ -105,6 +105,29 @@ mod tests {
     }
 
     #[test]
+    fn the_settings_name_one_token_or_one_file() {
+        use crate::gateway::settings::GatewaySettings;
+        use crate::settings::Validate as _;
+        let problems = |s: &GatewaySettings| {
+            let mut p = outpost_model::Problems::new();
+            s.validate(&mut p);
+            p.to_string()
+        };
+        let mut s = GatewaySettings::default();
+        s.control_plane.url = "http://cp.example:7071".into();
+        assert!(problems(&s).contains("OUTPOST_CONTROL_PLANE_TOKEN_FILE"));
+        s.control_plane.token = "GatewayKey site-a&209901010000&c2ln".into();
+        s.control_plane.token_file = "/var/lib/outpost/tokens/site-a".into();
+        assert!(problems(&s).contains("not both"), "{}", problems(&s));
+        s.control_plane.token.clear();
+        assert!(
+            !problems(&s).contains("control_plane.token"),
+            "{}",
+            problems(&s)
+        );
+    }
+
+    #[test]
     fn no_file_leaves_the_token_alone() {
         let mut l = ControlPlaneLink {
             token: "GatewayKey x".into(),
