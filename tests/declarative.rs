@@ -336,6 +336,84 @@ fn validate_lists_the_problems_of_every_layer_in_one_run_with_file_line_and_colu
     }
 }
 
+/// Five mistakes that serde alone would report one per run: two type errors in different
+/// resources, an unknown field in a resource that also has a type error, a bad policy option,
+/// and a dangling reference in a resource after them.
+const FIVE_TYPE_MISTAKES: &str = r#"apiVersion: outpost/v1
+backends:
+  - name: orders
+    url: "http://127.0.0.1:9000"
+    connect-timeout-ms: soon
+    retries: 3
+apis:
+  - name: orders
+    path: orders
+    backend: orders
+    subscription-required: maybe
+    policies:
+      inbound:
+        - rate-limit: {calls: 10, renewal-period: 60, outage: sometimes}
+  - name: orphan
+    path: orphan
+    backend: nowhere
+"#;
+
+#[test]
+fn validate_lists_every_type_error_with_the_other_problems_in_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("typed.yaml");
+    std::fs::write(&file, FIVE_TYPE_MISTAKES).unwrap();
+    let name = file.display().to_string();
+    let out = Command::new(BIN)
+        .args(["validate", "-f", &name])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.starts_with(&format!("{name}: 5 problem(s):\n")),
+        "{err}"
+    );
+    let want = [
+        (
+            5,
+            5,
+            "backends[0] (orders).connect-timeout-ms",
+            "invalid type: string \"soon\", expected u64",
+        ),
+        (
+            6,
+            5,
+            "backends[0] (orders).retries",
+            "unknown field `retries`",
+        ),
+        (
+            11,
+            5,
+            "apis[0] (orders).subscription-required",
+            "invalid type: string \"maybe\", expected a boolean",
+        ),
+        (
+            14,
+            55,
+            "apis[0] (orders).policies.inbound[0].rate-limit.outage",
+            "unknown variant `sometimes`, expected one of `fail-open`, `local`, `fail-closed`",
+        ),
+        (
+            17,
+            5,
+            "apis[1] (orphan).backend",
+            "unknown backend 'nowhere'",
+        ),
+    ];
+    let lines: Vec<&str> = err.lines().skip(1).collect();
+    assert_eq!(lines.len(), want.len(), "{err}");
+    for (line, (l, c, path, message)) in lines.iter().zip(want) {
+        let head = format!("{name}:{l}:{c}: {path}: {message}");
+        assert!(line.starts_with(&head), "want {head}…\n{err}");
+    }
+}
+
 #[test]
 fn apply_problems_carry_the_file_path_form_and_position() {
     let cp = cp();

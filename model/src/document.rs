@@ -495,6 +495,57 @@ products:
         assert_eq!(p.0[0].line, Some(3));
     }
 
+    /// serde stops at a resource's first type error; the file's problems do not.
+    #[test]
+    fn every_type_error_of_a_resource_and_of_a_policy_step_is_listed() {
+        let bad = "\
+apiVersion: outpost/v1
+backends:
+  - name: b
+    url: 5
+    connect-timeout-ms: soon
+    tls: {verify: maybe, pin: x}
+apis:
+  - name: a
+    path: a
+    backend: b
+    operations:
+      - {name: o, method: 7, url-template: /x}
+      - {name: p, method: GET, url-template: /y, mock: true}
+    policies:
+      inbound:
+        - rate-limit: {calls: many, renewal-period: -1}
+";
+        let problems = Document::from_yaml(bad).unwrap_err();
+        let got: Vec<(&str, Option<u32>, Option<u32>)> = problems
+            .0
+            .iter()
+            .map(|p| (p.path.as_str(), p.line, p.column))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("backends[0] (b).url", Some(4), Some(5)),
+                ("backends[0] (b).connect-timeout-ms", Some(5), Some(5)),
+                ("backends[0] (b).tls.verify", Some(6), Some(11)),
+                ("backends[0] (b).tls.pin", Some(6), Some(26)),
+                ("apis[0] (a).operations[0].method", Some(12), Some(19)),
+                ("apis[0] (a).operations[1].mock", Some(13), Some(50)),
+                (
+                    "apis[0] (a).policies.inbound[0].rate-limit.calls",
+                    Some(16),
+                    Some(24)
+                ),
+                (
+                    "apis[0] (a).policies.inbound[0].rate-limit.renewal-period",
+                    Some(16),
+                    Some(37)
+                ),
+            ],
+            "{problems:#?}"
+        );
+    }
+
     #[test]
     fn later_problems_by_key_are_put_in_the_file() {
         let text = "apiVersion: outpost/v1\nnamed-values:\n  - {name: a.b, value: x}\n  - {name: a, value: v}\n";
