@@ -414,6 +414,46 @@ fn validate_lists_every_type_error_with_the_other_problems_in_one_run() {
     }
 }
 
+/// A file whose resources are each valid but do not fit together is refused as a single write
+/// making the configuration inconsistent is, 409; one with a problem in a resource alone is a
+/// 400 with every problem, those between resources included.
+#[test]
+fn apply_answers_409_when_only_the_resources_do_not_fit_together() {
+    let cp = cp();
+    let c = conn(&cp);
+    let dangling = "apiVersion: outpost/v1\napis:\n  - {name: a, path: a, backend: nowhere}\n  - {name: a, path: b, backend: nowhere}\n";
+    match c.apply(dangling, true).unwrap_err() {
+        CallError::Api { status: 409, body } => {
+            let got: Vec<(&str, Option<u32>)> = body
+                .problems
+                .iter()
+                .map(|p| (p.path.as_str(), p.line))
+                .collect();
+            assert_eq!(
+                got,
+                [("apis[0] (a).backend", Some(3)), ("apis[1] (a)", Some(4))],
+                "{body:?}"
+            );
+        }
+        other => panic!("expected a 409, got {other}"),
+    }
+    let also_wrong = format!("{dangling}  - {{name: c, path: c, backend: \"Not A Name\"}}\n");
+    match c.apply(&also_wrong, true).unwrap_err() {
+        CallError::Api { status: 400, body } => {
+            let has = |words: &str| body.problems.iter().any(|p| p.message.contains(words));
+            assert!(
+                has("is not a valid name") && has("unknown backend 'nowhere'"),
+                "{body:?}"
+            );
+        }
+        other => panic!("expected a 400, got {other}"),
+    }
+    // Whole numbers written as floats are integers, in YAML as in JSON.
+    let floats = "apiVersion: outpost/v1\nbackends:\n  - {name: b, url: \"http://127.0.0.1:9\", connect-timeout-ms: 250.0}\n";
+    c.apply(floats, true).unwrap();
+    assert_eq!(cp.store().revision(), 0);
+}
+
 #[test]
 fn apply_problems_carry_the_file_path_form_and_position() {
     let cp = cp();

@@ -38,6 +38,7 @@ pub struct TypeError {
 /// as it was given (never a value with fields taken out).
 pub fn deserialize_all<T: DeserializeOwned>(value: Value) -> Result<T, Vec<TypeError>> {
     let mut value = value;
+    whole_numbers(&mut value);
     let mut errors: Vec<TypeError> = Vec::new();
     let mut taken = Taken::default();
     // Echo rounds report nothing but take a node each: bounded too.
@@ -94,6 +95,31 @@ pub fn deserialize_all<T: DeserializeOwned>(value: Value) -> Result<T, Vec<TypeE
         message: format!("more than {MAX_ERRORS} type errors; fix these first"),
     });
     Err(errors)
+}
+
+/// Writes every whole number spelled as a float (`60.0`, `1e3`) as the integer it is. JSON
+/// Schema counts `60.0` as the integer 60, and so do the management API's clients and YAML
+/// files; serde would refuse it for an integer field.
+pub fn whole_numbers(value: &mut Value) {
+    // Every integer up to 2^64 is one float; past that no integer field can hold it anyway.
+    const U64_END: f64 = 18_446_744_073_709_551_616.0;
+    match value {
+        Value::Number(n) if n.is_f64() => {
+            if let Some(f) = n.as_f64()
+                && f.fract() == 0.0
+            {
+                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                if (0.0..U64_END).contains(&f) {
+                    *value = Value::from(f as u64);
+                } else if f < 0.0 && f >= i64::MIN as f64 {
+                    *value = Value::from(f as i64);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(whole_numbers),
+        Value::Object(map) => map.values_mut().for_each(whole_numbers),
+        _ => {}
+    }
 }
 
 /// The text between `prefix` and the next backtick of `message`.
@@ -328,6 +354,17 @@ mod tests {
         assert_eq!(got.len(), 1, "{got:?}");
         assert_eq!(got[0].0, "");
         assert!(deserialize_all::<Outer>(json!({"name": "n"})).is_ok());
+    }
+
+    #[test]
+    fn whole_floats_are_integers() {
+        let v = json!({"name": "n", "count": 3.0, "items": [{"method": "GET", "limit": 1e3}]});
+        let o = deserialize_all::<Outer>(v).unwrap();
+        assert_eq!((o.count, o.items[0].limit), (3, 1000));
+        let got = errors(json!({"name": "n", "count": 3.5}));
+        assert_eq!(got[0].0, "count", "{got:?}");
+        let got = errors(json!({"name": "n", "count": -1.0}));
+        assert!(got[0].1.contains("-1"), "{got:?}");
     }
 
     #[test]
