@@ -910,7 +910,7 @@ gateways:
     assert_eq!(code, Some(0), "{err}");
 
     let mut s = GatewaySettings::default();
-    s.offline.config_file = path("full.yaml");
+    s.offline.config_file = Some(path("full.yaml").into());
     s.listen.http = "127.0.0.1:0".into();
     s.listen.https = "127.0.0.1:0".into();
     s.listen.ops = "127.0.0.1:0".into();
