@@ -485,7 +485,12 @@ pub fn section(section: Section) -> Value {
             continue;
         }
         names.push(*name);
-        properties.insert((*name).to_owned(), schema_ref(&component_name(name)));
+        // A policy not described yet (the unit test below fails for it) is an object.
+        let settings_schema = match settings(name, "") {
+            Some(_) => schema_ref(&component_name(name)),
+            None => json!({"type": "object"}),
+        };
+        properties.insert((*name).to_owned(), settings_schema);
     }
     // `{base: null}` is the map form of `base`.
     names.push("base");
