@@ -4,8 +4,10 @@
 //! Paths come from the same tables the routers are built from ([`routes`] and
 //! [`gateway_admin_routes`], served by `gateway_api`), so a
 //! route cannot be served undocumented or documented unserved (the integration tests check the
-//! second table against the live server). Resource schemas are written here; unit tests check
-//! them field by field against the model's serde types (property names, required fields).
+//! second table against the live server). Resource schemas are written here, each policy's
+//! settings in [`policy_schemas`]; unit tests check them field by field against the model's
+//! serde types (property names, required fields, defaults) and their patterns against the
+//! model's own checks.
 
 use actix_web::http::Method;
 use chrono::{DateTime, Utc};
