@@ -194,7 +194,9 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 let p = settings::render(&p, config.as_deref());
                 format!("invalid gateway settings:\n{p}")
             })?;
-            crate::gateway::run(s).map(|()| ExitCode::SUCCESS)
+            crate::gateway::run(s)
+                .map(|()| ExitCode::SUCCESS)
+                .map_err(|e| e.to_string())
         }
         Command::Demo { port_base } => crate::demo::run(port_base).map(|()| ExitCode::SUCCESS),
         Command::Apply {

@@ -332,7 +332,8 @@ pub fn apply(
 /// several files are sent merged into one document, where they would point nowhere useful.
 fn apply_failed(label: &str, one_file: bool, e: CallError) -> Result<ExitCode, String> {
     match e {
-        // 400: the file itself; 409: what it would make of the stored configuration.
+        // 400: a resource of the file; 409: resources that do not fit together, in the file or
+        // with the stored configuration.
         CallError::Api {
             status: 400 | 409,
             body,
