@@ -25,8 +25,6 @@ use actix_http::Protocol;
 use actix_http::error::DispatchError;
 use actix_rt::net::TcpStream;
 use actix_service::{IntoServiceFactory, ServiceFactoryExt, fn_service, map_config};
-use actix_tls::accept::TlsError;
-use actix_tls::accept::rustls_0_23::{Acceptor, TlsStream};
 use actix_web::body::{BodySize, BoxBody, MessageBody};
 use actix_web::dev::AppConfig;
 use actix_web::dev::{Server, ServiceFactory, ServiceRequest, ServiceResponse};
@@ -53,7 +51,7 @@ use super::listener::{ConnState, Connection, WriteNow};
 use super::path::{self, Normalized};
 use super::pipeline;
 use super::settings::GatewaySettings;
-use super::tls::MinTls;
+use super::tls::{MinTls, PeerTls, TlsAcceptor, TlsConnection, TlsInfo};
 
 /// What the rest of the gateway plugs into the traffic server.
 #[derive(Clone, Default)]
@@ -204,32 +202,25 @@ pub fn start_traffic_servers(
         let listener = std::net::TcpListener::bind(https.listen)?;
         let addr = listener.local_addr()?;
         https_addr = Some(addr);
-        let mut acceptor = Acceptor::new(super::tls::server_config(
-            table,
-            https.default_host,
-            https.min_tls,
-        ));
-        acceptor.set_handshake_timeout(Duration::from_secs(10));
+        let acceptor = Arc::new(TlsAcceptor::new(table, https.default_host, https.min_tls));
         builder = builder.listen("outpost-traffic-https", listener, move || {
-            acceptor
-                .clone()
-                .map_init_err(|_| ())
-                .map_err(TlsError::into_service_error)
-                .map(|io: TlsStream<TcpStream>| {
-                    let peer = io.get_ref().0.peer_addr().ok();
-                    let _ = io.get_ref().0.set_nodelay(true);
-                    // HTTP/2 when the client chose it by ALPN, else HTTP/1.1.
-                    let protocol = if io.get_ref().1.alpn_protocol() == Some(b"h2") {
-                        Protocol::Http2
-                    } else {
-                        Protocol::Http1
-                    };
-                    (Connection::new(io), protocol, peer)
-                })
-                .and_then(
-                    http::<TlsStream<TcpStream>>(&traffic, addr, &shutdown, true)
-                        .map_err(TlsError::Service),
-                )
+            let acceptor = acceptor.clone();
+            fn_service(move |io: TcpStream| {
+                let acceptor = acceptor.clone();
+                async move { acceptor.accept(io).await.map_err(DispatchError::Io) }
+            })
+            .map(|io: TlsConnection| {
+                let peer = io.tcp().peer_addr().ok();
+                let _ = io.tcp().set_nodelay(true);
+                // HTTP/2 when the client chose it by ALPN, else HTTP/1.1.
+                let protocol = if io.is_h2() {
+                    Protocol::Http2
+                } else {
+                    Protocol::Http1
+                };
+                (Connection::new(io), protocol, peer)
+            })
+            .and_then(http::<TlsConnection>(&traffic, addr, &shutdown, true))
         })?;
     }
     Ok((
@@ -281,7 +272,7 @@ fn http<T>(
     InitError = (),
 > + use<T>
 where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + WriteNow + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + WriteNow + PeerTls + 'static,
 {
     let app = traffic_app(traffic.clone())
         .into_factory()
@@ -299,6 +290,9 @@ where
         .local_addr(addr)
         .on_connect_ext(move |io: &Connection<T>, ext| {
             ext.insert(io.state());
+            if let Some(tls) = io.get_ref().tls_info() {
+                ext.insert(tls);
+            }
             if secure {
                 ext.insert(Secure);
             }
@@ -436,6 +430,7 @@ async fn serve(
         return Err(GatewayError::no_configuration());
     };
     let host = request_host(req);
+    super::tls::check_host(&table, &host, req.conn_data::<TlsInfo>())?;
     let normalized = normalise(req, &table, &host)?;
     let matched = match route(req, &table, &host, &normalized, record)? {
         ControlFlow::Continue(matched) => matched,
@@ -730,6 +725,7 @@ fn build_exchange(
         host,
         path: path.to_owned(),
         client_ip,
+        client_certificate: req.conn_data::<TlsInfo>().and_then(|t| t.client.clone()),
         request_id,
         gateway_name: table.gateway_name.clone(),
         api: api.clone(),
@@ -743,6 +739,7 @@ fn build_exchange(
         target: Target::of(&api.backend),
         timeout_override: None,
         retry: None,
+        backend_certificate: None,
         body: if has_body {
             RequestBody::Stream { payload, length }
         } else {
