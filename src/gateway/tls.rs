@@ -67,7 +67,7 @@ impl TlsAcceptor {
         }
     }
 
-    /// One connection's handshake, bounded by [`HANDSHAKE_TIMEOUT`].
+    /// One connection's handshake, bounded by a timeout (10 s).
     pub async fn accept(&self, tcp: TcpStream) -> io::Result<TlsConnection> {
         tokio::time::timeout(HANDSHAKE_TIMEOUT, self.handshake(tcp))
             .await

@@ -261,13 +261,15 @@ fn certified_key(cert_pem: &str, key_pem: &str) -> Result<CertifiedKey, String> 
     Ok(ck)
 }
 
-/// The verifier for a hostname's `client-certificate` mode and whether it checks trust; an
-/// error names the field at fault.
+/// A client certificate verifier and whether what it accepts chained to CAs.
+type Verifier = (Arc<dyn ClientCertVerifier>, bool);
+
+/// The verifier for a hostname's `client-certificate` mode; an error names the field at fault.
 fn client_verifier<'a>(
     mode: ClientCertificateMode,
     ca_pem: Option<&str>,
     lookup: impl Fn(&str) -> Option<&'a str>,
-) -> Result<(Arc<dyn ClientCertVerifier>, bool), (&'static str, String)> {
+) -> Result<Verifier, (&'static str, String)> {
     let roots = match ca_pem {
         None => None,
         Some(pem) => {
