@@ -204,23 +204,21 @@ pub fn start_traffic_servers(
         https_addr = Some(addr);
         let acceptor = Arc::new(TlsAcceptor::new(table, https.default_host, https.min_tls));
         builder = builder.listen("outpost-traffic-https", listener, move || {
-            let acceptor = acceptor.clone();
-            fn_service(move |io: TcpStream| {
-                let acceptor = acceptor.clone();
-                async move { acceptor.accept(io).await.map_err(DispatchError::Io) }
-            })
-            .map(|io: TlsConnection| {
-                let peer = io.tcp().peer_addr().ok();
-                let _ = io.tcp().set_nodelay(true);
-                // HTTP/2 when the client chose it by ALPN, else HTTP/1.1.
-                let protocol = if io.is_h2() {
-                    Protocol::Http2
-                } else {
-                    Protocol::Http1
-                };
-                (Connection::new(io), protocol, peer)
-            })
-            .and_then(http::<TlsConnection>(&traffic, addr, &shutdown, true))
+            acceptor
+                .factory()
+                .map_err(DispatchError::Io)
+                .map(|io: TlsConnection| {
+                    let peer = io.tcp().peer_addr().ok();
+                    let _ = io.tcp().set_nodelay(true);
+                    // HTTP/2 when the client chose it by ALPN, else HTTP/1.1.
+                    let protocol = if io.is_h2() {
+                        Protocol::Http2
+                    } else {
+                        Protocol::Http1
+                    };
+                    (Connection::new(io), protocol, peer)
+                })
+                .and_then(http::<TlsConnection>(&traffic, addr, &shutdown, true))
         })?;
     }
     Ok((

@@ -11,11 +11,16 @@
 //! The client certificate, if any, is parsed once per connection and travels with it
 //! ([`TlsInfo`], connection data): requests read it from there.
 
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
+
+use actix_service::{Service, ServiceFactory, fn_factory};
+use futures_util::future::LocalBoxFuture;
 
 use outpost_actors::route_table::TableHandle;
 use outpost_actors::route_table::client_certificate::ClientCertificate;
@@ -38,6 +43,11 @@ use super::listener::WriteNow;
 /// A client that has not finished its handshake by then is dropped (it holds a socket and,
 /// until its hello arrives, nothing else).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Handshakes in progress per worker at most (what actix-tls's acceptor allows): above it the
+/// worker takes no new connection until one finishes, and the others wait in the listen
+/// backlog, so a flood of handshakes cannot starve the requests of established connections.
+const MAX_HANDSHAKES: usize = 256;
 
 /// The HTTPS listener's handshakes: reads the hello, picks the hostname's configuration from
 /// the current table, completes the handshake, reads the client certificate.
@@ -65,6 +75,28 @@ impl TlsAcceptor {
             min,
             refuse: Arc::new(refuse),
         }
+    }
+
+    /// The listener's service: one per worker, each with its own handshake limit.
+    pub fn factory(
+        self: &Arc<Self>,
+    ) -> impl ServiceFactory<
+        TcpStream,
+        Config = (),
+        Response = TlsConnection,
+        Error = io::Error,
+        InitError = (),
+    > + use<> {
+        let acceptor = self.clone();
+        fn_factory(move || {
+            let acceptor = acceptor.clone();
+            async move {
+                Ok::<_, ()>(Accept {
+                    acceptor,
+                    gate: Rc::new(Gate::default()),
+                })
+            }
+        })
     }
 
     /// One connection's handshake, bounded by a timeout (10 s).
@@ -113,6 +145,57 @@ impl TlsAcceptor {
         certificates
             .lookup(hello.server_name(), self.default_host.as_deref())
             .cloned()
+    }
+}
+
+/// One worker's acceptor.
+struct Accept {
+    acceptor: Arc<TlsAcceptor>,
+    gate: Rc<Gate>,
+}
+
+/// Handshakes in progress on one worker, and the worker waiting for a free place.
+#[derive(Default)]
+struct Gate {
+    open: Cell<usize>,
+    waiting: RefCell<Option<Waker>>,
+}
+
+/// A place at the gate, given back when the handshake ends (or is dropped).
+struct Place(Rc<Gate>);
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.0.open.set(self.0.open.get() - 1);
+        if let Some(waker) = self.0.waiting.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+}
+
+impl Service<TcpStream> for Accept {
+    type Response = TlsConnection;
+    type Error = io::Error;
+    type Future = LocalBoxFuture<'static, io::Result<TlsConnection>>;
+
+    fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.gate.open.get() < MAX_HANDSHAKES {
+            Poll::Ready(Ok(()))
+        } else {
+            *self.gate.waiting.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        }
+    }
+
+    fn call(&self, tcp: TcpStream) -> Self::Future {
+        self.gate.open.set(self.gate.open.get() + 1);
+        let place = Place(self.gate.clone());
+        let acceptor = self.acceptor.clone();
+        Box::pin(async move {
+            let accepted = acceptor.accept(tcp).await;
+            drop(place);
+            accepted
+        })
     }
 }
 
