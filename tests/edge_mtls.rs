@@ -863,6 +863,21 @@ async fn authentication_certificate_is_presented_to_a_backend_that_requires_one(
         .await
         .unwrap();
     assert_eq!(reply.status, 502, "{reply:?}");
+
+    // A WebSocket handshake goes to the backend on a connection of its own: with the
+    // certificate too (this backend answers it with a plain 200, passed on as its refusal).
+    let handshake = |path: &str| {
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: plain.example\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade, close\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+    };
+    let (status, text) = support::raw(edge.addrs.http, &handshake("/with-cert/ws")).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.ends_with("CN=outpost-gateway"), "{text}");
+    let (status, text) = support::raw(edge.addrs.http, &handshake("/without-cert/ws")).await;
+    assert_eq!(status, 502, "{text}");
 }
 
 #[test]

@@ -38,6 +38,8 @@ pub struct Runtime {
     pub cache: outpost_actors::cache::CacheHandle,
     /// Cap on a request body the gateway has to hold (to retry it).
     pub max_body_bytes: usize,
+    /// An upgraded (WebSocket) connection with no bytes either way for this long is closed.
+    pub websocket_idle: Duration,
 }
 
 /// Where a request goes.
@@ -72,6 +74,19 @@ pub enum RequestBody {
     Buffered(Bytes),
     /// Already sent.
     Taken,
+}
+
+/// A WebSocket handshake the client sent, validated (see `super::upgrade`): what the backend's
+/// handshake is made with, and the client's side of the tunnel once it is upgraded.
+pub struct ClientUpgrade {
+    /// `Sec-WebSocket-Key` as the client sent it.
+    pub key: HeaderValue,
+    /// The bytes the client sends after its handshake (WebSocket frames), until it closes.
+    pub stream: Payload,
+    /// Notified when the traffic server starts a graceful stop; `None` outside a server.
+    pub shutdown: Option<actix_server::GracefulShutdownSignal>,
+    /// The client's connection, to cut it when the gateway ends the tunnel itself.
+    pub conn: Option<super::listener::ConnState>,
 }
 
 /// A response on its way to the client: from the backend (streaming), or made by the gateway.
@@ -158,6 +173,8 @@ pub struct Exchange {
     /// Set by `authentication-certificate`: the client certificate to present to the backend.
     pub backend_certificate: Option<Arc<AuthenticationCertificateStep>>,
     pub body: RequestBody,
+    /// A WebSocket handshake: the backend is asked to upgrade too, instead of a plain forward.
+    pub upgrade: Option<ClientUpgrade>,
     /// `{variable.NAME}`.
     pub variables: HashMap<String, String>,
     // The answer.
@@ -181,6 +198,22 @@ impl Exchange {
 
     pub fn timeout(&self) -> Duration {
         self.timeout_override.unwrap_or(self.target.request_timeout)
+    }
+
+    /// The TLS profile to reach the target with: the target's, presenting the client
+    /// certificate of `authentication-certificate` if one ran.
+    pub fn backend_tls(&self) -> Result<Arc<TlsProfile>, GatewayError> {
+        match &self.backend_certificate {
+            None => Ok(self.target.tls.clone()),
+            // Compiled for every backend's profile, so never missing; refused rather than sent
+            // without the certificate if it ever were.
+            Some(c) => c.profile_for(&self.target.tls).cloned().ok_or_else(|| {
+                GatewayError::internal(
+                    "ClientCertificateProfileMissing",
+                    "No client certificate configuration for this backend.",
+                )
+            }),
+        }
     }
 
     /// The query string as it will be forwarded.

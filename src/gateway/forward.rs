@@ -62,21 +62,6 @@ fn client_for(tls: &TlsProfile) -> awc::Client {
     })
 }
 
-/// The target's TLS profile, with the client certificate `authentication-certificate` set.
-fn tls_profile(ex: &Exchange) -> Result<&TlsProfile, GatewayError> {
-    match &ex.backend_certificate {
-        None => Ok(&ex.target.tls),
-        // Compiled for every backend's profile, so never missing; refused rather than sent
-        // without the certificate if it ever were.
-        Some(c) => c.profile_for(&ex.target.tls).map(|p| &**p).ok_or_else(|| {
-            GatewayError::internal(
-                "ClientCertificateProfileMissing",
-                "No client certificate configuration for this backend.",
-            )
-        }),
-    }
-}
-
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1), plus those the
 /// HTTP layer sets itself from the body.
 static HOP_BY_HOP: [HeaderName; 10] = [
@@ -118,7 +103,8 @@ pub async fn send(ex: &mut Exchange, rt: &Runtime) -> Result<Response, GatewayEr
     // them (`{request.header.X}`). Host and Expect are per-hop for us and skipped when copying.
     strip_hop_by_hop(&mut ex.request_headers);
     let headers = &ex.request_headers;
-    let client = client_for(tls_profile(ex)?);
+    let tls = ex.backend_tls()?;
+    let client = client_for(&tls);
     let timeout = ex.timeout();
     let backend = ex.target.name.clone();
     let body = std::mem::replace(&mut ex.body, RequestBody::Taken);

@@ -18,9 +18,11 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 
+use chrono::{DateTime, Utc};
 use outpost_model::Problems;
 use outpost_model::resources::{ClientCertificateMode, Gateway};
 use outpost_model::template::substitute_named_values;
+use outpost_model::wire::CertificateExpiry;
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
@@ -123,6 +125,8 @@ pub struct ServerCertificates {
     /// Whether any hostname asks for client certificates (requests then check which hostname
     /// their connection was made for).
     client_certificates: bool,
+    /// Each hostname's leaf `notAfter`, soonest first: for `/metrics`, heartbeats and warnings.
+    expiries: Vec<CertificateExpiry>,
 }
 
 impl ServerCertificates {
@@ -160,6 +164,21 @@ impl ServerCertificates {
     /// Whether any hostname asks clients for a certificate.
     pub fn asks_client_certificates(&self) -> bool {
         self.client_certificates
+    }
+
+    /// When each hostname's certificate lapses, soonest first.
+    pub fn expiries(&self) -> &[CertificateExpiry] {
+        &self.expiries
+    }
+
+    /// The certificates that lapse before `now + window` (or already have), soonest first.
+    pub fn expiring(&self, now: DateTime<Utc>, window: chrono::TimeDelta) -> &[CertificateExpiry] {
+        let n = self
+            .expiries
+            .iter()
+            .take_while(|e| e.not_after <= now + window)
+            .count();
+        &self.expiries[..n]
     }
 
     /// Hostnames served, for logs and status.
@@ -215,8 +234,12 @@ pub(crate) fn compile(
             continue;
         };
         match certified_key(&cert, &key) {
-            Ok(ck) => {
+            Ok((ck, not_after)) => {
                 let name = h.hostname.to_ascii_lowercase();
+                out.expiries.push(CertificateExpiry {
+                    hostname: name.clone(),
+                    not_after,
+                });
                 out.client_certificates |= h.client_certificate != ClientCertificateMode::None;
                 let host = Arc::new(HostTls {
                     hostname: name.as_str().into(),
@@ -240,10 +263,12 @@ pub(crate) fn compile(
     }
     out.wildcard
         .sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+    out.expiries.sort_by_key(|e| e.not_after);
     out
 }
 
-fn certified_key(cert_pem: &str, key_pem: &str) -> Result<CertifiedKey, String> {
+/// The key pair for the listener, and the leaf certificate's `notAfter`.
+fn certified_key(cert_pem: &str, key_pem: &str) -> Result<(CertifiedKey, DateTime<Utc>), String> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
         .collect::<Result<_, _>>()
         .map_err(|e| format!("certificate-pem is not a PEM certificate chain: {e}"))?;
@@ -258,7 +283,18 @@ fn certified_key(cert_pem: &str, key_pem: &str) -> Result<CertifiedKey, String> 
     let ck = CertifiedKey::new(chain, signer);
     ck.keys_match()
         .map_err(|e| format!("key-pem does not belong to the certificate: {e}"))?;
-    Ok(ck)
+    let not_after = not_after(&ck.cert[0])?;
+    Ok((ck, not_after))
+}
+
+/// A certificate's `notAfter`. rustls checks the chain's signatures only at handshakes; the
+/// validity is read here once so expiry can be watched without one.
+fn not_after(leaf: &CertificateDer<'_>) -> Result<DateTime<Utc>, String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf)
+        .map_err(|e| format!("certificate-pem: the first certificate does not parse: {e}"))?;
+    let at = cert.validity().not_after.timestamp();
+    DateTime::from_timestamp(at, 0)
+        .ok_or_else(|| format!("certificate-pem: notAfter {at} is out of range"))
 }
 
 /// A client certificate verifier and whether what it accepts chained to CAs.
