@@ -237,7 +237,10 @@ fn api(name: &str, backend: &str, inbound: Value) -> Value {
 }
 
 /// The configuration, as JSON (which is YAML too).
-fn config(pki: &Pki, echo: SocketAddr, tls_backend: Option<SocketAddr>) -> String {
+/// Where the TLS backends requiring client certificates listen: HTTP/1.1, HTTP/2.
+type TlsBackends = Option<(SocketAddr, SocketAddr)>;
+
+fn config(pki: &Pki, echo: SocketAddr, tls_backends: TlsBackends) -> String {
     let host = |name: &str, mode: &str, ca: bool| {
         let mut h = json!({
             "hostname": name, "certificate-pem": "{{server-cert}}", "key-pem": "{{server-key}}",
@@ -248,7 +251,8 @@ fn config(pki: &Pki, echo: SocketAddr, tls_backend: Option<SocketAddr>) -> Strin
         }
         h
     };
-    let tls_backend = tls_backend.unwrap_or(([127, 0, 0, 1], 9).into());
+    let closed: SocketAddr = ([127, 0, 0, 1], 9).into();
+    let (tls_backend, h2_backend) = tls_backends.unwrap_or((closed, closed));
     let apis = vec![
         api("echo", "echo", set_headers()),
         api(
@@ -301,6 +305,14 @@ fn config(pki: &Pki, echo: SocketAddr, tls_backend: Option<SocketAddr>) -> Strin
             }}]),
         ),
         api("without-cert", "secure", json!([])),
+        api(
+            "with-cert-h2",
+            "secure-h2",
+            json!([{"authentication-certificate": {
+                "certificate-pem": "{{gateway-cert}}", "key-pem": "{{gateway-key}}",
+            }}]),
+        ),
+        api("without-cert-h2", "secure-h2", json!([])),
     ];
     let names: Vec<&str> = apis.iter().map(|a| a["name"].as_str().unwrap()).collect();
     json!({
@@ -319,6 +331,8 @@ fn config(pki: &Pki, echo: SocketAddr, tls_backend: Option<SocketAddr>) -> Strin
         "backends": [
             {"name": "echo", "url": format!("http://{echo}")},
             {"name": "secure", "url": format!("https://{tls_backend}"),
+             "tls": {"ca-pem": "{{backend-ca}}", "server-name": "localhost"}},
+            {"name": "secure-h2", "url": format!("https://{h2_backend}"), "protocol": "h2",
              "tls": {"ca-pem": "{{backend-ca}}", "server-name": "localhost"}},
         ],
         "apis": apis,
@@ -346,12 +360,12 @@ impl Edge {
         Self::start_with(Pki::new(), None).await
     }
 
-    async fn start_with(pki: Pki, tls_backend: Option<SocketAddr>) -> Edge {
+    async fn start_with(pki: Pki, tls_backends: TlsBackends) -> Edge {
         let (echo_server, echo) = sample_backend::start("127.0.0.1:0").unwrap();
         actix_rt::spawn(echo_server);
         let table = new_table_handle();
         let compiled = compile(
-            &support::snapshot(&config(&pki, echo, tls_backend)),
+            &support::snapshot(&config(&pki, echo, tls_backends)),
             &CompileContext::default(),
         )
         .unwrap_or_else(|p| panic!("{p}"));
@@ -771,8 +785,8 @@ async fn a_protected_hostname_cannot_be_reached_over_another_connection() {
 }
 
 /// A TLS backend that requires client certificates of `client_ca` and answers with the subject
-/// of the one it got.
-async fn tls_backend_requiring_certificates(pki: &Pki) -> SocketAddr {
+/// of the one it got: over HTTP/1.1, or HTTP/2 (chosen by ALPN) when `h2`.
+async fn tls_backend_requiring_certificates(pki: &Pki, h2: bool) -> SocketAddr {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = RootCertStore::empty();
@@ -791,6 +805,10 @@ async fn tls_backend_requiring_certificates(pki: &Pki) -> SocketAddr {
             PrivateKeyDer::from_pem_slice(pki.server.key_pem.as_bytes()).unwrap(),
         )
         .unwrap();
+    let mut config = config;
+    if h2 {
+        config.alpn_protocols = vec![b"h2".to_vec()];
+    }
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -811,6 +829,23 @@ async fn tls_backend_requiring_certificates(pki: &Pki) -> SocketAddr {
                     .and_then(|c| c.first())
                     .map(|c| ClientCertificate::parse(c, true).unwrap().subject)
                     .unwrap_or_default();
+                if h2 {
+                    let Ok(mut conn) = h2::server::handshake(tls).await else {
+                        return;
+                    };
+                    while let Some(Ok((_, mut respond))) = conn.accept().await {
+                        // A length, so the gateway's HTTP/1.1 answer has one too.
+                        let head = http::Response::builder()
+                            .status(200)
+                            .header("content-length", subject.len())
+                            .body(())
+                            .unwrap();
+                        if let Ok(mut body) = respond.send_response(head, false) {
+                            let _ = body.send_data(subject.clone().into(), true);
+                        }
+                    }
+                    return;
+                }
                 let mut head = Vec::new();
                 let mut byte = [0u8; 1];
                 while !head.ends_with(b"\r\n\r\n") {
@@ -834,8 +869,9 @@ async fn tls_backend_requiring_certificates(pki: &Pki) -> SocketAddr {
 #[actix_rt::test]
 async fn authentication_certificate_is_presented_to_a_backend_that_requires_one() {
     let pki = Pki::new();
-    let backend = tls_backend_requiring_certificates(&pki).await;
-    let edge = Edge::start_with(pki, Some(backend)).await;
+    let backend = tls_backend_requiring_certificates(&pki, false).await;
+    let h2_backend = tls_backend_requiring_certificates(&pki, true).await;
+    let edge = Edge::start_with(pki, Some((backend, h2_backend))).await;
 
     let reply = edge
         .get("plain.example", "/with-cert/x", None)
@@ -878,6 +914,21 @@ async fn authentication_certificate_is_presented_to_a_backend_that_requires_one(
     assert!(text.ends_with("CN=outpost-gateway"), "{text}");
     let (status, text) = support::raw(edge.addrs.http, &handshake("/without-cert/ws")).await;
     assert_eq!(status, 502, "{text}");
+
+    // An HTTP/2 backend (its own connection pool): the same.
+    for _ in 0..2 {
+        let reply = edge
+            .get("plain.example", "/with-cert-h2/x", None)
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 200, "{reply:?}");
+        assert_eq!(String::from_utf8_lossy(&reply.body), "CN=outpost-gateway");
+        let reply = edge
+            .get("plain.example", "/without-cert-h2/x", None)
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 502, "{reply:?}");
+    }
 }
 
 #[test]

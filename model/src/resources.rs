@@ -246,6 +246,23 @@ pub struct Backend {
     pub request_timeout_ms: u64,
     #[serde(default)]
     pub tls: BackendTls,
+    /// HTTP version spoken to the backend.
+    #[serde(default)]
+    pub protocol: BackendProtocol,
+}
+
+/// How the gateway speaks to a backend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendProtocol {
+    /// `https://`: HTTP/2 when the backend picks it by ALPN, else HTTP/1.1. `http://`: HTTP/1.1.
+    #[default]
+    Auto,
+    /// HTTP/1.1 only.
+    Http1,
+    /// HTTP/2 only: by ALPN on `https://`, with prior knowledge (h2c) on `http://`. What gRPC
+    /// backends need.
+    H2,
 }
 
 fn default_connect_timeout_ms() -> u64 {

@@ -690,6 +690,8 @@ fn resource_schemas() -> Value {
             "connect-timeout-ms": {"type": "integer", "minimum": 1, "maximum": 600_000, "default": 5000},
             "request-timeout-ms": {"type": "integer", "minimum": 1, "maximum": 3_600_000, "default": 30000},
             "tls": schema_ref("BackendTls"),
+            "protocol": {"type": "string", "enum": ["auto", "http1", "h2"], "default": "auto",
+                "description": "auto: HTTP/2 when an https backend picks it by ALPN, else HTTP/1.1; http1: HTTP/1.1 only; h2: HTTP/2 only (h2c with prior knowledge on http://), as gRPC backends need."},
         }), &["name", "url"]),
         "BackendTls": strict(json!({
             "verify": {"type": "boolean", "default": true},

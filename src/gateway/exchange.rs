@@ -23,10 +23,12 @@ use outpost_actors::route_table::table::{
 use outpost_actors::route_table::tls::TlsProfile;
 use outpost_actors::shared_state::{CountedBy, Decision, QuotaLimits};
 use outpost_model::policy::{OutageMode, StatusSet};
+use outpost_model::resources::BackendProtocol;
 use outpost_model::template::{CertField, Segment, Template, Var};
 
 use super::concurrency::{ConcurrencyGuard, ConcurrencyLimiter};
 use super::error::GatewayError;
+use super::trailers::Trailers;
 
 /// What steps share across requests, for the lifetime of the traffic server. Shared-state
 /// policies (rate limits, quotas, cache) add their stores here.
@@ -49,6 +51,7 @@ pub struct Target {
     pub url: BackendUrl,
     pub request_timeout: Duration,
     pub tls: Arc<TlsProfile>,
+    pub protocol: BackendProtocol,
 }
 
 impl Target {
@@ -58,6 +61,7 @@ impl Target {
             url: b.url.clone(),
             request_timeout: b.request_timeout,
             tls: b.tls.clone(),
+            protocol: b.protocol,
         }
     }
 }
@@ -189,6 +193,9 @@ pub struct Exchange {
     pub cors: Option<(Arc<CorsStep>, HeaderValue)>,
     /// Post-response work of rate limits, quotas and the cache.
     pub shared_state: PolicyState,
+    /// The client's HTTP/2 stream's trailers (`None` over HTTP/1.1): what the HTTP/2 upstream
+    /// relays both ways.
+    pub trailers: Option<Trailers>,
 }
 
 impl Exchange {

@@ -27,6 +27,7 @@ pub mod error;
 pub mod exchange;
 pub mod forward;
 pub mod forwarded;
+pub mod h2_server;
 pub mod listener;
 pub mod ops;
 pub mod path;
@@ -36,7 +37,9 @@ pub mod reload;
 pub mod settings;
 pub mod stores;
 pub mod tls;
+pub mod trailers;
 pub mod upgrade;
+pub mod upstream_h2;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};

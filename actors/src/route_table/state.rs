@@ -481,6 +481,7 @@ fn compile_backend(
         connect_timeout,
         request_timeout: Duration::from_millis(b.request_timeout_ms),
         tls,
+        protocol: b.protocol,
     })
 }
 

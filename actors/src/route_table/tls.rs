@@ -4,7 +4,7 @@
 //! with a read-only or missing CA bundle still verifies backends, plus the backend's own
 //! `tls.ca-pem`. `tls.verify: false` accepts any certificate (signatures are still checked,
 //! so the handshake stays a real one). `tls.server-name` verifies the certificate against that
-//! name instead of the URL's host.
+//! name instead of the URL's host (and the HTTP/2 upstream sends it as SNI too).
 //!
 //! The proxy keeps one pooled HTTP client per worker thread per [`TlsProfile::id`]; the id is a
 //! hash of the settings, so recompiling the same configuration reuses the same pools.
@@ -36,6 +36,8 @@ pub struct TlsProfile {
     pub config: Arc<ClientConfig>,
     /// What it was built from, to build the same with a client certificate.
     pub settings: TlsSettings,
+    /// `tls.server-name`: the name to ask for (SNI) and verify, instead of the URL's host.
+    pub server_name: Option<ServerName<'static>>,
 }
 
 impl fmt::Debug for TlsProfile {
@@ -192,7 +194,7 @@ impl TlsSettings {
             builder
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate { algorithms }))
-        } else if let Some(name) = server_name {
+        } else if let Some(name) = server_name.clone() {
             let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
                 .build()
                 .map_err(|e| ("tls", e.to_string()))?;
@@ -213,6 +215,7 @@ impl TlsSettings {
             connect_timeout: self.connect_timeout,
             config: Arc::new(config),
             settings: self.clone(),
+            server_name,
         })
     }
 }
