@@ -37,6 +37,7 @@ pub mod reload;
 pub mod settings;
 pub mod stores;
 pub mod tls;
+pub mod token_file;
 pub mod trailers;
 pub mod upgrade;
 pub mod upstream_h2;
@@ -173,6 +174,10 @@ pub fn start(settings: GatewaySettings) -> Result<RunningGateway, String> {
         return Err(format!("invalid gateway settings:\n{problems}"));
     }
     let offline = !settings.offline.config_file.is_empty();
+    let mut settings = settings;
+    if !offline {
+        token_file::resolve(&mut settings.control_plane)?;
+    }
     let plan = if offline {
         Plan::Offline(offline_snapshot(
             Path::new(&settings.offline.config_file),

@@ -30,6 +30,9 @@ pub struct ControlPlaneLink {
     pub url: String,
     /// `GatewayKey <gateway>&<expiry>&<signature>`, minted by the control plane.
     pub token: String,
+    /// A file holding the token instead (`outpost gateway-token --output-dir`), read once at
+    /// start; refused unless only its owner can read it (mode 0600 or 0400).
+    pub token_file: String,
     /// Long-poll wait asked of the control plane, seconds.
     pub poll_wait_secs: u64,
     pub heartbeat_interval_secs: u64,
@@ -189,6 +192,7 @@ impl Default for ControlPlaneLink {
         Self {
             url: String::new(),
             token: String::new(),
+            token_file: String::new(),
             poll_wait_secs: 30,
             heartbeat_interval_secs: 10,
             request_timeout_ms: 10_000,
@@ -302,12 +306,19 @@ impl Validate for GatewaySettings {
             } else {
                 outpost_model::validate::check_url(p, "control_plane.url", &self.control_plane.url);
             }
-            if self.control_plane.token.is_empty() {
+            let (token, file) = (&self.control_plane.token, &self.control_plane.token_file);
+            if token.is_empty() && file.is_empty() {
                 p.push(
                     "control_plane.token",
-                    "required unless offline.config_file is set (OUTPOST_CONTROL_PLANE_TOKEN)",
+                    "required unless offline.config_file is set (OUTPOST_CONTROL_PLANE_TOKEN, \
+                     or a file: OUTPOST_CONTROL_PLANE_TOKEN_FILE)",
                 );
-            } else if !self.control_plane.token.starts_with("GatewayKey ") {
+            } else if !token.is_empty() && !file.is_empty() {
+                p.push(
+                    "control_plane.token_file",
+                    "set either control_plane.token or control_plane.token_file, not both",
+                );
+            } else if !token.is_empty() && !token.starts_with("GatewayKey ") {
                 p.push(
                     "control_plane.token",
                     "expected 'GatewayKey <gateway>&<expiry>&<signature>'",
