@@ -138,6 +138,8 @@ fn add_certificate(doc: &mut Document) -> Result<(), String> {
         hostname: TLS_HOST.into(),
         certificate_pem: Some("{{demo-tls-certificate}}".into()),
         key_pem: Some("{{demo-tls-key}}".into()),
+        client_certificate: Default::default(),
+        client_ca_pem: None,
     });
     doc.resources.push(Resource::NamedValue(NamedValue {
         name: "demo-tls-certificate".into(),

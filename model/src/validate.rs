@@ -616,11 +616,52 @@ fn check_gateway(p: &mut Problems, g: &Gateway) {
                 "certificate-pem and key-pem go together",
             );
         }
+        check_client_certificate(p, &format!("hostnames[{i}]"), h);
     }
     let mut seen = HashSet::new();
     for (i, a) in g.apis.iter().enumerate() {
         if !seen.insert(a) {
             p.push(format!("apis[{i}]"), format!("API '{a}' is listed twice"));
+        }
+    }
+}
+
+/// Client certificates are asked for during the TLS handshake: a hostname without its own
+/// certificate has no handshake, and `required` without CAs could admit nobody (or, worse, be
+/// read as "anyone").
+fn check_client_certificate(p: &mut Problems, at: &str, h: &crate::resources::GatewayHostname) {
+    use crate::resources::ClientCertificateMode as Mode;
+    let ca = h.client_ca_pem.as_deref().map(str::trim);
+    if ca.is_some_and(str::is_empty) {
+        p.push(format!("{at}.client-ca-pem"), "must not be empty");
+    }
+    match h.client_certificate {
+        Mode::None => {
+            if ca.is_some() {
+                p.push(
+                    format!("{at}.client-ca-pem"),
+                    "client CAs are set but client-certificate is none: set it to optional or \
+                     required, or remove client-ca-pem",
+                );
+            }
+        }
+        mode => {
+            if h.certificate_pem.is_none() {
+                p.push(
+                    format!("{at}.client-certificate"),
+                    format!(
+                        "'{}' needs HTTPS on this hostname: set certificate-pem and key-pem",
+                        mode.as_str()
+                    ),
+                );
+            }
+            if mode == Mode::Required && ca.is_none() {
+                p.push(
+                    format!("{at}.client-ca-pem"),
+                    "client-certificate 'required' needs the CA certificates client \
+                     certificates must chain to",
+                );
+            }
         }
     }
 }
@@ -798,6 +839,33 @@ fn check_policy(p: &mut Problems, at: &str, policy: &Policy) {
         Policy::LimitConcurrency(l) => {
             check_non_empty(p, &field("key"), &l.key);
             check_range(p, &field("max-count"), u64::from(l.max_count), 1, 1_000_000);
+        }
+        Policy::ValidateClientCertificate(v) => {
+            for (i, id) in v.identities.iter().enumerate() {
+                let fields = [
+                    &id.thumbprint,
+                    &id.serial_number,
+                    &id.subject,
+                    &id.common_name,
+                    &id.issuer,
+                ];
+                if fields.iter().all(|f| f.is_none()) {
+                    p.push(
+                        field(&format!("identities[{i}]")),
+                        "an identity needs at least one of thumbprint, serial-number, subject, \
+                         common-name, issuer",
+                    );
+                }
+                for f in fields.into_iter().flatten() {
+                    if f.trim().is_empty() {
+                        p.push(field(&format!("identities[{i}]")), "empty field");
+                    }
+                }
+            }
+        }
+        Policy::AuthenticationCertificate(a) => {
+            check_non_empty(p, &field("certificate-pem"), &a.certificate_pem);
+            check_non_empty(p, &field("key-pem"), &a.key_pem);
         }
         Policy::Base | Policy::CacheLookup(_) => {}
     }
@@ -1089,7 +1157,10 @@ pub fn check_config_partial<'a>(
                     }
                 }
                 for (i, h) in g.hostnames.iter().enumerate() {
-                    for s in [&h.certificate_pem, &h.key_pem].into_iter().flatten() {
+                    for s in [&h.certificate_pem, &h.key_pem, &h.client_ca_pem]
+                        .into_iter()
+                        .flatten()
+                    {
                         check_refs(&mut p, &format!("hostnames[{i}]"), s);
                     }
                 }
@@ -1146,7 +1217,7 @@ fn refers_to(r: &Resource, key: &ResourceKey) -> bool {
         Resource::Gateway(g) => {
             (key.kind == Kind::Api && g.apis.iter().any(|a| a == name))
                 || g.hostnames.iter().any(|h| {
-                    [&h.certificate_pem, &h.key_pem]
+                    [&h.certificate_pem, &h.key_pem, &h.client_ca_pem]
                         .into_iter()
                         .flatten()
                         .any(|s| str_refers(s))

@@ -779,6 +779,10 @@ fn resource_schemas() -> Value {
                     "hostname": hostname(),
                     "certificate-pem": opt_string(),
                     "key-pem": opt_string(),
+                    "client-certificate": {"type": "string", "enum": ["none", "optional", "required"], "default": "none",
+                        "description": "Ask TLS clients for a certificate (mutual TLS); needs certificate-pem. required: a client without a valid one fails the handshake."},
+                    "client-ca-pem": {"type": ["string", "null"],
+                        "description": "CA certificates (PEM, or {{named-value}} references) client certificates must chain to. Needed for required; optional without CAs takes any certificate, untrusted."},
                 }), &["hostname"]),
                 // A certificate goes with its key (null is none).
                 {"anyOf": [
@@ -994,7 +998,8 @@ mod tests {
             ),
             (
                 Kind::Gateway,
-                json!({"name": "g", "hostnames": [{"hostname": "h", "certificate-pem": "c", "key-pem": "k"}]}),
+                json!({"name": "g", "hostnames": [{"hostname": "h", "certificate-pem": "c", "key-pem": "k",
+                    "client-certificate": "optional", "client-ca-pem": "{{ca}}"}]}),
             ),
             (Kind::GlobalPolicy, json!({})),
         ]

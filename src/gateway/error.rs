@@ -11,6 +11,7 @@ use actix_web::HttpResponse;
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderName, HeaderValue};
 use awc::error::{ConnectError, SendRequestError};
+use outpost_actors::route_table::steps::CertificateRejection;
 
 use super::upstream_h2::UpstreamError;
 
@@ -296,6 +297,50 @@ impl GatewayError {
             ErrorSource::Policy,
             "ConcurrencyLimitExceeded",
             "Too many concurrent requests; retry later.",
+        )
+    }
+
+    /// `validate-client-certificate` refused the connection's certificate: 401 when there is
+    /// none (the client must authenticate), 403 when the one presented is not accepted.
+    pub fn client_certificate(rejection: &CertificateRejection) -> Self {
+        match rejection {
+            CertificateRejection::Missing => Self::new(
+                StatusCode::UNAUTHORIZED,
+                ErrorSource::Policy,
+                "ClientCertificateMissing",
+                "Access denied: a client certificate is required. Connect over HTTPS with a \
+                 certificate this API accepts.",
+            ),
+            other => Self::new(
+                StatusCode::FORBIDDEN,
+                ErrorSource::Policy,
+                "ClientCertificateInvalid",
+                format!("Access denied: {other}."),
+            ),
+        }
+    }
+
+    /// A request for a hostname that asks for client certificates, on a TLS connection made
+    /// for another hostname (see `tls::check_host`).
+    pub fn misdirected_request(host: &str) -> Self {
+        Self::new(
+            StatusCode::MISDIRECTED_REQUEST,
+            ErrorSource::Client,
+            "MisdirectedRequest",
+            format!(
+                "This connection was not made for host '{host}', which asks for client \
+                 certificates: open a new connection with '{host}' as its TLS server name."
+            ),
+        )
+    }
+
+    /// A hostname that requires client certificates, asked over plain HTTP.
+    pub fn client_certificate_needs_https(host: &str) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            ErrorSource::Client,
+            "ClientCertificateRequired",
+            format!("Host '{host}' requires HTTPS with a client certificate."),
         )
     }
 

@@ -95,6 +95,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// HTTP/2 when the backend's `protocol` (or its ALPN answer) says so ([`upstream_h2`]), else
 /// over HTTP/1.1 here.
 pub async fn send(ex: &mut Exchange, rt: &Runtime) -> Result<Response, GatewayError> {
+    // The client certificate of `authentication-certificate` is part of the target's TLS
+    // profile from here on, for either HTTP version (and their pools, keyed by profile).
+    if ex.backend_certificate.is_some() {
+        ex.target.tls = ex.backend_tls()?;
+        ex.backend_certificate = None;
+    }
     if !upstream_h2::may_use(&ex.target) {
         return send_h1(ex, rt).await;
     }

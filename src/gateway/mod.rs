@@ -39,8 +39,8 @@ pub mod start_error;
 pub mod stores;
 pub mod tls;
 pub mod token_file;
-pub mod upgrade;
 pub mod trailers;
+pub mod upgrade;
 pub mod upstream_h2;
 
 use std::net::{SocketAddr, TcpListener};

@@ -29,8 +29,6 @@ use actix_http::Protocol;
 use actix_http::error::DispatchError;
 use actix_rt::net::TcpStream;
 use actix_service::{IntoServiceFactory, ServiceFactoryExt, fn_service, map_config};
-use actix_tls::accept::TlsError;
-use actix_tls::accept::rustls_0_23::{Acceptor, TlsStream};
 use actix_web::body::{BodySize, BoxBody, MessageBody};
 use actix_web::dev::AppConfig;
 use actix_web::dev::{Server, ServiceFactory, ServiceRequest, ServiceResponse};
@@ -58,7 +56,7 @@ use super::listener::{ConnState, Connection, WriteNow};
 use super::path::{self, Normalized};
 use super::pipeline;
 use super::settings::GatewaySettings;
-use super::tls::MinTls;
+use super::tls::{MinTls, PeerTls, TlsAcceptor, TlsConnection, TlsInfo};
 
 /// What the rest of the gateway plugs into the traffic server.
 #[derive(Clone, Default)]
@@ -210,32 +208,23 @@ pub fn start_traffic_servers(
         let listener = std::net::TcpListener::bind(https.listen)?;
         let addr = listener.local_addr()?;
         https_addr = Some(addr);
-        let mut acceptor = Acceptor::new(super::tls::server_config(
-            table,
-            https.default_host,
-            https.min_tls,
-        ));
-        acceptor.set_handshake_timeout(Duration::from_secs(10));
+        let acceptor = Arc::new(TlsAcceptor::new(table, https.default_host, https.min_tls));
         builder = builder.listen("outpost-traffic-https", listener, move || {
             acceptor
-                .clone()
-                .map_init_err(|_| ())
-                .map_err(TlsError::into_service_error)
-                .map(|io: TlsStream<TcpStream>| {
-                    let peer = io.get_ref().0.peer_addr().ok();
-                    let _ = io.get_ref().0.set_nodelay(true);
+                .factory()
+                .map_err(DispatchError::Io)
+                .map(|io: TlsConnection| {
+                    let peer = io.tcp().peer_addr().ok();
+                    let _ = io.tcp().set_nodelay(true);
                     // HTTP/2 when the client chose it by ALPN, else HTTP/1.1.
-                    let protocol = if io.get_ref().1.alpn_protocol() == Some(b"h2") {
+                    let protocol = if io.is_h2() {
                         Protocol::Http2
                     } else {
                         Protocol::Http1
                     };
                     (Connection::new(io), protocol, peer)
                 })
-                .and_then(
-                    http::<TlsStream<TcpStream>>(&traffic, addr, &shutdown, true)
-                        .map_err(TlsError::Service),
-                )
+                .and_then(http::<TlsConnection>(&traffic, addr, &shutdown, true))
         })?;
     }
     Ok((
@@ -287,7 +276,7 @@ fn http<T>(
     InitError = (),
 > + use<T>
 where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + WriteNow + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + WriteNow + PeerTls + 'static,
 {
     let app = traffic_app(traffic.clone())
         .into_factory()
@@ -335,13 +324,17 @@ where
 
 /// What requests learn about their connection, over either HTTP version (read with
 /// [`h2_server::conn_data`]).
-fn connection_data<T: WriteNow>(
-    _io: &Connection<T>,
+fn connection_data<T: WriteNow + PeerTls>(
+    io: &Connection<T>,
     ext: &mut actix_http::Extensions,
     secure: bool,
 ) {
     if secure {
         ext.insert(Secure);
+    }
+    // The hostname of the handshake and the client certificate (see `tls`).
+    if let Some(tls) = io.get_ref().tls_info() {
+        ext.insert(tls);
     }
 }
 
@@ -543,6 +536,8 @@ async fn serve(
         return Err(GatewayError::no_configuration());
     };
     let host = request_host(req);
+    let tls = h2_server::conn_data::<TlsInfo>(req);
+    super::tls::check_host(&table, &host, tls.as_ref())?;
     let normalized = normalise(req, &table, &host)?;
     let matched = match route(req, &table, &host, &normalized, record)? {
         ControlFlow::Continue(matched) => matched,
@@ -852,6 +847,7 @@ fn build_exchange(
         host,
         path: path.to_owned(),
         client_ip,
+        client_certificate: h2_server::conn_data::<TlsInfo>(req).and_then(|t| t.client),
         request_id,
         gateway_name: table.gateway_name.clone(),
         api: api.clone(),
@@ -866,6 +862,7 @@ fn build_exchange(
         timeout_override: None,
         retry: None,
         upgrade: None,
+        backend_certificate: None,
         body: if has_body {
             RequestBody::Stream { payload, length }
         } else {

@@ -459,6 +459,7 @@ fn compile_backend(
         ca_pem,
         server_name: b.tls.server_name.clone(),
         connect_timeout,
+        client_identity: None,
     };
     let tls = match profiles.get(&settings.id()) {
         Some(p) => p.clone(),
