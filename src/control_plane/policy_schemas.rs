@@ -426,6 +426,44 @@ pub fn settings(policy: &str, backend_url_pattern: &str) -> Option<Value> {
             json!({"key": non_empty_template(), "max-count": int(1, 1_000_000)}),
             &["key", "max-count"],
         ),
+        "validate-client-certificate" => {
+            // Each identity field, when given, is a non-blank template; an identity gives one
+            // at least (null is not given).
+            let fields = [
+                "thumbprint",
+                "serial-number",
+                "subject",
+                "common-name",
+                "issuer",
+            ];
+            let properties: serde_json::Map<String, Value> = fields
+                .iter()
+                .map(|f| ((*f).to_owned(), nullable(non_empty_template())))
+                .collect();
+            let any_given: Vec<Value> = fields
+                .iter()
+                .map(|f| json!({"properties": {*f: {"type": "string"}}, "required": [f]}))
+                .collect();
+            let mut identity = closed(Value::Object(properties), &[]);
+            identity["anyOf"] = Value::Array(any_given);
+            closed(
+                json!({
+                    "validate-revocation": boolean(true),
+                    "validate-trust": boolean(true),
+                    "validate-not-before": boolean(true),
+                    "validate-not-after": boolean(true),
+                    "ignore-error": boolean(false),
+                    "revoked-thumbprints": {"type": "array", "items": template(), "default": []},
+                    "revocation-crl-pem": nullable(template()),
+                    "identities": {"type": "array", "items": identity, "default": []},
+                }),
+                &[],
+            )
+        }
+        "authentication-certificate" => closed(
+            json!({"certificate-pem": non_empty_template(), "key-pem": non_empty_template()}),
+            &["certificate-pem", "key-pem"],
+        ),
         _ => return None,
     })
 }
@@ -555,6 +593,8 @@ mod tests {
             "retry" => json!({"count": 2}),
             "forward-request" => json!({}),
             "limit-concurrency" => json!({"key": "k", "max-count": 2}),
+            "validate-client-certificate" => json!({}),
+            "authentication-certificate" => json!({"certificate-pem": "c", "key-pem": "k"}),
             other => panic!("no sample of '{other}': add one with its schema"),
         }
     }

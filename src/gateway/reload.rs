@@ -65,7 +65,8 @@ impl OfflineReload {
     async fn run(&mut self) {
         let file = self.file.display().to_string();
         tracing::info!(file, "SIGHUP: reloading the offline config file");
-        let loaded = super::offline_snapshot(&self.file, self.gateway.as_deref()).map_err(|e| e.to_string());
+        let loaded =
+            super::offline_snapshot(&self.file, self.gateway.as_deref()).map_err(|e| e.to_string());
         let mut snapshot = match loaded {
             Ok(snapshot) => snapshot,
             Err(reason) => return self.refuse(&file, String::new(), reason),
