@@ -249,7 +249,7 @@ h2_phase() {
     after=$(cpu_ticks $pids)
     echo "$out" >"$RUN_DIR/$target-h2-$round.h2load"
     rps=$(echo "$out" | awk '/^finished in/ {gsub(/,/, ""); print $4}')
-    errors=$(echo "$out" | awk '/^requests:/ {print $8 + $10 + $12}')
+    errors=$(echo "$out" | awk '/^requests:/ {print $10 + $12 + $14}')
     local succeeded
     succeeded=$(echo "$out" | awk '/^status codes:/ {print $3}')
     local cpu_us
