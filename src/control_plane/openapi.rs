@@ -792,13 +792,13 @@ fn resource_schemas() -> Value {
                      "properties": {"certificate-pem": {"type": "null"}, "key-pem": {"type": "null"}}},
                 ]},
                 // Asking for client certificates needs a handshake of the hostname's own.
-                {"if": {"required": ["client-certificate"], "properties": {"client-certificate": {"enum": ["optional", "required"]}}},
+                {"type": "object", "if": {"required": ["client-certificate"], "properties": {"client-certificate": {"enum": ["optional", "required"]}}},
                  "then": {"required": ["certificate-pem"], "properties": {"certificate-pem": {"type": "string"}}}},
                 // required: the CAs client certificates must chain to.
-                {"if": {"required": ["client-certificate"], "properties": {"client-certificate": {"const": "required"}}},
+                {"type": "object", "if": {"required": ["client-certificate"], "properties": {"client-certificate": {"const": "required"}}},
                  "then": {"required": ["client-ca-pem"], "properties": {"client-ca-pem": {"type": "string"}}}},
                 // CAs only where certificates are asked for, and not blank.
-                {"if": {"required": ["client-ca-pem"], "properties": {"client-ca-pem": {"type": "string"}}},
+                {"type": "object", "if": {"required": ["client-ca-pem"], "properties": {"client-ca-pem": {"type": "string"}}},
                  "then": {"required": ["client-certificate"],
                           "properties": {"client-certificate": {"enum": ["optional", "required"]},
                                          "client-ca-pem": {"pattern": format!("[^{}]", super::policy_schemas::WS_CHARS)}}}},
