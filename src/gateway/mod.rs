@@ -31,6 +31,7 @@ pub mod ops;
 pub mod path;
 pub mod pipeline;
 pub mod proxy;
+mod request_metrics;
 pub mod settings;
 pub mod stores;
 pub mod tls;
