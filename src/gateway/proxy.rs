@@ -24,15 +24,14 @@ use std::time::{Duration, Instant};
 use actix_http::Protocol;
 use actix_http::error::DispatchError;
 use actix_rt::net::TcpStream;
-use actix_service::{IntoServiceFactory, ServiceFactoryExt, fn_service, map_config};
+use actix_service::{ServiceFactoryExt, fn_factory, fn_service};
 use actix_tls::accept::TlsError;
 use actix_tls::accept::rustls_0_23::{Acceptor, TlsStream};
 use actix_web::body::{BodySize, BoxBody, MessageBody};
-use actix_web::dev::AppConfig;
-use actix_web::dev::{Server, ServiceFactory, ServiceRequest, ServiceResponse};
+use actix_http::{HttpMessage, Request};
+use actix_web::dev::{Server, ServiceFactory};
 use actix_web::http::Method;
 use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use actix_web::{App, HttpRequest, HttpResponse, web};
 use bytes::Bytes;
 use outpost_actors::route_table::steps::encode_query_component;
 use outpost_actors::route_table::table::{
@@ -112,25 +111,31 @@ impl Traffic {
     }
 }
 
-/// The traffic application, for an `HttpServer` of the caller's making (e.g. one that also
-/// binds HTTPS). Register nothing else on it: every path belongs to the configured APIs.
-pub fn traffic_app(
+/// The traffic service: a plain actix-http service over the whole request, made once on each
+/// worker's thread. No actix-web `App` in front of it: every path belongs to the configured
+/// APIs, so its router, extractors and request/response wrappers only cost (about 7,000
+/// instructions per request, docs/benchmarks.md).
+fn traffic_service(
     traffic: Arc<Traffic>,
-) -> App<
-    impl ServiceFactory<
-        ServiceRequest,
-        Config = (),
-        Response = ServiceResponse<impl MessageBody>,
-        Error = actix_web::Error,
-        InitError = (),
-    >,
+) -> impl ServiceFactory<
+    Request,
+    Config = (),
+    Response = actix_http::Response<ObservedBody>,
+    Error = actix_http::Error,
+    InitError = (),
 > {
-    // The app factory runs once on each worker's thread: give the worker its own Redis
-    // connection, driven by the worker's runtime, so rate-limit checks never hop threads.
-    traffic.runtime.shared.prepare_thread();
-    App::new()
-        .app_data(web::Data::from(traffic))
-        .default_service(web::to(handle))
+    fn_factory(move || {
+        let traffic = traffic.clone();
+        async move {
+            // Give the worker its own Redis connection, driven by the worker's runtime, so
+            // rate-limit checks never hop threads.
+            traffic.runtime.shared.prepare_thread();
+            Ok::<_, ()>(fn_service(move |req: Request| {
+                let traffic = traffic.clone();
+                async move { Ok::<_, actix_http::Error>(handle(req, traffic).await) }
+            }))
+        }
+    })
 }
 
 /// Binds the traffic listener on `listen` (`127.0.0.1:0` picks a port) and starts it, plain
@@ -287,9 +292,7 @@ fn http<T>(
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + WriteNow + 'static,
 {
-    let app = traffic_app(traffic.clone())
-        .into_factory()
-        .map_err(|e: actix_web::Error| e.error_response());
+    let service = traffic_service(traffic.clone());
     let shutdown = shutdown.clone();
     actix_http::HttpService::build()
         // Slow clients must not hold workers; the backend timeout covers slow backends.
@@ -307,7 +310,7 @@ where
                 ext.insert(Secure);
             }
         })
-        .finish(map_config(app, |_| AppConfig::default()))
+        .finish(service)
 }
 
 /// Marks a connection that arrived over TLS (`X-Forwarded-Proto: https`).
@@ -316,11 +319,7 @@ struct Secure;
 
 // === the request ===
 
-async fn handle(
-    req: HttpRequest,
-    payload: web::Payload,
-    traffic: web::Data<Traffic>,
-) -> HttpResponse {
+async fn handle(mut req: Request, traffic: Arc<Traffic>) -> actix_http::Response<ObservedBody> {
     let started = Instant::now();
     let conn = req.conn_data::<ConnState>().cloned();
     if let Some(conn) = &conn {
@@ -354,7 +353,8 @@ async fn handle(
         stopping: traffic.stopping.clone(),
     };
     let record = &mut pending.done().record;
-    let (response, guards) = match serve(&req, payload.into_inner(), &traffic, record).await {
+    let payload = req.take_payload();
+    let (response, guards) = match serve(&mut req, payload, &traffic, record).await {
         Ok(served) => served,
         Err(err) => {
             record.error_reason = Some(err.reason);
@@ -421,7 +421,7 @@ type Next<T> = ControlFlow<Response, T>;
 struct Accepted<'a> {
     host: String,
     /// Normalised (see `path`).
-    path: &'a str,
+    path: String,
     length: Option<u64>,
     matched: RouteMatch<'a>,
     subscription: Option<Arc<CompiledSubscription>>,
@@ -429,7 +429,7 @@ struct Accepted<'a> {
 
 /// Admit → normalise → route → authenticate → build the exchange → run its pipeline.
 async fn serve(
-    req: &HttpRequest,
+    req: &mut Request,
     payload: actix_web::dev::Payload,
     traffic: &Traffic,
     record: &mut RequestRecord,
@@ -451,7 +451,7 @@ async fn serve(
     };
     let accepted = Accepted {
         host,
-        path: &normalized.path,
+        path: normalized.path.into_owned(),
         length,
         matched,
         subscription,
@@ -474,7 +474,7 @@ async fn serve(
 /// the stream (a request without one ends with its headers): its first chunk is read here and
 /// put back in front of the rest.
 async fn request_body(
-    req: &HttpRequest,
+    req: &Request,
     mut payload: actix_web::dev::Payload,
     length: Option<u64>,
 ) -> (actix_web::dev::Payload, bool) {
@@ -499,7 +499,7 @@ async fn request_body(
 }
 
 /// The limits that need nothing but the request line and headers; the body's announced length.
-fn admit(req: &HttpRequest, traffic: &Traffic) -> Result<Option<u64>, GatewayError> {
+fn admit(req: &Request, traffic: &Traffic) -> Result<Option<u64>, GatewayError> {
     let headers = req.headers();
     // The request line counts too: a huge target must not slip past the header limit.
     let target_bytes = req.uri().path_and_query().map_or(0, |t| t.as_str().len());
@@ -529,7 +529,7 @@ fn admit(req: &HttpRequest, traffic: &Traffic) -> Result<Option<u64>, GatewayErr
 /// The path, normalised once: routing, the backend path, the cache key and `{request.path}` all
 /// see this path, never the raw one (see `path`).
 fn normalise<'r>(
-    req: &'r HttpRequest,
+    req: &'r Request,
     table: &CompiledTable,
     host: &str,
 ) -> Result<Normalized<'r>, GatewayError> {
@@ -548,7 +548,7 @@ fn normalise<'r>(
 /// The operation: host → path → version → method. A preflight for a path whose operations take
 /// other methods is answered here, from the `cors` policy of the operation it asks about.
 fn route<'t>(
-    req: &HttpRequest,
+    req: &Request,
     table: &'t CompiledTable,
     host: &str,
     normalized: &Normalized<'_>,
@@ -647,7 +647,7 @@ fn route<'t>(
 /// The subscription key (header first, then query) → the subscription, if the API needs or
 /// accepts one.
 fn authenticate(
-    req: &HttpRequest,
+    req: &Request,
     traffic: &Traffic,
     table: &CompiledTable,
     matched: &RouteMatch<'_>,
@@ -684,7 +684,7 @@ fn authenticate(
 
 /// The request as the backend will see it, before any policy runs.
 fn build_exchange(
-    req: &HttpRequest,
+    req: &mut Request,
     payload: actix_web::dev::Payload,
     has_body: bool,
     traffic: &Traffic,
@@ -699,13 +699,15 @@ fn build_exchange(
         matched,
         subscription,
     } = accepted;
-    let headers = req.headers();
+    // The client's headers become the backend's: moved out of the request, not copied (nothing
+    // reads the request's own map after this).
+    let mut request_headers = std::mem::take(req.headers_mut());
+    let client_host = request_headers.get(header::HOST).cloned();
     let query = req.uri().query().unwrap_or("");
     let api = matched.api.clone();
     let product = subscription.as_ref().and_then(|s| s.product().cloned());
     // Hop-by-hop headers (and those the client's `Connection` names) go before any policy runs:
     // a client must not be able to delete what policies and the gateway add.
-    let mut request_headers = headers.clone();
     strip_hop_by_hop(&mut request_headers);
     if let Some(h) = &traffic.key_header {
         request_headers.remove(h);
@@ -713,7 +715,7 @@ fn build_exchange(
     traffic.forwarding.apply(
         req.peer_addr().map(|a| a.ip()),
         req.conn_data::<Secure>().is_some(),
-        headers.get(header::HOST),
+        client_host.as_ref(),
         &mut request_headers,
     );
     let request_id = ensure_traceparent(&mut request_headers);
@@ -732,7 +734,8 @@ fn build_exchange(
     Exchange {
         method: req.method().clone(),
         host,
-        path: path.to_owned(),
+        backend_path: path[matched.prefix_len..].to_owned(),
+        path,
         client_ip,
         request_id,
         gateway_name: table.gateway_name.clone(),
@@ -742,7 +745,6 @@ fn build_exchange(
         subscription,
         product,
         request_headers,
-        backend_path: path[matched.prefix_len..].to_owned(),
         query: query_pairs,
         target: Target::of(&api.backend),
         timeout_override: None,
@@ -822,7 +824,7 @@ fn check_key(
 }
 
 /// The Host header (or the URI's authority, for HTTP/2) in lowercase, without port.
-fn request_host(req: &HttpRequest) -> String {
+fn request_host(req: &Request) -> String {
     let raw = req
         .headers()
         .get(header::HOST)
@@ -895,16 +897,16 @@ fn valid_traceparent(tp: &str) -> bool {
 
 /// Turns the pipeline's response into the HTTP response, with a body that reports the request
 /// to metrics and the observer once it has been sent.
-fn finish(response: Response, mut done: Done) -> HttpResponse {
+fn finish(response: Response, mut done: Done) -> actix_http::Response<ObservedBody> {
     done.record.status = response.status.as_u16();
     let body = ObservedBody {
         inner: response.body,
         sent: 0,
         done: Some(done),
     };
-    let mut res = HttpResponse::with_body(response.status, body);
+    let mut res = actix_http::Response::with_body(response.status, body);
     *res.headers_mut() = response.headers;
-    res.map_into_boxed_body()
+    res
 }
 
 struct Done {
