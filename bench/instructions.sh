@@ -27,7 +27,8 @@
 # toolchain and the dependency versions (Cargo.lock); re-record it when they change.
 #
 # Settings (environment): REQUESTS=2000 WARMUP=300 CONNS=8 IDLE_SECS=5 TARGETS="gateway nginx"
-# BUILD=1 MARGIN_PCT=15 PROFILE=0 RUN_DIR= (default: a new /tmp/outpost-instructions.* dir,
+# BUILD=1 OUTPOST= (a binary to measure instead of target/release/outpost) MARGIN_PCT=15 PROFILE=0
+# RUN_DIR= (default: a new /tmp/outpost-instructions.* dir,
 # where the callgrind dumps stay).
 set -euo pipefail
 
@@ -95,7 +96,7 @@ wait_http() {
     return 1
 }
 
-OUTPOST=$ROOT/target/release/outpost
+OUTPOST=${OUTPOST:-$ROOT/target/release/outpost}
 if [[ " $TARGETS " == *" gateway "* ]]; then
     if [[ $BUILD == 1 ]]; then
         log "cargo build --release --bin outpost"

@@ -76,7 +76,7 @@ if [[ $BUILD == 1 ]]; then
     log "cargo build --release --bin outpost"
     (cd "$ROOT" && cargo build --release --bin outpost >&2)
 fi
-OUTPOST=$ROOT/target/release/outpost
+OUTPOST=${OUTPOST:-$ROOT/target/release/outpost}
 
 # ---------------------------------------------------------------- backend
 free_port; PORT_BACKEND=$PORT

@@ -82,6 +82,11 @@ static HOP_BY_HOP: [HeaderName; 10] = [
 /// Runs on every request and response, so it makes one pass over the map and hashes no name:
 /// removing the ten names one by one cost more than the rest of the header work together.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // The usual request has none of them (and `Connection` is one, so this also covers the
+    // names it lists): nothing to rebuild.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     // Names the `Connection` header lists beyond the fixed ones (usually none: it says
     // `keep-alive` or `close`).
     let mut listed: Vec<String> = Vec::new();
@@ -264,11 +269,14 @@ fn request(
         .request(method.clone(), uri.clone())
         .timeout(timeout)
         .no_decompress();
-    for (name, value) in headers {
-        if name != header::HOST && name != header::EXPECT {
-            req.headers_mut().append(name.clone(), value.clone());
-        }
+    // One copy of the whole map (appending name by name hashed every name again), then what is
+    // per-hop for us goes.
+    let mut copy = headers.clone();
+    copy.remove(header::HOST);
+    if copy.contains_key(header::EXPECT) {
+        copy.remove(header::EXPECT);
     }
+    *req.headers_mut() = copy;
     req
 }
 
