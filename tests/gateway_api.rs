@@ -777,6 +777,7 @@ fn heartbeat(instance: &str, revision: u64, hash: &str) -> Heartbeat {
         config_source: "control-plane".into(),
         redis: "connected".into(),
         stopping: false,
+        certificates: Vec::new(),
     }
 }
 

@@ -73,6 +73,61 @@ pub struct Heartbeat {
     /// The last heartbeat of a process that is stopping: the control plane marks the instance
     /// `stopped` at once instead of letting it turn stale, then disconnected.
     pub stopping: bool,
+    /// The HTTPS certificates the instance serves now, with their expiry. Last, so that a
+    /// heartbeat of a gateway from before it existed still decodes ([`decode_heartbeat`]).
+    #[serde(default)]
+    pub certificates: Vec<CertificateExpiry>,
+}
+
+/// When the certificate served for one hostname lapses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct CertificateExpiry {
+    /// As configured on the gateway resource (`api.example.com`, `*.example.com`).
+    pub hostname: String,
+    /// The leaf certificate's `notAfter`.
+    pub not_after: chrono::DateTime<chrono::Utc>,
+}
+
+/// A heartbeat as gateways before `certificates` send it. bincode has no optional trailing
+/// fields, and the upgrade order is control plane first, so the control plane reads both.
+#[derive(Deserialize)]
+struct HeartbeatWithoutCertificates {
+    instance_id: String,
+    hostname: String,
+    version: String,
+    applied_revision: u64,
+    config_hash: String,
+    token_expiry: Option<chrono::DateTime<chrono::Utc>>,
+    started_at: chrono::DateTime<chrono::Utc>,
+    config_source: String,
+    redis: String,
+    stopping: bool,
+}
+
+/// Decodes a bincode [`Heartbeat`] from this release or the previous one.
+pub fn decode_heartbeat(bytes: &[u8]) -> Result<Heartbeat, CodecError> {
+    match decode::<Heartbeat>(bytes) {
+        Ok(hb) => Ok(hb),
+        Err(current) => {
+            let Ok(old) = decode::<HeartbeatWithoutCertificates>(bytes) else {
+                return Err(current);
+            };
+            Ok(Heartbeat {
+                instance_id: old.instance_id,
+                hostname: old.hostname,
+                version: old.version,
+                applied_revision: old.applied_revision,
+                config_hash: old.config_hash,
+                token_expiry: old.token_expiry,
+                started_at: old.started_at,
+                config_source: old.config_source,
+                redis: old.redis,
+                stopping: old.stopping,
+                certificates: Vec::new(),
+            })
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -295,5 +350,71 @@ mod tests {
         let mut bytes = encode(&5u64).unwrap();
         bytes.push(0);
         assert!(decode::<u64>(&bytes).is_err());
+    }
+}
+
+#[cfg(test)]
+mod heartbeat_tests {
+    use super::*;
+
+    /// The heartbeat of a gateway from before `certificates`, field for field.
+    #[derive(Serialize)]
+    struct Previous<'a> {
+        instance_id: &'a str,
+        hostname: &'a str,
+        version: &'a str,
+        applied_revision: u64,
+        config_hash: &'a str,
+        token_expiry: Option<chrono::DateTime<chrono::Utc>>,
+        started_at: chrono::DateTime<chrono::Utc>,
+        config_source: &'a str,
+        redis: &'a str,
+        stopping: bool,
+    }
+
+    #[test]
+    fn heartbeats_of_this_and_the_previous_release_decode() {
+        let now = chrono::Utc::now();
+        let current = Heartbeat {
+            instance_id: "i-1".into(),
+            hostname: "node".into(),
+            version: "0.1.0".into(),
+            applied_revision: 7,
+            config_hash: "h".into(),
+            token_expiry: Some(now),
+            started_at: now,
+            config_source: "control-plane".into(),
+            redis: "none".into(),
+            stopping: false,
+            certificates: vec![CertificateExpiry {
+                hostname: "api.example.com".into(),
+                not_after: now,
+            }],
+        };
+        let bytes = encode(&current).unwrap();
+        assert_eq!(decode_heartbeat(&bytes).unwrap(), current);
+
+        let previous = Previous {
+            instance_id: "i-1",
+            hostname: "node",
+            version: "0.1.0",
+            applied_revision: 7,
+            config_hash: "h",
+            token_expiry: Some(now),
+            started_at: now,
+            config_source: "control-plane",
+            redis: "none",
+            stopping: false,
+        };
+        let decoded = decode_heartbeat(&encode(&previous).unwrap()).unwrap();
+        assert_eq!(decoded.certificates, Vec::new());
+        assert_eq!(
+            decoded,
+            Heartbeat {
+                certificates: Vec::new(),
+                ..current
+            }
+        );
+        assert!(decode_heartbeat(b"\x01\x02").is_err());
     }
 }

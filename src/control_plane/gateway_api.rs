@@ -77,6 +77,8 @@ const MAX_HEARTBEAT_BYTES: usize = 64 * 1024;
 const MAX_TELEMETRY_BYTES: usize = 16 * 1024 * 1024;
 /// Longest text field accepted in a heartbeat.
 const MAX_FIELD_LEN: usize = 256;
+/// Certificates kept per heartbeat.
+const MAX_CERTIFICATES: usize = 256;
 
 /// Reads at most `limit` bytes of body.
 async fn read_body(mut payload: web::Payload, limit: usize) -> Result<Bytes, ApiError> {
@@ -221,18 +223,29 @@ impl Drop for Waiting<'_> {
 }
 
 /// The shared front of every gateway upload: a valid token, a known content type, a body
-/// within `max` bytes that decodes as `T`.
-async fn authenticated_body<T: serde::de::DeserializeOwned>(
+/// within `max` bytes that `decode` accepts (usually [`Format::decode`]).
+async fn authenticated_body<T>(
     state: &GatewayApiState,
     req: &HttpRequest,
     payload: web::Payload,
     max: usize,
+    decode: impl FnOnce(Format, &[u8]) -> Result<T, ApiError>,
 ) -> Result<(VerifiedToken, Format, T), ApiError> {
     let token = state.authenticate(req).await?;
     let format = Format::from_content_type(req)?;
     let body = read_body(payload, max).await?;
-    let value = format.decode(&body)?;
+    let value = decode(format, &body)?;
     Ok((token, format, value))
+}
+
+/// A heartbeat in either format; in bincode also the previous release's (upgrades go control
+/// plane first, so its gateways still report for a while).
+fn decode_heartbeat(format: Format, body: &[u8]) -> Result<Heartbeat, ApiError> {
+    match format {
+        Format::Bincode => outpost_model::wire::decode_heartbeat(body)
+            .map_err(|e| ApiError::BadRequest(format!("invalid bincode body: {e}"))),
+        Format::Json => format.decode(body),
+    }
 }
 
 async fn post_heartbeat(
@@ -251,11 +264,17 @@ async fn heartbeat(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let (token, format, mut hb) =
-        authenticated_body::<Heartbeat>(&state, &req, payload, MAX_HEARTBEAT_BYTES).await?;
+        authenticated_body(&state, &req, payload, MAX_HEARTBEAT_BYTES, decode_heartbeat).await?;
     if hb.instance_id.is_empty() || hb.instance_id.len() > MAX_FIELD_LEN {
         return Err(ApiError::BadRequest(format!(
             "instance-id must be 1..={MAX_FIELD_LEN} characters"
         )));
+    }
+    // A gateway answers on a handful of names; the cap only bounds what one client can make
+    // the registry hold.
+    hb.certificates.truncate(MAX_CERTIFICATES);
+    for c in &mut hb.certificates {
+        truncate(&mut c.hostname, MAX_FIELD_LEN);
     }
     for field in [
         &mut hb.hostname,
@@ -308,7 +327,10 @@ async fn telemetry_upload(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let (token, _, batch) =
-        authenticated_body::<TelemetryBatch>(&state, &req, payload, MAX_TELEMETRY_BYTES).await?;
+        authenticated_body(&state, &req, payload, MAX_TELEMETRY_BYTES, |f, b| {
+            f.decode::<TelemetryBatch>(b)
+        })
+        .await?;
     match state.telemetry.ingest(&token.gateway, &batch, Utc::now()) {
         Ingested::Added { skipped } if skipped > 0 => {
             tracing::debug!(

@@ -15,7 +15,7 @@ use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
 use dashmap::DashMap;
-use outpost_model::wire::Heartbeat;
+use outpost_model::wire::{CertificateExpiry, Heartbeat};
 use serde::{Deserialize, Serialize};
 
 use super::settings::InstanceSettings;
@@ -46,6 +46,10 @@ pub struct InstanceRecord {
     pub remote_addr: Option<String>,
     /// When the instance said it was stopping (its last heartbeat); `None` while it runs.
     pub stopped_at: Option<DateTime<Utc>>,
+    /// The HTTPS certificates the instance serves, soonest expiry first (empty from a gateway
+    /// of a release that did not report them).
+    #[serde(default)]
+    pub certificates: Vec<CertificateExpiry>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,6 +81,11 @@ pub struct InstanceStatus {
     pub last_seen_secs: i64,
     /// Seconds until the token expires (negative once expired).
     pub token_expires_in_secs: i64,
+    /// Seconds until the first of its HTTPS certificates lapses (negative once expired);
+    /// `None` when it serves none.
+    pub certificate_expires_in_secs: Option<i64>,
+    /// A certificate lapses within the gateway's warning window (14 days), or has.
+    pub certificate_expiring_soon: bool,
 }
 
 /// The instances of every gateway, keyed by (gateway, instance id).
@@ -120,6 +129,7 @@ impl InstanceRegistry {
             last_seen: now,
             remote_addr,
             stopped_at,
+            certificates: heartbeat.certificates,
         };
         let key = (record.gateway.clone(), record.instance_id.clone());
         match self.records.entry(key) {
@@ -172,7 +182,11 @@ impl InstanceRegistry {
         current_hash: &str,
         now: DateTime<Utc>,
     ) -> InstanceStatus {
+        let first_expiry = record.certificates.iter().map(|c| c.not_after).min();
         InstanceStatus {
+            certificate_expires_in_secs: first_expiry.map(|at| (at - now).num_seconds()),
+            certificate_expiring_soon: first_expiry
+                .is_some_and(|at| at <= now + outpost_actors::route_table::CERTIFICATE_WARNING),
             connection: self.connection(&record, now),
             sync: if record.config_hash == current_hash {
                 SyncState::InSync
@@ -238,6 +252,7 @@ mod tests {
             config_source: "control-plane".into(),
             redis: "none".into(),
             stopping: false,
+            certificates: Vec::new(),
         }
     }
 

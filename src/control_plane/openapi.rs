@@ -833,6 +833,13 @@ fn instance_status_schema() -> Value {
             "sync": {"type": "string", "enum": ["in-sync", "behind"]},
             "last-seen-secs": int(),
             "token-expires-in-secs": int(),
+            "certificates": {
+                "type": "array",
+                "description": "The HTTPS certificates the instance serves, soonest expiry first.",
+                "items": object(json!({"hostname": string(), "not-after": time()}), &["hostname", "not-after"]),
+            },
+            "certificate-expires-in-secs": {"type": ["integer", "null"], "description": "Seconds until the first of its certificates lapses (negative once expired); null when it serves none."},
+            "certificate-expiring-soon": {"type": "boolean", "description": "A certificate lapses within 14 days, or has."},
         }),
         &[
             "gateway",

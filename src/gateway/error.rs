@@ -9,7 +9,7 @@ use std::borrow::Cow;
 
 use actix_web::HttpResponse;
 use actix_web::http::StatusCode;
-use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::header::{self, HeaderName, HeaderValue};
 use awc::error::{ConnectError, SendRequestError};
 
 /// Who caused a failure: decides retries, on-error variables and logs.
@@ -47,6 +47,9 @@ pub struct GatewayError {
     pub source: ErrorSource,
     /// `Allow` for 405.
     pub allow: Option<String>,
+    /// One more header the answer carries (`Sec-WebSocket-Version` on a 426): lowercase name,
+    /// value.
+    pub header: Option<(&'static str, &'static str)>,
     /// A connection-level backend failure (refused, reset, timed out): what `retry` with
     /// `on-connection-error` retries.
     pub connection: bool,
@@ -65,6 +68,7 @@ impl GatewayError {
             reason,
             source,
             allow: None,
+            header: None,
             connection: false,
         }
     }
@@ -196,6 +200,53 @@ impl GatewayError {
             ErrorSource::Client,
             "RequestBodyTooLarge",
             format!("Request body is larger than the gateway's limit of {limit} bytes."),
+        )
+    }
+
+    /// An `Upgrade` the gateway does not proxy (only `websocket` is).
+    pub fn upgrade_not_supported(token: &str) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            ErrorSource::Client,
+            "UpgradeNotSupported",
+            format!(
+                "The gateway upgrades connections to WebSocket only (`Upgrade: websocket`); '{token}' is not supported."
+            ),
+        )
+    }
+
+    /// A WebSocket handshake that breaks RFC 6455 §4.1 (`why` says how).
+    pub fn websocket_handshake_invalid(why: &str) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            ErrorSource::Client,
+            "WebSocketHandshakeInvalid",
+            format!("Invalid WebSocket handshake: {why}."),
+        )
+    }
+
+    /// A WebSocket version other than 13: 426 naming the one understood (RFC 6455 §4.4).
+    pub fn websocket_version_unsupported() -> Self {
+        let mut e = Self::new(
+            StatusCode::UPGRADE_REQUIRED,
+            ErrorSource::Client,
+            "WebSocketVersionUnsupported",
+            "The gateway speaks WebSocket version 13 only (Sec-WebSocket-Version: 13).",
+        );
+        e.header = Some(("sec-websocket-version", "13"));
+        e
+    }
+
+    /// The backend answered a WebSocket handshake with 101 but not with a valid WebSocket
+    /// handshake of its own (`what` says what is wrong).
+    pub fn backend_upgrade_invalid(backend: &str, what: &str) -> Self {
+        Self::new(
+            StatusCode::BAD_GATEWAY,
+            ErrorSource::Backend,
+            "BackendInvalidResponse",
+            format!(
+                "The backend '{backend}' accepted the WebSocket upgrade with an invalid handshake ({what})."
+            ),
         )
     }
 
@@ -352,6 +403,12 @@ impl GatewayError {
             && let Ok(v) = HeaderValue::from_str(allow)
         {
             res.insert_header((header::ALLOW, v));
+        }
+        if let Some((name, value)) = self.header {
+            res.insert_header((
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            ));
         }
         res.body(body)
     }

@@ -37,6 +37,8 @@ pub struct Runtime {
     pub cache: outpost_actors::cache::CacheHandle,
     /// Cap on a request body the gateway has to hold (to retry it).
     pub max_body_bytes: usize,
+    /// An upgraded (WebSocket) connection with no bytes either way for this long is closed.
+    pub websocket_idle: Duration,
 }
 
 /// Where a request goes.
@@ -71,6 +73,19 @@ pub enum RequestBody {
     Buffered(Bytes),
     /// Already sent.
     Taken,
+}
+
+/// A WebSocket handshake the client sent, validated (see `super::upgrade`): what the backend's
+/// handshake is made with, and the client's side of the tunnel once it is upgraded.
+pub struct ClientUpgrade {
+    /// `Sec-WebSocket-Key` as the client sent it.
+    pub key: HeaderValue,
+    /// The bytes the client sends after its handshake (WebSocket frames), until it closes.
+    pub stream: Payload,
+    /// Notified when the traffic server starts a graceful stop; `None` outside a server.
+    pub shutdown: Option<actix_server::GracefulShutdownSignal>,
+    /// The client's connection, to cut it when the gateway ends the tunnel itself.
+    pub conn: Option<super::listener::ConnState>,
 }
 
 /// A response on its way to the client: from the backend (streaming), or made by the gateway.
@@ -153,6 +168,8 @@ pub struct Exchange {
     pub timeout_override: Option<Duration>,
     pub retry: Option<Arc<RetryStep>>,
     pub body: RequestBody,
+    /// A WebSocket handshake: the backend is asked to upgrade too, instead of a plain forward.
+    pub upgrade: Option<ClientUpgrade>,
     /// `{variable.NAME}`.
     pub variables: HashMap<String, String>,
     // The answer.

@@ -43,6 +43,10 @@ struct Flags {
     peer_open: Cell<bool>,
     /// The handler's request was dropped by the codec for its framing: answer 400 on close.
     refuse_framing: Cell<bool>,
+    /// The gateway ends the connection (an idle or stopping WebSocket): every further read or
+    /// write fails, so the HTTP codec drops it even while it waits for a client that does not
+    /// read.
+    cut: Cell<bool>,
 }
 
 impl Default for ConnState {
@@ -51,6 +55,7 @@ impl Default for ConnState {
             answered: Cell::new(false),
             peer_open: Cell::new(true),
             refuse_framing: Cell::new(false),
+            cut: Cell::new(false),
         }))
     }
 }
@@ -68,6 +73,12 @@ impl ConnState {
     /// Asks the connection to write the gateway's 400 for a broken request body as it closes.
     pub fn refuse_framing(&self) {
         self.0.refuse_framing.set(true);
+    }
+
+    /// Ends the connection: its next read or write fails (the HTTP codec's task must be woken
+    /// to try one).
+    pub fn cut(&self) {
+        self.0.cut.set(true);
     }
 }
 
@@ -132,6 +143,9 @@ impl<T: AsyncRead + Unpin + WriteNow> AsyncRead for Connection<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.answered.0.cut.get() {
+            return Poll::Ready(Err(io::ErrorKind::ConnectionAborted.into()));
+        }
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.io).poll_read(cx, buf);
         match &polled {
@@ -165,6 +179,9 @@ impl<T: AsyncWrite + Unpin + WriteNow> AsyncWrite for Connection<T> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if this.answered.0.cut.get() {
+            return Poll::Ready(Err(io::ErrorKind::ConnectionAborted.into()));
+        }
         std::task::ready!(this.drain(cx))?;
         if !this.checked {
             this.checked = true;
@@ -267,6 +284,27 @@ fn codec_refusal(buf: &[u8]) -> Option<(usize, &'static Replacement)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[actix_rt::test]
+    async fn a_cut_connection_fails_every_read_and_write() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        let mut conn = Connection::new(accepted);
+        client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        let mut buf = [0u8; 64];
+        assert!(conn.read(&mut buf).await.unwrap() > 0);
+        conn.state().cut();
+        // Bytes are waiting, the socket is fine: the connection still refuses both ways.
+        client.write_all(b"more").await.unwrap();
+        let read = conn.read(&mut buf).await.unwrap_err();
+        assert_eq!(read.kind(), io::ErrorKind::ConnectionAborted);
+        let write = conn.write(b"HTTP/1.1 200 OK\r\n").await.unwrap_err();
+        assert_eq!(write.kind(), io::ErrorKind::ConnectionAborted);
+    }
 
     const CODEC_431: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\ndate: Mon, 07 Dec 2026 10:47:42 GMT\r\n\r\n";
 

@@ -20,6 +20,7 @@
 //! 3. The route table compiles it; only then does the traffic listener start.
 //! 4. `ConfigSync` keeps polling from there (in the background when serving from the backup),
 //!    `TelemetryBuffer` uploads request metrics, `ConnectivityWatcher` keeps the status board.
+//!    Offline, SIGHUP re-reads the file instead ([`reload`]).
 
 pub mod concurrency;
 pub mod error;
@@ -31,10 +32,12 @@ pub mod ops;
 pub mod path;
 pub mod pipeline;
 pub mod proxy;
+pub mod reload;
 mod request_metrics;
 pub mod settings;
 pub mod stores;
 pub mod tls;
+pub mod upgrade;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -261,6 +264,8 @@ async fn serve(
     ready: Ready<Started>,
 ) {
     let watcher = watcher.start();
+    let table = route_table::new_table_handle();
+    let served_table = table.clone();
     let ops = match ops::start(
         ops_listener,
         ops::OpsState {
@@ -268,6 +273,7 @@ async fn serve(
             instance_id: identity.instance_id.clone(),
             started_at: identity.started_at,
             readyz_detail: settings.ops.readyz_detail,
+            table: table.clone(),
         },
     ) {
         Ok(server) => server,
@@ -279,7 +285,6 @@ async fn serve(
     let ops_handle = ops.handle();
     let ops_task = actix_rt::spawn(ops);
 
-    let table = route_table::new_table_handle();
     let gateway_name = match &plan {
         Plan::Offline(_) => None,
         Plan::ControlPlane { link, .. } => token::parse(&link.token).ok().map(|t| t.gateway),
@@ -341,6 +346,16 @@ async fn serve(
             applied_at: Utc::now(),
         }))
         .await;
+    reload::listen(match &plan {
+        Plan::Offline(_) => Some(reload::OfflineReload {
+            file: PathBuf::from(&settings.offline.config_file),
+            gateway: settings.offline.gateway.clone(),
+            table: table_mailbox.clone(),
+            watcher: watcher.clone(),
+            revision: loaded.snapshot.revision,
+        }),
+        Plan::ControlPlane { .. } => None,
+    });
     let sync = if let (Some(link), Some(trust)) = (link, trust) {
         let cp = &settings.control_plane;
         let sync = ConfigSync::new(
@@ -356,6 +371,7 @@ async fn serve(
                     .then(|| PathBuf::from(&settings.backup.dir)),
                 identity: identity.clone(),
                 trust,
+                served: Some(served_table.clone()),
             },
             Some(Arc::new(loaded.snapshot)),
             table_mailbox,

@@ -9,7 +9,9 @@
 //!   change" is answered from one URL. With `ops.readyz_detail = false` the body is only
 //!   `{"ready": …}`: the detail names the control plane's URL, its errors and the token's
 //!   gateway, which is more than whoever can reach the ops port may need to know.
-//! - `/metrics`: Prometheus text.
+//! - `/metrics`: Prometheus text. `outpost_tls_certificate_expiry_seconds{hostname}` is
+//!   computed at the scrape (seconds until the served certificate lapses, negative after), like
+//!   the token's expiry gauge.
 
 use std::net::TcpListener;
 use std::sync::OnceLock;
@@ -21,6 +23,8 @@ use actix_web::{App, HttpResponse, HttpServer, web};
 use chrono::{DateTime, Utc};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use outpost_actors::connectivity::{self, ConnectivityStatus, StatusHandle};
+use outpost_actors::route_table::{CERTIFICATE_WARNING, TableHandle};
+use outpost_model::wire::CertificateExpiry;
 use serde::Serialize;
 
 /// The liveness path the reference product's self-hosted gateway answers; kept for familiarity.
@@ -80,6 +84,18 @@ pub struct OpsState {
     pub started_at: DateTime<Utc>,
     /// `ops.readyz_detail`.
     pub readyz_detail: bool,
+    /// The table being served, for its HTTPS certificates' expiry.
+    pub table: TableHandle,
+}
+
+impl OpsState {
+    fn certificates(&self) -> Vec<CertificateExpiry> {
+        self.table
+            .load()
+            .as_ref()
+            .map(|t| t.certificates.expiries().to_vec())
+            .unwrap_or_default()
+    }
 }
 
 /// Starts the ops listener on an already bound socket (so port 0 and bind errors are handled
@@ -119,6 +135,16 @@ struct Readiness<'a> {
     #[serde(flatten)]
     status: &'a ConnectivityStatus,
     token_expiring_soon: Option<bool>,
+    /// The HTTPS certificates served, soonest expiry first.
+    certificates: Vec<CertificateStatus>,
+}
+
+#[derive(Serialize)]
+struct CertificateStatus {
+    hostname: String,
+    not_after: DateTime<Utc>,
+    /// Within the warning window (14 days) of its expiry, or expired.
+    expiring_soon: bool,
 }
 
 async fn ready(state: web::Data<OpsState>) -> HttpResponse {
@@ -139,6 +165,15 @@ async fn ready(state: web::Data<OpsState>) -> HttpResponse {
         started_at: state.started_at,
         status: &status,
         token_expiring_soon: status.token.as_ref().map(|t| t.expiring(now)),
+        certificates: state
+            .certificates()
+            .into_iter()
+            .map(|c| CertificateStatus {
+                expiring_soon: c.not_after <= now + CERTIFICATE_WARNING,
+                hostname: c.hostname,
+                not_after: c.not_after,
+            })
+            .collect(),
     };
     HttpResponse::build(code).json(body)
 }
@@ -147,6 +182,11 @@ async fn metrics(state: web::Data<OpsState>) -> HttpResponse {
     // The recorder is process-wide; re-publishing this gateway's status right before rendering
     // makes the scrape describe this gateway even when several share the process.
     connectivity::publish_gauges(&state.status.load());
+    let now = Utc::now();
+    for c in state.certificates() {
+        metrics::gauge!("outpost_tls_certificate_expiry_seconds", "hostname" => c.hostname)
+            .set((c.not_after - now).num_seconds() as f64);
+    }
     let Some(handle) = prometheus() else {
         return HttpResponse::ServiceUnavailable()
             .content_type("text/plain; charset=utf-8")

@@ -36,7 +36,7 @@ pub use cors::{decorate, is_preflight, preflight_response};
 
 use super::error::{ErrorSource, GatewayError};
 use super::exchange::{Exchange, Flow, Phase, Response, Runtime};
-use super::forward;
+use super::{forward, upgrade};
 
 /// Runs the pipeline to a response; never fails (failures become `on-error` responses).
 pub async fn run(ex: &mut Exchange, pipeline: &Pipeline, rt: &Runtime) -> Response {
@@ -77,9 +77,10 @@ async fn run_main(
                     }
                 }
             }
-            match from_cache {
-                Some(res) => res,
-                None => forward::send(ex, rt).await?,
+            match (from_cache, ex.upgrade.take()) {
+                (Some(res), _) => res,
+                (None, Some(client)) => upgrade::send(ex, client, rt).await?,
+                (None, None) => forward::send(ex, rt).await?,
             }
         }
     };

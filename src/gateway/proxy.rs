@@ -30,8 +30,8 @@ use actix_tls::accept::TlsError;
 use actix_tls::accept::rustls_0_23::{Acceptor, TlsStream};
 use actix_web::body::{BodySize, BoxBody, MessageBody};
 use actix_web::dev::{Server, ServiceFactory};
-use actix_web::http::Method;
 use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use actix_web::http::{Method, StatusCode};
 use bytes::Bytes;
 use outpost_actors::route_table::steps::encode_query_component;
 use outpost_actors::route_table::table::{
@@ -97,6 +97,7 @@ impl Traffic {
                 shared,
                 cache,
                 max_body_bytes: settings.limits.max_body_bytes,
+                websocket_idle: Duration::from_secs(settings.limits.websocket_idle_secs),
             },
             observer: hooks.observer,
             key_header: HeaderName::from_bytes(sub.header.as_bytes()).ok(),
@@ -294,6 +295,7 @@ where
 {
     let service = traffic_service(traffic.clone());
     let shutdown = shutdown.clone();
+    let upgrades_stop = shutdown.clone();
     actix_http::HttpService::build()
         // Slow clients must not hold workers; the backend timeout covers slow backends.
         .client_request_timeout(Duration::from_secs(30))
@@ -306,6 +308,8 @@ where
         .local_addr(addr)
         .on_connect_ext(move |io: &Connection<T>, ext| {
             ext.insert(io.state());
+            // Upgraded (WebSocket) connections close when the server starts to stop.
+            ext.insert(upgrades_stop.clone());
             if secure {
                 ext.insert(Secure);
             }
@@ -449,6 +453,7 @@ async fn serve(
         ControlFlow::Continue(subscription) => subscription,
         ControlFlow::Break(res) => return Ok((res, Vec::new())),
     };
+    let handshake = super::upgrade::requested(req)?;
     let accepted = Accepted {
         host,
         path: normalized.path.into_owned(),
@@ -457,7 +462,15 @@ async fn serve(
         subscription,
     };
     let (payload, has_body) = request_body(req, payload, length).await;
-    let ex = build_exchange(
+    // A WebSocket handshake's body is the client's side of the connection once upgraded.
+    let (payload, upgrade) = match handshake {
+        Some(h) => (
+            actix_web::dev::Payload::None,
+            Some(super::upgrade::client_side(req, h, payload)),
+        ),
+        None => (payload, None),
+    };
+    let mut ex = build_exchange(
         req,
         payload,
         has_body,
@@ -466,6 +479,7 @@ async fn serve(
         accepted,
         record.client_ip,
     );
+    ex.upgrade = upgrade;
     Ok(run(ex, traffic, record).await)
 }
 
@@ -753,6 +767,7 @@ fn build_exchange(
         target: Target::of(&api.backend),
         timeout_override: None,
         retry: None,
+        upgrade: None,
         body: if has_body {
             RequestBody::Stream { payload, length }
         } else {
@@ -910,6 +925,13 @@ fn finish(response: Response, mut done: Done) -> actix_http::Response<ObservedBo
     };
     let mut res = actix_http::Response::with_body(response.status, body);
     *res.headers_mut() = response.headers;
+    if res.status() == StatusCode::SWITCHING_PROTOCOLS
+        && res.headers().contains_key(header::UPGRADE)
+    {
+        // The connection carries the upgraded protocol from now on (see `upgrade`).
+        res.head_mut()
+            .set_connection_type(actix_http::ConnectionType::Upgrade);
+    }
     res
 }
 

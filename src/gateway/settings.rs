@@ -125,6 +125,9 @@ pub struct LimitSettings {
     pub max_header_bytes: usize,
     /// Largest request body, bytes (413 beyond).
     pub max_body_bytes: usize,
+    /// A WebSocket connection through the gateway with no bytes in either direction for this
+    /// long is closed, seconds.
+    pub websocket_idle_secs: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -244,6 +247,7 @@ impl Default for LimitSettings {
         Self {
             max_header_bytes: 32 * 1024,
             max_body_bytes: 10 * 1024 * 1024,
+            websocket_idle_secs: 300,
         }
     }
 }
@@ -365,6 +369,9 @@ impl Validate for GatewaySettings {
         }
         if self.limits.max_header_bytes < 1024 {
             p.push("limits.max_header_bytes", "must be at least 1024");
+        }
+        if self.limits.websocket_idle_secs == 0 {
+            p.push("limits.websocket_idle_secs", "must be at least 1");
         }
         let redis = &self.redis.url;
         if !redis.is_empty() {

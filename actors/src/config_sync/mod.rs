@@ -82,6 +82,8 @@ pub struct SyncConfig {
     pub identity: Identity,
     /// The signing keys trusted, and this gateway's name (what signatures are bound to).
     pub trust: Trust,
+    /// The table being served: heartbeats report its HTTPS certificates' expiry.
+    pub served: Option<crate::route_table::TableHandle>,
 }
 
 pub struct ConfigSync {
@@ -299,12 +301,20 @@ impl ConfigSync {
     }
 
     fn heartbeat(&self, stopping: bool) -> outpost_model::wire::Heartbeat {
+        let certificates = self
+            .config
+            .served
+            .as_ref()
+            .and_then(|t| t.load_full())
+            .map(|t| t.certificates.expiries().to_vec())
+            .unwrap_or_default();
         state::heartbeat(
             &self.config.identity,
             self.state.held().map(|s| &**s),
             &self.status.load(),
             self.state.source(),
             stopping,
+            certificates,
         )
     }
 

@@ -254,13 +254,14 @@ impl SyncState {
 /// The heartbeat this instance sends now. The configuration source is the status board's (what
 /// `/readyz` shows), so the control plane's instance list and the gateway never disagree;
 /// `fallback` (the sync loop's own view) only before anything was reported there.
-/// `stopping`: the process's last heartbeat.
+/// `stopping`: the process's last heartbeat. `certificates`: those of the table being served.
 pub fn heartbeat(
     identity: &Identity,
     held: Option<&GatewaySnapshot>,
     status: &ConnectivityStatus,
     fallback: ConfigSource,
     stopping: bool,
+    certificates: Vec<outpost_model::wire::CertificateExpiry>,
 ) -> outpost_model::wire::Heartbeat {
     outpost_model::wire::Heartbeat {
         instance_id: identity.instance_id.clone(),
@@ -278,5 +279,6 @@ pub fn heartbeat(
             .to_owned(),
         redis: status.redis.state.as_str().to_owned(),
         stopping,
+        certificates,
     }
 }

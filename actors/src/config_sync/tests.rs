@@ -630,6 +630,7 @@ fn the_heartbeat_reports_the_source_the_status_board_shows() {
         &board(Some(ConfigSource::ControlPlane)),
         ConfigSource::Backup,
         false,
+        Vec::new(),
     );
     assert_eq!(hb.config_source, "control-plane", "not where it started");
     assert_eq!((hb.applied_revision, hb.stopping), (5, false));
@@ -640,10 +641,18 @@ fn the_heartbeat_reports_the_source_the_status_board_shows() {
         &board(Some(ConfigSource::Backup)),
         ConfigSource::ControlPlane,
         true,
+        Vec::new(),
     );
     assert_eq!(hb.config_source, "backup");
     assert!(hb.stopping, "the last heartbeat says so");
-    let hb = super::state::heartbeat(&id, None, &board(None), ConfigSource::Backup, false);
+    let hb = super::state::heartbeat(
+        &id,
+        None,
+        &board(None),
+        ConfigSource::Backup,
+        false,
+        Vec::new(),
+    );
     assert_eq!(
         (hb.config_source.as_str(), hb.applied_revision),
         ("backup", 0),
@@ -758,6 +767,7 @@ mod actor {
                     token_expiry: None,
                 },
                 trust: Trust::configured(GW, vec![public(1)]),
+                served: None,
             },
             held.map(Arc::new),
             sink,

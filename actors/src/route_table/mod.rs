@@ -31,9 +31,9 @@ pub mod tls;
 mod tests;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use actix::{Actor, Context, Handler};
+use actix::{Actor, AsyncContext, Context, Handler};
 use arc_swap::ArcSwapOption;
 use outpost_model::Problems;
 
@@ -68,8 +68,40 @@ impl RouteTable {
     }
 }
 
+/// How long before a served certificate lapses the gateway starts warning about it (the
+/// control plane's instance list shows the same dates).
+pub const CERTIFICATE_WARNING: chrono::TimeDelta = chrono::TimeDelta::days(14);
+
+/// Between two reminders about the same lapsing certificates: a warning logged once at apply
+/// would scroll away long before the date.
+const CERTIFICATE_REMINDER: Duration = Duration::from_secs(6 * 3600);
+
+/// Logs a warning for each served certificate within [`CERTIFICATE_WARNING`] of its expiry.
+fn warn_expiring(table: &CompiledTable) {
+    let now = chrono::Utc::now();
+    for e in table.certificates.expiring(now, CERTIFICATE_WARNING) {
+        let left = e.not_after - now;
+        if left <= chrono::TimeDelta::zero() {
+            tracing::warn!(hostname = %e.hostname, not_after = %e.not_after,
+                "the HTTPS certificate has expired: clients refuse it; publish a new one");
+        } else {
+            tracing::warn!(hostname = %e.hostname, not_after = %e.not_after,
+                days_left = left.num_days(),
+                "the HTTPS certificate expires soon: publish a new one");
+        }
+    }
+}
+
 impl Actor for RouteTable {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(CERTIFICATE_REMINDER, |act, _| {
+            if let Some(table) = act.handle.load_full() {
+                warn_expiring(&table);
+            }
+        });
+    }
 }
 
 impl Handler<ApplySnapshot> for RouteTable {
@@ -109,6 +141,7 @@ impl Handler<ApplySnapshot> for RouteTable {
             unchanged: false,
             compile_time: started.elapsed(),
         };
+        warn_expiring(&table);
         self.handle.store(Some(Arc::new(table)));
         metrics::histogram!("outpost_route_table_compile_seconds")
             .record(info.compile_time.as_secs_f64());

@@ -11,9 +11,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use outpost_model::Problems;
 use outpost_model::resources::Gateway;
 use outpost_model::template::substitute_named_values;
+use outpost_model::wire::CertificateExpiry;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
@@ -25,6 +27,8 @@ pub struct ServerCertificates {
     exact: HashMap<String, Arc<CertifiedKey>>,
     /// (`.example.com`, certificate), longest suffix first.
     wildcard: Vec<(String, Arc<CertifiedKey>)>,
+    /// Each hostname's leaf `notAfter`, soonest first: for `/metrics`, heartbeats and warnings.
+    expiries: Vec<CertificateExpiry>,
 }
 
 impl ServerCertificates {
@@ -48,6 +52,21 @@ impl ServerCertificates {
             .iter()
             .find(|(suffix, _)| suffix[1..] == *parent)
             .map(|(_, c)| c.clone())
+    }
+
+    /// When each hostname's certificate lapses, soonest first.
+    pub fn expiries(&self) -> &[CertificateExpiry] {
+        &self.expiries
+    }
+
+    /// The certificates that lapse before `now + window` (or already have), soonest first.
+    pub fn expiring(&self, now: DateTime<Utc>, window: chrono::TimeDelta) -> &[CertificateExpiry] {
+        let n = self
+            .expiries
+            .iter()
+            .take_while(|e| e.not_after <= now + window)
+            .count();
+        &self.expiries[..n]
     }
 
     /// Hostnames served, for logs and status.
@@ -91,8 +110,12 @@ pub(crate) fn compile(
             continue;
         };
         match certified_key(&cert, &key) {
-            Ok(ck) => {
+            Ok((ck, not_after)) => {
                 let name = h.hostname.to_ascii_lowercase();
+                out.expiries.push(CertificateExpiry {
+                    hostname: name.clone(),
+                    not_after,
+                });
                 let ck = Arc::new(ck);
                 match name.strip_prefix('*') {
                     Some(suffix) if suffix.starts_with('.') => {
@@ -108,10 +131,12 @@ pub(crate) fn compile(
     }
     out.wildcard
         .sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+    out.expiries.sort_by_key(|e| e.not_after);
     out
 }
 
-fn certified_key(cert_pem: &str, key_pem: &str) -> Result<CertifiedKey, String> {
+/// The key pair for the listener, and the leaf certificate's `notAfter`.
+fn certified_key(cert_pem: &str, key_pem: &str) -> Result<(CertifiedKey, DateTime<Utc>), String> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
         .collect::<Result<_, _>>()
         .map_err(|e| format!("certificate-pem is not a PEM certificate chain: {e}"))?;
@@ -125,5 +150,16 @@ fn certified_key(cert_pem: &str, key_pem: &str) -> Result<CertifiedKey, String> 
     let ck = CertifiedKey::new(chain, signer);
     ck.keys_match()
         .map_err(|e| format!("key-pem does not belong to the certificate: {e}"))?;
-    Ok(ck)
+    let not_after = not_after(&ck.cert[0])?;
+    Ok((ck, not_after))
+}
+
+/// A certificate's `notAfter`. rustls checks the chain's signatures only at handshakes; the
+/// validity is read here once so expiry can be watched without one.
+fn not_after(leaf: &CertificateDer<'_>) -> Result<DateTime<Utc>, String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf)
+        .map_err(|e| format!("certificate-pem: the first certificate does not parse: {e}"))?;
+    let at = cert.validity().not_after.timestamp();
+    DateTime::from_timestamp(at, 0)
+        .ok_or_else(|| format!("certificate-pem: notAfter {at} is out of range"))
 }

@@ -80,7 +80,8 @@ pub async fn cache_lookup(
             .is_some_and(|v| v.to_ascii_lowercase().contains("no-cache")),
         has_authorization: ex.request_headers.contains_key(header::AUTHORIZATION),
     };
-    if !lookup_allowed(&facts, s.ignore_cache_control) {
+    // A WebSocket handshake is answered by the backend, never from the cache.
+    if ex.upgrade.is_some() || !lookup_allowed(&facts, s.ignore_cache_control) {
         return Ok(Flow::Continue);
     }
     let has_authorization = facts.has_authorization;
