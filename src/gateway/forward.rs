@@ -269,14 +269,11 @@ fn request(
         .request(method.clone(), uri.clone())
         .timeout(timeout)
         .no_decompress();
-    // One copy of the whole map (appending name by name hashed every name again), then what is
-    // per-hop for us goes.
-    let mut copy = headers.clone();
-    copy.remove(header::HOST);
-    if copy.contains_key(header::EXPECT) {
-        copy.remove(header::EXPECT);
+    for (name, value) in headers {
+        if name != header::HOST && name != header::EXPECT {
+            req.headers_mut().append(name.clone(), value.clone());
+        }
     }
-    *req.headers_mut() = copy;
     req
 }
 

@@ -21,7 +21,7 @@ use actix_web::dev::Server;
 use actix_web::http::StatusCode;
 use actix_web::{App, HttpResponse, HttpServer, web};
 use chrono::{DateTime, Utc};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use outpost_actors::connectivity::{self, ConnectivityStatus, StatusHandle};
 use outpost_actors::route_table::{CERTIFICATE_WARNING, TableHandle};
 use outpost_model::wire::CertificateExpiry;
@@ -29,15 +29,6 @@ use serde::Serialize;
 
 /// The liveness path the reference product's self-hosted gateway answers; kept for familiarity.
 pub const STATUS_PATH: &str = "/status-0123456789abcdef";
-
-/// Buckets (seconds) of every `*_seconds` histogram, which `/metrics` shows as a Prometheus
-/// histogram (`_bucket{le=…}`, `_sum`, `_count`). Without buckets the exporter keeps a quantile
-/// sketch per series and folds every sample into it: about 550 instructions a sample, two
-/// samples per proxied request (docs/benchmarks.md). A bucket is a comparison and an increment,
-/// and buckets add up across gateways where quantiles do not.
-const SECONDS_BUCKETS: [f64; 14] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
 
 /// How often the recorder's histograms are compacted when nobody scrapes.
 const UPKEEP_EVERY: Duration = Duration::from_secs(5);
@@ -48,10 +39,7 @@ const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 pub fn prometheus() -> Option<&'static PrometheusHandle> {
     static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
     HANDLE
-        .get_or_init(|| match PrometheusBuilder::new()
-            .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), &SECONDS_BUCKETS)
-            .and_then(PrometheusBuilder::install_recorder)
-        {
+        .get_or_init(|| match PrometheusBuilder::new().install_recorder() {
             Ok(handle) => {
                 // Without upkeep, histogram samples pile up between scrapes.
                 let upkeep = handle.clone();
