@@ -23,15 +23,16 @@ use std::time::{Duration, Instant};
 
 use actix_http::Protocol;
 use actix_http::error::DispatchError;
-use actix_http::{HttpMessage, Request};
 use actix_rt::net::TcpStream;
-use actix_service::{ServiceFactoryExt, fn_factory, fn_service};
+use actix_service::{IntoServiceFactory, ServiceFactoryExt, fn_service, map_config};
 use actix_tls::accept::TlsError;
 use actix_tls::accept::rustls_0_23::{Acceptor, TlsStream};
 use actix_web::body::{BodySize, BoxBody, MessageBody};
-use actix_web::dev::{Server, ServiceFactory};
+use actix_web::dev::AppConfig;
+use actix_web::dev::{Server, ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use actix_web::http::{Method, StatusCode};
+use actix_web::{App, HttpRequest, HttpResponse, web};
 use bytes::Bytes;
 use outpost_actors::route_table::steps::encode_query_component;
 use outpost_actors::route_table::table::{
@@ -112,31 +113,25 @@ impl Traffic {
     }
 }
 
-/// The traffic service: a plain actix-http service over the whole request, made once on each
-/// worker's thread. No actix-web `App` in front of it: every path belongs to the configured
-/// APIs, so its router, extractors and request/response wrappers only cost (about 7,000
-/// instructions per request, docs/benchmarks.md).
-fn traffic_service(
+/// The traffic application, for an `HttpServer` of the caller's making (e.g. one that also
+/// binds HTTPS). Register nothing else on it: every path belongs to the configured APIs.
+pub fn traffic_app(
     traffic: Arc<Traffic>,
-) -> impl ServiceFactory<
-    Request,
-    Config = (),
-    Response = actix_http::Response<ObservedBody>,
-    Error = actix_http::Error,
-    InitError = (),
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
 > {
-    fn_factory(move || {
-        let traffic = traffic.clone();
-        async move {
-            // Give the worker its own Redis connection, driven by the worker's runtime, so
-            // rate-limit checks never hop threads.
-            traffic.runtime.shared.prepare_thread();
-            Ok::<_, ()>(fn_service(move |req: Request| {
-                let traffic = traffic.clone();
-                async move { Ok::<_, actix_http::Error>(handle(req, traffic).await) }
-            }))
-        }
-    })
+    // The app factory runs once on each worker's thread: give the worker its own Redis
+    // connection, driven by the worker's runtime, so rate-limit checks never hop threads.
+    traffic.runtime.shared.prepare_thread();
+    App::new()
+        .app_data(web::Data::from(traffic))
+        .default_service(web::to(handle))
 }
 
 /// Binds the traffic listener on `listen` (`127.0.0.1:0` picks a port) and starts it, plain
@@ -293,7 +288,9 @@ fn http<T>(
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + WriteNow + 'static,
 {
-    let service = traffic_service(traffic.clone());
+    let app = traffic_app(traffic.clone())
+        .into_factory()
+        .map_err(|e: actix_web::Error| e.error_response());
     let shutdown = shutdown.clone();
     let upgrades_stop = shutdown.clone();
     actix_http::HttpService::build()
@@ -314,7 +311,7 @@ where
                 ext.insert(Secure);
             }
         })
-        .finish(service)
+        .finish(map_config(app, |_| AppConfig::default()))
 }
 
 /// Marks a connection that arrived over TLS (`X-Forwarded-Proto: https`).
@@ -323,7 +320,11 @@ struct Secure;
 
 // === the request ===
 
-async fn handle(mut req: Request, traffic: Arc<Traffic>) -> actix_http::Response<ObservedBody> {
+async fn handle(
+    req: HttpRequest,
+    payload: web::Payload,
+    traffic: web::Data<Traffic>,
+) -> HttpResponse {
     let started = Instant::now();
     let conn = req.conn_data::<ConnState>().cloned();
     if let Some(conn) = &conn {
@@ -357,8 +358,7 @@ async fn handle(mut req: Request, traffic: Arc<Traffic>) -> actix_http::Response
         stopping: traffic.stopping.clone(),
     };
     let record = &mut pending.done().record;
-    let payload = req.take_payload();
-    let (response, guards) = match serve(&mut req, payload, &traffic, record).await {
+    let (response, guards) = match serve(&req, payload.into_inner(), &traffic, record).await {
         Ok(served) => served,
         Err(err) => {
             record.error_reason = Some(err.reason);
@@ -425,7 +425,7 @@ type Next<T> = ControlFlow<Response, T>;
 struct Accepted<'a> {
     host: String,
     /// Normalised (see `path`).
-    path: String,
+    path: &'a str,
     length: Option<u64>,
     matched: RouteMatch<'a>,
     subscription: Option<Arc<CompiledSubscription>>,
@@ -433,7 +433,7 @@ struct Accepted<'a> {
 
 /// Admit → normalise → route → authenticate → build the exchange → run its pipeline.
 async fn serve(
-    req: &mut Request,
+    req: &HttpRequest,
     payload: actix_web::dev::Payload,
     traffic: &Traffic,
     record: &mut RequestRecord,
@@ -456,7 +456,7 @@ async fn serve(
     let handshake = super::upgrade::requested(req)?;
     let accepted = Accepted {
         host,
-        path: normalized.path.into_owned(),
+        path: &normalized.path,
         length,
         matched,
         subscription,
@@ -488,7 +488,7 @@ async fn serve(
 /// the stream (a request without one ends with its headers): its first chunk is read here and
 /// put back in front of the rest.
 async fn request_body(
-    req: &Request,
+    req: &HttpRequest,
     mut payload: actix_web::dev::Payload,
     length: Option<u64>,
 ) -> (actix_web::dev::Payload, bool) {
@@ -513,7 +513,7 @@ async fn request_body(
 }
 
 /// The limits that need nothing but the request line and headers; the body's announced length.
-fn admit(req: &Request, traffic: &Traffic) -> Result<Option<u64>, GatewayError> {
+fn admit(req: &HttpRequest, traffic: &Traffic) -> Result<Option<u64>, GatewayError> {
     let headers = req.headers();
     // The request line counts too: a huge target must not slip past the header limit.
     let target_bytes = req.uri().path_and_query().map_or(0, |t| t.as_str().len());
@@ -543,7 +543,7 @@ fn admit(req: &Request, traffic: &Traffic) -> Result<Option<u64>, GatewayError> 
 /// The path, normalised once: routing, the backend path, the cache key and `{request.path}` all
 /// see this path, never the raw one (see `path`).
 fn normalise<'r>(
-    req: &'r Request,
+    req: &'r HttpRequest,
     table: &CompiledTable,
     host: &str,
 ) -> Result<Normalized<'r>, GatewayError> {
@@ -562,7 +562,7 @@ fn normalise<'r>(
 /// The operation: host → path → version → method. A preflight for a path whose operations take
 /// other methods is answered here, from the `cors` policy of the operation it asks about.
 fn route<'t>(
-    req: &Request,
+    req: &HttpRequest,
     table: &'t CompiledTable,
     host: &str,
     normalized: &Normalized<'_>,
@@ -661,7 +661,7 @@ fn route<'t>(
 /// The subscription key (header first, then query) → the subscription, if the API needs or
 /// accepts one.
 fn authenticate(
-    req: &Request,
+    req: &HttpRequest,
     traffic: &Traffic,
     table: &CompiledTable,
     matched: &RouteMatch<'_>,
@@ -698,7 +698,7 @@ fn authenticate(
 
 /// The request as the backend will see it, before any policy runs.
 fn build_exchange(
-    req: &mut Request,
+    req: &HttpRequest,
     payload: actix_web::dev::Payload,
     has_body: bool,
     traffic: &Traffic,
@@ -713,19 +713,16 @@ fn build_exchange(
         matched,
         subscription,
     } = accepted;
-    // The client's headers become the backend's: moved out of the request, not copied (nothing
-    // reads the request's own map after this).
-    let mut request_headers = std::mem::take(req.headers_mut());
-    // The parser sized the map for the client's headers; the gateway adds up to four
-    // (`X-Forwarded-*`, `traceparent`) and policies often a few: one resize now instead of
-    // several rehashes as they arrive.
-    request_headers.reserve(8);
-    let client_host = request_headers.get(header::HOST).cloned();
+    let headers = req.headers();
     let query = req.uri().query().unwrap_or("");
     let api = matched.api.clone();
     let product = subscription.as_ref().and_then(|s| s.product().cloned());
     // Hop-by-hop headers (and those the client's `Connection` names) go before any policy runs:
     // a client must not be able to delete what policies and the gateway add.
+    let mut request_headers = headers.clone();
+    // The gateway adds up to four headers (`X-Forwarded-*`, `traceparent`) and policies often a
+    // few: one resize now instead of several rehashes as they arrive.
+    request_headers.reserve(8);
     strip_hop_by_hop(&mut request_headers);
     if let Some(h) = &traffic.key_header {
         request_headers.remove(h);
@@ -733,7 +730,7 @@ fn build_exchange(
     traffic.forwarding.apply(
         req.peer_addr().map(|a| a.ip()),
         req.conn_data::<Secure>().is_some(),
-        client_host.as_ref(),
+        headers.get(header::HOST),
         &mut request_headers,
     );
     let request_id = ensure_traceparent(&mut request_headers);
@@ -752,8 +749,7 @@ fn build_exchange(
     Exchange {
         method: req.method().clone(),
         host,
-        backend_path: path[matched.prefix_len..].to_owned(),
-        path,
+        path: path.to_owned(),
         client_ip,
         request_id,
         gateway_name: table.gateway_name.clone(),
@@ -763,6 +759,7 @@ fn build_exchange(
         subscription,
         product,
         request_headers,
+        backend_path: path[matched.prefix_len..].to_owned(),
         query: query_pairs,
         target: Target::of(&api.backend),
         timeout_override: None,
@@ -843,7 +840,7 @@ fn check_key(
 }
 
 /// The Host header (or the URI's authority, for HTTP/2) in lowercase, without port.
-fn request_host(req: &Request) -> String {
+fn request_host(req: &HttpRequest) -> String {
     let raw = req
         .headers()
         .get(header::HOST)
@@ -916,14 +913,14 @@ fn valid_traceparent(tp: &str) -> bool {
 
 /// Turns the pipeline's response into the HTTP response, with a body that reports the request
 /// to metrics and the observer once it has been sent.
-fn finish(response: Response, mut done: Done) -> actix_http::Response<ObservedBody> {
+fn finish(response: Response, mut done: Done) -> HttpResponse {
     done.record.status = response.status.as_u16();
     let body = ObservedBody {
         inner: response.body,
         sent: 0,
         done: Some(done),
     };
-    let mut res = actix_http::Response::with_body(response.status, body);
+    let mut res = HttpResponse::with_body(response.status, body);
     *res.headers_mut() = response.headers;
     if res.status() == StatusCode::SWITCHING_PROTOCOLS
         && res.headers().contains_key(header::UPGRADE)
@@ -932,7 +929,7 @@ fn finish(response: Response, mut done: Done) -> actix_http::Response<ObservedBo
         res.head_mut()
             .set_connection_type(actix_http::ConnectionType::Upgrade);
     }
-    res
+    res.map_into_boxed_body()
 }
 
 struct Done {
