@@ -119,14 +119,14 @@ fn backend() -> u16 {
 
 fn gateway(file: &str, redis: Option<u16>) -> RunningGateway {
     let mut s = GatewaySettings::default();
-    s.offline.config_file = file.into();
+    s.offline.config_file = Some(file.into());
     s.listen.http = "127.0.0.1:0".into();
     s.listen.https = "127.0.0.1:0".into();
     s.listen.ops = "127.0.0.1:0".into();
     s.listen.workers = 1;
     if let Some(p) = redis {
         s.redis.url = format!("redis://127.0.0.1:{p}");
-        s.redis.timeout_ms = 200;
+        s.redis.timeout = Duration::from_millis(200);
     }
     gateway::start(s).expect("gateway starts")
 }

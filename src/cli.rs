@@ -85,9 +85,10 @@ pub enum Command {
     },
     /// Mint a gateway token (GatewayKey ...) from one of the gateway's keys.
     GatewayToken {
-        /// Name of the gateway resource the token is for.
-        #[arg(long)]
-        gateway: String,
+        /// Name of the gateway resource the token is for; repeat it, with --output-dir, to
+        /// mint one token per gateway.
+        #[arg(long, required = true)]
+        gateway: Vec<String>,
         /// Lifetime such as 30m, 12h, 7d. Default: the control plane's maximum
         /// (`[tokens] max_lifetime_days`, 30 days unless changed); a longer lifetime is refused
         /// with an error naming that maximum.
@@ -97,6 +98,10 @@ pub enum Command {
         /// other's tokens stay valid).
         #[arg(long, default_value = "primary", value_parser = ["primary", "secondary"])]
         key: String,
+        /// Write each token to `DIR/<gateway>` (mode 0600, replaced atomically) instead of
+        /// standard output, for gateways that read control_plane.token_file.
+        #[arg(long)]
+        output_dir: Option<PathBuf>,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -124,6 +129,15 @@ pub enum Command {
         /// Output file; standard output when absent.
         #[arg(long, short)]
         output: Option<PathBuf>,
+    },
+    /// GET a URL and exit 0 on a 2xx answer, 1 otherwise: a container health check that needs
+    /// no curl or shell in the image (e.g. `outpost probe http://127.0.0.1:8090/readyz`).
+    Probe {
+        /// The URL to ask (http:// or https://).
+        url: String,
+        /// Give up after this long (e.g. 3s); counts as unhealthy.
+        #[arg(long, default_value = "3s")]
+        timeout: String,
     },
     /// Run the small echo backend the demo and the compose setup use.
     SampleBackend {
@@ -180,7 +194,9 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 let p = settings::render(&p, config.as_deref());
                 format!("invalid gateway settings:\n{p}")
             })?;
-            crate::gateway::run(s).map(|()| ExitCode::SUCCESS)
+            crate::gateway::run(s)
+                .map(|()| ExitCode::SUCCESS)
+                .map_err(|e| e.to_string())
         }
         Command::Demo { port_base } => crate::demo::run(port_base).map(|()| ExitCode::SUCCESS),
         Command::Apply {
@@ -209,9 +225,16 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             gateway,
             expires,
             key,
+            output_dir,
             server,
-        } => crate::client::gateway_token(&server, &gateway, expires.as_deref(), &key)
-            .map(|()| ExitCode::SUCCESS),
+        } => crate::client::gateway_token(
+            &server,
+            &gateway,
+            expires.as_deref(),
+            &key,
+            output_dir.as_deref(),
+        )
+        .map(|()| ExitCode::SUCCESS),
         Command::SigningKey { action, server } => {
             crate::client::signing_key(&server, matches!(action, SigningKeyAction::Rotate))
                 .map(|()| ExitCode::SUCCESS)
@@ -230,6 +253,11 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             output.as_deref(),
         )
         .map(|()| ExitCode::SUCCESS),
+        Command::Probe { url, timeout } => {
+            let timeout =
+                crate::client::parse_duration(&timeout).map_err(|e| format!("--timeout: {e}"))?;
+            crate::probe::run(&url, timeout).map(|()| ExitCode::SUCCESS)
+        }
         Command::SampleBackend { listen } => {
             crate::sample_backend::run(&listen).map(|()| ExitCode::SUCCESS)
         }

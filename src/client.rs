@@ -332,7 +332,8 @@ pub fn apply(
 /// several files are sent merged into one document, where they would point nowhere useful.
 fn apply_failed(label: &str, one_file: bool, e: CallError) -> Result<ExitCode, String> {
     match e {
-        // 400: the file itself; 409: what it would make of the stored configuration.
+        // 400: a resource of the file; 409: resources that do not fit together, in the file or
+        // with the stored configuration.
         CallError::Api {
             status: 400 | 409,
             body,
@@ -598,11 +599,16 @@ pub fn validate(file: &Path) -> Result<ExitCode, String> {
 /// `outpost gateway-token --gateway NAME --expires 7d --key primary`: prints the token. Without
 /// `--expires` the token gets the control plane's longest lifetime; a longer one is refused by
 /// the control plane, whose message names the maximum.
+///
+/// With `output_dir`, one token per gateway goes to `<output_dir>/<gateway>` instead (mode 0600,
+/// replaced atomically: a gateway starting meanwhile reads the old token or the new one, never
+/// half of one), for gateways that read `control_plane.token_file`.
 pub fn gateway_token(
     server: &ServerArgs,
-    gateway: &str,
+    gateways: &[String],
     expires: Option<&str>,
     key: &str,
+    output_dir: Option<&Path>,
 ) -> Result<(), String> {
     let lifetime = expires
         .map(parse_duration)
@@ -611,22 +617,70 @@ pub fn gateway_token(
     if !matches!(key, "primary" | "secondary") {
         return Err(format!("--key must be primary or secondary, not '{key}'"));
     }
+    if gateways.len() != 1 && output_dir.is_none() {
+        return Err("several --gateway need --output-dir (one token file per gateway)".into());
+    }
+    for gateway in gateways {
+        // The name becomes a file name: nothing that could leave the directory.
+        if gateway.is_empty() || gateway.starts_with('.') || gateway.contains(['/', '\\']) {
+            return Err(format!("--gateway '{gateway}' is not a gateway name"));
+        }
+    }
     let conn = Connection::from_args(server)?;
-    let token = conn.gateway_token(gateway, lifetime, key)?;
-    eprintln!(
-        "token for gateway '{gateway}' from its {key} key, valid until {}",
-        token.expiry
-    );
-    println!("{}", token.value);
+    let mut signing_keys = Vec::new();
+    for gateway in gateways {
+        let token = conn.gateway_token(gateway, lifetime, key)?;
+        let written = output_dir
+            .map(|dir| {
+                let path = dir.join(gateway);
+                write_secret_file(&path, &format!("{}\n", token.value))?;
+                Ok::<_, String>(format!(", written to {} (mode 0600)", path.display()))
+            })
+            .transpose()?;
+        eprintln!(
+            "token for gateway '{gateway}' from its {key} key, valid until {}{}",
+            token.expiry,
+            written.as_deref().unwrap_or_default()
+        );
+        if output_dir.is_none() {
+            println!("{}", token.value);
+        }
+        signing_keys = token.config_signing_keys;
+    }
     // Standard error, so that `$(outpost gateway-token ...)` still captures only the token.
-    if !token.config_signing_keys.is_empty() {
+    if !signing_keys.is_empty() {
         eprintln!(
             "config signing key to trust (gateway setting control_plane.config_signing_keys, \
              env OUTPOST_CONTROL_PLANE_CONFIG_SIGNING_KEYS): {}",
-            token.config_signing_keys.join(",")
+            signing_keys.join(",")
         );
     }
     Ok(())
+}
+
+/// Writes an owner-only file next to `path`, then renames it over `path`.
+fn write_secret_file(path: &Path, text: &str) -> Result<(), String> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp",
+        path.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    let fail = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
+    // A leftover from an interrupted run may have any mode: start afresh.
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(fail(e)),
+        _ => {}
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(fail)?;
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(fail)?;
+    std::fs::rename(&tmp, path).map_err(fail)
 }
 
 /// `outpost signing-key show|rotate`: the active public key on standard output, the history

@@ -73,9 +73,9 @@ pub fn run(port_base: u16) -> Result<(), String> {
     gw_settings.listen.ops = format!("127.0.0.1:{}", ports[3]);
     gw_settings.listen.workers = 2;
     gw_settings.backup.enabled = true;
-    gw_settings.backup.dir = dir.path().join("gateway-backup").display().to_string();
+    gw_settings.backup.dir = dir.path().join("gateway-backup");
     gw_settings.log.level = "warn".into();
-    let gw = crate::gateway::start(gw_settings)?;
+    let gw = crate::gateway::start(gw_settings).map_err(|e| e.to_string())?;
     wait_ready(&gw.ops_url())?;
 
     let https = gw
@@ -138,6 +138,8 @@ fn add_certificate(doc: &mut Document) -> Result<(), String> {
         hostname: TLS_HOST.into(),
         certificate_pem: Some("{{demo-tls-certificate}}".into()),
         key_pem: Some("{{demo-tls-key}}".into()),
+        client_certificate: Default::default(),
+        client_ca_pem: None,
     });
     doc.resources.push(Resource::NamedValue(NamedValue {
         name: "demo-tls-certificate".into(),

@@ -19,6 +19,7 @@ pub mod control_plane;
 pub mod demo;
 pub mod gateway;
 pub mod logging;
+pub mod probe;
 pub mod sample_backend;
 pub mod server_thread;
 pub mod settings;

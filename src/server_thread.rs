@@ -11,8 +11,26 @@ use actix_web::dev::ServerHandle;
 use tokio::sync::watch;
 
 /// How the component's thread reports that it serves (its listeners, and whatever else the
-/// starter needs), or why it could not start.
-pub type Ready<T> = mpsc::Sender<Result<(Vec<ServerHandle>, T), String>>;
+/// starter needs), or why it could not start (the component's own error type).
+pub type Ready<T, E = String> = mpsc::Sender<Result<(Vec<ServerHandle>, T), E>>;
+
+/// Why the component's thread did not report at all.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("cannot start the {name} thread: {source}")]
+    Spawn {
+        name: &'static str,
+        source: std::io::Error,
+    },
+    #[error("the {name} thread ended during start")]
+    Ended { name: &'static str },
+}
+
+impl From<SpawnError> for String {
+    fn from(e: SpawnError) -> String {
+        e.to_string()
+    }
+}
 
 pub struct ServerThread {
     name: &'static str,
@@ -24,10 +42,11 @@ pub struct ServerThread {
 impl ServerThread {
     /// Runs `serve` in a new actix system on a thread named `name` and returns once it has
     /// reported through its [`Ready`] sender; a start failure is returned after the thread ended.
-    pub fn spawn<T, F, Fut>(name: &'static str, serve: F) -> Result<(ServerThread, T), String>
+    pub fn spawn<T, E, F, Fut>(name: &'static str, serve: F) -> Result<(ServerThread, T), E>
     where
         T: Send + 'static,
-        F: FnOnce(Ready<T>) -> Fut + Send + 'static,
+        E: From<SpawnError> + Send + 'static,
+        F: FnOnce(Ready<T, E>) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + 'static,
     {
         let (ready_tx, ready_rx) = mpsc::channel();
@@ -38,7 +57,7 @@ impl ServerThread {
                 actix_rt::System::new().block_on(serve(ready_tx));
                 let _ = exited_tx.send(true);
             })
-            .map_err(|e| format!("cannot start the {name} thread: {e}"))?;
+            .map_err(|source| SpawnError::Spawn { name, source })?;
         match ready_rx.recv() {
             Ok(Ok((servers, value))) => Ok((
                 ServerThread {
@@ -55,7 +74,7 @@ impl ServerThread {
             }
             Err(_) => {
                 let _ = thread.join();
-                Err(format!("the {name} thread ended during start"))
+                Err(SpawnError::Ended { name }.into())
             }
         }
     }

@@ -5,9 +5,15 @@
 //! The set of keys comes from the settings type's defaults, so every key has a variable and no
 //! variable is ambiguous (a unit test checks that for each settings type).
 //!
+//! Values are converted once, here: a settings struct holds `Duration`s and optional paths
+//! (the adapters of [`typed`] keep the keys and their written forms), so the code that uses a
+//! setting never parses it again.
+//!
 //! Loading never stops at the first problem: unknown keys, unknown `OUTPOST_*` variables,
 //! unparsable values and failed checks are all collected and reported together, and the process
 //! exits non-zero.
+
+pub mod typed;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;

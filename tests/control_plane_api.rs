@@ -286,6 +286,11 @@ fn bad_bodies_get_400_with_every_problem() {
             vec!["url", "connect-timeout-ms", "request-timeout-ms"],
         ),
         (
+            Kind::Backend,
+            json!({"name": "b", "url": "http://x", "protocol": "http3"}),
+            vec!["protocol: unknown variant `http3`, expected one of `auto`, `http1`, `h2`"],
+        ),
+        (
             Kind::Api,
             json!({"name": "a", "path": "/a/", "backend": "orders", "operations": [
                 {"name": "x", "method": "FETCH", "url-template": "nope"},

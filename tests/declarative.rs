@@ -336,6 +336,124 @@ fn validate_lists_the_problems_of_every_layer_in_one_run_with_file_line_and_colu
     }
 }
 
+/// Five mistakes that serde alone would report one per run: two type errors in different
+/// resources, an unknown field in a resource that also has a type error, a bad policy option,
+/// and a dangling reference in a resource after them.
+const FIVE_TYPE_MISTAKES: &str = r#"apiVersion: outpost/v1
+backends:
+  - name: orders
+    url: "http://127.0.0.1:9000"
+    connect-timeout-ms: soon
+    retries: 3
+apis:
+  - name: orders
+    path: orders
+    backend: orders
+    subscription-required: maybe
+    policies:
+      inbound:
+        - rate-limit: {calls: 10, renewal-period: 60, outage: sometimes}
+  - name: orphan
+    path: orphan
+    backend: nowhere
+"#;
+
+#[test]
+fn validate_lists_every_type_error_with_the_other_problems_in_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("typed.yaml");
+    std::fs::write(&file, FIVE_TYPE_MISTAKES).unwrap();
+    let name = file.display().to_string();
+    let out = Command::new(BIN)
+        .args(["validate", "-f", &name])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.starts_with(&format!("{name}: 5 problem(s):\n")),
+        "{err}"
+    );
+    let want = [
+        (
+            5,
+            5,
+            "backends[0] (orders).connect-timeout-ms",
+            "invalid type: string \"soon\", expected u64",
+        ),
+        (
+            6,
+            5,
+            "backends[0] (orders).retries",
+            "unknown field `retries`",
+        ),
+        (
+            11,
+            5,
+            "apis[0] (orders).subscription-required",
+            "invalid type: string \"maybe\", expected a boolean",
+        ),
+        (
+            14,
+            55,
+            "apis[0] (orders).policies.inbound[0].rate-limit.outage",
+            "unknown variant `sometimes`, expected one of `fail-open`, `local`, `fail-closed`",
+        ),
+        (
+            17,
+            5,
+            "apis[1] (orphan).backend",
+            "unknown backend 'nowhere'",
+        ),
+    ];
+    let lines: Vec<&str> = err.lines().skip(1).collect();
+    assert_eq!(lines.len(), want.len(), "{err}");
+    for (line, (l, c, path, message)) in lines.iter().zip(want) {
+        let head = format!("{name}:{l}:{c}: {path}: {message}");
+        assert!(line.starts_with(&head), "want {head}…\n{err}");
+    }
+}
+
+/// A file whose resources are each valid but do not fit together is refused as a single write
+/// making the configuration inconsistent is, 409; one with a problem in a resource alone is a
+/// 400 with every problem, those between resources included.
+#[test]
+fn apply_answers_409_when_only_the_resources_do_not_fit_together() {
+    let cp = cp();
+    let c = conn(&cp);
+    let dangling = "apiVersion: outpost/v1\napis:\n  - {name: a, path: a, backend: nowhere}\n  - {name: a, path: b, backend: nowhere}\n";
+    match c.apply(dangling, true).unwrap_err() {
+        CallError::Api { status: 409, body } => {
+            let got: Vec<(&str, Option<u32>)> = body
+                .problems
+                .iter()
+                .map(|p| (p.path.as_str(), p.line))
+                .collect();
+            assert_eq!(
+                got,
+                [("apis[0] (a).backend", Some(3)), ("apis[1] (a)", Some(4))],
+                "{body:?}"
+            );
+        }
+        other => panic!("expected a 409, got {other}"),
+    }
+    let also_wrong = format!("{dangling}  - {{name: c, path: c, backend: \"Not A Name\"}}\n");
+    match c.apply(&also_wrong, true).unwrap_err() {
+        CallError::Api { status: 400, body } => {
+            let has = |words: &str| body.problems.iter().any(|p| p.message.contains(words));
+            assert!(
+                has("is not a valid name") && has("unknown backend 'nowhere'"),
+                "{body:?}"
+            );
+        }
+        other => panic!("expected a 400, got {other}"),
+    }
+    // Whole numbers written as floats are integers, in YAML as in JSON.
+    let floats = "apiVersion: outpost/v1\nbackends:\n  - {name: b, url: \"http://127.0.0.1:9\", connect-timeout-ms: 250.0}\n";
+    c.apply(floats, true).unwrap();
+    assert_eq!(cp.store().revision(), 0);
+}
+
 #[test]
 fn apply_problems_carry_the_file_path_form_and_position() {
     let cp = cp();
@@ -792,7 +910,7 @@ gateways:
     assert_eq!(code, Some(0), "{err}");
 
     let mut s = GatewaySettings::default();
-    s.offline.config_file = path("full.yaml");
+    s.offline.config_file = Some(path("full.yaml").into());
     s.listen.http = "127.0.0.1:0".into();
     s.listen.https = "127.0.0.1:0".into();
     s.listen.ops = "127.0.0.1:0".into();

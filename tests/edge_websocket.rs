@@ -729,7 +729,7 @@ async fn metrics_count_connections_and_bytes_and_a_stop_closes_them() {
         .replace("BACKEND", "http://127.0.0.1:9");
     std::fs::write(&file, yaml).unwrap();
     let mut settings = outpost::gateway::settings::GatewaySettings::default();
-    settings.offline.config_file = file.display().to_string();
+    settings.offline.config_file = Some(file.clone());
     settings.listen.http = "127.0.0.1:0".into();
     settings.listen.https = String::new();
     settings.listen.ops = "127.0.0.1:0".into();

@@ -74,6 +74,37 @@ fn typos_in_variables_and_log_levels_stop_the_gateway_with_every_problem() {
     }
 }
 
+/// A gateway that cannot start says why on one line, naming the setting or file to fix, and
+/// exits with status 1.
+#[test]
+fn gateway_start_errors_name_what_to_fix() {
+    let (code, err) = run(
+        &["gateway", "--offline-config", "/nonexistent/outpost.yaml"],
+        &offline_gateway_env(),
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.starts_with("error: cannot read the offline config file /nonexistent/outpost.yaml: "),
+        "{err}"
+    );
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let ops = taken.local_addr().unwrap().to_string();
+    let sample = repo("config/sample-api.yaml");
+    let mut env = offline_gateway_env();
+    env.retain(|(k, _)| *k != "OUTPOST_LISTEN_OPS");
+    env.push(("OUTPOST_LISTEN_OPS", &ops));
+    let (code, err) = run(
+        &["gateway", "--offline-config", sample.to_str().unwrap()],
+        &env,
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&format!("error: cannot listen on {ops} (listen.ops): ")),
+        "{err}"
+    );
+}
+
 #[test]
 fn typos_stop_the_control_plane_too_and_the_log_level_is_checked_in_the_file() {
     let dir = tempfile::tempdir().unwrap();

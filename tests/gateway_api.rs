@@ -749,6 +749,28 @@ async fn admin_mints_tokens_within_the_maximum_lifetime() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["error"], "bad-request");
 
+    // A body is an object (serde would read `[]` as a request with every field defaulted), and
+    // a whole number written as a float is that integer (JSON Schema's numbers).
+    let (status, body) = cp
+        .admin("POST", "/gateways/gw-a/token", Some(json!([])))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("expected an object"),
+        "{body}"
+    );
+    let (status, body) = cp
+        .admin(
+            "POST",
+            "/gateways/gw-a/token",
+            Some(json!({"lifetime-secs": 3600.0})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
     let (status, _) = cp
         .admin(
             "POST",

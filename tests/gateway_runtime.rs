@@ -72,18 +72,18 @@ fn settings(url: &str, token: &str, backup_dir: Option<&Path>) -> GatewaySetting
     let mut s = GatewaySettings::default();
     s.control_plane.url = url.into();
     s.control_plane.token = token.into();
-    s.control_plane.poll_wait_secs = 2;
-    s.control_plane.heartbeat_interval_secs = 1;
-    s.control_plane.request_timeout_ms = 2000;
-    s.control_plane.backoff_initial_ms = 50;
-    s.control_plane.backoff_max_ms = 300;
+    s.control_plane.poll_wait = Duration::from_secs(2);
+    s.control_plane.heartbeat_interval = Duration::from_secs(1);
+    s.control_plane.request_timeout = Duration::from_millis(2000);
+    s.control_plane.backoff_initial = Duration::from_millis(50);
+    s.control_plane.backoff_max = Duration::from_millis(300);
     s.listen.http = "127.0.0.1:0".into();
     s.listen.https = "127.0.0.1:0".into();
     s.listen.ops = "127.0.0.1:0".into();
-    s.telemetry.flush_interval_secs = 1;
+    s.telemetry.flush_interval = Duration::from_secs(1);
     if let Some(dir) = backup_dir {
         s.backup.enabled = true;
-        s.backup.dir = dir.display().to_string();
+        s.backup.dir = dir.to_owned();
     }
     s
 }
@@ -350,7 +350,7 @@ fn offline_mode_serves_a_file_without_any_control_plane() {
     let file = dir.path().join("gateway.yaml");
     std::fs::write(&file, doc("offline")).unwrap();
     let mut s = GatewaySettings::default();
-    s.offline.config_file = file.display().to_string();
+    s.offline.config_file = Some(file.clone());
     s.listen.http = "127.0.0.1:0".into();
     s.listen.https = "127.0.0.1:0".into();
     s.listen.ops = "127.0.0.1:0".into();
@@ -369,13 +369,16 @@ fn offline_mode_serves_a_file_without_any_control_plane() {
         "apiVersion: outpost/v1\napis:\n  - {name: a, path: a, backend: missing}\nbogus: []\n",
     )
     .unwrap();
-    let err = gateway::start(s.clone()).err().expect("refused");
+    let err = gateway::start(s.clone())
+        .err()
+        .expect("refused")
+        .to_string();
     assert!(err.contains(&file.display().to_string()), "{err}");
     assert!(err.contains("bogus"), "{err}");
 
-    s.offline.gateway = "nope".into();
+    s.offline.gateway = Some("nope".into());
     std::fs::write(&file, doc("offline")).unwrap();
-    let err = gateway::start(s).err().expect("refused");
+    let err = gateway::start(s).err().expect("refused").to_string();
     assert!(err.contains("'nope'") && err.contains(GATEWAY), "{err}");
 }
 
@@ -384,7 +387,8 @@ fn without_control_plane_or_backup_the_start_fails_and_says_what_to_do() {
     let token = "GatewayKey gw-a&209901010000&c2ln";
     let err = gateway::start(settings(&dead_url(), token, None))
         .err()
-        .expect("refused");
+        .expect("refused")
+        .to_string();
     assert!(err.contains("control_plane.url"), "{err}");
     assert!(err.contains("backup.enabled"), "{err}");
     assert!(err.contains("--offline-config"), "{err}");
@@ -392,7 +396,8 @@ fn without_control_plane_or_backup_the_start_fails_and_says_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
     let err = gateway::start(settings(&dead_url(), token, Some(dir.path())))
         .err()
-        .expect("refused");
+        .expect("refused")
+        .to_string();
     assert!(err.contains("no config backup yet"), "{err}");
 }
 
@@ -407,7 +412,8 @@ fn a_corrupt_backup_is_refused_with_the_reason() {
         Some(dir.path()),
     ))
     .err()
-    .expect("refused");
+    .expect("refused")
+    .to_string();
     assert!(err.contains(&path.display().to_string()), "{err}");
     assert!(err.contains("refused"), "{err}");
 

@@ -249,14 +249,14 @@ impl Site {
         let file = dir.path().join("site.yaml");
         std::fs::write(&file, doc(backend.port)).unwrap();
         let mut s = GatewaySettings::default();
-        s.offline.config_file = file.display().to_string();
+        s.offline.config_file = Some(file);
         s.listen.http = "127.0.0.1:0".into();
         s.listen.https = "127.0.0.1:0".into();
         s.listen.ops = "127.0.0.1:0".into();
         if let Some(r) = redis {
             s.redis.url = r.url();
             // Generous: on a loaded test machine a timed-out call would count locally.
-            s.redis.timeout_ms = 2000;
+            s.redis.timeout = Duration::from_millis(2000);
             s.redis.nodes = nodes;
         }
         Site {
@@ -342,9 +342,9 @@ fn limits_are_exact_across_three_gateways_over_tls() {
     let redis = Redis::start_tls(&pki);
     let backend = Backend::start();
     let mut site = Site::new(&backend, Some(&redis), 3);
-    site.settings.redis.tls_ca_file = pki.path("ca.pem");
-    site.settings.redis.tls_cert_file = pki.path("client.pem");
-    site.settings.redis.tls_key_file = pki.path("client.key");
+    site.settings.redis.tls_ca_file = Some(pki.path("ca.pem").into());
+    site.settings.redis.tls_cert_file = Some(pki.path("client.pem").into());
+    site.settings.redis.tls_key_file = Some(pki.path("client.key").into());
     let gws: Vec<_> = (0..3).map(|_| site.gateway()).collect();
     eventually("every node connected over TLS", || {
         gws.iter()
@@ -353,27 +353,30 @@ fn limits_are_exact_across_three_gateways_over_tls() {
     assert_eq!(round_robin(&gws, "/limited/hello", 300), (100, 200, 0));
 
     let mut missing = site.settings.clone();
-    missing.redis.tls_key_file = site._dir.path().join("nope.key").display().to_string();
-    missing.redis.tls_cert_file = site._dir.path().join("nope.pem").display().to_string();
+    missing.redis.tls_key_file = Some(site._dir.path().join("nope.key"));
+    missing.redis.tls_cert_file = Some(site._dir.path().join("nope.pem"));
     let err = gateway::start(missing)
         .err()
-        .expect("missing files stop the start");
+        .expect("missing files stop the start")
+        .to_string();
     assert!(
         err.contains("redis.tls_key_file") && err.contains("redis.tls_cert_file"),
         "both named: {err}"
     );
     let mut not_pem = site.settings.clone();
-    not_pem.redis.tls_ca_file = site._dir.path().join("site.yaml").display().to_string();
+    not_pem.redis.tls_ca_file = Some(site._dir.path().join("site.yaml"));
     let err = gateway::start(not_pem)
         .err()
-        .expect("a non-PEM CA file stops the start");
+        .expect("a non-PEM CA file stops the start")
+        .to_string();
     assert!(err.contains("no certificate"), "{err}");
     // A certificate where the key should be: refused at start too, not a Redis outage later.
     let mut swapped = site.settings.clone();
-    swapped.redis.tls_key_file = pki.path("client.pem");
+    swapped.redis.tls_key_file = Some(pki.path("client.pem").into());
     let err = gateway::start(swapped)
         .err()
-        .expect("a key file without a key stops the start");
+        .expect("a key file without a key stops the start")
+        .to_string();
     assert!(
         err.contains("redis.tls_key_file") && err.contains("no private key"),
         "{err}"

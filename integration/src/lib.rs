@@ -16,6 +16,10 @@
 //! - [`backend`]: [`TestBackend`], an HTTP backend that echoes what it received and counts it.
 //! - [`http`]: a test [`client`], [`hey`] for bounded bursts and [`LoadLoop`] for steady
 //!   background load during faults.
+//! - [`compose`]: [`ComposeFleet`], `compose/docker-compose.yml` run by a Docker engine under a
+//!   project name of its own and always taken down (`tests/compose_up.rs`).
+//! - [`wan_delay`]: [`WanDelay`], added latency on a container's network interface (NFQUEUE,
+//!   for kernels without netem).
 //! - [`scenarios`]: the fault suite (control plane, site A on Redis, site B with backup, one
 //!   fault at a time), shared by `tests/fault_suite.rs` and the `reliability-report` binary.
 //!
@@ -60,6 +64,7 @@
 //! `OUTPOST_REDIS_SERVER` (path of `redis-server`).
 
 pub mod backend;
+pub mod compose;
 pub mod fault_proxy;
 pub mod fleet;
 pub mod http;
@@ -69,8 +74,10 @@ pub mod process;
 pub mod redis;
 pub mod scenarios;
 pub mod wait;
+pub mod wan_delay;
 
 pub use backend::TestBackend;
+pub use compose::{ComposeCli, ComposeFleet, compose_cli};
 pub use fault_proxy::{FaultMode, FaultProxy};
 pub use fleet::{ADMIN_TOKEN, ControlPlane, Gateway, GatewayOptions};
 pub use http::{LoadLoop, LoadReport, client, client_builder, hey, hey_with};
@@ -79,3 +86,4 @@ pub use ports::{free_addr, free_port};
 pub use process::{ManagedProcess, outpost_binary, outpost_command, workspace_root};
 pub use redis::{Persistence, RedisServer, redis_command, try_redis_command};
 pub use wait::{eventually, ms, patience, scaled, secs, wait_for_http_ok};
+pub use wan_delay::WanDelay;

@@ -3,7 +3,8 @@
 //!
 //! No Docker engine or cluster is needed: the files are parsed and checked against each other
 //! and against the contracts (ports, health endpoints, volumes, start order). When a
-//! `docker compose` or `kubectl` client is installed, their own offline checks run too.
+//! `docker compose` (or `docker-compose`) or `kubectl` client is installed, their own offline
+//! checks run too. `tests/compose_up.rs` starts the fleet for real where a Docker engine runs.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -40,9 +41,10 @@ fn s(v: &Value) -> &str {
 
 // ============================================================================ docker compose
 
-const OUTPOST_SERVICES: [&str; 8] = [
+const OUTPOST_SERVICES: [&str; 9] = [
     "control-plane",
     "init",
+    "tokens",
     "gw-a1",
     "gw-a2",
     "gw-a3",
@@ -218,14 +220,31 @@ fn compose_has_the_multi_site_fleet() {
         .collect();
     assert_eq!(names, expected, "compose services");
 
-    // Every outpost service is built from compose/Dockerfile with the repository as context.
+    // Every outpost service runs one image, built from compose/Dockerfile with the repository
+    // as context, or by compose/build-images.sh under the same variable.
     for name in OUTPOST_SERVICES {
         let build = &c.svc(name)["build"];
         assert_eq!(build["dockerfile"], "compose/Dockerfile", "{name}.build");
         assert_eq!(build["context"], "..", "{name}.build.context");
+        assert_eq!(c.svc(name)["image"], "${OUTPOST_IMAGE:-outpost:local}");
     }
-    assert!(s(&c.svc("redis-a")["image"]).starts_with("redis:7"));
-    assert!(s(&c.svc("lb-a")["image"]).starts_with("nginx"));
+    // Public images by default; compose/build-images.sh's FROM scratch ones by variable.
+    assert_eq!(
+        c.svc("redis-a")["image"],
+        "${OUTPOST_REDIS_IMAGE:-redis:7-alpine}"
+    );
+    assert_eq!(
+        c.svc("lb-a")["image"],
+        "${OUTPOST_NGINX_IMAGE:-nginx:alpine}"
+    );
+    let script = read("compose/build-images.sh");
+    for default in [
+        "${OUTPOST_IMAGE:-outpost:local}",
+        "${OUTPOST_REDIS_IMAGE:-outpost-redis:local}",
+        "${OUTPOST_NGINX_IMAGE:-outpost-nginx:local}",
+    ] {
+        assert!(script.contains(default), "build-images.sh names {default}");
+    }
 
     // Backends: the sample backend on port 9000, one per site.
     for b in ["backend-a", "backend-b"] {
@@ -269,24 +288,31 @@ fn compose_volumes_hold_the_state() {
     );
     assert!(!ro);
 
-    // Tokens: init writes them, gateways read them (read-only) from the file they are told.
-    let (init_dir, ro) = c.mount_of("init", "tokens").expect("init mounts tokens");
-    assert!(!ro, "init writes the tokens");
+    // Tokens: `tokens` writes them, gateways read them (read-only) from the file they are told
+    // (control_plane.token_file): never through the environment or a shell.
+    let (tokens_dir, ro) = c
+        .mount_of("tokens", "tokens")
+        .expect("tokens mounts tokens");
+    assert!(!ro, "the tokens service writes the tokens");
+    assert!(
+        c.command_text("tokens")
+            .contains(&format!("--output-dir {tokens_dir} ")),
+        "tokens writes into {tokens_dir}"
+    );
     for gw in GATEWAYS {
         let (dir, ro) = c
             .mount_of(gw, "tokens")
             .unwrap_or_else(|| panic!("{gw}: tokens"));
         assert!(ro, "{gw} mounts the tokens read-only");
-        let file = &c.env(gw)["GATEWAY_TOKEN_FILE"];
+        let env = c.env(gw);
         let site = if gw == "gw-b1" { "site-b" } else { "site-a" };
-        assert_eq!(file, &format!("{dir}/{site}"), "{gw} token file");
-        assert!(
-            c.command_text("init").contains(&format!("{init_dir}/")),
-            "init writes into {init_dir}"
+        assert_eq!(
+            env["OUTPOST_CONTROL_PLANE_TOKEN_FILE"],
+            format!("{dir}/{site}"),
+            "{gw} token file"
         );
-        let cmd = c.command_text(gw);
-        assert!(cmd.contains("OUTPOST_CONTROL_PLANE_TOKEN"), "{gw}: {cmd}");
-        assert!(cmd.contains("exec outpost gateway"), "{gw}: {cmd}");
+        assert!(!env.contains_key("OUTPOST_CONTROL_PLANE_TOKEN"));
+        assert_eq!(c.command_text(gw), "gateway ", "{gw}");
     }
     // Site A has no backup (contrast with site B in the README); only gw-b1 owns one.
     for gw in SITE_A_GATEWAYS {
@@ -301,26 +327,37 @@ fn compose_health_checks_and_start_order() {
         let hc = c.healthcheck(name);
         match name {
             // One-shot: nothing to watch once it has exited.
-            "init" => assert!(hc.is_none(), "init: health check should be disabled"),
+            "init" | "tokens" => {
+                assert!(hc.is_none(), "{name}: health check should be disabled");
+            }
+            // `outpost probe`: the images have no curl, wget or shell.
             "control-plane" => {
                 let hc = hc.expect("control plane health check");
-                assert!(hc.contains("127.0.0.1:7070/healthz"), "{hc}");
+                assert_eq!(hc, "CMD outpost probe http://127.0.0.1:7070/healthz");
             }
             gw if GATEWAYS.contains(&gw) => {
                 let hc = hc.unwrap_or_else(|| panic!("{gw}: no health check"));
-                assert!(hc.contains("127.0.0.1:8090/readyz"), "{gw}: {hc}");
+                assert_eq!(hc, "CMD outpost probe http://127.0.0.1:8090/readyz", "{gw}");
             }
             backend => {
                 let hc = hc.unwrap_or_else(|| panic!("{backend}: no health check"));
-                assert!(hc.contains(":9000/"), "{backend}: {hc}");
+                assert_eq!(
+                    hc, "CMD outpost probe http://127.0.0.1:9000/healthz",
+                    "{backend}"
+                );
             }
         }
     }
-    assert!(
-        c.healthcheck("redis-a")
-            .is_some_and(|h| h.contains("redis-cli ping"))
+    assert_eq!(
+        c.healthcheck("redis-a").as_deref(),
+        Some("CMD redis-cli ping")
     );
-    assert!(c.healthcheck("lb-a").is_some());
+    // Neither nginx image has an HTTP client; nothing waits for lb-a.
+    assert!(c.healthcheck("lb-a").is_none());
+    for name in c.services.keys() {
+        let cmd = c.command_text(name);
+        assert!(!cmd.contains("/bin/sh"), "{name} needs a shell: {cmd}");
+    }
 
     let dep = |svc: &str, on: &str| -> String {
         c.depends_on(svc)
@@ -329,8 +366,9 @@ fn compose_health_checks_and_start_order() {
             .unwrap_or_else(|| panic!("{svc} does not depend on {on}"))
     };
     assert_eq!(dep("init", "control-plane"), "service_healthy");
+    assert_eq!(dep("tokens", "init"), "service_completed_successfully");
     for gw in GATEWAYS {
-        assert_eq!(dep(gw, "init"), "service_completed_successfully", "{gw}");
+        assert_eq!(dep(gw, "tokens"), "service_completed_successfully", "{gw}");
         // A gateway must be (re)startable while the control plane is down: no direct dependency.
         assert!(
             !c.depends_on(gw).contains_key("control-plane"),
@@ -360,12 +398,12 @@ fn compose_health_checks_and_start_order() {
     );
 
     let init = c.command_text("init");
+    assert_eq!(init, "apply -f /config/fleet.yaml ");
+    let tokens = c.command_text("tokens");
     assert!(
-        init.contains("outpost apply -f /config/fleet.yaml"),
-        "{init}"
+        tokens.starts_with("gateway-token --gateway site-a --gateway site-b "),
+        "{tokens}"
     );
-    assert!(init.contains("outpost gateway-token --gateway"), "{init}");
-    assert!(init.contains("site-a") && init.contains("site-b"), "{init}");
     assert!(
         c.mounts("init")
             .iter()
@@ -373,6 +411,7 @@ fn compose_health_checks_and_start_order() {
         "init mounts compose/fleet.yaml"
     );
     assert_eq!(c.svc("init")["restart"], "no");
+    assert_eq!(c.svc("tokens")["restart"], "no");
 }
 
 #[test]
@@ -386,11 +425,21 @@ fn compose_ports_and_load_balancer() {
             c.published(svc)
         );
     };
-    has("control-plane", "7070", "7070");
-    has("lb-a", "8080", "8080");
-    has("gw-b1", "8081", "8080");
-    for (gw, ops) in GATEWAYS.iter().zip(["9091", "9092", "9093", "9094"]) {
-        has(gw, ops, "8090");
+    // No fixed host port: Docker picks one (`docker compose port SERVICE PORT` tells), so
+    // several fleets run side by side and nothing on the host is in the way.
+    has("control-plane", "", "7070");
+    has("lb-a", "", "8080");
+    has("gw-b1", "", "8080");
+    for gw in GATEWAYS {
+        has(gw, "", "8090");
+    }
+    for (name, svc) in &c.services {
+        for p in svc["ports"].as_array().into_iter().flatten() {
+            assert!(
+                s(p).starts_with("${OUTPOST_BIND:-127.0.0.1}:"),
+                "{name}: {p} binds to loopback unless OUTPOST_BIND says otherwise"
+            );
+        }
     }
     // 7071 is internal only.
     assert!(
@@ -407,6 +456,16 @@ fn compose_ports_and_load_balancer() {
         );
     }
     assert!(nginx.contains("listen 8080;"));
+    // A node that cannot be reached (killed, stopped) costs a retry on the next, not an error.
+    assert!(nginx.contains("proxy_next_upstream error timeout;"));
+    // Debian's nginx 1.22 (build-images.sh) has no `resolve` for upstream servers.
+    assert!(
+        nginx
+            .lines()
+            .filter(|l| l.trim_start().starts_with("server "))
+            .all(|l| !l.contains("resolve")),
+        "upstream servers use `resolve`"
+    );
     assert!(c.mounts("lb-a").iter().any(
         |(src, dst, _)| src == "./nginx-site-a.conf" && dst == "/etc/nginx/conf.d/default.conf"
     ));
@@ -550,17 +609,53 @@ fn hex64_words(text: &str) -> BTreeSet<String> {
 #[test]
 fn dockerfile_builds_a_non_root_image_with_a_health_check() {
     let d = read("compose/Dockerfile");
+    let probe = r#"CMD ["outpost", "probe", "http://127.0.0.1:8090/healthz"]"#;
     for needle in [
         "FROM rust:",
         "cargo build --release --locked",
         "FROM debian:bookworm-slim",
         "USER 10001",
         "HEALTHCHECK",
-        "http://127.0.0.1:8090/healthz",
+        probe,
         r#"ENTRYPOINT ["outpost"]"#,
         "/var/lib/outpost",
     ] {
         assert!(d.contains(needle), "compose/Dockerfile lacks {needle}");
+    }
+    assert!(!d.contains("curl"), "the health check needs no curl");
+
+    // The images compose/build-images.sh builds without a registry: FROM scratch, unprivileged,
+    // and the outpost one interchangeable with compose/Dockerfile's.
+    let local = read("compose/images/outpost.Dockerfile");
+    for needle in [
+        "FROM scratch",
+        "USER 10001:10001",
+        "COPY --chown=10001:10001 state/ /var/lib/outpost/",
+        probe,
+        r#"ENTRYPOINT ["outpost"]"#,
+        "EXPOSE 8080 8443 8090 7070 7071",
+    ] {
+        assert!(
+            local.contains(needle),
+            "images/outpost.Dockerfile lacks {needle}"
+        );
+    }
+    for (file, user) in [
+        ("compose/images/redis.Dockerfile", "USER 999:999"),
+        ("compose/images/nginx.Dockerfile", "USER 101:101"),
+    ] {
+        let d = read(file);
+        assert!(d.contains("FROM scratch") && d.contains(user), "{file}");
+    }
+    let script = read("compose/build-images.sh");
+    for (dir, mode) in [
+        ("control-plane,backup,spool,tokens", "chmod 0700"),
+        ("/etc/ssl/certs/ca-certificates.crt", "cp -L"),
+    ] {
+        assert!(
+            script.lines().any(|l| l.contains(dir) && l.contains(mode)),
+            "build-images.sh: {mode} {dir}"
+        );
     }
 }
 
@@ -729,31 +824,41 @@ fn kubernetes_gateway_workload() {
 
 // ============================================================================ external tools
 
-/// `docker compose config` and `kubectl kustomize`, when those clients are installed. Neither
-/// needs a Docker engine or a cluster; a missing client skips its check.
+/// `docker compose config` (or `docker-compose config`, v1) and `kubectl kustomize`, when
+/// those clients are installed. Neither needs a Docker engine or a cluster; a missing client
+/// skips its check.
 #[test]
 fn external_validators_when_available() {
     let root = root();
-    match Command::new("docker").args(["compose", "version"]).output() {
-        Ok(o) if o.status.success() => {
-            let out = Command::new("docker")
-                .args([
-                    "compose",
-                    "-f",
-                    "compose/docker-compose.yml",
-                    "config",
-                    "--quiet",
-                ])
+    let works = |program: &str, args: &[&str]| {
+        Command::new(program)
+            .args(args)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    let compose: Option<&[&str]> = if works("docker", &["compose", "version"]) {
+        Some(&["docker", "compose"])
+    } else if works("docker-compose", &["version"]) {
+        Some(&["docker-compose"])
+    } else {
+        None
+    };
+    match compose {
+        Some(cli) => {
+            let out = Command::new(cli[0])
+                .args(&cli[1..])
+                .args(["-f", "compose/docker-compose.yml", "config", "--quiet"])
                 .current_dir(&root)
                 .output()
                 .expect("docker compose config runs");
             assert!(
                 out.status.success(),
-                "docker compose config:\n{}",
+                "{} config:\n{}",
+                cli.join(" "),
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        _ => eprintln!("skipped: `docker compose` is not available"),
+        None => eprintln!("skipped: neither `docker compose` nor `docker-compose` is available"),
     }
     match Command::new("kubectl")
         .args(["kustomize", "deploy/kubernetes"])

@@ -132,13 +132,36 @@ fn yaml_message(e: &serde_saphyr::Error) -> String {
     bare.to_owned()
 }
 
+/// Why a file was refused: every problem, and what kind they are.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refused {
+    /// In file order.
+    pub problems: Problems,
+    /// Every problem is about how the file's resources fit together — a reference to a resource
+    /// it does not have, a name or key used twice, routes that collide — and none is about a
+    /// resource alone. The management API answers these with 409, as it answers the same
+    /// problems of a single write.
+    pub across_resources: bool,
+}
+
+impl Refused {
+    fn alone(problems: Problems) -> Refused {
+        Refused {
+            problems,
+            across_resources: false,
+        }
+    }
+}
+
 impl Document {
     /// Parses and validates a document given as a JSON tree (from YAML or JSON).
     pub fn from_value(value: Value) -> Result<Document, Problems> {
-        Document::parse(value, FileIndex::default()).map(|(doc, _)| doc)
+        Document::parse(value, FileIndex::default())
+            .map(|(doc, _)| doc)
+            .map_err(|r| r.problems)
     }
 
-    fn parse(value: Value, mut index: FileIndex) -> Result<(Document, FileIndex), Problems> {
+    fn parse(value: Value, mut index: FileIndex) -> Result<(Document, FileIndex), Refused> {
         let mut problems = Problems::new();
         let Value::Object(mut map) = value else {
             let mut p = Problems::new();
@@ -146,7 +169,7 @@ impl Document {
                 "",
                 "the file must be a map with apiVersion and resource lists",
             );
-            return Err(index.in_file("", "", p));
+            return Err(Refused::alone(index.in_file("", "", p)));
         };
         match map.remove("apiVersion") {
             Some(Value::String(v)) if v == API_VERSION => {}
@@ -157,6 +180,9 @@ impl Document {
             None => problems.push("apiVersion", format!("missing; expected '{API_VERSION}'")),
         }
         let mut problems = index.in_file("", "", problems);
+        // Problems between resources, kept apart to tell a file that is wrong in itself from
+        // one whose resources do not fit together.
+        let mut across = Problems::new();
         let mut resources = Vec::new();
         let mut unparsed = HashSet::new();
         let mut seen = HashSet::new();
@@ -218,7 +244,9 @@ impl Document {
                 match parsed {
                     Some(r) => {
                         if !seen.insert(r.key()) {
-                            p.push("", format!("duplicate {kind} '{}'", r.name()));
+                            let mut twice = Problems::new();
+                            twice.push("", format!("duplicate {kind} '{}'", r.name()));
+                            across.extend(index.in_file(&base, &label, twice));
                         }
                         p.extend(check_resource(&r));
                         // Checked across resources even when invalid alone, or without the
@@ -231,7 +259,9 @@ impl Document {
                 problems.extend(index.in_file(&base, &label, p));
             }
         }
-        problems.extend(index.locate(check_config_partial(&resources, &unparsed)));
+        across.extend(index.locate(check_config_partial(&resources, &unparsed)));
+        let across_resources = problems.is_empty() && !across.is_empty();
+        problems.extend(across);
         if index.map.is_some() {
             // File order: an operator fixes a file from top to bottom.
             problems
@@ -239,9 +269,13 @@ impl Document {
                 .sort_by_key(|p| (p.line.unwrap_or(0), p.column.unwrap_or(0)));
         }
         resources.sort_by_key(Resource::key);
-        problems
-            .into_result()
-            .map(|()| (Document::with_sections(resources, sections), index))
+        match problems.into_result() {
+            Ok(()) => Ok((Document::with_sections(resources, sections), index)),
+            Err(problems) => Err(Refused {
+                problems,
+                across_resources,
+            }),
+        }
     }
 
     /// A document of `resources` whose sections are exactly their kinds.
@@ -286,6 +320,11 @@ impl Document {
     /// [`Document::from_yaml`], and where each resource is in the text, to locate the problems
     /// that later checks find ([`FileIndex::locate`]). Every problem has a line and column.
     pub fn from_yaml_indexed(text: &str) -> Result<(Document, FileIndex), Problems> {
+        Document::read(text).map_err(|r| r.problems)
+    }
+
+    /// [`Document::from_yaml_indexed`], saying whether the problems are all between resources.
+    pub fn read(text: &str) -> Result<(Document, FileIndex), Refused> {
         let value: Value = serde_saphyr::from_str(text).map_err(|e| {
             let mut p = Problems::new();
             p.push("", format!("not valid YAML: {}", yaml_message(&e)));
@@ -293,7 +332,7 @@ impl Document {
                 p.0[0].line = u32::try_from(at.line()).ok();
                 p.0[0].column = u32::try_from(at.column()).ok();
             }
-            p
+            Refused::alone(p)
         })?;
         let index = FileIndex {
             map: Some(SourceMap::from_yaml(text)),
@@ -493,6 +532,57 @@ products:
         assert_eq!(p.len(), 1, "{p:#?}");
         assert_eq!(p.0[0].path, "backends[0] (b).url");
         assert_eq!(p.0[0].line, Some(3));
+    }
+
+    /// serde stops at a resource's first type error; the file's problems do not.
+    #[test]
+    fn every_type_error_of_a_resource_and_of_a_policy_step_is_listed() {
+        let bad = "\
+apiVersion: outpost/v1
+backends:
+  - name: b
+    url: 5
+    connect-timeout-ms: soon
+    tls: {verify: maybe, pin: x}
+apis:
+  - name: a
+    path: a
+    backend: b
+    operations:
+      - {name: o, method: 7, url-template: /x}
+      - {name: p, method: GET, url-template: /y, mock: true}
+    policies:
+      inbound:
+        - rate-limit: {calls: many, renewal-period: -1}
+";
+        let problems = Document::from_yaml(bad).unwrap_err();
+        let got: Vec<(&str, Option<u32>, Option<u32>)> = problems
+            .0
+            .iter()
+            .map(|p| (p.path.as_str(), p.line, p.column))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("backends[0] (b).url", Some(4), Some(5)),
+                ("backends[0] (b).connect-timeout-ms", Some(5), Some(5)),
+                ("backends[0] (b).tls.verify", Some(6), Some(11)),
+                ("backends[0] (b).tls.pin", Some(6), Some(26)),
+                ("apis[0] (a).operations[0].method", Some(12), Some(19)),
+                ("apis[0] (a).operations[1].mock", Some(13), Some(50)),
+                (
+                    "apis[0] (a).policies.inbound[0].rate-limit.calls",
+                    Some(16),
+                    Some(24)
+                ),
+                (
+                    "apis[0] (a).policies.inbound[0].rate-limit.renewal-period",
+                    Some(16),
+                    Some(37)
+                ),
+            ],
+            "{problems:#?}"
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //!   and deltas between two views.
 //! - [`wire`]: the gateway ↔ control plane protocol types and their bincode/JSON encoding.
 //! - [`signing`]: the control plane's Ed25519 signatures over each gateway's configuration.
+//! - [`type_errors`]: every type error of a JSON value, where serde stops at the first.
 //! - [`template`]: `{{named-value}}` references and `{request.*}` key templates.
 //!
 //! # Encoding rule
@@ -28,6 +29,7 @@ pub mod resources;
 pub mod signing;
 pub mod source_map;
 pub mod template;
+pub mod type_errors;
 pub mod validate;
 pub mod view;
 pub mod wire;

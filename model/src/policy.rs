@@ -449,6 +449,72 @@ pub struct LimitConcurrency {
     pub max_count: u32,
 }
 
+/// `validate-client-certificate`: checks the certificate the client presented in the TLS
+/// handshake (mutual TLS on the hostname, see `client-certificate` in the gateway resource).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ValidateClientCertificate {
+    /// Refuse a certificate listed in `revoked-thumbprints` or `revocation-crl-pem`.
+    #[serde(default = "yes")]
+    pub validate_revocation: bool,
+    /// Refuse a certificate that does not chain to the hostname's `client-ca-pem` (possible
+    /// only on an `optional` hostname without CAs, which takes any certificate).
+    #[serde(default = "yes")]
+    pub validate_trust: bool,
+    /// Refuse a certificate that is not valid yet.
+    #[serde(default = "yes")]
+    pub validate_not_before: bool,
+    /// Refuse an expired certificate.
+    #[serde(default = "yes")]
+    pub validate_not_after: bool,
+    /// Let a failed validation through; the reason goes to `{variable.client-certificate-error}`.
+    #[serde(default)]
+    pub ignore_error: bool,
+    /// SHA-256 thumbprints (hex) of revoked certificates; an entry may be a `{{named-value}}`
+    /// holding several, separated by commas or white space.
+    #[serde(default)]
+    pub revoked_thumbprints: Vec<String>,
+    /// Certificate revocation lists (PEM), usually a `{{named-value}}`: a certificate whose
+    /// issuer published one and whose serial number it lists is revoked.
+    #[serde(default)]
+    pub revocation_crl_pem: Option<String>,
+    /// The certificate must match at least one of these (when any are given).
+    #[serde(default)]
+    pub identities: Vec<CertificateIdentity>,
+}
+
+/// One accepted identity of `validate-client-certificate`: every field given must match.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct CertificateIdentity {
+    /// SHA-256 of the certificate (hex; case and `:` separators ignored).
+    #[serde(default)]
+    pub thumbprint: Option<String>,
+    /// Hex; case, `:` separators and leading zeros ignored.
+    #[serde(default)]
+    pub serial_number: Option<String>,
+    /// The subject as `{request.client-certificate.subject}` shows it, e.g. `CN=orders, O=Acme`.
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// The subject's common name (CN).
+    #[serde(default)]
+    pub common_name: Option<String>,
+    /// The issuer's subject, as `{request.client-certificate.issuer}` shows it.
+    #[serde(default)]
+    pub issuer: Option<String>,
+}
+
+/// `authentication-certificate`: the gateway presents this client certificate to the backend
+/// when the backend asks for one (mutual TLS towards the backend).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct AuthenticationCertificate {
+    /// PEM certificate chain, leaf first; usually a `{{named-value}}` reference.
+    pub certificate_pem: String,
+    /// PEM private key of the leaf; a `{{secret-named-value}}` reference.
+    pub key_pem: String,
+}
+
 /// One step of a policy section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -476,6 +542,8 @@ pub enum Policy {
     Retry(Retry),
     ForwardRequest(ForwardRequest),
     LimitConcurrency(LimitConcurrency),
+    ValidateClientCertificate(ValidateClientCertificate),
+    AuthenticationCertificate(AuthenticationCertificate),
 }
 
 /// Every policy name with the sections it may appear in.
@@ -505,6 +573,8 @@ pub const POLICIES: &[(&str, &[Section])] = {
         ("retry", &[Backend]),
         ("forward-request", &[Backend]),
         ("limit-concurrency", &[Inbound]),
+        ("validate-client-certificate", &[Inbound]),
+        ("authentication-certificate", &[Inbound]),
     ]
 };
 
@@ -534,6 +604,8 @@ impl Policy {
             Policy::Retry(_) => "retry",
             Policy::ForwardRequest(_) => "forward-request",
             Policy::LimitConcurrency(_) => "limit-concurrency",
+            Policy::ValidateClientCertificate(_) => "validate-client-certificate",
+            Policy::AuthenticationCertificate(_) => "authentication-certificate",
         }
     }
 
@@ -578,6 +650,28 @@ impl Policy {
                 out.extend(p.body.as_deref());
             }
             Policy::LimitConcurrency(p) => out.push(&p.key),
+            Policy::ValidateClientCertificate(p) => {
+                out.extend(p.revoked_thumbprints.iter().map(String::as_str));
+                out.extend(p.revocation_crl_pem.as_deref());
+                for i in &p.identities {
+                    out.extend(
+                        [
+                            &i.thumbprint,
+                            &i.serial_number,
+                            &i.subject,
+                            &i.common_name,
+                            &i.issuer,
+                        ]
+                        .into_iter()
+                        .flatten()
+                        .map(String::as_str),
+                    );
+                }
+            }
+            Policy::AuthenticationCertificate(p) => {
+                out.push(&p.certificate_pem);
+                out.push(&p.key_pem);
+            }
             Policy::Base
             | Policy::RateLimit(_)
             | Policy::Quota(_)
@@ -682,7 +776,7 @@ mod tests {
     #[test]
     fn every_variant_has_a_section_entry() {
         let names: Vec<&str> = POLICIES.iter().map(|(n, _)| *n).collect();
-        assert_eq!(names.len(), 23);
+        assert_eq!(names.len(), 25);
         for n in names {
             assert!(Policy::allowed_sections(n).is_some());
         }

@@ -11,6 +11,8 @@ use serde_json::Value;
 const OPTIONAL_TEXT: &[&str] = &["display-name", "description", "location"];
 /// Flags whose default is `false`: written only when set.
 const OPTIONAL_FLAGS: &[&str] = &["allow-encoded-slashes"];
+/// Settings written only when they are not their default.
+const DEFAULT_TEXT: &[(&str, &str)] = &[("client-certificate", "none")];
 
 pub fn prune(value: &mut Value) {
     match value {
@@ -22,7 +24,10 @@ pub fn prune(value: &mut Value) {
                 Value::Null => false,
                 Value::Array(a) => !a.is_empty(),
                 Value::Object(o) => !(k == "policies" && o.is_empty()),
-                Value::String(s) => !(s.is_empty() && OPTIONAL_TEXT.contains(&k.as_str())),
+                Value::String(s) => {
+                    let optional = s.is_empty() && OPTIONAL_TEXT.contains(&k.as_str());
+                    !(optional || DEFAULT_TEXT.contains(&(k.as_str(), s.as_str())))
+                }
                 Value::Bool(false) => !OPTIONAL_FLAGS.contains(&k.as_str()),
                 _ => true,
             });
@@ -39,12 +44,14 @@ mod tests {
         let mut v = serde_json::json!({
             "a": null, "b": [], "policies": {"inbound": []}, "display-name": "",
             "value": "", "e": false, "f": 0, "g": [{"cache-lookup": {}}],
-            "allow-encoded-slashes": false
+            "allow-encoded-slashes": false,
+            "h": [{"client-certificate": "none"}, {"client-certificate": "required"}]
         });
         super::prune(&mut v);
         assert_eq!(
             v,
-            serde_json::json!({"value": "", "e": false, "f": 0, "g": [{"cache-lookup": {}}]})
+            serde_json::json!({"value": "", "e": false, "f": 0, "g": [{"cache-lookup": {}}],
+                "h": [{}, {"client-certificate": "required"}]})
         );
     }
 }

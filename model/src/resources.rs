@@ -246,6 +246,23 @@ pub struct Backend {
     pub request_timeout_ms: u64,
     #[serde(default)]
     pub tls: BackendTls,
+    /// HTTP version spoken to the backend.
+    #[serde(default)]
+    pub protocol: BackendProtocol,
+}
+
+/// How the gateway speaks to a backend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendProtocol {
+    /// `https://`: HTTP/2 when the backend picks it by ALPN, else HTTP/1.1. `http://`: HTTP/1.1.
+    #[default]
+    Auto,
+    /// HTTP/1.1 only.
+    Http1,
+    /// HTTP/2 only: by ALPN on `https://`, with prior knowledge (h2c) on `http://`. What gRPC
+    /// backends need.
+    H2,
 }
 
 fn default_connect_timeout_ms() -> u64 {
@@ -317,6 +334,37 @@ pub struct GatewayHostname {
     pub certificate_pem: Option<String>,
     #[serde(default)]
     pub key_pem: Option<String>,
+    /// Whether TLS clients of this hostname are asked for a certificate (mutual TLS).
+    #[serde(default)]
+    pub client_certificate: ClientCertificateMode,
+    /// CA certificates (PEM) a client certificate must chain to, usually a `{{named-value}}`
+    /// reference. Needed for `required`; with `optional` and no CAs any certificate is taken
+    /// (its key is proven, its trust is not: see `validate-client-certificate`).
+    #[serde(default)]
+    pub client_ca_pem: Option<String>,
+}
+
+/// Client certificates (mutual TLS) on one hostname of a gateway.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClientCertificateMode {
+    /// Clients are not asked for a certificate.
+    #[default]
+    None,
+    /// Clients are asked; one without a certificate is served too.
+    Optional,
+    /// A client without a valid certificate fails the handshake.
+    Required,
+}
+
+impl ClientCertificateMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientCertificateMode::None => "none",
+            ClientCertificateMode::Optional => "optional",
+            ClientCertificateMode::Required => "required",
+        }
+    }
 }
 
 /// The policy document at global scope. There is one, named `global`.

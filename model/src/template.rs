@@ -30,6 +30,44 @@ pub enum Var {
     Param(String),
     /// A variable set earlier in the pipeline (e.g. by `cache-lookup-value`).
     Variable(String),
+    /// A field of the client certificate of the TLS connection (mutual TLS); empty without one.
+    ClientCertificate(CertField),
+}
+
+/// `{request.client-certificate.FIELD}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CertField {
+    Subject,
+    Issuer,
+    /// SHA-256 of the DER certificate, lowercase hex.
+    Thumbprint,
+    /// Lowercase hex.
+    SerialNumber,
+    /// RFC 3339.
+    NotBefore,
+    NotAfter,
+}
+
+impl CertField {
+    pub const ALL: [CertField; 6] = [
+        CertField::Subject,
+        CertField::Issuer,
+        CertField::Thumbprint,
+        CertField::SerialNumber,
+        CertField::NotBefore,
+        CertField::NotAfter,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CertField::Subject => "subject",
+            CertField::Issuer => "issuer",
+            CertField::Thumbprint => "thumbprint",
+            CertField::SerialNumber => "serial-number",
+            CertField::NotBefore => "not-before",
+            CertField::NotAfter => "not-after",
+        }
+    }
 }
 
 impl fmt::Display for Var {
@@ -49,6 +87,9 @@ impl fmt::Display for Var {
             Var::RequestQuery(q) => write!(f, "{{request.query.{q}}}"),
             Var::Param(p) => write!(f, "{{{p}}}"),
             Var::Variable(v) => write!(f, "{{variable.{v}}}"),
+            Var::ClientCertificate(c) => {
+                write!(f, "{{request.client-certificate.{}}}", c.as_str())
+            }
         }
     }
 }
@@ -69,7 +110,8 @@ pub struct Template {
 /// The variables a template may use, listed in error messages.
 pub const KNOWN_VARS: &str = "{subscription.id}, {product.name}, {api.name}, {operation.name}, \
 {gateway.name}, {request.ip}, {request.method}, {request.path}, {request.host}, {request.id}, \
-{request.header.NAME}, {request.query.NAME}, {variable.NAME}, {PARAM}";
+{request.header.NAME}, {request.query.NAME}, {request.client-certificate.subject|issuer|\
+thumbprint|serial-number|not-before|not-after}, {variable.NAME}, {PARAM}";
 
 impl Template {
     pub fn parse(s: &str) -> Result<Template, String> {
@@ -236,7 +278,12 @@ fn parse_var(s: &str) -> Result<Var, String> {
         "request.host" => Var::RequestHost,
         "request.id" => Var::RequestId,
         _ => {
-            if let Some(h) = named("request.header.") {
+            if let Some(c) = s.strip_prefix("request.client-certificate.") {
+                match CertField::ALL.into_iter().find(|f| f.as_str() == c) {
+                    Some(f) => Var::ClientCertificate(f),
+                    None => return Err(unknown()),
+                }
+            } else if let Some(h) = named("request.header.") {
                 Var::RequestHeader(h)
             } else if let Some(q) = named("request.query.") {
                 Var::RequestQuery(q)
@@ -270,6 +317,18 @@ mod tests {
                 Segment::Literal(" {\"a\": 1}".into()),
             ]
         );
+    }
+
+    #[test]
+    fn client_certificate_fields() {
+        for f in CertField::ALL {
+            let text = format!("{{request.client-certificate.{}}}", f.as_str());
+            let t = Template::parse(&text).unwrap();
+            assert_eq!(t.segments, vec![Segment::Var(Var::ClientCertificate(f))]);
+            assert_eq!(Var::ClientCertificate(f).to_string(), text);
+        }
+        let e = Template::parse("{request.client-certificate.key}").unwrap_err();
+        assert!(e.contains("unknown template variable"), "{e}");
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! Three layers, each reporting [`Problems`] with a path to the offending field:
 //! 1. [`parse_resource`]: JSON → typed resource; policy steps are parsed one by one so an unknown
-//!    policy name or a bad field in one step does not hide the problems of the others.
+//!    policy name or a bad field in one step does not hide the problems of the others, and every
+//!    type error of a resource or a step is listed, not only the first ([`crate::type_errors`]).
 //! 2. [`check_resource`]: rules about one resource alone (names, templates, ranges, sections).
 //! 3. [`check_config`]: rules across resources (references exist, keys unique, routes do not
 //!    collide). The control plane runs it on the whole candidate state before any commit, so the
@@ -21,6 +22,7 @@ use crate::resources::{
     Subscription, VersionScheme,
 };
 use crate::template::{Template, named_value_refs};
+use crate::type_errors::{TypeError, deserialize_all};
 
 /// One thing wrong with an input, and where.
 // Problems never cross the gateway link (the encoding rule's bincode), only JSON answers and
@@ -182,10 +184,12 @@ pub fn parse_resource_partial(kind: Kind, mut value: Value) -> (Option<Resource>
             Err(p) => problems.extend(p.prefixed(&path)),
         }
     }
-    let mut resource = match from_json_at(kind, value) {
+    let mut resource = match from_json_all(kind, value) {
         Ok(r) => r,
-        Err((path, e)) => {
-            problems.push(path, e.to_string());
+        Err(errors) => {
+            for e in errors {
+                problems.push(e.path, e.message);
+            }
             return (None, problems);
         }
     };
@@ -201,44 +205,18 @@ pub fn parse_resource_partial(kind: Kind, mut value: Value) -> (Option<Resource>
     (Some(resource), problems)
 }
 
-/// [`Resource::from_json`], with the path of the field a type error is at: a file's problem
-/// can then name the field's line rather than the resource's.
-fn from_json_at(kind: Kind, value: Value) -> Result<Resource, (String, serde_json::Error)> {
-    fn at<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, (String, serde_json::Error)> {
-        serde_path_to_error::deserialize(value).map_err(|e| {
-            let path = path_string(e.path());
-            (path, e.into_inner())
-        })
-    }
+/// [`Resource::from_json`] with every type error, each with the path of its field: a file's
+/// problem can then name the field's line rather than the resource's.
+fn from_json_all(kind: Kind, value: Value) -> Result<Resource, Vec<TypeError>> {
     Ok(match kind {
-        Kind::NamedValue => Resource::NamedValue(at(value)?),
-        Kind::Backend => Resource::Backend(at(value)?),
-        Kind::Api => Resource::Api(at(value)?),
-        Kind::Product => Resource::Product(at(value)?),
-        Kind::Subscription => Resource::Subscription(at(value)?),
-        Kind::Gateway => Resource::Gateway(at(value)?),
-        Kind::GlobalPolicy => Resource::GlobalPolicy(at(value)?),
+        Kind::NamedValue => Resource::NamedValue(deserialize_all(value)?),
+        Kind::Backend => Resource::Backend(deserialize_all(value)?),
+        Kind::Api => Resource::Api(deserialize_all(value)?),
+        Kind::Product => Resource::Product(deserialize_all(value)?),
+        Kind::Subscription => Resource::Subscription(deserialize_all(value)?),
+        Kind::Gateway => Resource::Gateway(deserialize_all(value)?),
+        Kind::GlobalPolicy => Resource::GlobalPolicy(deserialize_all(value)?),
     })
-}
-
-/// `operations[1].url-template`: the document path form of every other problem.
-fn path_string(path: &serde_path_to_error::Path) -> String {
-    use serde_path_to_error::Segment;
-    let mut out = String::new();
-    for segment in path {
-        match segment {
-            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
-            Segment::Map { key } | Segment::Enum { variant: key } => {
-                if !out.is_empty() {
-                    out.push('.');
-                }
-                out.push_str(key);
-            }
-            // Past an untracked step the path would be a guess; the enclosing field is not.
-            Segment::Unknown => break,
-        }
-    }
-    out
 }
 
 /// Parses a policy document step by step.
@@ -315,9 +293,20 @@ pub fn parse_policy_document(value: Value) -> Result<PolicyDocument, Problems> {
                     ),
                 );
             }
-            match serde_json::from_value::<Policy>(step) {
+            match deserialize_all::<Policy>(step) {
                 Ok(p) => doc.section_mut(section).push(p),
-                Err(e) => problems.push(format!("{path}.{name}"), e.to_string()),
+                Err(errors) => {
+                    for e in errors {
+                        // The error's path starts with the policy's name when it is about a
+                        // field of the settings; a step of the wrong shape is about the step.
+                        let at = if e.path.is_empty() {
+                            format!("{path}.{name}")
+                        } else {
+                            format!("{path}.{}", e.path)
+                        };
+                        problems.push(at, e.message);
+                    }
+                }
             }
         }
     }
@@ -627,11 +616,52 @@ fn check_gateway(p: &mut Problems, g: &Gateway) {
                 "certificate-pem and key-pem go together",
             );
         }
+        check_client_certificate(p, &format!("hostnames[{i}]"), h);
     }
     let mut seen = HashSet::new();
     for (i, a) in g.apis.iter().enumerate() {
         if !seen.insert(a) {
             p.push(format!("apis[{i}]"), format!("API '{a}' is listed twice"));
+        }
+    }
+}
+
+/// Client certificates are asked for during the TLS handshake: a hostname without its own
+/// certificate has no handshake, and `required` without CAs could admit nobody (or, worse, be
+/// read as "anyone").
+fn check_client_certificate(p: &mut Problems, at: &str, h: &crate::resources::GatewayHostname) {
+    use crate::resources::ClientCertificateMode as Mode;
+    let ca = h.client_ca_pem.as_deref().map(str::trim);
+    if ca.is_some_and(str::is_empty) {
+        p.push(format!("{at}.client-ca-pem"), "must not be empty");
+    }
+    match h.client_certificate {
+        Mode::None => {
+            if ca.is_some() {
+                p.push(
+                    format!("{at}.client-ca-pem"),
+                    "client CAs are set but client-certificate is none: set it to optional or \
+                     required, or remove client-ca-pem",
+                );
+            }
+        }
+        mode => {
+            if h.certificate_pem.is_none() {
+                p.push(
+                    format!("{at}.client-certificate"),
+                    format!(
+                        "'{}' needs HTTPS on this hostname: set certificate-pem and key-pem",
+                        mode.as_str()
+                    ),
+                );
+            }
+            if mode == Mode::Required && ca.is_none() {
+                p.push(
+                    format!("{at}.client-ca-pem"),
+                    "client-certificate 'required' needs the CA certificates client \
+                     certificates must chain to",
+                );
+            }
         }
     }
 }
@@ -809,6 +839,33 @@ fn check_policy(p: &mut Problems, at: &str, policy: &Policy) {
         Policy::LimitConcurrency(l) => {
             check_non_empty(p, &field("key"), &l.key);
             check_range(p, &field("max-count"), u64::from(l.max_count), 1, 1_000_000);
+        }
+        Policy::ValidateClientCertificate(v) => {
+            for (i, id) in v.identities.iter().enumerate() {
+                let fields = [
+                    &id.thumbprint,
+                    &id.serial_number,
+                    &id.subject,
+                    &id.common_name,
+                    &id.issuer,
+                ];
+                if fields.iter().all(|f| f.is_none()) {
+                    p.push(
+                        field(&format!("identities[{i}]")),
+                        "an identity needs at least one of thumbprint, serial-number, subject, \
+                         common-name, issuer",
+                    );
+                }
+                for f in fields.into_iter().flatten() {
+                    if f.trim().is_empty() {
+                        p.push(field(&format!("identities[{i}]")), "empty field");
+                    }
+                }
+            }
+        }
+        Policy::AuthenticationCertificate(a) => {
+            check_non_empty(p, &field("certificate-pem"), &a.certificate_pem);
+            check_non_empty(p, &field("key-pem"), &a.key_pem);
         }
         Policy::Base | Policy::CacheLookup(_) => {}
     }
@@ -1100,7 +1157,10 @@ pub fn check_config_partial<'a>(
                     }
                 }
                 for (i, h) in g.hostnames.iter().enumerate() {
-                    for s in [&h.certificate_pem, &h.key_pem].into_iter().flatten() {
+                    for s in [&h.certificate_pem, &h.key_pem, &h.client_ca_pem]
+                        .into_iter()
+                        .flatten()
+                    {
                         check_refs(&mut p, &format!("hostnames[{i}]"), s);
                     }
                 }
@@ -1157,7 +1217,7 @@ fn refers_to(r: &Resource, key: &ResourceKey) -> bool {
         Resource::Gateway(g) => {
             (key.kind == Kind::Api && g.apis.iter().any(|a| a == name))
                 || g.hostnames.iter().any(|h| {
-                    [&h.certificate_pem, &h.key_pem]
+                    [&h.certificate_pem, &h.key_pem, &h.client_ca_pem]
                         .into_iter()
                         .flatten()
                         .any(|s| str_refers(s))

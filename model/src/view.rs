@@ -43,6 +43,7 @@ where
     for h in &gw.hostnames {
         strings.extend(h.certificate_pem.iter().cloned());
         strings.extend(h.key_pem.iter().cloned());
+        strings.extend(h.client_ca_pem.iter().cloned());
     }
     let take_doc =
         |doc: &PolicyDocument, backends: &mut BTreeSet<String>, strings: &mut Vec<String>| {
@@ -174,6 +175,7 @@ mod tests {
             connect_timeout_ms: 1000,
             request_timeout_ms: 1000,
             tls: BackendTls::default(),
+            protocol: Default::default(),
         })
     }
 

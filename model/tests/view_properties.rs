@@ -66,6 +66,7 @@ impl Estate {
                     connect_timeout_ms: 1000,
                     request_timeout_ms: 1000 + u64::from(*port),
                     tls: BackendTls::default(),
+                    protocol: Default::default(),
                 }));
             }
         }

@@ -163,9 +163,16 @@ fn allowed_methods(path: &str) -> Vec<String> {
 
 // === handlers ===
 
-/// `GET /api/v1/openapi.json` (no authentication).
-async fn openapi() -> HttpResponse {
-    HttpResponse::Ok().json(super::openapi::document())
+/// `GET /api/v1/openapi.json` (no authentication). Made per request: the token request's
+/// schema names the expiry dates accepted from now on (see `openapi::TokenWindow`).
+async fn openapi(
+    gateways: Option<web::Data<super::gateway_state::GatewayApiState>>,
+) -> HttpResponse {
+    let mut window = super::openapi::TokenWindow::default();
+    if let Some(g) = gateways {
+        window.max_lifetime_days = g.max_token_lifetime_days();
+    }
+    HttpResponse::Ok().json(super::openapi::document_for(window))
 }
 
 async fn revision(st: St) -> HttpResponse {
@@ -524,7 +531,12 @@ async fn apply(req: HttpRequest, st: St, body: web::Payload) -> Result<HttpRespo
         .map_err(|e| ApiError::BadRequest(format!("the file is not UTF-8: {e}")))?;
     // Problems found after parsing name resources by key; `index` puts them back in the file,
     // with the same path form and position as the parse problems.
-    let (doc, index) = Document::from_yaml_indexed(text)?;
+    // A file whose resources are each valid but do not fit together is refused as a write
+    // that would make the configuration inconsistent is: 409.
+    let (doc, index) = Document::read(text).map_err(|r| match r.across_resources {
+        true => ApiError::Inconsistent(r.problems),
+        false => ApiError::Invalid(r.problems),
+    })?;
     let in_file = |e: ApiError| match e {
         ApiError::Invalid(p) => ApiError::Invalid(index.locate(p)),
         ApiError::Inconsistent(p) => ApiError::Inconsistent(index.locate(p)),

@@ -365,11 +365,29 @@ async fn rotate_signing_key(state: web::Data<GatewayApiState>) -> Result<HttpRes
 
 // === admin routes ===
 
+/// A JSON body that must be an object (serde also reads a struct from an array, so `[]` would
+/// be a token request with every field defaulted), whole numbers read as integers.
+fn object_body<T: serde::de::DeserializeOwned>(
+    body: web::Json<serde_json::Value>,
+) -> Result<T, ApiError> {
+    let mut value = body.into_inner();
+    // `3600.0` is the integer 3600, as for every other body (JSON Schema's numbers).
+    outpost_model::type_errors::whole_numbers(&mut value);
+    if !value.is_object() {
+        return Err(ApiError::BadRequest(
+            "invalid JSON body: expected an object".into(),
+        ));
+    }
+    serde_json::from_value(value)
+        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+}
+
 async fn mint_token(
     state: web::Data<GatewayApiState>,
     name: web::Path<String>,
-    body: web::Json<TokenRequest>,
+    body: web::Json<serde_json::Value>,
 ) -> Result<HttpResponse, ApiError> {
+    let body: TokenRequest = object_body(body)?;
     let now = Utc::now();
     let expiry = tokens::requested_expiry(&body, now, state.max_token_lifetime_days())?;
     let keys = state.keys(&name).await?;
@@ -395,8 +413,9 @@ async fn get_keys(
 async fn regenerate_key(
     state: web::Data<GatewayApiState>,
     name: web::Path<String>,
-    body: web::Json<RegenerateRequest>,
+    body: web::Json<serde_json::Value>,
 ) -> Result<HttpResponse, ApiError> {
+    let body: RegenerateRequest = object_body(body)?;
     Ok(HttpResponse::Ok().json(state.regenerate_key(&name, body.key).await?))
 }
 

@@ -107,7 +107,7 @@ impl GatewayApiState {
         let keys = store.signing_keys()?;
         Ok(Self {
             store,
-            max_wait: Duration::from_secs(settings.gateway_api.max_wait_secs),
+            max_wait: settings.gateway_api.max_wait,
             max_token_lifetime_days: settings.tokens.max_lifetime_days,
             keys: Mutex::new(KeysCache::default()),
             views: ViewCache::default(),

@@ -166,9 +166,9 @@ impl InstanceRegistry {
             return ConnectionState::Stopped;
         }
         let age = age_secs(record.last_seen, now);
-        if age <= self.settings.stale_after_secs {
+        if age <= self.settings.stale_after.as_secs() {
             ConnectionState::Connected
-        } else if age <= self.settings.disconnected_after_secs {
+        } else if age <= self.settings.disconnected_after.as_secs() {
             ConnectionState::Stale
         } else {
             ConnectionState::Disconnected
@@ -208,12 +208,12 @@ impl InstanceRegistry {
     }
 
     fn forgotten(&self, record: &InstanceRecord, now: DateTime<Utc>) -> bool {
-        age_secs(record.last_seen, now) > self.settings.forget_after_secs
+        age_secs(record.last_seen, now) > self.settings.forget_after.as_secs()
     }
 
     /// Drops forgotten records, at most once a minute (or per `forget_after_secs`, if shorter).
     fn prune(&self, now: DateTime<Utc>) {
-        let every = i64::try_from(self.settings.forget_after_secs)
+        let every = i64::try_from(self.settings.forget_after.as_secs())
             .unwrap_or(i64::MAX)
             .min(PRUNE_EVERY_SECS);
         {
@@ -258,9 +258,9 @@ mod tests {
 
     fn registry() -> InstanceRegistry {
         InstanceRegistry::new(InstanceSettings {
-            stale_after_secs: 30,
-            disconnected_after_secs: 120,
-            forget_after_secs: 300,
+            stale_after: std::time::Duration::from_secs(30),
+            disconnected_after: std::time::Duration::from_secs(120),
+            forget_after: std::time::Duration::from_secs(300),
         })
     }
 

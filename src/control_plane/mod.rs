@@ -24,6 +24,7 @@ pub mod dashboard;
 pub mod data_dir;
 pub mod error;
 pub mod openapi;
+pub mod policy_schemas;
 pub mod routes;
 pub mod settings;
 pub mod store;

@@ -4,19 +4,24 @@
 //! Paths come from the same tables the routers are built from ([`routes`] and
 //! [`gateway_admin_routes`], served by `gateway_api`), so a
 //! route cannot be served undocumented or documented unserved (the integration tests check the
-//! second table against the live server). Resource schemas are written here; unit tests check
-//! them field by field against the model's serde types (property names, required fields).
+//! second table against the live server). Resource schemas are written here, each policy's
+//! settings in [`policy_schemas`]; unit tests check them field by field against the model's
+//! serde types (property names, required fields, defaults) and their patterns against the
+//! model's own checks.
 
 use actix_web::http::Method;
+use chrono::{DateTime, Utc};
 use outpost_model::Kind;
 use outpost_model::policy::Section;
 use outpost_model::resources::SECRET_MASK;
 use serde_json::{Map, Value, json};
 
+use super::policy_schemas;
 use super::routes::{
     DEFAULT_PAGE, GatewayAdminOp, MAX_PAGE, Op, REVISION_HEADER, crud_kinds, gateway_admin_routes,
     routes,
 };
+use super::settings::ControlPlaneSettings;
 
 /// An ETag as the server reads it (`"12"`, `W/"12"` or `12`); 19 digits always fit a revision.
 const REVISION_ETAG: &str = r#"^(W/)?("[0-9]{1,19}"|[0-9]{1,19})$"#;
@@ -28,9 +33,10 @@ const HOSTNAME: &str = r"^(\*|[a-z0-9-]{1,63})(\.(\*|[a-z0-9-]{1,63}))*$";
 /// February 29th: a pattern cannot tell leap years).
 const DATE_TIME: &str = r"^[0-9]{4}-((0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])|(0[13-9]|1[0-2])-(29|30)|(0[13578]|1[02])-31)T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$";
 
-/// What `check_url` accepts: `http(s)://host[:port][/path]`, no query, fragment or whitespace;
-/// or, since such a URL is checked only after substitution, any text with a `{{...}}`.
-const BACKEND_URL: &str = r"^(https?://((\[(IPV6)\]|[^/?#\s:\[]+)(:(PORT))?|:(PORT))(/[^?#\s]*)?|[\s\S]*\{\{[\s\S]*\}\}[\s\S]*)$";
+/// What `check_url` accepts: `http(s)://host[:port][/path]`, no query, fragment or whitespace
+/// (`WS`: Rust's, [`policy_schemas::WS_CHARS`]); or, since such a URL is checked only after
+/// substitution, any text with a `{{...}}`.
+const BACKEND_URL: &str = r"^(https?://((\[(IPV6)\]|[^/?#WS:\[]+)(:(PORT))?|:(PORT))(/[^?#WS]*)?|[\s\S]*\{\{[\s\S]*\}\}[\s\S]*)$";
 
 /// An IPv6 address in its hexadecimal forms (those with a dotted IPv4 tail are left out).
 const IPV6: &str = "([0-9a-fA-F]{1,4}:){7}[0-9a-fA-F]{1,4}|([0-9a-fA-F]{1,4}:){1,7}:|([0-9a-fA-F]{1,4}:){1,6}:[0-9a-fA-F]{1,4}|([0-9a-fA-F]{1,4}:){1,5}(:[0-9a-fA-F]{1,4}){1,2}|([0-9a-fA-F]{1,4}:){1,4}(:[0-9a-fA-F]{1,4}){1,3}|([0-9a-fA-F]{1,4}:){1,3}(:[0-9a-fA-F]{1,4}){1,4}|([0-9a-fA-F]{1,4}:){1,2}(:[0-9a-fA-F]{1,4}){1,5}|[0-9a-fA-F]{1,4}:(:[0-9a-fA-F]{1,4}){1,6}|:((:[0-9a-fA-F]{1,4}){1,7}|:)";
@@ -136,8 +142,31 @@ fn gateway_operation(op: GatewayAdminOp) -> Value {
     }
 }
 
-/// The whole document.
+/// What the token request's schema depends on: the lifetime setting, and the time the
+/// document is served at (an expiry must lie ahead of it).
+#[derive(Debug, Clone, Copy)]
+pub struct TokenWindow {
+    pub max_lifetime_days: u64,
+    pub now: DateTime<Utc>,
+}
+
+impl Default for TokenWindow {
+    /// The default setting, now.
+    fn default() -> Self {
+        TokenWindow {
+            max_lifetime_days: ControlPlaneSettings::default().tokens.max_lifetime_days,
+            now: Utc::now(),
+        }
+    }
+}
+
+/// The whole document, for the default token lifetime.
 pub fn document() -> Value {
+    document_for(TokenWindow::default())
+}
+
+/// The whole document, as served by a control plane whose tokens live `window`.
+pub fn document_for(window: TokenWindow) -> Value {
     let mut paths = Map::new();
     let mut add = |path: &str, method: &Method, op: Value| {
         let item = paths
@@ -172,7 +201,7 @@ pub fn document() -> Value {
         ],
         "paths": paths,
         "security": [{"adminToken": []}],
-        "components": components(),
+        "components": components(window),
     })
 }
 
@@ -439,9 +468,10 @@ fn json_body(schema: &str, required: bool) -> Value {
     json!({"required": required, "content": {"application/json": {"schema": schema_ref(schema)}}})
 }
 
-fn components() -> Value {
+fn components(window: TokenWindow) -> Value {
     let mut schemas = resource_schemas();
     let s = schemas.as_object_mut().expect("object");
+    s.extend(policy_schemas::components(&backend_url_pattern(), IPV6));
     for kind in crud_kinds() {
         let mut body = s[schema_name(kind)].clone();
         body["properties"]
@@ -540,7 +570,7 @@ fn components() -> Value {
             ),
         ),
         ("DeclarativeFile", declarative_file_schema()),
-        ("TokenRequest", token_request_schema()),
+        ("TokenRequest", token_request_schema(window)),
         (
             "TokenResponse",
             object(
@@ -631,38 +661,26 @@ fn opt_string() -> Value {
     json!({"type": ["string", "null"]})
 }
 
-/// A policy section: `base` at most once, and the policies allowed in `section`.
-fn policy_section(section: Section) -> Value {
-    let names: Vec<&str> = outpost_model::policy::POLICIES
-        .iter()
-        .filter(|(n, sections)| *n != "base" && sections.contains(&section))
-        .map(|(n, _)| *n)
-        .collect();
-    json!({
-        "type": ["array", "null"],
-        "description": format!("Policies allowed in {}; `base` at most once. null is an empty section.", section.as_str()),
-        "items": {"oneOf": [
-            {"type": "string", "const": "base"},
-            {
-                "type": "object", "minProperties": 1, "maxProperties": 1,
-                "propertyNames": {"type": "string", "enum": names},
-                "additionalProperties": schema_ref("PolicySettings"),
-            },
-        ]},
-        "contains": {"const": "base"},
-        "minContains": 0,
-        "maxContains": 1,
-    })
+/// What `check_url` accepts, [`BACKEND_URL`] with its parts.
+fn backend_url_pattern() -> String {
+    BACKEND_URL
+        .replace("PORT", PORT)
+        .replace("IPV6", IPV6)
+        .replace("WS", policy_schemas::WS_CHARS)
 }
 
 fn resource_schemas() -> Value {
+    use policy_schemas::WS_CHARS;
     let name = || schema_ref("Name");
     let policies = || schema_ref("PolicyDocument");
     let display = || json!({"type": "string", "default": ""});
     let hostname = || json!({"type": "string", "maxLength": 253, "pattern": HOSTNAME});
     let mut doc = Map::new();
     for section in Section::ALL {
-        doc.insert(section.as_str().to_owned(), policy_section(section));
+        doc.insert(
+            section.as_str().to_owned(),
+            policy_schemas::section(section),
+        );
     }
     let mut policy_document = strict(Value::Object(doc), &[]);
     policy_document["type"] = json!(["object", "null"]);
@@ -670,11 +688,6 @@ fn resource_schemas() -> Value {
     json!({
         "Name": {"type": "string", "pattern": "^[a-z0-9][a-z0-9._-]{0,79}$"},
         "PolicyDocument": policy_document,
-        "PolicySettings": {
-            "type": "object",
-            "description": "The policy's settings, as docs/policies.md describes them for each policy. \
-                The server checks them (fields, ranges, templates) and lists every problem in a 400.",
-        },
         "NamedValue": strict(json!({
             "name": name(),
             "value": {"type": "string", "default": "", "description": format!("Shown as `{SECRET_MASK}` when secret; send the mask back to keep the stored value.")},
@@ -685,11 +698,13 @@ fn resource_schemas() -> Value {
             "url": {
                 "type": "string",
                 "description": "http(s)://host[:port][/path], no query or fragment; or any text with {{named-value}} references, checked after substitution (409 when a referenced named value is missing or the result is not such a URL).",
-                "pattern": BACKEND_URL.replace("PORT", PORT).replace("IPV6", IPV6),
+                "pattern": backend_url_pattern(),
             },
             "connect-timeout-ms": {"type": "integer", "minimum": 1, "maximum": 600_000, "default": 5000},
             "request-timeout-ms": {"type": "integer", "minimum": 1, "maximum": 3_600_000, "default": 30000},
             "tls": schema_ref("BackendTls"),
+            "protocol": {"type": "string", "enum": ["auto", "http1", "h2"], "default": "auto",
+                "description": "auto: HTTP/2 when an https backend picks it by ALPN, else HTTP/1.1; http1: HTTP/1.1 only; h2: HTTP/2 only (h2c with prior knowledge on http://), as gRPC backends need."},
         }), &["name", "url"]),
         "BackendTls": strict(json!({
             "verify": {"type": "boolean", "default": true},
@@ -701,7 +716,7 @@ fn resource_schemas() -> Value {
             "name": name(),
             "display-name": display(),
             "path": {"type": "string", "default": "", "description": "Path suffix without leading or trailing '/'; empty is the root.",
-                "pattern": r"^([^/\s{}?#*]([^\s{}?#*]*[^/\s{}?#*])?)?$"},
+                "pattern": format!("^([^/{WS_CHARS}{{}}?#*]([^{WS_CHARS}{{}}?#*]*[^/{WS_CHARS}{{}}?#*])?)?$")},
             "hostnames": {"type": "array", "items": hostname()},
             "backend": {"allOf": [name()], "description": "Name of a backend (409 when there is none)."},
             "subscription-required": {"type": "boolean", "default": true},
@@ -764,6 +779,10 @@ fn resource_schemas() -> Value {
                     "hostname": hostname(),
                     "certificate-pem": opt_string(),
                     "key-pem": opt_string(),
+                    "client-certificate": {"type": "string", "enum": ["none", "optional", "required"], "default": "none",
+                        "description": "Ask TLS clients for a certificate (mutual TLS); needs certificate-pem. required: a client without a valid one fails the handshake."},
+                    "client-ca-pem": {"type": ["string", "null"],
+                        "description": "CA certificates (PEM, or {{named-value}} references) client certificates must chain to. Needed for required; optional without CAs takes any certificate, untrusted."},
                 }), &["hostname"]),
                 // A certificate goes with its key (null is none).
                 {"anyOf": [
@@ -772,6 +791,17 @@ fn resource_schemas() -> Value {
                     {"type": "object",
                      "properties": {"certificate-pem": {"type": "null"}, "key-pem": {"type": "null"}}},
                 ]},
+                // Asking for client certificates needs a handshake of the hostname's own.
+                {"if": {"required": ["client-certificate"], "properties": {"client-certificate": {"enum": ["optional", "required"]}}},
+                 "then": {"required": ["certificate-pem"], "properties": {"certificate-pem": {"type": "string"}}}},
+                // required: the CAs client certificates must chain to.
+                {"if": {"required": ["client-certificate"], "properties": {"client-certificate": {"const": "required"}}},
+                 "then": {"required": ["client-ca-pem"], "properties": {"client-ca-pem": {"type": "string"}}}},
+                // CAs only where certificates are asked for, and not blank.
+                {"if": {"required": ["client-ca-pem"], "properties": {"client-ca-pem": {"type": "string"}}},
+                 "then": {"required": ["client-certificate"],
+                          "properties": {"client-certificate": {"enum": ["optional", "required"]},
+                                         "client-ca-pem": {"pattern": format!("[^{}]", super::policy_schemas::WS_CHARS)}}}},
             ],
         },
         "GlobalPolicy": strict(json!({
@@ -792,14 +822,26 @@ fn declarative_file_schema() -> Value {
     strict(props, &["apiVersion"])
 }
 
-fn token_request_schema() -> Value {
+fn token_request_schema(window: TokenWindow) -> Value {
+    let max_secs = window.max_lifetime_days.saturating_mul(86_400);
+    let expiry = match expiry_pattern(window) {
+        Some(pattern) => {
+            json!({"type": ["string", "null"], "format": "date-time", "pattern": pattern,
+            "description": "In the future, at most `tokens.max_lifetime_days` ahead (400 otherwise); minute precision. \
+                The pattern lists the dates from 3 days after this document was served to 2 days before the maximum, \
+                which the server accepts for as long as a client uses the document; the server also accepts \
+                the days in between."})
+        }
+        None => json!({"type": "null",
+            "description": "The lifetime is too short for this document to name dates the server will still accept when a request comes: \
+                use `lifetime-secs` (an expiry in the future, at most `tokens.max_lifetime_days` ahead, is accepted)."}),
+    };
     let mut s = strict(
         json!({
             "key": {"type": "string", "enum": ["primary", "secondary"], "default": "primary"},
-            "expiry": {"type": ["string", "null"], "format": "date-time", "pattern": DATE_TIME,
-                "description": "In the future, at most `tokens.max_lifetime_days` ahead (400 otherwise); minute precision."},
-            "lifetime-secs": {"type": ["integer", "null"], "minimum": 60,
-                "description": "At most `tokens.max_lifetime_days` in seconds (400 otherwise)."},
+            "expiry": expiry,
+            "lifetime-secs": {"type": ["integer", "null"], "minimum": 60, "maximum": max_secs,
+                "description": "At least a minute, at most `tokens.max_lifetime_days` (400 otherwise)."},
         }),
         &[],
     );
@@ -809,6 +851,37 @@ fn token_request_schema() -> Value {
         "required": ["expiry", "lifetime-secs"],
     });
     s
+}
+
+/// RFC 3339 date-times (as [`DATE_TIME`]) on the dates the server accepts as an expiry from
+/// 3 days after `now` to 2 days before the longest lifetime: the margins cover any UTC offset
+/// (a date-time's day is at most a day off its instant's in UTC) and a day of use of the
+/// document. `None` when no date is left.
+fn expiry_pattern(window: TokenWindow) -> Option<String> {
+    let days = i64::try_from(window.max_lifetime_days).ok()?;
+    let first = (window.now + chrono::Duration::days(3)).date_naive();
+    let last = (window.now + chrono::Duration::days(days)).date_naive() - chrono::Duration::days(2);
+    if first > last {
+        return None;
+    }
+    let mut months: Vec<(String, Vec<String>)> = Vec::new();
+    for date in first.iter_days().take_while(|d| *d <= last) {
+        let month = date.format("%Y-%m").to_string();
+        let day = date.format("%d").to_string();
+        match months.last_mut() {
+            Some((m, days)) if *m == month => days.push(day),
+            _ => months.push((month, vec![day])),
+        }
+    }
+    let dates: Vec<String> = months
+        .into_iter()
+        .map(|(month, days)| format!("{month}-({})", days.join("|")))
+        .collect();
+    let time = DATE_TIME
+        .split_once('T')
+        .map(|(_, t)| t)
+        .expect("DATE_TIME has a time part");
+    Some(format!("^({})T{time}", dates.join("|")))
 }
 
 fn instance_status_schema() -> Value {
@@ -936,7 +1009,8 @@ mod tests {
             ),
             (
                 Kind::Gateway,
-                json!({"name": "g", "hostnames": [{"hostname": "h", "certificate-pem": "c", "key-pem": "k"}]}),
+                json!({"name": "g", "hostnames": [{"hostname": "h", "certificate-pem": "c", "key-pem": "k",
+                    "client-certificate": "optional", "client-ca-pem": "{{ca}}"}]}),
             ),
             (Kind::GlobalPolicy, json!({})),
         ]
@@ -1064,7 +1138,7 @@ mod tests {
         for bad in ["", "A.example.com", "a..b", "a_b", "a.", "é"] {
             assert!(!host.is_match(bad), "{bad}");
         }
-        let url = re(&BACKEND_URL.replace("PORT", PORT).replace("IPV6", IPV6));
+        let url = re(&backend_url_pattern());
         for ok in [
             "http://a",
             "https://a:8443/p/q",
@@ -1101,6 +1175,68 @@ mod tests {
         let method = re(&method);
         assert!(method.is_match("GET") && method.is_match("get") && method.is_match("*"));
         assert!(!method.is_match("FETCH") && !method.is_match(""));
+    }
+
+    /// The token request names the expiry dates the server accepts for a day of use.
+    #[test]
+    fn token_expiries_are_the_window_ahead() {
+        use chrono::TimeZone;
+        let now = Utc.with_ymd_and_hms(2024, 2, 20, 23, 30, 0).unwrap();
+        let window = TokenWindow {
+            max_lifetime_days: 30,
+            now,
+        };
+        let doc = document_for(window);
+        let request = schema(&doc, "TokenRequest");
+        let pattern = re_of(&request["properties"]["expiry"]["pattern"]);
+        for ok in [
+            "2024-02-23T00:00:00Z",
+            "2024-02-29T12:00:00+05:30",
+            "2024-03-19T23:59:59.5-23:59",
+        ] {
+            assert!(pattern.is_match(ok), "{ok}");
+        }
+        for bad in [
+            "2024-02-22T23:59:59Z",
+            "2024-03-20T00:00:00Z",
+            "2023-02-25T00:00:00Z",
+            "2024-02-30T00:00:00Z",
+        ] {
+            assert!(!pattern.is_match(bad), "{bad}");
+        }
+        // Every described date is accepted by the server a day later, in any offset.
+        let later = now + chrono::Duration::days(1);
+        for date in ["2024-02-23T00:00:00+23:59", "2024-03-19T23:59:00-23:59"] {
+            let expiry: chrono::DateTime<Utc> = chrono::DateTime::parse_from_rfc3339(date)
+                .unwrap()
+                .with_timezone(&Utc);
+            let req = super::super::tokens::TokenRequest {
+                key: super::super::store::KeyType::Primary,
+                expiry: Some(expiry),
+                lifetime_secs: None,
+            };
+            assert!(
+                super::super::tokens::requested_expiry(&req, later, 30).is_ok(),
+                "{date}"
+            );
+        }
+        assert_eq!(
+            request["properties"]["lifetime-secs"]["maximum"],
+            json!(30 * 86_400)
+        );
+        // Too short a lifetime for any date: only `lifetime-secs`.
+        let short = document_for(TokenWindow {
+            max_lifetime_days: 4,
+            now,
+        });
+        assert_eq!(
+            schema(&short, "TokenRequest")["properties"]["expiry"]["type"],
+            json!("null")
+        );
+    }
+
+    fn re_of(pattern: &Value) -> regex::Regex {
+        regex::Regex::new(pattern.as_str().unwrap()).unwrap()
     }
 
     #[test]

@@ -1,9 +1,12 @@
 //! Control plane settings (`outpost control-plane --config FILE`); see `config/control-plane.toml`.
 
+use std::time::Duration;
+
 use outpost_model::Problems;
 use serde::{Deserialize, Serialize};
 
 use crate::logging::LogSettings;
+use crate::settings::typed;
 use crate::settings::{Validate, check_listen};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -35,8 +38,9 @@ pub struct GatewayApiSettings {
     /// PEM files for HTTPS on the gateway listener; both empty means plain HTTP.
     pub tls_cert_file: String,
     pub tls_key_file: String,
-    /// Longest long-poll wait a gateway may ask for, seconds.
-    pub max_wait_secs: u64,
+    /// Longest long-poll wait a gateway may ask for (`max_wait_secs`).
+    #[serde(rename = "max_wait_secs", with = "typed::secs")]
+    pub max_wait: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -59,12 +63,15 @@ pub struct TokenSettings {
 #[serde(default, deny_unknown_fields)]
 pub struct InstanceSettings {
     /// An instance not heard from for this long is `stale`…
-    pub stale_after_secs: u64,
+    #[serde(rename = "stale_after_secs", with = "typed::secs")]
+    pub stale_after: Duration,
     /// …and after this long `disconnected`.
-    pub disconnected_after_secs: u64,
+    #[serde(rename = "disconnected_after_secs", with = "typed::secs")]
+    pub disconnected_after: Duration,
     /// …and after this long it leaves the list (a stopped instance too), so restarted
     /// gateways (a new instance id each time) do not pile up.
-    pub forget_after_secs: u64,
+    #[serde(rename = "forget_after_secs", with = "typed::secs")]
+    pub forget_after: Duration,
 }
 
 impl Default for ControlPlaneSettings {
@@ -78,7 +85,7 @@ impl Default for ControlPlaneSettings {
                 listen: "0.0.0.0:7071".into(),
                 tls_cert_file: String::new(),
                 tls_key_file: String::new(),
-                max_wait_secs: 60,
+                max_wait: Duration::from_secs(60),
             },
             store: StoreSettings {
                 data_dir: "./outpost-data".into(),
@@ -88,9 +95,9 @@ impl Default for ControlPlaneSettings {
                 max_lifetime_days: 30,
             },
             instances: InstanceSettings {
-                stale_after_secs: 30,
-                disconnected_after_secs: 120,
-                forget_after_secs: 300,
+                stale_after: Duration::from_secs(30),
+                disconnected_after: Duration::from_secs(120),
+                forget_after: Duration::from_secs(300),
             },
             log: LogSettings::default(),
         }
@@ -132,7 +139,7 @@ impl Validate for ControlPlaneSettings {
                 "tls_cert_file and tls_key_file go together",
             );
         }
-        if !(1..=600).contains(&self.gateway_api.max_wait_secs) {
+        if !(1..=600).contains(&self.gateway_api.max_wait.as_secs()) {
             p.push("gateway_api.max_wait_secs", "must be 1..=600");
         }
         if self.store.data_dir.is_empty() {
@@ -147,13 +154,13 @@ impl Validate for ControlPlaneSettings {
         if !(1..=365).contains(&self.tokens.max_lifetime_days) {
             p.push("tokens.max_lifetime_days", "must be 1..=365");
         }
-        if self.instances.stale_after_secs >= self.instances.disconnected_after_secs {
+        if self.instances.stale_after >= self.instances.disconnected_after {
             p.push(
                 "instances.stale_after_secs",
                 "must be less than instances.disconnected_after_secs",
             );
         }
-        if self.instances.disconnected_after_secs >= self.instances.forget_after_secs {
+        if self.instances.disconnected_after >= self.instances.forget_after {
             p.push(
                 "instances.forget_after_secs",
                 "must be greater than instances.disconnected_after_secs",

@@ -857,6 +857,7 @@ mod tests {
             connect_timeout_ms: 1000,
             request_timeout_ms: 1000,
             tls: BackendTls::default(),
+            protocol: Default::default(),
         })
     }
 

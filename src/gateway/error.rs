@@ -11,6 +11,9 @@ use actix_web::HttpResponse;
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderName, HeaderValue};
 use awc::error::{ConnectError, SendRequestError};
+use outpost_actors::route_table::steps::CertificateRejection;
+
+use super::upstream_h2::UpstreamError;
 
 /// Who caused a failure: decides retries, on-error variables and logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -297,6 +300,50 @@ impl GatewayError {
         )
     }
 
+    /// `validate-client-certificate` refused the connection's certificate: 401 when there is
+    /// none (the client must authenticate), 403 when the one presented is not accepted.
+    pub fn client_certificate(rejection: &CertificateRejection) -> Self {
+        match rejection {
+            CertificateRejection::Missing => Self::new(
+                StatusCode::UNAUTHORIZED,
+                ErrorSource::Policy,
+                "ClientCertificateMissing",
+                "Access denied: a client certificate is required. Connect over HTTPS with a \
+                 certificate this API accepts.",
+            ),
+            other => Self::new(
+                StatusCode::FORBIDDEN,
+                ErrorSource::Policy,
+                "ClientCertificateInvalid",
+                format!("Access denied: {other}."),
+            ),
+        }
+    }
+
+    /// A request for a hostname that asks for client certificates, on a TLS connection made
+    /// for another hostname (see `tls::check_host`).
+    pub fn misdirected_request(host: &str) -> Self {
+        Self::new(
+            StatusCode::MISDIRECTED_REQUEST,
+            ErrorSource::Client,
+            "MisdirectedRequest",
+            format!(
+                "This connection was not made for host '{host}', which asks for client \
+                 certificates: open a new connection with '{host}' as its TLS server name."
+            ),
+        )
+    }
+
+    /// A hostname that requires client certificates, asked over plain HTTP.
+    pub fn client_certificate_needs_https(host: &str) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            ErrorSource::Client,
+            "ClientCertificateRequired",
+            format!("Host '{host}' requires HTTPS with a client certificate."),
+        )
+    }
+
     pub fn no_configuration() -> Self {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -382,6 +429,27 @@ impl GatewayError {
         err
     }
 
+    /// [`Self::from_send`] for the HTTP/2 upstream ([`super::upstream_h2`]): the same statuses
+    /// and reasons for the same failures.
+    pub fn from_upstream(e: &UpstreamError, backend: &str) -> Self {
+        let (status, reason) = match e {
+            UpstreamError::Timeout => (StatusCode::GATEWAY_TIMEOUT, "BackendTimeout"),
+            UpstreamError::ConnectTimeout => (StatusCode::GATEWAY_TIMEOUT, "BackendConnectTimeout"),
+            UpstreamError::Connect(_) | UpstreamError::Closed(_) | UpstreamError::Reset(_) => {
+                (StatusCode::BAD_GATEWAY, "BackendConnectionFailure")
+            }
+            UpstreamError::Protocol(_) => (StatusCode::BAD_GATEWAY, "BackendInvalidResponse"),
+        };
+        let mut err = Self::new(
+            status,
+            ErrorSource::Backend,
+            reason,
+            format!("The backend '{backend}' {e}."),
+        );
+        err.connection = true;
+        err
+    }
+
     /// `{"statusCode": …, "message": …}`.
     pub fn json_body(&self) -> String {
         serde_json::json!({
@@ -414,6 +482,60 @@ impl GatewayError {
     }
 }
 
+/// The gRPC status a gRPC client gets for an HTTP status the gateway answered with: the
+/// refusals keep their meaning (`UNAUTHENTICATED` for a missing key, `DEADLINE_EXCEEDED` for a
+/// backend timeout, …); the rest follow gRPC's own HTTP mapping.
+pub fn grpc_code(status: StatusCode) -> u16 {
+    match status.as_u16() {
+        400 => 13,            // INTERNAL
+        401 => 16,            // UNAUTHENTICATED
+        403 => 7,             // PERMISSION_DENIED
+        404 | 405 => 12,      // UNIMPLEMENTED
+        413 | 429 | 431 => 8, // RESOURCE_EXHAUSTED
+        414 => 3,             // INVALID_ARGUMENT
+        502 | 503 => 14,      // UNAVAILABLE
+        504 => 4,             // DEADLINE_EXCEEDED
+        500 => 13,            // INTERNAL
+        _ => 2,               // UNKNOWN
+    }
+}
+
+/// A refusal as a gRPC client reads it: HTTP 200 with `grpc-status` and `grpc-message` in the
+/// headers and no body (gRPC's "Trailers-Only" answer), whatever HTTP the client speaks.
+/// `message` is percent-encoded as gRPC requires.
+pub fn grpc_refusal(status: StatusCode, message: &str) -> HttpResponse {
+    let mut res = HttpResponse::build(StatusCode::OK);
+    res.insert_header((
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    ));
+    res.insert_header((
+        header::HeaderName::from_static("grpc-status"),
+        HeaderValue::from(grpc_code(status)),
+    ));
+    if let Ok(v) = HeaderValue::from_str(&grpc_percent_encode(message)) {
+        res.insert_header((header::HeaderName::from_static("grpc-message"), v));
+    }
+    res.finish()
+}
+
+/// gRPC's encoding of `grpc-message`: printable ASCII other than `%` as is, the rest as `%XX`.
+fn grpc_percent_encode(message: &str) -> Cow<'_, str> {
+    let plain = |b: u8| (0x20..=0x7e).contains(&b) && b != b'%';
+    if message.bytes().all(plain) {
+        return Cow::Borrowed(message);
+    }
+    let mut out = String::with_capacity(message.len() + 8);
+    for b in message.bytes() {
+        if plain(b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    Cow::Owned(out)
+}
+
 impl std::fmt::Display for GatewayError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
@@ -431,6 +553,74 @@ impl std::error::Error for GatewayError {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grpc_clients_get_their_status_codes_and_an_encoded_message() {
+        for (http, grpc) in [
+            (401, 16),
+            (403, 7),
+            (429, 8),
+            (502, 14),
+            (503, 14),
+            (504, 4),
+        ] {
+            assert_eq!(
+                grpc_code(StatusCode::from_u16(http).unwrap()),
+                grpc,
+                "{http}"
+            );
+        }
+        let res = grpc_refusal(StatusCode::UNAUTHORIZED, "No key: 100% wrong, café");
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(res.headers().get("grpc-status").unwrap(), "16");
+        assert_eq!(
+            res.headers().get("grpc-message").unwrap(),
+            "No key: 100%25 wrong, caf%C3%A9"
+        );
+        assert_eq!(
+            res.headers().get("content-type").unwrap(),
+            "application/grpc"
+        );
+    }
+
+    #[test]
+    fn http2_backend_failures_get_the_statuses_of_http1_ones() {
+        let cases = [
+            (UpstreamError::Timeout, 504, "BackendTimeout"),
+            (UpstreamError::ConnectTimeout, 504, "BackendConnectTimeout"),
+            (
+                UpstreamError::Connect("TLS: invalid peer certificate".into()),
+                502,
+                "BackendConnectionFailure",
+            ),
+            (
+                UpstreamError::Closed("GOAWAY".into()),
+                502,
+                "BackendConnectionFailure",
+            ),
+            (
+                UpstreamError::Reset(h2::Reason::INTERNAL_ERROR),
+                502,
+                "BackendConnectionFailure",
+            ),
+            (
+                UpstreamError::Protocol("bad frame".into()),
+                502,
+                "BackendInvalidResponse",
+            ),
+        ];
+        for (failure, status, reason) in cases {
+            let e = GatewayError::from_upstream(&failure, "orders");
+            assert_eq!((e.status.as_u16(), e.reason), (status, reason), "{failure}");
+            assert_eq!(e.source, ErrorSource::Backend);
+            assert!(e.connection, "retry on-connection-error must see {failure}");
+            assert!(
+                e.message.starts_with("The backend 'orders' "),
+                "{}",
+                e.message
+            );
+        }
+    }
 
     #[test]
     fn a_closed_backend_connection_is_said_plainly() {

@@ -15,17 +15,20 @@ use actix_web::http::{Method, StatusCode};
 use bytes::Bytes;
 use outpost_actors::cache::Fill;
 use outpost_actors::route_table::CacheStatus;
-use outpost_actors::route_table::steps::{CorsStep, RetryStep};
+use outpost_actors::route_table::client_certificate::ClientCertificate;
+use outpost_actors::route_table::steps::{AuthenticationCertificateStep, CorsStep, RetryStep};
 use outpost_actors::route_table::table::{
     BackendUrl, CompiledApi, CompiledBackend, CompiledOperation, CompiledSubscription,
 };
 use outpost_actors::route_table::tls::TlsProfile;
 use outpost_actors::shared_state::{CountedBy, Decision, QuotaLimits};
 use outpost_model::policy::{OutageMode, StatusSet};
-use outpost_model::template::{Segment, Template, Var};
+use outpost_model::resources::BackendProtocol;
+use outpost_model::template::{CertField, Segment, Template, Var};
 
 use super::concurrency::{ConcurrencyGuard, ConcurrencyLimiter};
 use super::error::GatewayError;
+use super::trailers::Trailers;
 
 /// What steps share across requests, for the lifetime of the traffic server. Shared-state
 /// policies (rate limits, quotas, cache) add their stores here.
@@ -48,6 +51,7 @@ pub struct Target {
     pub url: BackendUrl,
     pub request_timeout: Duration,
     pub tls: Arc<TlsProfile>,
+    pub protocol: BackendProtocol,
 }
 
 impl Target {
@@ -57,6 +61,7 @@ impl Target {
             url: b.url.clone(),
             request_timeout: b.request_timeout,
             tls: b.tls.clone(),
+            protocol: b.protocol,
         }
     }
 }
@@ -148,6 +153,8 @@ pub struct Exchange {
     /// Raw path as received.
     pub path: String,
     pub client_ip: Option<IpAddr>,
+    /// The certificate the client presented in its TLS handshake (mutual TLS).
+    pub client_certificate: Option<Arc<ClientCertificate>>,
     pub request_id: String,
     pub gateway_name: Arc<str>,
     // What it matched.
@@ -167,6 +174,8 @@ pub struct Exchange {
     /// Set by `forward-request`; otherwise the target's request timeout.
     pub timeout_override: Option<Duration>,
     pub retry: Option<Arc<RetryStep>>,
+    /// Set by `authentication-certificate`: the client certificate to present to the backend.
+    pub backend_certificate: Option<Arc<AuthenticationCertificateStep>>,
     pub body: RequestBody,
     /// A WebSocket handshake: the backend is asked to upgrade too, instead of a plain forward.
     pub upgrade: Option<ClientUpgrade>,
@@ -184,6 +193,9 @@ pub struct Exchange {
     pub cors: Option<(Arc<CorsStep>, HeaderValue)>,
     /// Post-response work of rate limits, quotas and the cache.
     pub shared_state: PolicyState,
+    /// The client's HTTP/2 stream's trailers (`None` over HTTP/1.1): what the HTTP/2 upstream
+    /// relays both ways.
+    pub trailers: Option<Trailers>,
 }
 
 impl Exchange {
@@ -193,6 +205,22 @@ impl Exchange {
 
     pub fn timeout(&self) -> Duration {
         self.timeout_override.unwrap_or(self.target.request_timeout)
+    }
+
+    /// The TLS profile to reach the target with: the target's, presenting the client
+    /// certificate of `authentication-certificate` if one ran.
+    pub fn backend_tls(&self) -> Result<Arc<TlsProfile>, GatewayError> {
+        match &self.backend_certificate {
+            None => Ok(self.target.tls.clone()),
+            // Compiled for every backend's profile, so never missing; refused rather than sent
+            // without the certificate if it ever were.
+            Some(c) => c.profile_for(&self.target.tls).cloned().ok_or_else(|| {
+                GatewayError::internal(
+                    "ClientCertificateProfileMissing",
+                    "No client certificate configuration for this backend.",
+                )
+            }),
+        }
     }
 
     /// The query string as it will be forwarded.
@@ -271,6 +299,18 @@ impl Exchange {
             Var::Variable(name) => {
                 if let Some(v) = self.variables.get(name) {
                     out.push_str(v);
+                }
+            }
+            Var::ClientCertificate(field) => {
+                if let Some(c) = &self.client_certificate {
+                    out.push_str(match field {
+                        CertField::Subject => &c.subject,
+                        CertField::Issuer => &c.issuer,
+                        CertField::Thumbprint => &c.thumbprint,
+                        CertField::SerialNumber => &c.serial_number,
+                        CertField::NotBefore => &c.not_before_text,
+                        CertField::NotAfter => &c.not_after_text,
+                    });
                 }
             }
         }

@@ -27,6 +27,7 @@ use outpost_actors::route_table::tls::TlsProfile;
 
 use super::error::GatewayError;
 use super::exchange::{Exchange, RequestBody, Response, Runtime};
+use super::upstream_h2;
 
 /// Connections per worker per TLS profile; above awc's default of 100 so busy workers do not
 /// queue in the pool.
@@ -109,8 +110,32 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     });
 }
 
-/// Forwards the exchange's request and returns the backend's (streaming) response.
+/// Forwards the exchange's request and returns the backend's (streaming) response: over
+/// HTTP/2 when the backend's `protocol` (or its ALPN answer) says so ([`upstream_h2`]), else
+/// over HTTP/1.1 here.
 pub async fn send(ex: &mut Exchange, rt: &Runtime) -> Result<Response, GatewayError> {
+    // The client certificate of `authentication-certificate` is part of the target's TLS
+    // profile from here on, for either HTTP version (and their pools, keyed by profile).
+    if ex.backend_certificate.is_some() {
+        ex.target.tls = ex.backend_tls()?;
+        ex.backend_certificate = None;
+    }
+    if !upstream_h2::may_use(&ex.target) {
+        return send_h1(ex, rt).await;
+    }
+    let started = Instant::now();
+    match upstream_h2::route(&ex.target).await {
+        Ok(upstream_h2::Route::Http1) => send_h1(ex, rt).await,
+        Ok(upstream_h2::Route::H2(conn)) => upstream_h2::send(ex, rt, conn).await,
+        Err(e) => {
+            ex.backend_duration = Some(started.elapsed());
+            Err(GatewayError::from_upstream(&e, &ex.target.name))
+        }
+    }
+}
+
+/// [`send`] over HTTP/1.1, with `awc`.
+async fn send_h1(ex: &mut Exchange, rt: &Runtime) -> Result<Response, GatewayError> {
     let url = ex.target.url.join(&ex.backend_path, &ex.query_string());
     let uri: Uri = url.parse().map_err(|_| {
         GatewayError::internal(

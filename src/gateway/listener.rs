@@ -93,13 +93,6 @@ impl WriteNow for tokio::net::TcpStream {
     }
 }
 
-impl<T> WriteNow for actix_tls::accept::rustls_0_23::TlsStream<T> {
-    /// Writing means encrypting, which needs the async path the codec has already left.
-    fn write_now(&self, _: &[u8]) -> io::Result<usize> {
-        Err(io::ErrorKind::Unsupported.into())
-    }
-}
-
 /// An accepted connection (plain TCP or TLS).
 pub struct Connection<T: WriteNow> {
     io: T,
@@ -123,6 +116,10 @@ impl<T: WriteNow> Connection<T> {
     /// The handle the handler marks (installed as connection data).
     pub fn state(&self) -> ConnState {
         self.answered.clone()
+    }
+
+    pub fn get_ref(&self) -> &T {
+        &self.io
     }
 }
 

@@ -27,6 +27,7 @@ pub mod error;
 pub mod exchange;
 pub mod forward;
 pub mod forwarded;
+pub mod h2_server;
 pub mod listener;
 pub mod ops;
 pub mod path;
@@ -35,14 +36,17 @@ pub mod proxy;
 pub mod reload;
 mod request_metrics;
 pub mod settings;
+pub mod start_error;
 pub mod stores;
 pub mod tls;
+pub mod token_file;
+pub mod trailers;
 pub mod upgrade;
+pub mod upstream_h2;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::server_thread::connectable;
 use crate::server_thread::{Ready, ServerThread};
@@ -67,6 +71,7 @@ use rand::RngCore;
 
 use crate::settings::Validate;
 use settings::GatewaySettings;
+pub use start_error::StartError;
 
 /// A started gateway. Dropping it stops it (not gracefully).
 pub struct RunningGateway {
@@ -164,18 +169,19 @@ enum Plan {
 
 /// Starts a gateway and returns once it serves (or failed to get a configuration). Needs no
 /// running runtime; safe to call from tests, sync or async.
-pub fn start(settings: GatewaySettings) -> Result<RunningGateway, String> {
+pub fn start(settings: GatewaySettings) -> Result<RunningGateway, StartError> {
     let mut problems = Problems::new();
     settings.validate(&mut problems);
     if !problems.is_empty() {
-        return Err(format!("invalid gateway settings:\n{problems}"));
+        return Err(StartError::Settings(problems));
     }
-    let offline = !settings.offline.config_file.is_empty();
-    let plan = if offline {
-        Plan::Offline(offline_snapshot(
-            Path::new(&settings.offline.config_file),
-            &settings.offline.gateway,
-        )?)
+    let offline = settings.offline.config_file.is_some();
+    let mut settings = settings;
+    if !offline {
+        token_file::resolve(&mut settings.control_plane).map_err(StartError::TokenFile)?;
+    }
+    let plan = if let Some(file) = &settings.offline.config_file {
+        Plan::Offline(offline_snapshot(file, settings.offline.gateway.as_deref())?)
     } else {
         let trust = initial_trust(&settings)?;
         Plan::ControlPlane {
@@ -191,9 +197,13 @@ pub fn start(settings: GatewaySettings) -> Result<RunningGateway, String> {
         token_info(&settings.control_plane.token, token_warning)
     };
 
-    let ops_listener = TcpListener::bind(&settings.listen.ops)
-        .map_err(|e| format!("cannot listen on {} (listen.ops): {e}", settings.listen.ops))?;
-    let ops_addr = ops_listener.local_addr().map_err(|e| e.to_string())?;
+    let ops_listener =
+        TcpListener::bind(&settings.listen.ops).map_err(|source| StartError::Listen {
+            address: settings.listen.ops.clone(),
+            key: "listen.ops",
+            source,
+        })?;
+    let ops_addr = ops_listener.local_addr().map_err(StartError::Ops)?;
 
     let identity = Identity {
         instance_id: instance_id(),
@@ -209,7 +219,7 @@ pub fn start(settings: GatewaySettings) -> Result<RunningGateway, String> {
         redis_configured: !settings.redis.url.is_empty(),
         token,
         token_warning,
-        degraded_grace: Duration::from_secs(3 * settings.control_plane.heartbeat_interval_secs),
+        degraded_grace: 3 * settings.control_plane.heartbeat_interval,
     });
 
     let thread_status = status.clone();
@@ -261,7 +271,7 @@ async fn serve(
     watcher: ConnectivityWatcher,
     status: StatusHandle,
     ops_listener: TcpListener,
-    ready: Ready<Started>,
+    ready: Ready<Started, StartError>,
 ) {
     let watcher = watcher.start();
     let table = route_table::new_table_handle();
@@ -278,7 +288,7 @@ async fn serve(
     ) {
         Ok(server) => server,
         Err(e) => {
-            let _ = ready.send(Err(format!("cannot start the ops listener: {e}")));
+            let _ = ready.send(Err(StartError::Ops(e)));
             return;
         }
     };
@@ -310,9 +320,9 @@ async fn serve(
     let (telemetry, recorder) = TelemetryBuffer::new(TelemetryConfig {
         link: link.clone(),
         instance_id: identity.instance_id.clone(),
-        flush_interval: Duration::from_secs(settings.telemetry.flush_interval_secs),
+        flush_interval: settings.telemetry.flush_interval,
         max_buffered: settings.telemetry.max_buffered,
-        spool_dir: non_empty(&settings.telemetry.spool_dir).map(PathBuf::from),
+        spool_dir: settings.telemetry.spool_dir.clone(),
         spool_max_bytes: settings.telemetry.spool_max_bytes,
     });
     let telemetry = telemetry.start();
@@ -346,29 +356,26 @@ async fn serve(
             applied_at: Utc::now(),
         }))
         .await;
-    reload::listen(match &plan {
-        Plan::Offline(_) => Some(reload::OfflineReload {
-            file: PathBuf::from(&settings.offline.config_file),
+    reload::listen(match (&plan, &settings.offline.config_file) {
+        (Plan::Offline(_), Some(file)) => Some(reload::OfflineReload {
+            file: file.clone(),
             gateway: settings.offline.gateway.clone(),
             table: table_mailbox.clone(),
             watcher: watcher.clone(),
             revision: loaded.snapshot.revision,
         }),
-        Plan::ControlPlane { .. } => None,
+        _ => None,
     });
     let sync = if let (Some(link), Some(trust)) = (link, trust) {
         let cp = &settings.control_plane;
         let sync = ConfigSync::new(
             SyncConfig {
                 link,
-                poll_wait: Duration::from_secs(cp.poll_wait_secs),
-                heartbeat_interval: Duration::from_secs(cp.heartbeat_interval_secs),
-                backoff_initial: Duration::from_millis(cp.backoff_initial_ms),
-                backoff_max: Duration::from_millis(cp.backoff_max_ms),
-                backup_dir: settings
-                    .backup
-                    .enabled
-                    .then(|| PathBuf::from(&settings.backup.dir)),
+                poll_wait: cp.poll_wait,
+                heartbeat_interval: cp.heartbeat_interval,
+                backoff_initial: cp.backoff_initial,
+                backoff_max: cp.backoff_max,
+                backup_dir: backup_dir(&settings),
                 identity: identity.clone(),
                 trust,
                 served: Some(served_table.clone()),
@@ -417,7 +424,7 @@ fn start_traffic(
         outpost_actors::shared_state::SharedState,
         outpost_actors::cache::CacheHandle,
     ),
-) -> Result<(actix_web::dev::Server, proxy::TrafficAddrs), String> {
+) -> Result<(actix_web::dev::Server, proxy::TrafficAddrs), StartError> {
     let hooks = proxy::ProxyHooks {
         observer: Some(Arc::new(recorder)),
         shared: Some(shared),
@@ -430,11 +437,12 @@ fn start_traffic(
         // Validated with the settings.
         min_tls: tls::MinTls::parse(&l.https_min_tls).unwrap_or(tls::MinTls::V1_2),
     });
-    proxy::start_traffic_servers(&l.http, https, settings, table, hooks).map_err(|e| {
-        format!(
-            "cannot listen on {} or {} (listen.http, listen.https): {e}",
-            l.http, l.https
-        )
+    proxy::start_traffic_servers(&l.http, https, settings, table, hooks).map_err(|source| {
+        StartError::Traffic {
+            http: l.http.clone(),
+            https: l.https.clone(),
+            source,
+        }
     })
 }
 
@@ -453,19 +461,18 @@ async fn load_config(
     plan: &mut Plan,
     table: &Recipient<ApplySnapshot>,
     watcher: &Addr<ConnectivityWatcher>,
-) -> Result<Loaded, String> {
+) -> Result<Loaded, StartError> {
     match plan {
         Plan::Offline(snapshot) => {
+            let file = settings.offline.config_file.clone().unwrap_or_default();
             startup::hand_over(table.clone(), Arc::new(snapshot.clone()))
                 .await
-                .map_err(|e| {
-                    format!(
-                        "the offline config file {} cannot be served: {e}",
-                        settings.offline.config_file
-                    )
+                .map_err(|reason| StartError::OfflineRefused {
+                    file: file.clone(),
+                    reason,
                 })?;
             tracing::info!(
-                file = settings.offline.config_file,
+                file = %file.display(),
                 hash = %snapshot.hash,
                 "offline mode: serving the config file, the control plane is not contacted"
             );
@@ -488,8 +495,7 @@ async fn load_config(
                 table,
                 watcher,
             })
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
             Ok(Loaded {
                 snapshot: loaded.snapshot,
                 source: loaded.source,
@@ -500,15 +506,12 @@ async fn load_config(
 }
 
 fn backup_dir(settings: &GatewaySettings) -> Option<PathBuf> {
-    settings
-        .backup
-        .enabled
-        .then(|| PathBuf::from(&settings.backup.dir))
+    settings.backup.enabled.then(|| settings.backup.dir.clone())
 }
 
 /// The signing keys this gateway trusts at start: the configured ones, else what was pinned
 /// next to the backup (nothing yet on a first start, or without backups).
-fn initial_trust(settings: &GatewaySettings) -> Result<Trust, String> {
+fn initial_trust(settings: &GatewaySettings) -> Result<Trust, StartError> {
     let gateway = token::parse(&settings.control_plane.token)
         .map(|t| t.gateway)
         .unwrap_or_default();
@@ -519,27 +522,21 @@ fn initial_trust(settings: &GatewaySettings) -> Result<Trust, String> {
     if !settings.backup.enabled {
         return Ok(Trust::pinned(gateway, Vec::new()));
     }
-    let pins = trust::read_pins(Path::new(&settings.backup.dir)).map_err(|e| e.to_string())?;
+    let pins = trust::read_pins(&settings.backup.dir)?;
     Ok(Trust::pinned(gateway, pins))
 }
 
-/// Writes the pinned keys next to the backup (when backups are on; otherwise the pin lives as
-/// long as the process).
 /// The snapshot to serve in offline mode: the file's view for the chosen gateway.
-fn offline_snapshot(file: &Path, gateway: &str) -> Result<GatewaySnapshot, String> {
-    let text = std::fs::read_to_string(file).map_err(|e| {
-        format!(
-            "cannot read the offline config file {}: {e}",
-            file.display()
-        )
-    })?;
+fn offline_snapshot(file: &Path, gateway: Option<&str>) -> Result<GatewaySnapshot, StartError> {
+    let text =
+        std::fs::read_to_string(file).map_err(|source| StartError::OfflineFileUnreadable {
+            path: file.to_owned(),
+            source,
+        })?;
     let name = file.display().to_string();
-    let refused = |p: Problems| {
-        format!(
-            "the offline config file {name} has {} problem(s):\n{}",
-            p.len(),
-            p.render_in(&name)
-        )
+    let refused = |problems: Problems| StartError::OfflineFileInvalid {
+        file: name.clone(),
+        problems,
     };
     let (doc, index) = Document::from_yaml_indexed(&text).map_err(refused)?;
     // Served as is, a masked secret would reach backends as the mask itself.
@@ -553,27 +550,23 @@ fn offline_snapshot(file: &Path, gateway: &str) -> Result<GatewaySnapshot, Strin
         .filter(|r| r.kind() == Kind::Gateway)
         .map(Resource::name)
         .collect();
+    let owned = |names: &[&str]| names.iter().map(|n| (*n).to_owned()).collect();
     let chosen = match (gateway, gateways.as_slice()) {
-        ("", []) => None,
-        ("", [only]) => Some(*only),
-        ("", many) => {
-            return Err(format!(
-                "the offline config file {} defines several gateways ({}); choose one with offline.gateway",
-                file.display(),
-                many.join(", ")
-            ));
+        (None, []) => None,
+        (None, [only]) => Some(*only),
+        (None, many) => {
+            return Err(StartError::OfflineGatewayAmbiguous {
+                file: file.to_owned(),
+                gateways: owned(many),
+            });
         }
-        (name, all) if all.contains(&name) => Some(name),
-        (name, all) => {
-            return Err(format!(
-                "offline.gateway '{name}' is not in {} (gateways there: {})",
-                file.display(),
-                if all.is_empty() {
-                    "none".to_owned()
-                } else {
-                    all.join(", ")
-                }
-            ));
+        (Some(name), all) if all.contains(&name) => Some(name),
+        (Some(name), all) => {
+            return Err(StartError::OfflineGatewayUnknown {
+                name: name.to_owned(),
+                file: file.to_owned(),
+                gateways: owned(all),
+            });
         }
     };
     let view = gateway_view(&doc.resources, chosen);
@@ -581,10 +574,10 @@ fn offline_snapshot(file: &Path, gateway: &str) -> Result<GatewaySnapshot, Strin
 }
 
 /// The link settings, with the TLS trust the control plane URL needs.
-fn link_config(settings: &GatewaySettings) -> Result<LinkConfig, String> {
+fn link_config(settings: &GatewaySettings) -> Result<LinkConfig, StartError> {
     let cp = &settings.control_plane;
     let clients = if cp.url.starts_with("https://") {
-        let tls = Arc::new(client_tls(&cp.ca_file)?);
+        let tls = Arc::new(client_tls(cp.ca_file.as_deref())?);
         ClientFactory::new(move || {
             awc::Client::builder()
                 .connector(awc::Connector::new().rustls_0_23(tls.clone()))
@@ -596,13 +589,13 @@ fn link_config(settings: &GatewaySettings) -> Result<LinkConfig, String> {
     Ok(LinkConfig {
         base_url: cp.url.trim_end_matches('/').to_owned(),
         token: cp.token.clone(),
-        request_timeout: Duration::from_millis(cp.request_timeout_ms),
+        request_timeout: cp.request_timeout,
         clients,
     })
 }
 
 /// Trust for the control plane: the system's CA bundle plus `control_plane.ca_file`.
-fn client_tls(ca_file: &str) -> Result<rustls::ClientConfig, String> {
+fn client_tls(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, StartError> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
 
@@ -620,33 +613,28 @@ fn client_tls(ca_file: &str) -> Result<rustls::ClientConfig, String> {
     {
         roots.add_parsable_certificates(certs.filter_map(Result::ok));
     }
-    if !ca_file.is_empty() {
-        let certs = CertificateDer::pem_file_iter(ca_file)
+    if let Some(path) = ca_file {
+        let bad = |reason: String| StartError::CaFile {
+            path: path.to_owned(),
+            reason,
+        };
+        let certs = CertificateDer::pem_file_iter(path)
             .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| format!("control_plane.ca_file {ca_file}: {e}"))?;
+            .map_err(|e| bad(e.to_string()))?;
         if certs.is_empty() {
-            return Err(format!(
-                "control_plane.ca_file {ca_file}: no certificate found"
-            ));
+            return Err(bad("no certificate found".into()));
         }
         for c in certs {
-            roots
-                .add(c)
-                .map_err(|e| format!("control_plane.ca_file {ca_file}: {e}"))?;
+            roots.add(c).map_err(|e| bad(e.to_string()))?;
         }
     }
     if roots.is_empty() {
-        return Err(
-            "no CA certificates to verify the control plane with: set control_plane.ca_file \
-             or install the system CA bundle"
-                .into(),
-        );
+        return Err(StartError::NoCaCertificates);
     }
     Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| format!("TLS: {e}"))?
+    .with_safe_default_protocol_versions()?
     .with_root_certificates(roots)
     .with_no_client_auth())
 }
@@ -692,7 +680,7 @@ fn non_empty(s: &str) -> Option<&str> {
 }
 
 /// Runs the gateway until SIGINT or SIGTERM, then stops gracefully.
-pub fn run(settings: GatewaySettings) -> Result<(), String> {
+pub fn run(settings: GatewaySettings) -> Result<(), StartError> {
     crate::logging::init(&settings.log);
     let running = start(settings)?;
     eprintln!(
@@ -705,7 +693,7 @@ pub fn run(settings: GatewaySettings) -> Result<(), String> {
         running.ops_url(),
         running.config_source().as_str()
     );
-    match crate::signals::wait_for_stop(running.stopped())? {
+    match crate::signals::wait_for_stop(running.stopped()).map_err(StartError::Signals)? {
         crate::signals::Stop::Signal(name) => {
             tracing::info!(signal = name, "stopping");
             running.stop();
@@ -713,7 +701,7 @@ pub fn run(settings: GatewaySettings) -> Result<(), String> {
         }
         crate::signals::Stop::Stopped => {
             running.join();
-            Err("the gateway's listeners stopped unexpectedly".into())
+            Err(StartError::Stopped)
         }
     }
 }
@@ -743,12 +731,12 @@ gateways:
     #[test]
     fn offline_mode_picks_the_named_or_only_gateway() {
         let (_d, path) = file(TWO_GATEWAYS);
-        let err = offline_snapshot(&path, "").unwrap_err();
+        let err = offline_snapshot(&path, None).unwrap_err().to_string();
         assert!(
             err.contains("east, west") && err.contains("offline.gateway"),
             "{err}"
         );
-        let east = offline_snapshot(&path, "east").unwrap();
+        let east = offline_snapshot(&path, Some("east")).unwrap();
         assert!(east.verify());
         let apis: Vec<&str> = east.of_kind(Kind::Api).map(Resource::name).collect();
         assert_eq!(apis, vec!["a1"]);
@@ -756,18 +744,22 @@ gateways:
         let (_d, path) = file(
             "apiVersion: outpost/v1\nbackends: [{name: b, url: \"http://x\"}]\napis: [{name: a, path: a, backend: b}]\n",
         );
-        let all = offline_snapshot(&path, "").unwrap();
+        let all = offline_snapshot(&path, None).unwrap();
         assert_eq!(all.of_kind(Kind::Api).count(), 1, "no gateway: every API");
-        let err = offline_snapshot(&path, "east").unwrap_err();
+        let err = offline_snapshot(&path, Some("east"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("gateways there: none"), "{err}");
     }
 
     #[test]
     fn a_bad_ca_file_is_a_start_error() {
         let (_d, path) = file("not a certificate");
-        let err = client_tls(&path.display().to_string()).unwrap_err();
+        let err = client_tls(Some(&path)).unwrap_err().to_string();
         assert!(err.contains("control_plane.ca_file"), "{err}");
-        let err = client_tls("/nonexistent/ca.pem").unwrap_err();
+        let err = client_tls(Some(Path::new("/nonexistent/ca.pem")))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("/nonexistent/ca.pem"), "{err}");
     }
 }

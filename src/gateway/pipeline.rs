@@ -24,6 +24,7 @@
 mod auth;
 mod backend;
 mod cache;
+mod certificates;
 mod cors;
 mod headers;
 mod limits;
@@ -171,5 +172,7 @@ pub async fn run_step(
         Step::CacheLookupValue(s) => cache::cache_lookup_value(s, ex, rt).await,
         Step::CacheStoreValue(s) => cache::cache_store_value(s, ex, rt).await,
         Step::CacheRemoveValue(s) => cache::cache_remove_value(s, ex, rt).await,
+        Step::ValidateClientCertificate(s) => certificates::validate_client_certificate(s, ex),
+        Step::AuthenticationCertificate(s) => certificates::authentication_certificate(s, ex),
     }
 }

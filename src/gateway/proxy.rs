@@ -10,14 +10,18 @@
 //! Answers the gateway makes itself ([`GatewayError`]): 401 missing or invalid key (or a key of
 //! another API), 403 suspended or expired subscription, 404 no such API/operation/version, 405
 //! wrong method (with `Allow`), 413 body too large, 431 headers too large, 502 backend
-//! unreachable, 503 no configuration yet, 504 backend too slow.
+//! unreachable, 503 no configuration yet, 504 backend too slow. A gRPC client gets each as a
+//! gRPC status instead (`grpc_answer`).
+//!
+//! HTTP/1.1 connections are served by actix-http's dispatcher, HTTP/2 ones by the gateway's own
+//! ([`super::h2_server`], which can send trailers); both call the same application.
 
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::ControlFlow;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -25,14 +29,12 @@ use actix_http::Protocol;
 use actix_http::error::DispatchError;
 use actix_rt::net::TcpStream;
 use actix_service::{IntoServiceFactory, ServiceFactoryExt, fn_service, map_config};
-use actix_tls::accept::TlsError;
-use actix_tls::accept::rustls_0_23::{Acceptor, TlsStream};
 use actix_web::body::{BodySize, BoxBody, MessageBody};
 use actix_web::dev::AppConfig;
 use actix_web::dev::{Server, ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use actix_web::http::{Method, StatusCode};
-use actix_web::{App, HttpRequest, HttpResponse, web};
+use actix_web::{App, HttpMessage, HttpRequest, HttpResponse, web};
 use bytes::Bytes;
 use outpost_actors::route_table::steps::encode_query_component;
 use outpost_actors::route_table::table::{
@@ -45,16 +47,17 @@ use outpost_model::SubscriptionState;
 use outpost_model::resources::VersionScheme;
 
 use super::concurrency::{ConcurrencyGuard, ConcurrencyLimiter};
-use super::error::GatewayError;
+use super::error::{self, GatewayError};
 use super::exchange::{Exchange, RequestBody, Response, Runtime, Target, percent_decode};
 use super::forward::strip_hop_by_hop;
 use super::forwarded::Forwarding;
+use super::h2_server::{self, H2Stream};
 use super::listener::{ConnState, Connection, WriteNow};
 use super::path::{self, Normalized};
 use super::pipeline;
 use super::request_metrics::{self, UNMATCHED};
 use super::settings::GatewaySettings;
-use super::tls::MinTls;
+use super::tls::{MinTls, PeerTls, TlsAcceptor, TlsConnection, TlsInfo};
 
 /// What the rest of the gateway plugs into the traffic server.
 #[derive(Clone, Default)]
@@ -209,32 +212,23 @@ pub fn start_traffic_servers(
         let listener = std::net::TcpListener::bind(https.listen)?;
         let addr = listener.local_addr()?;
         https_addr = Some(addr);
-        let mut acceptor = Acceptor::new(super::tls::server_config(
-            table,
-            https.default_host,
-            https.min_tls,
-        ));
-        acceptor.set_handshake_timeout(Duration::from_secs(10));
+        let acceptor = Arc::new(TlsAcceptor::new(table, https.default_host, https.min_tls));
         builder = builder.listen("outpost-traffic-https", listener, move || {
             acceptor
-                .clone()
-                .map_init_err(|_| ())
-                .map_err(TlsError::into_service_error)
-                .map(|io: TlsStream<TcpStream>| {
-                    let peer = io.get_ref().0.peer_addr().ok();
-                    let _ = io.get_ref().0.set_nodelay(true);
+                .factory()
+                .map_err(DispatchError::Io)
+                .map(|io: TlsConnection| {
+                    let peer = io.tcp().peer_addr().ok();
+                    let _ = io.tcp().set_nodelay(true);
                     // HTTP/2 when the client chose it by ALPN, else HTTP/1.1.
-                    let protocol = if io.get_ref().1.alpn_protocol() == Some(b"h2") {
+                    let protocol = if io.is_h2() {
                         Protocol::Http2
                     } else {
                         Protocol::Http1
                     };
                     (Connection::new(io), protocol, peer)
                 })
-                .and_then(
-                    http::<TlsStream<TcpStream>>(&traffic, addr, &shutdown, true)
-                        .map_err(TlsError::Service),
-                )
+                .and_then(http::<TlsConnection>(&traffic, addr, &shutdown, true))
         })?;
     }
     Ok((
@@ -286,33 +280,72 @@ fn http<T>(
     InitError = (),
 > + use<T>
 where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + WriteNow + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + WriteNow + PeerTls + 'static,
 {
     let app = traffic_app(traffic.clone())
         .into_factory()
         .map_err(|e: actix_web::Error| e.error_response());
+    let h2 = h2_server::H2Config {
+        max_header_bytes: traffic.max_header_bytes,
+        keep_alive: KEEP_ALIVE,
+        handshake_timeout: CLIENT_REQUEST_TIMEOUT,
+    };
+    let h2_app = traffic_app(traffic.clone()).into_factory();
+    let h2_shutdown = shutdown.clone();
     let shutdown = shutdown.clone();
     let upgrades_stop = shutdown.clone();
-    actix_http::HttpService::build()
+    let h1 = actix_http::HttpService::build()
         // Slow clients must not hold workers; the backend timeout covers slow backends.
-        .client_request_timeout(Duration::from_secs(30))
+        .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
         .client_disconnect_timeout(Duration::from_secs(1))
-        .keep_alive(Duration::from_secs(75))
+        .keep_alive(KEEP_ALIVE)
         .graceful_shutdown_signal(move || {
             let shutdown = shutdown.clone();
             async move { shutdown.notified().await }
         })
         .local_addr(addr)
         .on_connect_ext(move |io: &Connection<T>, ext| {
+            // The codec-refusal handshake is HTTP/1's alone (see `listener`).
             ext.insert(io.state());
-            // Upgraded (WebSocket) connections close when the server starts to stop.
+            // Upgraded (WebSocket, HTTP/1.1 only) connections close when the server starts
+            // to stop.
             ext.insert(upgrades_stop.clone());
-            if secure {
-                ext.insert(Secure);
-            }
+            connection_data(io, ext, secure);
         })
-        .finish(map_config(app, |_| AppConfig::default()))
+        .finish(map_config(app, |_| AppConfig::default()));
+    // HTTP/2 connections get the gateway's own dispatcher (it sends trailers), calling the same
+    // application.
+    h2_server::serve_both(
+        h1,
+        h2_app,
+        h2,
+        h2_shutdown,
+        move |io: &Connection<T>, ext: &mut actix_http::Extensions| {
+            connection_data(io, ext, secure);
+        },
+    )
 }
+
+/// What requests learn about their connection, over either HTTP version (read with
+/// [`h2_server::conn_data`]).
+fn connection_data<T: WriteNow + PeerTls>(
+    io: &Connection<T>,
+    ext: &mut actix_http::Extensions,
+    secure: bool,
+) {
+    if secure {
+        ext.insert(Secure);
+    }
+    // The hostname of the handshake and the client certificate (see `tls`).
+    if let Some(tls) = io.get_ref().tls_info() {
+        ext.insert(tls);
+    }
+}
+
+/// How long a client has to send a request head (HTTP/1.1) or its connection preface (HTTP/2).
+const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// An idle connection (no request on HTTP/1.1, no open stream on HTTP/2) is closed after this.
+const KEEP_ALIVE: Duration = Duration::from_secs(75);
 
 /// Marks a connection that arrived over TLS (`X-Forwarded-Proto: https`).
 #[derive(Clone, Copy)]
@@ -345,7 +378,9 @@ async fn handle(
         response_bytes: 0,
         cache: CacheStatus::None,
         error_reason: None,
+        grpc_status: None,
     };
+    let grpc = is_grpc(req.headers());
     // Reported even if the connection dies before an answer (the future is dropped then).
     let mut pending = Unanswered {
         done: Some(Done {
@@ -353,6 +388,13 @@ async fn handle(
             started,
             observer: traffic.observer.clone(),
             _guards: Vec::new(),
+            grpc_trailers: grpc
+                .then(|| {
+                    req.extensions()
+                        .get::<H2Stream>()
+                        .map(|s| s.trailers.clone())
+                })
+                .flatten(),
         }),
         conn,
         stopping: traffic.stopping.clone(),
@@ -367,7 +409,61 @@ async fn handle(
     };
     let mut done = pending.answered();
     done._guards = guards;
+    let response = if grpc {
+        grpc_answer(response, &mut done.record)
+    } else {
+        response
+    };
     finish(response, done)
+}
+
+/// A gRPC call (`application/grpc`, `application/grpc+proto`, …).
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// A gRPC client's answer: a refusal (anything but 200, from the gateway or a backend that does
+/// not speak gRPC) becomes a gRPC status with the refusal's message (see
+/// [`error::grpc_refusal`]); its other headers (`Retry-After`, CORS) stay. The record keeps the
+/// HTTP status the gateway decided on, and the gRPC status beside it.
+fn grpc_answer(response: Response, record: &mut RequestRecord) -> Response {
+    if response.status != actix_web::http::StatusCode::OK {
+        let status = response.status;
+        let message = match response.body.try_into_bytes() {
+            Ok(bytes) => serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| v["message"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned()),
+            Err(_) => String::new(),
+        };
+        let message = if message.is_empty() {
+            status.canonical_reason().unwrap_or("").to_owned()
+        } else {
+            message
+        };
+        let refusal = error::grpc_refusal(status, &message);
+        let mut headers = refusal.headers().clone();
+        for (name, value) in &response.headers {
+            if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+        record.grpc_status = Some(error::grpc_code(status));
+        record.status = status.as_u16();
+        return Response {
+            status: refusal.status(),
+            headers,
+            body: BoxBody::new(()),
+        };
+    }
+    // A "Trailers-Only" answer carries its status in the headers.
+    record.grpc_status = response
+        .headers
+        .get("grpc-status")
+        .and_then(|v| super::trailers::grpc_status(v.as_bytes()));
+    response
 }
 
 /// A request still being served. Dropped while armed, the connection ended first: either the
@@ -444,6 +540,8 @@ async fn serve(
         return Err(GatewayError::no_configuration());
     };
     let host = request_host(req);
+    let tls = h2_server::conn_data::<TlsInfo>(req);
+    super::tls::check_host(&table, &host, tls.as_ref())?;
     let normalized = normalise(req, &table, &host)?;
     let matched = match route(req, &table, &host, &normalized, record)? {
         ControlFlow::Continue(matched) => matched,
@@ -484,9 +582,10 @@ async fn serve(
 }
 
 /// The request body and whether there is one. HTTP/1 says so in its headers; HTTP/2 frames a
-/// body without `Content-Length` or chunked encoding, so whether one follows is known only from
-/// the stream (a request without one ends with its headers): its first chunk is read here and
-/// put back in front of the rest.
+/// body without `Content-Length` or chunked encoding, so whether one follows is known from the
+/// stream (a request without one ends with its headers): the gateway's HTTP/2 server says so
+/// ([`H2Stream::has_body`]); for any other HTTP/2 request the first chunk is read here and put
+/// back in front of the rest.
 async fn request_body(
     req: &HttpRequest,
     mut payload: actix_web::dev::Payload,
@@ -494,6 +593,9 @@ async fn request_body(
 ) -> (actix_web::dev::Payload, bool) {
     if let Some(length) = length {
         return (payload, length > 0);
+    }
+    if let Some(stream) = req.extensions().get::<H2Stream>() {
+        return (payload, stream.has_body);
     }
     if req.version() != actix_web::http::Version::HTTP_2 {
         return (
@@ -727,9 +829,10 @@ fn build_exchange(
     if let Some(h) = &traffic.key_header {
         request_headers.remove(h);
     }
+    let h2 = req.extensions().get::<H2Stream>().cloned();
     traffic.forwarding.apply(
         req.peer_addr().map(|a| a.ip()),
-        req.conn_data::<Secure>().is_some(),
+        h2_server::conn_data::<Secure>(req).is_some(),
         headers.get(header::HOST),
         &mut request_headers,
     );
@@ -751,6 +854,7 @@ fn build_exchange(
         host,
         path: path.to_owned(),
         client_ip,
+        client_certificate: h2_server::conn_data::<TlsInfo>(req).and_then(|t| t.client),
         request_id,
         gateway_name: table.gateway_name.clone(),
         api: api.clone(),
@@ -765,6 +869,7 @@ fn build_exchange(
         timeout_override: None,
         retry: None,
         upgrade: None,
+        backend_certificate: None,
         body: if has_body {
             RequestBody::Stream { payload, length }
         } else {
@@ -779,6 +884,7 @@ fn build_exchange(
         guards: Vec::new(),
         cors: None,
         shared_state: Default::default(),
+        trailers: h2.map(|s| s.trailers),
     }
 }
 
@@ -914,7 +1020,10 @@ fn valid_traceparent(tp: &str) -> bool {
 /// Turns the pipeline's response into the HTTP response, with a body that reports the request
 /// to metrics and the observer once it has been sent.
 fn finish(response: Response, mut done: Done) -> HttpResponse {
-    done.record.status = response.status.as_u16();
+    // Already set for a gRPC refusal: the HTTP status the gateway decided on, not its 200.
+    if done.record.status == 0 {
+        done.record.status = response.status.as_u16();
+    }
     let body = ObservedBody {
         inner: response.body,
         sent: 0,
@@ -938,6 +1047,8 @@ struct Done {
     observer: Option<Arc<dyn RequestObserver>>,
     /// Released when the response is done.
     _guards: Vec<ConcurrencyGuard>,
+    /// A gRPC call over HTTP/2: where its `grpc-status` trailer arrives.
+    grpc_trailers: Option<super::trailers::Trailers>,
 }
 
 impl Done {
@@ -953,10 +1064,31 @@ impl Done {
         if let Some(d) = r.backend_duration {
             series.backend_duration.record(d.as_secs_f64());
         }
+        if r.grpc_status.is_none() {
+            r.grpc_status = self.grpc_trailers.as_ref().and_then(|t| t.grpc_status());
+        }
+        if let Some(code) = r.grpc_status {
+            metrics::counter!(
+                "outpost_grpc_responses_total",
+                "api" => api.clone(),
+                "grpc_status" => status_label(code),
+            )
+            .increment(1);
+        }
         if let Some(o) = &self.observer {
             o.observe(r);
         }
     }
+}
+
+/// `"0"`, `"14"`, … without a per-request allocation.
+fn status_label(status: u16) -> Arc<str> {
+    static LABELS: OnceLock<Vec<Arc<str>>> = OnceLock::new();
+    let labels = LABELS.get_or_init(|| (0..600).map(|s| Arc::from(s.to_string())).collect());
+    labels
+        .get(usize::from(status))
+        .cloned()
+        .unwrap_or_else(|| Arc::from(status.to_string()))
 }
 
 /// The response body, counted; reports the request when it ends or is dropped.

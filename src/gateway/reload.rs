@@ -25,7 +25,8 @@ use outpost_actors::route_table::ApplySnapshot;
 /// What a reload needs: the file and gateway to read, and who to tell.
 pub struct OfflineReload {
     pub file: PathBuf,
-    pub gateway: String,
+    /// `offline.gateway`: which of the file's gateways to serve.
+    pub gateway: Option<String>,
     pub table: Recipient<ApplySnapshot>,
     pub watcher: Addr<ConnectivityWatcher>,
     /// The revision loaded at start; each successful reload counts one up, so `/readyz` and
@@ -64,7 +65,8 @@ impl OfflineReload {
     async fn run(&mut self) {
         let file = self.file.display().to_string();
         tracing::info!(file, "SIGHUP: reloading the offline config file");
-        let loaded = super::offline_snapshot(&self.file, &self.gateway).map_err(|e| e.to_string());
+        let loaded =
+            super::offline_snapshot(&self.file, self.gateway.as_deref()).map_err(|e| e.to_string());
         let mut snapshot = match loaded {
             Ok(snapshot) => snapshot,
             Err(reason) => return self.refuse(&file, String::new(), reason),

@@ -1,9 +1,13 @@
 //! Gateway settings (`outpost gateway --config FILE`); see `config/gateway.toml`.
 
+use std::path::PathBuf;
+use std::time::Duration;
+
 use outpost_model::Problems;
 use serde::{Deserialize, Serialize};
 
 use crate::logging::LogSettings;
+use crate::settings::typed;
 use crate::settings::{Validate, check_listen};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -30,16 +34,25 @@ pub struct ControlPlaneLink {
     pub url: String,
     /// `GatewayKey <gateway>&<expiry>&<signature>`, minted by the control plane.
     pub token: String,
-    /// Long-poll wait asked of the control plane, seconds.
-    pub poll_wait_secs: u64,
-    pub heartbeat_interval_secs: u64,
-    /// Timeout of one call (other than the long-poll wait itself), milliseconds.
-    pub request_timeout_ms: u64,
+    /// A file holding the token instead (`outpost gateway-token --output-dir`), read once at
+    /// start; refused unless only its owner can read it (mode 0600 or 0400).
+    pub token_file: String,
+    /// Long-poll wait asked of the control plane (`poll_wait_secs`).
+    #[serde(rename = "poll_wait_secs", with = "typed::secs")]
+    pub poll_wait: Duration,
+    #[serde(rename = "heartbeat_interval_secs", with = "typed::secs")]
+    pub heartbeat_interval: Duration,
+    /// Timeout of one call (other than the long-poll wait itself) (`request_timeout_ms`).
+    #[serde(rename = "request_timeout_ms", with = "typed::millis")]
+    pub request_timeout: Duration,
     /// Backoff after a failed call: starts here, doubles with jitter up to the max.
-    pub backoff_initial_ms: u64,
-    pub backoff_max_ms: u64,
-    /// Extra CA certificates (PEM file) to trust for the control plane.
-    pub ca_file: String,
+    #[serde(rename = "backoff_initial_ms", with = "typed::millis")]
+    pub backoff_initial: Duration,
+    #[serde(rename = "backoff_max_ms", with = "typed::millis")]
+    pub backoff_max: Duration,
+    /// Extra CA certificates (PEM file) to trust for the control plane; `""`: none.
+    #[serde(with = "typed::opt_path")]
+    pub ca_file: Option<PathBuf>,
     /// The control plane's config signing keys (`ed25519:<base64>`, from `outpost gateway-token`
     /// or `GET /api/v1/signing-keys`). Every configuration and backup must be signed by one of
     /// them (or by a key one of them endorsed in a rotation). Empty: trust on first use — the
@@ -98,17 +111,20 @@ pub struct OpsSettings {
 #[serde(default, deny_unknown_fields)]
 pub struct BackupSettings {
     pub enabled: bool,
-    pub dir: String,
+    pub dir: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[derive(Default)]
 pub struct OfflineSettings {
-    /// A declarative file to serve with no control plane at all (fully disconnected mode).
-    pub config_file: String,
-    /// Which gateway of that file to act as; empty: the file's only gateway, or every API.
-    pub gateway: String,
+    /// A declarative file to serve with no control plane at all (fully disconnected mode);
+    /// `""`: none.
+    #[serde(with = "typed::opt_path")]
+    pub config_file: Option<PathBuf>,
+    /// Which gateway of that file to act as; `""`: the file's only gateway, or every API.
+    #[serde(with = "typed::opt_string")]
+    pub gateway: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -135,25 +151,32 @@ pub struct LimitSettings {
 pub struct RedisSettings {
     /// `redis://host:port/db` or `rediss://…`; empty: in-process state only.
     pub url: String,
-    /// Timeout of every Redis call, milliseconds.
-    pub timeout_ms: u64,
+    /// Timeout of every Redis call (`timeout_ms`).
+    #[serde(rename = "timeout_ms", with = "typed::millis")]
+    pub timeout: Duration,
     /// Expected number of gateway nodes sharing limits; used by the `local` outage mode to
     /// enforce this node's share.
     pub nodes: u64,
     /// Redis Cluster: `url` lists one or more seed nodes, separated by commas.
     pub cluster: bool,
     /// Redis Sentinel: the name of the monitored primary; `url` lists the sentinels,
-    /// separated by commas. Empty: not Sentinel.
-    pub sentinel_service: String,
+    /// separated by commas. `""`: not Sentinel.
+    #[serde(with = "typed::opt_string")]
+    pub sentinel_service: Option<String>,
     /// Redis Sentinel: credentials of the sentinels themselves (their `requirepass`); the
     /// URL's user and password are the primary's.
-    pub sentinel_username: String,
-    pub sentinel_password: String,
+    #[serde(with = "typed::opt_string")]
+    pub sentinel_username: Option<String>,
+    #[serde(with = "typed::opt_string")]
+    pub sentinel_password: Option<String>,
     /// `rediss://`: PEM file of the CA to verify Redis with, instead of the system's roots.
-    pub tls_ca_file: String,
+    #[serde(with = "typed::opt_path")]
+    pub tls_ca_file: Option<PathBuf>,
     /// `rediss://`: client certificate and key (PEM files), for `tls-auth-clients yes`.
-    pub tls_cert_file: String,
-    pub tls_key_file: String,
+    #[serde(with = "typed::opt_path")]
+    pub tls_cert_file: Option<PathBuf>,
+    #[serde(with = "typed::opt_path")]
+    pub tls_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -163,19 +186,23 @@ pub struct CacheSettings {
     pub local_max_bytes: u64,
     /// Largest response body stored by `cache-store`, bytes (larger ones stream through).
     pub max_entry_bytes: u64,
-    /// How long a cache miss waits for an identical in-flight miss on this node, ms.
-    pub coalesce_wait_ms: u64,
+    /// How long a cache miss waits for an identical in-flight miss on this node
+    /// (`coalesce_wait_ms`).
+    #[serde(rename = "coalesce_wait_ms", with = "typed::millis")]
+    pub coalesce_wait: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TelemetrySettings {
-    pub flush_interval_secs: u64,
+    #[serde(rename = "flush_interval_secs", with = "typed::secs")]
+    pub flush_interval: Duration,
     /// Aggregates kept in memory while the control plane is unreachable.
     pub max_buffered: usize,
-    /// Directory to spool batches to when memory is full; empty: oldest batches are dropped
+    /// Directory to spool batches to when memory is full; `""`: oldest batches are dropped
     /// (and counted in `/metrics`).
-    pub spool_dir: String,
+    #[serde(with = "typed::opt_path")]
+    pub spool_dir: Option<PathBuf>,
     /// Bound of the spool directory, bytes; beyond it the oldest spooled batches are dropped.
     pub spool_max_bytes: u64,
 }
@@ -189,12 +216,13 @@ impl Default for ControlPlaneLink {
         Self {
             url: String::new(),
             token: String::new(),
-            poll_wait_secs: 30,
-            heartbeat_interval_secs: 10,
-            request_timeout_ms: 10_000,
-            backoff_initial_ms: 500,
-            backoff_max_ms: 30_000,
-            ca_file: String::new(),
+            token_file: String::new(),
+            poll_wait: Duration::from_secs(30),
+            heartbeat_interval: Duration::from_secs(10),
+            request_timeout: Duration::from_millis(10_000),
+            backoff_initial: Duration::from_millis(500),
+            backoff_max: Duration::from_millis(30_000),
+            ca_file: None,
             config_signing_keys: Vec::new(),
             token_warning_hours: outpost_actors::token::DEFAULT_WARNING_HOURS,
         }
@@ -228,7 +256,7 @@ impl Default for BackupSettings {
     fn default() -> Self {
         Self {
             enabled: false,
-            dir: "/var/lib/outpost/backup".into(),
+            dir: PathBuf::from("/var/lib/outpost/backup"),
         }
     }
 }
@@ -256,15 +284,15 @@ impl Default for RedisSettings {
     fn default() -> Self {
         Self {
             url: String::new(),
-            timeout_ms: 50,
+            timeout: Duration::from_millis(50),
             nodes: 1,
             cluster: false,
-            sentinel_service: String::new(),
-            sentinel_username: String::new(),
-            sentinel_password: String::new(),
-            tls_ca_file: String::new(),
-            tls_cert_file: String::new(),
-            tls_key_file: String::new(),
+            sentinel_service: None,
+            sentinel_username: None,
+            sentinel_password: None,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -274,7 +302,7 @@ impl Default for CacheSettings {
         Self {
             local_max_bytes: 64 * 1024 * 1024,
             max_entry_bytes: 1024 * 1024,
-            coalesce_wait_ms: 5_000,
+            coalesce_wait: Duration::from_millis(5_000),
         }
     }
 }
@@ -282,9 +310,9 @@ impl Default for CacheSettings {
 impl Default for TelemetrySettings {
     fn default() -> Self {
         Self {
-            flush_interval_secs: 10,
+            flush_interval: Duration::from_secs(10),
             max_buffered: 100_000,
-            spool_dir: String::new(),
+            spool_dir: None,
             spool_max_bytes: 256 * 1024 * 1024,
         }
     }
@@ -292,7 +320,7 @@ impl Default for TelemetrySettings {
 
 impl Validate for GatewaySettings {
     fn validate(&self, p: &mut Problems) {
-        let offline = !self.offline.config_file.is_empty();
+        let offline = self.offline.config_file.is_some();
         if !offline {
             if self.control_plane.url.is_empty() {
                 p.push(
@@ -302,12 +330,19 @@ impl Validate for GatewaySettings {
             } else {
                 outpost_model::validate::check_url(p, "control_plane.url", &self.control_plane.url);
             }
-            if self.control_plane.token.is_empty() {
+            let (token, file) = (&self.control_plane.token, &self.control_plane.token_file);
+            if token.is_empty() && file.is_empty() {
                 p.push(
                     "control_plane.token",
-                    "required unless offline.config_file is set (OUTPOST_CONTROL_PLANE_TOKEN)",
+                    "required unless offline.config_file is set (OUTPOST_CONTROL_PLANE_TOKEN, \
+                     or a file: OUTPOST_CONTROL_PLANE_TOKEN_FILE)",
                 );
-            } else if !self.control_plane.token.starts_with("GatewayKey ") {
+            } else if !token.is_empty() && !file.is_empty() {
+                p.push(
+                    "control_plane.token_file",
+                    "set either control_plane.token or control_plane.token_file, not both",
+                );
+            } else if !token.is_empty() && !token.starts_with("GatewayKey ") {
                 p.push(
                     "control_plane.token",
                     "expected 'GatewayKey <gateway>&<expiry>&<signature>'",
@@ -322,10 +357,10 @@ impl Validate for GatewaySettings {
                 );
             }
         }
-        if !(1..=600).contains(&self.control_plane.poll_wait_secs) {
+        if !(1..=600).contains(&self.control_plane.poll_wait.as_secs()) {
             p.push("control_plane.poll_wait_secs", "must be 1..=600");
         }
-        if self.control_plane.heartbeat_interval_secs == 0 {
+        if self.control_plane.heartbeat_interval.is_zero() {
             p.push(
                 "control_plane.heartbeat_interval_secs",
                 "must be at least 1",
@@ -337,8 +372,8 @@ impl Validate for GatewaySettings {
                 format!("must be 0..={MAX_TOKEN_WARNING_HOURS} (a year)"),
             );
         }
-        if self.control_plane.backoff_initial_ms == 0
-            || self.control_plane.backoff_initial_ms > self.control_plane.backoff_max_ms
+        if self.control_plane.backoff_initial.is_zero()
+            || self.control_plane.backoff_initial > self.control_plane.backoff_max
         {
             p.push(
                 "control_plane.backoff_initial_ms",
@@ -358,7 +393,7 @@ impl Validate for GatewaySettings {
                 p.push("listen.trusted_proxies", e);
             }
         }
-        if self.backup.enabled && self.backup.dir.is_empty() {
+        if self.backup.enabled && self.backup.dir.as_os_str().is_empty() {
             p.push("backup.dir", "required when backup.enabled is true");
         }
         if self.subscription.header.is_empty() && self.subscription.query.is_empty() {
@@ -382,7 +417,7 @@ impl Validate for GatewaySettings {
             {
                 p.push("redis.url", "must start with redis:// or rediss://");
             }
-            if seeds.len() > 1 && !self.redis.cluster && self.redis.sentinel_service.is_empty() {
+            if seeds.len() > 1 && !self.redis.cluster && self.redis.sentinel_service.is_none() {
                 p.push(
                     "redis.url",
                     "several URLs are the seed nodes of a Redis Cluster (set redis.cluster = true) \
@@ -391,36 +426,36 @@ impl Validate for GatewaySettings {
             }
         }
         let r = &self.redis;
-        if r.tls_cert_file.is_empty() != r.tls_key_file.is_empty() {
+        if r.tls_cert_file.is_none() != r.tls_key_file.is_none() {
             p.push(
                 "redis.tls_cert_file",
                 "a client certificate needs its key: set both redis.tls_cert_file and \
                  redis.tls_key_file, or neither",
             );
         }
-        let tls_files = !(r.tls_ca_file.is_empty() && r.tls_cert_file.is_empty());
+        let tls_files = r.tls_ca_file.is_some() || r.tls_cert_file.is_some();
         if tls_files && !r.url.split(',').any(|u| u.trim().starts_with("rediss://")) {
             p.push(
                 "redis.tls_ca_file",
                 "TLS files are set but redis.url does not use rediss://",
             );
         }
-        if !(r.sentinel_username.is_empty() && r.sentinel_password.is_empty())
-            && r.sentinel_service.is_empty()
+        if (r.sentinel_username.is_some() || r.sentinel_password.is_some())
+            && r.sentinel_service.is_none()
         {
             p.push(
                 "redis.sentinel_password",
                 "sentinel credentials need Sentinel mode (set redis.sentinel_service)",
             );
         }
-        if self.redis.cluster && !self.redis.sentinel_service.is_empty() {
+        if self.redis.cluster && self.redis.sentinel_service.is_some() {
             p.push(
                 "redis.sentinel_service",
                 "Redis Cluster and Sentinel exclude each other: set one of redis.cluster and \
                  redis.sentinel_service",
             );
         }
-        if self.redis.timeout_ms == 0 {
+        if self.redis.timeout.is_zero() {
             p.push("redis.timeout_ms", "must be at least 1");
         }
         if self.redis.nodes == 0 {
@@ -432,19 +467,19 @@ impl Validate for GatewaySettings {
         if self.cache.max_entry_bytes == 0 || self.cache.max_entry_bytes > 512 * 1024 * 1024 {
             p.push("cache.max_entry_bytes", "must be 1..=536870912");
         }
-        if self.cache.coalesce_wait_ms > 600_000 {
+        if self.cache.coalesce_wait > Duration::from_secs(600) {
             p.push(
                 "cache.coalesce_wait_ms",
                 "must be at most 600000 (10 minutes)",
             );
         }
-        if !self.telemetry.spool_dir.is_empty() && self.telemetry.spool_max_bytes < 1024 * 1024 {
+        if self.telemetry.spool_dir.is_some() && self.telemetry.spool_max_bytes < 1024 * 1024 {
             p.push(
                 "telemetry.spool_max_bytes",
                 "must be at least 1048576 (1 MiB)",
             );
         }
-        if self.telemetry.flush_interval_secs == 0 {
+        if self.telemetry.flush_interval.is_zero() {
             p.push("telemetry.flush_interval_secs", "must be at least 1");
         }
         self.log.validate(p);
@@ -567,7 +602,10 @@ mod tests {
             ),
         ])
         .unwrap();
-        assert_eq!(s.redis.tls_ca_file, "/etc/outpost/redis-ca.pem");
+        assert_eq!(
+            s.redis.tls_ca_file.as_deref(),
+            Some(std::path::Path::new("/etc/outpost/redis-ca.pem"))
+        );
         let s = load(&[
             (
                 "OUTPOST_REDIS_URL",
@@ -577,7 +615,7 @@ mod tests {
             ("OUTPOST_REDIS_SENTINEL_PASSWORD", "sentinel-pw"),
         ])
         .unwrap();
-        assert_eq!(s.redis.sentinel_password, "sentinel-pw");
+        assert_eq!(s.redis.sentinel_password.as_deref(), Some("sentinel-pw"));
 
         let err = load(&[
             ("OUTPOST_REDIS_URL", "redis://redis.internal:6379"),

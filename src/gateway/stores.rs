@@ -2,12 +2,13 @@
 //! ([`SharedState`], Redis or in-process) and the cache ([`CacheHandle`]), built at start from
 //! the settings. The policies themselves run in `pipeline/limits.rs` and `pipeline/cache.rs`.
 
-use std::time::Duration;
+use std::path::Path;
 
 use outpost_actors::cache::{CacheConfig, CacheHandle};
 use outpost_actors::shared_state::{RedisConfig, RedisTls, SharedState, SharedStateConfig};
 
 use super::settings::GatewaySettings;
+use super::start_error::StartError;
 
 /// The stores the traffic server uses: the ones given (the proxy's hooks), else in-process
 /// ones.
@@ -25,42 +26,55 @@ pub fn cache_config(settings: &GatewaySettings) -> CacheConfig {
     CacheConfig {
         local_max_bytes: settings.cache.local_max_bytes,
         max_entry_bytes: settings.cache.max_entry_bytes,
-        coalesce_wait: Duration::from_millis(settings.cache.coalesce_wait_ms),
+        coalesce_wait: settings.cache.coalesce_wait,
     }
 }
 
 /// Builds the shared state from `settings.redis` (in-process when no URL), on the current
 /// runtime. Never fails because Redis is down: it starts disconnected and keeps probing.
-pub async fn connect(settings: &GatewaySettings) -> Result<SharedState, String> {
+pub async fn connect(settings: &GatewaySettings) -> Result<SharedState, StartError> {
     let r = &settings.redis;
-    let some = |v: &String| (!v.is_empty()).then(|| v.clone());
     let redis = if r.url.is_empty() {
         None
     } else {
         // Every unreadable file at once, not the first only.
         let (ca, cert, key) = (
-            read_pem("redis.tls_ca_file", &r.tls_ca_file, Pem::Certificates),
-            read_pem("redis.tls_cert_file", &r.tls_cert_file, Pem::Certificates),
-            read_pem("redis.tls_key_file", &r.tls_key_file, Pem::PrivateKey),
+            read_pem(
+                "redis.tls_ca_file",
+                r.tls_ca_file.as_deref(),
+                Pem::Certificates,
+            ),
+            read_pem(
+                "redis.tls_cert_file",
+                r.tls_cert_file.as_deref(),
+                Pem::Certificates,
+            ),
+            read_pem(
+                "redis.tls_key_file",
+                r.tls_key_file.as_deref(),
+                Pem::PrivateKey,
+            ),
         );
-        let problems: Vec<&str> = [&ca, &cert, &key]
-            .into_iter()
-            .filter_map(|f| f.as_ref().err().map(String::as_str))
-            .collect();
-        if !problems.is_empty() {
-            return Err(problems.join("; "));
-        }
+        let (ca, cert, key) = match (ca, cert, key) {
+            (Ok(ca), Ok(cert), Ok(key)) => (ca, cert, key),
+            (ca, cert, key) => {
+                let problems = [ca.err(), cert.err(), key.err()];
+                return Err(StartError::RedisFiles(
+                    problems.into_iter().flatten().collect(),
+                ));
+            }
+        };
         Some(RedisConfig {
             cluster: r.cluster,
-            sentinel_service: some(&r.sentinel_service),
-            sentinel_username: some(&r.sentinel_username),
-            sentinel_password: some(&r.sentinel_password),
+            sentinel_service: r.sentinel_service.clone(),
+            sentinel_username: r.sentinel_username.clone(),
+            sentinel_password: r.sentinel_password.clone(),
             tls: RedisTls {
-                ca_pem: ca?,
-                client_cert_pem: cert?,
-                client_key_pem: key?,
+                ca_pem: ca,
+                client_cert_pem: cert,
+                client_key_pem: key,
             },
-            ..RedisConfig::new(r.url.clone(), Duration::from_millis(r.timeout_ms))
+            ..RedisConfig::new(r.url.clone(), r.timeout)
         })
     };
     SharedState::connect(SharedStateConfig {
@@ -68,7 +82,7 @@ pub async fn connect(settings: &GatewaySettings) -> Result<SharedState, String> 
         nodes: settings.redis.nodes,
     })
     .await
-    .map_err(|e| format!("redis.url: {e}"))
+    .map_err(StartError::Redis)
 }
 
 /// What a PEM file named by a setting must hold.
@@ -81,13 +95,13 @@ enum Pem {
 /// The contents of a PEM file named by a setting (`None` when the setting is empty), parsed
 /// here (as `control_plane.ca_file` is) so that a bad file is a start error naming the setting,
 /// not a Redis outage reported later.
-fn read_pem(setting: &str, path: &str, kind: Pem) -> Result<Option<Vec<u8>>, String> {
+fn read_pem(setting: &str, path: Option<&Path>, kind: Pem) -> Result<Option<Vec<u8>>, String> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    if path.is_empty() {
+    let Some(path) = path else {
         return Ok(None);
-    }
-    let pem = std::fs::read(path).map_err(|e| format!("{setting} {path}: {e}"))?;
+    };
+    let pem = std::fs::read(path).map_err(|e| format!("{setting} {}: {e}", path.display()))?;
     let checked = match kind {
         Pem::Certificates => CertificateDer::pem_slice_iter(&pem)
             .collect::<Result<Vec<_>, _>>()
@@ -100,7 +114,7 @@ fn read_pem(setting: &str, path: &str, kind: Pem) -> Result<Option<Vec<u8>>, Str
             .map(drop)
             .map_err(|e| format!("no private key: {e}")),
     };
-    checked.map_err(|e| format!("{setting} {path}: {e}"))?;
+    checked.map_err(|e| format!("{setting} {}: {e}", path.display()))?;
     Ok(Some(pem))
 }
 
@@ -109,7 +123,7 @@ fn read_pem(setting: &str, path: &str, kind: Pem) -> Result<Option<Vec<u8>>, Str
 pub async fn start(
     settings: &GatewaySettings,
     watcher: actix::Recipient<outpost_actors::connectivity::messages::RedisObserved>,
-) -> Result<(SharedState, CacheHandle), String> {
+) -> Result<(SharedState, CacheHandle), StartError> {
     use actix::Actor;
     let shared = connect(settings).await?;
     shared.report_to(watcher);

@@ -190,7 +190,8 @@ pub async fn send(
     let head = request_head(&uri, &ex.request_headers, &client.key);
     let backend = ex.target.name.clone();
     let started = std::time::Instant::now();
-    let answered = tokio::time::timeout(ex.timeout(), handshake(&uri, &ex.target.tls, &head)).await;
+    let tls = ex.backend_tls()?;
+    let answered = tokio::time::timeout(ex.timeout(), handshake(&uri, &tls, &head)).await;
     ex.backend_duration = Some(started.elapsed());
     let (head, framed) = match answered {
         Ok(Ok(answer)) => answer,

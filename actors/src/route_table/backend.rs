@@ -5,6 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use outpost_model::resources::BackendProtocol;
+
 use super::tls::TlsProfile;
 
 #[derive(Debug)]
@@ -14,6 +16,7 @@ pub struct CompiledBackend {
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
     pub tls: Arc<TlsProfile>,
+    pub protocol: BackendProtocol,
 }
 
 /// A parsed `http(s)://authority[/base-path]`, ready to have the operation's path appended.

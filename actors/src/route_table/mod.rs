@@ -16,9 +16,12 @@
 //! - [`backend`]: a compiled backend resource, shared by the table and the steps.
 //! - [`steps`]: compiled policy steps, one file per family; how to add a step kind.
 //! - [`tls`]: backend TLS client configurations.
+//! - [`server_tls`]: the HTTPS listener's certificates and client certificate rules, by hostname.
+//! - [`client_certificate`]: a TLS client's certificate, parsed for requests and policies.
 //! - [`observe`]: the per-request record for telemetry ([`RequestObserver`]).
 
 pub mod backend;
+pub mod client_certificate;
 pub mod messages;
 pub mod observe;
 pub mod server_tls;

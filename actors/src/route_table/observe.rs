@@ -51,6 +51,9 @@ pub struct RequestRecord {
     /// Why the gateway failed the request, when it did (`SubscriptionKeyInvalid`,
     /// `BackendTimeout`, …).
     pub error_reason: Option<&'static str>,
+    /// A gRPC call's `grpc-status` (from the backend's trailers or headers, or the one the
+    /// gateway answered a refusal with).
+    pub grpc_status: Option<u16>,
 }
 
 /// Receives every finished request. Called on the worker thread that served the request, so

@@ -459,6 +459,7 @@ fn compile_backend(
         ca_pem,
         server_name: b.tls.server_name.clone(),
         connect_timeout,
+        client_identity: None,
     };
     let tls = match profiles.get(&settings.id()) {
         Some(p) => p.clone(),
@@ -480,6 +481,7 @@ fn compile_backend(
         connect_timeout,
         request_timeout: Duration::from_millis(b.request_timeout_ms),
         tls,
+        protocol: b.protocol,
     })
 }
 

@@ -19,6 +19,7 @@
 mod auth;
 mod backend;
 mod cache;
+mod certificates;
 mod cors;
 mod cx;
 mod headers;
@@ -34,6 +35,9 @@ pub use backend::{BackendTarget, ForwardRequestStep, RetryStep, SetBackendServic
 pub use cache::{
     CacheLookupStep, CacheLookupValueStep, CacheRemoveValueStep, CacheStoreStep,
     CacheStoreValueStep,
+};
+pub use certificates::{
+    AuthenticationCertificateStep, CertificateRejection, ValidateClientCertificateStep,
 };
 pub use cors::CorsStep;
 pub(crate) use cx::StepCx;
@@ -76,6 +80,8 @@ pub enum Step {
     CacheLookupValue(Arc<CacheLookupValueStep>),
     CacheStoreValue(Arc<CacheStoreValueStep>),
     CacheRemoveValue(Arc<CacheRemoveValueStep>),
+    ValidateClientCertificate(Arc<ValidateClientCertificateStep>),
+    AuthenticationCertificate(Arc<AuthenticationCertificateStep>),
 }
 
 /// A step of a section before `base` is expanded.
@@ -120,6 +126,8 @@ pub(crate) fn compile_policy(policy: &Policy, cx: &mut StepCx<'_>) -> Option<Ite
         Policy::ReturnResponse(p) => responses::return_response(p, cx),
         Policy::Retry(p) => backend::retry(p, cx),
         Policy::ForwardRequest(p) => backend::forward_request(p, cx),
+        Policy::ValidateClientCertificate(p) => certificates::validate_client_certificate(p, cx),
+        Policy::AuthenticationCertificate(p) => certificates::authentication_certificate(p, cx),
     };
     step.map(Item::Step)
 }

@@ -4,10 +4,15 @@
 //! with a read-only or missing CA bundle still verifies backends, plus the backend's own
 //! `tls.ca-pem`. `tls.verify: false` accepts any certificate (signatures are still checked,
 //! so the handshake stays a real one). `tls.server-name` verifies the certificate against that
-//! name instead of the URL's host.
+//! name instead of the URL's host (and the HTTP/2 upstream sends it as SNI too).
 //!
 //! The proxy keeps one pooled HTTP client per worker thread per [`TlsProfile::id`]; the id is a
 //! hash of the settings, so recompiling the same configuration reuses the same pools.
+//!
+//! `authentication-certificate` adds a client certificate ([`ClientIdentity`]) to a profile: the
+//! same settings with another identity are another profile with another id, so connections
+//! made with one certificate are never reused for a request that should present another (or
+//! none).
 
 use std::collections::hash_map::DefaultHasher;
 use std::fmt;
@@ -19,8 +24,9 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use sha2::{Digest, Sha256};
 
 /// The TLS and connection settings a pooled client is built for.
 pub struct TlsProfile {
@@ -28,6 +34,10 @@ pub struct TlsProfile {
     pub id: u64,
     pub connect_timeout: Duration,
     pub config: Arc<ClientConfig>,
+    /// What it was built from, to build the same with a client certificate.
+    pub settings: TlsSettings,
+    /// `tls.server-name`: the name to ask for (SNI) and verify, instead of the URL's host.
+    pub server_name: Option<ServerName<'static>>,
 }
 
 impl fmt::Debug for TlsProfile {
@@ -35,7 +45,19 @@ impl fmt::Debug for TlsProfile {
         f.debug_struct("TlsProfile")
             .field("id", &self.id)
             .field("connect_timeout", &self.connect_timeout)
+            .field("client_identity", &self.settings.client_identity)
             .finish_non_exhaustive()
+    }
+}
+
+impl TlsProfile {
+    /// This profile presenting `identity` to backends that ask for a client certificate.
+    pub fn with_identity(&self, identity: &ClientIdentity) -> Result<TlsProfile, String> {
+        let settings = TlsSettings {
+            client_identity: Some(identity.clone()),
+            ..self.settings.clone()
+        };
+        settings.build().map_err(|(_, e)| e)
     }
 }
 
@@ -46,6 +68,80 @@ pub struct TlsSettings {
     pub ca_pem: Option<String>,
     pub server_name: Option<String>,
     pub connect_timeout: Duration,
+    /// The client certificate presented to the backend (`authentication-certificate`).
+    pub client_identity: Option<ClientIdentity>,
+}
+
+/// A client certificate chain and its key. Its `Debug` shows the thumbprint, never the key.
+#[derive(Clone)]
+pub struct ClientIdentity {
+    chain: Vec<CertificateDer<'static>>,
+    key: Arc<PrivateKeyDer<'static>>,
+    /// SHA-256 of the leaf certificate, lowercase hex.
+    pub thumbprint: String,
+}
+
+impl ClientIdentity {
+    /// Parses a PEM chain (leaf first) and its PEM private key, and checks they belong
+    /// together; an error names the field at fault.
+    pub fn from_pem(
+        cert_pem: &str,
+        key_pem: &str,
+    ) -> Result<ClientIdentity, (&'static str, String)> {
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .map_err(|e| {
+                    (
+                        "certificate-pem",
+                        format!("not a PEM certificate chain: {e}"),
+                    )
+                })?;
+        let Some(leaf) = chain.first() else {
+            return Err(("certificate-pem", "holds no certificate".to_owned()));
+        };
+        // The key's own parse error could quote it: say what is wrong, not what was read.
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+            .map_err(|_| ("key-pem", "not a PEM private key".to_owned()))?;
+        let signer = rustls::crypto::ring::sign::any_supported_type(&key)
+            .map_err(|e| ("key-pem", format!("unsupported private key: {e}")))?;
+        rustls::sign::CertifiedKey::new(chain.clone(), signer)
+            .keys_match()
+            .map_err(|e| {
+                (
+                    "key-pem",
+                    format!("does not belong to the certificate: {e}"),
+                )
+            })?;
+        Ok(ClientIdentity {
+            thumbprint: hex::encode(Sha256::digest(leaf.as_ref())),
+            chain,
+            key: Arc::new(key),
+        })
+    }
+}
+
+impl fmt::Debug for ClientIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientIdentity")
+            .field("thumbprint", &self.thumbprint)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The chain identifies the identity (a key that did not match it was refused).
+impl PartialEq for ClientIdentity {
+    fn eq(&self, other: &Self) -> bool {
+        self.chain == other.chain
+    }
+}
+
+impl Eq for ClientIdentity {}
+
+impl Hash for ClientIdentity {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.chain.hash(state);
+    }
 }
 
 impl TlsSettings {
@@ -55,6 +151,7 @@ impl TlsSettings {
             ca_pem: None,
             server_name: None,
             connect_timeout,
+            client_identity: None,
         }
     }
 
@@ -93,26 +190,32 @@ impl TlsSettings {
             None => None,
         };
         let algorithms = provider.signature_verification_algorithms;
-        let config = if !self.verify {
+        let builder = if !self.verify {
             builder
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate { algorithms }))
-                .with_no_client_auth()
-        } else if let Some(name) = server_name {
+        } else if let Some(name) = server_name.clone() {
             let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
                 .build()
                 .map_err(|e| ("tls", e.to_string()))?;
             builder
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(VerifyAs { inner, name }))
-                .with_no_client_auth()
         } else {
-            builder.with_root_certificates(roots).with_no_client_auth()
+            builder.with_root_certificates(roots)
+        };
+        let config = match &self.client_identity {
+            None => builder.with_no_client_auth(),
+            Some(identity) => builder
+                .with_client_auth_cert(identity.chain.clone(), identity.key.clone_key())
+                .map_err(|e| ("key-pem", e.to_string()))?,
         };
         Ok(TlsProfile {
             id: self.id(),
             connect_timeout: self.connect_timeout,
             config: Arc::new(config),
+            settings: self.clone(),
+            server_name,
         })
     }
 }
@@ -198,5 +301,39 @@ impl ServerCertVerifier for VerifyAs {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.inner.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use outpost_integration::pki::TestPki;
+
+    #[test]
+    fn a_client_identity_makes_another_profile_and_never_shows_its_key() {
+        let pki = TestPki::new();
+        let read = |f: &str| String::from_utf8(pki.read(f)).unwrap();
+        let (cert, key) = (read("client.pem"), read("client.key"));
+        let identity = ClientIdentity::from_pem(&cert, &key).unwrap();
+        let base = TlsSettings::default_with_timeout(Duration::from_secs(1))
+            .build()
+            .unwrap();
+        let with = base.with_identity(&identity).unwrap();
+        assert_ne!(with.id, base.id, "another pool");
+        assert_eq!(with.id, base.with_identity(&identity).unwrap().id, "stable");
+
+        let shown = format!("{with:?} {identity:?} {:?}", with.settings);
+        assert!(shown.contains(&identity.thumbprint), "{shown}");
+        let key_line = key.lines().nth(1).unwrap();
+        assert!(!shown.contains(key_line), "{shown}");
+
+        // Another certificate's key does not go with this one; the error does not quote it.
+        let (field, e) = ClientIdentity::from_pem(&cert, &read("server.key")).unwrap_err();
+        assert_eq!(field, "key-pem");
+        assert!(e.contains("does not belong"), "{e}");
+        assert!(
+            !e.contains(read("server.key").lines().nth(1).unwrap()),
+            "{e}"
+        );
     }
 }
