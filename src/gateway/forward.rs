@@ -79,16 +79,35 @@ static HOP_BY_HOP: [HeaderName; 10] = [
 ];
 
 /// Removes hop-by-hop headers, including those the `Connection` header names.
+///
+/// Runs on every request and response, so it makes one pass over the map and hashes no name:
+/// removing the ten names one by one cost more than the rest of the header work together.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
+    // The usual request has none of them (and `Connection` is one, so this also covers the
+    // names it lists): nothing to rebuild.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
+    // Names the `Connection` header lists beyond the fixed ones (usually none: it says
+    // `keep-alive` or `close`).
+    let mut listed: Vec<String> = Vec::new();
+    for value in headers
         .get_all(header::CONNECTION)
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
-        headers.remove(name);
+    {
+        for token in value.split(',').map(str::trim) {
+            if !token.is_empty()
+                && !HOP_BY_HOP
+                    .iter()
+                    .any(|h| token.eq_ignore_ascii_case(h.as_str()))
+            {
+                listed.push(token.to_ascii_lowercase());
+            }
+        }
     }
+    headers.retain(|name, _| {
+        !HOP_BY_HOP.contains(name) && !listed.iter().any(|l| l.as_str() == name.as_str())
+    });
 }
 
 /// Forwards the exchange's request and returns the backend's (streaming) response: over
@@ -289,7 +308,12 @@ where
     S: Stream<Item = Result<Bytes, PayloadError>> + Unpin + 'static,
 {
     let status = res.status();
-    let mut headers = res.headers().clone();
+    // The head is ours: its headers are moved out, not copied.
+    let mut headers = HeaderMap::new();
+    let res = res.map_body(|head, payload| {
+        headers = std::mem::take(&mut head.headers);
+        payload
+    });
     let length = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -350,5 +374,49 @@ impl Stream for Limited {
             }
             other => other,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::http::header::HeaderValue;
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_go() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("connection", "keep-alive, X-Secret , close"),
+            ("keep-alive", "timeout=5"),
+            ("transfer-encoding", "chunked"),
+            ("content-length", "3"),
+            ("x-secret", "1"),
+            ("x-kept", "2"),
+            ("te", "trailers"),
+            ("accept", "*/*"),
+        ] {
+            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        h.append(
+            HeaderName::from_static("x-kept"),
+            HeaderValue::from_static("3"),
+        );
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<(String, String)> = h
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_owned()))
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [("accept", "*/*"), ("x-kept", "2"), ("x-kept", "3")]
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        );
+
+        // Nothing to remove: the map is left as it was.
+        let mut plain = HeaderMap::new();
+        plain.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        strip_hop_by_hop(&mut plain);
+        assert_eq!(plain.len(), 1);
     }
 }

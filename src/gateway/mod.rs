@@ -34,6 +34,7 @@ pub mod path;
 pub mod pipeline;
 pub mod proxy;
 pub mod reload;
+mod request_metrics;
 pub mod settings;
 pub mod start_error;
 pub mod stores;

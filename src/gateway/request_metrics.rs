@@ -1,0 +1,174 @@
+//! The per-request Prometheus series, without a registry lookup per request.
+//!
+//! `metrics::counter!("…", "api" => …)` builds a key from its labels, hashes it and looks it up
+//! in the recorder's registry on every call: about 2,500 instructions for the three series of
+//! a request, a third of the gateway's own work for a proxied request (docs/benchmarks.md).
+//! The handles it returns point at the same registered series every time, so each traffic
+//! worker keeps them, per (API, operation, status), in a small thread-local map.
+//!
+//! The map is keyed by the identity of the configuration's `Arc<str>` names (the key holds the
+//! `Arc`s, so an address cannot be reused while it is in the map). A new configuration
+//! revision brings new `Arc`s and so new entries for the same series; the map is emptied when
+//! it reaches [`MAX_ENTRIES`], which bounds it across any number of revisions.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::sync::{Arc, LazyLock};
+
+use metrics::{Counter, Histogram};
+
+/// Entries per worker before the map starts over.
+const MAX_ENTRIES: usize = 4096;
+
+/// The series one finished request updates.
+#[derive(Clone)]
+pub struct RequestSeries {
+    pub requests: Counter,
+    pub duration: Histogram,
+    pub backend_duration: Histogram,
+}
+
+/// The label of requests that matched no API or operation.
+pub static UNMATCHED: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("unmatched"));
+
+/// The series of a request to `api`/`operation` answered with `status` (this thread's handles).
+pub fn series(api: &Arc<str>, operation: &Arc<str>, status: u16) -> RequestSeries {
+    let key = Key {
+        api: api.clone(),
+        operation: operation.clone(),
+        status,
+    };
+    SERIES.with(|series| {
+        let mut series = series.borrow_mut();
+        if let Some(found) = series.get(&key) {
+            return found.clone();
+        }
+        if series.len() >= MAX_ENTRIES {
+            series.clear();
+        }
+        let made = register(api, operation, status);
+        series.insert(key, made.clone());
+        made
+    })
+}
+
+fn register(api: &Arc<str>, operation: &Arc<str>, status: u16) -> RequestSeries {
+    RequestSeries {
+        requests: metrics::counter!(
+            "outpost_requests_total",
+            "api" => api.clone(),
+            "operation" => operation.clone(),
+            "status" => status_label(status),
+        ),
+        duration: metrics::histogram!("outpost_request_duration_seconds", "api" => api.clone()),
+        backend_duration: metrics::histogram!(
+            "outpost_backend_duration_seconds",
+            "api" => api.clone()
+        ),
+    }
+}
+
+/// `"200"`, `"404"`, …
+fn status_label(status: u16) -> Arc<str> {
+    Arc::from(status.to_string())
+}
+
+thread_local! {
+    static SERIES: RefCell<HashMap<Key, RequestSeries, BuildHasherDefault<WordHasher>>> =
+        RefCell::new(HashMap::default());
+}
+
+/// Equal when the names are the same `Arc`s: what the hot path has, and cheap to compare.
+struct Key {
+    api: Arc<str>,
+    operation: Arc<str>,
+    status: u16,
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.api, &other.api)
+            && Arc::ptr_eq(&self.operation, &other.operation)
+            && self.status == other.status
+    }
+}
+
+impl Eq for Key {}
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_usize(Arc::as_ptr(&self.api).cast::<u8>() as usize);
+        state.write_usize(Arc::as_ptr(&self.operation).cast::<u8>() as usize);
+        state.write_u16(self.status);
+    }
+}
+
+/// A multiply-rotate hash for a few machine words (the keys are addresses, not attacker
+/// input: SipHash's protection buys nothing here).
+#[derive(Default)]
+struct WordHasher(u64);
+
+impl WordHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl Hasher for WordHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.add(u64::from(*b));
+        }
+    }
+
+    fn write_u16(&mut self, n: u16) {
+        self.add(u64::from(n));
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_names_give_the_same_series_and_other_names_others() {
+        let api: Arc<str> = Arc::from("orders");
+        let op: Arc<str> = Arc::from("list");
+        let key = |a: &Arc<str>, o: &Arc<str>, s| Key {
+            api: a.clone(),
+            operation: o.clone(),
+            status: s,
+        };
+        assert!(key(&api, &op, 200) == key(&api, &op, 200));
+        assert!(key(&api, &op, 200) != key(&api, &op, 404));
+        // Equal text in another revision's `Arc` is another entry (of the same series).
+        let api2: Arc<str> = Arc::from("orders");
+        assert!(key(&api, &op, 200) != key(&api2, &op, 200));
+        let hash = |k: &Key| {
+            let mut h = WordHasher::default();
+            k.hash(&mut h);
+            h.finish()
+        };
+        assert_eq!(hash(&key(&api, &op, 200)), hash(&key(&api, &op, 200)));
+        assert_ne!(hash(&key(&api, &op, 200)), hash(&key(&api, &op, 404)));
+    }
+
+    #[test]
+    fn the_map_stays_bounded() {
+        let op: Arc<str> = Arc::from("op");
+        for i in 0..(MAX_ENTRIES + 10) {
+            let api: Arc<str> = Arc::from(format!("api{i}"));
+            series(&api, &op, 200);
+        }
+        SERIES.with(|s| assert!(s.borrow().len() <= MAX_ENTRIES));
+    }
+}
