@@ -13,8 +13,6 @@ use actix_web::http::header::{self, HeaderName, HeaderValue};
 use awc::error::{ConnectError, SendRequestError};
 use outpost_actors::route_table::steps::CertificateRejection;
 
-use super::upstream_h2::UpstreamError;
-
 /// Who caused a failure: decides retries, on-error variables and logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorSource {
@@ -549,6 +547,23 @@ impl std::fmt::Display for GatewayError {
 }
 
 impl std::error::Error for GatewayError {}
+
+/// Why an HTTP/2 exchange with a backend failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("could not be connected to in time")]
+    ConnectTimeout,
+    #[error("could not be connected to ({0})")]
+    Connect(String),
+    #[error("did not answer in time")]
+    Timeout,
+    #[error("closed the connection ({0})")]
+    Closed(String),
+    #[error("refused the request stream ({0})")]
+    Reset(h2::Reason),
+    #[error("sent an invalid HTTP/2 response ({0})")]
+    Protocol(String),
+}
 
 #[cfg(test)]
 mod tests {

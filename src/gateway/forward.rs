@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use actix_web::body::{BodyStream, BoxBody, SizedStream};
 use actix_web::dev::Payload;
 use actix_web::error::PayloadError;
-use actix_web::http::header::{self, HeaderMap, HeaderName};
+use actix_web::http::header::{self, HeaderMap};
 use actix_web::http::{Method, StatusCode, Uri};
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
@@ -27,6 +27,7 @@ use outpost_actors::route_table::tls::TlsProfile;
 
 use super::error::GatewayError;
 use super::exchange::{Exchange, RequestBody, Response, Runtime};
+pub use super::hop_by_hop::strip_hop_by_hop;
 use super::upstream_h2;
 
 /// Connections per worker per TLS profile; above awc's default of 100 so busy workers do not
@@ -61,53 +62,6 @@ fn client_for(tls: &TlsProfile) -> awc::Client {
             })
             .clone()
     })
-}
-
-/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1), plus those the
-/// HTTP layer sets itself from the body.
-static HOP_BY_HOP: [HeaderName; 10] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    HeaderName::from_static("proxy-connection"),
-    header::CONTENT_LENGTH,
-];
-
-/// Removes hop-by-hop headers, including those the `Connection` header names.
-///
-/// Runs on every request and response, so it makes one pass over the map and hashes no name:
-/// removing the ten names one by one cost more than the rest of the header work together.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // The usual request has none of them (and `Connection` is one, so this also covers the
-    // names it lists): nothing to rebuild.
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
-        return;
-    }
-    // Names the `Connection` header lists beyond the fixed ones (usually none: it says
-    // `keep-alive` or `close`).
-    let mut listed: Vec<String> = Vec::new();
-    for value in headers
-        .get_all(header::CONNECTION)
-        .filter_map(|v| v.to_str().ok())
-    {
-        for token in value.split(',').map(str::trim) {
-            if !token.is_empty()
-                && !HOP_BY_HOP
-                    .iter()
-                    .any(|h| token.eq_ignore_ascii_case(h.as_str()))
-            {
-                listed.push(token.to_ascii_lowercase());
-            }
-        }
-    }
-    headers.retain(|name, _| {
-        !HOP_BY_HOP.contains(name) && !listed.iter().any(|l| l.as_str() == name.as_str())
-    });
 }
 
 /// Forwards the exchange's request and returns the backend's (streaming) response: over
@@ -380,7 +334,7 @@ impl Stream for Limited {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use actix_web::http::header::HeaderValue;
+    use actix_web::http::header::{HeaderName, HeaderValue};
 
     #[test]
     fn hop_by_hop_headers_and_those_connection_names_go() {

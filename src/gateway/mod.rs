@@ -28,6 +28,7 @@ pub mod exchange;
 pub mod forward;
 pub mod forwarded;
 pub mod h2_server;
+pub mod hop_by_hop;
 pub mod listener;
 pub mod ops;
 pub mod path;

@@ -49,7 +49,7 @@ use tokio_util::codec::{Framed, FramedParts};
 
 use super::error::GatewayError;
 use super::exchange::{ClientUpgrade, Exchange, Response, Runtime};
-use super::forward::strip_hop_by_hop;
+use super::hop_by_hop::strip_hop_by_hop;
 use super::listener::ConnState;
 
 const SEC_WEBSOCKET_KEY: HeaderName = HeaderName::from_static("sec-websocket-key");

@@ -37,9 +37,9 @@ use outpost_actors::route_table::tls::TlsProfile;
 use outpost_model::resources::BackendProtocol;
 use rustls::pki_types::ServerName;
 
-use super::error::GatewayError;
+use super::error::{GatewayError, UpstreamError};
 use super::exchange::{Exchange, RequestBody, Response, Runtime, Target};
-use super::forward::strip_hop_by_hop;
+use super::hop_by_hop::strip_hop_by_hop;
 use super::trailers::Trailers;
 
 /// How long an `auto` backend that chose HTTP/1.1 by ALPN is not asked again.
@@ -53,23 +53,6 @@ const STREAM_WINDOW: u32 = 1 << 20;
 const CONNECTION_WINDOW: u32 = 4 << 20;
 /// A backend's response header block is refused above this (HPACK-decoded size).
 const MAX_RESPONSE_HEADERS: u32 = 256 << 10;
-
-/// Why an HTTP/2 exchange with a backend failed.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum UpstreamError {
-    #[error("could not be connected to in time")]
-    ConnectTimeout,
-    #[error("could not be connected to ({0})")]
-    Connect(String),
-    #[error("did not answer in time")]
-    Timeout,
-    #[error("closed the connection ({0})")]
-    Closed(String),
-    #[error("refused the request stream ({0})")]
-    Reset(Reason),
-    #[error("sent an invalid HTTP/2 response ({0})")]
-    Protocol(String),
-}
 
 impl UpstreamError {
     fn of(e: &h2::Error) -> Self {
