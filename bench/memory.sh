@@ -26,7 +26,8 @@ for tool in nginx wrk curl python3 awk; do
     command -v "$tool" >/dev/null || { echo "missing tool: $tool" >&2; exit 1; }
 done
 mkdir -p "$RUN_DIR"
-log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+# shellcheck source=bench/lib.sh
+source "$BENCH/lib.sh"
 
 PIDS=()
 cleanup() {
@@ -44,19 +45,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-USED_PORTS=" "
-free_port() {
-    local p
-    while :; do
-        p=$((20000 + RANDOM % 30000))
-        [[ $USED_PORTS == *" $p "* ]] && continue
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-            USED_PORTS+="$p "
-            PORT=$p
-            return
-        fi
-    done
-}
 
 wait_http() {
     local url=$1 hdr=()

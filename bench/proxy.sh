@@ -62,7 +62,8 @@ done
 [[ $LATENCY_TOOL == wrk || $LATENCY_TOOL == hey ]] || { echo "LATENCY_TOOL: wrk or hey" >&2; exit 1; }
 [[ $LATENCY_TOOL == wrk ]] || command -v hey >/dev/null || { echo "missing tool: hey" >&2; exit 1; }
 mkdir -p "$RUN_DIR"
-log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+# shellcheck source=bench/lib.sh
+source "$BENCH/lib.sh"
 
 # ---------------------------------------------------------------- processes and cleanup
 PIDS=()
@@ -103,20 +104,6 @@ start() {
     printf -v "PID_$name" '%s' "$!"
 }
 
-USED_PORTS=" "
-# free_port: sets PORT to a port nobody listens on (and that this script has not handed out).
-free_port() {
-    local p
-    while :; do
-        p=$((20000 + RANDOM % 30000))
-        [[ $USED_PORTS == *" $p "* ]] && continue
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-            USED_PORTS+="$p "
-            PORT=$p
-            return
-        fi
-    done
-}
 
 # wait_http URL [HEADER] : until URL answers 2xx (10 s at most).
 wait_http() {
@@ -130,15 +117,6 @@ wait_http() {
     return 1
 }
 
-# cpu_ticks PID... : utime+stime of the processes (all threads), in clock ticks.
-cpu_ticks() {
-    local t=0 p v
-    for p in "$@"; do
-        v=$(sed 's/^.*) //' "/proc/$p/stat" | awk '{print $12 + $13}')
-        t=$((t + v))
-    done
-    echo "$t"
-}
 
 # pids_of NAME : the process and its children (nginx master + workers).
 pids_of() {

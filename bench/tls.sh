@@ -43,7 +43,8 @@ done
 HAVE_H2LOAD=0
 command -v h2load >/dev/null && HAVE_H2LOAD=1
 mkdir -p "$RUN_DIR"
-log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+# shellcheck source=bench/lib.sh
+source "$BENCH/lib.sh"
 
 PIDS=()
 cleanup() {
@@ -59,19 +60,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-USED_PORTS=" "
-free_port() {
-    local p
-    while :; do
-        p=$((20000 + RANDOM % 30000))
-        [[ $USED_PORTS == *" $p "* ]] && continue
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-            USED_PORTS+="$p "
-            PORT=$p
-            return
-        fi
-    done
-}
 
 wait_https() {
     local url=$1 i
@@ -85,14 +73,6 @@ wait_https() {
     return 1
 }
 
-cpu_ticks() {
-    local t=0 p v
-    for p in "$@"; do
-        v=$(sed 's/^.*) //' "/proc/$p/stat" | awk '{print $12 + $13}')
-        t=$((t + v))
-    done
-    echo "$t"
-}
 
 # ---------------------------------------------------------------- set-up
 if [[ $BUILD == 1 ]]; then
