@@ -80,6 +80,29 @@ pub enum RequestBody {
     Taken,
 }
 
+impl RequestBody {
+    /// The whole body, read up to `max` bytes, so that a `retry` can send it again (either
+    /// HTTP version); `None` for a request without one.
+    pub async fn read_whole(self, max: usize) -> Result<Option<Bytes>, GatewayError> {
+        use futures_util::StreamExt;
+        match self {
+            RequestBody::Stream { mut payload, .. } => {
+                let mut buf = bytes::BytesMut::new();
+                while let Some(chunk) = payload.next().await {
+                    let chunk = chunk.map_err(|e| GatewayError::bad_body(&e))?;
+                    if buf.len() + chunk.len() > max {
+                        return Err(GatewayError::body_too_large(max));
+                    }
+                    buf.extend_from_slice(&chunk);
+                }
+                Ok(Some(buf.freeze()))
+            }
+            RequestBody::Buffered(b) => Ok(Some(b)),
+            RequestBody::None | RequestBody::Taken => Ok(None),
+        }
+    }
+}
+
 /// A WebSocket handshake the client sent, validated (see `super::upgrade`): what the backend's
 /// handshake is made with, and the client's side of the tunnel once it is upgraded.
 pub struct ClientUpgrade {

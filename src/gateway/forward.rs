@@ -21,8 +21,8 @@ use actix_web::dev::Payload;
 use actix_web::error::PayloadError;
 use actix_web::http::header::{self, HeaderMap};
 use actix_web::http::{Method, StatusCode, Uri};
-use bytes::{Bytes, BytesMut};
-use futures_util::{Stream, StreamExt};
+use bytes::Bytes;
+use futures_util::Stream;
 use outpost_actors::route_table::tls::TlsProfile;
 
 use super::error::GatewayError;
@@ -168,21 +168,7 @@ async fn send_h1(ex: &mut Exchange, rt: &Runtime) -> Result<Response, GatewayErr
     };
 
     // A retry may send the body again: hold it, within the body limit.
-    let bytes = match body {
-        RequestBody::Stream { mut payload, .. } => {
-            let mut buf = BytesMut::new();
-            while let Some(chunk) = payload.next().await {
-                let chunk = chunk.map_err(|e| GatewayError::bad_body(&e))?;
-                if buf.len() + chunk.len() > rt.max_body_bytes {
-                    return Err(GatewayError::body_too_large(rt.max_body_bytes));
-                }
-                buf.extend_from_slice(&chunk);
-            }
-            Some(buf.freeze())
-        }
-        RequestBody::Buffered(b) => Some(b),
-        RequestBody::None | RequestBody::Taken => None,
-    };
+    let bytes = body.read_whole(rt.max_body_bytes).await?;
     ex.request_bytes = bytes.as_ref().map_or(0, |b| b.len() as u64);
     let mut spent = Duration::ZERO;
     let mut attempt = 0;

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use actix_web::body::{BodySize, BoxBody, MessageBody};
 use actix_web::http::header::{self, HeaderMap};
 use actix_web::http::{Method, StatusCode, Uri, Version};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::future::{FutureExt, LocalBoxFuture, Shared};
 use h2::client::SendRequest;
@@ -350,21 +350,7 @@ pub async fn send(ex: &mut Exchange, rt: &Runtime, conn: Conn) -> Result<Respons
     };
 
     // A retry may send the body again: hold it, within the body limit.
-    let bytes = match body {
-        RequestBody::Stream { mut payload, .. } => {
-            let mut buf = BytesMut::new();
-            while let Some(chunk) = payload.next().await {
-                let chunk = chunk.map_err(|e| GatewayError::bad_body(&e))?;
-                if buf.len() + chunk.len() > rt.max_body_bytes {
-                    return Err(GatewayError::body_too_large(rt.max_body_bytes));
-                }
-                buf.extend_from_slice(&chunk);
-            }
-            Some(buf.freeze())
-        }
-        RequestBody::Buffered(b) => Some(b),
-        RequestBody::None | RequestBody::Taken => None,
-    };
+    let bytes = body.read_whole(rt.max_body_bytes).await?;
     ex.request_bytes = bytes.as_ref().map_or(0, |b| b.len() as u64);
     let mut spent = Duration::ZERO;
     let mut attempt = 0;
