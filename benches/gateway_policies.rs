@@ -121,11 +121,11 @@ fn gateway(file: &str, redis: Option<u16>) -> RunningGateway {
     let mut s = GatewaySettings::default();
     s.offline.config_file = Some(file.into());
     s.listen.http = "127.0.0.1:0".into();
-    s.listen.https = "127.0.0.1:0".into();
+    s.listen.https = Some("127.0.0.1:0".into());
     s.listen.ops = "127.0.0.1:0".into();
     s.listen.workers = 1;
     if let Some(p) = redis {
-        s.redis.url = format!("redis://127.0.0.1:{p}");
+        s.redis.url = Some(format!("redis://127.0.0.1:{p}"));
         s.redis.timeout = Duration::from_millis(200);
     }
     gateway::start(s).expect("gateway starts")

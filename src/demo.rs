@@ -68,8 +68,8 @@ pub fn run(port_base: u16) -> Result<(), String> {
     gw_settings.control_plane.url = cp.gateway_url();
     gw_settings.control_plane.token = token;
     gw_settings.listen.http = format!("127.0.0.1:{}", ports[2]);
-    gw_settings.listen.https = format!("127.0.0.1:{}", ports[5]);
-    gw_settings.listen.https_default_hostname = TLS_HOST.into();
+    gw_settings.listen.https = Some(format!("127.0.0.1:{}", ports[5]));
+    gw_settings.listen.https_default_hostname = Some(TLS_HOST.into());
     gw_settings.listen.ops = format!("127.0.0.1:{}", ports[3]);
     gw_settings.listen.workers = 2;
     gw_settings.backup.enabled = true;

@@ -912,7 +912,7 @@ gateways:
     let mut s = GatewaySettings::default();
     s.offline.config_file = Some(path("full.yaml").into());
     s.listen.http = "127.0.0.1:0".into();
-    s.listen.https = "127.0.0.1:0".into();
+    s.listen.https = Some("127.0.0.1:0".into());
     s.listen.ops = "127.0.0.1:0".into();
     let gw = gateway::start(s).expect("the full export is served offline");
     let body = reqwest::blocking::get(format!("{}/echo/hello", gw.traffic_url()))

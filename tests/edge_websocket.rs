@@ -658,7 +658,10 @@ async fn an_idle_connection_is_closed_and_counted() {
     let backend = format!("http://{}", echo.addr);
     // Its own API name: the metrics recorder is shared by the tests of this process.
     let yaml = config(&backend, false, "", "").replace("name: chat", "name: quiet");
-    let gw = gateway_with(&yaml, |s| s.limits.websocket_idle_secs = 1).await;
+    let gw = gateway_with(&yaml, |s| {
+        s.limits.websocket_idle = std::time::Duration::from_secs(1)
+    })
+    .await;
     let (mut ws, _) = open(gw.addr, "/chat/room", &[]).await.expect("upgraded");
     ws.send(Message::text("once")).await.unwrap();
     assert_eq!(next_message(&mut ws).await, Message::text("once"));
@@ -682,7 +685,10 @@ async fn a_client_that_stops_reading_is_closed_when_idle() {
     let echo = Echo::start(None).await;
     let backend = format!("http://{}", echo.addr);
     let yaml = config(&backend, false, "", "").replace("name: chat", "name: stuck");
-    let gw = gateway_with(&yaml, |s| s.limits.websocket_idle_secs = 1).await;
+    let gw = gateway_with(&yaml, |s| {
+        s.limits.websocket_idle = std::time::Duration::from_secs(1)
+    })
+    .await;
     let (mut ws, _) = open(gw.addr, "/chat/room", &[]).await.expect("upgraded");
     ws.send(Message::text("flood")).await.unwrap();
     eventually("the stalled connection is closed as idle", || {
@@ -731,7 +737,7 @@ async fn metrics_count_connections_and_bytes_and_a_stop_closes_them() {
     let mut settings = outpost::gateway::settings::GatewaySettings::default();
     settings.offline.config_file = Some(file.clone());
     settings.listen.http = "127.0.0.1:0".into();
-    settings.listen.https = String::new();
+    settings.listen.https = None;
     settings.listen.ops = "127.0.0.1:0".into();
     settings.listen.workers = 1;
     let gw = outpost::gateway::start(settings).expect("gateway starts");

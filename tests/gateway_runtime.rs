@@ -78,7 +78,7 @@ fn settings(url: &str, token: &str, backup_dir: Option<&Path>) -> GatewaySetting
     s.control_plane.backoff_initial = Duration::from_millis(50);
     s.control_plane.backoff_max = Duration::from_millis(300);
     s.listen.http = "127.0.0.1:0".into();
-    s.listen.https = "127.0.0.1:0".into();
+    s.listen.https = Some("127.0.0.1:0".into());
     s.listen.ops = "127.0.0.1:0".into();
     s.telemetry.flush_interval = Duration::from_secs(1);
     if let Some(dir) = backup_dir {
@@ -352,7 +352,7 @@ fn offline_mode_serves_a_file_without_any_control_plane() {
     let mut s = GatewaySettings::default();
     s.offline.config_file = Some(file.clone());
     s.listen.http = "127.0.0.1:0".into();
-    s.listen.https = "127.0.0.1:0".into();
+    s.listen.https = Some("127.0.0.1:0".into());
     s.listen.ops = "127.0.0.1:0".into();
     let gw = gateway::start(s.clone()).expect("offline gateway starts");
     assert_eq!(gw.config_source(), ConfigSource::Offline);

@@ -251,10 +251,10 @@ impl Site {
         let mut s = GatewaySettings::default();
         s.offline.config_file = Some(file);
         s.listen.http = "127.0.0.1:0".into();
-        s.listen.https = "127.0.0.1:0".into();
+        s.listen.https = Some("127.0.0.1:0".into());
         s.listen.ops = "127.0.0.1:0".into();
         if let Some(r) = redis {
-            s.redis.url = r.url();
+            s.redis.url = Some(r.url());
             // Generous: on a loaded test machine a timed-out call would count locally.
             s.redis.timeout = Duration::from_millis(2000);
             s.redis.nodes = nodes;

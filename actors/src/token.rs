@@ -9,7 +9,7 @@ use chrono::{DateTime, NaiveDateTime, TimeDelta, Utc};
 /// expiry a token is reported as expiring (log warning, `/readyz`, metric). Shorter than any
 /// lifetime people mint routinely (7 days and up), so a fresh token never warns at start, and
 /// still two days to deploy a new one.
-pub const DEFAULT_WARNING_HOURS: u64 = 48;
+pub const DEFAULT_WARNING: std::time::Duration = std::time::Duration::from_secs(48 * 3600);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenInfo {
@@ -67,12 +67,9 @@ pub fn expiring(expiry: DateTime<Utc>, now: DateTime<Utc>, window: TimeDelta) ->
     window > TimeDelta::zero() && expiry - now <= window
 }
 
-/// `hours` as a warning window (saturating: a huge setting means "always").
-pub fn warning_window(hours: u64) -> TimeDelta {
-    i64::try_from(hours)
-        .ok()
-        .and_then(TimeDelta::try_hours)
-        .unwrap_or(TimeDelta::MAX)
+/// The setting as a warning window (saturating: a huge setting means "always").
+pub fn warning_window(window: std::time::Duration) -> TimeDelta {
+    TimeDelta::from_std(window).unwrap_or(TimeDelta::MAX)
 }
 
 #[cfg(test)]
@@ -89,7 +86,7 @@ mod tests {
             Utc.with_ymd_and_hms(2025, 1, 31, 12, 0, 0).unwrap()
         );
         let now = Utc.with_ymd_and_hms(2025, 1, 20, 0, 0, 0).unwrap();
-        let window = warning_window(DEFAULT_WARNING_HOURS);
+        let window = warning_window(DEFAULT_WARNING);
         assert!(!t.expiring(now, window));
         assert!(t.expiring(now + TimeDelta::days(10), window));
         assert!(t.remaining(now + TimeDelta::days(12)) < TimeDelta::zero());
@@ -99,7 +96,7 @@ mod tests {
     #[test]
     fn a_fresh_seven_day_token_does_not_warn_with_the_default_window() {
         let now = Utc.with_ymd_and_hms(2025, 1, 1, 0, 0, 0).unwrap();
-        let window = warning_window(DEFAULT_WARNING_HOURS);
+        let window = warning_window(DEFAULT_WARNING);
         assert!(!expiring(now + TimeDelta::days(7), now, window));
         assert!(!expiring(now + TimeDelta::hours(49), now, window));
         assert!(expiring(now + TimeDelta::hours(48), now, window));
@@ -108,10 +105,14 @@ mod tests {
         assert!(expiring(
             now + TimeDelta::days(7),
             now,
-            warning_window(24 * 8)
+            warning_window(std::time::Duration::from_secs(8 * 24 * 3600))
         ));
-        assert!(!expiring(now + TimeDelta::hours(1), now, warning_window(0)));
-        assert_eq!(warning_window(u64::MAX), TimeDelta::MAX);
+        assert!(!expiring(
+            now + TimeDelta::hours(1),
+            now,
+            warning_window(std::time::Duration::ZERO)
+        ));
+        assert_eq!(warning_window(std::time::Duration::MAX), TimeDelta::MAX);
     }
 
     #[test]

@@ -67,10 +67,30 @@ pub enum TokenSource {
     Ephemeral,
 }
 
+/// Why no admin token could be had; each message names the file and the way out.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminTokenError {
+    #[error(
+        "{} is empty; delete it to have a new admin token generated, or set admin.token",
+        .0.display()
+    )]
+    EmptyFile(PathBuf),
+    #[error("cannot write the admin token to {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
 /// Resolves the admin token as described in the module documentation.
 pub fn resolve_admin_token(
     settings: &ControlPlaneSettings,
-) -> Result<(AdminToken, TokenSource), String> {
+) -> Result<(AdminToken, TokenSource), AdminTokenError> {
     let configured = settings.admin.token.trim();
     if !configured.is_empty() {
         return Ok((AdminToken::new(configured), TokenSource::Configured));
@@ -83,20 +103,18 @@ pub fn resolve_admin_token(
         Ok(text) => {
             let token = text.trim();
             if token.is_empty() {
-                return Err(format!(
-                    "{} is empty; delete it to have a new admin token generated, or set admin.token",
-                    path.display()
-                ));
+                return Err(AdminTokenError::EmptyFile(path));
             }
             Ok((AdminToken::new(token), TokenSource::File(path)))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let token = generate_key();
-            write_private(&path, &token)
-                .map_err(|e| format!("cannot write the admin token to {}: {e}", path.display()))?;
+            if let Err(source) = write_private(&path, &token) {
+                return Err(AdminTokenError::Write { path, source });
+            }
             Ok((AdminToken::new(token), TokenSource::Generated(path)))
         }
-        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+        Err(source) => Err(AdminTokenError::Read { path, source }),
     }
 }
 

@@ -163,10 +163,10 @@ pub enum StartError {
     DataDir(data_dir::DataDirError),
     #[error("cannot open the store at {}: {source}", path.display())]
     Store { path: PathBuf, source: StoreError },
-    #[error("{0}")]
-    AdminToken(String),
-    #[error("{0}")]
-    Tls(String),
+    #[error(transparent)]
+    AdminToken(#[from] auth::AdminTokenError),
+    #[error(transparent)]
+    Tls(#[from] GatewayTlsError),
     #[error("cannot listen on {address} ({key}): {source}")]
     Listen {
         address: String,
@@ -330,31 +330,48 @@ fn open_store(settings: &ControlPlaneSettings) -> Result<Arc<Store>, StartError>
     Ok(Arc::new(store))
 }
 
-fn gateway_tls_config(s: &GatewayApiSettings) -> Result<Option<rustls::ServerConfig>, String> {
+/// Why the gateway listener's certificate could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayTlsError {
+    #[error("gateway_api.{key} {}: {source}", path.display())]
+    File {
+        key: &'static str,
+        path: PathBuf,
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("gateway_api.tls_cert_file {}: no certificate found", .0.display())]
+    NoCertificate(PathBuf),
+    #[error("gateway_api TLS certificate and key: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+fn gateway_tls_config(
+    s: &GatewayApiSettings,
+) -> Result<Option<rustls::ServerConfig>, GatewayTlsError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    if s.tls_cert_file.is_empty() {
+    // Validation has made sure both files are set or neither.
+    let (Some(cert_file), Some(key_file)) = (&s.tls_cert_file, &s.tls_key_file) else {
         return Ok(None);
-    }
-    let certs = CertificateDer::pem_file_iter(&s.tls_cert_file)
+    };
+    let file_error = |key, path: &PathBuf| {
+        let path = path.clone();
+        move |source| GatewayTlsError::File { key, path, source }
+    };
+    let certs = CertificateDer::pem_file_iter(cert_file)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("gateway_api.tls_cert_file {}: {e}", s.tls_cert_file))?;
+        .map_err(file_error("tls_cert_file", cert_file))?;
     if certs.is_empty() {
-        return Err(format!(
-            "gateway_api.tls_cert_file {}: no certificate found",
-            s.tls_cert_file
-        ));
+        return Err(GatewayTlsError::NoCertificate(cert_file.clone()));
     }
-    let key = PrivateKeyDer::from_pem_file(&s.tls_key_file)
-        .map_err(|e| format!("gateway_api.tls_key_file {}: {e}", s.tls_key_file))?;
+    let key =
+        PrivateKeyDer::from_pem_file(key_file).map_err(file_error("tls_key_file", key_file))?;
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| format!("TLS: {e}"))?
+    .with_safe_default_protocol_versions()?
     .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .map_err(|e| format!("gateway_api TLS certificate and key: {e}"))?;
+    .with_single_cert(certs, key)?;
     Ok(Some(config))
 }
 

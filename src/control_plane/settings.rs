@@ -1,5 +1,6 @@
 //! Control plane settings (`outpost control-plane --config FILE`); see `config/control-plane.toml`.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use outpost_model::Problems;
@@ -36,8 +37,10 @@ pub struct GatewayApiSettings {
     /// Gateway-facing endpoint (`/gateway/v1/...`).
     pub listen: String,
     /// PEM files for HTTPS on the gateway listener; both empty means plain HTTP.
-    pub tls_cert_file: String,
-    pub tls_key_file: String,
+    #[serde(with = "typed::opt_path")]
+    pub tls_cert_file: Option<PathBuf>,
+    #[serde(with = "typed::opt_path")]
+    pub tls_key_file: Option<PathBuf>,
     /// Longest long-poll wait a gateway may ask for (`max_wait_secs`).
     #[serde(rename = "max_wait_secs", with = "typed::secs")]
     pub max_wait: Duration,
@@ -83,8 +86,8 @@ impl Default for ControlPlaneSettings {
             },
             gateway_api: GatewayApiSettings {
                 listen: "0.0.0.0:7071".into(),
-                tls_cert_file: String::new(),
-                tls_key_file: String::new(),
+                tls_cert_file: None,
+                tls_key_file: None,
                 max_wait: Duration::from_secs(60),
             },
             store: StoreSettings {
@@ -133,7 +136,7 @@ impl Validate for ControlPlaneSettings {
     fn validate(&self, p: &mut Problems) {
         check_listen(p, "admin.listen", &self.admin.listen);
         check_listen(p, "gateway_api.listen", &self.gateway_api.listen);
-        if self.gateway_api.tls_cert_file.is_empty() != self.gateway_api.tls_key_file.is_empty() {
+        if self.gateway_api.tls_cert_file.is_some() != self.gateway_api.tls_key_file.is_some() {
             p.push(
                 "gateway_api.tls_cert_file",
                 "tls_cert_file and tls_key_file go together",

@@ -191,7 +191,7 @@ pub fn start(settings: GatewaySettings) -> Result<RunningGateway, StartError> {
             trust,
         }
     };
-    let token_warning = token::warning_window(settings.control_plane.token_warning_hours);
+    let token_warning = token::warning_window(settings.control_plane.token_warning);
     let token = if offline {
         None
     } else {
@@ -217,7 +217,7 @@ pub fn start(settings: GatewaySettings) -> Result<RunningGateway, StartError> {
     };
     let (watcher, status) = ConnectivityWatcher::new(WatcherConfig {
         offline,
-        redis_configured: !settings.redis.url.is_empty(),
+        redis_configured: settings.redis.url.is_some(),
         token,
         token_warning,
         degraded_grace: 3 * settings.control_plane.heartbeat_interval,
@@ -432,11 +432,10 @@ fn start_traffic(
         cache: Some(cache),
     };
     let l = &settings.listen;
-    let https = non_empty(&l.https).map(|listen| proxy::HttpsListen {
+    let https = l.https.as_deref().map(|listen| proxy::HttpsListen {
         listen,
-        default_host: non_empty(&l.https_default_hostname).map(str::to_owned),
-        // Validated with the settings.
-        min_tls: tls::MinTls::parse(&l.https_min_tls).unwrap_or(tls::MinTls::V1_2),
+        default_host: l.https_default_hostname.clone(),
+        min_tls: l.https_min_tls,
     });
     proxy::start_traffic_servers(&l.http, https, settings, table, hooks).map_err(|source| {
         StartError::Traffic {
@@ -674,10 +673,6 @@ fn hostname() -> String {
         .map(|h| h.trim().to_owned())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "unknown".into())
-}
-
-fn non_empty(s: &str) -> Option<&str> {
-    (!s.is_empty()).then_some(s)
 }
 
 /// Runs the gateway until SIGINT or SIGTERM, then stops gracefully.

@@ -77,13 +77,19 @@ pub struct Traffic {
     pub runtime: Runtime,
     pub observer: Option<Arc<dyn RequestObserver>>,
     key_header: Option<HeaderName>,
-    key_query: String,
-    key_query_encoded: String,
+    key_query: Option<KeyQuery>,
     forwarding: Forwarding,
     max_header_bytes: usize,
     max_body_bytes: usize,
     /// Set when the gateway stops: requests cut off then are not the client's doing.
     pub stopping: Arc<AtomicBool>,
+}
+
+/// The query parameter that carries subscription keys: its name as configured and as it appears
+/// percent-encoded in a query string (both are recognised, and removed before forwarding).
+struct KeyQuery {
+    name: String,
+    encoded: String,
 }
 
 impl Traffic {
@@ -101,12 +107,18 @@ impl Traffic {
                 shared,
                 cache,
                 max_body_bytes: settings.limits.max_body_bytes,
-                websocket_idle: Duration::from_secs(settings.limits.websocket_idle_secs),
+                websocket_idle: settings.limits.websocket_idle,
             },
             observer: hooks.observer,
-            key_header: HeaderName::from_bytes(sub.header.as_bytes()).ok(),
-            key_query: sub.query.clone(),
-            key_query_encoded: encode_query_component(&sub.query),
+            // Validated with the settings.
+            key_header: sub
+                .header
+                .as_ref()
+                .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok()),
+            key_query: sub.query.as_ref().map(|name| KeyQuery {
+                encoded: encode_query_component(name),
+                name: name.clone(),
+            }),
             // Validated with the settings; trusting nobody is the safe reading of a bad list.
             forwarding: Forwarding::new(&settings.listen.trusted_proxies).unwrap_or_default(),
             max_header_bytes: settings.limits.max_header_bytes,
@@ -777,7 +789,10 @@ fn authenticate(
         .and_then(|h| headers.get(h))
         .and_then(|v| v.to_str().ok())
         .map(Cow::Borrowed)
-        .or_else(|| query_raw(query, &traffic.key_query).map(|k| Cow::Owned(percent_decode(k))));
+        .or_else(|| {
+            let name = &traffic.key_query.as_ref()?.name;
+            query_raw(query, name).map(|k| Cow::Owned(percent_decode(k)))
+        });
     let subscription = match check_key(traffic, table, key.as_deref(), matched.api) {
         Ok(s) => s,
         Err(err) => {
@@ -845,8 +860,10 @@ fn build_exchange(
             (k.to_owned(), v.to_owned())
         })
         .filter(|(k, _)| {
-            traffic.key_query.is_empty()
-                || (k != &traffic.key_query_encoded && percent_decode(k) != traffic.key_query)
+            traffic
+                .key_query
+                .as_ref()
+                .is_none_or(|q| k != &q.encoded && percent_decode(k) != q.name)
         })
         .collect();
     Exchange {
@@ -916,7 +933,7 @@ fn check_key(
         return if required {
             Err(GatewayError::missing_key(
                 traffic.key_header.as_ref().map_or("", HeaderName::as_str),
-                &traffic.key_query,
+                traffic.key_query.as_ref().map_or("", |q| q.name.as_str()),
             ))
         } else {
             Ok(None)

@@ -6,6 +6,7 @@ use std::time::Duration;
 use outpost_model::Problems;
 use serde::{Deserialize, Serialize};
 
+use super::tls::MinTls;
 use crate::logging::LogSettings;
 use crate::settings::typed;
 use crate::settings::{Validate, check_listen};
@@ -36,7 +37,8 @@ pub struct ControlPlaneLink {
     pub token: String,
     /// A file holding the token instead (`outpost gateway-token --output-dir`), read once at
     /// start; refused unless only its owner can read it (mode 0600 or 0400).
-    pub token_file: String,
+    #[serde(with = "typed::opt_path")]
+    pub token_file: Option<PathBuf>,
     /// Long-poll wait asked of the control plane (`poll_wait_secs`).
     #[serde(rename = "poll_wait_secs", with = "typed::secs")]
     pub poll_wait: Duration,
@@ -59,8 +61,9 @@ pub struct ControlPlaneLink {
     /// key of the first configuration received is pinned next to the backup.
     pub config_signing_keys: Vec<String>,
     /// How long before its expiry the token is reported as expiring (log warning, `/readyz`
-    /// `token_expiring_soon`, `outpost_gateway_token_expiring`), hours; 0: never.
-    pub token_warning_hours: u64,
+    /// `token_expiring_soon`, `outpost_gateway_token_expiring`) (`token_warning_hours`); 0: never.
+    #[serde(rename = "token_warning_hours", with = "typed::hours")]
+    pub token_warning: Duration,
 }
 
 impl ControlPlaneLink {
@@ -79,12 +82,15 @@ pub struct ListenSettings {
     pub http: String,
     /// HTTPS listener, serving the certificates of the gateway resource's hostnames by SNI name
     /// (a handshake for a name without a certificate fails); empty: no HTTPS listener.
-    pub https: String,
+    #[serde(with = "typed::opt_string")]
+    pub https: Option<String>,
     /// Hostname whose certificate is served to clients that send no SNI name; empty: none
     /// (those handshakes fail).
-    pub https_default_hostname: String,
+    #[serde(with = "typed::opt_string")]
+    pub https_default_hostname: Option<String>,
     /// Lowest TLS version accepted on `https`: "1.2" or "1.3".
-    pub https_min_tls: String,
+    #[serde(with = "typed::text")]
+    pub https_min_tls: MinTls,
     /// Also serve HTTP/2 without TLS (h2c, prior knowledge) on `http`, for clients and sidecars
     /// inside a trusted network.
     pub h2c: bool,
@@ -130,8 +136,12 @@ pub struct OfflineSettings {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SubscriptionKeySettings {
-    pub header: String,
-    pub query: String,
+    /// Request header carrying a subscription key; empty: keys are not read from headers.
+    #[serde(with = "typed::opt_string")]
+    pub header: Option<String>,
+    /// Query parameter carrying a subscription key; empty: keys are not read from the query.
+    #[serde(with = "typed::opt_string")]
+    pub query: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -142,15 +152,17 @@ pub struct LimitSettings {
     /// Largest request body, bytes (413 beyond).
     pub max_body_bytes: usize,
     /// A WebSocket connection through the gateway with no bytes in either direction for this
-    /// long is closed, seconds.
-    pub websocket_idle_secs: u64,
+    /// long is closed (`websocket_idle_secs`).
+    #[serde(rename = "websocket_idle_secs", with = "typed::secs")]
+    pub websocket_idle: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisSettings {
     /// `redis://host:port/db` or `rediss://…`; empty: in-process state only.
-    pub url: String,
+    #[serde(with = "typed::opt_string")]
+    pub url: Option<String>,
     /// Timeout of every Redis call (`timeout_ms`).
     #[serde(rename = "timeout_ms", with = "typed::millis")]
     pub timeout: Duration,
@@ -216,7 +228,7 @@ impl Default for ControlPlaneLink {
         Self {
             url: String::new(),
             token: String::new(),
-            token_file: String::new(),
+            token_file: None,
             poll_wait: Duration::from_secs(30),
             heartbeat_interval: Duration::from_secs(10),
             request_timeout: Duration::from_millis(10_000),
@@ -224,7 +236,7 @@ impl Default for ControlPlaneLink {
             backoff_max: Duration::from_millis(30_000),
             ca_file: None,
             config_signing_keys: Vec::new(),
-            token_warning_hours: outpost_actors::token::DEFAULT_WARNING_HOURS,
+            token_warning: outpost_actors::token::DEFAULT_WARNING,
         }
     }
 }
@@ -233,9 +245,9 @@ impl Default for ListenSettings {
     fn default() -> Self {
         Self {
             http: "0.0.0.0:8080".into(),
-            https: "0.0.0.0:8443".into(),
-            https_default_hostname: String::new(),
-            https_min_tls: "1.2".into(),
+            https: Some("0.0.0.0:8443".into()),
+            https_default_hostname: None,
+            https_min_tls: MinTls::V1_2,
             h2c: false,
             ops: "0.0.0.0:8090".into(),
             workers: 0,
@@ -264,8 +276,8 @@ impl Default for BackupSettings {
 impl Default for SubscriptionKeySettings {
     fn default() -> Self {
         Self {
-            header: "Ocp-Apim-Subscription-Key".into(),
-            query: "subscription-key".into(),
+            header: Some("Ocp-Apim-Subscription-Key".into()),
+            query: Some("subscription-key".into()),
         }
     }
 }
@@ -275,7 +287,7 @@ impl Default for LimitSettings {
         Self {
             max_header_bytes: 32 * 1024,
             max_body_bytes: 10 * 1024 * 1024,
-            websocket_idle_secs: 300,
+            websocket_idle: Duration::from_secs(300),
         }
     }
 }
@@ -283,7 +295,7 @@ impl Default for LimitSettings {
 impl Default for RedisSettings {
     fn default() -> Self {
         Self {
-            url: String::new(),
+            url: None,
             timeout: Duration::from_millis(50),
             nodes: 1,
             cluster: false,
@@ -331,13 +343,13 @@ impl Validate for GatewaySettings {
                 outpost_model::validate::check_url(p, "control_plane.url", &self.control_plane.url);
             }
             let (token, file) = (&self.control_plane.token, &self.control_plane.token_file);
-            if token.is_empty() && file.is_empty() {
+            if token.is_empty() && file.is_none() {
                 p.push(
                     "control_plane.token",
                     "required unless offline.config_file is set (OUTPOST_CONTROL_PLANE_TOKEN, \
                      or a file: OUTPOST_CONTROL_PLANE_TOKEN_FILE)",
                 );
-            } else if !token.is_empty() && !file.is_empty() {
+            } else if !token.is_empty() && file.is_some() {
                 p.push(
                     "control_plane.token_file",
                     "set either control_plane.token or control_plane.token_file, not both",
@@ -366,7 +378,7 @@ impl Validate for GatewaySettings {
                 "must be at least 1",
             );
         }
-        if self.control_plane.token_warning_hours > MAX_TOKEN_WARNING_HOURS {
+        if self.control_plane.token_warning > Duration::from_secs(MAX_TOKEN_WARNING_HOURS * 3600) {
             p.push(
                 "control_plane.token_warning_hours",
                 format!("must be 0..={MAX_TOKEN_WARNING_HOURS} (a year)"),
@@ -381,11 +393,8 @@ impl Validate for GatewaySettings {
             );
         }
         check_listen(p, "listen.http", &self.listen.http);
-        if !self.listen.https.is_empty() {
-            check_listen(p, "listen.https", &self.listen.https);
-        }
-        if let Err(e) = super::tls::MinTls::parse(&self.listen.https_min_tls) {
-            p.push("listen.https_min_tls", e);
+        if let Some(https) = &self.listen.https {
+            check_listen(p, "listen.https", https);
         }
         check_listen(p, "listen.ops", &self.listen.ops);
         if let Err(bad) = super::forwarded::Forwarding::new(&self.listen.trusted_proxies) {
@@ -396,20 +405,27 @@ impl Validate for GatewaySettings {
         if self.backup.enabled && self.backup.dir.as_os_str().is_empty() {
             p.push("backup.dir", "required when backup.enabled is true");
         }
-        if self.subscription.header.is_empty() && self.subscription.query.is_empty() {
+        if self.subscription.header.is_none() && self.subscription.query.is_none() {
             p.push(
                 "subscription.header",
                 "set a header name, a query name, or both",
             );
         }
+        if let Some(h) = &self.subscription.header
+            && actix_web::http::header::HeaderName::from_bytes(h.as_bytes()).is_err()
+        {
+            p.push(
+                "subscription.header",
+                format!("'{h}' is not a valid header name"),
+            );
+        }
         if self.limits.max_header_bytes < 1024 {
             p.push("limits.max_header_bytes", "must be at least 1024");
         }
-        if self.limits.websocket_idle_secs == 0 {
+        if self.limits.websocket_idle.is_zero() {
             p.push("limits.websocket_idle_secs", "must be at least 1");
         }
-        let redis = &self.redis.url;
-        if !redis.is_empty() {
+        if let Some(redis) = &self.redis.url {
             let seeds: Vec<&str> = redis.split(',').map(str::trim).collect();
             if seeds
                 .iter()
@@ -434,7 +450,11 @@ impl Validate for GatewaySettings {
             );
         }
         let tls_files = r.tls_ca_file.is_some() || r.tls_cert_file.is_some();
-        if tls_files && !r.url.split(',').any(|u| u.trim().starts_with("rediss://")) {
+        let rediss = r
+            .url
+            .as_deref()
+            .is_some_and(|url| url.split(',').any(|u| u.trim().starts_with("rediss://")));
+        if tls_files && !rediss {
             p.push(
                 "redis.tls_ca_file",
                 "TLS files are set but redis.url does not use rediss://",

@@ -55,8 +55,8 @@ pub enum StartError {
     #[error(transparent)]
     PinnedKeys(#[from] PinError),
     /// `control_plane.token_file` unreadable, empty or readable by others.
-    #[error("control_plane.token_file: {0}")]
-    TokenFile(String),
+    #[error(transparent)]
+    TokenFile(#[from] super::token_file::TokenFileError),
     #[error("control_plane.ca_file {}: {reason}", path.display())]
     CaFile { path: PathBuf, reason: String },
     #[error(
@@ -79,10 +79,13 @@ pub enum StartError {
     },
     #[error("cannot start the ops listener: {0}")]
     Ops(std::io::Error),
-    #[error("cannot listen on {http} or {https} (listen.http, listen.https): {source}")]
+    #[error(
+        "cannot listen on {http}{} (listen.http, listen.https): {source}",
+        https.as_deref().map(|h| format!(" or {h}")).unwrap_or_default()
+    )]
     Traffic {
         http: String,
-        https: String,
+        https: Option<String>,
         source: std::io::Error,
     },
     #[error(transparent)]

@@ -34,9 +34,7 @@ pub fn cache_config(settings: &GatewaySettings) -> CacheConfig {
 /// runtime. Never fails because Redis is down: it starts disconnected and keeps probing.
 pub async fn connect(settings: &GatewaySettings) -> Result<SharedState, StartError> {
     let r = &settings.redis;
-    let redis = if r.url.is_empty() {
-        None
-    } else {
+    let redis = if let Some(url) = &r.url {
         // Every unreadable file at once, not the first only.
         let (ca, cert, key) = (
             read_pem(
@@ -74,8 +72,10 @@ pub async fn connect(settings: &GatewaySettings) -> Result<SharedState, StartErr
                 client_cert_pem: cert,
                 client_key_pem: key,
             },
-            ..RedisConfig::new(r.url.clone(), r.timeout)
+            ..RedisConfig::new(url.clone(), r.timeout)
         })
+    } else {
+        None
     };
     SharedState::connect(SharedStateConfig {
         redis,

@@ -7,39 +7,61 @@
 //! file's content never appears in an error.
 
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::settings::ControlPlaneLink;
 
+/// Why the token file was refused; the message names the setting and the file.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenFileError {
+    #[error("control_plane.token_file {}: {source}", path.display())]
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "control_plane.token_file {0}: mode {1:04o} lets others than its owner read the token; \
+         make it 0600 (chmod 600 {0})", path.display(), mode
+    )]
+    Exposed { path: PathBuf, mode: u32 },
+    #[error(
+        "control_plane.token_file {}: expected one line 'GatewayKey \
+         <gateway>&<expiry>&<signature>' (from outpost gateway-token)", path.display()
+    )]
+    NotAToken { path: PathBuf },
+}
+
 /// Fills `link.token` from `link.token_file` when that is set (validation has made sure only
 /// one of the two is).
-pub fn resolve(link: &mut ControlPlaneLink) -> Result<(), String> {
-    if link.token_file.is_empty() {
-        return Ok(());
+pub fn resolve(link: &mut ControlPlaneLink) -> Result<(), TokenFileError> {
+    if let Some(path) = &link.token_file {
+        link.token = read(path)?;
     }
-    link.token = read(Path::new(&link.token_file))?;
     Ok(())
 }
 
-fn read(path: &Path) -> Result<String, String> {
-    let shown = path.display();
-    let meta =
-        std::fs::metadata(path).map_err(|e| format!("control_plane.token_file {shown}: {e}"))?;
-    let mode = meta.permissions().mode() & 0o777;
+fn read(path: &Path) -> Result<String, TokenFileError> {
+    let unreadable = |source| TokenFileError::Unreadable {
+        path: path.to_owned(),
+        source,
+    };
+    let mode = std::fs::metadata(path)
+        .map_err(unreadable)?
+        .permissions()
+        .mode()
+        & 0o777;
     if mode & 0o077 != 0 {
-        return Err(format!(
-            "control_plane.token_file {shown}: mode {mode:04o} lets others than its owner read \
-             the token; make it 0600 (chmod 600 {shown})"
-        ));
+        return Err(TokenFileError::Exposed {
+            path: path.to_owned(),
+            mode,
+        });
     }
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("control_plane.token_file {shown}: {e}"))?;
+    let text = std::fs::read_to_string(path).map_err(unreadable)?;
     let token = text.trim();
     if !token.starts_with("GatewayKey ") || token.contains('\n') {
-        return Err(format!(
-            "control_plane.token_file {shown}: expected one line 'GatewayKey \
-             <gateway>&<expiry>&<signature>' (from outpost gateway-token)"
-        ));
+        return Err(TokenFileError::NotAToken {
+            path: path.to_owned(),
+        });
     }
     Ok(token.to_owned())
 }
@@ -48,16 +70,16 @@ fn read(path: &Path) -> Result<String, String> {
 mod tests {
     use super::*;
 
-    fn write(dir: &Path, content: &str, mode: u32) -> String {
+    fn write(dir: &Path, content: &str, mode: u32) -> PathBuf {
         let path = dir.join("site-a");
         std::fs::write(&path, content).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
-        path.display().to_string()
+        path
     }
 
-    fn link(file: String) -> ControlPlaneLink {
+    fn link(file: PathBuf) -> ControlPlaneLink {
         ControlPlaneLink {
-            token_file: file,
+            token_file: Some(file),
             ..ControlPlaneLink::default()
         }
     }
@@ -83,7 +105,7 @@ mod tests {
                 "GatewayKey site-a&209901010000&c2VjcmV0",
                 mode,
             ));
-            let err = resolve(&mut l).unwrap_err();
+            let err = resolve(&mut l).unwrap_err().to_string();
             assert!(
                 err.contains(&format!("{mode:04o}")) && err.contains("0600"),
                 "{err}"
@@ -96,10 +118,10 @@ mod tests {
     #[test]
     fn a_missing_or_foreign_file_is_a_start_error() {
         let dir = tempfile::tempdir().unwrap();
-        let mut l = link(dir.path().join("absent").display().to_string());
-        assert!(resolve(&mut l).unwrap_err().contains("absent"));
+        let mut l = link(dir.path().join("absent"));
+        assert!(resolve(&mut l).unwrap_err().to_string().contains("absent"));
         let mut l = link(write(dir.path(), "not a token", 0o600));
-        let err = resolve(&mut l).unwrap_err();
+        let err = resolve(&mut l).unwrap_err().to_string();
         assert!(err.contains("expected one line 'GatewayKey"), "{err}");
         assert!(!err.contains("not a token"), "{err}");
     }
@@ -117,7 +139,7 @@ mod tests {
         s.control_plane.url = "http://cp.example:7071".into();
         assert!(problems(&s).contains("OUTPOST_CONTROL_PLANE_TOKEN_FILE"));
         s.control_plane.token = "GatewayKey site-a&209901010000&c2ln".into();
-        s.control_plane.token_file = "/var/lib/outpost/tokens/site-a".into();
+        s.control_plane.token_file = Some("/var/lib/outpost/tokens/site-a".into());
         assert!(problems(&s).contains("not both"), "{}", problems(&s));
         s.control_plane.token.clear();
         assert!(

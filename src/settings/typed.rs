@@ -39,6 +39,45 @@ pub mod millis {
     }
 }
 
+/// Whole hours.
+pub mod hours {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_secs() / 3600)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let h = u64::deserialize(d)?;
+        h.checked_mul(3600)
+            .map(Duration::from_secs)
+            .ok_or_else(|| serde::de::Error::custom(format!("{h} hours is too long")))
+    }
+}
+
+/// A value written as text and parsed once (`FromStr`, whose error is the problem reported for
+/// the key), e.g. `https_min_tls = "1.3"`.
+pub mod text {
+    use std::fmt::Display;
+    use std::str::FromStr;
+
+    use super::*;
+
+    pub fn serialize<T: Display, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(v)
+    }
+
+    pub fn deserialize<'de, T, D>(d: D) -> Result<T, D::Error>
+    where
+        T: FromStr,
+        T::Err: Display,
+        D: Deserializer<'de>,
+    {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// A path, or none written as the empty string.
 pub mod opt_path {
     use super::*;

@@ -40,8 +40,10 @@ pub enum MinTls {
     V1_3,
 }
 
-impl MinTls {
-    pub fn parse(s: &str) -> Result<MinTls, String> {
+impl std::str::FromStr for MinTls {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<MinTls, String> {
         match s {
             "1.2" => Ok(MinTls::V1_2),
             "1.3" => Ok(MinTls::V1_3),
@@ -49,6 +51,15 @@ impl MinTls {
                 "'{other}' is not a TLS version: use \"1.2\" or \"1.3\""
             )),
         }
+    }
+}
+
+impl fmt::Display for MinTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MinTls::V1_2 => "1.2",
+            MinTls::V1_3 => "1.3",
+        })
     }
 }
 
