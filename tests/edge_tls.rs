@@ -482,3 +482,74 @@ apis:
     .await;
     assert_eq!(status, 200, "{text}");
 }
+
+#[actix_rt::test]
+async fn http2_stream_and_window_limits_come_from_the_settings() {
+    let config = r#"
+apiVersion: outpost/v1
+backends:
+  - {name: main, url: "BACKEND/api"}
+apis:
+  - name: orders
+    path: orders
+    backend: main
+    subscription-required: false
+    operations:
+      - {name: any, method: "*", url-template: "/{*rest}"}
+"#;
+    let gw = support::gateway_with(config, |s| {
+        s.listen.h2c = true;
+        s.http2.max_concurrent_streams = 7;
+        s.http2.stream_window_bytes = 100_000;
+        s.http2.connection_window_bytes = 300_000;
+    })
+    .await;
+    let io = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(io).await.unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    actix_rt::spawn(async move {
+        let mut connection = connection;
+        // The server's SETTINGS arrive with the first exchange; read them once a request has
+        // been answered, then keep driving the connection.
+        let _ = std::future::poll_fn(|cx| {
+            let _ = std::pin::Pin::new(&mut connection).poll(cx);
+            if connection.max_concurrent_send_streams() == 7 {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
+        .await;
+        let _ = tx.send(connection.max_concurrent_send_streams());
+        let _ = connection.await;
+    });
+    assert_eq!(
+        tokio::time::timeout(std::time::Duration::from_secs(10), rx)
+            .await
+            .expect("the server's SETTINGS arrive")
+            .unwrap(),
+        7
+    );
+    // Ask for more than the stream window with the gateway reading nothing yet: the capacity
+    // granted grows to the configured window (the connection's is larger) and no further.
+    let mut client = client.ready().await.unwrap();
+    let request = http::Request::post("http://gateway/orders/1")
+        .body(())
+        .unwrap();
+    let (response, mut stream) = client.send_request(request, false).unwrap();
+    stream.reserve_capacity(200_000);
+    let mut granted = 0;
+    while granted < 100_000 {
+        granted = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            std::future::poll_fn(|cx| stream.poll_capacity(cx)),
+        )
+        .await
+        .expect("window updates arrive")
+        .unwrap()
+        .unwrap();
+    }
+    assert_eq!(granted, 100_000);
+    stream.send_data(vec![b'z'; 10].into(), true).unwrap();
+    assert_eq!(response.await.unwrap().status(), 200);
+}

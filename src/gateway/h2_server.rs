@@ -11,8 +11,8 @@
 //!
 //! Limits: a header block above twice `limits.max_header_bytes` is refused by the protocol
 //! layer (431, no body; below that the gateway's own check answers with its JSON 431);
-//! [`MAX_STREAMS`] concurrent streams per connection; receive windows bound what a client can
-//! have in flight. A connection without streams for the keep-alive time, and every connection
+//! `[http2] max_concurrent_streams` per connection; the receive windows (`[http2]
+//! stream_window_bytes`, `connection_window_bytes`) bound what a client can have in flight. A connection without streams for the keep-alive time, and every connection
 //! when the server stops, is closed with GOAWAY once its open streams are done. A client that
 //! resets a stream cancels its request (and so its backend call).
 
@@ -39,12 +39,6 @@ use h2::{Reason, RecvStream, SendStream};
 
 use super::trailers::Trailers;
 
-/// Concurrent streams a client may open on one connection (nginx allows 128).
-pub const MAX_STREAMS: u32 = 256;
-/// Receive windows: what a client may send ahead of the gateway reading it, per stream and per
-/// connection.
-const STREAM_WINDOW: u32 = 1 << 20;
-const CONNECTION_WINDOW: u32 = 4 << 20;
 /// Largest DATA frame written at once.
 const CHUNK: usize = 16 << 10;
 
@@ -69,6 +63,10 @@ pub struct H2Config {
     pub keep_alive: Duration,
     /// The client must finish the HTTP/2 preface and settings within this.
     pub handshake_timeout: Duration,
+    /// `[http2]`: concurrent streams and receive windows.
+    pub max_concurrent_streams: u32,
+    pub stream_window_bytes: u32,
+    pub connection_window_bytes: u32,
 }
 
 /// The connection data of type `T` of a request over either HTTP version: actix's connection
@@ -176,9 +174,9 @@ where
     let mut builder = h2::server::Builder::new();
     builder
         .max_header_list_size(header_list)
-        .max_concurrent_streams(MAX_STREAMS)
-        .initial_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW);
+        .max_concurrent_streams(config.max_concurrent_streams)
+        .initial_window_size(config.stream_window_bytes)
+        .initial_connection_window_size(config.connection_window_bytes);
     let handshake = builder.handshake::<_, Bytes>(io);
     let mut conn = match actix_rt::time::timeout(config.handshake_timeout, handshake).await {
         Ok(Ok(conn)) => conn,

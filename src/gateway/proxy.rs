@@ -80,6 +80,7 @@ pub struct Traffic {
     key_query: Option<KeyQuery>,
     forwarding: Forwarding,
     max_header_bytes: usize,
+    http2: super::settings::Http2Settings,
     max_body_bytes: usize,
     /// Set when the gateway stops: requests cut off then are not the client's doing.
     pub stopping: Arc<AtomicBool>,
@@ -122,6 +123,7 @@ impl Traffic {
             // Validated with the settings; trusting nobody is the safe reading of a bad list.
             forwarding: Forwarding::new(&settings.listen.trusted_proxies).unwrap_or_default(),
             max_header_bytes: settings.limits.max_header_bytes,
+            http2: settings.http2.clone(),
             max_body_bytes: settings.limits.max_body_bytes,
             stopping: Arc::new(AtomicBool::new(false)),
         }
@@ -301,6 +303,9 @@ where
         max_header_bytes: traffic.max_header_bytes,
         keep_alive: KEEP_ALIVE,
         handshake_timeout: CLIENT_REQUEST_TIMEOUT,
+        max_concurrent_streams: traffic.http2.max_concurrent_streams,
+        stream_window_bytes: traffic.http2.stream_window_bytes,
+        connection_window_bytes: traffic.http2.connection_window_bytes,
     };
     let h2_app = traffic_app(traffic.clone()).into_factory();
     let h2_shutdown = shutdown.clone();

@@ -22,6 +22,7 @@ pub struct GatewaySettings {
     pub offline: OfflineSettings,
     pub subscription: SubscriptionKeySettings,
     pub limits: LimitSettings,
+    pub http2: Http2Settings,
     pub redis: RedisSettings,
     pub cache: CacheSettings,
     pub telemetry: TelemetrySettings,
@@ -142,6 +143,29 @@ pub struct SubscriptionKeySettings {
     /// Query parameter carrying a subscription key; empty: keys are not read from the query.
     #[serde(with = "typed::opt_string")]
     pub query: Option<String>,
+}
+
+/// HTTP/2 from clients (ALPN `h2` on `https`, h2c on `http`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Http2Settings {
+    /// Streams a client may have open at once on one connection (nginx allows 128).
+    pub max_concurrent_streams: u32,
+    /// Receive window per stream: request body bytes a client may send ahead of the gateway
+    /// reading them (and so ahead of the backend taking them).
+    pub stream_window_bytes: u32,
+    /// Receive window of a whole connection, across its streams.
+    pub connection_window_bytes: u32,
+}
+
+impl Default for Http2Settings {
+    fn default() -> Self {
+        Self {
+            max_concurrent_streams: 256,
+            stream_window_bytes: 1 << 20,
+            connection_window_bytes: 4 << 20,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -421,6 +445,27 @@ impl Validate for GatewaySettings {
         }
         if self.limits.max_header_bytes < 1024 {
             p.push("limits.max_header_bytes", "must be at least 1024");
+        }
+        let h2 = &self.http2;
+        if h2.max_concurrent_streams == 0 {
+            p.push("http2.max_concurrent_streams", "must be at least 1");
+        }
+        // RFC 9113 6.9.1: a window is at most 2^31 - 1; below the initial 65,535 the protocol
+        // would stall clients that start sending before they read the settings.
+        const WINDOWS: std::ops::RangeInclusive<u32> = 65_535..=(1 << 31) - 1;
+        for (key, window) in [
+            ("http2.stream_window_bytes", h2.stream_window_bytes),
+            ("http2.connection_window_bytes", h2.connection_window_bytes),
+        ] {
+            if !WINDOWS.contains(&window) {
+                p.push(key, "must be 65535..=2147483647");
+            }
+        }
+        if h2.connection_window_bytes < h2.stream_window_bytes {
+            p.push(
+                "http2.connection_window_bytes",
+                "must be at least http2.stream_window_bytes",
+            );
         }
         if self.limits.websocket_idle.is_zero() {
             p.push("limits.websocket_idle_secs", "must be at least 1");
