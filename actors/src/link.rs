@@ -6,6 +6,7 @@
 //! ([`CallError::Unauthorized`]), or report a broken answer ([`CallError::Rejected`]).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use awc::http::StatusCode;
@@ -47,12 +48,61 @@ impl std::fmt::Debug for ClientFactory {
 /// Where the control plane is and how to talk to it; shared by every actor using the link.
 #[derive(Debug, Clone)]
 pub struct LinkConfig {
-    /// Base URL of the gateway listener, without a trailing `/`.
-    pub base_url: String,
+    /// Base URLs of the gateway listeners of the control plane's replicas, without a trailing
+    /// `/`: calls go to one of them and move to the next when it is unreachable.
+    pub base_urls: Vec<String>,
     pub token: String,
     /// Bound of one call; a long-poll gets its wait on top.
     pub request_timeout: Duration,
     pub clients: ClientFactory,
+    /// Index into `base_urls` of the replica in use, shared by every actor of the gateway so
+    /// they fail over together (one process-wide view of which replica answers).
+    pub current: Arc<AtomicUsize>,
+}
+
+impl LinkConfig {
+    /// One control plane (or one load-balanced name for several).
+    pub fn single(
+        base_url: impl Into<String>,
+        token: impl Into<String>,
+        request_timeout: Duration,
+        clients: ClientFactory,
+    ) -> LinkConfig {
+        LinkConfig {
+            base_urls: vec![base_url.into()],
+            token: token.into(),
+            request_timeout,
+            clients,
+            current: Arc::default(),
+        }
+    }
+
+    /// The base URL calls go to now.
+    pub fn base_url(&self) -> &str {
+        let i = self.current.load(Ordering::Relaxed) % self.base_urls.len().max(1);
+        self.base_urls.get(i).map_or("", String::as_str)
+    }
+
+    /// Calls go to the replica after `failed` from now on, unless another call already moved
+    /// on from it (several actors failing at once move one step, not one each).
+    fn fail_over(&self, failed: usize) -> usize {
+        let n = self.base_urls.len().max(1);
+        let next = (failed + 1) % n;
+        match self
+            .current
+            .compare_exchange(failed, next, Ordering::Relaxed, Ordering::Relaxed)
+        {
+            Ok(_) => {
+                tracing::warn!(
+                    from = %self.base_urls[failed],
+                    to = %self.base_urls[next],
+                    "control plane replica unreachable; using the next one"
+                );
+                next
+            }
+            Err(now) => now % n,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -95,35 +145,59 @@ impl Link {
         wait: Duration,
         hash: Option<&str>,
     ) -> Result<Option<ConfigUpdate>, CallError> {
-        let mut url = format!(
-            "{}{CONFIG_PATH}?after={after}&wait={}",
-            self.config.base_url,
-            wait.as_secs()
-        );
         // A content hash is hex; anything else is not sent (it could not match anyway).
-        if let Some(h) = hash.filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_hexdigit()))
-        {
-            url.push_str("&hash=");
-            url.push_str(h);
+        let hash = hash.filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_hexdigit()));
+        self.each_replica(|base| async move {
+            let mut url = format!("{base}{CONFIG_PATH}?after={after}&wait={}", wait.as_secs());
+            if let Some(h) = hash {
+                url.push_str("&hash=");
+                url.push_str(h);
+            }
+            let request = self
+                .client
+                .get(url)
+                .timeout(wait + self.config.request_timeout)
+                .insert_header(("Authorization", self.config.token.as_str()))
+                .insert_header(("Accept", BINCODE_MEDIA_TYPE));
+            let mut response = request.send().await.map_err(unreachable)?;
+            let status = response.status();
+            if status == StatusCode::NOT_MODIFIED {
+                return Ok(None);
+            }
+            let body = response
+                .body()
+                .limit(MAX_BODY_BYTES)
+                .await
+                .map_err(unreachable)?;
+            check_status(status, &body)?;
+            decode(&body).map(Some)
+        })
+        .await
+    }
+
+    /// Runs `call` against the replica in use; while it is unreachable, against each other
+    /// replica once, in order, before giving up (the caller's backoff then applies). A
+    /// gateway whose replica dies therefore asks the next one at once, with the revision it
+    /// holds, and gets the changes since (not a snapshot) from it.
+    async fn each_replica<'a, T, F, Fut>(&'a self, call: F) -> Result<T, CallError>
+    where
+        F: Fn(&'a str) -> Fut,
+        Fut: std::future::Future<Output = Result<T, CallError>>,
+    {
+        let n = self.config.base_urls.len().max(1);
+        let mut i = self.config.current.load(Ordering::Relaxed) % n;
+        let mut attempt = 0;
+        loop {
+            let base = self.config.base_urls.get(i).map_or("", String::as_str);
+            match call(base).await {
+                Err(CallError::Unreachable(e)) if attempt + 1 < n => {
+                    tracing::debug!(replica = %base, error = %e, "control plane call failed");
+                    i = self.config.fail_over(i);
+                    attempt += 1;
+                }
+                other => return other,
+            }
         }
-        let request = self
-            .client
-            .get(url)
-            .timeout(wait + self.config.request_timeout)
-            .insert_header(("Authorization", self.config.token.as_str()))
-            .insert_header(("Accept", BINCODE_MEDIA_TYPE));
-        let mut response = request.send().await.map_err(unreachable)?;
-        let status = response.status();
-        if status == StatusCode::NOT_MODIFIED {
-            return Ok(None);
-        }
-        let body = response
-            .body()
-            .limit(MAX_BODY_BYTES)
-            .await
-            .map_err(unreachable)?;
-        check_status(status, &body)?;
-        decode(&body).map(Some)
     }
 
     /// `POST /gateway/v1/heartbeat`.
@@ -138,25 +212,33 @@ impl Link {
     }
 
     async fn post<T: Serialize>(&self, path: &str, value: &T) -> Result<bytes::Bytes, CallError> {
-        let payload = wire::encode(value).map_err(|e| CallError::Rejected(e.to_string()))?;
-        let mut response = self
-            .client
-            .post(format!("{}{path}", self.config.base_url))
-            .timeout(self.config.request_timeout)
-            .insert_header(("Authorization", self.config.token.as_str()))
-            .insert_header(("Content-Type", BINCODE_MEDIA_TYPE))
-            .insert_header(("Accept", BINCODE_MEDIA_TYPE))
-            .send_body(payload)
-            .await
-            .map_err(unreachable)?;
-        let status = response.status();
-        let body = response
-            .body()
-            .limit(MAX_BODY_BYTES)
-            .await
-            .map_err(unreachable)?;
-        check_status(status, &body)?;
-        Ok(body)
+        let payload: bytes::Bytes = wire::encode(value)
+            .map_err(|e| CallError::Rejected(e.to_string()))?
+            .into();
+        self.each_replica(|base| {
+            let payload = payload.clone();
+            async move {
+                let mut response = self
+                    .client
+                    .post(format!("{base}{path}"))
+                    .timeout(self.config.request_timeout)
+                    .insert_header(("Authorization", self.config.token.as_str()))
+                    .insert_header(("Content-Type", BINCODE_MEDIA_TYPE))
+                    .insert_header(("Accept", BINCODE_MEDIA_TYPE))
+                    .send_body(payload)
+                    .await
+                    .map_err(unreachable)?;
+                let status = response.status();
+                let body = response
+                    .body()
+                    .limit(MAX_BODY_BYTES)
+                    .await
+                    .map_err(unreachable)?;
+                check_status(status, &body)?;
+                Ok(body)
+            }
+        })
+        .await
     }
 }
 
@@ -293,5 +375,93 @@ mod tests {
             decode::<ConfigUpdate>(b""),
             Err(CallError::Rejected(_))
         ));
+    }
+
+    /// A replica that answers, recording the `after=` of each config poll it gets.
+    async fn replica(
+        name: &'static str,
+        status: Arc<std::sync::atomic::AtomicU16>,
+        seen: Arc<std::sync::Mutex<Vec<String>>>,
+    ) -> String {
+        fake::control_plane(Arc::new(move |line: &str, _body: &[u8]| {
+            seen.lock().unwrap().push(format!("{name} {line}"));
+            (status.load(Ordering::SeqCst), Vec::new())
+        }))
+        .await
+    }
+
+    #[actix_rt::test]
+    async fn an_unreachable_replica_is_skipped_at_once_and_every_call_moves_on_together() {
+        use std::sync::atomic::AtomicU16;
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (a_status, b_status) = (Arc::new(AtomicU16::new(503)), Arc::new(AtomicU16::new(304)));
+        let a = replica("a", a_status.clone(), seen.clone()).await;
+        let b = replica("b", b_status.clone(), seen.clone()).await;
+        // A port nothing listens on: connection refused.
+        let dead = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("http://{}", l.local_addr().unwrap())
+        };
+        let config = Arc::new(LinkConfig {
+            base_urls: vec![dead.clone(), a.clone(), b.clone()],
+            ..LinkConfig::single(
+                "",
+                "GatewayKey gw&1&x",
+                Duration::from_secs(5),
+                ClientFactory::plain(),
+            )
+        });
+        let link = Link::new(config.clone());
+        // The dead one refuses, `a` answers 503: one call ends on `b`, with the same revision.
+        assert_eq!(
+            link.poll_config(7, Duration::from_secs(1), None).await,
+            Ok(None)
+        );
+        assert_eq!(config.base_url(), b);
+        let polls: Vec<String> = std::mem::take(&mut *seen.lock().unwrap());
+        assert_eq!(polls.len(), 2, "{polls:?}");
+        assert!(
+            polls[0].starts_with("a GET /gateway/v1/config?after=7"),
+            "{polls:?}"
+        );
+        assert!(
+            polls[1].starts_with("b GET /gateway/v1/config?after=7"),
+            "{polls:?}"
+        );
+
+        // Another actor's link on the same config goes straight to `b`.
+        let other = Link::new(config.clone());
+        assert_eq!(
+            other.poll_config(8, Duration::from_secs(1), None).await,
+            Ok(None)
+        );
+        assert_eq!(std::mem::take(&mut *seen.lock().unwrap()).len(), 1);
+
+        // `b` fails and `a` is back: the next call wraps around past the dead one to `a`.
+        b_status.store(503, Ordering::SeqCst);
+        a_status.store(304, Ordering::SeqCst);
+        assert_eq!(
+            link.poll_config(9, Duration::from_secs(1), None).await,
+            Ok(None)
+        );
+        assert_eq!(config.base_url(), a);
+
+        // All down: the call fails once each was tried, and says why.
+        a_status.store(503, Ordering::SeqCst);
+        let err = link
+            .poll_config(9, Duration::from_secs(1), None)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, CallError::Unreachable(_)), "{err:?}");
+        // Refusals of the token are not a replica's fault: no failover on 401.
+        a_status.store(401, Ordering::SeqCst);
+        b_status.store(304, Ordering::SeqCst);
+        config.current.store(1, Ordering::SeqCst);
+        let err = link
+            .poll_config(9, Duration::from_secs(1), None)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, CallError::Unauthorized(_)), "{err:?}");
+        assert_eq!(config.base_url(), a);
     }
 }

@@ -576,7 +576,8 @@ fn offline_snapshot(file: &Path, gateway: Option<&str>) -> Result<GatewaySnapsho
 /// The link settings, with the TLS trust the control plane URL needs.
 fn link_config(settings: &GatewaySettings) -> Result<LinkConfig, StartError> {
     let cp = &settings.control_plane;
-    let clients = if cp.url.starts_with("https://") {
+    let urls = cp.urls();
+    let clients = if urls.iter().any(|u| u.starts_with("https://")) {
         let tls = Arc::new(client_tls(cp.ca_file.as_deref())?);
         ClientFactory::new(move || {
             awc::Client::builder()
@@ -587,10 +588,14 @@ fn link_config(settings: &GatewaySettings) -> Result<LinkConfig, StartError> {
         ClientFactory::plain()
     };
     Ok(LinkConfig {
-        base_url: cp.url.trim_end_matches('/').to_owned(),
+        base_urls: urls
+            .iter()
+            .map(|u| u.trim_end_matches('/').to_owned())
+            .collect(),
         token: cp.token.clone(),
         request_timeout: cp.request_timeout,
         clients,
+        current: Arc::default(),
     })
 }
 

@@ -32,7 +32,9 @@ pub struct GatewaySettings {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ControlPlaneLink {
-    /// Base URL of the control plane's gateway listener, e.g. `https://cp.example:7071`.
+    /// Base URL of the control plane's gateway listener, e.g. `https://cp.example:7071`; for
+    /// several replicas, their URLs separated by commas (tried in order, the next one when one
+    /// is unreachable) or one load-balanced name.
     pub url: String,
     /// `GatewayKey <gateway>&<expiry>&<signature>`, minted by the control plane.
     pub token: String,
@@ -68,6 +70,15 @@ pub struct ControlPlaneLink {
 }
 
 impl ControlPlaneLink {
+    /// The replicas' URLs, in the order they are tried.
+    pub fn urls(&self) -> Vec<&str> {
+        self.url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect()
+    }
+
     /// The configured signing keys, parsed (validation has already refused bad ones).
     pub fn signing_keys(&self) -> Vec<outpost_model::signing::PublicKey> {
         self.config_signing_keys
@@ -364,7 +375,9 @@ impl Validate for GatewaySettings {
                     "required unless offline.config_file is set (OUTPOST_CONTROL_PLANE_URL)",
                 );
             } else {
-                outpost_model::validate::check_url(p, "control_plane.url", &self.control_plane.url);
+                for url in self.control_plane.urls() {
+                    outpost_model::validate::check_url(p, "control_plane.url", url);
+                }
             }
             let (token, file) = (&self.control_plane.token, &self.control_plane.token_file);
             if token.is_empty() && file.is_none() {

@@ -88,7 +88,7 @@ pub struct Startup<'a> {
 /// timeout; else the backup; else an error naming both failures and the way out.
 pub async fn first_config(s: Startup<'_>) -> Result<Loaded, StartupError> {
     let mut fetched_trust = s.trust.clone();
-    let url = &s.link.base_url;
+    let url = s.link.base_urls.join(", ");
     let link = Link::new(s.link.clone());
     let fetched = super::fetch_snapshot(&link).await.map(|snapshot| {
         let pins = fetched_trust.accept_from_control_plane(&snapshot);
@@ -133,7 +133,7 @@ pub async fn first_config(s: Startup<'_>) -> Result<Loaded, StartupError> {
                     error: other.to_string(),
                 }),
             }
-            Err(describe_fetch_error(url, &e))
+            Err(describe_fetch_error(&url, &e))
         }
     };
 

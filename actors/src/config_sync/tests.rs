@@ -747,12 +747,12 @@ mod actor {
         }
         let sync = ConfigSync::new(
             SyncConfig {
-                link: Arc::new(LinkConfig {
-                    base_url: url,
-                    token: "GatewayKey gw&209901010000&c2ln".into(),
-                    request_timeout: Duration::from_secs(5),
-                    clients: ClientFactory::plain(),
-                }),
+                link: Arc::new(LinkConfig::single(
+                    url,
+                    "GatewayKey gw&209901010000&c2ln",
+                    Duration::from_secs(5),
+                    ClientFactory::plain(),
+                )),
                 poll_wait: Duration::from_secs(1),
                 heartbeat_interval: Duration::from_secs(1),
                 backoff_initial: Duration::from_millis(10),

@@ -200,12 +200,12 @@ async fn backlog_is_uploaded_in_order_with_stable_sequences_after_an_outage() {
     let cp = fake_control_plane().await;
     cp.status.store(503, Ordering::SeqCst);
     let (buffer, recorder) = TelemetryBuffer::new(TelemetryConfig {
-        link: Some(Arc::new(LinkConfig {
-            base_url: cp.url.clone(),
-            token: "GatewayKey gw&209901010000&c2ln".into(),
-            request_timeout: Duration::from_secs(5),
-            clients: ClientFactory::plain(),
-        })),
+        link: Some(Arc::new(LinkConfig::single(
+            cp.url.clone(),
+            "GatewayKey gw&209901010000&c2ln",
+            Duration::from_secs(5),
+            ClientFactory::plain(),
+        ))),
         instance_id: "inst".into(),
         flush_interval: Duration::from_secs(3600),
         max_buffered: 1000,
