@@ -319,12 +319,12 @@ impl Expression {
             Value::Float(f) => f.to_string(),
             Value::Bool(b) => b.to_string(),
             Value::Null => String::new(),
-            Value::Bytes(b) => String::from_utf8(Arc::unwrap_or_clone(b)).map_err(|_| {
-                EvalError::WrongType {
+            Value::Bytes(b) => {
+                String::from_utf8(Arc::unwrap_or_clone(b)).map_err(|_| EvalError::WrongType {
                     want: "text",
                     got: "bytes that are not UTF-8".to_owned(),
-                }
-            })?,
+                })?
+            }
             other => {
                 return Err(EvalError::WrongType {
                     want: "a string, number or bool",
@@ -570,8 +570,7 @@ impl Check<'_> {
             "response" => {
                 self.error(
                     id,
-                    "'response' is not available here: only in outbound and on-error"
-                        .to_owned(),
+                    "'response' is not available here: only in outbound and on-error".to_owned(),
                 );
                 return;
             }
@@ -669,7 +668,10 @@ mod tests {
     #[test]
     fn names_are_checked_with_positions() {
         let e = Expression::compile("request.heders['a'] == 'b'", Place::Request).unwrap_err();
-        assert!(e.starts_with("1:8: unknown field 'heders' of request"), "{e}");
+        assert!(
+            e.starts_with("1:8: unknown field 'heders' of request"),
+            "{e}"
+        );
         let e = Expression::compile("requst.method == 'GET'", Place::Request).unwrap_err();
         assert!(e.contains("unknown name 'requst'"), "{e}");
         let e = Expression::compile("response.status == 200", Place::Request).unwrap_err();
@@ -690,7 +692,11 @@ mod tests {
     #[test]
     fn sizes_are_bounded_at_compile_time() {
         let long = format!("'{}'", "a".repeat(MAX_SOURCE_BYTES));
-        assert!(Expression::compile(&long, Place::Request).unwrap_err().contains("bytes long"));
+        assert!(
+            Expression::compile(&long, Place::Request)
+                .unwrap_err()
+                .contains("bytes long")
+        );
         let nested = format!("{}1{}", "(".repeat(60), ")".repeat(60));
         assert!(Expression::compile(&nested, Place::Request).is_err());
         // A long left-nested chain: shallow for the parser, deep as a tree.
