@@ -15,10 +15,13 @@
 //!   that survive outages (bounded memory, optional spool directory).
 //! - [`link`]: the outbound HTTP link to the control plane shared by the actors above, and
 //!   [`token`]: what the gateway can read from its own token (its expiry).
+//! - [`expr`]: policy expressions (CEL), compiled with the route table, evaluated by the
+//!   gateway's pipeline. Not an actor: a leaf the route table and the pipeline share.
 
 pub mod cache;
 pub mod config_sync;
 pub mod connectivity;
+pub mod expr;
 pub mod link;
 pub mod route_table;
 pub mod shared_state;

@@ -349,9 +349,12 @@ pub struct Cors {
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct SetHeader {
     pub name: String,
-    /// Template; absent with `exists-action: delete`.
+    /// Template; absent with `exists-action: delete` or with `value-expression`.
     #[serde(default)]
     pub value: Option<String>,
+    /// CEL expression whose result is the value (instead of `value`).
+    #[serde(default)]
+    pub value_expression: Option<String>,
     #[serde(default)]
     pub exists_action: ExistsAction,
 }
@@ -362,8 +365,43 @@ pub struct SetQueryParameter {
     pub name: String,
     #[serde(default)]
     pub value: Option<String>,
+    /// CEL expression whose result is the value (instead of `value`).
+    #[serde(default)]
+    pub value_expression: Option<String>,
     #[serde(default)]
     pub exists_action: ExistsAction,
+}
+
+/// `choose`: runs the policies of the first `when` whose condition (CEL) is true, or
+/// `otherwise`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Choose {
+    pub when: Vec<When>,
+    #[serde(default)]
+    pub otherwise: Vec<Policy>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct When {
+    /// CEL expression giving a bool.
+    pub condition: String,
+    #[serde(default)]
+    pub policies: Vec<Policy>,
+}
+
+/// `set-variable`: `context.variables[name]` (and `{variable.NAME}`) for the later steps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct SetVariable {
+    pub name: String,
+    /// Template …
+    #[serde(default)]
+    pub value: Option<String>,
+    /// … or CEL expression (exactly one of the two).
+    #[serde(default)]
+    pub value_expression: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -409,6 +447,9 @@ pub struct ReturnResponse {
     /// Template.
     #[serde(default)]
     pub body: Option<String>,
+    /// CEL expression whose result is the body (instead of `body`).
+    #[serde(default)]
+    pub body_expression: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -544,6 +585,8 @@ pub enum Policy {
     LimitConcurrency(LimitConcurrency),
     ValidateClientCertificate(ValidateClientCertificate),
     AuthenticationCertificate(AuthenticationCertificate),
+    Choose(Choose),
+    SetVariable(SetVariable),
 }
 
 /// Every policy name with the sections it may appear in.
@@ -575,6 +618,8 @@ pub const POLICIES: &[(&str, &[Section])] = {
         ("limit-concurrency", &[Inbound]),
         ("validate-client-certificate", &[Inbound]),
         ("authentication-certificate", &[Inbound]),
+        ("choose", &[Inbound, Backend, Outbound, OnError]),
+        ("set-variable", &[Inbound, Backend, Outbound, OnError]),
     ]
 };
 
@@ -606,6 +651,8 @@ impl Policy {
             Policy::LimitConcurrency(_) => "limit-concurrency",
             Policy::ValidateClientCertificate(_) => "validate-client-certificate",
             Policy::AuthenticationCertificate(_) => "authentication-certificate",
+            Policy::Choose(_) => "choose",
+            Policy::SetVariable(_) => "set-variable",
         }
     }
 
@@ -613,10 +660,23 @@ impl Policy {
         POLICIES.iter().find(|(n, _)| *n == name).map(|(_, s)| *s)
     }
 
-    /// Every string field that may hold `{{named-value}}` references or request templates.
+    /// Every string field that may hold `{{named-value}}` references or request templates,
+    /// expressions included (named values are substituted in them too), nested policies
+    /// (`choose`) included.
     pub fn template_strings(&self) -> Vec<&str> {
         let mut out: Vec<&str> = Vec::new();
         match self {
+            Policy::Choose(c) => {
+                for w in &c.when {
+                    out.push(&w.condition);
+                    out.extend(w.policies.iter().flat_map(Policy::template_strings));
+                }
+                out.extend(c.otherwise.iter().flat_map(Policy::template_strings));
+            }
+            Policy::SetVariable(p) => {
+                out.extend(p.value.as_deref());
+                out.extend(p.value_expression.as_deref());
+            }
             Policy::RateLimitByKey(p) => out.push(&p.counter_key),
             Policy::QuotaByKey(p) => out.push(&p.counter_key),
             Policy::CacheLookupValue(p) => {
@@ -640,14 +700,21 @@ impl Policy {
                 }
             }
             Policy::CheckHeader(p) => out.extend(p.values.iter().map(String::as_str)),
-            Policy::SetHeader(p) => out.extend(p.value.as_deref()),
-            Policy::SetQueryParameter(p) => out.extend(p.value.as_deref()),
+            Policy::SetHeader(p) => {
+                out.extend(p.value.as_deref());
+                out.extend(p.value_expression.as_deref());
+            }
+            Policy::SetQueryParameter(p) => {
+                out.extend(p.value.as_deref());
+                out.extend(p.value_expression.as_deref());
+            }
             Policy::RewriteUri(p) => out.push(&p.template),
             Policy::SetBackendService(p) => out.extend(p.base_url.as_deref()),
             Policy::MockResponse(p) => out.extend(p.body.as_deref()),
             Policy::ReturnResponse(p) => {
                 out.extend(p.headers.iter().map(|h| h.value.as_str()));
                 out.extend(p.body.as_deref());
+                out.extend(p.body_expression.as_deref());
             }
             Policy::LimitConcurrency(p) => out.push(&p.key),
             Policy::ValidateClientCertificate(p) => {
@@ -776,7 +843,7 @@ mod tests {
     #[test]
     fn every_variant_has_a_section_entry() {
         let names: Vec<&str> = POLICIES.iter().map(|(n, _)| *n).collect();
-        assert_eq!(names.len(), 25);
+        assert_eq!(names.len(), 27);
         for n in names {
             assert!(Policy::allowed_sections(n).is_some());
         }

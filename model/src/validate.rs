@@ -673,18 +673,10 @@ pub fn check_policies(p: &mut Problems, path: &str, doc: &PolicyDocument) {
         let mut bases = 0;
         for (i, policy) in steps.iter().enumerate() {
             let at = format!("{path}.{}[{i}].{}", section.as_str(), policy.name());
-            if let Some(allowed) = Policy::allowed_sections(policy.name())
-                && !allowed.contains(&section)
-            {
-                p.push(
-                    at.clone(),
-                    format!("'{}' is not allowed in {}", policy.name(), section.as_str()),
-                );
-            }
             if matches!(policy, Policy::Base) {
                 bases += 1;
             }
-            check_policy(p, &at, policy);
+            check_step(p, &at, section, policy);
         }
         if bases > 1 {
             p.push(
@@ -695,10 +687,50 @@ pub fn check_policies(p: &mut Problems, path: &str, doc: &PolicyDocument) {
     }
 }
 
+/// One step in `section`, and the steps nested in it (`choose`), which follow the rules of the
+/// section they are in.
+fn check_step(p: &mut Problems, at: &str, section: Section, policy: &Policy) {
+    if let Some(allowed) = Policy::allowed_sections(policy.name())
+        && !allowed.contains(&section)
+    {
+        p.push(
+            at,
+            format!("'{}' is not allowed in {}", policy.name(), section.as_str()),
+        );
+    }
+    check_policy(p, at, policy);
+    if let Policy::Choose(c) = policy {
+        let branches = c
+            .when
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (format!("{at}.when[{i}].policies"), &w.policies))
+            .chain(std::iter::once((format!("{at}.otherwise"), &c.otherwise)));
+        for (list, policies) in branches {
+            for (j, nested) in policies.iter().enumerate() {
+                let nested_at = format!("{list}[{j}].{}", nested.name());
+                if matches!(nested, Policy::Base) {
+                    p.push(nested_at, "'base' cannot be inside choose");
+                    continue;
+                }
+                check_step(p, &nested_at, section, nested);
+            }
+        }
+    }
+}
+
 fn check_policy(p: &mut Problems, at: &str, policy: &Policy) {
-    for s in policy.template_strings() {
-        if let Err(e) = Template::parse(s) {
-            p.push(at, e);
+    // Nested steps are checked on their own (`check_step`); expressions are checked by the
+    // compiler (actors/src/expr.rs), which knows CEL.
+    if !matches!(policy, Policy::Choose(_)) {
+        let expressions = policy_expressions(policy);
+        for s in policy.template_strings() {
+            if expressions.iter().any(|e| std::ptr::eq(*e, s)) {
+                continue;
+            }
+            if let Err(e) = Template::parse(s) {
+                p.push(at, e);
+            }
         }
     }
     let field = |f: &str| format!("{at}.{f}");
@@ -799,11 +831,34 @@ fn check_policy(p: &mut Problems, at: &str, policy: &Policy) {
         }
         Policy::SetHeader(s) => {
             check_header_name(p, &field("name"), &s.name);
-            check_value_for_action(p, at, s.value.as_deref(), s.exists_action);
+            check_value_for_action(
+                p,
+                at,
+                s.value.as_deref(),
+                s.value_expression.as_deref(),
+                s.exists_action,
+            );
         }
         Policy::SetQueryParameter(s) => {
             check_non_empty(p, &field("name"), &s.name);
-            check_value_for_action(p, at, s.value.as_deref(), s.exists_action);
+            check_value_for_action(
+                p,
+                at,
+                s.value.as_deref(),
+                s.value_expression.as_deref(),
+                s.exists_action,
+            );
+        }
+        Policy::Choose(c) => {
+            if c.when.is_empty() {
+                p.push(field("when"), "a choose needs at least one when");
+            }
+        }
+        Policy::SetVariable(v) => {
+            check_non_empty(p, &field("name"), &v.name);
+            if v.value.is_some() == v.value_expression.is_some() {
+                p.push(at, "set exactly one of value and value-expression");
+            }
         }
         Policy::RewriteUri(r) => {
             if !r.template.starts_with('/') {
@@ -822,6 +877,9 @@ fn check_policy(p: &mut Problems, at: &str, policy: &Policy) {
         Policy::MockResponse(m) => check_status(p, &field("status-code"), m.status_code),
         Policy::ReturnResponse(r) => {
             check_status(p, &field("status-code"), r.status_code);
+            if r.body.is_some() && r.body_expression.is_some() {
+                p.push(at, "set at most one of body and body-expression");
+            }
             for (i, h) in r.headers.iter().enumerate() {
                 check_header_name(p, &field(&format!("headers[{i}].name")), &h.name);
             }
@@ -888,17 +946,30 @@ fn check_value_for_action(
     p: &mut Problems,
     at: &str,
     value: Option<&str>,
+    expression: Option<&str>,
     action: crate::policy::ExistsAction,
 ) {
     use crate::policy::ExistsAction;
-    match (action, value) {
-        (ExistsAction::Delete, Some(_)) => p.push(format!("{at}.value"), "delete takes no value"),
-        (ExistsAction::Delete, None) => {}
-        (_, None) => p.push(
+    match (action, value, expression) {
+        (ExistsAction::Delete, None, None) => {}
+        (ExistsAction::Delete, _, _) => p.push(format!("{at}.value"), "delete takes no value"),
+        (_, None, None) => p.push(
             format!("{at}.value"),
-            "a value is needed unless exists-action is delete",
+            "a value (or value-expression) is needed unless exists-action is delete",
         ),
-        (_, Some(_)) => {}
+        (_, Some(_), Some(_)) => p.push(at, "set at most one of value and value-expression"),
+        _ => {}
+    }
+}
+
+/// The fields of a policy that hold expressions rather than templates.
+fn policy_expressions(policy: &Policy) -> Vec<&str> {
+    match policy {
+        Policy::SetHeader(s) => s.value_expression.as_deref().into_iter().collect(),
+        Policy::SetQueryParameter(s) => s.value_expression.as_deref().into_iter().collect(),
+        Policy::SetVariable(s) => s.value_expression.as_deref().into_iter().collect(),
+        Policy::ReturnResponse(r) => r.body_expression.as_deref().into_iter().collect(),
+        _ => Vec::new(),
     }
 }
 

@@ -167,13 +167,30 @@ const CALLS_MAX: u64 = 1_000_000_000;
 const DAY: u64 = 86_400;
 const YEAR: u64 = 31_536_000;
 
-/// `set-header` and `set-query-parameter`: a value unless the action is `delete`, which takes
-/// none (null is none).
+/// `set-header` and `set-query-parameter`: a value or a value expression unless the action is
+/// `delete`, which takes neither (null is none).
 fn value_for_action(mut schema: Value) -> Value {
     schema["if"] = json!({"properties": {"exists-action": {"const": "delete"}}, "required": ["exists-action"]});
-    schema["then"] = json!({"properties": {"value": {"type": "null"}}});
-    schema["else"] = json!({"properties": {"value": {"type": "string"}}, "required": ["value"]});
+    schema["then"] =
+        json!({"properties": {"value": {"type": "null"}, "value-expression": {"type": "null"}}});
+    schema["else"] = json!({"type": "object", "oneOf": [
+        {"properties": {"value": {"type": "string"}, "value-expression": {"type": "null"}}, "required": ["value"]},
+        {"properties": {"value-expression": {"type": "string"}, "value": {"type": "null"}}, "required": ["value-expression"]},
+    ]});
     schema
+}
+
+fn expression() -> Value {
+    schema_ref("Expression")
+}
+
+/// The policies of a `choose` branch: those of the section the `choose` is in (checked by the
+/// server; a schema cannot say which section it is nested in).
+fn nested_policies() -> Value {
+    json!({"type": "array", "default": [], "items": {
+        "type": "object", "minProperties": 1, "maxProperties": 1,
+        "propertyNames": {"enum": POLICIES.iter().map(|(n, _)| *n).filter(|n| !matches!(*n, "base" | "cors")).collect::<Vec<_>>()},
+    }})
 }
 
 /// Quotas: calls, bandwidth or both (null is absent).
@@ -359,6 +376,7 @@ pub fn settings(policy: &str, backend_url_pattern: &str) -> Option<Value> {
             json!({
                 "name": schema_ref("HeaderName"),
                 "value": nullable(template()),
+                "value-expression": nullable(expression()),
                 "exists-action": exists_action(),
             }),
             &["name"],
@@ -367,10 +385,37 @@ pub fn settings(policy: &str, backend_url_pattern: &str) -> Option<Value> {
             json!({
                 "name": schema_ref("NonBlank"),
                 "value": nullable(template()),
+                "value-expression": nullable(expression()),
                 "exists-action": exists_action(),
             }),
             &["name"],
         )),
+        "choose" => closed(
+            json!({
+                "when": {"type": "array", "minItems": 1, "items": closed(
+                    json!({"condition": expression(), "policies": nested_policies()}),
+                    &["condition"],
+                )},
+                "otherwise": nested_policies(),
+            }),
+            &["when"],
+        ),
+        "set-variable" => {
+            let mut s = closed(
+                json!({
+                    "name": schema_ref("NonBlank"),
+                    "value": nullable(template()),
+                    "value-expression": nullable(expression()),
+                }),
+                &["name"],
+            );
+            // Exactly one of the two (null is absent).
+            s["oneOf"] = json!([
+                {"properties": {"value": {"type": "string"}, "value-expression": {"type": "null"}}, "required": ["value"]},
+                {"properties": {"value-expression": {"type": "string"}, "value": {"type": "null"}}, "required": ["value-expression"]},
+            ]);
+            s
+        }
         "rewrite-uri" => closed(
             json!({
                 "template": {"allOf": [template()], "pattern": "^/"},
@@ -409,6 +454,7 @@ pub fn settings(policy: &str, backend_url_pattern: &str) -> Option<Value> {
                     &["name", "value"],
                 )},
                 "body": nullable(template()),
+                "body-expression": nullable(expression()),
             }),
             &[],
         ),
@@ -484,6 +530,15 @@ pub fn components(backend_url_pattern: &str, ipv6_pattern: &str) -> Vec<(String,
         (
             "NonEmptyTemplate".to_owned(),
             json!({"allOf": [template()], "pattern": non_blank_pattern(), "description": "A template that is not blank."}),
+        ),
+        (
+            "Expression".to_owned(),
+            json!({
+                "type": "string",
+                "minLength": 1,
+                "maxLength": outpost_actors::expr::MAX_SOURCE_BYTES,
+                "description": "A CEL expression over request, response (outbound, on-error), context and jwt (docs/policies.md, \"Expressions\"); checked by the server when published.",
+            }),
         ),
         (
             "NonBlank".to_owned(),
@@ -597,6 +652,8 @@ mod tests {
             "limit-concurrency" => json!({"key": "k", "max-count": 2}),
             "validate-client-certificate" => json!({}),
             "authentication-certificate" => json!({"certificate-pem": "c", "key-pem": "k"}),
+            "choose" => json!({"when": [{"condition": "request.method == 'GET'"}]}),
+            "set-variable" => json!({"name": "a", "value": "b"}),
             other => panic!("no sample of '{other}': add one with its schema"),
         }
     }

@@ -360,6 +360,20 @@ impl GatewayError {
         )
     }
 
+    /// A policy expression that failed or hit its evaluation limit (`what`: the policy).
+    pub fn expression(what: &str, err: &outpost_actors::expr::EvalError) -> Self {
+        let reason = match err {
+            outpost_actors::expr::EvalError::Limit(_) => "PolicyExpressionLimit",
+            _ => "PolicyExpressionFailed",
+        };
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorSource::Policy,
+            reason,
+            format!("The expression of a {what} policy could not be evaluated: {err}."),
+        )
+    }
+
     /// A policy refused the request with the status and message it is configured with.
     pub fn policy(
         status: u16,

@@ -202,8 +202,10 @@ pub struct Exchange {
     pub body: RequestBody,
     /// A WebSocket handshake: the backend is asked to upgrade too, instead of a plain forward.
     pub upgrade: Option<ClientUpgrade>,
-    /// `{variable.NAME}`.
+    /// `{variable.NAME}`, `context.variables` in expressions.
     pub variables: HashMap<String, String>,
+    /// The claims of the token the last `validate-jwt` accepted: `jwt` in expressions.
+    pub jwt_claims: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
     // The answer.
     pub response: Option<Response>,
     pub error: Option<GatewayError>,

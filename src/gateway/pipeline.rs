@@ -26,6 +26,7 @@ mod backend;
 mod cache;
 mod certificates;
 mod cors;
+mod expr;
 mod headers;
 mod limits;
 mod responses;
@@ -174,5 +175,7 @@ pub async fn run_step(
         Step::CacheRemoveValue(s) => cache::cache_remove_value(s, ex, rt).await,
         Step::ValidateClientCertificate(s) => certificates::validate_client_certificate(s, ex),
         Step::AuthenticationCertificate(s) => certificates::authentication_certificate(s, ex),
+        Step::Choose(s) => expr::choose(s, phase, ex, rt).await,
+        Step::SetVariable(s) => expr::set_variable(s, ex),
     }
 }

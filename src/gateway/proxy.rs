@@ -898,6 +898,7 @@ fn build_exchange(
             RequestBody::None
         },
         variables: Default::default(),
+        jwt_claims: None,
         response: None,
         error: None,
         backend_duration: None,

@@ -532,6 +532,7 @@ fn compile_document(
                 backends,
                 params,
                 at,
+                section,
                 problems,
             };
             if let Some(item) = compile_policy(policy, &mut cx) {
@@ -564,7 +565,9 @@ fn expand(levels: &[&CompiledDoc]) -> Pipeline {
     };
     let backend = section(1);
     Pipeline {
-        buffers_request_body: backend.iter().any(|s| matches!(s, Step::Retry(_))),
+        buffers_request_body: backend
+            .iter()
+            .any(|s| s.any(&|s| matches!(s, Step::Retry(_)))),
         // After `base` is expanded: a rate limit and a quota from different levels fuse too.
         inbound: fuse_rate_limit_then_quota(section(0)).into_boxed_slice(),
         backend: backend.into_boxed_slice(),

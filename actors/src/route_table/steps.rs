@@ -20,6 +20,7 @@ mod auth;
 mod backend;
 mod cache;
 mod certificates;
+mod choose;
 mod cors;
 mod cx;
 mod headers;
@@ -39,9 +40,10 @@ pub use cache::{
 pub use certificates::{
     AuthenticationCertificateStep, CertificateRejection, ValidateClientCertificateStep,
 };
+pub use choose::{ChooseStep, SetVariableStep};
 pub use cors::CorsStep;
 pub(crate) use cx::StepCx;
-pub use cx::literal;
+pub use cx::{Text, literal};
 pub use headers::{
     QueryTemplate, RewriteUriStep, SetHeaderStep, SetQueryParameterStep, encode_query_component,
 };
@@ -82,6 +84,19 @@ pub enum Step {
     CacheRemoveValue(Arc<CacheRemoveValueStep>),
     ValidateClientCertificate(Arc<ValidateClientCertificateStep>),
     AuthenticationCertificate(Arc<AuthenticationCertificateStep>),
+    Choose(Arc<ChooseStep>),
+    SetVariable(Arc<SetVariableStep>),
+}
+
+impl Step {
+    /// Whether this step, or one nested in it (`choose`), satisfies `f`.
+    pub fn any(&self, f: &impl Fn(&Step) -> bool) -> bool {
+        f(self)
+            || match self {
+                Step::Choose(c) => c.nested().any(|s| s.any(f)),
+                _ => false,
+            }
+    }
 }
 
 /// A step of a section before `base` is expanded.
@@ -128,6 +143,8 @@ pub(crate) fn compile_policy(policy: &Policy, cx: &mut StepCx<'_>) -> Option<Ite
         Policy::ForwardRequest(p) => backend::forward_request(p, cx),
         Policy::ValidateClientCertificate(p) => certificates::validate_client_certificate(p, cx),
         Policy::AuthenticationCertificate(p) => certificates::authentication_certificate(p, cx),
+        Policy::Choose(p) => choose::choose(p, cx),
+        Policy::SetVariable(p) => choose::set_variable(p, cx),
     };
     step.map(Item::Step)
 }

@@ -9,7 +9,10 @@ pub(super) fn validate_jwt(s: &ValidateJwtStep, ex: &mut Exchange) -> Result<Flo
     let fail = || GatewayError::policy(s.failed_status, "JwtInvalid", s.failed_message.clone());
     let token = token(s, ex).ok_or_else(fail)?;
     match s.verify(&token) {
-        Ok(_) => Ok(Flow::Continue),
+        Ok(claims) => {
+            ex.jwt_claims = Some(std::sync::Arc::new(claims));
+            Ok(Flow::Continue)
+        }
         Err(why) => {
             tracing::debug!(api = %ex.api.name, reason = %why, "JWT refused");
             Err(fail())

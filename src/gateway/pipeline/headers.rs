@@ -15,7 +15,7 @@ pub(super) fn set_header(
     ex: &mut Exchange,
 ) -> Result<Flow, GatewayError> {
     let value = match &s.value {
-        Some(t) => Some(header_value(&ex.render(t))?),
+        Some(t) => Some(header_value(&super::expr::render(t, ex, "set-header")?)?),
         None => None,
     };
     let headers: &mut HeaderMap = match phase {
@@ -58,10 +58,14 @@ pub(super) fn set_query_parameter(
     s: &SetQueryParameterStep,
     ex: &mut Exchange,
 ) -> Result<Flow, GatewayError> {
-    let value = s
-        .value
-        .as_ref()
-        .map(|t| encode_query_component(&ex.render(t)));
+    let value = match &s.value {
+        Some(t) => Some(encode_query_component(&super::expr::render(
+            t,
+            ex,
+            "set-query-parameter",
+        )?)),
+        None => None,
+    };
     let exists = ex.query.iter().any(|(k, _)| same_name(k, &s.name));
     match (s.action, value) {
         (ExistsAction::Delete, _) => ex.query.retain(|(k, _)| !same_name(k, &s.name)),

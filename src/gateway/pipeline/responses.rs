@@ -24,7 +24,10 @@ pub(super) fn return_response(
     s: &ReturnResponseStep,
     ex: &mut Exchange,
 ) -> Result<Flow, GatewayError> {
-    let body = s.body.as_ref().map(|t| ex.render(t)).unwrap_or_default();
+    let body = match &s.body {
+        Some(t) => super::expr::render(t, ex, "return-response")?,
+        None => String::new(),
+    };
     let mut res = Response::new(status(s.status), None, body);
     for (name, value) in &s.headers {
         let value = HeaderValue::from_str(&ex.render(value)).map_err(|_| {

@@ -5,9 +5,18 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use outpost_model::Problems;
+use outpost_model::policy::Section;
 use outpost_model::template::{Segment, Template, Var, substitute_named_values};
 
+use crate::expr::{Expression, Place};
 use crate::route_table::backend::CompiledBackend;
+
+/// A value written as a template (`value`) or as an expression (`value-expression`).
+#[derive(Debug)]
+pub enum Text {
+    Template(Template),
+    Expression(Expression),
+}
 
 /// What compiling one policy needs to know, and where its problems go.
 pub(crate) struct StepCx<'a> {
@@ -18,6 +27,8 @@ pub(crate) struct StepCx<'a> {
     pub(crate) params: Option<&'a [String]>,
     /// Location of the policy, e.g. `apis/orders.policies.inbound[2].set-header`.
     pub(crate) at: String,
+    /// The section the policy is in (a `choose` passes its own on to its policies).
+    pub(crate) section: Section,
     pub(crate) problems: &'a mut Problems,
 }
 
@@ -56,6 +67,45 @@ impl StepCx<'_> {
             }
             Err(e) => {
                 self.problem(field, e);
+                None
+            }
+        }
+    }
+
+    /// Compiles a CEL expression for this section, named values substituted as text first.
+    pub(crate) fn expression(&mut self, field: &str, s: &str) -> Option<Expression> {
+        let source = self.plain(field, s)?;
+        let place = match self.section {
+            Section::Inbound | Section::Backend => Place::Request,
+            Section::Outbound | Section::OnError => Place::Response,
+        };
+        match Expression::compile(&source, place) {
+            Ok(e) => Some(e),
+            Err(e) => {
+                self.problem(field, format!("expression {e}"));
+                None
+            }
+        }
+    }
+
+    /// A value given as `value` (template) or `value-expression`; `None` without either.
+    pub(crate) fn text(
+        &mut self,
+        field: &str,
+        template: Option<&str>,
+        expression: Option<&str>,
+    ) -> Option<Option<Text>> {
+        match (template, expression) {
+            (Some(t), None) => self.template(field, t).map(|t| Some(Text::Template(t))),
+            (None, Some(e)) => self
+                .expression(&format!("{field}-expression"), e)
+                .map(|e| Some(Text::Expression(e))),
+            (None, None) => Some(None),
+            (Some(_), Some(_)) => {
+                self.problem(
+                    "",
+                    format!("set at most one of {field} and {field}-expression"),
+                );
                 None
             }
         }

@@ -7,14 +7,14 @@ use outpost_model::policy::{ExistsAction, RewriteUri, SetHeader, SetQueryParamet
 use outpost_model::template::Template;
 
 use super::Step;
-use super::cx::{StepCx, header_name};
+use super::cx::{StepCx, Text, header_name};
 
 /// `set-header`: on the request in `inbound`, on the response in `outbound` / `on-error`.
 #[derive(Debug)]
 pub struct SetHeaderStep {
     pub name: HeaderName,
     /// `None` with `exists-action: delete`.
-    pub value: Option<Template>,
+    pub value: Option<Text>,
     pub action: ExistsAction,
 }
 
@@ -22,7 +22,7 @@ pub struct SetHeaderStep {
 pub struct SetQueryParameterStep {
     /// Percent-encoded, as it appears in a query string.
     pub name: String,
-    pub value: Option<Template>,
+    pub value: Option<Text>,
     pub action: ExistsAction,
 }
 
@@ -43,13 +43,16 @@ pub struct QueryTemplate {
 
 pub(super) fn set_header(p: &SetHeader, cx: &mut StepCx<'_>) -> Option<Step> {
     let name = header_name(cx, "name", &p.name);
-    let value = match (&p.value, p.exists_action) {
-        (None, ExistsAction::Delete) => Some(None),
-        (None, _) => {
+    let value = match (
+        cx.text("value", p.value.as_deref(), p.value_expression.as_deref()),
+        p.exists_action,
+    ) {
+        (Some(None), ExistsAction::Delete) => Some(None),
+        (Some(None), _) => {
             cx.problem("value", "a value is needed unless exists-action is delete");
             None
         }
-        (Some(v), _) => cx.template("value", v).map(Some),
+        (v, _) => v,
     };
     Some(Step::SetHeader(Arc::new(SetHeaderStep {
         name: name?,
@@ -63,13 +66,16 @@ pub(super) fn set_query_parameter(p: &SetQueryParameter, cx: &mut StepCx<'_>) ->
         cx.problem("name", "must not be empty");
         return None;
     }
-    let value = match (&p.value, p.exists_action) {
+    let value = match (
+        cx.text("value", p.value.as_deref(), p.value_expression.as_deref())?,
+        p.exists_action,
+    ) {
         (None, ExistsAction::Delete) => None,
         (None, _) => {
             cx.problem("value", "a value is needed unless exists-action is delete");
             return None;
         }
-        (Some(v), _) => Some(cx.template("value", v)?),
+        (Some(v), _) => Some(v),
     };
     Some(Step::SetQueryParameter(Arc::new(SetQueryParameterStep {
         name: encode_query_component(&p.name),

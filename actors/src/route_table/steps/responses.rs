@@ -7,7 +7,7 @@ use outpost_model::policy::{MockResponse, ReturnResponse};
 use outpost_model::template::Template;
 
 use super::Step;
-use super::cx::{StepCx, header_name};
+use super::cx::{StepCx, Text, header_name};
 
 #[derive(Debug)]
 pub struct MockResponseStep {
@@ -21,7 +21,7 @@ pub struct MockResponseStep {
 pub struct ReturnResponseStep {
     pub status: u16,
     pub headers: Vec<(HeaderName, Template)>,
-    pub body: Option<Template>,
+    pub body: Option<Text>,
 }
 
 fn check_status(cx: &mut StepCx<'_>, status: u16) -> bool {
@@ -65,10 +65,7 @@ pub(super) fn return_response(p: &ReturnResponse, cx: &mut StepCx<'_>) -> Option
             headers.push((n, v));
         }
     }
-    let body = match &p.body {
-        Some(b) => Some(cx.template("body", b)?),
-        None => None,
-    };
+    let body = cx.text("body", p.body.as_deref(), p.body_expression.as_deref())?;
     if !status_ok || headers.len() != p.headers.len() {
         return None;
     }
