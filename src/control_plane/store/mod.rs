@@ -201,10 +201,11 @@ struct ChangeLog {
 
 const PAST_STATES_CACHED: usize = 8;
 
-/// Opens the engine at `location`; PostgreSQL also returns its notification receiver.
-fn open_engine(
-    location: &Location,
-) -> Result<(Box<dyn Engine>, Option<std_mpsc::Receiver<()>>), StoreError> {
+/// An engine, and (PostgreSQL) the receiver of other replicas' commit notifications.
+type OpenedEngine = (Box<dyn Engine>, Option<std_mpsc::Receiver<()>>);
+
+/// Opens the engine at `location`.
+fn open_engine(location: &Location) -> Result<OpenedEngine, StoreError> {
     Ok(match location {
         Location::Sqlite(path) => (Box::new(SqliteEngine::open(path)?), None),
         Location::Postgres { url, ca_file } => {
@@ -1547,5 +1548,36 @@ mod tests {
             ca_file: None,
         };
         assert!(Store::connect(&plain, StoreOptions::default()).is_err());
+    }
+
+    /// A SQLite store made before migrations were versioned (the same tables, no history)
+    /// is adopted as schema version 1 with its data.
+    #[test]
+    fn an_unversioned_sqlite_store_is_adopted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        {
+            let conn = rusqlite::Connection::open(&path).unwrap();
+            conn.execute_batch(include_str!("migrations/sqlite/V1__initial.sql"))
+                .unwrap();
+            conn.execute_batch(
+                "INSERT INTO resources VALUES ('named-values', 'a', 1, '{\"name\":\"a\",\"value\":\"1\"}');
+                 INSERT INTO changes VALUES (1, 0, 'named-values', 'a', NULL, NULL, '{\"name\":\"a\",\"value\":\"1\"}');
+                 INSERT INTO meta VALUES ('revision', '1');",
+            )
+            .unwrap();
+        }
+        let store = Store::open(&path, StoreOptions::default()).unwrap();
+        assert_eq!(store.revision(), 1);
+        assert_eq!(value_of(&store.state(), "a"), "1");
+        let version: i64 = rusqlite::Connection::open(&path)
+            .unwrap()
+            .query_row(
+                "SELECT MAX(version) FROM refinery_schema_history",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(version, 1);
     }
 }

@@ -261,15 +261,11 @@ async fn listen(config: Config, tls: Tls, to_store: std_mpsc::Sender<()>) {
         if to_store.send(()).is_err() {
             return;
         }
-        loop {
-            match tokio::time::timeout(FALLBACK_CHECK, rx.recv()).await {
-                Ok(Some(())) | Err(_) => {
-                    if to_store.send(()).is_err() {
-                        return;
-                    }
-                }
-                // The connection ended: listen again.
-                Ok(None) => break,
+        // A notification, or the fallback period without one: look. `Ok(None)`: the
+        // connection ended, listen again.
+        while let Ok(Some(())) | Err(_) = tokio::time::timeout(FALLBACK_CHECK, rx.recv()).await {
+            if to_store.send(()).is_err() {
+                return;
             }
         }
         tokio::time::sleep(LISTENER_RETRY).await;
