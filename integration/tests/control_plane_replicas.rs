@@ -6,7 +6,8 @@ use std::path::Path;
 use std::time::Instant;
 
 use outpost_integration::{
-    ADMIN_TOKEN, ControlPlane, PostgresServer, client, free_port, outpost_command, secs,
+    ADMIN_TOKEN, ControlPlane, Gateway, GatewayOptions, PostgresServer, client, eventually,
+    free_port, ms, outpost_command, secs,
 };
 use serde_json::{Value, json};
 
@@ -238,4 +239,105 @@ async fn store_copy_moves_sqlite_to_postgres() {
         !stderr.contains("s3cret") && !stderr.contains(&token),
         "{stderr}"
     );
+}
+
+const SITE: &str = r#"
+apiVersion: outpost/v1
+backends:
+  - {name: b, url: "http://127.0.0.1:9"}
+apis:
+  - name: hello
+    path: hello
+    backend: b
+    subscription-required: false
+    operations:
+      - {name: get, method: GET, url-template: /}
+    policies:
+      inbound:
+        - base
+        - return-response: {status-code: 200, body: "hi"}
+gateways:
+  - {name: site-a, apis: [hello]}
+"#;
+
+/// Waits until `cp` lists instance `id` of `site-a` with `connection` (e.g. `connected`).
+async fn wait_listed(cp: &ControlPlane, id: &str, connection: &str) {
+    eventually(secs(30), ms(100), async || {
+        let (status, body) = cp
+            .call("GET", "/api/v1/gateways/site-a/instances", None)
+            .await;
+        let found = body
+            .as_array()
+            .and_then(|list| list.iter().find(|i| i["instance-id"] == id).cloned());
+        match found {
+            Some(i) if status == 200 && i["connection"] == connection => Ok(()),
+            other => Err(format!("{}: {status} {other:?}", cp.admin_url())),
+        }
+    })
+    .await
+    .unwrap();
+}
+
+/// Starts a gateway for `site-a` on `cp` and returns it with its instance id.
+async fn gateway_on(cp: &ControlPlane, token_from: &ControlPlane) -> (Gateway, String) {
+    let token = token_from.token("site-a").await;
+    let gw = Gateway::start(
+        "gateway",
+        GatewayOptions {
+            control_plane_url: Some(cp.gateway_url()),
+            token: Some(token),
+            ..Default::default()
+        },
+    )
+    .await;
+    let (_, ready) = gw.readyz().await;
+    let id = ready["instance_id"].as_str().unwrap().to_owned();
+    (gw, id)
+}
+
+/// Instance status is written to the store: a control plane restarted on its SQLite data
+/// directory lists the instance it knew (here: stopped) at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn instance_status_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let (admin, gateway) = (free_port(), free_port());
+    let mut cp = ControlPlane::start_on_with("cp", &data_dir, admin, gateway, &[]).await;
+    cp.apply(SITE).await;
+    let (mut gw, id) = gateway_on(&cp, &cp).await;
+    wait_listed(&cp, &id, "connected").await;
+    gw.stop_graceful(secs(10)).await;
+    wait_listed(&cp, &id, "stopped").await;
+    cp.stop_graceful(secs(10)).await;
+
+    let cp = ControlPlane::start_on_with("cp-again", &data_dir, admin, gateway, &[]).await;
+    let (_, body) = cp
+        .call("GET", "/api/v1/gateways/site-a/instances", None)
+        .await;
+    let listed = body.as_array().cloned().unwrap_or_default();
+    assert!(
+        listed
+            .iter()
+            .any(|i| i["instance-id"] == id.as_str() && i["connection"] == "stopped"),
+        "right after the restart: {body:#}"
+    );
+}
+
+/// With PostgreSQL, a gateway heartbeating to replica B is listed on replica A, and a replica
+/// started later lists it too.
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_share_instance_status() {
+    let pg = tokio::task::block_in_place(PostgresServer::start);
+    let dir = tempfile::tempdir().unwrap();
+    let a = replica("cp-a", dir.path(), &pg).await;
+    let b = replica("cp-b", dir.path(), &pg).await;
+    a.apply(SITE).await;
+    wait_for_revision(&b, a.revision().await).await;
+    let (mut gw, id) = gateway_on(&b, &b).await;
+    wait_listed(&b, &id, "connected").await;
+    wait_listed(&a, &id, "connected").await;
+    gw.stop_graceful(secs(10)).await;
+    wait_listed(&a, &id, "stopped").await;
+    let c = replica("cp-c", dir.path(), &pg).await;
+    wait_listed(&c, &id, "stopped").await;
 }

@@ -125,9 +125,11 @@ impl RunningControlPlane {
     }
 
     /// Stops gracefully (in-flight requests finish, within the listeners' shutdown timeouts)
-    /// and waits until both listeners are down and their ports released.
+    /// and waits until both listeners are down and their ports released; then writes the
+    /// instance status heard since the last sync to the store.
     pub fn stop(mut self) {
         self.thread.stop(true);
+        self.gateway_state.sync_instances();
     }
 
     /// Waits until the listeners stop (after a [`StopHandle::stop`]).
@@ -226,6 +228,8 @@ pub fn start(settings: ControlPlaneSettings) -> Result<RunningControlPlane, Star
         GatewayApiState::new(store.clone(), &settings).map_err(StartError::SigningKey)?,
     );
 
+    spawn_instance_sync(&gateway_state);
+
     let gw_state = gateway_state.clone();
     let (thread, ()) = ServerThread::spawn("control-plane", move |ready_tx| async move {
         let admin_gw_state = gw_state.clone();
@@ -296,6 +300,24 @@ pub fn start(settings: ControlPlaneSettings) -> Result<RunningControlPlane, Star
         thread,
         _data_dir: data_dir,
     })
+}
+
+/// Exchanges instance status with the store every [`instances::SYNC_EVERY`], on a thread that
+/// ends with the control plane (it holds the state weakly).
+fn spawn_instance_sync(state: &web::Data<GatewayApiState>) {
+    let weak = Arc::downgrade(&state.clone().into_inner());
+    let spawned = std::thread::Builder::new()
+        .name("outpost-instances".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(instances::SYNC_EVERY);
+                let Some(state) = weak.upgrade() else { return };
+                state.sync_instances();
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the instance status sync");
+    }
 }
 
 /// Checks, locks and makes private the data directory before anything reads or writes in it.

@@ -106,6 +106,16 @@ pub struct GatewayKeyRecord {
     pub secondary_key: String,
 }
 
+/// One row of `instances`: a gateway instance's last heartbeat record (JSON).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceRow {
+    pub gateway: String,
+    pub instance_id: String,
+    /// RFC 3339, UTC, microseconds, `Z`: text order is time order.
+    pub last_seen: String,
+    pub record: String,
+}
+
 /// Every table's rows: what a store loads at start (or when too far behind to catch up from the
 /// change log) and what `store copy` moves.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -200,6 +210,14 @@ pub trait Engine: Send {
 
     fn meta(&mut self, key: &str) -> Result<Option<String>, StoreError>;
     fn set_meta(&mut self, key: &str, value: &str) -> Result<(), StoreError>;
+
+    /// Upserts instance rows; a row already stored with a later `last_seen` (another replica's
+    /// newer heartbeat) is kept.
+    fn save_instances(&mut self, rows: &[InstanceRow]) -> Result<(), StoreError>;
+    /// Rows last seen at or after `seen_since`.
+    fn load_instances(&mut self, seen_since: &str) -> Result<Vec<InstanceRow>, StoreError>;
+    /// Deletes rows last seen before `seen_before`.
+    fn forget_instances(&mut self, seen_before: &str) -> Result<(), StoreError>;
 
     /// Whether the store holds nothing yet (no revision, no keys): the only valid target of a
     /// copy.

@@ -35,10 +35,10 @@ use outpost_model::{Kind, Resource, ResourceKey};
 use rand::RngCore;
 use tokio::sync::watch;
 
-pub use self::engine::Location;
 use self::engine::{
     ChangeRow, Dump, Engine, GatewayKeyRecord, ResourceRow, SigningKeyRecord, Since, WriteBatch,
 };
+pub use self::engine::{InstanceRow, Location};
 use self::postgres::PostgresEngine;
 use self::sqlite::SqliteEngine;
 
@@ -707,6 +707,32 @@ impl Store {
 
     pub fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
         self.engine.lock().expect("store lock").set_meta(key, value)
+    }
+
+    // === instance status (heartbeats) ===
+
+    /// Stores instance records; a stored row with a later `last_seen` is kept.
+    pub fn save_instances(&self, rows: &[InstanceRow]) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        self.engine.lock().expect("store lock").save_instances(rows)
+    }
+
+    /// Instance records last seen at or after `seen_since` (RFC 3339, see [`InstanceRow`]).
+    pub fn load_instances(&self, seen_since: &str) -> Result<Vec<InstanceRow>, StoreError> {
+        self.engine
+            .lock()
+            .expect("store lock")
+            .load_instances(seen_since)
+    }
+
+    /// Deletes instance records last seen before `seen_before`.
+    pub fn forget_instances(&self, seen_before: &str) -> Result<(), StoreError> {
+        self.engine
+            .lock()
+            .expect("store lock")
+            .forget_instances(seen_before)
     }
 
     #[cfg(test)]
@@ -1551,7 +1577,7 @@ mod tests {
     }
 
     /// A SQLite store made before migrations were versioned (the same tables, no history)
-    /// is adopted as schema version 1 with its data.
+    /// is adopted as schema version 1 with its data, then migrated on (V2: instances).
     #[test]
     fn an_unversioned_sqlite_store_is_adopted() {
         let dir = tempfile::tempdir().unwrap();
@@ -1578,6 +1604,43 @@ mod tests {
                 |r| r.get(0),
             )
             .unwrap();
-        assert_eq!(version, 1);
+        assert_eq!(version, 2);
+    }
+
+    /// Instance rows: the later `last_seen` wins whoever writes last; old rows are forgotten.
+    #[test]
+    fn instance_rows_keep_the_newest_heartbeat() {
+        on_both_engines(|db| {
+            let store = db.open(StoreOptions::default());
+            let row = |seen: &str, record: &str| InstanceRow {
+                gateway: "edge".into(),
+                instance_id: "i-1".into(),
+                last_seen: seen.into(),
+                record: record.into(),
+            };
+            store
+                .save_instances(&[row("2026-01-01T00:00:02.000000Z", "new")])
+                .unwrap();
+            store
+                .save_instances(&[row("2026-01-01T00:00:01.000000Z", "old")])
+                .unwrap();
+            let loaded = store.load_instances("2026-01-01T00:00:00.000000Z").unwrap();
+            assert_eq!(loaded, vec![row("2026-01-01T00:00:02.000000Z", "new")]);
+            assert!(
+                store
+                    .load_instances("2026-01-01T00:00:03.000000Z")
+                    .unwrap()
+                    .is_empty()
+            );
+            store
+                .forget_instances("2026-01-01T00:00:03.000000Z")
+                .unwrap();
+            assert!(
+                store
+                    .load_instances("2000-01-01T00:00:00.000000Z")
+                    .unwrap()
+                    .is_empty()
+            );
+        });
     }
 }

@@ -32,8 +32,8 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::StoreError;
 use super::engine::{
-    ChangeRow, Dump, Engine, GatewayKeyRecord, ResourceRow, SigningKeyRecord, Since, WriteBatch,
-    check_schema_version,
+    ChangeRow, Dump, Engine, GatewayKeyRecord, InstanceRow, ResourceRow, SigningKeyRecord, Since,
+    WriteBatch, check_schema_version,
 };
 
 mod embedded {
@@ -668,6 +668,62 @@ impl Engine for PostgresEngine {
     fn set_meta(&mut self, key: &str, value: &str) -> Result<(), StoreError> {
         let (key, value) = (key.to_owned(), value.to_owned());
         self.run(move |c| async move { set_meta_text(&c, &key, &value).await })
+    }
+
+    fn save_instances(&mut self, rows: &[InstanceRow]) -> Result<(), StoreError> {
+        let rows = rows.to_vec();
+        self.run(move |c| async move {
+            c.batch_execute("BEGIN").await?;
+            let result = async {
+                for r in &rows {
+                    c.execute(
+                        "INSERT INTO instances (gateway, instance_id, last_seen, record) \
+                         VALUES ($1, $2, $3, $4) ON CONFLICT (gateway, instance_id) DO UPDATE \
+                         SET last_seen = excluded.last_seen, record = excluded.record \
+                         WHERE excluded.last_seen > instances.last_seen",
+                        &[&r.gateway, &r.instance_id, &r.last_seen, &r.record],
+                    )
+                    .await?;
+                }
+                Ok::<_, tokio_postgres::Error>(())
+            }
+            .await;
+            match result {
+                Ok(()) => c.batch_execute("COMMIT").await,
+                Err(e) => {
+                    let _ = c.batch_execute("ROLLBACK").await;
+                    Err(e)
+                }
+            }
+        })
+    }
+
+    fn load_instances(&mut self, seen_since: &str) -> Result<Vec<InstanceRow>, StoreError> {
+        let since = seen_since.to_owned();
+        self.run(move |c| async move {
+            Ok(c.query(
+                "SELECT gateway, instance_id, last_seen, record FROM instances WHERE last_seen >= $1",
+                &[&since],
+            )
+            .await?
+            .iter()
+            .map(|r| InstanceRow {
+                gateway: r.get(0),
+                instance_id: r.get(1),
+                last_seen: r.get(2),
+                record: r.get(3),
+            })
+            .collect())
+        })
+    }
+
+    fn forget_instances(&mut self, seen_before: &str) -> Result<(), StoreError> {
+        let before = seen_before.to_owned();
+        self.run(move |c| async move {
+            c.execute("DELETE FROM instances WHERE last_seen < $1", &[&before])
+                .await?;
+            Ok(())
+        })
     }
 
     fn import(&mut self, d: &Dump) -> Result<(), StoreError> {

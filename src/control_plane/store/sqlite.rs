@@ -10,13 +10,19 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::StoreError;
 use super::engine::{
-    ChangeRow, Dump, Engine, GatewayKeyRecord, ResourceRow, SigningKeyRecord, Since, WriteBatch,
-    check_schema_version,
+    ChangeRow, Dump, Engine, GatewayKeyRecord, InstanceRow, ResourceRow, SigningKeyRecord, Since,
+    WriteBatch, check_schema_version,
 };
 
 mod embedded {
     refinery::embed_migrations!("src/control_plane/store/migrations/sqlite");
 }
+
+/// Newer heartbeats win, whichever replica stores first.
+const UPSERT_INSTANCE: &str = "INSERT INTO instances (gateway, instance_id, last_seen, record) \
+     VALUES (?1, ?2, ?3, ?4) ON CONFLICT (gateway, instance_id) DO UPDATE \
+     SET last_seen = excluded.last_seen, record = excluded.record \
+     WHERE excluded.last_seen > instances.last_seen";
 
 /// refinery's default name for its table of applied migrations.
 const HISTORY_TABLE: &str = "refinery_schema_history";
@@ -359,6 +365,41 @@ impl Engine for SqliteEngine {
 
     fn set_meta(&mut self, key: &str, value: &str) -> Result<(), StoreError> {
         set_meta_value(&self.conn, key, value)
+    }
+
+    fn save_instances(&mut self, rows: &[InstanceRow]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        for r in rows {
+            tx.execute(
+                UPSERT_INSTANCE,
+                params![r.gateway, r.instance_id, r.last_seen, r.record],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn load_instances(&mut self, seen_since: &str) -> Result<Vec<InstanceRow>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT gateway, instance_id, last_seen, record FROM instances WHERE last_seen >= ?1",
+        )?;
+        let rows = stmt.query_map(params![seen_since], |r| {
+            Ok(InstanceRow {
+                gateway: r.get(0)?,
+                instance_id: r.get(1)?,
+                last_seen: r.get(2)?,
+                record: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn forget_instances(&mut self, seen_before: &str) -> Result<(), StoreError> {
+        self.conn.execute(
+            "DELETE FROM instances WHERE last_seen < ?1",
+            params![seen_before],
+        )?;
+        Ok(())
     }
 
     fn import(&mut self, d: &Dump) -> Result<(), StoreError> {
