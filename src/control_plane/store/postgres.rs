@@ -47,8 +47,10 @@ const MIGRATION_LOCK: i64 = 0x6f75_7470_6f73_7402;
 pub const CHANNEL: &str = "outpost_revisions";
 /// How often a replica checks for new revisions without being told (lost notifications).
 pub const FALLBACK_CHECK: Duration = Duration::from_secs(2);
-/// Pause before a dropped listener connection is opened again.
+/// Pause before a dropped listener connection is opened again, doubling while the database
+/// stays unreachable, up to [`LISTENER_RETRY_MAX`].
 const LISTENER_RETRY: Duration = Duration::from_millis(500);
+const LISTENER_RETRY_MAX: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
 enum Tls {
@@ -242,21 +244,25 @@ where
 /// every reconnect (something may have been missed meanwhile) and, as a fallback, every
 /// [`FALLBACK_CHECK`]. Ends when the store (the receiver) is gone.
 async fn listen(config: Config, tls: Tls, to_store: std_mpsc::Sender<()>) {
+    let mut retry = LISTENER_RETRY;
     loop {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let client = match connect(&config, &tls, Some(tx)).await {
             Ok(c) => c,
             Err(e) => {
-                tracing::warn!(error = %e, "store listener: cannot connect; retrying");
-                tokio::time::sleep(LISTENER_RETRY).await;
+                tracing::warn!(error = %e, retry_ms = retry.as_millis(), "store listener: cannot connect; retrying");
+                tokio::time::sleep(retry).await;
+                retry = (retry * 2).min(LISTENER_RETRY_MAX);
                 continue;
             }
         };
         if let Err(e) = client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
-            tracing::warn!(error = %e, "store listener: LISTEN failed; retrying");
-            tokio::time::sleep(LISTENER_RETRY).await;
+            tracing::warn!(error = %e, retry_ms = retry.as_millis(), "store listener: LISTEN failed; retrying");
+            tokio::time::sleep(retry).await;
+            retry = (retry * 2).min(LISTENER_RETRY_MAX);
             continue;
         }
+        retry = LISTENER_RETRY;
         // Listening from here: catch up on whatever happened before.
         if to_store.send(()).is_err() {
             return;
