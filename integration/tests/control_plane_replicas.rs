@@ -341,3 +341,27 @@ async fn replicas_share_instance_status() {
     let c = replica("cp-c", dir.path(), &pg).await;
     wait_listed(&c, &id, "stopped").await;
 }
+
+/// A signing key rotated through replica A is the one replica B signs with, within a sync
+/// period, so gateways polling B follow the rotation too.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rotated_signing_key_reaches_every_replica() {
+    let pg = tokio::task::block_in_place(PostgresServer::start);
+    let dir = tempfile::tempdir().unwrap();
+    let a = replica("cp-a", dir.path(), &pg).await;
+    let b = replica("cp-b", dir.path(), &pg).await;
+    let (_, before) = b.call("GET", "/api/v1/signing-keys", None).await;
+    let (status, rotated) = a.call("POST", "/api/v1/signing-keys/rotate", None).await;
+    assert_eq!(status, 200, "{rotated}");
+    assert_ne!(rotated["active"], before["active"]);
+    eventually(secs(30), ms(100), async || {
+        let (_, now) = b.call("GET", "/api/v1/signing-keys", None).await;
+        if now["active"] == rotated["active"] {
+            Ok(())
+        } else {
+            Err(format!("B signs with {}", now["active"]))
+        }
+    })
+    .await
+    .unwrap();
+}

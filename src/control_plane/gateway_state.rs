@@ -123,6 +123,30 @@ impl GatewayApiState {
         Ok(state)
     }
 
+    /// Follows a signing key rotated by another control-plane replica (blocking): when the
+    /// store's active key is not the one this replica signs with, answers from now on are
+    /// signed with the store's, like after a local rotation.
+    pub fn refresh_signing_keys(&self) {
+        let _one_at_a_time = self.rotation.lock().expect("rotation lock");
+        let keys = match self.store.signing_keys() {
+            Ok(keys) => keys,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the config signing keys from the store");
+                return;
+            }
+        };
+        let current = self.signer.load();
+        if keys.active.public() == current.keys.active.public() {
+            return;
+        }
+        tracing::info!(
+            key = %keys.active.public(),
+            "config signing key rotated by another control plane; signing with it"
+        );
+        self.signer
+            .store(Arc::new(Signer::new(current.generation + 1, keys)));
+    }
+
     /// Exchanges instance records with the store (blocking; see [`InstanceRegistry::sync`]).
     /// A failure is logged: instance status is informational, and the next sync catches up.
     pub fn sync_instances(&self) {

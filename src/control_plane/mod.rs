@@ -228,7 +228,7 @@ pub fn start(settings: ControlPlaneSettings) -> Result<RunningControlPlane, Star
         GatewayApiState::new(store.clone(), &settings).map_err(StartError::SigningKey)?,
     );
 
-    spawn_instance_sync(&gateway_state);
+    spawn_store_sync(&gateway_state);
 
     let gw_state = gateway_state.clone();
     let (thread, ()) = ServerThread::spawn("control-plane", move |ready_tx| async move {
@@ -302,21 +302,23 @@ pub fn start(settings: ControlPlaneSettings) -> Result<RunningControlPlane, Star
     })
 }
 
-/// Exchanges instance status with the store every [`instances::SYNC_EVERY`], on a thread that
-/// ends with the control plane (it holds the state weakly).
-fn spawn_instance_sync(state: &web::Data<GatewayApiState>) {
+/// Every [`instances::SYNC_EVERY`], exchanges instance status with the store and follows a
+/// signing key rotated by another replica, on a thread that ends with the control plane (it
+/// holds the state weakly).
+fn spawn_store_sync(state: &web::Data<GatewayApiState>) {
     let weak = Arc::downgrade(&state.clone().into_inner());
     let spawned = std::thread::Builder::new()
-        .name("outpost-instances".into())
+        .name("outpost-store-sync".into())
         .spawn(move || {
             loop {
                 std::thread::sleep(instances::SYNC_EVERY);
                 let Some(state) = weak.upgrade() else { return };
                 state.sync_instances();
+                state.refresh_signing_keys();
             }
         });
     if let Err(e) = spawned {
-        tracing::error!(error = %e, "cannot start the instance status sync");
+        tracing::error!(error = %e, "cannot start the store sync thread");
     }
 }
 
