@@ -365,3 +365,44 @@ async fn a_rotated_signing_key_reaches_every_replica() {
     .await
     .unwrap();
 }
+
+/// A database migrated by a newer release is refused at start: the process exits non-zero
+/// with a message naming both schema versions, and changes nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_newer_schema_stops_the_control_plane() {
+    let pg = tokio::task::block_in_place(PostgresServer::start);
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = replica("cp-first", dir.path(), &pg).await;
+    first.stop_graceful(secs(10)).await;
+    pg.psql(
+        outpost_integration::postgres::PG_DATABASE,
+        "INSERT INTO refinery_schema_history (version, name, applied_on, checksum) \
+         VALUES (99, 'from_the_future', '2030-01-01T00:00:00Z', '0')",
+    );
+    let out = tokio::task::block_in_place(|| {
+        outpost_command()
+            .arg("control-plane")
+            .env("OUTPOST_ADMIN_LISTEN", format!("127.0.0.1:{}", free_port()))
+            .env(
+                "OUTPOST_GATEWAY_API_LISTEN",
+                format!("127.0.0.1:{}", free_port()),
+            )
+            .env("OUTPOST_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("OUTPOST_STORE_URL", pg.url())
+            .output()
+            .unwrap()
+    });
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("has schema version 99, but this outpost knows up to"),
+        "{stderr}"
+    );
+    assert_eq!(
+        pg.psql(
+            outpost_integration::postgres::PG_DATABASE,
+            "SELECT max(version) FROM refinery_schema_history"
+        ),
+        "99"
+    );
+}
