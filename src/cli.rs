@@ -113,6 +113,11 @@ pub enum Command {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Work on a control-plane store directly.
+    Store {
+        #[command(subcommand)]
+        action: StoreAction,
+    },
     /// Create an API (with its operations) from an OpenAPI 3 document, as a declarative file.
     ImportOpenapi {
         /// OpenAPI 3 document, JSON or YAML.
@@ -153,6 +158,26 @@ pub enum SigningKeyAction {
     Show,
     /// Replace the signing key with a new one, endorsed by the old one; gateways follow.
     Rotate,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum StoreAction {
+    /// Copy a SQLite data directory into a new, empty PostgreSQL database: revisions, the
+    /// change log, gateway keys (gateway tokens stay valid), signing keys and secrets, as they
+    /// are. Stop the control plane using the data directory first (its lock is taken).
+    Copy {
+        /// The SQLite data directory (the control plane's `[store] data_dir`).
+        #[arg(long)]
+        from: PathBuf,
+        /// `postgres://user:password@host:port/database` of the target (its schema is made by
+        /// the copy); read from OUTPOST_STORE_URL when absent, which keeps the password out of
+        /// the process list.
+        #[arg(long, env = "OUTPOST_STORE_URL", hide_env_values = true)]
+        to: String,
+        /// PEM file of the CA for TLS to the target, like `[store] ca_file`.
+        #[arg(long, env = "OUTPOST_STORE_CA_FILE")]
+        ca_file: Option<PathBuf>,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -221,6 +246,22 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         } => crate::client::export(&server, output.as_deref(), include_secrets)
             .map(|()| ExitCode::SUCCESS),
         Command::Validate { file } => crate::client::validate(&file),
+        Command::Store {
+            action: StoreAction::Copy { from, to, ca_file },
+        } => {
+            let report = crate::control_plane::copy_store(&from, &to, ca_file.as_deref())
+                .map_err(|e| e.to_string())?;
+            eprintln!(
+                "outpost: copied revision {} ({} resources, {} change-log entries, {} gateway \
+                 key pairs, {} signing keys)",
+                report.revision,
+                report.resources,
+                report.changes,
+                report.gateway_keys,
+                report.signing_keys
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::GatewayToken {
             gateway,
             expires,

@@ -44,6 +44,14 @@ pub const OTHER_VARIABLES: &[(&str, &str)] = &[
         "operator CLI: admin token (--token); also the control plane's [admin] token",
     ),
     (
+        "OUTPOST_STORE_URL",
+        "outpost store copy: the target database (--to); also the control plane's [store] url",
+    ),
+    (
+        "OUTPOST_STORE_CA_FILE",
+        "outpost store copy: CA for TLS to the target (--ca-file); also the control plane's [store] ca_file",
+    ),
+    (
         "OUTPOST_ADMIN_TOKEN_FILE",
         "operator CLI: file holding the admin token (--token-file)",
     ),
@@ -79,6 +87,10 @@ pub const OTHER_VARIABLES: &[(&str, &str)] = &[
     (
         "OUTPOST_REDIS_SERVER",
         "integration harness: path of redis-server",
+    ),
+    (
+        "OUTPOST_TEST_PG_BIN",
+        "integration harness: directory of the PostgreSQL binaries (initdb, postgres, psql)",
     ),
     (
         "OUTPOST_FAULT_DURATION_SECS",

@@ -11,6 +11,8 @@
 //!   `OUTPOST_TEST_PATIENCE`.
 //! - [`redis`]: [`RedisServer`], a private `redis-server` that can be killed and restarted on
 //!   the same port, optionally with its data kept; [`redis_command`] to inspect it.
+//! - [`postgres`]: [`PostgresServer`], a private PostgreSQL (`initdb` + `postgres`, as the
+//!   `postgres` user when the tests run as root) for the control plane's PostgreSQL store.
 //! - [`fault_proxy`]: [`FaultProxy`], a TCP proxy switchable between pass, refuse, black hole
 //!   and delay while traffic flows.
 //! - [`backend`]: [`TestBackend`], an HTTP backend that echoes what it received and counts it.
@@ -70,6 +72,7 @@ pub mod fleet;
 pub mod http;
 pub mod pki;
 pub mod ports;
+pub mod postgres;
 pub mod process;
 pub mod redis;
 pub mod scenarios;
@@ -83,6 +86,7 @@ pub use fleet::{ADMIN_TOKEN, ControlPlane, Gateway, GatewayOptions};
 pub use http::{LoadLoop, LoadReport, client, client_builder, hey, hey_with};
 pub use pki::TestPki;
 pub use ports::{free_addr, free_port};
+pub use postgres::PostgresServer;
 pub use process::{ManagedProcess, outpost_binary, outpost_command, workspace_root};
 pub use redis::{Persistence, RedisServer, redis_command, try_redis_command};
 pub use wait::{eventually, ms, patience, scaled, secs, wait_for_http_ok};

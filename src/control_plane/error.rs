@@ -126,7 +126,14 @@ impl From<StoreError> for ApiError {
             StoreError::PreconditionFailed { .. } => ApiError::PreconditionFailed(e.to_string()),
             StoreError::Invalid(p) => ApiError::Invalid(p),
             StoreError::Inconsistent(p) => ApiError::Inconsistent(p),
-            StoreError::Sqlite(_) | StoreError::Corrupt(_) => ApiError::Internal(e.to_string()),
+            // The database failing (or unreachable) is the server's problem, not the request's.
+            StoreError::Sqlite(_)
+            | StoreError::Postgres(_)
+            | StoreError::Connect(_)
+            | StoreError::Migration(_)
+            | StoreError::SchemaTooNew { .. }
+            | StoreError::TargetNotEmpty(_)
+            | StoreError::Corrupt(_) => ApiError::Internal(e.to_string()),
         }
     }
 }

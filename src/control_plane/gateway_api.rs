@@ -45,8 +45,9 @@
 //! once instead of a wait: a configuration altered on the gateway's side is replaced on the next
 //! poll, not kept until the next change.
 //!
-//! Instance status and telemetry live in memory ([`super::instances`], [`super::telemetry`]); after a
-//! control plane restart they are rebuilt from the next heartbeats and uploads.
+//! Instance status lives in memory and is exchanged with the store every few seconds
+//! ([`super::instances`]), so it survives a restart and replicas share it. Telemetry lives in
+//! memory only ([`super::telemetry`]); after a restart it is rebuilt from the next uploads.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;

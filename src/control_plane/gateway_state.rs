@@ -101,11 +101,12 @@ struct CachedKeys {
 }
 
 impl GatewayApiState {
-    /// Loads (on first start: creates) the config signing key from the store.
+    /// Loads (on first start: creates) the config signing key, and the instance records, from
+    /// the store.
     pub fn new(store: Arc<Store>, settings: &ControlPlaneSettings) -> Result<Self, StoreError> {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let keys = store.signing_keys()?;
-        Ok(Self {
+        let state = Self {
             store,
             max_wait: settings.gateway_api.max_wait,
             max_token_lifetime_days: settings.tokens.max_lifetime_days,
@@ -117,7 +118,41 @@ impl GatewayApiState {
             waiting: AtomicUsize::new(0),
             signer: ArcSwap::from_pointee(Signer::new(0, keys)),
             rotation: Mutex::new(()),
-        })
+        };
+        state.sync_instances();
+        Ok(state)
+    }
+
+    /// Follows a signing key rotated by another control-plane replica (blocking): when the
+    /// store's active key is not the one this replica signs with, answers from now on are
+    /// signed with the store's, like after a local rotation.
+    pub fn refresh_signing_keys(&self) {
+        let _one_at_a_time = self.rotation.lock().expect("rotation lock");
+        let keys = match self.store.signing_keys() {
+            Ok(keys) => keys,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the config signing keys from the store");
+                return;
+            }
+        };
+        let current = self.signer.load();
+        if keys.active.public() == current.keys.active.public() {
+            return;
+        }
+        tracing::info!(
+            key = %keys.active.public(),
+            "config signing key rotated by another control plane; signing with it"
+        );
+        self.signer
+            .store(Arc::new(Signer::new(current.generation + 1, keys)));
+    }
+
+    /// Exchanges instance records with the store (blocking; see [`InstanceRegistry::sync`]).
+    /// A failure is logged: instance status is informational, and the next sync catches up.
+    pub fn sync_instances(&self) {
+        if let Err(e) = self.instances.sync(&self.store, chrono::Utc::now()) {
+            tracing::warn!(error = %e, "cannot sync instance status with the store");
+        }
     }
 
     /// The public key configurations are signed with now (`ed25519:<base64>`).

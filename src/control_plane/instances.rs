@@ -6,12 +6,17 @@
 //! `stopped` (its last heartbeat said it was stopping), and whether it is `in-sync` (the config
 //! hash it applied equals the hash of the gateway's current view) or `behind`.
 //!
-//! The records live in memory only. After a control plane restart the list is empty and fills
-//! again within one heartbeat interval, since every running instance keeps reporting; nothing a
-//! gateway needs depends on it. Instances not heard from for `instances.forget_after_secs` leave
-//! the list (and memory), so restarting gateways (a new id each time) do not pile up in it.
+//! Heartbeats update the records in memory (no database write per heartbeat); every
+//! [`SYNC_EVERY`] [`InstanceRegistry::sync`] writes the records heard from since the last sync
+//! to the store (`instances` table) and takes in the store's newer ones. So a restarted control
+//! plane lists the instances it knew (stopped ones included) at once, and with PostgreSQL every
+//! replica lists the instances heartbeating to any replica, within a sync period. Nothing a
+//! gateway needs depends on it. Instances not heard from for `instances.forget_after_secs`
+//! leave the list, memory and the store, so restarting gateways (a new id each time) do not
+//! pile up in it.
 
 use std::sync::Mutex;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use dashmap::DashMap;
@@ -19,9 +24,15 @@ use outpost_model::wire::{CertificateExpiry, Heartbeat};
 use serde::{Deserialize, Serialize};
 
 use super::settings::InstanceSettings;
+use super::store::{InstanceRow, Store, StoreError};
 
 /// Longest time between two sweeps of forgotten records (reads filter them out regardless).
 const PRUNE_EVERY_SECS: i64 = 60;
+/// How often the registry and the store exchange records.
+pub const SYNC_EVERY: Duration = Duration::from_secs(2);
+/// Records seen this long before the previous sync are written again: a heartbeat recorded
+/// while a sync ran is not missed (writes are idempotent).
+const SYNC_OVERLAP_SECS: i64 = 5;
 
 /// What the control plane knows about one instance.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -93,6 +104,8 @@ pub struct InstanceRegistry {
     records: DashMap<(String, String), InstanceRecord>,
     settings: InstanceSettings,
     last_prune: Mutex<DateTime<Utc>>,
+    /// When the last sync with the store started; also serialises syncs.
+    last_sync: Mutex<DateTime<Utc>>,
 }
 
 impl InstanceRegistry {
@@ -101,6 +114,61 @@ impl InstanceRegistry {
             records: DashMap::new(),
             settings,
             last_prune: Mutex::new(DateTime::<Utc>::MIN_UTC),
+            last_sync: Mutex::new(DateTime::<Utc>::MIN_UTC),
+        }
+    }
+
+    /// Writes the records heard from since the last sync to `store`, takes in the store's
+    /// records that are newer than ours (an earlier run's, other replicas'), and deletes the
+    /// forgotten ones there.
+    pub fn sync(&self, store: &Store, now: DateTime<Utc>) -> Result<(), StoreError> {
+        let mut last = self
+            .last_sync
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let since = last
+            .checked_sub_signed(chrono::TimeDelta::seconds(SYNC_OVERLAP_SECS))
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        let changed: Vec<InstanceRow> = self
+            .records
+            .iter()
+            .filter(|e| e.value().last_seen >= since)
+            .filter_map(|e| to_row(e.value()))
+            .collect();
+        store.save_instances(&changed)?;
+        let horizon = now
+            - chrono::TimeDelta::seconds(
+                i64::try_from(self.settings.forget_after.as_secs()).unwrap_or(i64::MAX / 1000),
+            );
+        let horizon = timestamp(horizon);
+        for row in store.load_instances(&horizon)? {
+            match serde_json::from_str::<InstanceRecord>(&row.record) {
+                Ok(record) => self.merge(record),
+                Err(e) => tracing::warn!(
+                    gateway = row.gateway,
+                    instance = row.instance_id,
+                    error = %e,
+                    "unreadable stored instance record; skipped"
+                ),
+            }
+        }
+        store.forget_instances(&horizon)?;
+        *last = now;
+        Ok(())
+    }
+
+    /// Takes a record from elsewhere (the store): it replaces ours when it is newer.
+    pub fn merge(&self, record: InstanceRecord) {
+        let key = (record.gateway.clone(), record.instance_id.clone());
+        match self.records.entry(key) {
+            dashmap::Entry::Occupied(mut e) => {
+                if record.last_seen > e.get().last_seen {
+                    e.insert(record);
+                }
+            }
+            dashmap::Entry::Vacant(e) => {
+                e.insert(record);
+            }
         }
     }
 
@@ -229,6 +297,20 @@ impl InstanceRegistry {
         }
         self.records.retain(|_, r| !self.forgotten(r, now));
     }
+}
+
+/// RFC 3339 with microseconds and `Z`: fixed width, so the store's text order is time order.
+fn timestamp(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+fn to_row(record: &InstanceRecord) -> Option<InstanceRow> {
+    Some(InstanceRow {
+        gateway: record.gateway.clone(),
+        instance_id: record.instance_id.clone(),
+        last_seen: timestamp(record.last_seen),
+        record: serde_json::to_string(record).ok()?,
+    })
 }
 
 /// Whole seconds from `then` to `now`; 0 when `then` is in the future (clock steps).
@@ -363,5 +445,28 @@ mod tests {
             t0() + secs(301),
         );
         assert_eq!(reg.len(), 1);
+    }
+
+    /// A record from the store replaces ours only when it is newer (another replica's later
+    /// heartbeat), never an older copy of what we have.
+    #[test]
+    fn merge_keeps_the_newest_record() {
+        let registry = InstanceRegistry::new(InstanceSettings::default());
+        let now = Utc::now();
+        registry.record("gw", heartbeat("i-1", "h1"), now, None, now);
+        let mut older = registry.records(None, now)[0].clone();
+        older.config_hash = "older".into();
+        older.last_seen = now - chrono::TimeDelta::seconds(5);
+        registry.merge(older.clone());
+        assert_eq!(registry.records(None, now)[0].config_hash, "h1");
+        let mut newer = older;
+        newer.config_hash = "newer".into();
+        newer.last_seen = now + chrono::TimeDelta::seconds(1);
+        registry.merge(newer);
+        assert_eq!(registry.records(None, now)[0].config_hash, "newer");
+        let mut other = registry.records(None, now)[0].clone();
+        other.instance_id = "i-2".into();
+        registry.merge(other);
+        assert_eq!(registry.len(), 2);
     }
 }

@@ -52,7 +52,7 @@ use self::auth::AdminToken;
 use self::data_dir::DataDir;
 use self::gateway_state::GatewayApiState;
 use self::settings::{ControlPlaneSettings, GatewayApiSettings};
-use self::store::{State, Store, StoreError, StoreOptions};
+use self::store::{Location, State, Store, StoreError, StoreOptions};
 use crate::settings::Validate;
 
 /// Name of the SQLite file in the data directory.
@@ -125,9 +125,11 @@ impl RunningControlPlane {
     }
 
     /// Stops gracefully (in-flight requests finish, within the listeners' shutdown timeouts)
-    /// and waits until both listeners are down and their ports released.
+    /// and waits until both listeners are down and their ports released; then writes the
+    /// instance status heard since the last sync to the store.
     pub fn stop(mut self) {
         self.thread.stop(true);
+        self.gateway_state.sync_instances();
     }
 
     /// Waits until the listeners stop (after a [`StopHandle::stop`]).
@@ -161,8 +163,12 @@ pub enum StartError {
     Settings(Problems),
     #[error(transparent)]
     DataDir(data_dir::DataDirError),
-    #[error("cannot open the store at {}: {source}", path.display())]
-    Store { path: PathBuf, source: StoreError },
+    #[error("cannot open the store at {location}: {source}")]
+    Store {
+        /// The SQLite path, or the PostgreSQL URL without its password.
+        location: String,
+        source: StoreError,
+    },
     #[error(transparent)]
     AdminToken(#[from] auth::AdminTokenError),
     #[error(transparent)]
@@ -221,6 +227,8 @@ pub fn start(settings: ControlPlaneSettings) -> Result<RunningControlPlane, Star
     let gateway_state = web::Data::new(
         GatewayApiState::new(store.clone(), &settings).map_err(StartError::SigningKey)?,
     );
+
+    spawn_store_sync(&gateway_state);
 
     let gw_state = gateway_state.clone();
     let (thread, ()) = ServerThread::spawn("control-plane", move |ready_tx| async move {
@@ -294,9 +302,30 @@ pub fn start(settings: ControlPlaneSettings) -> Result<RunningControlPlane, Star
     })
 }
 
+/// Every [`instances::SYNC_EVERY`], exchanges instance status with the store and follows a
+/// signing key rotated by another replica, on a thread that ends with the control plane (it
+/// holds the state weakly).
+fn spawn_store_sync(state: &web::Data<GatewayApiState>) {
+    let weak = Arc::downgrade(&state.clone().into_inner());
+    let spawned = std::thread::Builder::new()
+        .name("outpost-store-sync".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(instances::SYNC_EVERY);
+                let Some(state) = weak.upgrade() else { return };
+                state.sync_instances();
+                state.refresh_signing_keys();
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the store sync thread");
+    }
+}
+
 /// Checks, locks and makes private the data directory before anything reads or writes in it.
 fn open_data_dir(settings: &ControlPlaneSettings) -> Result<Option<DataDir>, StartError> {
-    if settings.store.data_dir == ":memory:" {
+    // With PostgreSQL nothing is kept locally: the data directory is not used.
+    if settings.store.data_dir == ":memory:" || !settings.store.url.is_empty() {
         return Ok(None);
     }
     DataDir::open(
@@ -312,14 +341,10 @@ fn open_store(settings: &ControlPlaneSettings) -> Result<Arc<Store>, StartError>
     let options = StoreOptions {
         change_log_limit: settings.store.change_log_limit,
     };
-    let path = if settings.store.data_dir == ":memory:" {
-        Path::new(":memory:").to_path_buf()
-    } else {
-        Path::new(&settings.store.data_dir).join(DB_FILE)
-    };
-    let store = Store::open(&path, options)
+    let location = store_location(&settings.store);
+    let store = Store::connect(&location, options)
         .map_err(|source| StartError::Store {
-            path: path.clone(),
+            location: location.describe(),
             source,
         })?
         // Every candidate configuration is compiled the way a gateway would compile it, so
@@ -327,7 +352,71 @@ fn open_store(settings: &ControlPlaneSettings) -> Result<Arc<Store>, StartError>
         .with_validator(Box::new(|state: &State| {
             outpost_actors::route_table::validate_config(state.iter_resources())
         }));
-    Ok(Arc::new(store))
+    let store = Arc::new(store);
+    // Other replicas' commits (PostgreSQL) reach this replica's state and long-polls.
+    store.follow();
+    Ok(store)
+}
+
+/// Why `outpost store copy` refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    #[error("{0} holds no {DB_FILE}: not a control-plane data directory")]
+    NoDatabase(PathBuf),
+    #[error("--to must be a postgres:// or postgresql:// URL")]
+    NotPostgres,
+    #[error(transparent)]
+    DataDir(data_dir::DataDirError),
+    #[error("cannot copy {from} to {to}: {source}")]
+    Store {
+        from: String,
+        to: String,
+        source: StoreError,
+    },
+}
+
+/// `outpost store copy`: the SQLite data directory `from` (locked meanwhile, so no control
+/// plane writes to it) into the new PostgreSQL database `to`.
+pub fn copy_store(
+    from: &Path,
+    to: &str,
+    ca_file: Option<&Path>,
+) -> Result<store::CopyReport, CopyError> {
+    if !store::engine::is_postgres_url(to) {
+        return Err(CopyError::NotPostgres);
+    }
+    let db = from.join(DB_FILE);
+    if !db.is_file() {
+        return Err(CopyError::NoDatabase(from.to_path_buf()));
+    }
+    let _lock = DataDir::open(from, DB_FILE, &[auth::TOKEN_FILE]).map_err(CopyError::DataDir)?;
+    let (source, target) = (
+        Location::Sqlite(db),
+        Location::Postgres {
+            url: to.to_owned(),
+            ca_file: ca_file.map(Path::to_path_buf),
+        },
+    );
+    store::copy(&source, &target).map_err(|e| CopyError::Store {
+        from: source.describe(),
+        to: target.describe(),
+        source: e,
+    })
+}
+
+/// Where `[store]` says the store is: `url` when set, else the SQLite file in `data_dir`.
+pub fn store_location(settings: &settings::StoreSettings) -> Location {
+    if !settings.url.is_empty() {
+        return Location::Postgres {
+            url: settings.url.clone(),
+            ca_file: (!settings.ca_file.is_empty()).then(|| PathBuf::from(&settings.ca_file)),
+        };
+    }
+    if settings.data_dir == ":memory:" {
+        Location::Sqlite(PathBuf::from(":memory:"))
+    } else {
+        Location::Sqlite(Path::new(&settings.data_dir).join(DB_FILE))
+    }
 }
 
 /// Why the gateway listener's certificate could not be loaded.

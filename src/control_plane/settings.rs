@@ -49,7 +49,16 @@ pub struct GatewayApiSettings {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreSettings {
+    /// `postgres://user:password@host:port/database`: the store is that PostgreSQL database,
+    /// shared by any number of control-plane replicas. Empty: the embedded SQLite file in
+    /// `data_dir`.
+    pub url: String,
+    /// PEM file of the CA that signed the PostgreSQL server's certificate. Set: the connection
+    /// is TLS (required) and the server must present a certificate for the URL's host signed
+    /// by this CA. Empty: plain TCP.
+    pub ca_file: String,
     /// Directory of `outpost.db` and `admin-token`; `:memory:` keeps nothing (tests, demo).
+    /// Not used with `url`.
     pub data_dir: String,
     /// Revisions the change log keeps; gateways further behind receive a full snapshot.
     pub change_log_limit: u64,
@@ -91,6 +100,8 @@ impl Default for ControlPlaneSettings {
                 max_wait: Duration::from_secs(60),
             },
             store: StoreSettings {
+                url: String::new(),
+                ca_file: String::new(),
                 data_dir: "./outpost-data".into(),
                 change_log_limit: 10_000,
             },
@@ -145,11 +156,34 @@ impl Validate for ControlPlaneSettings {
         if !(1..=600).contains(&self.gateway_api.max_wait.as_secs()) {
             p.push("gateway_api.max_wait_secs", "must be 1..=600");
         }
-        if self.store.data_dir.is_empty() {
-            p.push(
-                "store.data_dir",
-                "must not be empty (use :memory: for no persistence)",
-            );
+        if self.store.url.is_empty() {
+            if self.store.data_dir.is_empty() {
+                p.push(
+                    "store.data_dir",
+                    "must not be empty (use :memory: for no persistence)",
+                );
+            }
+            if !self.store.ca_file.is_empty() {
+                p.push(
+                    "store.ca_file",
+                    "is for store.url (PostgreSQL); set both or neither",
+                );
+            }
+        } else {
+            if !crate::control_plane::store::engine::is_postgres_url(&self.store.url) {
+                p.push(
+                    "store.url",
+                    "must start with postgres:// or postgresql:// (or be empty for the SQLite data_dir)",
+                );
+            }
+            // Every replica must accept the same token, and a generated one would live in one
+            // replica's data directory only.
+            if self.admin.token.trim().is_empty() {
+                p.push(
+                    "admin.token",
+                    "must be set with store.url: the control-plane replicas sharing the database must share the admin token",
+                );
+            }
         }
         if self.store.change_log_limit == 0 {
             p.push("store.change_log_limit", "must be at least 1");
@@ -175,6 +209,30 @@ impl Validate for ControlPlaneSettings {
 
 #[cfg(test)]
 mod tests {
+    use super::ControlPlaneSettings;
+    use crate::settings::Validate;
+
+    #[test]
+    fn a_postgres_store_needs_a_postgres_url_and_a_shared_token() {
+        let mut s = ControlPlaneSettings::default();
+        s.store.url = "mysql://db/x".into();
+        s.store.ca_file = "/etc/ca.pem".into();
+        let mut p = outpost_model::Problems::new();
+        s.validate(&mut p);
+        let text = p.to_string();
+        assert!(text.contains("store.url"), "{text}");
+        assert!(text.contains("admin.token"), "{text}");
+        s.store.url = "postgres://outpost@db/outpost".into();
+        s.admin.token = "t".into();
+        let mut p = outpost_model::Problems::new();
+        s.validate(&mut p);
+        assert!(p.is_empty(), "{p}");
+        s.store.url.clear();
+        let mut p = outpost_model::Problems::new();
+        s.validate(&mut p);
+        assert!(p.to_string().contains("store.ca_file"), "{p}");
+    }
+
     #[test]
     fn env_names_are_unique() {
         crate::settings::env_names_are_unique::<super::ControlPlaneSettings>().unwrap();
