@@ -10,7 +10,7 @@ use outpost_model::Resource;
 use outpost_model::document::Document;
 use outpost_model::resources::{GatewayHostname, NamedValue};
 
-use crate::control_plane::settings::ControlPlaneSettings;
+use crate::control_plane::settings::{ControlPlaneSettings, StoreDir};
 use crate::control_plane::store::{Precondition, Write};
 use crate::control_plane::tokens;
 use crate::gateway::settings::GatewaySettings;
@@ -40,7 +40,7 @@ pub fn run(port_base: u16) -> Result<(), String> {
     let mut cp_settings = ControlPlaneSettings::default();
     cp_settings.admin.listen = format!("127.0.0.1:{}", ports[0]);
     cp_settings.gateway_api.listen = format!("127.0.0.1:{}", ports[1]);
-    cp_settings.store.data_dir = dir.path().join("control-plane").display().to_string();
+    cp_settings.store.data_dir = StoreDir::Dir(dir.path().join("control-plane"));
     let cp = crate::control_plane::start(cp_settings).map_err(|e| e.to_string())?;
 
     let mut doc =

@@ -17,7 +17,7 @@ use actix_web::web;
 use sha2::{Digest, Sha256};
 
 use super::error::ApiError;
-use super::settings::ControlPlaneSettings;
+use super::settings::{ControlPlaneSettings, StoreDir};
 use super::store::generate_key;
 
 /// Name of the generated token's file in the data directory.
@@ -95,10 +95,10 @@ pub fn resolve_admin_token(
     if !configured.is_empty() {
         return Ok((AdminToken::new(configured), TokenSource::Configured));
     }
-    if settings.store.data_dir == ":memory:" {
+    let StoreDir::Dir(dir) = &settings.store.data_dir else {
         return Ok((AdminToken::new(generate_key()), TokenSource::Ephemeral));
-    }
-    let path = Path::new(&settings.store.data_dir).join(TOKEN_FILE);
+    };
+    let path = dir.join(TOKEN_FILE);
     match std::fs::read_to_string(&path) {
         Ok(text) => {
             let token = text.trim();
@@ -202,7 +202,7 @@ mod tests {
     fn generated_token_is_kept_private_and_reused() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = ControlPlaneSettings::default();
-        s.store.data_dir = dir.path().display().to_string();
+        s.store.data_dir = StoreDir::Dir(dir.path().to_owned());
         let (t1, src1) = resolve_admin_token(&s).unwrap();
         let path = dir.path().join(TOKEN_FILE);
         assert_eq!(src1, TokenSource::Generated(path.clone()));

@@ -51,7 +51,7 @@ use self::admin_api::AdminState;
 use self::auth::AdminToken;
 use self::data_dir::DataDir;
 use self::gateway_state::GatewayApiState;
-use self::settings::{ControlPlaneSettings, GatewayApiSettings};
+use self::settings::{ControlPlaneSettings, GatewayApiSettings, StoreDir};
 use self::store::{Location, State, Store, StoreError, StoreOptions};
 use crate::settings::Validate;
 
@@ -325,16 +325,12 @@ fn spawn_store_sync(state: &web::Data<GatewayApiState>) {
 /// Checks, locks and makes private the data directory before anything reads or writes in it.
 fn open_data_dir(settings: &ControlPlaneSettings) -> Result<Option<DataDir>, StartError> {
     // With PostgreSQL nothing is kept locally: the data directory is not used.
-    if settings.store.data_dir == ":memory:" || !settings.store.url.is_empty() {
-        return Ok(None);
+    match (&settings.store.data_dir, &settings.store.url) {
+        (StoreDir::Dir(dir), None) => DataDir::open(dir, DB_FILE, &[auth::TOKEN_FILE])
+            .map(Some)
+            .map_err(StartError::DataDir),
+        _ => Ok(None),
     }
-    DataDir::open(
-        Path::new(&settings.store.data_dir),
-        DB_FILE,
-        &[auth::TOKEN_FILE],
-    )
-    .map(Some)
-    .map_err(StartError::DataDir)
 }
 
 fn open_store(settings: &ControlPlaneSettings) -> Result<Arc<Store>, StartError> {
@@ -406,16 +402,15 @@ pub fn copy_store(
 
 /// Where `[store]` says the store is: `url` when set, else the SQLite file in `data_dir`.
 pub fn store_location(settings: &settings::StoreSettings) -> Location {
-    if !settings.url.is_empty() {
+    if let Some(url) = &settings.url {
         return Location::Postgres {
-            url: settings.url.clone(),
-            ca_file: (!settings.ca_file.is_empty()).then(|| PathBuf::from(&settings.ca_file)),
+            url: url.clone(),
+            ca_file: settings.ca_file.clone(),
         };
     }
-    if settings.data_dir == ":memory:" {
-        Location::Sqlite(PathBuf::from(":memory:"))
-    } else {
-        Location::Sqlite(Path::new(&settings.data_dir).join(DB_FILE))
+    match &settings.data_dir {
+        StoreDir::Memory => Location::Sqlite(PathBuf::from(":memory:")),
+        StoreDir::Dir(dir) => Location::Sqlite(dir.join(DB_FILE)),
     }
 }
 

@@ -46,20 +46,69 @@ pub struct GatewayApiSettings {
     pub max_wait: Duration,
 }
 
+/// Where the embedded SQLite store keeps its files (`store.data_dir`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreDir {
+    /// `:memory:`: nothing is kept (tests, demo); the admin token is generated per start.
+    Memory,
+    /// A directory holding `outpost.db` and `admin-token`.
+    Dir(PathBuf),
+}
+
+impl std::str::FromStr for StoreDir {
+    type Err = &'static str;
+
+    fn from_str(s: &str) -> Result<StoreDir, &'static str> {
+        match s {
+            "" => Err("must not be empty (use :memory: for no persistence)"),
+            ":memory:" => Ok(StoreDir::Memory),
+            dir => Ok(StoreDir::Dir(PathBuf::from(dir))),
+        }
+    }
+}
+
+impl std::fmt::Display for StoreDir {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreDir::Memory => f.write_str(":memory:"),
+            StoreDir::Dir(dir) => write!(f, "{}", dir.display()),
+        }
+    }
+}
+
+/// For settings written in code (tests, the demo): `":memory:"` or a directory.
+impl From<&str> for StoreDir {
+    fn from(s: &str) -> StoreDir {
+        match s {
+            ":memory:" => StoreDir::Memory,
+            dir => StoreDir::Dir(PathBuf::from(dir)),
+        }
+    }
+}
+
+impl From<String> for StoreDir {
+    fn from(s: String) -> StoreDir {
+        StoreDir::from(s.as_str())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreSettings {
     /// `postgres://user:password@host:port/database`: the store is that PostgreSQL database,
     /// shared by any number of control-plane replicas. Empty: the embedded SQLite file in
     /// `data_dir`.
-    pub url: String,
+    #[serde(with = "typed::opt_string")]
+    pub url: Option<String>,
     /// PEM file of the CA that signed the PostgreSQL server's certificate. Set: the connection
     /// is TLS (required) and the server must present a certificate for the URL's host signed
     /// by this CA. Empty: plain TCP.
-    pub ca_file: String,
+    #[serde(with = "typed::opt_path")]
+    pub ca_file: Option<PathBuf>,
     /// Directory of `outpost.db` and `admin-token`; `:memory:` keeps nothing (tests, demo).
     /// Not used with `url`.
-    pub data_dir: String,
+    #[serde(with = "typed::text")]
+    pub data_dir: StoreDir,
     /// Revisions the change log keeps; gateways further behind receive a full snapshot.
     pub change_log_limit: u64,
 }
@@ -100,8 +149,8 @@ impl Default for ControlPlaneSettings {
                 max_wait: Duration::from_secs(60),
             },
             store: StoreSettings {
-                url: String::new(),
-                ca_file: String::new(),
+                url: None,
+                ca_file: None,
                 data_dir: "./outpost-data".into(),
                 change_log_limit: 10_000,
             },
@@ -156,33 +205,27 @@ impl Validate for ControlPlaneSettings {
         if !(1..=600).contains(&self.gateway_api.max_wait.as_secs()) {
             p.push("gateway_api.max_wait_secs", "must be 1..=600");
         }
-        if self.store.url.is_empty() {
-            if self.store.data_dir.is_empty() {
-                p.push(
-                    "store.data_dir",
-                    "must not be empty (use :memory: for no persistence)",
-                );
-            }
-            if !self.store.ca_file.is_empty() {
-                p.push(
-                    "store.ca_file",
-                    "is for store.url (PostgreSQL); set both or neither",
-                );
-            }
-        } else {
-            if !crate::control_plane::store::engine::is_postgres_url(&self.store.url) {
-                p.push(
-                    "store.url",
-                    "must start with postgres:// or postgresql:// (or be empty for the SQLite data_dir)",
-                );
-            }
-            // Every replica must accept the same token, and a generated one would live in one
-            // replica's data directory only.
-            if self.admin.token.trim().is_empty() {
-                p.push(
-                    "admin.token",
-                    "must be set with store.url: the control-plane replicas sharing the database must share the admin token",
-                );
+        match &self.store.url {
+            None if self.store.ca_file.is_some() => p.push(
+                "store.ca_file",
+                "is for store.url (PostgreSQL); set both or neither",
+            ),
+            None => {}
+            Some(url) => {
+                if !crate::control_plane::store::engine::is_postgres_url(url) {
+                    p.push(
+                        "store.url",
+                        "must start with postgres:// or postgresql:// (or be empty for the SQLite data_dir)",
+                    );
+                }
+                // Every replica must accept the same token, and a generated one would live in
+                // one replica's data directory only.
+                if self.admin.token.trim().is_empty() {
+                    p.push(
+                        "admin.token",
+                        "must be set with store.url: the control-plane replicas sharing the database must share the admin token",
+                    );
+                }
             }
         }
         if self.store.change_log_limit == 0 {
@@ -215,19 +258,19 @@ mod tests {
     #[test]
     fn a_postgres_store_needs_a_postgres_url_and_a_shared_token() {
         let mut s = ControlPlaneSettings::default();
-        s.store.url = "mysql://db/x".into();
-        s.store.ca_file = "/etc/ca.pem".into();
+        s.store.url = Some("mysql://db/x".into());
+        s.store.ca_file = Some("/etc/ca.pem".into());
         let mut p = outpost_model::Problems::new();
         s.validate(&mut p);
         let text = p.to_string();
         assert!(text.contains("store.url"), "{text}");
         assert!(text.contains("admin.token"), "{text}");
-        s.store.url = "postgres://outpost@db/outpost".into();
+        s.store.url = Some("postgres://outpost@db/outpost".into());
         s.admin.token = "t".into();
         let mut p = outpost_model::Problems::new();
         s.validate(&mut p);
         assert!(p.is_empty(), "{p}");
-        s.store.url.clear();
+        s.store.url = None;
         let mut p = outpost_model::Problems::new();
         s.validate(&mut p);
         assert!(p.to_string().contains("store.ca_file"), "{p}");
