@@ -7,12 +7,16 @@ use std::time::Duration;
 
 use outpost_model::resources::BackendProtocol;
 
+use super::pool::Pool;
 use super::tls::TlsProfile;
 
 #[derive(Debug)]
 pub struct CompiledBackend {
     pub name: Arc<str>,
+    /// The URL; for a pool, its first member's (the forwarder picks one per attempt).
     pub url: BackendUrl,
+    /// Set when the backend lists `members`.
+    pub pool: Option<Arc<Pool>>,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
     pub tls: Arc<TlsProfile>,
