@@ -292,8 +292,8 @@ pub enum LoadBalancing {
     /// Smooth weighted round robin: each member in proportion to its weight, interleaved.
     #[default]
     RoundRobin,
-    /// Power of two choices: of two members drawn at random, the one with fewer requests in
-    /// flight per unit of weight.
+    /// Power of two choices: of two members drawn at random in proportion to their weights,
+    /// the one with fewer requests in flight.
     LeastRequest,
 }
 

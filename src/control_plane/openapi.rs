@@ -715,7 +715,7 @@ fn resource_schemas() -> Value {
             "members": {"type": "array", "maxItems": outpost_model::validate::MAX_POOL_MEMBERS, "items": schema_ref("BackendMember"),
                 "description": "A pool: set either url or members. The pool settings below apply to pools only."},
             "load-balancing": {"type": ["string", "null"], "enum": ["round-robin", "least-request", null],
-                "description": "round-robin (smooth, weighted; the default) or least-request (power of two choices over requests in flight per weight)."},
+                "description": "round-robin (smooth, weighted; the default) or least-request (power of two choices, drawn by weight, over requests in flight)."},
             "passive-health": schema_ref("PassiveHealth"),
             "health-check": schema_ref("HealthCheck"),
             "circuit-breaker": schema_ref("CircuitBreaker"),

@@ -224,22 +224,32 @@ impl Pool {
                     .unwrap_or(set.trailing_zeros() as usize)
             }
             LoadBalancing::LeastRequest => {
-                let n = set.count_ones();
-                let a = rand::random_range(0..n);
-                let mut b = rand::random_range(0..n - 1);
-                if b >= a {
-                    b += 1;
+                // Two members drawn in proportion to their weights; the one with fewer requests
+                // in flight wins, the first drawn on a tie (so an idle pool shares by weight).
+                let a = self.draw(set);
+                let b = self.draw(set & !(1 << a));
+                if self.members[b].state.in_flight() < self.members[a].state.in_flight() {
+                    b
+                } else {
+                    a
                 }
-                let (a, b) = (nth_bit(set, a), nth_bit(set, b));
-                let load = |i: usize| {
-                    let m = &self.members[i];
-                    (u64::from(m.state.in_flight()), u64::from(m.weight))
-                };
-                let ((la, wa), (lb, wb)) = (load(a), load(b));
-                // in_flight / weight, compared without division.
-                if la * wb <= lb * wa { a } else { b }
             }
         }
+    }
+
+    /// A member of `set` (not empty) at random, in proportion to the weights.
+    fn draw(&self, set: u64) -> usize {
+        let members = || (0..self.members.len()).filter(move |i| set & (1 << i) != 0);
+        let total: u64 = members().map(|i| u64::from(self.members[i].weight)).sum();
+        let mut r = rand::random_range(0..total.max(1));
+        for i in members() {
+            let w = u64::from(self.members[i].weight);
+            if r < w {
+                return i;
+            }
+            r -= w;
+        }
+        set.trailing_zeros() as usize
     }
 
     /// Starts a request on member `i`: counted in flight until the lease is dropped.
@@ -295,14 +305,6 @@ impl Pool {
                 .set(f64::from(m.state.breaker.state() as u8));
         }
     }
-}
-
-/// The index of the `n`th set bit of `set`.
-fn nth_bit(mut set: u64, n: u32) -> usize {
-    for _ in 0..n {
-        set &= set - 1;
-    }
-    set.trailing_zeros() as usize
 }
 
 /// One period of smooth weighted round robin (nginx's): each step every member gains its
@@ -682,18 +684,22 @@ mod tests {
     }
 
     #[test]
-    fn least_request_prefers_the_idler_member_per_weight() {
+    fn least_request_prefers_the_idler_member_and_shares_by_weight_when_idle() {
         let p = Arc::new(pool(&[1, 1], LoadBalancing::LeastRequest, None));
-        let _busy: Vec<Lease> = (0..3).map(|_| p.lease(0)).collect();
+        let busy: Vec<Lease> = (0..3).map(|_| p.lease(0)).collect();
         // Of two members, both are drawn every time: the idle one wins.
         assert_eq!(counts(&p, 50), [0, 50]);
-        // Weight 4 against 1: 3 in flight on the heavy member is still less per weight.
-        let p = Arc::new(pool(&[4, 1], LoadBalancing::LeastRequest, None));
-        let _a: Vec<Lease> = (0..3).map(|_| p.lease(0)).collect();
-        let _b = p.lease(1);
-        assert_eq!(counts(&p, 20), [20, 0]);
-        drop(_a);
+        drop(busy);
         assert_eq!(p.members[0].state.in_flight(), 0);
+        // Idle: the first drawn wins, and draws follow the weights.
+        let p = pool(&[1, 3], LoadBalancing::LeastRequest, None);
+        let c = counts(&p, 4000);
+        assert!((800..1200).contains(&c[0]), "{c:?}");
+        // Of three, the one never drawn second cannot lose to a busier one.
+        let p = Arc::new(pool(&[1, 1, 1], LoadBalancing::LeastRequest, None));
+        let _busy: Vec<Lease> = (0..2).map(|_| p.lease(2)).collect();
+        let c = counts(&p, 300);
+        assert!(c[2] < 300 / 3, "{c:?}");
     }
 
     #[test]
