@@ -622,7 +622,10 @@ impl Breaker {
 /// Member states by (backend, member URL), held weakly: a state lives as long as a published
 /// table uses it, and a new table with the same member gets the same state.
 #[derive(Debug, Clone, Default)]
-pub struct MemberRegistry(Arc<Mutex<HashMap<(String, String), Weak<MemberState>>>>);
+pub struct MemberRegistry(Arc<Mutex<HashMap<MemberKey, Weak<MemberState>>>>);
+
+/// (backend name, member URL).
+type MemberKey = (String, String);
 
 impl MemberRegistry {
     /// The state of `member` of `backend`: the one in use, or a new one.
