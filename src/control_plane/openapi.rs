@@ -953,6 +953,15 @@ fn instance_status_schema() -> Value {
                 "description": "The HTTPS certificates the instance serves, soonest expiry first.",
                 "items": object(json!({"hostname": string(), "not-after": time()}), &["hostname", "not-after"]),
             },
+            "pool-members": {
+                "type": "array",
+                "description": "Every backend pool member as the instance sees it.",
+                "items": object(json!({
+                    "backend": string(),
+                    "member": {"type": "string", "description": "The member's base URL."},
+                    "state": {"type": "string", "enum": ["healthy", "ejected", "failing-checks", "breaker-open", "breaker-half-open"]},
+                }), &["backend", "member", "state"]),
+            },
             "certificate-expires-in-secs": {"type": ["integer", "null"], "description": "Seconds until the first of its certificates lapses (negative once expired); null when it serves none."},
             "certificate-expiring-soon": {"type": "boolean", "description": "A certificate lapses within 14 days, or has."},
         }),

@@ -289,6 +289,26 @@ impl Pool {
         t
     }
 
+    /// Each member's label and state word (what the instances view shows): `healthy`,
+    /// `ejected`, `failing-checks`, `breaker-open` or `breaker-half-open`.
+    pub fn member_states(&self, now: u64) -> impl Iterator<Item = (&Member, &'static str)> {
+        self.members.iter().map(move |m| {
+            let s = &m.state;
+            let word = if s.ejected(now) {
+                "ejected"
+            } else if s.check_down() {
+                "failing-checks"
+            } else {
+                match (self.breaker.as_ref(), s.breaker.state()) {
+                    (Some(_), BreakerState::Open) => "breaker-open",
+                    (Some(_), BreakerState::HalfOpen) => "breaker-half-open",
+                    _ => "healthy",
+                }
+            };
+            (m, word)
+        })
+    }
+
     /// Publishes each member's state as gauges (called when `/metrics` is scraped, so the
     /// time-based returns from ejection show without anyone reporting).
     pub fn publish_gauges(&self, now: u64) {
