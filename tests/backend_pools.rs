@@ -286,7 +286,8 @@ async fn a_killed_member_under_load_costs_no_request_and_returns_once_it_recover
 
 // === members as servers in the test ===
 
-/// An HTTP/1.1 server whose health path (`/health`) and traffic answers the test switches.
+/// An HTTP/1.1 server whose health path (`/health`) and traffic answers the test switches
+/// (status 0: close the connection without answering).
 struct Switchable {
     addr: SocketAddr,
     health: Arc<AtomicU16>,
@@ -351,6 +352,10 @@ impl Switchable {
                             hits.fetch_add(1, Ordering::Relaxed);
                             traffic.load(Ordering::Relaxed)
                         };
+                        // 0: the request arrived, and the connection closes unanswered.
+                        if status == 0 {
+                            return;
+                        }
                         let res = format!(
                             "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nx-sample-backend: {name}\r\n\r\n{name}",
                             name.len()
@@ -611,6 +616,76 @@ async fn a_breaker_opens_on_errors_and_a_probe_closes_it_after_the_cool_down() {
     assert!(
         d.hits() >= closed + 4,
         "closed: the member shares the traffic again"
+    );
+    gw.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsent_requests_fail_over_for_any_method_sent_ones_only_when_idempotent() {
+    let (dropper, good) = (Switchable::start().await, Switchable::start().await);
+    dropper.traffic.store(0, Ordering::Relaxed);
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    let no_ejection = "    passive-health: {consecutive-failures: 0}\n";
+    let yaml = merge_sections(&format!(
+        "{}{}",
+        config(
+            "drops",
+            &format!(
+                "{}{no_ejection}",
+                members_yaml(&[(&dropper, 1), (&good, 1)])
+            )
+        ),
+        config(
+            "refuses",
+            &format!(
+                "    members:\n      - {{url: \"{closed}\"}}\n      - {{url: {}}}\n{no_ejection}",
+                good.url()
+            )
+        ),
+    ));
+    let (gw, _dir) = start_gateway(&yaml);
+    let client = reqwest::Client::new();
+    let call = async |method: reqwest::Method, api: &str| {
+        client
+            .request(method, format!("{}/{api}/x", gw.traffic_url()))
+            .send()
+            .await
+            .expect("the gateway answers")
+            .status()
+            .as_u16()
+    };
+
+    // Never sent (connection refused): every method goes to the other member.
+    for method in [
+        reqwest::Method::GET,
+        reqwest::Method::POST,
+        reqwest::Method::PATCH,
+    ] {
+        for _ in 0..4 {
+            assert_eq!(call(method.clone(), "refuses").await, 200, "{method}");
+        }
+    }
+    // Sent, then the connection closed unanswered: GET and PUT go to the other member; a POST
+    // that reached the member that drops it is not sent twice.
+    for method in [reqwest::Method::GET, reqwest::Method::PUT] {
+        for _ in 0..4 {
+            assert_eq!(call(method.clone(), "drops").await, 200, "{method}");
+        }
+    }
+    let dropped_before = dropper.hits();
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(call(reqwest::Method::POST, "drops").await);
+    }
+    let reached_dropper = dropper.hits() - dropped_before;
+    assert!(
+        reached_dropper >= 1,
+        "round robin sends some to each member"
+    );
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 502).count() as u64,
+        reached_dropper,
+        "{statuses:?}: each POST the dropping member took is answered 502, once"
     );
     gw.stop();
 }
