@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use outpost_model::resources::{CircuitBreaker, HealthCheck, LoadBalancing, PassiveHealth};
 
-use super::backend::BackendUrl;
+use super::backend_url::BackendUrl;
 
 /// Milliseconds since the first call in this process: the clock every member state uses.
 pub fn now_ms() -> u64 {
