@@ -54,8 +54,10 @@ where
     let mut tried = 0u64;
     let mut attempt = 0;
     let mut spent = Duration::ZERO;
+    let mut member: Arc<str>;
     let result = loop {
         let lease = pick(ex, pool, &mut tried);
+        member = lease.member().label.clone();
         if let Some(body) = &replay {
             ex.body = body
                 .clone()
@@ -109,7 +111,13 @@ where
     };
     ex.backend_duration = Some(spent);
     ex.retry = retry;
-    result
+    result.map_err(|mut e| {
+        // Which member failed is what an operator needs to know first.
+        if e.source == ErrorSource::Backend {
+            e.message = format!("{} Pool member: {member}.", e.message).into();
+        }
+        e
+    })
 }
 
 /// Points the exchange at a member not tried yet (any member when all were) and holds it.
