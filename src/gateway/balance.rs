@@ -63,6 +63,7 @@ where
                 .clone()
                 .map_or(RequestBody::None, RequestBody::Buffered);
         }
+        ex.backend_duration = None;
         let sent = send(ex, rt).await;
         spent += ex.backend_duration.unwrap_or_default();
         if let Some(outcome) = outcome(pool, &sent) {
