@@ -14,7 +14,7 @@ use std::time::Duration;
 use outpost::gateway::settings::GatewaySettings;
 use outpost::gateway::{self, RunningGateway};
 use outpost_integration::{ManagedProcess, eventually, free_port, wait_for_http_ok};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 const BIN: &str = env!("CARGO_BIN_EXE_outpost");
 
@@ -295,6 +295,8 @@ struct Switchable {
     /// Traffic requests (not health checks) seen.
     hits: Arc<AtomicU64>,
     checks: Arc<AtomicU64>,
+    /// The body of every request, in arrival order.
+    bodies: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
 }
 
 impl Switchable {
@@ -306,12 +308,14 @@ impl Switchable {
             traffic: Arc::new(AtomicU16::new(200)),
             hits: Arc::default(),
             checks: Arc::default(),
+            bodies: Arc::default(),
         };
-        let (health, traffic, hits, checks) = (
+        let (health, traffic, hits, checks, bodies) = (
             s.health.clone(),
             s.traffic.clone(),
             s.hits.clone(),
             s.checks.clone(),
+            s.bodies.clone(),
         );
         let name = s.addr.to_string();
         tokio::spawn(async move {
@@ -319,20 +323,22 @@ impl Switchable {
                 let Ok((tcp, _)) = listener.accept().await else {
                     return;
                 };
-                let (health, traffic, hits, checks, name) = (
+                let (health, traffic, hits, checks, bodies, name) = (
                     health.clone(),
                     traffic.clone(),
                     hits.clone(),
                     checks.clone(),
+                    bodies.clone(),
                     name.clone(),
                 );
                 tokio::spawn(async move {
                     let (read, mut write) = tcp.into_split();
                     let mut lines = BufReader::new(read);
                     loop {
-                        // Bodiless requests only: the head is the request.
+                        // A head, then a body of Content-Length bytes (no chunked bodies).
                         let mut path = String::new();
                         let mut line = String::new();
+                        let mut length = 0usize;
                         loop {
                             line.clear();
                             if lines.read_line(&mut line).await.unwrap_or(0) == 0 {
@@ -341,10 +347,20 @@ impl Switchable {
                             if path.is_empty() {
                                 path = line.split_whitespace().nth(1).unwrap_or("").to_owned();
                             }
+                            if let Some((name, value)) = line.split_once(':')
+                                && name.eq_ignore_ascii_case("content-length")
+                            {
+                                length = value.trim().parse().unwrap_or(0);
+                            }
                             if line == "\r\n" {
                                 break;
                             }
                         }
+                        let mut body = vec![0; length];
+                        if lines.read_exact(&mut body).await.is_err() {
+                            return;
+                        }
+                        bodies.lock().unwrap().push(body);
                         let status = if path.ends_with("/health") {
                             checks.fetch_add(1, Ordering::Relaxed);
                             health.load(Ordering::Relaxed)
@@ -700,6 +716,51 @@ async fn unsent_requests_fail_over_for_any_method_sent_ones_only_when_idempotent
         statuses.iter().filter(|&&s| s == 502).count() as u64,
         reached_dropper,
         "{statuses:?}: each POST the dropping member took is answered 502, once"
+    );
+    gw.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_retry_policy_each_attempt_goes_to_another_member_body_and_all() {
+    let (failing, good) = (Switchable::start().await, Switchable::start().await);
+    failing.traffic.store(503, Ordering::Relaxed);
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    let pool = format!(
+        "    members:\n      - {{url: \"{closed}\"}}\n      - {{url: {}}}\n      - {{url: {}}}\n    passive-health: {{consecutive-failures: 0}}\n",
+        failing.url(),
+        good.url()
+    );
+    let yaml = config("retried", &pool).replace(
+        "      - {name: any, method: \"*\", url-template: \"/{*rest}\"}\n",
+        "      - {name: any, method: \"*\", url-template: \"/{*rest}\"}\n    policies:\n      backend:\n        - retry: {count: 2, interval-ms: 0, condition: \"503\"}\n",
+    );
+    assert!(yaml.contains("retry:"), "{yaml}");
+    let (gw, _dir) = start_gateway(&yaml);
+    let client = reqwest::Client::new();
+    for i in 0..6 {
+        let body = format!("order {i}");
+        let answer = client
+            .post(format!("{}/retried/orders", gw.traffic_url()))
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200, "request {i}");
+        assert_eq!(
+            good.bodies.lock().unwrap().last().map(|b| b.as_slice()),
+            Some(body.as_bytes()),
+            "the body held for the retry reaches the member that answers"
+        );
+    }
+    // The failing member was tried too (and its 503 retried elsewhere), with the same body.
+    assert!(failing.hits() >= 1);
+    assert!(
+        failing
+            .bodies
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|b| b.starts_with(b"order "))
     );
     gw.stop();
 }
