@@ -66,7 +66,7 @@ fn client_for(tls: &TlsProfile) -> awc::Client {
 }
 
 /// Forwards the exchange's request and returns the backend's (streaming) response. A pool
-/// ([`balance`]) picks the member for each attempt and sends with [`send_to_url`].
+/// ([`balance`]) picks the member for each attempt and sends with `send_to_url`.
 pub async fn send(ex: &mut Exchange, rt: &Runtime) -> Result<Response, GatewayError> {
     match ex.target.pool.clone() {
         Some(pool) => balance::send(ex, rt, &pool, send_to_url).await,
