@@ -25,8 +25,9 @@ const WATCH_EVERY: Duration = Duration::from_secs(1);
 /// Most bytes of a check's answer read to find its status line.
 const MAX_HEAD: usize = 8 << 10;
 
-/// What identifies a pool's checking task: the same key, the same task.
-type Key = (Arc<str>, HealthCheckRule, Vec<Arc<str>>);
+/// What identifies a pool's checking task: the same key, the same task. (Backend, check,
+/// members, TLS profile.)
+type Key = (Arc<str>, HealthCheckRule, Vec<Arc<str>>, u64);
 
 /// Runs until dropped (with the gateway's actix system).
 pub async fn supervise(table: TableHandle) {
@@ -43,7 +44,7 @@ pub async fn supervise(table: TableHandle) {
                     && let Some(rule) = &pool.health_check
                 {
                     let labels = pool.members.iter().map(|m| m.label.clone()).collect();
-                    wanted.insert((b.name.clone(), rule.clone(), labels), b.clone());
+                    wanted.insert((b.name.clone(), rule.clone(), labels, b.tls.id), b.clone());
                 }
             }
             running.retain(|key, task| {
