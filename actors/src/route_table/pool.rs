@@ -701,7 +701,11 @@ mod tests {
     fn smooth_round_robin_interleaves_by_weight() {
         assert_eq!(smooth_schedule(&[5, 1, 1]), [0, 0, 1, 0, 2, 0, 0]);
         assert_eq!(smooth_schedule(&[3, 3]), [0, 1]);
-        assert_eq!(smooth_schedule(&[2, 1, 1]), [0, 1, 2, 0], "docs/operations.md");
+        assert_eq!(
+            smooth_schedule(&[2, 1, 1]),
+            [0, 1, 2, 0],
+            "docs/operations.md"
+        );
         assert_eq!(smooth_schedule(&[1]), [0]);
         let p = pool(&[3, 1], LoadBalancing::RoundRobin, None);
         assert_eq!(counts(&p, 400), [300, 100]);
