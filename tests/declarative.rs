@@ -185,6 +185,85 @@ fn apply_is_additive_and_prune_deletes_only_the_sections_of_the_file() {
     assert_eq!(cp.store().revision(), 4);
 }
 
+/// The pool sample applies, exports without the empty `url` and round-trips; a gateway
+/// compiles it.
+#[test]
+fn a_backend_pool_round_trips_through_export_and_apply() {
+    let pool =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/pool-api.yaml"))
+            .unwrap();
+    let doc = outpost_model::document::Document::from_yaml(&pool).unwrap_or_else(|p| panic!("{p}"));
+    let problems = outpost_actors::route_table::validate_config(&doc.resources);
+    assert!(problems.is_empty(), "{problems}");
+    let cp = cp();
+    let c = conn(&cp);
+    let first = c.apply(&pool, false).unwrap();
+    assert_eq!(first.revision, 1);
+    let exported = c.export().unwrap();
+    for want in [
+        "members:",
+        "weight: 2",
+        "least-request",
+        "health-check:",
+        "circuit-breaker:",
+    ] {
+        assert!(exported.contains(want), "{want} not in {exported}");
+    }
+    assert!(!exported.contains("url: ''"), "{exported}");
+    let round = c.apply(&exported, false).unwrap();
+    assert!(round.changes.is_empty(), "{round:?}");
+    assert_eq!(c.export().unwrap(), exported);
+}
+
+#[test]
+fn backend_pool_mistakes_are_listed_with_their_locations() {
+    let cp = cp();
+    let c = conn(&cp);
+    let bad = r#"
+apiVersion: outpost/v1
+backends:
+  - name: both
+    url: "http://a"
+    members: [{url: "http://b"}]
+  - name: neither
+  - name: single
+    url: "http://a"
+    health-check: {path: /h}
+  - name: pool
+    members:
+      - {url: "ftp://a", weight: 0}
+      - {url: "http://b"}
+      - {url: "http://b/"}
+      - {url: "http://{{missing}}"}
+    passive-health: {ejection-ms: 0, failure-statuses: [700]}
+    health-check: {path: h, interval-ms: 50, timeout-ms: 100, healthy-threshold: 0}
+    circuit-breaker: {error-rate-percent: 101, min-requests: 0}
+"#;
+    let problems = problems_of(c.apply(bad, false).unwrap_err());
+    for want in [
+        "backends[0] (both).members: set either url or members",
+        "backends[1] (neither).url: a backend needs a url or members",
+        "backends[2] (single).health-check: applies to pools only",
+        "backends[3] (pool).members[0].url",
+        "backends[3] (pool).members[0].weight",
+        "backends[3] (pool).members[2].url: 'http://b/' is listed twice",
+        "backends[3] (pool).passive-health.ejection-ms",
+        "backends[3] (pool).passive-health.failure-statuses[0]",
+        "backends[3] (pool).health-check.path",
+        "backends[3] (pool).health-check.interval-ms",
+        "backends[3] (pool).health-check.timeout-ms",
+        "backends[3] (pool).health-check.healthy-threshold",
+        "backends[3] (pool).circuit-breaker.error-rate-percent",
+        "backends[3] (pool).circuit-breaker.min-requests",
+    ] {
+        assert!(
+            problems.iter().any(|p| p.starts_with(want)),
+            "{want} not in {problems:#?}"
+        );
+    }
+    assert_eq!(cp.store().revision(), 0);
+}
+
 #[test]
 fn apply_lists_every_problem_with_its_location() {
     let cp = cp();

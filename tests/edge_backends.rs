@@ -631,6 +631,51 @@ apis:
     assert_eq!(answer.json()["path"], "/c");
 }
 
+/// A pool of HTTP/2 backends: each member has its own multiplexed connection; a member that
+/// went away costs no request (refused connections go to the other member).
+#[actix_rt::test]
+async fn an_h2_pool_spreads_over_its_members_and_fails_over_when_one_goes_away() {
+    let (a, stop_a) = h2c_backend_at("127.0.0.1:0".parse().unwrap()).await;
+    let (b, _running_b) = h2c_backend_at("127.0.0.1:0".parse().unwrap()).await;
+    let config = format!(
+        r#"
+apiVersion: outpost/v1
+backends:
+  - name: h2pool
+    protocol: h2
+    members: [{{url: "http://{a}"}}, {{url: "http://{b}"}}]
+apis:
+  - {{name: h2pool, path: h2pool, backend: h2pool, subscription-required: false, operations: [{{name: any, method: "*", url-template: "/{{*rest}}"}}]}}
+"#
+    );
+    let gw = support::gateway(&config).await;
+    let mut seen = std::collections::HashMap::<String, u32>::new();
+    for _ in 0..6 {
+        let answer = support::get(&gw, "/h2pool/x", &[]).await;
+        assert_eq!(answer.status, 200);
+        let json = answer.json();
+        assert_eq!(json["protocol"], "h2");
+        *seen
+            .entry(json["authority"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    assert_eq!(seen.get(&a.to_string()), Some(&3), "{seen:?}");
+    assert_eq!(seen.get(&b.to_string()), Some(&3), "{seen:?}");
+
+    stop_a.send(()).unwrap();
+    drop(stop_a);
+    for _ in 0..10 {
+        let answer = support::get(&gw, "/h2pool/y", &[]).await;
+        assert_eq!(
+            answer.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&answer.body)
+        );
+        assert_eq!(answer.json()["authority"], b.to_string());
+    }
+}
+
 // === gRPC: tonic client ↔ gateway ↔ tonic server ===
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -800,6 +800,7 @@ fn heartbeat(instance: &str, revision: u64, hash: &str) -> Heartbeat {
         redis: "connected".into(),
         stopping: false,
         certificates: Vec::new(),
+        pool_members: Vec::new(),
     }
 }
 
@@ -816,7 +817,15 @@ async fn heartbeats_show_as_instances_with_derived_state() {
             "/gateway/v1/heartbeat",
             &token_a,
             BINCODE_MEDIA_TYPE,
-            wire::encode(&heartbeat("i-1", r1, &hash)).unwrap(),
+            wire::encode(&Heartbeat {
+                pool_members: vec![wire::PoolMemberStatus {
+                    backend: "be-a".into(),
+                    member: "http://10.0.0.7:8000".into(),
+                    state: "ejected".into(),
+                }],
+                ..heartbeat("i-1", r1, &hash)
+            })
+            .unwrap(),
         )
         .await;
     assert_eq!(answer.status, StatusCode::OK);
@@ -854,6 +863,10 @@ async fn heartbeats_show_as_instances_with_derived_state() {
     assert_eq!(list[0]["connection"], "connected");
     assert_eq!(list[0]["sync"], "in-sync");
     assert_eq!(list[0]["redis"], "connected");
+    assert_eq!(
+        list[0]["pool-members"],
+        serde_json::json!([{"backend": "be-a", "member": "http://10.0.0.7:8000", "state": "ejected"}])
+    );
     assert!(
         list[0]["remote-addr"]
             .as_str()

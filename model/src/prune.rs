@@ -8,7 +8,8 @@
 
 use serde_json::Value;
 
-const OPTIONAL_TEXT: &[&str] = &["display-name", "description", "location"];
+/// `url` is empty on a backend pool, which lists `members` instead.
+const OPTIONAL_TEXT: &[&str] = &["display-name", "description", "location", "url"];
 /// Flags whose default is `false`: written only when set.
 const OPTIONAL_FLAGS: &[&str] = &["allow-encoded-slashes"];
 /// Settings written only when they are not their default.

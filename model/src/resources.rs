@@ -233,12 +233,14 @@ impl Subscription {
     }
 }
 
-/// A backend service the gateway forwards to.
+/// A backend service the gateway forwards to: one URL, or a pool of `members`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Backend {
     pub name: String,
-    /// Base URL; the operation's path is appended (`http://orders.internal:8000/v2`).
+    /// Base URL; the operation's path is appended (`http://orders.internal:8000/v2`). Empty when
+    /// the backend is a pool (`members`).
+    #[serde(default)]
     pub url: String,
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
@@ -249,6 +251,152 @@ pub struct Backend {
     /// HTTP version spoken to the backend.
     #[serde(default)]
     pub protocol: BackendProtocol,
+    /// A pool: several base URLs sharing the requests, each with a weight. Set either `url` or
+    /// `members`. The settings below apply to pools only.
+    #[serde(default)]
+    pub members: Vec<BackendMember>,
+    /// How a pool picks a member; `round-robin` when not set.
+    #[serde(default)]
+    pub load_balancing: Option<LoadBalancing>,
+    /// Passive health: when a member is ejected after failing. Defaults when not set
+    /// ([`PassiveHealth::default`]); `consecutive-failures: 0` turns it off.
+    #[serde(default)]
+    pub passive_health: Option<PassiveHealth>,
+    /// Active health checks, off when not set.
+    #[serde(default)]
+    pub health_check: Option<HealthCheck>,
+    /// A circuit breaker per member, off when not set.
+    #[serde(default)]
+    pub circuit_breaker: Option<CircuitBreaker>,
+}
+
+/// One member of a backend pool.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct BackendMember {
+    /// Base URL, as a backend's `url`.
+    pub url: String,
+    /// Share of the requests relative to the other members (1-1000).
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// How a pool picks a member for a request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LoadBalancing {
+    /// Smooth weighted round robin: each member in proportion to its weight, interleaved.
+    #[default]
+    RoundRobin,
+    /// Power of two choices: of two members drawn at random in proportion to their weights,
+    /// the one with fewer requests in flight.
+    LeastRequest,
+}
+
+/// Passive health: a member that fails `consecutive-failures` requests in a row is ejected for
+/// `ejection-ms`, doubled at each ejection that follows without a success between (at most
+/// `max-ejection-ms`), then tried again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct PassiveHealth {
+    /// 0 turns passive health off.
+    #[serde(default = "default_consecutive_failures")]
+    pub consecutive_failures: u32,
+    #[serde(default = "default_ejection_ms")]
+    pub ejection_ms: u64,
+    #[serde(default = "default_max_ejection_ms")]
+    pub max_ejection_ms: u64,
+    /// Backend statuses counted as failures, besides connection failures and timeouts.
+    #[serde(default = "default_failure_statuses")]
+    pub failure_statuses: Vec<u16>,
+}
+
+impl Default for PassiveHealth {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: default_consecutive_failures(),
+            ejection_ms: default_ejection_ms(),
+            max_ejection_ms: default_max_ejection_ms(),
+            failure_statuses: default_failure_statuses(),
+        }
+    }
+}
+
+fn default_consecutive_failures() -> u32 {
+    5
+}
+fn default_ejection_ms() -> u64 {
+    10_000
+}
+fn default_max_ejection_ms() -> u64 {
+    300_000
+}
+fn default_failure_statuses() -> Vec<u16> {
+    vec![502, 503, 504]
+}
+
+/// Active health checks: a `GET path` to every member each `interval-ms`, off the request path.
+/// A member is taken out after `unhealthy-threshold` failed checks in a row (a status outside
+/// 200-399, no answer within `timeout-ms`) and back in after `healthy-threshold` good ones.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct HealthCheck {
+    /// Below each member's base URL, starting with `/`.
+    pub path: String,
+    #[serde(default = "default_check_interval_ms")]
+    pub interval_ms: u64,
+    #[serde(default = "default_check_timeout_ms")]
+    pub timeout_ms: u64,
+    #[serde(default = "default_healthy_threshold")]
+    pub healthy_threshold: u32,
+    #[serde(default = "default_unhealthy_threshold")]
+    pub unhealthy_threshold: u32,
+}
+
+fn default_check_interval_ms() -> u64 {
+    5_000
+}
+fn default_check_timeout_ms() -> u64 {
+    2_000
+}
+fn default_healthy_threshold() -> u32 {
+    2
+}
+fn default_unhealthy_threshold() -> u32 {
+    3
+}
+
+/// A circuit breaker per member: opens when at least `min-requests` requests in a `window-ms`
+/// window saw `error-rate-percent` % or more failures; after `open-ms` one request probes the
+/// member (half-open): its success closes the breaker, its failure opens it again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct CircuitBreaker {
+    #[serde(default = "default_error_rate")]
+    pub error_rate_percent: u32,
+    #[serde(default = "default_window_ms")]
+    pub window_ms: u64,
+    #[serde(default = "default_min_requests")]
+    pub min_requests: u32,
+    #[serde(default = "default_open_ms")]
+    pub open_ms: u64,
+}
+
+fn default_error_rate() -> u32 {
+    50
+}
+fn default_window_ms() -> u64 {
+    10_000
+}
+fn default_min_requests() -> u32 {
+    20
+}
+fn default_open_ms() -> u64 {
+    30_000
 }
 
 /// How the gateway speaks to a backend.

@@ -361,11 +361,22 @@ pub fn check_name(p: &mut Problems, path: &str, name: &str) {
     }
 }
 
+/// Most members a pool may have.
+pub const MAX_POOL_MEMBERS: usize = 64;
+
 fn check_backend(p: &mut Problems, b: &Backend) {
-    // The URL may hold named value references; check_config checks it after substitution.
-    if named_value_refs(&b.url).is_empty() {
-        check_url(p, "url", &b.url);
+    // The URLs may hold named value references; check_config checks them after substitution.
+    match (b.url.is_empty(), b.members.is_empty()) {
+        (true, true) => p.push("url", "a backend needs a url or members"),
+        (false, false) => p.push("members", "set either url or members, not both"),
+        (false, true) => {
+            if named_value_refs(&b.url).is_empty() {
+                check_url(p, "url", &b.url);
+            }
+        }
+        (true, false) => {}
     }
+    check_pool(p, b);
     if !(1..=600_000).contains(&b.connect_timeout_ms) {
         p.push("connect-timeout-ms", "must be between 1 and 600000");
     }
@@ -380,6 +391,122 @@ fn check_backend(p: &mut Problems, b: &Backend) {
             "tls.ca-pem",
             "expected PEM certificates (-----BEGIN CERTIFICATE-----)",
         );
+    }
+}
+
+/// The pool settings of a backend: its members and their health and balancing rules.
+fn check_pool(p: &mut Problems, b: &Backend) {
+    if b.members.len() > MAX_POOL_MEMBERS {
+        p.push(
+            "members",
+            format!(
+                "at most {MAX_POOL_MEMBERS} members, not {}",
+                b.members.len()
+            ),
+        );
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, m) in b.members.iter().enumerate() {
+        let at = format!("members[{i}]");
+        if named_value_refs(&m.url).is_empty() {
+            check_url(p, &format!("{at}.url"), &m.url);
+        }
+        if !seen.insert(m.url.trim_end_matches('/')) {
+            p.push(format!("{at}.url"), format!("'{}' is listed twice", m.url));
+        }
+        if !(1..=1000).contains(&m.weight) {
+            p.push(format!("{at}.weight"), "must be between 1 and 1000");
+        }
+    }
+    let pool_only = [
+        ("load-balancing", b.load_balancing.is_some()),
+        ("passive-health", b.passive_health.is_some()),
+        ("health-check", b.health_check.is_some()),
+        ("circuit-breaker", b.circuit_breaker.is_some()),
+    ];
+    if b.members.is_empty() {
+        for (field, set) in pool_only {
+            if set {
+                p.push(field, "applies to pools only: list the backend's members");
+            }
+        }
+    }
+    if let Some(h) = &b.passive_health {
+        if h.consecutive_failures > 1000 {
+            p.push(
+                "passive-health.consecutive-failures",
+                "must be between 0 (off) and 1000",
+            );
+        }
+        if !(1..=3_600_000).contains(&h.ejection_ms) {
+            p.push(
+                "passive-health.ejection-ms",
+                "must be between 1 and 3600000",
+            );
+        }
+        if h.max_ejection_ms < h.ejection_ms || h.max_ejection_ms > 86_400_000 {
+            p.push(
+                "passive-health.max-ejection-ms",
+                "must be at least ejection-ms and at most 86400000",
+            );
+        }
+        for (i, status) in h.failure_statuses.iter().enumerate() {
+            if !(100..=599).contains(status) {
+                p.push(
+                    format!("passive-health.failure-statuses[{i}]"),
+                    "must be an HTTP status (100-599)",
+                );
+            }
+        }
+    }
+    if let Some(c) = &b.health_check {
+        if !c.path.starts_with('/') || c.path.contains(char::is_whitespace) || c.path.contains('#')
+        {
+            p.push(
+                "health-check.path",
+                "must start with '/' and hold no spaces or fragment",
+            );
+        }
+        if !(100..=3_600_000).contains(&c.interval_ms) {
+            p.push(
+                "health-check.interval-ms",
+                "must be between 100 and 3600000",
+            );
+        }
+        if c.timeout_ms == 0 || c.timeout_ms > c.interval_ms {
+            p.push(
+                "health-check.timeout-ms",
+                "must be at least 1 and at most interval-ms",
+            );
+        }
+        for (field, v) in [
+            ("healthy-threshold", c.healthy_threshold),
+            ("unhealthy-threshold", c.unhealthy_threshold),
+        ] {
+            if !(1..=100).contains(&v) {
+                p.push(format!("health-check.{field}"), "must be between 1 and 100");
+            }
+        }
+    }
+    if let Some(c) = &b.circuit_breaker {
+        if !(1..=100).contains(&c.error_rate_percent) {
+            p.push(
+                "circuit-breaker.error-rate-percent",
+                "must be between 1 and 100",
+            );
+        }
+        if !(1..=3_600_000).contains(&c.window_ms) {
+            p.push("circuit-breaker.window-ms", "must be between 1 and 3600000");
+        }
+        if !(1..=1_000_000).contains(&c.min_requests) {
+            p.push(
+                "circuit-breaker.min-requests",
+                "must be between 1 and 1000000",
+            );
+        }
+        if !(1..=3_600_000).contains(&c.open_ms) {
+            p.push("circuit-breaker.open-ms", "must be between 1 and 3600000");
+        }
     }
 }
 
@@ -1119,13 +1246,21 @@ pub fn check_config_partial<'a>(
         match r {
             Resource::NamedValue(_) => {}
             Resource::Backend(b) => {
-                check_refs(&mut p, "url", &b.url);
-                if !named_value_refs(&b.url).is_empty()
-                    && let Ok(url) = crate::template::substitute_named_values(&b.url, named_value)
-                {
-                    let mut sub = Problems::new();
-                    check_url(&mut sub, "url", &url);
-                    p.extend(sub.prefixed(&at));
+                let urls = std::iter::once(("url".to_owned(), &b.url)).chain(
+                    b.members
+                        .iter()
+                        .enumerate()
+                        .map(|(i, m)| (format!("members[{i}].url"), &m.url)),
+                );
+                for (field, url) in urls {
+                    check_refs(&mut p, &field, url);
+                    if !named_value_refs(url).is_empty()
+                        && let Ok(url) = crate::template::substitute_named_values(url, named_value)
+                    {
+                        let mut sub = Problems::new();
+                        check_url(&mut sub, &field, &url);
+                        p.extend(sub.prefixed(&at));
+                    }
                 }
                 if let Some(pem) = &b.tls.ca_pem {
                     check_refs(&mut p, "tls.ca-pem", pem);

@@ -106,6 +106,7 @@ where
         let key = ResourceKey::new(Kind::Backend, b.clone());
         if let Some(r @ Resource::Backend(backend)) = lookup.get(&key) {
             strings.push(backend.url.clone());
+            strings.extend(backend.members.iter().map(|m| m.url.clone()));
             strings.extend(backend.tls.ca_pem.iter().cloned());
             view.insert(key, (*r).clone());
         }
@@ -176,6 +177,11 @@ mod tests {
             request_timeout_ms: 1000,
             tls: BackendTls::default(),
             protocol: Default::default(),
+            members: Vec::new(),
+            load_balancing: None,
+            passive_health: None,
+            health_check: None,
+            circuit_breaker: None,
         })
     }
 

@@ -73,10 +73,27 @@ pub struct Heartbeat {
     /// The last heartbeat of a process that is stopping: the control plane marks the instance
     /// `stopped` at once instead of letting it turn stale, then disconnected.
     pub stopping: bool,
-    /// The HTTPS certificates the instance serves now, with their expiry. Last, so that a
-    /// heartbeat of a gateway from before it existed still decodes ([`decode_heartbeat`]).
+    /// The HTTPS certificates the instance serves now, with their expiry. After the fields of
+    /// the first release, so that a heartbeat of a gateway from before it existed still decodes
+    /// ([`decode_heartbeat`]).
     #[serde(default)]
     pub certificates: Vec<CertificateExpiry>,
+    /// The state of every backend pool member, as this instance sees it. Last, for the same
+    /// reason.
+    #[serde(default)]
+    pub pool_members: Vec<PoolMemberStatus>,
+}
+
+/// One backend pool member as one gateway instance sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct PoolMemberStatus {
+    pub backend: String,
+    /// The member's base URL.
+    pub member: String,
+    /// `healthy`, `ejected` (passive health), `failing-checks` (active checks), `breaker-open`
+    /// or `breaker-half-open`.
+    pub state: String,
 }
 
 /// When the certificate served for one hostname lapses.
@@ -87,6 +104,22 @@ pub struct CertificateExpiry {
     pub hostname: String,
     /// The leaf certificate's `notAfter`.
     pub not_after: chrono::DateTime<chrono::Utc>,
+}
+
+/// A heartbeat as gateways before `pool_members` send it.
+#[derive(Deserialize)]
+struct HeartbeatWithoutPools {
+    instance_id: String,
+    hostname: String,
+    version: String,
+    applied_revision: u64,
+    config_hash: String,
+    token_expiry: Option<chrono::DateTime<chrono::Utc>>,
+    started_at: chrono::DateTime<chrono::Utc>,
+    config_source: String,
+    redis: String,
+    stopping: bool,
+    certificates: Vec<CertificateExpiry>,
 }
 
 /// A heartbeat as gateways before `certificates` send it. bincode has no optional trailing
@@ -105,11 +138,27 @@ struct HeartbeatWithoutCertificates {
     stopping: bool,
 }
 
-/// Decodes a bincode [`Heartbeat`] from this release or the previous one.
+/// Decodes a bincode [`Heartbeat`] from this release or the two before.
 pub fn decode_heartbeat(bytes: &[u8]) -> Result<Heartbeat, CodecError> {
     match decode::<Heartbeat>(bytes) {
         Ok(hb) => Ok(hb),
         Err(current) => {
+            if let Ok(old) = decode::<HeartbeatWithoutPools>(bytes) {
+                return Ok(Heartbeat {
+                    instance_id: old.instance_id,
+                    hostname: old.hostname,
+                    version: old.version,
+                    applied_revision: old.applied_revision,
+                    config_hash: old.config_hash,
+                    token_expiry: old.token_expiry,
+                    started_at: old.started_at,
+                    config_source: old.config_source,
+                    redis: old.redis,
+                    stopping: old.stopping,
+                    certificates: old.certificates,
+                    pool_members: Vec::new(),
+                });
+            }
             let Ok(old) = decode::<HeartbeatWithoutCertificates>(bytes) else {
                 return Err(current);
             };
@@ -125,6 +174,7 @@ pub fn decode_heartbeat(bytes: &[u8]) -> Result<Heartbeat, CodecError> {
                 redis: old.redis,
                 stopping: old.stopping,
                 certificates: Vec::new(),
+                pool_members: Vec::new(),
             })
         }
     }
@@ -390,9 +440,51 @@ mod heartbeat_tests {
                 hostname: "api.example.com".into(),
                 not_after: now,
             }],
+            pool_members: vec![PoolMemberStatus {
+                backend: "inventory".into(),
+                member: "http://10.0.0.1:8000".into(),
+                state: "ejected".into(),
+            }],
         };
         let bytes = encode(&current).unwrap();
         assert_eq!(decode_heartbeat(&bytes).unwrap(), current);
+
+        // The release before pool members.
+        #[derive(Serialize)]
+        struct WithCertificates<'a> {
+            instance_id: &'a str,
+            hostname: &'a str,
+            version: &'a str,
+            applied_revision: u64,
+            config_hash: &'a str,
+            token_expiry: Option<chrono::DateTime<chrono::Utc>>,
+            started_at: chrono::DateTime<chrono::Utc>,
+            config_source: &'a str,
+            redis: &'a str,
+            stopping: bool,
+            certificates: &'a [CertificateExpiry],
+        }
+        let with_certificates = WithCertificates {
+            instance_id: "i-1",
+            hostname: "node",
+            version: "0.1.0",
+            applied_revision: 7,
+            config_hash: "h",
+            token_expiry: Some(now),
+            started_at: now,
+            config_source: "control-plane",
+            redis: "none",
+            stopping: false,
+            certificates: &current.certificates,
+        };
+        let decoded = decode_heartbeat(&encode(&with_certificates).unwrap()).unwrap();
+        assert_eq!(
+            decoded,
+            Heartbeat {
+                pool_members: Vec::new(),
+                ..current.clone()
+            }
+        );
 
         let previous = Previous {
             instance_id: "i-1",
@@ -412,6 +504,7 @@ mod heartbeat_tests {
             decoded,
             Heartbeat {
                 certificates: Vec::new(),
+                pool_members: Vec::new(),
                 ..current
             }
         );

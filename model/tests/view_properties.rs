@@ -67,6 +67,11 @@ impl Estate {
                     request_timeout_ms: 1000 + u64::from(*port),
                     tls: BackendTls::default(),
                     protocol: Default::default(),
+                    members: Vec::new(),
+                    load_balancing: None,
+                    passive_health: None,
+                    health_check: None,
+                    circuit_breaker: None,
                 }));
             }
         }

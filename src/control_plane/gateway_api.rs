@@ -80,6 +80,8 @@ const MAX_TELEMETRY_BYTES: usize = 16 * 1024 * 1024;
 const MAX_FIELD_LEN: usize = 256;
 /// Certificates kept per heartbeat.
 const MAX_CERTIFICATES: usize = 256;
+/// Pool members one heartbeat may report (the registry keeps what it is sent).
+const MAX_POOL_MEMBERS: usize = 4096;
 
 /// Reads at most `limit` bytes of body.
 async fn read_body(mut payload: web::Payload, limit: usize) -> Result<Bytes, ApiError> {
@@ -276,6 +278,12 @@ async fn heartbeat(
     hb.certificates.truncate(MAX_CERTIFICATES);
     for c in &mut hb.certificates {
         truncate(&mut c.hostname, MAX_FIELD_LEN);
+    }
+    hb.pool_members.truncate(MAX_POOL_MEMBERS);
+    for m in &mut hb.pool_members {
+        for field in [&mut m.backend, &mut m.member, &mut m.state] {
+            truncate(field, MAX_FIELD_LEN);
+        }
     }
     for field in [
         &mut hb.hostname,

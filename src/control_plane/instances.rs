@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use dashmap::DashMap;
-use outpost_model::wire::{CertificateExpiry, Heartbeat};
+use outpost_model::wire::{CertificateExpiry, Heartbeat, PoolMemberStatus};
 use serde::{Deserialize, Serialize};
 
 use super::settings::InstanceSettings;
@@ -61,6 +61,10 @@ pub struct InstanceRecord {
     /// of a release that did not report them).
     #[serde(default)]
     pub certificates: Vec<CertificateExpiry>,
+    /// Every backend pool member as the instance sees it (empty from a gateway of a release
+    /// that did not report them).
+    #[serde(default)]
+    pub pool_members: Vec<PoolMemberStatus>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -198,6 +202,7 @@ impl InstanceRegistry {
             remote_addr,
             stopped_at,
             certificates: heartbeat.certificates,
+            pool_members: heartbeat.pool_members,
         };
         let key = (record.gateway.clone(), record.instance_id.clone());
         match self.records.entry(key) {
@@ -335,6 +340,7 @@ mod tests {
             redis: "none".into(),
             stopping: false,
             certificates: Vec::new(),
+            pool_members: Vec::new(),
         }
     }
 

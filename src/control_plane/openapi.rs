@@ -653,6 +653,13 @@ fn strict(properties: Value, required: &[&str]) -> Value {
     o
 }
 
+/// An object that may also be `null` (an optional setting left out).
+fn nullable_object(mut schema: Value, description: &str) -> Value {
+    schema["type"] = json!(["object", "null"]);
+    schema["description"] = json!(description);
+    schema
+}
+
 fn string() -> Value {
     json!({"type": "string"})
 }
@@ -705,7 +712,42 @@ fn resource_schemas() -> Value {
             "tls": schema_ref("BackendTls"),
             "protocol": {"type": "string", "enum": ["auto", "http1", "h2"], "default": "auto",
                 "description": "auto: HTTP/2 when an https backend picks it by ALPN, else HTTP/1.1; http1: HTTP/1.1 only; h2: HTTP/2 only (h2c with prior knowledge on http://), as gRPC backends need."},
-        }), &["name", "url"]),
+            "members": {"type": "array", "maxItems": outpost_model::validate::MAX_POOL_MEMBERS, "items": schema_ref("BackendMember"),
+                "description": "A pool: set either url or members. The pool settings below apply to pools only."},
+            "load-balancing": {"type": ["string", "null"], "enum": ["round-robin", "least-request", null],
+                "description": "round-robin (smooth, weighted; the default) or least-request (power of two choices, drawn by weight, over requests in flight)."},
+            "passive-health": schema_ref("PassiveHealth"),
+            "health-check": schema_ref("HealthCheck"),
+            "circuit-breaker": schema_ref("CircuitBreaker"),
+        }), &["name"]),
+        "BackendMember": strict(json!({
+            "url": {"type": "string", "pattern": backend_url_pattern(),
+                "description": "As a backend's url."},
+            "weight": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 1},
+        }), &["url"]),
+        "PassiveHealth": nullable_object(strict(json!({
+            "consecutive-failures": {"type": "integer", "minimum": 0, "maximum": 1000, "default": 5,
+                "description": "Failures in a row that eject a member; 0 turns passive health off."},
+            "ejection-ms": {"type": "integer", "minimum": 1, "maximum": 3_600_000, "default": 10000,
+                "description": "The first ejection's length, doubled for each ejection that follows without a success between."},
+            "max-ejection-ms": {"type": "integer", "minimum": 1, "maximum": 86_400_000, "default": 300_000},
+            "failure-statuses": {"type": "array", "items": {"type": "integer", "minimum": 100, "maximum": 599},
+                "default": [502, 503, 504], "description": "Backend statuses that count as failures, besides connection failures and timeouts."},
+        }), &[]), "Defaults apply to a pool without it."),
+        "HealthCheck": nullable_object(strict(json!({
+            "path": {"type": "string", "pattern": "^/[^#\\s]*$", "description": "Appended to each member's base URL."},
+            "interval-ms": {"type": "integer", "minimum": 100, "maximum": 3_600_000, "default": 5000},
+            "timeout-ms": {"type": "integer", "minimum": 1, "default": 2000, "description": "At most interval-ms."},
+            "healthy-threshold": {"type": "integer", "minimum": 1, "maximum": 100, "default": 2},
+            "unhealthy-threshold": {"type": "integer", "minimum": 1, "maximum": 100, "default": 3},
+        }), &["path"]), "Active checks: off when null."),
+        "CircuitBreaker": nullable_object(strict(json!({
+            "error-rate-percent": {"type": "integer", "minimum": 1, "maximum": 100, "default": 50},
+            "window-ms": {"type": "integer", "minimum": 1, "maximum": 3_600_000, "default": 10000},
+            "min-requests": {"type": "integer", "minimum": 1, "maximum": 1_000_000, "default": 20},
+            "open-ms": {"type": "integer", "minimum": 1, "maximum": 3_600_000, "default": 30000,
+                "description": "How long an open breaker waits before letting one probe through (half-open)."},
+        }), &[]), "A breaker per member: off when null."),
         "BackendTls": strict(json!({
             "verify": {"type": "boolean", "default": true},
             "ca-pem": {"type": ["string", "null"], "pattern": r"^[\s\S]*(-----BEGIN CERTIFICATE-----|\{\{[\s\S]*\}\})[\s\S]*$",
@@ -911,6 +953,15 @@ fn instance_status_schema() -> Value {
                 "description": "The HTTPS certificates the instance serves, soonest expiry first.",
                 "items": object(json!({"hostname": string(), "not-after": time()}), &["hostname", "not-after"]),
             },
+            "pool-members": {
+                "type": "array",
+                "description": "Every backend pool member as the instance sees it.",
+                "items": object(json!({
+                    "backend": string(),
+                    "member": {"type": "string", "description": "The member's base URL."},
+                    "state": {"type": "string", "enum": ["healthy", "ejected", "failing-checks", "breaker-open", "breaker-half-open"]},
+                }), &["backend", "member", "state"]),
+            },
             "certificate-expires-in-secs": {"type": ["integer", "null"], "description": "Seconds until the first of its certificates lapses (negative once expired); null when it serves none."},
             "certificate-expiring-soon": {"type": "boolean", "description": "A certificate lapses within 14 days, or has."},
         }),
@@ -1061,6 +1112,25 @@ mod tests {
             .unwrap()
             .to_json();
         assert_eq!(props(schema(&doc, "BackendTls")), keys(&backend["tls"]));
+        let pool = Resource::from_json(
+            Kind::Backend,
+            json!({"name": "p", "members": [{"url": "http://a"}], "passive-health": {},
+                "health-check": {"path": "/h"}, "circuit-breaker": {}}),
+        )
+        .unwrap()
+        .to_json();
+        assert_eq!(props(schema(&doc, "Backend")), keys(&pool));
+        assert_eq!(
+            props(schema(&doc, "BackendMember")),
+            keys(&pool["members"][0])
+        );
+        for (name, field) in [
+            ("PassiveHealth", "passive-health"),
+            ("HealthCheck", "health-check"),
+            ("CircuitBreaker", "circuit-breaker"),
+        ] {
+            assert_eq!(props(schema(&doc, name)), keys(&pool[field]), "{name}");
+        }
         let gw = Resource::from_json(Kind::Gateway, samples()[5].1.clone())
             .unwrap()
             .to_json();

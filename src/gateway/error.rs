@@ -54,6 +54,9 @@ pub struct GatewayError {
     /// A connection-level backend failure (refused, reset, timed out): what `retry` with
     /// `on-connection-error` retries.
     pub connection: bool,
+    /// The backend never got the request (no connection could be made): safe to send to
+    /// another pool member whatever the method.
+    pub unsent: bool,
 }
 
 impl GatewayError {
@@ -71,6 +74,7 @@ impl GatewayError {
             allow: None,
             header: None,
             connection: false,
+            unsent: false,
         }
     }
 
@@ -438,6 +442,8 @@ impl GatewayError {
             format!("The backend '{backend}' {what}."),
         );
         err.connection = true;
+        err.unsent =
+            matches!(e, SendRequestError::Connect(c) if !matches!(c, ConnectError::Disconnected));
         err
     }
 
@@ -459,6 +465,7 @@ impl GatewayError {
             format!("The backend '{backend}' {e}."),
         );
         err.connection = true;
+        err.unsent = matches!(e, UpstreamError::ConnectTimeout | UpstreamError::Connect(_));
         err
     }
 

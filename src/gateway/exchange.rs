@@ -16,6 +16,7 @@ use bytes::Bytes;
 use outpost_actors::cache::Fill;
 use outpost_actors::route_table::CacheStatus;
 use outpost_actors::route_table::client_certificate::ClientCertificate;
+use outpost_actors::route_table::pool::Pool;
 use outpost_actors::route_table::steps::{AuthenticationCertificateStep, CorsStep, RetryStep};
 use outpost_actors::route_table::table::{
     BackendUrl, CompiledApi, CompiledBackend, CompiledOperation, CompiledSubscription,
@@ -52,6 +53,8 @@ pub struct Target {
     pub request_timeout: Duration,
     pub tls: Arc<TlsProfile>,
     pub protocol: BackendProtocol,
+    /// A pool picks `url` per attempt ([`super::balance`]).
+    pub pool: Option<Arc<Pool>>,
 }
 
 impl Target {
@@ -62,6 +65,7 @@ impl Target {
             request_timeout: b.request_timeout,
             tls: b.tls.clone(),
             protocol: b.protocol,
+            pool: b.pool.clone(),
         }
     }
 }

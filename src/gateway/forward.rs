@@ -25,6 +25,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 use outpost_actors::route_table::tls::TlsProfile;
 
+use super::balance;
 use super::error::GatewayError;
 use super::exchange::{Exchange, RequestBody, Response, Runtime};
 pub use super::hop_by_hop::strip_hop_by_hop;
@@ -64,10 +65,18 @@ fn client_for(tls: &TlsProfile) -> awc::Client {
     })
 }
 
-/// Forwards the exchange's request and returns the backend's (streaming) response: over
-/// HTTP/2 when the backend's `protocol` (or its ALPN answer) says so ([`upstream_h2`]), else
-/// over HTTP/1.1 here.
+/// Forwards the exchange's request and returns the backend's (streaming) response. A pool
+/// ([`balance`]) picks the member for each attempt and sends with `send_to_url`.
 pub async fn send(ex: &mut Exchange, rt: &Runtime) -> Result<Response, GatewayError> {
+    match ex.target.pool.clone() {
+        Some(pool) => balance::send(ex, rt, &pool, send_to_url).await,
+        None => send_to_url(ex, rt).await,
+    }
+}
+
+/// Forwards to the target's URL: over HTTP/2 when the backend's `protocol` (or its ALPN
+/// answer) says so ([`upstream_h2`]), else over HTTP/1.1 here.
+async fn send_to_url(ex: &mut Exchange, rt: &Runtime) -> Result<Response, GatewayError> {
     // The client certificate of `authentication-certificate` is part of the target's TLS
     // profile from here on, for either HTTP version (and their pools, keyed by profile).
     if ex.backend_certificate.is_some() {

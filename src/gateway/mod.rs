@@ -22,12 +22,14 @@
 //!    `TelemetryBuffer` uploads request metrics, `ConnectivityWatcher` keeps the status board.
 //!    Offline, SIGHUP re-reads the file instead ([`reload`]).
 
+pub mod balance;
 pub mod concurrency;
 pub mod error;
 pub mod exchange;
 pub mod forward;
 pub mod forwarded;
 pub mod h2_server;
+pub mod health;
 pub mod hop_by_hop;
 pub mod listener;
 pub mod ops;
@@ -300,7 +302,14 @@ async fn serve(
         Plan::Offline(_) => None,
         Plan::ControlPlane { link, .. } => token::parse(&link.token).ok().map(|t| t.gateway),
     };
-    let route_table = RouteTable::new(table.clone(), CompileContext { gateway_name }).start();
+    let route_table = RouteTable::new(
+        table.clone(),
+        CompileContext {
+            gateway_name,
+            ..CompileContext::default()
+        },
+    )
+    .start();
     let table_mailbox = route_table.recipient();
 
     let loaded = match load_config(&settings, &mut plan, &table_mailbox, &watcher).await {
@@ -336,6 +345,7 @@ async fn serve(
             return;
         }
     };
+    let health_checks = actix_rt::spawn(health::supervise(table.clone()));
     let traffic = match start_traffic(&settings, table, recorder, stores) {
         Ok(t) => t,
         Err(e) => {
@@ -407,6 +417,7 @@ async fn serve(
 
     let _ = ops_task.await;
     let _ = traffic_task.await;
+    health_checks.abort();
     // The listeners are down, so this instance serves nothing any more: say so now rather than
     // leave the control plane to notice missing heartbeats.
     if let Some(sync) = sync {

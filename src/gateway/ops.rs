@@ -170,6 +170,12 @@ async fn metrics(state: web::Data<OpsState>) -> HttpResponse {
     // The recorder is process-wide; re-publishing this gateway's status right before rendering
     // makes the scrape describe this gateway even when several share the process.
     connectivity::publish_gauges(&state.status.load());
+    if let Some(table) = state.table.load_full() {
+        let now = outpost_actors::route_table::pool::now_ms();
+        for pool in table.backends.values().filter_map(|b| b.pool.as_ref()) {
+            pool.publish_gauges(now);
+        }
+    }
     let now = Utc::now();
     for c in state.certificates() {
         metrics::gauge!("outpost_tls_certificate_expiry_seconds", "hostname" => c.hostname)

@@ -178,6 +178,7 @@ pub async fn send(
     client: ClientUpgrade,
     rt: &Runtime,
 ) -> Result<Response, GatewayError> {
+    let _member = super::balance::pick_once(ex);
     let url = ex.target.url.join(&ex.backend_path, &ex.query_string());
     let uri: Uri = url.parse().map_err(|_| {
         GatewayError::internal(

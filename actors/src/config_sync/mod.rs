@@ -301,21 +301,24 @@ impl ConfigSync {
     }
 
     fn heartbeat(&self, stopping: bool) -> outpost_model::wire::Heartbeat {
-        let certificates = self
-            .config
-            .served
+        let served = self.config.served.as_ref().and_then(|t| t.load_full());
+        let certificates = served
             .as_ref()
-            .and_then(|t| t.load_full())
             .map(|t| t.certificates.expiries().to_vec())
             .unwrap_or_default();
-        state::heartbeat(
+        let mut hb = state::heartbeat(
             &self.config.identity,
             self.state.held().map(|s| &**s),
             &self.status.load(),
             self.state.source(),
             stopping,
             certificates,
-        )
+        );
+        hb.pool_members = served
+            .as_ref()
+            .map(|t| state::pool_members(t, crate::route_table::pool::now_ms()))
+            .unwrap_or_default();
+        hb
     }
 
     fn send_heartbeat(&mut self, ctx: &mut Context<Self>) {

@@ -280,5 +280,27 @@ pub fn heartbeat(
         redis: status.redis.state.as_str().to_owned(),
         stopping,
         certificates,
+        pool_members: Vec::new(),
     }
+}
+
+/// The state of every pool member of the served table, at `now` ([`crate::route_table::pool::now_ms`]).
+pub fn pool_members(
+    table: &crate::route_table::CompiledTable,
+    now: u64,
+) -> Vec<outpost_model::wire::PoolMemberStatus> {
+    table
+        .backends
+        .values()
+        .filter_map(|b| b.pool.as_ref())
+        .flat_map(|pool| {
+            pool.member_states(now)
+                .map(|(m, state)| outpost_model::wire::PoolMemberStatus {
+                    backend: pool.backend.to_string(),
+                    member: m.label.to_string(),
+                    state: state.to_owned(),
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }

@@ -973,3 +973,39 @@ mod actor {
         assert_eq!(now.held, Some((4, expected)));
     }
 }
+
+#[test]
+fn the_heartbeat_names_each_pool_members_state() {
+    let doc = outpost_model::document::Document::from_yaml(
+        r#"
+apiVersion: outpost/v1
+backends:
+  - name: pool
+    members: [{url: "http://127.0.0.1:1"}, {url: "http://127.0.0.1:2"}]
+    passive-health: {consecutive-failures: 1}
+  - {name: single, url: "http://127.0.0.1:3"}
+"#,
+    )
+    .unwrap();
+    let snapshot =
+        GatewaySnapshot::from_view(1, doc.resources.into_iter().map(|r| (r.key(), r)).collect());
+    let table =
+        crate::route_table::compile(&snapshot, &crate::route_table::CompileContext::default())
+            .unwrap();
+    let pool = table.backends["pool"].pool.clone().unwrap();
+    pool.report(1, crate::route_table::pool::Outcome::Failure, 0);
+    let states: Vec<(String, String)> = super::state::pool_members(&table, 0)
+        .into_iter()
+        .map(|m| {
+            assert_eq!(m.backend, "pool", "single-URL backends are no pools");
+            (m.member, m.state)
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("http://127.0.0.1:1".to_owned(), "healthy".to_owned()),
+            ("http://127.0.0.1:2".to_owned(), "ejected".to_owned())
+        ]
+    );
+}

@@ -14,6 +14,9 @@
 //! - [`state`]: the compiler, pure ([`compile`], [`validate_config`] for the control plane).
 //! - [`table`]: the compiled table and its lookups (host → path → version → method).
 //! - [`backend`]: a compiled backend resource, shared by the table and the steps.
+//! - [`backend_url`]: a backend's parsed base URL (a pool member's too).
+//! - [`pool`]: a backend's pool of members: balancing, passive health, breakers, and the member
+//!   state kept across configurations.
 //! - [`steps`]: compiled policy steps, one file per family; how to add a step kind.
 //! - [`tls`]: backend TLS client configurations.
 //! - [`server_tls`]: the HTTPS listener's certificates and client certificate rules, by hostname.
@@ -21,9 +24,11 @@
 //! - [`observe`]: the per-request record for telemetry ([`RequestObserver`]).
 
 pub mod backend;
+pub mod backend_url;
 pub mod client_certificate;
 pub mod messages;
 pub mod observe;
+pub mod pool;
 pub mod server_tls;
 pub mod state;
 pub mod steps;

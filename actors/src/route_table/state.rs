@@ -32,6 +32,7 @@ use outpost_model::view::gateway_view;
 use outpost_model::wire::GatewaySnapshot;
 use outpost_model::{Api, Backend, Problems, Resource};
 
+use super::pool::{BreakerRule, HealthCheckRule, Member, MemberRegistry, PassiveRule, Pool};
 use super::server_tls::{self, ServerCertificates};
 use super::steps::{Item, Step, StepCx, compile_policy, fuse_rate_limit_then_quota};
 use super::table::{
@@ -46,6 +47,8 @@ use super::tls::{TlsProfile, TlsSettings};
 pub struct CompileContext {
     /// `{gateway.name}`; defaults to the snapshot's gateway resource, if it holds exactly one.
     pub gateway_name: Option<String>,
+    /// Pool members' health, kept from one table to the next.
+    pub members: MemberRegistry,
 }
 
 /// Checks a whole configuration the way a gateway serving every API would compile it: the
@@ -77,7 +80,7 @@ pub fn compile(
     let named_values = named_values(snapshot);
     let gateway_name = gateway_name(snapshot, ctx);
     let certificates = certificates(snapshot, &named_values, &gateway_name, &mut problems);
-    let backends = backends(snapshot, &named_values, &mut problems);
+    let backends = backends(snapshot, &named_values, &ctx.members, &mut problems);
     let docs = DocCx {
         named_values: &named_values,
         backends: &backends,
@@ -154,13 +157,15 @@ fn certificates(
 fn backends<'s>(
     snapshot: &'s GatewaySnapshot,
     named_values: &HashMap<&str, &str>,
+    members: &MemberRegistry,
     problems: &mut Problems,
 ) -> HashMap<&'s str, Arc<CompiledBackend>> {
     let mut tls_profiles: HashMap<u64, Arc<TlsProfile>> = HashMap::new();
     let mut backends = HashMap::new();
     for r in snapshot.of_kind(Kind::Backend) {
         if let Resource::Backend(b) = r
-            && let Some(compiled) = compile_backend(b, named_values, &mut tls_profiles, problems)
+            && let Some(compiled) =
+                compile_backend(b, named_values, members, &mut tls_profiles, problems)
         {
             backends.insert(b.name.as_str(), Arc::new(compiled));
         }
@@ -430,15 +435,60 @@ fn dedup(problems: Problems) -> Problems {
 fn compile_backend(
     b: &Backend,
     named_values: &HashMap<&str, &str>,
+    registry: &MemberRegistry,
     profiles: &mut HashMap<u64, Arc<TlsProfile>>,
     problems: &mut Problems,
 ) -> Option<CompiledBackend> {
     let at = format!("backends/{}", b.name);
     let lookup = |n: &str| named_values.get(n).copied();
-    let url = substitute_named_values(&b.url, lookup)
-        .and_then(|u| BackendUrl::parse(&u))
-        .map_err(|e| problems.push(format!("{at}.url"), e))
-        .ok();
+    let parse = |field: String, url: &str, problems: &mut Problems| {
+        substitute_named_values(url, lookup)
+            .and_then(|u| BackendUrl::parse(&u).map(|parsed| (u, parsed)))
+            .map_err(|e| problems.push(field, e))
+            .ok()
+    };
+    let (url, pool) = if b.members.is_empty() {
+        (
+            parse(format!("{at}.url"), &b.url, problems).map(|(_, u)| u),
+            None,
+        )
+    } else {
+        // Member sets are bit masks of a u64 (see `Pool::pick`).
+        if b.members.len() > outpost_model::validate::MAX_POOL_MEMBERS {
+            problems.push(
+                format!("{at}.members"),
+                format!(
+                    "at most {} members",
+                    outpost_model::validate::MAX_POOL_MEMBERS
+                ),
+            );
+            return None;
+        }
+        let mut members = Vec::with_capacity(b.members.len());
+        for (i, m) in b.members.iter().enumerate() {
+            if let Some((label, url)) = parse(format!("{at}.members[{i}].url"), &m.url, problems) {
+                members.push(Member {
+                    state: registry.state(&b.name, &label),
+                    label: label.into(),
+                    url,
+                    weight: m.weight.max(1),
+                });
+            }
+        }
+        if members.len() != b.members.len() {
+            return None;
+        }
+        let first = members[0].url.clone();
+        let pool = Pool::new(
+            b.name.as_str().into(),
+            members,
+            b.load_balancing.unwrap_or_default(),
+            PassiveRule::of(&b.passive_health.clone().unwrap_or_default()),
+            b.circuit_breaker.as_ref().map(BreakerRule::of),
+            b.health_check.as_ref().map(HealthCheckRule::of),
+        );
+        (Some(first), Some(Arc::new(pool)))
+    };
     let ca_pem = match &b.tls.ca_pem {
         Some(pem) => match substitute_named_values(pem, lookup) {
             Ok(p) => Some(p),
@@ -478,6 +528,7 @@ fn compile_backend(
     Some(CompiledBackend {
         name: b.name.as_str().into(),
         url: url?,
+        pool,
         connect_timeout,
         request_timeout: Duration::from_millis(b.request_timeout_ms),
         tls,

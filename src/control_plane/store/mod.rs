@@ -1090,6 +1090,11 @@ mod tests {
             request_timeout_ms: 1000,
             tls: BackendTls::default(),
             protocol: Default::default(),
+            members: Vec::new(),
+            load_balancing: None,
+            passive_health: None,
+            health_check: None,
+            circuit_breaker: None,
         })
     }
 

@@ -18,8 +18,12 @@ pub(super) fn set_backend_service(
 ) -> Result<Flow, GatewayError> {
     match &s.target {
         BackendTarget::Backend(b) => ex.target = Target::of(b),
-        BackendTarget::Url(u) => ex.target.url = u.clone(),
+        BackendTarget::Url(u) => {
+            ex.target.url = u.clone();
+            ex.target.pool = None;
+        }
         BackendTarget::UrlTemplate(t) => {
+            ex.target.pool = None;
             let rendered = ex.render(t);
             ex.target.url = BackendUrl::parse(&rendered).map_err(|e| {
                 GatewayError::internal(
