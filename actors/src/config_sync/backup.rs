@@ -8,9 +8,11 @@
 //! payload = bincode(BackupPayload { gateway, snapshot })
 //! ```
 //!
-//! Format version 2 (this one) stores the gateway's name and the snapshot with the control
-//! plane's signature and key endorsements; version 1 had no signature and is refused with advice
-//! to reconnect (the gateway then writes a version 2 backup).
+//! Format version 3 (this one) stores the gateway's name and the snapshot with the control
+//! plane's signature and key endorsements. Version 1 had no signature; version 2 held the
+//! resources in their layout before backend pools (bincode is positional, so a changed resource
+//! cannot be read by guessing). Both are refused with advice to reconnect (the gateway then
+//! writes a version 3 backup). A change of the resources' layout bumps the version.
 //!
 //! Writes are atomic (temp file in the same directory, fsync, rename, fsync of the directory),
 //! so a crash leaves either the old or the new backup, never a mix. Reads refuse anything that
@@ -32,9 +34,11 @@ pub const MAGIC: &[u8; 8] = b"OUTPOSTB";
 /// The backup's file name inside `backup.dir`.
 pub const FILE_NAME: &str = "config-snapshot.outpostb";
 /// The format written and read.
-pub const BACKUP_VERSION: u32 = 2;
+pub const BACKUP_VERSION: u32 = 3;
 /// The last format without a signature.
 const UNSIGNED_VERSION: u32 = 1;
+/// The last format with the resources' layout before backend pools.
+const PRE_POOLS_VERSION: u32 = 2;
 const HEADER_LEN: usize = 8 + 4 + 8 + 8 + 32;
 
 /// What a backup holds: the snapshot (signature included) and the gateway it was written for.
@@ -72,6 +76,12 @@ pub enum BackupError {
          this gateway to the control plane (it rewrites the backup, signed) before relying on it"
     )]
     Unsigned { path: PathBuf, found: u32 },
+    #[error(
+        "backup {path} refused: format version {found} was written by an earlier release whose \
+         configuration layout differs; reconnect this gateway to the control plane (it rewrites \
+         the backup) before relying on it"
+    )]
+    Older { path: PathBuf, found: u32 },
     #[error("backup {path} refused: checksum mismatch; the file was modified or damaged")]
     Checksum { path: PathBuf },
     #[error("backup {path} refused: {reason}")]
@@ -127,6 +137,12 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<Backup, BackupError> {
     let version = u32_at(8);
     if version == UNSIGNED_VERSION {
         return Err(BackupError::Unsigned {
+            path,
+            found: version,
+        });
+    }
+    if version == PRE_POOLS_VERSION {
+        return Err(BackupError::Older {
             path,
             found: version,
         });

@@ -356,6 +356,13 @@ fn an_unsigned_old_format_backup_is_refused_with_advice() {
         text.contains("format version 1") && text.contains("reconnect"),
         "{text}"
     );
+    // Version 2 held the resources before backend pools: not read by guessing either.
+    old[8..12].copy_from_slice(&2u32.to_le_bytes());
+    let text = refused(&old);
+    assert!(
+        text.contains("format version 2") && text.contains("earlier release"),
+        "{text}"
+    );
 }
 
 /// Integrity checks pass (recomputed checksum and content hash), so only the signature can
