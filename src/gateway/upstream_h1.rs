@@ -422,13 +422,12 @@ fn release(host: &Host, conn: Conn, keep_alive: bool) {
     if !keep_alive || !conn.read.is_empty() {
         return;
     }
-    let counts = conn._open.0.clone();
     host.idle.borrow_mut().push(Idle {
         conn,
         since: Instant::now(),
     });
-    if counts.waiting.get() > 0 {
-        counts.freed.notify_one();
+    if host.counts.waiting.get() > 0 {
+        host.counts.freed.notify_one();
     }
     if !SWEEPING.get() {
         SWEEPING.set(true);
