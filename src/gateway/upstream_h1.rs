@@ -56,7 +56,7 @@ use tokio::time::Instant;
 
 use super::error::UpstreamError;
 use super::exchange::Response;
-use super::hop_by_hop::strip_hop_by_hop;
+use super::hop_by_hop::{HOP_BY_HOP, strip_hop_by_hop};
 use super::upstream_h2::Announced;
 
 /// Connections per worker per backend (TLS profile, scheme, authority), in use or idle; above
@@ -501,6 +501,8 @@ struct Head {
     length: Option<u64>,
     decoder: Decoder,
     keep_alive: bool,
+    /// Hop-by-hop fields are still in `headers` (`Connection` names some beyond the usual).
+    strip: bool,
 }
 
 /// Writes the request and its body, then reads the response head (skipping interim 1xx
@@ -713,21 +715,43 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Upstr
     let http11 = res.version == Some(1);
     // Where each field is, to slice the head once it is frozen; and what frames the body.
     let base = buf.as_ptr() as usize;
+    // Hop-by-hop fields are read here and left out of the map (they go no further), unless
+    // `Connection` names others: then it stays, for `strip_hop_by_hop` to remove them all.
     let mut at = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
-    let count = res.headers.len();
+    let mut count = 0;
     let mut length: Option<u64> = None;
     let mut encoded = false;
     let mut chunked = false;
     let mut close = !http11;
-    for (i, h) in res.headers.iter().enumerate() {
-        let name = h.name.as_ptr() as usize - base;
-        let value = h.value.as_ptr() as usize - base;
-        at[i] = (
-            name as u32,
-            (name + h.name.len()) as u32,
-            value as u32,
-            (value + h.value.len()) as u32,
-        );
+    let mut listed = false;
+    for h in res.headers.iter() {
+        let is_connection = h.name.eq_ignore_ascii_case("connection");
+        if is_connection {
+            listed |= h.value.split(|b| *b == b',').any(|token| {
+                let token = token.trim_ascii();
+                !token.is_empty()
+                    && !HOP_BY_HOP
+                        .iter()
+                        .any(|hop| token.eq_ignore_ascii_case(hop.as_str().as_bytes()))
+            });
+        }
+        if !(is_connection && listed)
+            && HOP_BY_HOP
+                .iter()
+                .any(|hop| h.name.eq_ignore_ascii_case(hop.as_str()))
+        {
+            // Read below, not kept.
+        } else {
+            let name = h.name.as_ptr() as usize - base;
+            let value = h.value.as_ptr() as usize - base;
+            at[count] = (
+                name as u32,
+                (name + h.name.len()) as u32,
+                value as u32,
+                (value + h.value.len()) as u32,
+            );
+            count += 1;
+        }
         if h.name.eq_ignore_ascii_case("content-length") {
             let n = parse_length(h.value).ok_or_else(|| invalid("invalid content-length"))?;
             if length.is_some_and(|l| l != n) {
@@ -742,7 +766,7 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Upstr
                 .rsplit(|b| *b == b',')
                 .next()
                 .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if h.name.eq_ignore_ascii_case("connection") {
+        } else if is_connection {
             for token in h.value.split(|b| *b == b',') {
                 let token = token.trim_ascii();
                 if token.eq_ignore_ascii_case(b"close") {
@@ -797,6 +821,7 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Upstr
         length,
         decoder,
         keep_alive: !close,
+        strip: listed,
     }))
 }
 
@@ -821,8 +846,11 @@ fn respond(host: Rc<Host>, mut conn: Conn, head: Head, method: &Method) -> Respo
         length,
         decoder,
         keep_alive,
+        strip,
     } = head;
-    strip_hop_by_hop(&mut headers);
+    if strip {
+        strip_hop_by_hop(&mut headers);
+    }
     let body = match decoder {
         Decoder::Length(0) => {
             release(&host, conn, keep_alive);
@@ -1194,6 +1222,20 @@ mod tests {
             .collect();
         assert_eq!(values, ["1", "2"]);
         assert_eq!(h.length, Some(4));
+        assert!(h.headers.get("content-length").is_none() && !h.strip);
+
+        // Hop-by-hop fields stay out of the map; a `Connection` naming others stays in it, to
+        // be stripped with them.
+        let text = "HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nTransfer-Encoding: chunked\r\nX-Kept: 1\r\n\r\n";
+        let h = head(text, &Method::GET).unwrap().unwrap();
+        let names: Vec<_> = h.headers.keys().map(|n| n.as_str()).collect();
+        assert_eq!((names, h.strip), (vec!["x-kept"], false));
+        let text = "HTTP/1.1 200 OK\r\nConnection: close, X-Secret\r\nX-Secret: s\r\nX-Kept: 1\r\ncontent-length: 0\r\n\r\n";
+        let mut h = head(text, &Method::GET).unwrap().unwrap();
+        assert!(h.strip && !h.keep_alive);
+        strip_hop_by_hop(&mut h.headers);
+        let names: Vec<_> = h.headers.keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["x-kept"]);
     }
 
     #[test]
