@@ -725,7 +725,8 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Upstr
     let mut close = !http11;
     let mut listed = false;
     for h in res.headers.iter() {
-        let is_connection = h.name.eq_ignore_ascii_case("connection");
+        let field = classify(h.name.as_bytes());
+        let is_connection = field == Field::Connection;
         if is_connection {
             listed |= h.value.split(|b| *b == b',').any(|token| {
                 let token = token.trim_ascii();
@@ -735,13 +736,7 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Upstr
                         .any(|hop| token.eq_ignore_ascii_case(hop.as_str().as_bytes()))
             });
         }
-        if !(is_connection && listed)
-            && HOP_BY_HOP
-                .iter()
-                .any(|hop| h.name.eq_ignore_ascii_case(hop.as_str()))
-        {
-            // Read below, not kept.
-        } else {
+        if field == Field::EndToEnd || (is_connection && listed) {
             let name = h.name.as_ptr() as usize - base;
             let value = h.value.as_ptr() as usize - base;
             at[count] = (
@@ -752,13 +747,13 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Upstr
             );
             count += 1;
         }
-        if h.name.eq_ignore_ascii_case("content-length") {
+        if field == Field::ContentLength {
             let n = parse_length(h.value).ok_or_else(|| invalid("invalid content-length"))?;
             if length.is_some_and(|l| l != n) {
                 return Err(invalid("conflicting content-length"));
             }
             length = Some(n);
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+        } else if field == Field::TransferEncoding {
             encoded = true;
             // Chunked must be the last coding; anything else is read until close.
             chunked = h
@@ -823,6 +818,35 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Upstr
         keep_alive: !close,
         strip: listed,
     }))
+}
+
+/// What a response field name is to this client.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Field {
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    /// Another of [`HOP_BY_HOP`].
+    HopByHop,
+    EndToEnd,
+}
+
+/// Classifies a field name (any case) by its length first: most names are compared with
+/// nothing (a unit test keeps this in step with [`HOP_BY_HOP`]).
+fn classify(name: &[u8]) -> Field {
+    let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
+    match name.len() {
+        2 if is(b"te") => Field::HopByHop,
+        7 if is(b"trailer") || is(b"upgrade") => Field::HopByHop,
+        10 if is(b"connection") => Field::Connection,
+        10 if is(b"keep-alive") => Field::HopByHop,
+        14 if is(b"content-length") => Field::ContentLength,
+        16 if is(b"proxy-connection") => Field::HopByHop,
+        17 if is(b"transfer-encoding") => Field::TransferEncoding,
+        18 if is(b"proxy-authenticate") => Field::HopByHop,
+        19 if is(b"proxy-authorization") => Field::HopByHop,
+        _ => Field::EndToEnd,
+    }
 }
 
 fn parse_length(value: &[u8]) -> Option<u64> {
@@ -1202,6 +1226,27 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+    }
+
+    #[test]
+    fn field_names_are_classified_as_the_hop_by_hop_list_says() {
+        for hop in &HOP_BY_HOP {
+            let upper = hop.as_str().to_ascii_uppercase();
+            assert_ne!(classify(upper.as_bytes()), Field::EndToEnd, "{hop}");
+        }
+        for name in [
+            "server",
+            "date",
+            "content-type",
+            "x-connection",
+            "tE2",
+            "upgrades",
+        ] {
+            assert_eq!(classify(name.as_bytes()), Field::EndToEnd, "{name}");
+        }
+        assert_eq!(classify(b"Content-Length"), Field::ContentLength);
+        assert_eq!(classify(b"Transfer-Encoding"), Field::TransferEncoding);
+        assert_eq!(classify(b"CONNECTION"), Field::Connection);
     }
 
     #[test]
