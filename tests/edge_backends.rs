@@ -454,6 +454,7 @@ apis:
     assert_eq!(seen["sni"], "backend.internal", "{seen}");
     let seen = support::get(&gw, "/named-h1/z", &[]).await.json();
     assert_eq!(seen["protocol"], "http/1.1", "{seen}");
+    assert_eq!(seen["sni"], "backend.internal", "{seen}");
     support::get(&gw, "/misnamed/z", &[]).await.error(502);
 
     let records = gw.records.lock().unwrap();
@@ -1391,4 +1392,247 @@ apis:
     assert_eq!(answer.json()["received"], 7);
     assert_eq!(answer.trailer("x-client-trailer"), Some("again"));
     assert_eq!(FLAKY.load(std::sync::atomic::Ordering::SeqCst), 3);
+}
+
+// === HTTP/1.1 backends: the gateway's own client ===
+
+/// A scripted HTTP/1.1 backend on raw TCP. Every answer (but `/raw/...`) is JSON saying which
+/// connection (numbered from 1 in accept order) and which request on it (from 1) it was, how
+/// the request body came (`framing`) and what it was. Paths:
+/// `/chunked` answers chunked with a trailer, `/until-close` without a length (then closes),
+/// `/close` with `Connection: close`, `/continue` after an interim `100 Continue`, `/vanish`
+/// closes the connection without an answer when it is not the connection's first request
+/// (what a backend closing an idle keep-alive connection looks like from the gateway), and
+/// `/garbled` answers something that is not HTTP.
+async fn h1_backend() -> SocketAddr {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut io, _)) = listener.accept().await else {
+                return;
+            };
+            let conn = accepted.fetch_add(1, Ordering::SeqCst) + 1;
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                for nth in 1.. {
+                    let Some((path, framing, body)) = read_request(&mut io, &mut buf).await else {
+                        return;
+                    };
+                    let json = serde_json::json!({
+                        "conn": conn, "nth": nth, "framing": framing,
+                        "body": String::from_utf8_lossy(&body),
+                    })
+                    .to_string();
+                    let fixed = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{json}",
+                        json.len()
+                    );
+                    let (answer, then_close) = match path.as_str() {
+                        "/chunked" => (
+                            format!(
+                                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{json}\r\n0\r\nx-trailer: t\r\n\r\n",
+                                json.len()
+                            ),
+                            false,
+                        ),
+                        "/until-close" => (format!("HTTP/1.1 200 OK\r\n\r\n{json}"), true),
+                        "/close" => (
+                            format!(
+                                "HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{json}",
+                                json.len()
+                            ),
+                            true,
+                        ),
+                        "/continue" => (format!("HTTP/1.1 100 Continue\r\n\r\n{fixed}"), false),
+                        "/vanish" if nth > 1 => return,
+                        "/garbled" => ("SPDY/9 what\r\n\r\n".to_owned(), true),
+                        _ => (fixed, false),
+                    };
+                    if io.write_all(answer.as_bytes()).await.is_err() || then_close {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    return addr;
+
+    /// One request: its path, how its body was framed, and the body (chunks joined).
+    async fn read_request(
+        io: &mut tokio::net::TcpStream,
+        buf: &mut Vec<u8>,
+    ) -> Option<(String, &'static str, Vec<u8>)> {
+        let mut chunk = [0u8; 8192];
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let n = io.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
+        buf.drain(..head_end);
+        let path = head.split(' ').nth(1)?.to_owned();
+        let field = |name: &str| {
+            head.lines()
+                .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_owned()))
+        };
+        let mut body = Vec::new();
+        let framing = if field("transfer-encoding:").as_deref() == Some("chunked") {
+            loop {
+                let (at, size) = loop {
+                    match httparse::parse_chunk_size(buf) {
+                        Ok(httparse::Status::Complete(done)) => break done,
+                        Ok(httparse::Status::Partial) => {
+                            let n = io.read(&mut chunk).await.ok()?;
+                            if n == 0 {
+                                return None;
+                            }
+                            buf.extend_from_slice(&chunk[..n]);
+                        }
+                        Err(_) => return None,
+                    }
+                };
+                let need = at + size as usize + 2;
+                while buf.len() < need {
+                    let n = io.read(&mut chunk).await.ok()?;
+                    if n == 0 {
+                        return None;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                body.extend_from_slice(&buf[at..at + size as usize]);
+                buf.drain(..need);
+                if size == 0 {
+                    break "chunked";
+                }
+            }
+        } else if let Some(len) = field("content-length:") {
+            let len: usize = len.parse().ok()?;
+            while buf.len() < len {
+                let n = io.read(&mut chunk).await.ok()?;
+                if n == 0 {
+                    return None;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            body = buf.drain(..len).collect();
+            "length"
+        } else {
+            "none"
+        };
+        Some((path, framing, body))
+    }
+}
+
+fn h1_config(backend: SocketAddr) -> String {
+    format!(
+        r#"
+apiVersion: outpost/v1
+backends:
+  - {{name: plain, url: "http://{backend}"}}
+apis:
+  - {{name: plain, path: plain, backend: plain, subscription-required: false, operations: [{{name: any, method: "*", url-template: "/{{*rest}}"}}]}}
+"#
+    )
+}
+
+#[actix_rt::test]
+async fn http1_backend_connections_are_kept_and_reused_only_when_whole() {
+    let backend = h1_backend().await;
+    let gw = support::gateway(&h1_config(backend)).await;
+    let seen = |a: &support::Answer| {
+        assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+        let v = a.json();
+        (v["conn"].as_u64().unwrap(), v["nth"].as_u64().unwrap())
+    };
+
+    // Keep-alive: one connection serves request after request.
+    assert_eq!(seen(&support::get(&gw, "/plain/a", &[]).await), (1, 1));
+    assert_eq!(seen(&support::get(&gw, "/plain/b", &[]).await), (1, 2));
+    // A chunked answer (its trailer dropped) read to the end: the connection is reused.
+    let a = support::get(&gw, "/plain/chunked", &[]).await;
+    assert_eq!(seen(&a), (1, 3));
+    assert!(
+        a.header("x-trailer").is_none(),
+        "trailers of HTTP/1.1 are dropped"
+    );
+    // An interim 100 Continue is skipped.
+    assert_eq!(
+        seen(&support::get(&gw, "/plain/continue", &[]).await),
+        (1, 4)
+    );
+    assert_eq!(seen(&support::get(&gw, "/plain/c", &[]).await), (1, 5));
+    // `Connection: close` from the backend: answered, and the next request opens another.
+    assert_eq!(seen(&support::get(&gw, "/plain/close", &[]).await), (1, 6));
+    assert_eq!(seen(&support::get(&gw, "/plain/d", &[]).await), (2, 1));
+    // A body read until the backend closes: answered whole; the connection is not reused.
+    assert_eq!(
+        seen(&support::get(&gw, "/plain/until-close", &[]).await),
+        (2, 2)
+    );
+    assert_eq!(seen(&support::get(&gw, "/plain/e", &[]).await), (3, 1));
+
+    // Request bodies: with their length, or chunked when the client's length is unknown.
+    let a = support::call(&gw, "POST", "/plain/echo", &[], Some("hello")).await;
+    let v = a.json();
+    assert_eq!(
+        (v["framing"].as_str(), v["body"].as_str()),
+        (Some("length"), Some("hello"))
+    );
+    let (status, text) = support::raw(
+        gw.addr,
+        "POST /plain/echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains(r#""framing":"chunked""#), "{text}");
+    assert!(text.contains(r#""body":"abcdefg""#), "{text}");
+    // A bodiless GET carries no framing at all; a bodiless POST says `content-length: 0`.
+    let v = support::get(&gw, "/plain/g", &[]).await.json();
+    assert_eq!(v["framing"], "none", "{v}");
+    let v = support::call(&gw, "POST", "/plain/p", &[], None)
+        .await
+        .json();
+    assert_eq!(v["framing"], "length", "{v}");
+
+    // Not HTTP: 502 with its reason.
+    let message = support::get(&gw, "/plain/garbled", &[]).await.error(502);
+    assert!(
+        message.starts_with("The backend 'plain' sent an invalid response ("),
+        "{message}"
+    );
+}
+
+#[actix_rt::test]
+async fn a_pooled_http1_connection_the_backend_dropped_is_retried_when_safe() {
+    let backend = h1_backend().await;
+    let gw = support::gateway(&h1_config(backend)).await;
+    let conn_of = |a: &support::Answer| {
+        assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+        a.json()["conn"].as_u64().unwrap()
+    };
+    // The first request on a connection is answered; the backend drops the second unanswered.
+    assert_eq!(conn_of(&support::get(&gw, "/plain/vanish", &[]).await), 1);
+    // A GET on the dropped pooled connection goes again on a fresh one, unseen by the client.
+    assert_eq!(conn_of(&support::get(&gw, "/plain/vanish", &[]).await), 2);
+    // A POST may have had effects: it is not sent twice, the client gets a 502.
+    let a = support::call(&gw, "POST", "/plain/vanish", &[], Some("x")).await;
+    let message = a.error(502);
+    assert_eq!(
+        message,
+        "The backend 'plain' closed the connection before sending a response."
+    );
+    let records = gw.records.lock().unwrap();
+    assert_eq!(
+        records.last().unwrap().error_reason,
+        Some("BackendConnectionFailure")
+    );
 }

@@ -10,7 +10,6 @@ use std::borrow::Cow;
 use actix_web::HttpResponse;
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderName, HeaderValue};
-use awc::error::{ConnectError, SendRequestError};
 use outpost_actors::route_table::steps::CertificateRejection;
 
 /// Who caused a failure: decides retries, on-error variables and logs.
@@ -392,71 +391,20 @@ impl GatewayError {
         )
     }
 
-    /// The rescue: a failed backend call becomes 504 when it ran out of time and 502 when the
-    /// connection failed (refused, reset, unresolvable, garbled answer).
-    pub fn from_send(e: &SendRequestError, backend: &str) -> Self {
-        let (status, reason, what) = match e {
-            SendRequestError::Timeout => (
-                StatusCode::GATEWAY_TIMEOUT,
-                "BackendTimeout",
-                "did not answer in time".to_owned(),
-            ),
-            SendRequestError::Connect(ConnectError::Timeout) => (
-                StatusCode::GATEWAY_TIMEOUT,
-                "BackendConnectTimeout",
-                "could not be connected to in time".to_owned(),
-            ),
-            // awc's text for this is "Internal error: connector has been disconnected", yet
-            // nothing internal failed: the backend closed the connection (often an idle
-            // keep-alive one) before any response head arrived.
-            SendRequestError::Connect(ConnectError::Disconnected) => (
-                StatusCode::BAD_GATEWAY,
-                "BackendConnectionFailure",
-                "closed the connection before sending a response".to_owned(),
-            ),
-            SendRequestError::Connect(c) => (
-                StatusCode::BAD_GATEWAY,
-                "BackendConnectionFailure",
-                format!("could not be connected to ({c})"),
-            ),
-            SendRequestError::Send(io) => (
-                StatusCode::BAD_GATEWAY,
-                "BackendConnectionFailure",
-                format!("closed the connection ({io})"),
-            ),
-            SendRequestError::Response(p) => (
-                StatusCode::BAD_GATEWAY,
-                "BackendInvalidResponse",
-                format!("sent an invalid response ({p})"),
-            ),
-            other => (
-                StatusCode::BAD_GATEWAY,
-                "BackendConnectionFailure",
-                format!("failed ({other})"),
-            ),
-        };
-        let mut err = Self::new(
-            status,
-            ErrorSource::Backend,
-            reason,
-            format!("The backend '{backend}' {what}."),
-        );
-        err.connection = true;
-        err.unsent =
-            matches!(e, SendRequestError::Connect(c) if !matches!(c, ConnectError::Disconnected));
-        err
-    }
-
-    /// [`Self::from_send`] for the HTTP/2 upstream ([`super::upstream_h2`]): the same statuses
-    /// and reasons for the same failures.
+    /// The rescue: a failed backend call (either HTTP version, or a WebSocket handshake)
+    /// becomes 504 when it ran out of time and 502 when the connection failed (refused, reset,
+    /// unresolvable, closed) or the answer was garbled.
     pub fn from_upstream(e: &UpstreamError, backend: &str) -> Self {
         let (status, reason) = match e {
             UpstreamError::Timeout => (StatusCode::GATEWAY_TIMEOUT, "BackendTimeout"),
             UpstreamError::ConnectTimeout => (StatusCode::GATEWAY_TIMEOUT, "BackendConnectTimeout"),
-            UpstreamError::Connect(_) | UpstreamError::Closed(_) | UpstreamError::Reset(_) => {
-                (StatusCode::BAD_GATEWAY, "BackendConnectionFailure")
+            UpstreamError::Connect(_)
+            | UpstreamError::Closed(_)
+            | UpstreamError::Disconnected
+            | UpstreamError::Reset(_) => (StatusCode::BAD_GATEWAY, "BackendConnectionFailure"),
+            UpstreamError::Protocol(_) | UpstreamError::Invalid(_) => {
+                (StatusCode::BAD_GATEWAY, "BackendInvalidResponse")
             }
-            UpstreamError::Protocol(_) => (StatusCode::BAD_GATEWAY, "BackendInvalidResponse"),
         };
         let mut err = Self::new(
             status,
@@ -569,7 +517,8 @@ impl std::fmt::Display for GatewayError {
 
 impl std::error::Error for GatewayError {}
 
-/// Why an HTTP/2 exchange with a backend failed.
+/// Why an exchange with a backend failed, over HTTP/1.1 (`super::upstream_h1`) or HTTP/2
+/// (`super::upstream_h2`). The texts end the sentence "The backend 'NAME' …".
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum UpstreamError {
     #[error("could not be connected to in time")]
@@ -580,6 +529,13 @@ pub enum UpstreamError {
     Timeout,
     #[error("closed the connection ({0})")]
     Closed(String),
+    /// The connection ended cleanly where a response head should have started (often an idle
+    /// keep-alive connection the backend had just closed).
+    #[error("closed the connection before sending a response")]
+    Disconnected,
+    /// An HTTP/1.1 answer that is not one.
+    #[error("sent an invalid response ({0})")]
+    Invalid(String),
     #[error("refused the request stream ({0})")]
     Reset(h2::Reason),
     #[error("sent an invalid HTTP/2 response ({0})")]
@@ -660,10 +616,7 @@ mod tests {
 
     #[test]
     fn a_closed_backend_connection_is_said_plainly() {
-        let e = GatewayError::from_send(
-            &SendRequestError::Connect(ConnectError::Disconnected),
-            "orders",
-        );
+        let e = GatewayError::from_upstream(&UpstreamError::Disconnected, "orders");
         assert_eq!(e.status, StatusCode::BAD_GATEWAY);
         assert_eq!(e.reason, "BackendConnectionFailure");
         assert!(e.connection);
@@ -671,12 +624,11 @@ mod tests {
             e.message,
             "The backend 'orders' closed the connection before sending a response."
         );
-        assert!(!e.json_body().contains("connector"), "{}", e.json_body());
 
-        let refused = GatewayError::from_send(
-            &SendRequestError::Connect(ConnectError::Io(
-                std::io::ErrorKind::ConnectionRefused.into(),
-            )),
+        let refused = GatewayError::from_upstream(
+            &UpstreamError::Connect(
+                std::io::Error::from(std::io::ErrorKind::ConnectionRefused).to_string(),
+            ),
             "orders",
         );
         assert!(
@@ -685,6 +637,15 @@ mod tests {
                 .starts_with("The backend 'orders' could not be connected to ("),
             "{}",
             refused.message
+        );
+
+        let garbled = GatewayError::from_upstream(
+            &UpstreamError::Invalid("invalid status code".into()),
+            "orders",
+        );
+        assert_eq!(
+            (garbled.status.as_u16(), garbled.reason),
+            (502, "BackendInvalidResponse")
         );
     }
 }

@@ -45,6 +45,7 @@ pub mod tls;
 pub mod token_file;
 pub mod trailers;
 pub mod upgrade;
+pub mod upstream_h1;
 pub mod upstream_h2;
 
 use std::net::{SocketAddr, TcpListener};

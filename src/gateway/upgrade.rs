@@ -6,9 +6,10 @@
 //! The handshake is an ordinary request until the backend answers: routing, the subscription
 //! key and every inbound and backend policy run on it as on any other request, and any of them
 //! can refuse it (the client then gets that answer instead of a 101). Only then does it leave the
-//! usual path: [`send`] replaces the pooled `awc` forward (which cannot hand over its
-//! connection) with a connection of its own to the backend (TCP, or TLS with the backend's
-//! compiled client configuration), writes the handshake, and reads the answer:
+//! usual path: [`send`] replaces the pooled forward (whose connections go back to the pool)
+//! with a connection of its own to the backend (TCP, or TLS with the backend's compiled client
+//! configuration and server name: [`super::upstream_h1::connect`]), writes the handshake, and
+//! reads the answer:
 //!
 //! - `101` with a valid WebSocket handshake: the client gets the 101 with the backend's headers
 //!   (`Sec-WebSocket-Accept`, `-Protocol`, `-Extensions`, …) and a body that never ends by
@@ -21,7 +22,6 @@
 //! are, and a connection it closes itself (idle, stopping) is closed without a close frame.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -36,21 +36,20 @@ use actix_web::dev::Payload;
 use actix_web::error::PayloadError;
 use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use actix_web::http::{Method, StatusCode, Uri, Version};
-use awc::error::{ConnectError, SendRequestError};
 use base64::Engine as _;
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::StreamExt;
+use outpost_actors::route_table::table::BackendUrl;
 use outpost_actors::route_table::tls::TlsProfile;
-use rustls::ClientConfig;
-use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::time::Instant;
 use tokio_util::codec::{Framed, FramedParts};
 
-use super::error::GatewayError;
+use super::error::{GatewayError, UpstreamError};
 use super::exchange::{ClientUpgrade, Exchange, Response, Runtime};
 use super::hop_by_hop::strip_hop_by_hop;
 use super::listener::ConnState;
+use super::upstream_h1;
 
 const SEC_WEBSOCKET_KEY: HeaderName = HeaderName::from_static("sec-websocket-key");
 const SEC_WEBSOCKET_VERSION: HeaderName = HeaderName::from_static("sec-websocket-version");
@@ -172,7 +171,7 @@ fn accept_for(key: &[u8]) -> String {
 /// Makes the handshake with the backend, on a connection of its own. The backend's 101 becomes
 /// the client's, with a body that pipes the backend's bytes; any other answer is returned as
 /// an ordinary response. Failures map to statuses as a plain forward's do
-/// ([`GatewayError::from_send`]): 502 unreachable or garbled, 504 too slow.
+/// ([`GatewayError::from_upstream`]): 502 unreachable or garbled, 504 too slow.
 pub async fn send(
     ex: &mut Exchange,
     client: ClientUpgrade,
@@ -192,14 +191,14 @@ pub async fn send(
     let backend = ex.target.name.clone();
     let started = std::time::Instant::now();
     let tls = ex.backend_tls()?;
-    let answered = tokio::time::timeout(ex.timeout(), handshake(&uri, &tls, &head)).await;
+    let answered = tokio::time::timeout(ex.timeout(), handshake(&ex.target.url, &tls, &head)).await;
     ex.backend_duration = Some(started.elapsed());
     let (head, framed) = match answered {
         Ok(Ok(answer)) => answer,
-        Ok(Err(e)) => return Err(GatewayError::from_send(&e, &backend)),
+        Ok(Err(e)) => return Err(GatewayError::from_upstream(&e, &backend)),
         Err(_) => {
-            return Err(GatewayError::from_send(
-                &SendRequestError::Timeout,
+            return Err(GatewayError::from_upstream(
+                &UpstreamError::Timeout,
                 &backend,
             ));
         }
@@ -287,18 +286,19 @@ type BackendIo = Box<dyn Io>;
 /// Connects, writes the handshake and reads the answer's head (informational answers other
 /// than 101 skipped). What follows the head stays in the returned codec's buffer.
 async fn handshake(
-    uri: &Uri,
+    url: &BackendUrl,
     tls: &TlsProfile,
     head: &[u8],
-) -> Result<(actix_http::ResponseHead, Framed<BackendIo, ClientCodec>), SendRequestError> {
-    let mut io = connect(uri, tls).await?;
-    io.write_all(head).await.map_err(SendRequestError::Send)?;
-    io.flush().await.map_err(SendRequestError::Send)?;
+) -> Result<(actix_http::ResponseHead, Framed<BackendIo, ClientCodec>), UpstreamError> {
+    let mut io: BackendIo = Box::new(upstream_h1::connect(url, tls).await?);
+    let closed = |e: io::Error| UpstreamError::Closed(e.to_string());
+    io.write_all(head).await.map_err(closed)?;
+    io.flush().await.map_err(closed)?;
     let mut framed = Framed::new(io, ClientCodec::default());
     loop {
         match framed.next().await {
-            None => return Err(SendRequestError::Connect(ConnectError::Disconnected)),
-            Some(Err(e)) => return Err(SendRequestError::Response(e)),
+            None => return Err(UpstreamError::Disconnected),
+            Some(Err(e)) => return Err(UpstreamError::Invalid(e.to_string())),
             Some(Ok(head))
                 if head.status.is_informational()
                     && head.status != StatusCode::SWITCHING_PROTOCOLS =>
@@ -308,62 +308,6 @@ async fn handshake(
             Some(Ok(head)) => return Ok((head, framed)),
         }
     }
-}
-
-async fn connect(uri: &Uri, tls: &TlsProfile) -> Result<BackendIo, SendRequestError> {
-    let connect_error = |e| SendRequestError::Connect(ConnectError::Io(e));
-    let https = uri.scheme_str() == Some("https");
-    let host = uri
-        .host()
-        .ok_or(SendRequestError::Connect(ConnectError::Unresolved))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-    let tcp = tokio::time::timeout(
-        tls.connect_timeout,
-        tokio::net::TcpStream::connect((host, port)),
-    )
-    .await
-    .map_err(|_| SendRequestError::Connect(ConnectError::Timeout))?
-    .map_err(connect_error)?;
-    // Frames are written whole; Nagle would only delay them.
-    let _ = tcp.set_nodelay(true);
-    if !https {
-        return Ok(Box::new(tcp));
-    }
-    let name = ServerName::try_from(host.to_owned())
-        .map_err(|e| connect_error(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
-    let connector = tokio_rustls::TlsConnector::from(http1_config(tls));
-    let stream = tokio::time::timeout(tls.connect_timeout, connector.connect(name, tcp))
-        .await
-        .map_err(|_| SendRequestError::Connect(ConnectError::Timeout))?
-        .map_err(connect_error)?;
-    Ok(Box::new(stream))
-}
-
-thread_local! {
-    /// Per TLS profile, its client configuration offering HTTP/1.1 alone by ALPN.
-    static HTTP1_CONFIGS: RefCell<HashMap<u64, Arc<ClientConfig>>> =
-        RefCell::new(HashMap::new());
-}
-
-/// The backend's TLS configuration, offering no protocol but HTTP/1.1: the upgrade is an
-/// HTTP/1.1 exchange, so a backend must not pick h2 by ALPN.
-fn http1_config(tls: &TlsProfile) -> Arc<ClientConfig> {
-    let alpn = &tls.config.alpn_protocols;
-    if alpn.is_empty() || alpn.iter().all(|p| p.as_slice() == b"http/1.1") {
-        return tls.config.clone();
-    }
-    HTTP1_CONFIGS.with(|configs| {
-        configs
-            .borrow_mut()
-            .entry(tls.id)
-            .or_insert_with(|| {
-                let mut config = (*tls.config).clone();
-                config.alpn_protocols = vec![b"http/1.1".to_vec()];
-                Arc::new(config)
-            })
-            .clone()
-    })
 }
 
 /// The backend did not switch protocols: its answer, with its body, as for any request.

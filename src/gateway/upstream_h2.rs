@@ -1,10 +1,10 @@
 //! HTTP/2 to backends, with the `h2` crate: what gRPC backends need (trailers both ways, h2c),
-//! beside the HTTP/1.1 forwarder (`awc`, [`super::forward`]).
+//! beside the HTTP/1.1 client ([`super::upstream_h1`]).
 //!
 //! - Which HTTP a backend gets ([`route`]): `protocol: http1` and plain `http://` with `auto`
 //!   go to HTTP/1.1 without looking here. `h2` speaks HTTP/2: by ALPN on `https://`, with prior
 //!   knowledge (h2c) on `http://`. `auto` on `https://` offers both by ALPN and follows the
-//!   backend's choice; a backend that chose HTTP/1.1 is sent HTTP/1.1 (by `awc`) for the next
+//!   backend's choice; a backend that chose HTTP/1.1 is sent HTTP/1.1 ([`super::upstream_h1`]) for the next
 //!   [`ALPN_MEMORY`] without asking again.
 //! - One connection per worker per backend (scheme, authority, TLS profile), multiplexing every
 //!   request to it; made once by the first request that needs it (the others wait for that
@@ -625,8 +625,8 @@ fn response(
     }
 }
 
-/// A HEAD answer's length, with no body.
-struct Announced(u64);
+/// A HEAD answer's length, with no body (also the HTTP/1.1 upstream's).
+pub(crate) struct Announced(pub(crate) u64);
 
 impl MessageBody for Announced {
     type Error = std::convert::Infallible;
