@@ -117,6 +117,11 @@ pub struct Api {
     pub operations: Vec<Operation>,
     #[serde(default)]
     pub policies: PolicyDocument,
+    /// Whether the gateways write this API's requests to their access log (when the gateway's
+    /// `[access_log]` is enabled). Left out of exports while true, so existing files and
+    /// snapshots stay as they were.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub access_log: bool,
 }
 
 /// How a versioned API's version is chosen by the client.
@@ -381,6 +386,10 @@ pub const GLOBAL_POLICY_NAME: &str = "global";
 
 fn global_name() -> String {
     GLOBAL_POLICY_NAME.to_owned()
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 fn yes() -> bool {

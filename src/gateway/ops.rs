@@ -3,18 +3,20 @@
 //!
 //! - `/healthz`, `/status-0123456789abcdef`: liveness, 200 while the process runs.
 //! - `/readyz`: 200 once a configuration is loaded (and from then on, whatever happens to the
-//!   control plane: a gateway that fails static is still ready), 503 before. The JSON detail
+//!   control plane: a gateway that fails static is still ready), 503 before, and 503 again
+//!   with `"draining": true` from a stop signal on (the listeners keep serving a while). The JSON detail
 //!   says where the config came from, which revision and hash, how the control plane and Redis
 //!   look, when the token expires and what was refused, so "why is this gateway not getting my
 //!   change" is answered from one URL. With `ops.readyz_detail = false` the body is only
-//!   `{"ready": …}`: the detail names the control plane's URL, its errors and the token's
+//!   `{"ready": …, "draining": …}`: the detail names the control plane's URL, its errors and the token's
 //!   gateway, which is more than whoever can reach the ops port may need to know.
 //! - `/metrics`: Prometheus text. `outpost_tls_certificate_expiry_seconds{hostname}` is
 //!   computed at the scrape (seconds until the served certificate lapses, negative after), like
 //!   the token's expiry gauge.
 
 use std::net::TcpListener;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use actix_web::dev::Server;
@@ -74,6 +76,8 @@ pub struct OpsState {
     pub readyz_detail: bool,
     /// The table being served, for its HTTPS certificates' expiry.
     pub table: TableHandle,
+    /// Set when the gateway starts draining (a stop signal): not ready from then on.
+    pub draining: Arc<AtomicBool>,
 }
 
 impl OpsState {
@@ -117,6 +121,8 @@ async fn alive(state: web::Data<OpsState>) -> HttpResponse {
 #[derive(Serialize)]
 struct Readiness<'a> {
     ready: bool,
+    /// Stopping: the listeners still serve, but not for long (see `[shutdown] drain_secs`).
+    draining: bool,
     instance_id: &'a str,
     version: &'static str,
     started_at: DateTime<Utc>,
@@ -137,17 +143,21 @@ struct CertificateStatus {
 
 async fn ready(state: web::Data<OpsState>) -> HttpResponse {
     let status = state.status.load();
-    let code = if status.ready() {
+    let draining = state.draining.load(Ordering::Relaxed);
+    let ready = status.ready() && !draining;
+    let code = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
     if !state.readyz_detail {
-        return HttpResponse::build(code).json(serde_json::json!({"ready": status.ready()}));
+        return HttpResponse::build(code)
+            .json(serde_json::json!({"ready": ready, "draining": draining}));
     }
     let now = Utc::now();
     let body = Readiness {
-        ready: status.ready(),
+        ready,
+        draining,
         instance_id: &state.instance_id,
         version: env!("CARGO_PKG_VERSION"),
         started_at: state.started_at,
