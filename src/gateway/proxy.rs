@@ -197,8 +197,12 @@ pub fn start_traffic_servers(
     if settings.listen.workers > 0 {
         builder = builder.workers(settings.listen.workers);
     }
-    // After the drain, requests still in flight get this long before they are cut.
-    builder = builder.shutdown_timeout(settings.shutdown.grace_secs);
+    // After the drain, requests still in flight get this long before they are cut. Signals are
+    // the gateway's to handle (`super::run` drains first); actix-server's own handler would
+    // close the listeners at the first SIGTERM.
+    builder = builder
+        .shutdown_timeout(settings.shutdown.grace_secs)
+        .disable_signals();
     // On stop, idle keep-alive connections are closed at once (as `HttpServer` does), so a
     // SIGTERM does not wait for them until the shutdown timeout.
     let shutdown = builder.graceful_shutdown_signal();
