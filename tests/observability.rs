@@ -232,3 +232,183 @@ fn sampling_zero_writes_nothing_and_one_writes_every_request() {
     all.stop();
     assert_eq!(lines(&path).len(), 20, "appended to the same file");
 }
+
+// === the control plane's /metrics ===
+
+/// The value of one series (`name{labels}` exactly as rendered), if present.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !check() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn control_plane_metrics_count_admin_calls_commits_and_gateways() {
+    use outpost::control_plane::{self, settings::ControlPlaneSettings, tokens};
+    let mut s = ControlPlaneSettings::default();
+    s.admin.listen = "127.0.0.1:0".into();
+    s.admin.token = "metrics-test-admin-token-0000000000".into();
+    s.gateway_api.listen = "127.0.0.1:0".into();
+    s.store.data_dir = ":memory:".into();
+    let cp = control_plane::start(s).expect("control plane starts");
+    let http = client();
+    let admin = cp.admin_url();
+    let scrape = || {
+        let res = http.get(format!("{admin}/metrics")).send().unwrap();
+        assert_eq!(res.status(), 200, "open without a token by default");
+        res.text().unwrap()
+    };
+    let before = scrape();
+    let put = |path: &str, body: serde_json::Value| {
+        http.put(format!("{admin}/api/v1/{path}"))
+            .bearer_auth(cp.admin_token())
+            .json(&body)
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    let backend = backend();
+    let api = serde_json::json!({
+        "name": "echo", "path": "echo", "backend": "echo", "subscription-required": false,
+        "operations": [{"name": "get", "method": "GET", "url-template": "/{*rest}"}],
+    });
+    let statuses = [
+        put(
+            "backends/echo",
+            serde_json::json!({"name": "echo", "url": format!("http://{backend}")}),
+        ),
+        put("apis/echo", api.clone()),
+        // The same again: answered, nothing committed.
+        put("apis/echo", api),
+        put(
+            "gateways/gw-m",
+            serde_json::json!({"name": "gw-m", "apis": ["echo"]}),
+        ),
+    ];
+    assert!(
+        statuses.iter().all(|s| (200..300).contains(s)),
+        "{statuses:?}"
+    );
+    // (DELETE: the other test of this process refuses GETs, on the same process-wide counters.)
+    let refused = http
+        .delete(format!("{admin}/api/v1/apis/echo"))
+        .send()
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+
+    let after = scrape();
+    let delta = |text: &str, series: &str| {
+        sample(text, series).unwrap_or(0.0) - sample(&before, series).unwrap_or(0.0)
+    };
+    let puts: f64 = [200, 201]
+        .iter()
+        .map(|s| {
+            delta(
+                &after,
+                &format!(r#"outpost_cp_admin_requests_total{{method="PUT",status="{s}"}}"#),
+            )
+        })
+        .sum();
+    assert_eq!(puts, 4.0, "{after}");
+    assert_eq!(
+        delta(
+            &after,
+            r#"outpost_cp_admin_requests_total{method="DELETE",status="401"}"#
+        ),
+        1.0,
+        "{after}"
+    );
+    assert_eq!(delta(&after, "outpost_cp_commits_total"), 3.0, "{after}");
+    assert_eq!(
+        sample(&after, "outpost_cp_revision"),
+        Some(cp.store().revision() as f64)
+    );
+    assert_eq!(
+        delta(
+            &after,
+            r#"outpost_cp_store_operation_seconds_count{operation="put"}"#
+        ),
+        4.0,
+        "{after}"
+    );
+    assert!(
+        after.contains(r#"outpost_cp_store_operation_seconds_bucket{operation="put",le="0.001"}"#),
+        "a histogram, with buckets: {after}"
+    );
+    assert_eq!(
+        sample(&after, r#"outpost_cp_gateway_instances{state="connected"}"#),
+        Some(0.0)
+    );
+
+    // A gateway connects: it long-polls, heartbeats and uploads telemetry.
+    let keys = cp.store().gateway_keys("gw-m").unwrap();
+    let token = tokens::mint(
+        "gw-m",
+        &keys.primary,
+        chrono::Utc::now() + chrono::TimeDelta::days(1),
+    );
+    let mut gs = GatewaySettings::default();
+    gs.control_plane.url = cp.gateway_url();
+    gs.control_plane.token = token;
+    gs.control_plane.poll_wait = Duration::from_secs(3);
+    gs.control_plane.heartbeat_interval = Duration::from_secs(1);
+    gs.telemetry.flush_interval = Duration::from_secs(1);
+    gs.listen.http = "127.0.0.1:0".into();
+    gs.listen.https = String::new();
+    gs.listen.ops = "127.0.0.1:0".into();
+    gs.listen.workers = 1;
+    let gw = gateway::start(gs).expect("gateway starts");
+    let res = http
+        .get(format!("{}/echo/hello", gw.traffic_url()))
+        .send()
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    eventually("the gateway connected, waiting and reporting", || {
+        let text = scrape();
+        sample(&text, r#"outpost_cp_gateway_instances{state="connected"}"#) == Some(1.0)
+            && sample(&text, "outpost_cp_config_polls_waiting") == Some(1.0)
+            && delta(
+                &text,
+                r#"outpost_cp_telemetry_batches_total{result="added"}"#,
+            ) >= 1.0
+    });
+    gw.stop();
+    // Its last poll ends by its wait (3 s): the control plane notices a closed poll only then.
+    eventually("the stopped gateway shows as stopped", || {
+        let text = scrape();
+        sample(&text, r#"outpost_cp_gateway_instances{state="stopped"}"#) == Some(1.0)
+            && sample(&text, r#"outpost_cp_gateway_instances{state="connected"}"#) == Some(0.0)
+            && sample(&text, "outpost_cp_config_polls_waiting") == Some(0.0)
+    });
+    cp.stop();
+}
+
+#[test]
+fn control_plane_metrics_can_require_the_admin_token() {
+    use outpost::control_plane::{self, settings::ControlPlaneSettings};
+    let mut s = ControlPlaneSettings::default();
+    s.admin.listen = "127.0.0.1:0".into();
+    s.admin.token = "metrics-test-admin-token-1111111111".into();
+    s.admin.metrics_require_token = true;
+    s.gateway_api.listen = "127.0.0.1:0".into();
+    s.store.data_dir = ":memory:".into();
+    let cp = control_plane::start(s).expect("control plane starts");
+    let url = format!("{}/metrics", cp.admin_url());
+    let http = client();
+    assert_eq!(http.get(&url).send().unwrap().status(), 401);
+    let res = http.get(&url).bearer_auth(cp.admin_token()).send().unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.text().unwrap().contains("outpost_cp_revision"));
+    cp.stop();
+}

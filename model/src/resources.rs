@@ -118,9 +118,8 @@ pub struct Api {
     #[serde(default)]
     pub policies: PolicyDocument,
     /// Whether the gateways write this API's requests to their access log (when the gateway's
-    /// `[access_log]` is enabled). Left out of exports while true, so existing files and
-    /// snapshots stay as they were.
-    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    /// `[access_log]` is enabled). Exports leave it out while true ([`crate::prune`]).
+    #[serde(default = "yes")]
     pub access_log: bool,
 }
 
@@ -386,10 +385,6 @@ pub const GLOBAL_POLICY_NAME: &str = "global";
 
 fn global_name() -> String {
     GLOBAL_POLICY_NAME.to_owned()
-}
-
-fn is_true(b: &bool) -> bool {
-    *b
 }
 
 fn yes() -> bool {

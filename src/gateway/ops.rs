@@ -15,15 +15,13 @@
 //!   the token's expiry gauge.
 
 use std::net::TcpListener;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use actix_web::dev::Server;
 use actix_web::http::StatusCode;
 use actix_web::{App, HttpResponse, HttpServer, web};
 use chrono::{DateTime, Utc};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use outpost_actors::connectivity::{self, ConnectivityStatus, StatusHandle};
 use outpost_actors::route_table::{CERTIFICATE_WARNING, TableHandle};
 use outpost_model::wire::CertificateExpiry;
@@ -32,39 +30,7 @@ use serde::Serialize;
 /// The liveness path the reference product's self-hosted gateway answers; kept for familiarity.
 pub const STATUS_PATH: &str = "/status-0123456789abcdef";
 
-/// How often the recorder's histograms are compacted when nobody scrapes.
-const UPKEEP_EVERY: Duration = Duration::from_secs(5);
-
-/// The process's Prometheus recorder. Installed once per process (the demo and tests run
-/// several gateways in one process; a second install would fail); `None` when something else
-/// installed a recorder first.
-pub fn prometheus() -> Option<&'static PrometheusHandle> {
-    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| match PrometheusBuilder::new().install_recorder() {
-            Ok(handle) => {
-                // Without upkeep, histogram samples pile up between scrapes.
-                let upkeep = handle.clone();
-                let spawned = std::thread::Builder::new()
-                    .name("metrics-upkeep".into())
-                    .spawn(move || {
-                        loop {
-                            std::thread::sleep(UPKEEP_EVERY);
-                            upkeep.run_upkeep();
-                        }
-                    });
-                if let Err(e) = spawned {
-                    tracing::warn!(error = %e, "cannot start the metrics upkeep thread");
-                }
-                Some(handle)
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot install the Prometheus recorder; /metrics will be empty");
-                None
-            }
-        })
-        .as_ref()
-}
+pub use crate::prometheus::prometheus;
 
 /// What the ops endpoints read.
 #[derive(Clone)]
