@@ -1,5 +1,6 @@
 //! Graceful drain of a real `outpost gateway` process: on SIGTERM `/readyz` turns 503 at once,
-//! the listeners keep serving for `[shutdown] drain_secs`, a request in flight finishes within
+//! the listeners keep serving for `[shutdown] drain_secs` (closing HTTP/1.1 connections after
+//! each answer), a request in flight finishes within
 //! `grace_secs`, and the process exits 0. A client that follows readiness sees no failure.
 
 use std::io::{BufRead, BufReader};
@@ -59,7 +60,7 @@ fn a_client_following_readiness_sees_no_failure_while_the_gateway_drains_and_exi
         .env("OUTPOST_LISTEN_HTTPS", "")
         .env("OUTPOST_LISTEN_OPS", "127.0.0.1:0")
         .env("OUTPOST_LISTEN_WORKERS", "2")
-        .env("OUTPOST_SHUTDOWN_DRAIN_SECS", "2")
+        .env("OUTPOST_SHUTDOWN_DRAIN_SECS", "3")
         .env("OUTPOST_SHUTDOWN_GRACE_SECS", "20")
         .stderr(Stdio::piped())
         .spawn()
@@ -130,12 +131,12 @@ fn a_client_following_readiness_sees_no_failure_while_the_gateway_drains_and_exi
             })
         })
         .collect();
-    // A slow request in flight across the drain's end: the backend answers after 4 s, the
-    // listeners close after 2 s.
+    // A slow request in flight across the drain's end: the backend answers after 5 s, the
+    // listeners close after 3 s.
     let slow = {
         let (http, traffic) = (http.clone(), traffic.clone());
         std::thread::spawn(move || {
-            http.get(format!("{traffic}/api/delay/4000"))
+            http.get(format!("{traffic}/api/delay/5000"))
                 .send()
                 .map(|r| r.status().as_u16())
         })
@@ -156,7 +157,7 @@ fn a_client_following_readiness_sees_no_failure_while_the_gateway_drains_and_exi
     }
     assert!(saw_draining.load(Ordering::SeqCst), "/readyz said draining");
     // The listeners still serve during the drain, to clients that do not follow readiness too.
-    if sent.elapsed() < Duration::from_millis(1500) {
+    if sent.elapsed() < Duration::from_millis(2500) {
         let late = http.get(format!("{traffic}/api/late")).send().unwrap();
         assert_eq!(late.status(), 200);
         assert_eq!(
@@ -166,6 +167,8 @@ fn a_client_following_readiness_sees_no_failure_while_the_gateway_drains_and_exi
             Some("close"),
             "draining answers close their connections"
         );
+    } else {
+        eprintln!("the machine was too slow to check an answer during the drain");
     }
     assert_eq!(
         slow.join().unwrap().unwrap(),
