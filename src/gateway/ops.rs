@@ -8,7 +8,7 @@
 //!   says where the config came from, which revision and hash, how the control plane and Redis
 //!   look, when the token expires and what was refused, so "why is this gateway not getting my
 //!   change" is answered from one URL. With `ops.readyz_detail = false` the body is only
-//!   `{"ready": …, "draining": …}`: the detail names the control plane's URL, its errors and the token's
+//!   `{"ready": …}`: the detail names the control plane's URL, its errors and the token's
 //!   gateway, which is more than whoever can reach the ops port may need to know.
 //! - `/metrics`: Prometheus text. `outpost_tls_certificate_expiry_seconds{hostname}` is
 //!   computed at the scrape (seconds until the served certificate lapses, negative after), like
@@ -117,8 +117,7 @@ async fn ready(state: web::Data<OpsState>) -> HttpResponse {
         StatusCode::SERVICE_UNAVAILABLE
     };
     if !state.readyz_detail {
-        return HttpResponse::build(code)
-            .json(serde_json::json!({"ready": ready, "draining": draining}));
+        return HttpResponse::build(code).json(serde_json::json!({"ready": ready}));
     }
     let now = Utc::now();
     let body = Readiness {
