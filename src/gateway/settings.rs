@@ -348,7 +348,7 @@ impl Default for AccessLogSettings {
 impl Default for ShutdownSettings {
     fn default() -> Self {
         Self {
-            drain_secs: 10,
+            drain_secs: 5,
             grace_secs: 30,
         }
     }
