@@ -72,7 +72,7 @@ pub struct ProxyHooks {
     pub cache: Option<outpost_actors::cache::CacheHandle>,
     /// The access log (`[access_log]`); `None`: not written.
     pub access_log: Option<Arc<AccessLog>>,
-    /// Set when the gateway starts draining (see [`super::drain`]): answers then close their
+    /// Set when the gateway starts draining (see [`super::run`]): answers then close their
     /// HTTP/1.1 connection, so clients and load balancers reconnect elsewhere.
     pub draining: Arc<AtomicBool>,
 }
