@@ -12,7 +12,6 @@
 //! What a line never holds: the query string (it may carry the subscription key), header
 //! values, the subscription key itself. The subscription is named, not shown.
 
-use std::fmt;
 use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::net::IpAddr;
@@ -318,14 +317,6 @@ impl Serialize for Ip {
     }
 }
 
-impl fmt::Debug for AccessLog {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AccessLog")
-            .field("sample", &self.sample)
-            .finish_non_exhaustive()
-    }
-}
-
 /// Standard output, a batch of whole lines per write: the process's stdout lock is held for the
 /// whole batch, so nothing else printed there lands inside a line.
 struct StdoutLines;
@@ -341,35 +332,53 @@ impl Write for StdoutLines {
     }
 }
 
-/// The writer thread: whatever is queued is written as one batch, then flushed; it ends when
-/// every sender is gone and the queue is empty.
+/// How long the writer lets lines gather after the first one of a batch. While it sleeps,
+/// workers queue lines without waking it; waking it for every line cost more than formatting
+/// the line (bench/proxy.sh, docs/benchmarks.md).
+const GATHER: Duration = Duration::from_millis(20);
+
+/// A batch is written once it reaches this size.
+const BATCH_BYTES: usize = 256 * 1024;
+
+/// The writer thread: waits for a line, lets more gather, writes what is queued in batches,
+/// flushes; it ends when every sender is gone and the queue is empty.
 fn write_lines(rx: Receiver<Vec<u8>>, mut out: Box<dyn Write + Send>) {
-    let mut batch: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let mut batch: Vec<u8> = Vec::with_capacity(BATCH_BYTES);
     let mut failing = false;
     while let Ok(line) = rx.recv() {
         batch.extend_from_slice(&line);
-        while batch.len() < 256 * 1024
-            && let Ok(line) = rx.try_recv()
-        {
-            batch.extend_from_slice(&line);
-        }
-        let written = out.write_all(&batch).and_then(|()| out.flush());
-        if written.is_err() {
-            metrics::counter!("outpost_access_log_write_errors_total").increment(1);
-        }
-        match (written, failing) {
-            (Err(e), false) => {
-                tracing::error!(error = %e, "cannot write the access log; lines are being lost");
-                failing = true;
+        std::thread::sleep(GATHER);
+        loop {
+            let more = rx.try_recv();
+            if let Ok(line) = &more {
+                batch.extend_from_slice(line);
             }
-            (Ok(()), true) => {
-                tracing::info!("the access log is written again");
-                failing = false;
+            if batch.len() >= BATCH_BYTES || (more.is_err() && !batch.is_empty()) {
+                failing = write_batch(&mut out, &batch, failing);
+                batch.clear();
             }
-            _ => {}
+            if more.is_err() {
+                break;
+            }
         }
-        batch.clear();
     }
+}
+
+/// Writes and flushes one batch; logs once when writing starts and stops failing. Returns
+/// whether it failed.
+fn write_batch(out: &mut Box<dyn Write + Send>, batch: &[u8], failing: bool) -> bool {
+    let written = out.write_all(batch).and_then(|()| out.flush());
+    match (&written, failing) {
+        (Err(e), false) => {
+            tracing::error!(error = %e, "cannot write the access log; lines are being lost");
+        }
+        (Ok(()), true) => tracing::info!("the access log is written again"),
+        _ => {}
+    }
+    if written.is_err() {
+        metrics::counter!("outpost_access_log_write_errors_total").increment(1);
+    }
+    written.is_err()
 }
 
 #[cfg(test)]
