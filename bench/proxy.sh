@@ -9,6 +9,8 @@
 #   2   nginx as a plain reverse proxy (keep-alive upstream), 1 worker      [2b: 2 workers]
 #   3   gateway, offline mode, 1 worker: subscription key + 2 set-header   [3b: 2 workers]
 #   3r  as 3, in the gateway that has redis.url set (control for 5)
+#   3l  as 3, in a gateway writing the access log (every request, to a file)
+#   3s  as 3, in a gateway writing the access log for 1 % of requests (sample = 0.01)
 #   4   as 3 + rate-limit, in-process store
 #   5   as 3 + rate-limit, Redis store (private redis-server)
 #   5q  as 5 + quota, Redis store (two shared counters per request)
@@ -294,14 +296,17 @@ start redis "$CLIENT_CPUS" redis-server --port "$PORT_REDIS" --bind 127.0.0.1 --
 sed "s|@BACKEND@|127.0.0.1:$PORT_BACKEND|g" "$BENCH/gateway.yaml.in" >"$RUN_DIR/gateway.yaml"
 "$OUTPOST" validate -f "$RUN_DIR/gateway.yaml" >&2
 
-gateway() { # NAME WORKERS CPUS REDIS_URL
-    local name=$1 workers=$2 cpus=$3 redis=$4 http ops
+gateway() { # NAME WORKERS CPUS REDIS_URL [ACCESS_LOG_SAMPLE]
+    local name=$1 workers=$2 cpus=$3 redis=$4 sample=${5:-} http ops
     free_port; http=$PORT
     free_port; ops=$PORT
     free_port
     printf -v "PORT_$name" '%s' "$http"
     printf -v "OPS_$name" '%s' "$ops"
-    start "$name" "$cpus" env OUTPOST_LISTEN_HTTP="127.0.0.1:$http" \
+    local access=(OUTPOST_ACCESS_LOG_ENABLED=false)
+    [[ -n $sample ]] && access=(OUTPOST_ACCESS_LOG_ENABLED=true
+        OUTPOST_ACCESS_LOG_SAMPLE="$sample" OUTPOST_ACCESS_LOG_PATH="$RUN_DIR/$name-access.log")
+    start "$name" "$cpus" env "${access[@]}" OUTPOST_LISTEN_HTTP="127.0.0.1:$http" \
         OUTPOST_LISTEN_HTTPS="127.0.0.1:$PORT" OUTPOST_LISTEN_OPS="127.0.0.1:$ops" \
         OUTPOST_LISTEN_WORKERS="$workers" OUTPOST_REDIS_URL="$redis" OUTPOST_LOG_LEVEL=warn \
         "$OUTPOST" gateway --offline-config "$RUN_DIR/gateway.yaml"
@@ -309,6 +314,8 @@ gateway() { # NAME WORKERS CPUS REDIS_URL
 gateway gw 1 "$SUT_CPUS" ""
 gateway gw2 2 "$BOTH_CPUS" ""
 gateway gwr 1 "$SUT_CPUS" "redis://127.0.0.1:$PORT_REDIS"
+[[ " $TARGETS " == *" 3l "* ]] && gateway gwl 1 "$SUT_CPUS" "" 1.0
+[[ " $TARGETS " == *" 3s "* ]] && gateway gws 1 "$SUT_CPUS" "" 0.01
 
 KEY_HEADER="Ocp-Apim-Subscription-Key: $SUB_KEY"
 # id | process under test | URL | needs the key | label
@@ -318,6 +325,8 @@ TARGET_TABLE="1|backend|http://127.0.0.1:$PORT_BACKEND/item|0|direct to backend 
 3|gw|http://127.0.0.1:$PORT_gw/plain/item|1|gateway: key + 2 set-header, 1 worker
 3b|gw2|http://127.0.0.1:$PORT_gw2/plain/item|1|gateway: key + 2 set-header, 2 workers
 3r|gwr|http://127.0.0.1:$PORT_gwr/plain/item|1|gateway with redis.url: key + 2 set-header (control for 5)
+3l|gwl|http://127.0.0.1:${PORT_gwl:-0}/plain/item|1|as 3 + access log, every request (file)
+3s|gws|http://127.0.0.1:${PORT_gws:-0}/plain/item|1|as 3 + access log, 1 % sampled (file)
 4|gw|http://127.0.0.1:$PORT_gw/limited/item|1|gateway + rate-limit, in-process store
 5|gwr|http://127.0.0.1:$PORT_gwr/limited/item|1|gateway + rate-limit, Redis store
 5q|gwr|http://127.0.0.1:$PORT_gwr/limited-quota/item|1|gateway + rate-limit + quota, Redis store

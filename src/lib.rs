@@ -9,6 +9,7 @@
 //!   forwarding) and its wiring of the actors from the `outpost-actors` crate.
 //! - [`client`]: the operator-side commands that talk to the management API (`apply`,
 //!   `export`, `gateway-token`).
+//! - [`prometheus`]: the process's Prometheus recorder, which both components' `/metrics` render.
 //! - [`demo`]: `outpost demo`, a whole system in one process for a first look.
 //!
 //! The shared model (resources, policies, validation, wire types) lives in `outpost-model`.
@@ -20,6 +21,7 @@ pub mod demo;
 pub mod gateway;
 pub mod logging;
 pub mod probe;
+pub mod prometheus;
 pub mod sample_backend;
 pub mod server_thread;
 pub mod settings;

@@ -2,6 +2,7 @@
 //! on its own. Shared by `control-plane`, `gateway` and `demo`.
 
 use std::future::Future;
+use std::time::Duration;
 
 /// Why the wait ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,4 +37,15 @@ pub fn wait_for_stop(stopped: impl Future<Output = ()>) -> Result<Stop, String> 
             _ = stopped => Stop::Stopped,
         }
     }))
+}
+
+/// Blocks the calling thread until a stop signal arrives (its name) or `timeout` passes
+/// (`None`): a drain that a second signal cuts short.
+pub fn wait_for_signal(timeout: Duration) -> Result<Option<&'static str>, String> {
+    Ok(
+        match wait_for_stop(async move { tokio::time::sleep(timeout).await })? {
+            Stop::Signal(name) => Some(name),
+            Stop::Stopped => None,
+        },
+    )
 }

@@ -12,6 +12,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
+use outpost::gateway::access_log::AccessLog;
 use outpost::gateway::proxy::{HttpsListen, ProxyHooks, TrafficAddrs, start_traffic_servers};
 use outpost::gateway::settings::GatewaySettings;
 use outpost::gateway::tls::MinTls;
@@ -353,6 +354,8 @@ fn config(pki: &Pki, echo: SocketAddr, tls_backends: TlsBackends) -> String {
 struct Edge {
     pki: Pki,
     addrs: TrafficAddrs,
+    /// The access log's directory (`access.log`).
+    log_dir: tempfile::TempDir,
 }
 
 impl Edge {
@@ -372,6 +375,12 @@ impl Edge {
         table.store(Some(Arc::new(compiled)));
         let mut settings = GatewaySettings::default();
         settings.listen.workers = 1;
+        let log_dir = tempfile::tempdir().unwrap();
+        settings.access_log.enabled = true;
+        settings.access_log.path = log_dir.path().join("access.log").display().to_string();
+        let (access_log, _writer) = AccessLog::start(&settings.access_log, "edge")
+            .unwrap()
+            .unwrap();
         let (server, addrs) = start_traffic_servers(
             "127.0.0.1:0",
             Some(HttpsListen {
@@ -381,11 +390,35 @@ impl Edge {
             }),
             &settings,
             table,
-            ProxyHooks::default(),
+            ProxyHooks {
+                access_log: Some(access_log),
+                ..ProxyHooks::default()
+            },
         )
         .unwrap();
         actix_rt::spawn(server);
-        Edge { pki, addrs }
+        Edge {
+            pki,
+            addrs,
+            log_dir,
+        }
+    }
+
+    /// The access log's line for `path`, once the writer has written it.
+    async fn logged(&self, path: &str) -> Value {
+        let file = self.log_dir.path().join("access.log");
+        for _ in 0..200 {
+            let text = std::fs::read_to_string(&file).unwrap_or_default();
+            if let Some(line) = text
+                .lines()
+                .map(|l| serde_json::from_str::<Value>(l).unwrap())
+                .find(|l| l["path"] == path)
+            {
+                return line;
+            }
+            actix_rt::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no access log line for {path}");
     }
 
     /// A TLS client trusting the gateway's CA, presenting `cert` if given.
@@ -593,6 +626,12 @@ async fn a_hostname_that_requires_a_certificate_refuses_handshakes_without_a_goo
     // The listener goes on serving after the refusals.
     let reply = edge.get(host, "/echo/y", Some(&pki.b)).await.unwrap();
     assert_eq!(reply.forwarded("x-client-subject"), "CN=client-b");
+
+    // The access log names the certificate (issue 11).
+    let line = edge.logged("/echo/y").await;
+    assert_eq!(line["client_cert_subject"], "CN=client-b", "{line}");
+    assert_eq!(line["client_cert_thumbprint"], pki.b.thumbprint());
+    assert_eq!(line["host"], host);
 }
 
 #[actix_rt::test]
@@ -605,6 +644,9 @@ async fn an_optional_hostname_serves_clients_with_and_without_a_certificate() {
     assert_eq!(reply.status, 200, "{reply:?}");
     assert_eq!(reply.forwarded("x-client-subject"), "");
     assert_eq!(reply.forwarded("x-client-thumbprint"), "");
+    let line = edge.logged("/echo/x").await;
+    assert_eq!(line["client_cert_subject"], Value::Null, "{line}");
+    assert_eq!(line["client_cert_thumbprint"], Value::Null);
 
     let reply = edge.get(host, "/echo/x", Some(&pki.a)).await.unwrap();
     assert_eq!(reply.forwarded("x-client-subject"), "CN=client-a");

@@ -233,6 +233,9 @@ impl Gateway {
             .env("OUTPOST_CONTROL_PLANE_BACKOFF_INITIAL_MS", "100")
             .env("OUTPOST_CONTROL_PLANE_BACKOFF_MAX_MS", "1000")
             .env("OUTPOST_TELEMETRY_FLUSH_INTERVAL_SECS", "1")
+            // The scenarios take a node out of their load before stopping it; the drain itself
+            // is proved in tests/gateway_drain.rs.
+            .env("OUTPOST_SHUTDOWN_DRAIN_SECS", "0")
             .env("OUTPOST_LOG_LEVEL", "info");
         if let Some(u) = &options.control_plane_url {
             cmd.env("OUTPOST_CONTROL_PLANE_URL", u);

@@ -12,6 +12,8 @@ use serde_json::Value;
 const OPTIONAL_TEXT: &[&str] = &["display-name", "description", "location", "url"];
 /// Flags whose default is `false`: written only when set.
 const OPTIONAL_FLAGS: &[&str] = &["allow-encoded-slashes"];
+/// Flags whose default is `true`: written only when cleared.
+const DEFAULT_ON_FLAGS: &[&str] = &["access-log"];
 /// Settings written only when they are not their default.
 const DEFAULT_TEXT: &[(&str, &str)] = &[("client-certificate", "none")];
 
@@ -30,6 +32,7 @@ pub fn prune(value: &mut Value) {
                     !(optional || DEFAULT_TEXT.contains(&(k.as_str(), s.as_str())))
                 }
                 Value::Bool(false) => !OPTIONAL_FLAGS.contains(&k.as_str()),
+                Value::Bool(true) => !DEFAULT_ON_FLAGS.contains(&k.as_str()),
                 _ => true,
             });
         }
@@ -45,13 +48,15 @@ mod tests {
         let mut v = serde_json::json!({
             "a": null, "b": [], "policies": {"inbound": []}, "display-name": "",
             "value": "", "e": false, "f": 0, "g": [{"cache-lookup": {}}],
-            "allow-encoded-slashes": false,
+            "allow-encoded-slashes": false, "access-log": true,
+            "i": [{"access-log": false}],
             "h": [{"client-certificate": "none"}, {"client-certificate": "required"}]
         });
         super::prune(&mut v);
         assert_eq!(
             v,
             serde_json::json!({"value": "", "e": false, "f": 0, "g": [{"cache-lookup": {}}],
+                "i": [{"access-log": false}],
                 "h": [{}, {"client-certificate": "required"}]})
         );
     }

@@ -117,6 +117,10 @@ pub struct Api {
     pub operations: Vec<Operation>,
     #[serde(default)]
     pub policies: PolicyDocument,
+    /// Whether the gateways write this API's requests to their access log (when the gateway's
+    /// `[access_log]` is enabled). Exports leave it out while true ([`crate::prune`]).
+    #[serde(default = "yes")]
+    pub access_log: bool,
 }
 
 /// How a versioned API's version is chosen by the client.

@@ -166,6 +166,7 @@ mod tests {
             version: None,
             operations: vec![],
             policies: PolicyDocument::default(),
+            access_log: true,
         })
     }
 

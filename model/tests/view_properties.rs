@@ -87,6 +87,7 @@ impl Estate {
                     version: None,
                     operations: vec![],
                     policies: PolicyDocument::default(),
+                    access_log: true,
                 }));
             }
         }

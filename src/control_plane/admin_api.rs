@@ -334,7 +334,7 @@ async fn delete(
     };
     let store = st.store.clone();
     let k = key.clone();
-    let committed = blocking(&st.store, move || store.delete(k, pre)).await?;
+    let committed = store_write(&st.store, "delete", move || store.delete(k, pre)).await?;
     tracing::info!(key = %key, revision = committed.revision, "deleted");
     Ok(
         with_revision(HttpResponse::Ok(), committed.revision).json(json!({
@@ -563,7 +563,7 @@ async fn apply(req: HttpRequest, st: St, body: web::Payload) -> Result<HttpRespo
     if !dry_run && !plan.writes.is_empty() {
         let store = st.store.clone();
         let writes = plan.writes;
-        let committed = blocking(&st.store, move || store.commit(writes))
+        let committed = store_write(&st.store, "commit", move || store.commit(writes))
             .await
             .map_err(in_file)?;
         revision = committed.revision;
@@ -877,7 +877,7 @@ async fn write(st: &St, resource: Resource, pre: Precondition) -> Result<Committ
         return Err(ApiError::Inconsistent(p));
     }
     let store = st.store.clone();
-    let committed = blocking(&st.store, move || store.put(resource, pre)).await?;
+    let committed = store_write(&st.store, "put", move || store.put(resource, pre)).await?;
     if !committed.changed.is_empty() {
         tracing::info!(key = %key, revision = committed.revision, "written");
     }
@@ -907,6 +907,21 @@ fn written(st: &St, key: &ResourceKey, committed: &Committed, status: StatusCode
         "changed": changed,
         "resource": resource,
     }))
+}
+
+/// A store write on the blocking pool, timed and counted (`super::metrics`).
+async fn store_write(
+    store: &Store,
+    operation: &'static str,
+    f: impl FnOnce() -> Result<Committed, StoreError> + Send + 'static,
+) -> Result<Committed, ApiError> {
+    blocking(store, move || {
+        let started = std::time::Instant::now();
+        let result = f();
+        super::metrics::store_write(operation, started, &result);
+        result
+    })
+    .await
 }
 
 /// Runs a store operation on the blocking pool; store errors become API errors with secret

@@ -340,7 +340,9 @@ async fn telemetry_upload(
             f.decode::<TelemetryBatch>(b)
         })
         .await?;
-    match state.telemetry.ingest(&token.gateway, &batch, Utc::now()) {
+    let ingested = state.telemetry.ingest(&token.gateway, &batch, Utc::now());
+    super::metrics::telemetry_batch(ingested);
+    match ingested {
         Ingested::Added { skipped } if skipped > 0 => {
             tracing::debug!(
                 gateway = token.gateway,

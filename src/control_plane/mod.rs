@@ -10,6 +10,7 @@
 //!
 //! Admin listener (`admin.listen`):
 //! - `/` — the dashboard ([`dashboard`]);
+//! - `/metrics` — Prometheus text ([`metrics`]), open unless `admin.metrics_require_token`;
 //! - `/api/v1/openapi.json` — the OpenAPI document ([`openapi`]), no authentication;
 //!   every admin route is listed once, in [`routes`];
 //! - `/api/v1/...` — the management API ([`admin_api`]) and the gateway admin routes
@@ -23,6 +24,7 @@ pub mod auth;
 pub mod dashboard;
 pub mod data_dir;
 pub mod error;
+pub mod metrics;
 pub mod openapi;
 pub mod policy_schemas;
 pub mod routes;
@@ -43,7 +45,7 @@ use std::sync::Arc;
 use crate::server_thread::ServerThread;
 use crate::server_thread::connectable;
 use actix_web::dev::ServerHandle;
-use actix_web::middleware::from_fn;
+use actix_web::middleware::{Condition, from_fn};
 use actix_web::{App, HttpServer, web};
 use outpost_model::Problems;
 
@@ -231,6 +233,9 @@ pub fn start(settings: ControlPlaneSettings) -> Result<RunningControlPlane, Star
     spawn_store_sync(&gateway_state);
 
     let gw_state = gateway_state.clone();
+    // Before the first request, so that every count lands in the recorder.
+    let _ = crate::prometheus::prometheus();
+    let metrics_require_token = settings.admin.metrics_require_token;
     let (thread, ()) = ServerThread::spawn("control-plane", move |ready_tx| async move {
         let admin_gw_state = gw_state.clone();
         let admin = HttpServer::new(move || {
@@ -238,7 +243,16 @@ pub fn start(settings: ControlPlaneSettings) -> Result<RunningControlPlane, Star
                 .app_data(admin_state.clone())
                 .app_data(token_data.clone())
                 .app_data(admin_gw_state.clone())
+                .wrap(from_fn(metrics::count_requests))
                 .route("/healthz", web::get().to(healthz))
+                .service(
+                    web::resource("/metrics")
+                        .wrap(Condition::new(
+                            metrics_require_token,
+                            from_fn(auth::require_admin),
+                        ))
+                        .get(metrics::scrape),
+                )
                 .configure(dashboard::configure)
                 .configure(admin_api::configure_public)
                 .service(

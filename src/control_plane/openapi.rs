@@ -765,6 +765,7 @@ fn resource_schemas() -> Value {
             "version": {"oneOf": [{"type": "null"}, schema_ref("ApiVersion")]},
             "operations": {"type": "array", "items": schema_ref("Operation")},
             "policies": policies(),
+            "access-log": {"type": "boolean", "default": true, "description": "Write this API's requests to the gateways' access log (when [access_log] is enabled there)."},
         }), &["name", "backend"]),
         "ApiVersion": {
             "allOf": [strict(json!({

@@ -29,6 +29,9 @@ pub struct AdminSettings {
     /// Bearer token for the management API. Empty: generated on first start, stored in the
     /// data directory (`admin-token`), and its path printed.
     pub token: String,
+    /// `/metrics` asks for the admin token too; `false`: open, like `/healthz` (its series
+    /// name no gateway, API or key).
+    pub metrics_require_token: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -141,6 +144,7 @@ impl Default for ControlPlaneSettings {
             admin: AdminSettings {
                 listen: "0.0.0.0:7070".into(),
                 token: String::new(),
+                metrics_require_token: false,
             },
             gateway_api: GatewayApiSettings {
                 listen: "0.0.0.0:7071".into(),

@@ -22,7 +22,7 @@ use outpost_actors::route_table::table::{
     BackendUrl, CompiledApi, CompiledBackend, CompiledOperation, CompiledSubscription,
 };
 use outpost_actors::route_table::tls::TlsProfile;
-use outpost_actors::shared_state::{CountedBy, Decision, QuotaLimits};
+use outpost_actors::shared_state::{CountedBy, Decision, QuotaLimits, Verdict};
 use outpost_model::policy::{OutageMode, StatusSet};
 use outpost_model::resources::BackendProtocol;
 use outpost_model::template::{CertField, Segment, Template, Var};
@@ -217,6 +217,10 @@ pub struct Exchange {
     pub backend_duration: Option<Duration>,
     pub request_bytes: u64,
     pub cache: CacheStatus,
+    /// Backend attempts beyond the first (`retry`).
+    pub retries: u32,
+    /// The last rate-limit verdict, for the access log.
+    pub rate_limit: Option<Verdict>,
     pub guards: Vec<ConcurrencyGuard>,
     /// The `cors` policy that allowed this request's origin, to decorate the response.
     pub cors: Option<(Arc<CorsStep>, HeaderValue)>,

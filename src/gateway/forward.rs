@@ -107,6 +107,7 @@ async fn send_h1(ex: &mut Exchange, rt: &Runtime) -> Result<Response, GatewayErr
         }
         drop(sent);
         attempt += 1;
+        ex.retries = attempt;
         metrics::counter!("outpost_backend_retries_total", "backend" => ex.target.name.clone())
             .increment(1);
         if !retry.interval.is_zero() {

@@ -22,6 +22,7 @@
 //!    `TelemetryBuffer` uploads request metrics, `ConnectivityWatcher` keeps the status board.
 //!    Offline, SIGHUP re-reads the file instead ([`reload`]).
 
+pub mod access_log;
 pub mod balance;
 pub mod concurrency;
 pub mod error;
@@ -51,6 +52,8 @@ pub mod upstream_h2;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use crate::server_thread::connectable;
 use crate::server_thread::{Ready, ServerThread};
@@ -65,7 +68,7 @@ use outpost_actors::connectivity::{
 };
 use outpost_actors::link::{ClientFactory, LinkConfig};
 use outpost_actors::route_table::{self, ApplySnapshot, CompileContext, RouteTable, TableHandle};
-use outpost_actors::telemetry::{self, Aggregator, TelemetryBuffer, TelemetryConfig};
+use outpost_actors::telemetry::{self, TelemetryBuffer, TelemetryConfig};
 use outpost_actors::token::{self, TokenInfo};
 use outpost_model::document::Document;
 use outpost_model::view::gateway_view;
@@ -83,6 +86,8 @@ pub struct RunningGateway {
     https_addr: Option<SocketAddr>,
     /// Told before the listeners stop, so requests cut off by the stop count as such.
     stopping: Arc<std::sync::atomic::AtomicBool>,
+    /// Set on the first stop signal: `/readyz` answers 503, answers close their connections.
+    draining: Arc<AtomicBool>,
     ops_addr: SocketAddr,
     status: StatusHandle,
     instance_id: String,
@@ -138,6 +143,12 @@ impl RunningGateway {
         self.stopping
             .store(true, std::sync::atomic::Ordering::Relaxed);
         self.thread.stop(true);
+    }
+
+    /// Starts draining (see [`run`]): `/readyz` answers 503 from now on, while the listeners
+    /// keep serving; HTTP/1.1 answers close their connection, so clients move elsewhere.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
     }
 
     /// Waits until the gateway stops.
@@ -250,6 +261,7 @@ pub fn start(settings: GatewaySettings) -> Result<RunningGateway, StartError> {
         traffic_addr: started.traffic_addr,
         https_addr: started.https_addr,
         stopping: started.stopping,
+        draining: started.draining,
         ops_addr,
         status,
         instance_id: started.instance_id,
@@ -263,6 +275,7 @@ struct Started {
     traffic_addr: SocketAddr,
     https_addr: Option<SocketAddr>,
     stopping: Arc<std::sync::atomic::AtomicBool>,
+    draining: Arc<AtomicBool>,
     source: ConfigSource,
     instance_id: String,
 }
@@ -280,6 +293,7 @@ async fn serve(
     let watcher = watcher.start();
     let table = route_table::new_table_handle();
     let served_table = table.clone();
+    let draining = Arc::new(AtomicBool::new(false));
     let ops = match ops::start(
         ops_listener,
         ops::OpsState {
@@ -288,6 +302,7 @@ async fn serve(
             started_at: identity.started_at,
             readyz_detail: settings.ops.readyz_detail,
             table: table.clone(),
+            draining: draining.clone(),
         },
     ) {
         Ok(server) => server,
@@ -347,7 +362,27 @@ async fn serve(
         }
     };
     let health_checks = actix_rt::spawn(health::supervise(table.clone()));
-    let traffic = match start_traffic(&settings, table, recorder, stores) {
+    let access_log = match access_log::AccessLog::start(&settings.access_log, &identity.instance_id)
+    {
+        Ok(log) => log,
+        Err(source) => {
+            ops_handle.stop(false).await;
+            let _ = ready.send(Err(StartError::AccessLog {
+                path: settings.access_log.path.clone(),
+                source,
+            }));
+            return;
+        }
+    };
+    let (access_log, access_log_writer) = access_log.unzip();
+    let hooks = proxy::ProxyHooks {
+        observer: Some(Arc::new(recorder)),
+        shared: Some(stores.0),
+        cache: Some(stores.1),
+        access_log,
+        draining: draining.clone(),
+    };
+    let traffic = match start_traffic(&settings, table, hooks) {
         Ok(t) => t,
         Err(e) => {
             ops_handle.stop(false).await;
@@ -411,6 +446,7 @@ async fn serve(
             traffic_addr: addrs.http,
             https_addr: addrs.https,
             stopping: addrs.stopping,
+            draining,
             source: loaded.source,
             instance_id: identity.instance_id.clone(),
         },
@@ -419,6 +455,10 @@ async fn serve(
     let _ = ops_task.await;
     let _ = traffic_task.await;
     health_checks.abort();
+    // The workers are gone with their handles to the log: what they queued is written now.
+    if let Some(writer) = access_log_writer {
+        writer.finish(Duration::from_secs(5));
+    }
     // The listeners are down, so this instance serves nothing any more: say so now rather than
     // leave the control plane to notice missing heartbeats.
     if let Some(sync) = sync {
@@ -432,17 +472,8 @@ async fn serve(
 fn start_traffic(
     settings: &GatewaySettings,
     table: TableHandle,
-    recorder: Aggregator,
-    (shared, cache): (
-        outpost_actors::shared_state::SharedState,
-        outpost_actors::cache::CacheHandle,
-    ),
+    hooks: proxy::ProxyHooks,
 ) -> Result<(actix_web::dev::Server, proxy::TrafficAddrs), StartError> {
-    let hooks = proxy::ProxyHooks {
-        observer: Some(Arc::new(recorder)),
-        shared: Some(shared),
-        cache: Some(cache),
-    };
     let l = &settings.listen;
     let https = l.https.as_deref().map(|listen| proxy::HttpsListen {
         listen,
@@ -692,9 +723,13 @@ fn hostname() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-/// Runs the gateway until SIGINT or SIGTERM, then stops gracefully.
+/// Runs the gateway until SIGINT or SIGTERM, then drains and stops gracefully: `/readyz`
+/// answers 503 at once while the listeners keep serving for `[shutdown] drain_secs` (load
+/// balancers polling readiness stop sending meanwhile; a second signal cuts it short), then the
+/// listeners close and requests in flight get `[shutdown] grace_secs` to finish.
 pub fn run(settings: GatewaySettings) -> Result<(), StartError> {
     crate::logging::init(&settings.log);
+    let drain = settings.shutdown.drain;
     let running = start(settings)?;
     eprintln!(
         "outpost gateway: traffic on {}{}, ops on {} (config from {})",
@@ -708,7 +743,18 @@ pub fn run(settings: GatewaySettings) -> Result<(), StartError> {
     );
     match crate::signals::wait_for_stop(running.stopped()).map_err(StartError::Signals)? {
         crate::signals::Stop::Signal(name) => {
-            tracing::info!(signal = name, "stopping");
+            tracing::info!(
+                signal = name,
+                drain_secs = drain.as_secs(),
+                "draining: /readyz answers 503, the listeners keep serving"
+            );
+            running.start_draining();
+            if let Some(again) =
+                crate::signals::wait_for_signal(drain).map_err(StartError::Signals)?
+            {
+                tracing::warn!(signal = again, "second signal: the drain is cut short");
+            }
+            tracing::info!("stopping: the listeners close, requests in flight finish");
             running.stop();
             Ok(())
         }

@@ -3,7 +3,8 @@
 //!
 //! - `/healthz`, `/status-0123456789abcdef`: liveness, 200 while the process runs.
 //! - `/readyz`: 200 once a configuration is loaded (and from then on, whatever happens to the
-//!   control plane: a gateway that fails static is still ready), 503 before. The JSON detail
+//!   control plane: a gateway that fails static is still ready), 503 before, and 503 again
+//!   with `"draining": true` from a stop signal on (the listeners keep serving a while). The JSON detail
 //!   says where the config came from, which revision and hash, how the control plane and Redis
 //!   look, when the token expires and what was refused, so "why is this gateway not getting my
 //!   change" is answered from one URL. With `ops.readyz_detail = false` the body is only
@@ -14,14 +15,13 @@
 //!   the token's expiry gauge.
 
 use std::net::TcpListener;
-use std::sync::OnceLock;
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use actix_web::dev::Server;
 use actix_web::http::StatusCode;
 use actix_web::{App, HttpResponse, HttpServer, web};
 use chrono::{DateTime, Utc};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use outpost_actors::connectivity::{self, ConnectivityStatus, StatusHandle};
 use outpost_actors::route_table::{CERTIFICATE_WARNING, TableHandle};
 use outpost_model::wire::CertificateExpiry;
@@ -30,39 +30,7 @@ use serde::Serialize;
 /// The liveness path the reference product's self-hosted gateway answers; kept for familiarity.
 pub const STATUS_PATH: &str = "/status-0123456789abcdef";
 
-/// How often the recorder's histograms are compacted when nobody scrapes.
-const UPKEEP_EVERY: Duration = Duration::from_secs(5);
-
-/// The process's Prometheus recorder. Installed once per process (the demo and tests run
-/// several gateways in one process; a second install would fail); `None` when something else
-/// installed a recorder first.
-pub fn prometheus() -> Option<&'static PrometheusHandle> {
-    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| match PrometheusBuilder::new().install_recorder() {
-            Ok(handle) => {
-                // Without upkeep, histogram samples pile up between scrapes.
-                let upkeep = handle.clone();
-                let spawned = std::thread::Builder::new()
-                    .name("metrics-upkeep".into())
-                    .spawn(move || {
-                        loop {
-                            std::thread::sleep(UPKEEP_EVERY);
-                            upkeep.run_upkeep();
-                        }
-                    });
-                if let Err(e) = spawned {
-                    tracing::warn!(error = %e, "cannot start the metrics upkeep thread");
-                }
-                Some(handle)
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot install the Prometheus recorder; /metrics will be empty");
-                None
-            }
-        })
-        .as_ref()
-}
+pub use crate::prometheus::prometheus;
 
 /// What the ops endpoints read.
 #[derive(Clone)]
@@ -74,6 +42,8 @@ pub struct OpsState {
     pub readyz_detail: bool,
     /// The table being served, for its HTTPS certificates' expiry.
     pub table: TableHandle,
+    /// Set when the gateway starts draining (a stop signal): not ready from then on.
+    pub draining: Arc<AtomicBool>,
 }
 
 impl OpsState {
@@ -117,6 +87,8 @@ async fn alive(state: web::Data<OpsState>) -> HttpResponse {
 #[derive(Serialize)]
 struct Readiness<'a> {
     ready: bool,
+    /// Stopping: the listeners still serve, but not for long (see `[shutdown] drain_secs`).
+    draining: bool,
     instance_id: &'a str,
     version: &'static str,
     started_at: DateTime<Utc>,
@@ -137,17 +109,20 @@ struct CertificateStatus {
 
 async fn ready(state: web::Data<OpsState>) -> HttpResponse {
     let status = state.status.load();
-    let code = if status.ready() {
+    let draining = state.draining.load(Ordering::Relaxed);
+    let ready = status.ready() && !draining;
+    let code = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
     if !state.readyz_detail {
-        return HttpResponse::build(code).json(serde_json::json!({"ready": status.ready()}));
+        return HttpResponse::build(code).json(serde_json::json!({"ready": ready}));
     }
     let now = Utc::now();
     let body = Readiness {
-        ready: status.ready(),
+        ready,
+        draining,
         instance_id: &state.instance_id,
         version: env!("CARGO_PKG_VERSION"),
         started_at: state.started_at,

@@ -46,6 +46,7 @@ use outpost_actors::route_table::{
 use outpost_model::SubscriptionState;
 use outpost_model::resources::VersionScheme;
 
+use super::access_log::{AccessLog, Sampled};
 use super::concurrency::{ConcurrencyGuard, ConcurrencyLimiter};
 use super::error::{self, GatewayError};
 use super::exchange::{Exchange, RequestBody, Response, Runtime, Target, percent_decode};
@@ -69,6 +70,11 @@ pub struct ProxyHooks {
     /// The cache (its in-process tier is per traffic server); `None`: one built from
     /// `settings.cache` over `shared`.
     pub cache: Option<outpost_actors::cache::CacheHandle>,
+    /// The access log (`[access_log]`); `None`: not written.
+    pub access_log: Option<Arc<AccessLog>>,
+    /// Set when the gateway starts draining (see [`super::run`]): answers then close their
+    /// HTTP/1.1 connection, so clients and load balancers reconnect elsewhere.
+    pub draining: Arc<AtomicBool>,
 }
 
 /// Everything the traffic workers share.
@@ -76,6 +82,8 @@ pub struct Traffic {
     pub table: TableHandle,
     pub runtime: Runtime,
     pub observer: Option<Arc<dyn RequestObserver>>,
+    access_log: Option<Arc<AccessLog>>,
+    draining: Arc<AtomicBool>,
     key_header: Option<HeaderName>,
     key_query: Option<KeyQuery>,
     forwarding: Forwarding,
@@ -111,6 +119,8 @@ impl Traffic {
                 websocket_idle: settings.limits.websocket_idle,
             },
             observer: hooks.observer,
+            access_log: hooks.access_log,
+            draining: hooks.draining,
             // Validated with the settings.
             key_header: sub
                 .header
@@ -201,6 +211,12 @@ pub fn start_traffic_servers(
     if settings.listen.workers > 0 {
         builder = builder.workers(settings.listen.workers);
     }
+    // After the drain, requests still in flight get this long before they are cut. Signals are
+    // the gateway's to handle (`super::run` drains first); actix-server's own handler would
+    // close the listeners at the first SIGTERM.
+    builder = builder
+        .shutdown_timeout(settings.shutdown.grace.as_secs())
+        .disable_signals();
     // On stop, idle keep-alive connections are closed at once (as `HttpServer` does), so a
     // SIGTERM does not wait for them until the shutdown timeout.
     let shutdown = builder.graceful_shutdown_signal();
@@ -396,7 +412,17 @@ async fn handle(
         cache: CacheStatus::None,
         error_reason: None,
         grpc_status: None,
+        request_id: String::new(),
+        product: None,
+        retries: 0,
+        rate_limit: None,
+        access_log: true,
     };
+    let access = traffic
+        .access_log
+        .as_ref()
+        .filter(|log| log.sampled())
+        .map(|log| Sampled::new(log, &req));
     let grpc = is_grpc(req.headers());
     // Reported even if the connection dies before an answer (the future is dropped then).
     let mut pending = Unanswered {
@@ -405,6 +431,7 @@ async fn handle(
             started,
             observer: traffic.observer.clone(),
             _guards: Vec::new(),
+            access,
             grpc_trailers: grpc
                 .then(|| {
                     req.extensions()
@@ -431,7 +458,14 @@ async fn handle(
     } else {
         response
     };
-    finish(response, done)
+    let mut res = finish(response, done);
+    if traffic.draining.load(Ordering::Relaxed)
+        && res.head().connection_type() != actix_http::ConnectionType::Upgrade
+    {
+        res.head_mut()
+            .set_connection_type(actix_http::ConnectionType::Close);
+    }
+    res
 }
 
 /// A gRPC call (`application/grpc`, `application/grpc+proto`, …).
@@ -749,6 +783,7 @@ fn route<'t>(
             {
                 record.api = Some(api.name.clone());
                 record.operation = Some(op.name.clone());
+                record.access_log = api.access_log;
                 return Ok(ControlFlow::Break(res));
             }
             return Err(GatewayError::method_not_allowed(method.as_str(), allow));
@@ -757,6 +792,7 @@ fn route<'t>(
     let (api, op) = (matched.api, matched.operation);
     record.api = Some(api.name.clone());
     record.operation = Some(op.name.clone());
+    record.access_log = api.access_log;
     if normalized
         .climbed_to
         .is_some_and(|c| c < path::segments(&path[..matched.prefix_len]))
@@ -904,6 +940,8 @@ fn build_exchange(
         backend_duration: None,
         request_bytes: 0,
         cache: CacheStatus::None,
+        retries: 0,
+        rate_limit: None,
         guards: Vec::new(),
         cors: None,
         shared_state: Default::default(),
@@ -922,6 +960,10 @@ async fn run(mut ex: Exchange, traffic: &Traffic, record: &mut RequestRecord) ->
     record.request_bytes = ex.request_bytes;
     record.cache = ex.cache;
     record.error_reason = ex.error.as_ref().map(|e| e.reason);
+    record.request_id = std::mem::take(&mut ex.request_id);
+    record.product = ex.product.clone();
+    record.retries = ex.retries;
+    record.rate_limit = ex.rate_limit;
     (response, std::mem::take(&mut ex.guards))
 }
 
@@ -1070,6 +1112,8 @@ struct Done {
     observer: Option<Arc<dyn RequestObserver>>,
     /// Released when the response is done.
     _guards: Vec<ConcurrencyGuard>,
+    /// The request's access-log entry, when it was sampled.
+    access: Option<Sampled>,
     /// A gRPC call over HTTP/2: where its `grpc-status` trailer arrives.
     grpc_trailers: Option<super::trailers::Trailers>,
 }
@@ -1100,6 +1144,9 @@ impl Done {
         }
         if let Some(o) = &self.observer {
             o.observe(r);
+        }
+        if let Some(access) = &self.access {
+            access.write(r);
         }
     }
 }

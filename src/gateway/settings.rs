@@ -26,6 +26,8 @@ pub struct GatewaySettings {
     pub redis: RedisSettings,
     pub cache: CacheSettings,
     pub telemetry: TelemetrySettings,
+    pub access_log: AccessLogSettings,
+    pub shutdown: ShutdownSettings,
     pub log: LogSettings,
 }
 
@@ -254,6 +256,33 @@ pub struct TelemetrySettings {
     pub spool_max_bytes: u64,
 }
 
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AccessLogSettings {
+    /// One JSON line per request (see docs/operations.md, "Access log").
+    pub enabled: bool,
+    /// `-`: standard output; otherwise a file, appended to (created 0640).
+    pub path: String,
+    /// Share of requests written, 0.0..=1.0 (decided per request, at random).
+    pub sample: f64,
+    /// Lines waiting for the writer; beyond it lines are dropped (and counted), never waited
+    /// for.
+    pub buffer_lines: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownSettings {
+    /// After SIGTERM/SIGINT: `/readyz` answers 503 at once while the listeners keep serving
+    /// this long, so load balancers stop sending first, seconds.
+    #[serde(rename = "drain_secs", with = "typed::secs")]
+    pub drain: Duration,
+    /// Then the listeners close and requests (and WebSockets) still in flight get this long to
+    /// finish before they are cut, seconds.
+    #[serde(rename = "grace_secs", with = "typed::secs")]
+    pub grace: Duration,
+}
+
 /// Tokens live at most a year (the control plane's `tokens.max_lifetime_days` is 1..=365), so
 /// a longer warning window would only mean "always".
 const MAX_TOKEN_WARNING_HOURS: u64 = 365 * 24;
@@ -350,6 +379,26 @@ impl Default for CacheSettings {
             local_max_bytes: 64 * 1024 * 1024,
             max_entry_bytes: 1024 * 1024,
             coalesce_wait: Duration::from_millis(5_000),
+        }
+    }
+}
+
+impl Default for AccessLogSettings {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            path: "-".into(),
+            sample: 1.0,
+            buffer_lines: 16_384,
+        }
+    }
+}
+
+impl Default for ShutdownSettings {
+    fn default() -> Self {
+        Self {
+            drain: Duration::from_secs(5),
+            grace: Duration::from_secs(30),
         }
     }
 }
@@ -482,6 +531,23 @@ impl Validate for GatewaySettings {
         }
         if self.limits.websocket_idle.is_zero() {
             p.push("limits.websocket_idle_secs", "must be at least 1");
+        }
+        let log = &self.access_log;
+        if !(0.0..=1.0).contains(&log.sample) {
+            p.push("access_log.sample", "must be 0.0..=1.0");
+        }
+        if log.path.is_empty() {
+            p.push("access_log.path", "\"-\" (standard output) or a file");
+        }
+        if log.buffer_lines == 0 {
+            p.push("access_log.buffer_lines", "must be at least 1");
+        }
+        let hour = Duration::from_secs(3600);
+        if self.shutdown.drain > hour || self.shutdown.grace > hour {
+            p.push(
+                "shutdown.drain_secs",
+                "drain_secs and grace_secs must be 0..=3600",
+            );
         }
         if let Some(redis) = &self.redis.url {
             let seeds: Vec<&str> = redis.split(',').map(str::trim).collect();

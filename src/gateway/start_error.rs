@@ -15,6 +15,11 @@ pub enum StartError {
     /// Settings built in code (tests, `outpost demo`) are checked again at start.
     #[error("invalid gateway settings:\n{0}")]
     Settings(Problems),
+    #[error("cannot open the access log {path} (access_log.path): {source}")]
+    AccessLog {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot read the offline config file {}: {source}", path.display())]
     OfflineFileUnreadable {
         path: PathBuf,

@@ -382,6 +382,7 @@ pub async fn send(ex: &mut Exchange, rt: &Runtime, conn: Conn) -> Result<Respons
         }
         drop(sent);
         attempt += 1;
+        ex.retries = attempt;
         metrics::counter!("outpost_backend_retries_total", "backend" => backend.clone())
             .increment(1);
         if !retry.interval.is_zero() {

@@ -9,6 +9,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::shared_state::Verdict;
+
 /// What the cache did for a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum CacheStatus {
@@ -54,6 +56,19 @@ pub struct RequestRecord {
     /// A gRPC call's `grpc-status` (from the backend's trailers or headers, or the one the
     /// gateway answered a refusal with).
     pub grpc_status: Option<u16>,
+    // What the access log adds (the telemetry aggregates do without them).
+    /// The request id (`{request.id}`: the trace id of the `traceparent` sent to the backend);
+    /// empty when the request was refused before it was ready to forward.
+    pub request_id: String,
+    /// The product of the subscription the request came through.
+    pub product: Option<Arc<str>>,
+    /// Backend attempts beyond the first (`retry`).
+    pub retries: u32,
+    /// The last rate-limit verdict (`rate-limit`, `rate-limit-by-key`); `None` when no rate
+    /// limit counted the request.
+    pub rate_limit: Option<Verdict>,
+    /// The matched API's `access-log` flag (true when no API matched).
+    pub access_log: bool,
 }
 
 /// Receives every finished request. Called on the worker thread that served the request, so

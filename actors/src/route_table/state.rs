@@ -280,6 +280,7 @@ fn apis<'s>(
             Arc::new(CompiledApi {
                 name,
                 subscription_required: api.subscription_required,
+                access_log: api.access_log,
                 backend,
                 version: api.version.as_ref().map(|v| CompiledVersion {
                     name: v.name.clone(),

@@ -67,6 +67,8 @@ impl Candidate {
 pub struct CompiledApi {
     pub name: Arc<str>,
     pub subscription_required: bool,
+    /// The API's `access-log` flag.
+    pub access_log: bool,
     pub backend: Arc<CompiledBackend>,
     pub version: Option<CompiledVersion>,
     pub operations: Vec<CompiledOperation>,

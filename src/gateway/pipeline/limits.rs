@@ -49,6 +49,7 @@ fn rate_outcome(
     remaining_header: &HeaderName,
     ex: &mut Exchange,
 ) -> Flow {
+    ex.rate_limit = Some(d.verdict);
     match d.verdict {
         Verdict::Allowed => {
             ex.shared_state
