@@ -407,7 +407,7 @@ pub async fn run(settings: &Settings) -> ScenarioReport {
             .await
         {
             Ok(times) => notes.push(format!(
-                "commit on the restarted A to every gateway (on B since the kill) at revision \
+                "commit on the restarted A to every gateway at revision \
                  {revision}: slowest {}",
                 ms(times.iter().copied().max().unwrap_or_default())
             )),
