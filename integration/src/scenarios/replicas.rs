@@ -87,7 +87,7 @@ struct Replicas {
     backend: TestBackend,
     client: reqwest::Client,
     probe_responses: u64,
-    _dirs: tempfile::TempDir,
+    dirs: tempfile::TempDir,
 }
 
 impl Replicas {
@@ -117,7 +117,7 @@ impl Replicas {
             backend,
             client,
             probe_responses: 0,
-            _dirs: dirs,
+            dirs,
         };
         let (status, body) = r.apply(0, 1).await;
         assert!(status == 200, "apply on replica A: {status} {body:#}");
@@ -125,7 +125,7 @@ impl Replicas {
         // A first: every gateway uses A until it fails.
         let urls = format!("{},{}", r.cps[0].gateway_url(), r.cps[1].gateway_url());
         for label in LABELS {
-            let spool = r._dirs.path().join(format!("spool-{label}"));
+            let spool = r.dirs.path().join(format!("spool-{label}"));
             std::fs::create_dir_all(&spool).expect("spool dir");
             r.gateways.push(Gateway::spawn(
                 &format!("replica-killed-{label}"),
@@ -319,7 +319,7 @@ impl Replicas {
     }
 }
 
-fn ms(d: Duration) -> String {
+fn millis(d: Duration) -> String {
     format!("{:.0} ms", d.as_secs_f64() * 1000.0)
 }
 
@@ -372,14 +372,14 @@ pub async fn run(settings: &Settings) -> ScenarioReport {
                 let each: Vec<String> = LABELS
                     .iter()
                     .zip(&times)
-                    .map(|(l, d)| format!("{l} {}", ms(*d)))
+                    .map(|(l, d)| format!("{l} {}", millis(*d)))
                     .collect();
                 notes.push(format!(
                     "commit on B (A killed {} before it returned) to each gateway's /readyz at \
                      revision {revision}: {}; all within {}: {}",
-                    ms(committed - start),
+                    millis(committed - start),
                     each.join(", "),
-                    ms(TARGET),
+                    millis(TARGET),
                     if slowest <= TARGET { "yes" } else { "NO" }
                 ));
             }
@@ -409,7 +409,7 @@ pub async fn run(settings: &Settings) -> ScenarioReport {
             Ok(times) => notes.push(format!(
                 "commit on the restarted A to every gateway at revision \
                  {revision}: slowest {}",
-                ms(times.iter().copied().max().unwrap_or_default())
+                millis(times.iter().copied().max().unwrap_or_default())
             )),
             Err(e) => problems.push(format!("convergence after A restarted: {e}")),
         }
