@@ -487,9 +487,18 @@ fn compose_gateway_variables_are_settings_keys() {
 
 /// `OUTPOST_<SECTION>_<KEY>` for every `key = …` (or commented `# key = …`) in config/gateway.toml.
 fn gateway_env_names() -> BTreeSet<String> {
+    env_names("config/gateway.toml")
+}
+
+/// The same for config/control-plane.toml.
+fn control_plane_env_names() -> BTreeSet<String> {
+    env_names("config/control-plane.toml")
+}
+
+fn env_names(settings_file: &str) -> BTreeSet<String> {
     let mut section = String::new();
     let mut out = BTreeSet::new();
-    for line in read("config/gateway.toml").lines() {
+    for line in read(settings_file).lines() {
         let line = line.trim();
         if let Some(sec) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
             section = sec.to_owned();
@@ -820,6 +829,148 @@ fn kubernetes_gateway_workload() {
     find(&objs, "Deployment", "outpost-redis");
     find(&objs, "Service", "outpost-redis");
     assert!(toml.contains("url = \"redis://outpost-redis:6379/0\""));
+}
+
+/// The control plane: a 2-replica Deployment on the PostgreSQL of `postgres.yaml`, its Service
+/// on the ports the gateways' ConfigMap and the replicas listen on, secrets wired by name.
+#[test]
+fn kubernetes_control_plane_replicas_on_postgres() {
+    let objs = k8s_objects();
+    let deploy = find(&objs, "Deployment", "outpost-control-plane");
+    let spec = &deploy["spec"];
+    assert_eq!(spec["replicas"], 2, "two replicas");
+    assert_eq!(spec["strategy"]["rollingUpdate"]["maxUnavailable"], 0);
+    let selector = &spec["selector"]["matchLabels"];
+    let labels = &spec["template"]["metadata"]["labels"];
+    assert_eq!(
+        &selector["app.kubernetes.io/name"],
+        &labels["app.kubernetes.io/name"]
+    );
+    let pod = &spec["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    let ctr = &pod["containers"][0];
+    assert_eq!(ctr["args"][0], "control-plane");
+    assert_eq!(ctr["securityContext"]["readOnlyRootFilesystem"], true);
+    assert!(ctr["resources"]["requests"].is_object() && ctr["resources"]["limits"].is_object());
+
+    // Every variable is a control-plane setting; the listeners are the named container ports.
+    let known = control_plane_env_names();
+    let env: Vec<&Value> = ctr["env"].as_array().expect("env").iter().collect();
+    for e in &env {
+        let name = s(&e["name"]);
+        assert!(
+            known.contains(name),
+            "{name} is not a control-plane setting"
+        );
+    }
+    let value = |name: &str| -> &Value {
+        env.iter()
+            .find(|e| e["name"] == name)
+            .unwrap_or_else(|| panic!("{name} not set"))
+    };
+    let container_ports: BTreeMap<&str, u64> = ctr["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (s(&p["name"]), p["containerPort"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        container_ports,
+        BTreeMap::from([("admin", 7070), ("gateway-api", 7071)])
+    );
+    assert_eq!(value("OUTPOST_ADMIN_LISTEN")["value"], "0.0.0.0:7070");
+    assert_eq!(value("OUTPOST_GATEWAY_API_LISTEN")["value"], "0.0.0.0:7071");
+    for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
+        let p = &ctr[probe]["httpGet"];
+        assert_eq!(p["path"], "/healthz", "{probe}");
+        let port = p["port"].as_u64().unwrap();
+        assert!(container_ports.values().any(|&c| c == port), "{probe} port");
+    }
+
+    // Admin token and store URL from the Secret; the URL names the database of postgres.yaml.
+    let secret_value = |var: &str| -> String {
+        let r = &value(var)["valueFrom"]["secretKeyRef"];
+        let secret = find(&objs, "Secret", s(&r["name"]));
+        s(&secret["stringData"][s(&r["key"])]).to_owned()
+    };
+    assert!(!secret_value("OUTPOST_ADMIN_TOKEN").is_empty());
+    let store_url = secret_value("OUTPOST_STORE_URL");
+    let rest = store_url
+        .strip_prefix("postgres://")
+        .expect("store-url is a postgres:// URL");
+    let (userinfo, rest) = rest.split_once('@').expect("user:password@");
+    let (user, password) = userinfo.split_once(':').expect("user:password");
+    let (hostport, database) = rest.split_once('/').expect("/database");
+    let (host, port) = hostport.split_once(':').expect("host:port");
+    let pg_svc = find(&objs, "Service", host);
+    assert!(
+        pg_svc["spec"]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["port"].as_u64().map(|p| p.to_string()).as_deref() == Some(port)),
+        "store-url port {port} is a port of Service {host}"
+    );
+    let pg = find(&objs, "StatefulSet", "outpost-postgres");
+    assert_eq!(
+        &pg["spec"]["selector"]["matchLabels"],
+        &pg_svc["spec"]["selector"]
+    );
+    let pg_ctr = &pg["spec"]["template"]["spec"]["containers"][0];
+    let pg_env = |name: &str| -> &Value {
+        pg_ctr["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .unwrap_or_else(|| panic!("postgres: {name} not set"))
+    };
+    assert_eq!(pg_env("POSTGRES_USER")["value"], user);
+    assert_eq!(pg_env("POSTGRES_DB")["value"], database);
+    let pw_ref = &pg_env("POSTGRES_PASSWORD")["valueFrom"]["secretKeyRef"];
+    assert_eq!(
+        s(&find(&objs, "Secret", s(&pw_ref["name"]))["stringData"][s(&pw_ref["key"])]),
+        password,
+        "the store-url password is the PostgreSQL password"
+    );
+    let allowed = &find(&objs, "NetworkPolicy", "outpost-postgres")["spec"]["ingress"][0]["from"]
+        [0]["podSelector"]["matchLabels"];
+    assert_eq!(allowed, selector, "the control plane may reach PostgreSQL");
+
+    // The Service: admin 7070 and gateway API 7071 onto the named container ports.
+    let svc = find(&objs, "Service", "outpost-control-plane");
+    assert_eq!(&svc["spec"]["selector"], selector);
+    let svc_ports: BTreeMap<&str, (u64, &str)> = svc["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                s(&p["name"]),
+                (p["port"].as_u64().unwrap(), s(&p["targetPort"])),
+            )
+        })
+        .collect();
+    assert_eq!(
+        svc_ports,
+        BTreeMap::from([
+            ("admin", (7070, "admin")),
+            ("gateway-api", (7071, "gateway-api"))
+        ])
+    );
+    let pdb = find(&objs, "PodDisruptionBudget", "outpost-control-plane");
+    assert_eq!(&pdb["spec"]["selector"]["matchLabels"], selector);
+
+    // The gateways' control_plane.url is that Service's gateway API port.
+    let toml =
+        s(&find(&objs, "ConfigMap", "outpost-gateway-config")["data"]["gateway.toml"]).to_owned();
+    let url = toml
+        .lines()
+        .map(str::trim)
+        .skip_while(|l| *l != "[control_plane]")
+        .find_map(|l| l.strip_prefix("url = "))
+        .expect("[control_plane] url in the gateway ConfigMap");
+    assert_eq!(url, "\"http://outpost-control-plane:7071\"");
 }
 
 // ============================================================================ external tools

@@ -1,6 +1,7 @@
 //! The fault suite: one test per scenario of `outpost_integration::scenarios`, each on its own
 //! estate (control plane, Redis, four gateways, backend, fault proxies) on loopback, so they run
-//! in parallel.
+//! in parallel. The replica scenario has its own (a real PostgreSQL, two control-plane replicas,
+//! three gateways; see `scenarios::replicas`).
 //!
 //! Faults last `OUTPOST_FAULT_DURATION_SECS` seconds (default 5, for CI). The same scenarios
 //! with long faults produce `docs/reliability.md`:
@@ -50,4 +51,11 @@ async fn rolling_restart_of_site_a() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn control_plane_upgrade_drill_on_a_copied_data_dir() {
     check(Scenario::UpgradeDrill).await;
+}
+
+/// Needs PostgreSQL (`initdb`, `postgres`; `.ci/run` installs Debian's package), like the
+/// other tests on a real PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_plane_replica_killed_under_load() {
+    check(Scenario::ReplicaKilled).await;
 }

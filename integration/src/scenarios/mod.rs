@@ -6,6 +6,9 @@
 //!
 //! # A scenario
 //!
+//! (The replica scenario, [`Scenario::ReplicaKilled`], runs on an estate of its own: a real
+//! PostgreSQL, two control-plane replicas, three gateways; see [`replicas`].)
+//!
 //! 1. [`Estate::start`]: control plane, Redis, backend, site A (3 nodes sharing Redis) and site
 //!    B (1 node with backup), every gateway's control-plane link and Redis link through its own
 //!    [`FaultProxy`](crate::FaultProxy). Configuration generation 1 is applied, with a
@@ -33,6 +36,7 @@
 pub mod checks;
 pub mod estate;
 pub mod load;
+pub mod replicas;
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -116,10 +120,11 @@ pub enum Scenario {
     NodeKilled,
     RollingRestart,
     UpgradeDrill,
+    ReplicaKilled,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 7] = [
+    pub const ALL: [Scenario; 8] = [
         Scenario::ControlPlaneKilled,
         Scenario::Partition,
         Scenario::RedisKilled,
@@ -127,6 +132,7 @@ impl Scenario {
         Scenario::NodeKilled,
         Scenario::RollingRestart,
         Scenario::UpgradeDrill,
+        Scenario::ReplicaKilled,
     ];
 
     /// Short name: process names, `--only`.
@@ -139,6 +145,7 @@ impl Scenario {
             Scenario::NodeKilled => "node-killed",
             Scenario::RollingRestart => "rolling-restart",
             Scenario::UpgradeDrill => "cp-upgrade",
+            Scenario::ReplicaKilled => "replica-killed",
         }
     }
 
@@ -162,6 +169,7 @@ impl Scenario {
             Scenario::NodeKilled => "One site A node killed",
             Scenario::RollingRestart => "Rolling restart of site A",
             Scenario::UpgradeDrill => "Control plane upgrade drill (copied data dir)",
+            Scenario::ReplicaKilled => "Control-plane replica killed (two replicas on PostgreSQL)",
         }
     }
 
@@ -208,6 +216,14 @@ impl Scenario {
                  existing token; then change the config. Convergence: from the control plane \
                  being reachable again."
             }
+            Scenario::ReplicaKilled => {
+                "Its own estate (see `scenarios::replicas`): two control-plane replicas on one \
+                 PostgreSQL, three gateways with `control_plane.url = \"A,B\"`, no Redis. \
+                 SIGKILL replica A, which every gateway uses, and at once apply a change \
+                 through B; A restarts after D and takes a change itself; at the end the \
+                 gateways stop and both replicas restart, and must still list every instance. \
+                 Convergence: from the commit on B returning."
+            }
         }
     }
 }
@@ -231,6 +247,11 @@ pub enum TelemetryRule {
     /// process counted but whose answer never reached the gateway, which then uploads it again
     /// to a process that cannot know).
     AtMostDuplicated(u64),
+    /// A replica was SIGKILLed with analytics in its memory: counted (its total read just
+    /// before the kill + the live replicas') is within this many of answered, the requests
+    /// whose uploads could race the kill (counted by the victim after the read, or counted
+    /// and then retried against the survivor).
+    Raced(u64),
 }
 
 impl fmt::Display for TelemetryRule {
@@ -239,6 +260,7 @@ impl fmt::Display for TelemetryRule {
             TelemetryRule::Exact => write!(f, "exact"),
             TelemetryRule::AtMostLost(n) => write!(f, "loss ≤ {n} (SIGKILL)"),
             TelemetryRule::AtMostDuplicated(n) => write!(f, "duplicates ≤ {n} (CP restart)"),
+            TelemetryRule::Raced(n) => write!(f, "within ±{n} (replica SIGKILL)"),
         }
     }
 }
@@ -361,6 +383,9 @@ impl fmt::Display for ScenarioReport {
                 self.max_local_window
                     .map_or("-".to_owned(), |n| n.to_string()),
             )?,
+            None if self.scenario == Scenario::ReplicaKilled => {
+                writeln!(f, "  rate limit: not part of this scenario")?
+            }
             None => writeln!(
                 f,
                 "  rate limit: not configured (policy refused by this build)"
@@ -434,6 +459,9 @@ impl Run {
 
 /// Runs one scenario on a fresh estate.
 pub async fn run(scenario: Scenario, settings: &Settings) -> ScenarioReport {
+    if scenario == Scenario::ReplicaKilled {
+        return replicas::run(settings).await;
+    }
     let mut estate = Estate::start(scenario, settings.rate_limit()).await;
     let mut run = Run::new(estate.nodes.len());
     if estate.rate_limit.is_none() {
@@ -462,6 +490,7 @@ pub async fn run(scenario: Scenario, settings: &Settings) -> ScenarioReport {
         Scenario::NodeKilled => node_killed(&mut estate, &load, settings, &mut run).await,
         Scenario::RollingRestart => rolling_restart(&mut estate, &load, settings, &mut run).await,
         Scenario::UpgradeDrill => upgrade_drill(&mut estate, &load, settings, &mut run).await,
+        Scenario::ReplicaKilled => unreachable!("runs on its own estate, dispatched above"),
     }
     tokio::time::sleep(SETTLE).await;
     let events = load.stop().await;
@@ -1267,6 +1296,7 @@ async fn check_telemetry(
         TelemetryRule::Exact => c == answered,
         TelemetryRule::AtMostLost(n) => c <= answered && answered - c <= n,
         TelemetryRule::AtMostDuplicated(n) => c >= answered && c - answered <= n,
+        TelemetryRule::Raced(n) => c.abs_diff(answered) <= n,
     };
     if !ok {
         run.problem(format!(
