@@ -275,10 +275,27 @@ pub struct ValidateJwt {
     pub issuers: Vec<String>,
     #[serde(default)]
     pub audiences: Vec<String>,
-    /// At least one key: HMAC secrets (base64) or RSA/EC public keys (PEM).
+    /// Static keys: HMAC secrets (base64) or RSA/EC/Ed25519 public keys (PEM). At least one
+    /// key source (these, `jwks-url` or `openid-config-url`) is needed.
+    #[serde(default)]
     pub signing_keys: Vec<SigningKey>,
+    /// A JSON Web Key Set, fetched and refreshed by the gateway off the request path.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// An OpenID Connect discovery document whose `jwks_uri` is followed.
+    #[serde(default)]
+    pub openid_config_url: Option<String>,
+    /// Seconds between two background refreshes of the fetched keys.
+    #[serde(default = "jwks_refresh_interval")]
+    pub jwks_refresh_interval: u64,
     #[serde(default)]
     pub required_claims: Vec<RequiredClaim>,
+}
+
+/// One hour: identity providers announce new keys well ahead of using them; an unknown `kid`
+/// triggers an earlier refresh anyway.
+fn jwks_refresh_interval() -> u64 {
+    3600
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -290,6 +307,8 @@ pub enum SigningKey {
     RsaPem(String),
     /// EC public key, PEM (ES256/384).
     EcPem(String),
+    /// Ed25519 public key, PEM (EdDSA).
+    EdPem(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -695,9 +714,12 @@ impl Policy {
                     match k {
                         SigningKey::HmacBase64(s)
                         | SigningKey::RsaPem(s)
-                        | SigningKey::EcPem(s) => out.push(s),
+                        | SigningKey::EcPem(s)
+                        | SigningKey::EdPem(s) => out.push(s),
                     }
                 }
+                out.extend(p.jwks_url.as_deref());
+                out.extend(p.openid_config_url.as_deref());
             }
             Policy::CheckHeader(p) => out.extend(p.values.iter().map(String::as_str)),
             Policy::SetHeader(p) => {

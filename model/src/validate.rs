@@ -784,9 +784,30 @@ fn check_policy(p: &mut Problems, at: &str, policy: &Policy) {
                 &field("failed-validation-httpcode"),
                 v.failed_validation_httpcode,
             );
-            if v.signing_keys.is_empty() {
-                p.push(field("signing-keys"), "at least one signing key is needed");
+            if v.signing_keys.is_empty() && v.jwks_url.is_none() && v.openid_config_url.is_none() {
+                p.push(
+                    field("signing-keys"),
+                    "at least one key source is needed: signing-keys, jwks-url or openid-config-url",
+                );
             }
+            for (name, url) in [
+                ("jwks-url", &v.jwks_url),
+                ("openid-config-url", &v.openid_config_url),
+            ] {
+                if let Some(u) = url
+                    && named_value_refs(u).is_empty()
+                    && !(u.starts_with("https://") || u.starts_with("http://"))
+                {
+                    p.push(field(name), "expected an http:// or https:// URL");
+                }
+            }
+            check_range(
+                p,
+                &field("jwks-refresh-interval"),
+                v.jwks_refresh_interval,
+                10,
+                86_400,
+            );
             for (i, k) in v.signing_keys.iter().enumerate() {
                 use crate::policy::SigningKey;
                 let f = field(&format!("signing-keys[{i}]"));
@@ -796,7 +817,7 @@ fn check_policy(p: &mut Problems, at: &str, policy: &Policy) {
                             p.push(f, "not valid base64");
                         }
                     }
-                    SigningKey::RsaPem(s) | SigningKey::EcPem(s) => {
+                    SigningKey::RsaPem(s) | SigningKey::EcPem(s) | SigningKey::EdPem(s) => {
                         if named_value_refs(s).is_empty() && !s.contains("-----BEGIN") {
                             p.push(f, "expected a PEM public key");
                         }

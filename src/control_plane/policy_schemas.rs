@@ -313,7 +313,13 @@ pub fn settings(policy: &str, backend_url_pattern: &str) -> Option<Value> {
                 {"pattern": HAS_NAMED_VALUE},
             ], "description": "A base64 secret, or {{named value}} references."});
             let key = |name: &str, schema: Value| closed(json!({ name: schema }), &[name]);
-            closed(
+            let url = || {
+                nullable(json!({"allOf": [template()], "anyOf": [
+                    {"pattern": "^https?://"},
+                    {"pattern": HAS_NAMED_VALUE},
+                ], "description": "An http:// or https:// URL, or {{named value}} references."}))
+            };
+            let mut s = closed(
                 json!({
                     "header-name": string_default("Authorization"),
                     "query-parameter-name": nullable(string()),
@@ -323,18 +329,29 @@ pub fn settings(policy: &str, backend_url_pattern: &str) -> Option<Value> {
                     "clock-skew": int_default(0, u64_max, 0),
                     "issuers": {"type": "array", "items": template()},
                     "audiences": {"type": "array", "items": template()},
-                    "signing-keys": {"type": "array", "minItems": 1, "items": {"oneOf": [
+                    "signing-keys": {"type": "array", "items": {"oneOf": [
                         key("hmac-base64", hmac),
                         key("rsa-pem", pem()),
                         key("ec-pem", pem()),
+                        key("ed-pem", pem()),
                     ]}},
+                    "jwks-url": url(),
+                    "openid-config-url": url(),
+                    "jwks-refresh-interval": int_default(10, 86_400, 3600),
                     "required-claims": {"type": "array", "items": closed(
                         json!({"name": string(), "values": strings()}),
                         &["name"],
                     )},
                 }),
-                &["signing-keys"],
-            )
+                &[],
+            );
+            // At least one key source.
+            s["anyOf"] = json!([
+                {"type": "object", "properties": {"signing-keys": {"type": "array", "minItems": 1}}, "required": ["signing-keys"]},
+                {"type": "object", "properties": {"jwks-url": {"type": "string"}}, "required": ["jwks-url"]},
+                {"type": "object", "properties": {"openid-config-url": {"type": "string"}}, "required": ["openid-config-url"]},
+            ]);
+            s
         }
         "check-header" => closed(
             json!({

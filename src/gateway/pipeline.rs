@@ -159,7 +159,7 @@ pub async fn run_step(
         Step::Retry(s) => backend::retry(s, ex),
         Step::MockResponse(s) => responses::mock_response(s, ex),
         Step::ReturnResponse(s) => responses::return_response(s, ex),
-        Step::ValidateJwt(s) => auth::validate_jwt(s, ex),
+        Step::ValidateJwt(s) => auth::validate_jwt(s, ex).await,
         Step::CheckHeader(s) => auth::check_header(s, ex),
         Step::IpFilter(s) => auth::ip_filter(s, ex),
         Step::Cors(s) => cors::apply(s, ex),
