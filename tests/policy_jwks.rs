@@ -50,10 +50,14 @@ fn eddsa(kid: &str) -> Key {
 
 /// A token signed by `key`, naming `kid` in its header.
 fn token(key: &Key, kid: &str) -> String {
+    token_for(key, kid, "ann")
+}
+
+fn token_for(key: &Key, kid: &str, sub: &str) -> String {
     let mut header = Header::new(key.alg);
     header.kid = Some(kid.into());
     let exp = chrono::Utc::now().timestamp() + 600;
-    encode(&header, &json!({"sub": "ann", "exp": exp}), &key.encoding).unwrap()
+    encode(&header, &json!({"sub": sub, "exp": exp}), &key.encoding).unwrap()
 }
 
 /// The identity provider: `/keys` (the JWKS) and `/.well-known/openid-configuration`.
@@ -136,6 +140,16 @@ apis:
         - validate-jwt:
             openid-config-url: "{idp}/.well-known/openid-configuration"
             jwks-refresh-interval: 600
+  - name: limited
+    path: limited
+    backend: main
+    subscription-required: false
+    operations: [{{name: me, method: GET, url-template: "/me"}}]
+    policies:
+      inbound:
+        - validate-jwt: {{jwks-url: "{idp}/keys"}}
+        - set-variable: {{name: caller, value-expression: "jwt.sub"}}
+        - rate-limit-by-key: {{calls: 1, renewal-period: 60, counter-key: "{{variable.caller}}"}}
 "#
     )
 }
@@ -222,4 +236,16 @@ async fn the_discovery_document_leads_to_the_key_set() {
         status(&gw, "/oidc/me", &token(&es256("k9"), "k9")).await,
         401
     );
+}
+
+#[actix_web::test]
+async fn claims_key_rate_limits_per_caller() {
+    let (idp, url) = provider().await;
+    let k1 = es256("k1");
+    idp.publish(&[&k1]);
+    let gw = fetching_gateway(&url).await;
+    let (ann, bob) = (token_for(&k1, "k1", "ann"), token_for(&k1, "k1", "bob"));
+    assert_eq!(status(&gw, "/limited/me", &ann).await, 200);
+    assert_eq!(status(&gw, "/limited/me", &ann).await, 429);
+    assert_eq!(status(&gw, "/limited/me", &bob).await, 200);
 }
