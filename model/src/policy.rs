@@ -575,6 +575,28 @@ pub struct AuthenticationCertificate {
     pub key_pem: String,
 }
 
+/// `set-status`: the status of the response the client gets (`outbound`, `on-error`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct SetStatus {
+    /// The status …
+    #[serde(default)]
+    pub code: Option<u16>,
+    /// … or a CEL expression giving it (exactly one of the two).
+    #[serde(default)]
+    pub code_expression: Option<String>,
+}
+
+/// `authentication-basic`: the gateway sends these HTTP Basic credentials to the backend.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct AuthenticationBasic {
+    /// Named values substituted; no `:`.
+    pub username: String,
+    /// Named values substituted; usually a `{{secret-named-value}}` reference.
+    pub password: String,
+}
+
 /// One step of a policy section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -606,6 +628,8 @@ pub enum Policy {
     AuthenticationCertificate(AuthenticationCertificate),
     Choose(Choose),
     SetVariable(SetVariable),
+    SetStatus(SetStatus),
+    AuthenticationBasic(AuthenticationBasic),
 }
 
 /// Every policy name with the sections it may appear in.
@@ -639,6 +663,8 @@ pub const POLICIES: &[(&str, &[Section])] = {
         ("authentication-certificate", &[Inbound]),
         ("choose", &[Inbound, Backend, Outbound, OnError]),
         ("set-variable", &[Inbound, Backend, Outbound, OnError]),
+        ("set-status", &[Outbound, OnError]),
+        ("authentication-basic", &[Inbound]),
     ]
 };
 
@@ -672,6 +698,8 @@ impl Policy {
             Policy::AuthenticationCertificate(_) => "authentication-certificate",
             Policy::Choose(_) => "choose",
             Policy::SetVariable(_) => "set-variable",
+            Policy::SetStatus(_) => "set-status",
+            Policy::AuthenticationBasic(_) => "authentication-basic",
         }
     }
 
@@ -695,6 +723,11 @@ impl Policy {
             Policy::SetVariable(p) => {
                 out.extend(p.value.as_deref());
                 out.extend(p.value_expression.as_deref());
+            }
+            Policy::SetStatus(p) => out.extend(p.code_expression.as_deref()),
+            Policy::AuthenticationBasic(p) => {
+                out.push(&p.username);
+                out.push(&p.password);
             }
             Policy::RateLimitByKey(p) => out.push(&p.counter_key),
             Policy::QuotaByKey(p) => out.push(&p.counter_key),
@@ -865,7 +898,7 @@ mod tests {
     #[test]
     fn every_variant_has_a_section_entry() {
         let names: Vec<&str> = POLICIES.iter().map(|(n, _)| *n).collect();
-        assert_eq!(names.len(), 27);
+        assert_eq!(names.len(), 29);
         for n in names {
             assert!(Policy::allowed_sections(n).is_some());
         }

@@ -881,6 +881,16 @@ fn check_policy(p: &mut Problems, at: &str, policy: &Policy) {
                 p.push(at, "set exactly one of value and value-expression");
             }
         }
+        Policy::SetStatus(v) => match (v.code, &v.code_expression) {
+            (Some(c), None) => check_status(p, &field("code"), c),
+            (None, Some(_)) => {}
+            _ => p.push(at, "set exactly one of code and code-expression"),
+        },
+        Policy::AuthenticationBasic(v) => {
+            if named_value_refs(&v.username).is_empty() && v.username.contains(':') {
+                p.push(field("username"), "a Basic user name cannot contain ':'");
+            }
+        }
         Policy::RewriteUri(r) => {
             if !r.template.starts_with('/') {
                 p.push(field("template"), "must start with '/'");
@@ -989,6 +999,7 @@ fn policy_expressions(policy: &Policy) -> Vec<&str> {
         Policy::SetHeader(s) => s.value_expression.as_deref().into_iter().collect(),
         Policy::SetQueryParameter(s) => s.value_expression.as_deref().into_iter().collect(),
         Policy::SetVariable(s) => s.value_expression.as_deref().into_iter().collect(),
+        Policy::SetStatus(s) => s.code_expression.as_deref().into_iter().collect(),
         Policy::ReturnResponse(r) => r.body_expression.as_deref().into_iter().collect(),
         _ => Vec::new(),
     }

@@ -433,6 +433,28 @@ pub fn settings(policy: &str, backend_url_pattern: &str) -> Option<Value> {
             ]);
             s
         }
+        "set-status" => {
+            let mut s = closed(
+                json!({
+                    "code": nullable(int(100, 599)),
+                    "code-expression": nullable(expression()),
+                }),
+                &[],
+            );
+            // Exactly one of the two (null is absent).
+            s["oneOf"] = json!([
+                {"type": "object", "properties": {"code": {"type": "integer"}, "code-expression": {"type": "null"}}, "required": ["code"]},
+                {"type": "object", "properties": {"code-expression": {"type": "string"}, "code": {"type": "null"}}, "required": ["code-expression"]},
+            ]);
+            s
+        }
+        "authentication-basic" => closed(
+            json!({
+                "username": {"type": "string", "pattern": "^[^:]*$", "description": "No ':'; named values substituted."},
+                "password": {"type": "string", "description": "Usually a {{secret named value}} reference."},
+            }),
+            &["username", "password"],
+        ),
         "rewrite-uri" => closed(
             json!({
                 "template": {"allOf": [template()], "pattern": "^/"},
@@ -671,6 +693,8 @@ mod tests {
             "authentication-certificate" => json!({"certificate-pem": "c", "key-pem": "k"}),
             "choose" => json!({"when": [{"condition": "request.method == 'GET'"}]}),
             "set-variable" => json!({"name": "a", "value": "b"}),
+            "set-status" => json!({"code": 202}),
+            "authentication-basic" => json!({"username": "gw", "password": "{{backend-password}}"}),
             other => panic!("no sample of '{other}': add one with its schema"),
         }
     }

@@ -177,5 +177,7 @@ pub async fn run_step(
         Step::AuthenticationCertificate(s) => certificates::authentication_certificate(s, ex),
         Step::Choose(s) => expr::choose(s, phase, ex, rt).await,
         Step::SetVariable(s) => expr::set_variable(s, ex),
+        Step::SetStatus(s) => responses::set_status(s, ex),
+        Step::AuthenticationBasic(s) => headers::authentication_basic(s, ex),
     }
 }

@@ -1,8 +1,9 @@
-//! `mock-response`, `return-response`: the gateway answers instead of the backend.
+//! `mock-response`, `return-response`: the gateway answers instead of the backend;
+//! `set-status`: the status of the answer.
 
 use actix_web::http::StatusCode;
 use actix_web::http::header::HeaderValue;
-use outpost_actors::route_table::steps::{MockResponseStep, ReturnResponseStep};
+use outpost_actors::route_table::steps::{MockResponseStep, ReturnResponseStep, SetStatusStep};
 
 use crate::gateway::error::GatewayError;
 use crate::gateway::exchange::{Exchange, Flow, Response};
@@ -39,4 +40,29 @@ pub(super) fn return_response(
         res.headers.append(name.clone(), value);
     }
     Ok(Flow::Respond(res))
+}
+
+/// Sets the status of the response (`outbound`: the backend's; `on-error`: the error's).
+pub(super) fn set_status(s: &SetStatusStep, ex: &mut Exchange) -> Result<Flow, GatewayError> {
+    let code = match s {
+        SetStatusStep::Code(c) => *c,
+        SetStatusStep::Expression(e) => {
+            let text = e
+                .eval_text(super::expr::vars(e, ex))
+                .map_err(|err| GatewayError::expression("set-status", &err))?;
+            match text.trim().parse::<u16>() {
+                Ok(c) if (100..=599).contains(&c) => c,
+                _ => {
+                    return Err(GatewayError::internal(
+                        "PolicyExpressionFailed",
+                        "The expression of a set-status policy did not give an HTTP status (100-599).",
+                    ));
+                }
+            }
+        }
+    };
+    if let Some(res) = &mut ex.response {
+        res.status = status(code);
+    }
+    Ok(Flow::Continue)
 }
