@@ -1,4 +1,4 @@
-//! `set-status` (fixed and by expression, in `outbound` and `on-error`) and
+//! `set-status` (fixed and by expression, in `outbound` and `on-error`), `set-method` and
 //! `authentication-basic` (credentials from a secret named value), through a real gateway in
 //! front of the sample backend.
 
@@ -19,17 +19,25 @@ apis:
     path: shop
     backend: main
     subscription-required: false
-    operations: [{name: get, method: GET, url-template: "/items/{id}"}]
+    operations:
+      - {name: get, method: GET, url-template: "/items/{id}"}
+      - name: convert
+        method: GET
+        url-template: "/convert"
+        policies:
+          inbound:
+            - set-method: {method: POST}
+            - set-header: {name: X-Method, value: "{request.method}"}
     policies:
       inbound:
         - authentication-basic: {username: gateway, password: "{{backend-password}}"}
       outbound:
         - choose:
             when:
-              - condition: "request.params.id == 'new'"
+              - condition: "'id' in request.params && request.params.id == 'new'"
                 policies:
                   - set-status: {code: 201}
-              - condition: "request.params.id == 'bad'"
+              - condition: "'id' in request.params && request.params.id == 'bad'"
                 policies:
                   - set-status: {code-expression: "'not a status'"}
   - name: down
@@ -86,7 +94,7 @@ async fn authentication_basic_sends_the_gateways_credentials_instead_of_the_clie
 
 #[test]
 fn a_basic_user_name_with_a_colon_is_refused() {
-    let yaml = CONFIG.replace("username: gateway", "username: \"a:b\"");
+    let yaml = with_urls(CONFIG).replace("username: gateway", "username: \"a:b\"");
     let doc = outpost_model::document::Document::from_yaml(&yaml);
     let problems = match doc {
         Err(p) => p.to_string(),
@@ -102,4 +110,37 @@ fn a_basic_user_name_with_a_colon_is_refused() {
         }
     };
     assert!(problems.contains("cannot contain ':'"), "{problems}");
+}
+
+#[actix_web::test]
+async fn set_method_forwards_with_the_new_method() {
+    let gw = gateway(CONFIG).await;
+    let a = get(&gw, "/shop/convert", &[]).await;
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(a.json()["method"], "POST");
+    // Later steps see the new method.
+    assert_eq!(a.forwarded("x-method").as_deref(), Some("POST"));
+}
+
+#[test]
+fn a_bad_method_is_refused() {
+    let yaml = with_urls(CONFIG).replace(
+        "set-method: {method: POST}",
+        "set-method: {method: \"NO THING\"}",
+    );
+    let doc = outpost_model::document::Document::from_yaml(&yaml).unwrap();
+    let snapshot = outpost_model::wire::GatewaySnapshot::from_view(
+        1,
+        outpost_model::view::gateway_view(&doc.resources, None),
+    );
+    let problems = outpost_actors::route_table::compile(&snapshot, &Default::default())
+        .err()
+        .map(|p| p.to_string())
+        .unwrap_or_default();
+    assert!(problems.contains("is not an HTTP method"), "{problems}");
+}
+
+fn with_urls(yaml: &str) -> String {
+    yaml.replace("BACKEND", "http://127.0.0.1:9")
+        .replace("CLOSED", "http://127.0.0.1:9")
 }

@@ -587,6 +587,14 @@ pub struct SetStatus {
     pub code_expression: Option<String>,
 }
 
+/// `set-method`: the method the request is forwarded with (`inbound`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct SetMethod {
+    /// An HTTP method, e.g. `POST` (upper case as sent).
+    pub method: String,
+}
+
 /// `authentication-basic`: the gateway sends these HTTP Basic credentials to the backend.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
@@ -629,6 +637,7 @@ pub enum Policy {
     Choose(Choose),
     SetVariable(SetVariable),
     SetStatus(SetStatus),
+    SetMethod(SetMethod),
     AuthenticationBasic(AuthenticationBasic),
 }
 
@@ -664,6 +673,7 @@ pub const POLICIES: &[(&str, &[Section])] = {
         ("choose", &[Inbound, Backend, Outbound, OnError]),
         ("set-variable", &[Inbound, Backend, Outbound, OnError]),
         ("set-status", &[Outbound, OnError]),
+        ("set-method", &[Inbound]),
         ("authentication-basic", &[Inbound]),
     ]
 };
@@ -699,6 +709,7 @@ impl Policy {
             Policy::Choose(_) => "choose",
             Policy::SetVariable(_) => "set-variable",
             Policy::SetStatus(_) => "set-status",
+            Policy::SetMethod(_) => "set-method",
             Policy::AuthenticationBasic(_) => "authentication-basic",
         }
     }
@@ -795,6 +806,7 @@ impl Policy {
                 out.push(&p.key_pem);
             }
             Policy::Base
+            | Policy::SetMethod(_)
             | Policy::RateLimit(_)
             | Policy::Quota(_)
             | Policy::CacheLookup(_)
@@ -898,7 +910,7 @@ mod tests {
     #[test]
     fn every_variant_has_a_section_entry() {
         let names: Vec<&str> = POLICIES.iter().map(|(n, _)| *n).collect();
-        assert_eq!(names.len(), 29);
+        assert_eq!(names.len(), 30);
         for n in names {
             assert!(Policy::allowed_sections(n).is_some());
         }

@@ -956,7 +956,7 @@ fn check_policy(p: &mut Problems, at: &str, policy: &Policy) {
             check_non_empty(p, &field("certificate-pem"), &a.certificate_pem);
             check_non_empty(p, &field("key-pem"), &a.key_pem);
         }
-        Policy::Base | Policy::CacheLookup(_) => {}
+        Policy::Base | Policy::CacheLookup(_) | Policy::SetMethod(_) => {}
     }
 }
 

@@ -448,6 +448,10 @@ pub fn settings(policy: &str, backend_url_pattern: &str) -> Option<Value> {
             ]);
             s
         }
+        "set-method" => closed(
+            json!({"method": {"type": "string", "pattern": "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$", "description": "An HTTP method, e.g. POST."}}),
+            &["method"],
+        ),
         "authentication-basic" => closed(
             json!({
                 "username": {"type": "string", "pattern": "^[^:]*$", "description": "No ':'; named values substituted."},
@@ -694,6 +698,7 @@ mod tests {
             "choose" => json!({"when": [{"condition": "request.method == 'GET'"}]}),
             "set-variable" => json!({"name": "a", "value": "b"}),
             "set-status" => json!({"code": 202}),
+            "set-method" => json!({"method": "POST"}),
             "authentication-basic" => json!({"username": "gw", "password": "{{backend-password}}"}),
             other => panic!("no sample of '{other}': add one with its schema"),
         }

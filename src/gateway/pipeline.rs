@@ -178,6 +178,7 @@ pub async fn run_step(
         Step::Choose(s) => expr::choose(s, phase, ex, rt).await,
         Step::SetVariable(s) => expr::set_variable(s, ex),
         Step::SetStatus(s) => responses::set_status(s, ex),
+        Step::SetMethod(s) => headers::set_method(s, ex),
         Step::AuthenticationBasic(s) => headers::authentication_basic(s, ex),
     }
 }

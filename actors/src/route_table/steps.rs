@@ -45,8 +45,8 @@ pub use cors::CorsStep;
 pub(crate) use cx::StepCx;
 pub use cx::{Text, literal};
 pub use headers::{
-    AuthenticationBasicStep, QueryTemplate, RewriteUriStep, SetHeaderStep, SetQueryParameterStep,
-    encode_query_component,
+    AuthenticationBasicStep, QueryTemplate, RewriteUriStep, SetHeaderStep, SetMethodStep,
+    SetQueryParameterStep, encode_query_component,
 };
 pub(crate) use limits::fuse_rate_limit_then_quota;
 pub use limits::{
@@ -88,6 +88,7 @@ pub enum Step {
     Choose(Arc<ChooseStep>),
     SetVariable(Arc<SetVariableStep>),
     SetStatus(Arc<SetStatusStep>),
+    SetMethod(Arc<SetMethodStep>),
     AuthenticationBasic(Arc<AuthenticationBasicStep>),
 }
 
@@ -149,6 +150,7 @@ pub(crate) fn compile_policy(policy: &Policy, cx: &mut StepCx<'_>) -> Option<Ite
         Policy::Choose(p) => choose::choose(p, cx),
         Policy::SetVariable(p) => choose::set_variable(p, cx),
         Policy::SetStatus(p) => responses::set_status(p, cx),
+        Policy::SetMethod(p) => headers::set_method(p, cx),
         Policy::AuthenticationBasic(p) => headers::authentication_basic(p, cx),
     };
     step.map(Item::Step)

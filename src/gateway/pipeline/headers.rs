@@ -2,7 +2,7 @@
 
 use actix_web::http::header::{HeaderMap, HeaderValue};
 use outpost_actors::route_table::steps::{
-    AuthenticationBasicStep, RewriteUriStep, SetHeaderStep, SetQueryParameterStep,
+    AuthenticationBasicStep, RewriteUriStep, SetHeaderStep, SetMethodStep, SetQueryParameterStep,
     encode_query_component,
 };
 use outpost_model::policy::ExistsAction;
@@ -122,5 +122,11 @@ pub(super) fn authentication_basic(
 ) -> Result<Flow, GatewayError> {
     ex.request_headers
         .insert(actix_web::http::header::AUTHORIZATION, s.value.clone());
+    Ok(Flow::Continue)
+}
+
+/// `set-method`: later steps, templates and expressions see the new method too.
+pub(super) fn set_method(s: &SetMethodStep, ex: &mut Exchange) -> Result<Flow, GatewayError> {
+    ex.method = s.method.clone();
     Ok(Flow::Continue)
 }

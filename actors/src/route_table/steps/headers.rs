@@ -170,3 +170,23 @@ pub(super) fn authentication_basic(
         }
     }
 }
+
+/// `set-method`: the method the request is forwarded with, parsed once.
+#[derive(Debug)]
+pub struct SetMethodStep {
+    pub method: awc::http::Method,
+}
+
+pub(super) fn set_method(
+    p: &outpost_model::policy::SetMethod,
+    cx: &mut StepCx<'_>,
+) -> Option<Step> {
+    let text = p.method.trim();
+    match awc::http::Method::from_bytes(text.as_bytes()) {
+        Ok(method) if !text.is_empty() => Some(Step::SetMethod(Arc::new(SetMethodStep { method }))),
+        _ => {
+            cx.problem("method", format!("'{}' is not an HTTP method", p.method));
+            None
+        }
+    }
+}
