@@ -67,6 +67,9 @@ struct Provider {
     down: std::sync::atomic::AtomicBool,
     key_hits: AtomicUsize,
     discovery_hits: AtomicUsize,
+    /// Hits of the key set the discovery document names (another path, so that the sources of
+    /// `jwks-url` and `openid-config-url` are counted apart).
+    discovered_key_hits: AtomicUsize,
     url: Mutex<String>,
 }
 
@@ -96,12 +99,20 @@ async fn provider() -> (Arc<Provider>, String) {
                 }),
             )
             .route(
+                "/discovered-keys",
+                web::get().to(|p: web::Data<Provider>| async move {
+                    p.discovered_key_hits.fetch_add(1, Ordering::SeqCst);
+                    HttpResponse::Ok().json(json!({"keys": *p.keys.lock().unwrap()}))
+                }),
+            )
+            .route(
                 "/.well-known/openid-configuration",
                 web::get().to(|p: web::Data<Provider>| async move {
                     p.discovery_hits.fetch_add(1, Ordering::SeqCst);
                     let base = p.url.lock().unwrap().clone();
-                    HttpResponse::Ok()
-                        .json(json!({"issuer": base, "jwks_uri": format!("{base}/keys")}))
+                    HttpResponse::Ok().json(
+                        json!({"issuer": base, "jwks_uri": format!("{base}/discovered-keys")}),
+                    )
                 }),
             )
     })
@@ -230,7 +241,7 @@ async fn the_discovery_document_leads_to_the_key_set() {
     let gw = fetching_gateway(&url).await;
     assert_eq!(status(&gw, "/oidc/me", &token(&k1, "k1")).await, 200);
     assert!(idp.discovery_hits.load(Ordering::SeqCst) >= 1);
-    assert!(idp.hits() >= 1);
+    assert!(idp.discovered_key_hits.load(Ordering::SeqCst) >= 1);
     // Without a key the provider knows, the token is refused.
     assert_eq!(
         status(&gw, "/oidc/me", &token(&es256("k9"), "k9")).await,
