@@ -1,5 +1,5 @@
-//! `set-status` (fixed and by expression, in `outbound` and `on-error`), `set-method` and
-//! `authentication-basic` (credentials from a secret named value), through a real gateway in
+//! `set-status` (fixed and by expression, in `outbound` and `on-error`), `set-method`,
+//! `set-body` (request and response) and `authentication-basic` (credentials from a secret named value), through a real gateway in
 //! front of the sample backend.
 
 use base64::Engine;
@@ -28,6 +28,18 @@ apis:
           inbound:
             - set-method: {method: POST}
             - set-header: {name: X-Method, value: "{request.method}"}
+      - name: rebody
+        method: POST
+        url-template: "/rebody/{id}"
+        policies:
+          inbound:
+            - set-body: {body-expression: "'{\"id\": \"' + request.params.id + '\"}'"}
+      - name: wrapped
+        method: GET
+        url-template: "/wrapped"
+        policies:
+          outbound:
+            - set-body: {body: "{\"wrapped\": true, \"api\": \"{api.name}\"}"}
     policies:
       inbound:
         - authentication-basic: {username: gateway, password: "{{backend-password}}"}
@@ -143,4 +155,19 @@ fn a_bad_method_is_refused() {
 fn with_urls(yaml: &str) -> String {
     yaml.replace("BACKEND", "http://127.0.0.1:9")
         .replace("CLOSED", "http://127.0.0.1:9")
+}
+
+#[actix_web::test]
+async fn set_body_replaces_the_request_and_the_response_body() {
+    let gw = gateway(CONFIG).await;
+    // Request: a longer body than the client's, sent with its own length.
+    let a = call(&gw, "POST", "/shop/rebody/42", &[], Some("x")).await;
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(a.json()["body"], r#"{"id": "42"}"#);
+    assert_eq!(a.json()["bodyBytes"], 12);
+    // Response: the backend's body replaced (it was the JSON echo, much longer).
+    let a = get(&gw, "/shop/wrapped", &[("Accept-Encoding", "gzip")]).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.body.as_ref(), br#"{"wrapped": true, "api": "shop"}"#);
+    assert_eq!(a.header("content-encoding"), None);
 }

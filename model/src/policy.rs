@@ -587,6 +587,19 @@ pub struct SetStatus {
     pub code_expression: Option<String>,
 }
 
+/// `set-body`: replaces the request body (`inbound`, `backend`) or the response body
+/// (`outbound`, `on-error`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct SetBody {
+    /// Template …
+    #[serde(default)]
+    pub body: Option<String>,
+    /// … or CEL expression (exactly one of the two).
+    #[serde(default)]
+    pub body_expression: Option<String>,
+}
+
 /// `set-method`: the method the request is forwarded with (`inbound`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
@@ -638,6 +651,7 @@ pub enum Policy {
     SetVariable(SetVariable),
     SetStatus(SetStatus),
     SetMethod(SetMethod),
+    SetBody(SetBody),
     AuthenticationBasic(AuthenticationBasic),
 }
 
@@ -674,6 +688,7 @@ pub const POLICIES: &[(&str, &[Section])] = {
         ("set-variable", &[Inbound, Backend, Outbound, OnError]),
         ("set-status", &[Outbound, OnError]),
         ("set-method", &[Inbound]),
+        ("set-body", &[Inbound, Backend, Outbound, OnError]),
         ("authentication-basic", &[Inbound]),
     ]
 };
@@ -710,6 +725,7 @@ impl Policy {
             Policy::SetVariable(_) => "set-variable",
             Policy::SetStatus(_) => "set-status",
             Policy::SetMethod(_) => "set-method",
+            Policy::SetBody(_) => "set-body",
             Policy::AuthenticationBasic(_) => "authentication-basic",
         }
     }
@@ -736,6 +752,10 @@ impl Policy {
                 out.extend(p.value_expression.as_deref());
             }
             Policy::SetStatus(p) => out.extend(p.code_expression.as_deref()),
+            Policy::SetBody(p) => {
+                out.extend(p.body.as_deref());
+                out.extend(p.body_expression.as_deref());
+            }
             Policy::AuthenticationBasic(p) => {
                 out.push(&p.username);
                 out.push(&p.password);
@@ -910,7 +930,7 @@ mod tests {
     #[test]
     fn every_variant_has_a_section_entry() {
         let names: Vec<&str> = POLICIES.iter().map(|(n, _)| *n).collect();
-        assert_eq!(names.len(), 30);
+        assert_eq!(names.len(), 31);
         for n in names {
             assert!(Policy::allowed_sections(n).is_some());
         }

@@ -886,6 +886,11 @@ fn check_policy(p: &mut Problems, at: &str, policy: &Policy) {
             (None, Some(_)) => {}
             _ => p.push(at, "set exactly one of code and code-expression"),
         },
+        Policy::SetBody(v) => {
+            if v.body.is_some() == v.body_expression.is_some() {
+                p.push(at, "set exactly one of body and body-expression");
+            }
+        }
         Policy::AuthenticationBasic(v) => {
             if named_value_refs(&v.username).is_empty() && v.username.contains(':') {
                 p.push(field("username"), "a Basic user name cannot contain ':'");
@@ -1000,6 +1005,7 @@ fn policy_expressions(policy: &Policy) -> Vec<&str> {
         Policy::SetQueryParameter(s) => s.value_expression.as_deref().into_iter().collect(),
         Policy::SetVariable(s) => s.value_expression.as_deref().into_iter().collect(),
         Policy::SetStatus(s) => s.code_expression.as_deref().into_iter().collect(),
+        Policy::SetBody(s) => s.body_expression.as_deref().into_iter().collect(),
         Policy::ReturnResponse(r) => r.body_expression.as_deref().into_iter().collect(),
         _ => Vec::new(),
     }

@@ -448,6 +448,21 @@ pub fn settings(policy: &str, backend_url_pattern: &str) -> Option<Value> {
             ]);
             s
         }
+        "set-body" => {
+            let mut s = closed(
+                json!({
+                    "body": nullable(template()),
+                    "body-expression": nullable(expression()),
+                }),
+                &[],
+            );
+            // Exactly one of the two (null is absent).
+            s["oneOf"] = json!([
+                {"type": "object", "properties": {"body": {"type": "string"}, "body-expression": {"type": "null"}}, "required": ["body"]},
+                {"type": "object", "properties": {"body-expression": {"type": "string"}, "body": {"type": "null"}}, "required": ["body-expression"]},
+            ]);
+            s
+        }
         "set-method" => closed(
             json!({"method": {"type": "string", "pattern": "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$", "description": "An HTTP method, e.g. POST."}}),
             &["method"],
@@ -699,6 +714,7 @@ mod tests {
             "set-variable" => json!({"name": "a", "value": "b"}),
             "set-status" => json!({"code": 202}),
             "set-method" => json!({"method": "POST"}),
+            "set-body" => json!({"body": "{\"ok\": true}"}),
             "authentication-basic" => json!({"username": "gw", "password": "{{backend-password}}"}),
             other => panic!("no sample of '{other}': add one with its schema"),
         }

@@ -179,6 +179,7 @@ pub async fn run_step(
         Step::SetVariable(s) => expr::set_variable(s, ex),
         Step::SetStatus(s) => responses::set_status(s, ex),
         Step::SetMethod(s) => headers::set_method(s, ex),
+        Step::SetBody(s) => responses::set_body(s, phase, ex),
         Step::AuthenticationBasic(s) => headers::authentication_basic(s, ex),
     }
 }

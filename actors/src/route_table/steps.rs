@@ -53,7 +53,7 @@ pub use limits::{
     LimitConcurrencyStep, QuotaStep, RateLimitByKeyStep, RateLimitOf, RateLimitStep,
     RateLimitThenQuotaStep,
 };
-pub use responses::{MockResponseStep, ReturnResponseStep, SetStatusStep};
+pub use responses::{MockResponseStep, ReturnResponseStep, SetBodyStep, SetStatusStep};
 
 /// One compiled policy. Cheap to clone: pipelines share steps across operations.
 #[derive(Debug, Clone)]
@@ -89,6 +89,7 @@ pub enum Step {
     SetVariable(Arc<SetVariableStep>),
     SetStatus(Arc<SetStatusStep>),
     SetMethod(Arc<SetMethodStep>),
+    SetBody(Arc<SetBodyStep>),
     AuthenticationBasic(Arc<AuthenticationBasicStep>),
 }
 
@@ -151,6 +152,7 @@ pub(crate) fn compile_policy(policy: &Policy, cx: &mut StepCx<'_>) -> Option<Ite
         Policy::SetVariable(p) => choose::set_variable(p, cx),
         Policy::SetStatus(p) => responses::set_status(p, cx),
         Policy::SetMethod(p) => headers::set_method(p, cx),
+        Policy::SetBody(p) => responses::set_body(p, cx),
         Policy::AuthenticationBasic(p) => headers::authentication_basic(p, cx),
     };
     step.map(Item::Step)

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use awc::http::header::{HeaderName, HeaderValue};
-use outpost_model::policy::{MockResponse, ReturnResponse, SetStatus};
+use outpost_model::policy::{MockResponse, ReturnResponse, SetBody, SetStatus};
 use outpost_model::template::Template;
 
 use super::Step;
@@ -100,4 +100,20 @@ pub(super) fn set_status(p: &SetStatus, cx: &mut StepCx<'_>) -> Option<Step> {
         }
     };
     Some(Step::SetStatus(Arc::new(step)))
+}
+
+/// `set-body`: the new body, a template or an expression.
+#[derive(Debug)]
+pub struct SetBodyStep {
+    pub body: Text,
+}
+
+pub(super) fn set_body(p: &SetBody, cx: &mut StepCx<'_>) -> Option<Step> {
+    match cx.text("body", p.body.as_deref(), p.body_expression.as_deref())? {
+        Some(body) => Some(Step::SetBody(Arc::new(SetBodyStep { body }))),
+        None => {
+            cx.problem("", "set exactly one of body and body-expression");
+            None
+        }
+    }
 }
