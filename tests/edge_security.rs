@@ -254,6 +254,7 @@ apis:
       inbound:
         - set-header: {name: X-Backend-Key, value: backend-secret}
         - set-header: {name: X-Seen-Ip, value: "{request.ip}"}
+        - set-header: {name: X-Seen-Ip-Expression, value-expression: "request.ip"}
     operations:
       - {name: any, method: "*", url-template: "/{*rest}"}
       - name: partners
@@ -297,6 +298,7 @@ async fn forwarding_headers_are_believed_only_from_trusted_proxies() {
     let h = &echo["headers"];
     assert_eq!(h["x-forwarded-for"], "127.0.0.1", "{h}");
     assert_eq!(h["x-seen-ip"], "127.0.0.1", "{h}");
+    assert_eq!(h["x-seen-ip-expression"], "127.0.0.1", "{h}");
     assert_eq!(h["x-forwarded-proto"], "http", "{h}");
     assert_eq!(h["x-forwarded-host"], "api.example.com", "{h}");
     for gone in ["forwarded", "x-real-ip", "x-forwarded-prefix"] {
@@ -317,6 +319,8 @@ async fn forwarding_headers_are_believed_only_from_trusted_proxies() {
     let h = &echo["headers"];
     assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.1", "{h}");
     assert_eq!(h["x-seen-ip"], "203.0.113.9", "{h}");
+    // Expressions see the same client address.
+    assert_eq!(h["x-seen-ip-expression"], "203.0.113.9", "{h}");
     assert_eq!(h["x-forwarded-proto"], "https", "{h}");
     // Not a valid host: replaced by the request's own.
     assert_eq!(h["x-forwarded-host"], "api.example.com", "{h}");

@@ -17,11 +17,14 @@
 //!   [`token`]: what the gateway can read from its own token (its expiry).
 //! - [`expr`]: policy expressions (CEL), compiled with the route table, evaluated by the
 //!   gateway's pipeline. Not an actor: a leaf the route table and the pipeline share.
+//! - [`jwks`]: `validate-jwt` key sources (JWKS, OpenID discovery): one background task per
+//!   source fetches and refreshes keys; requests read the last key set lock-free.
 
 pub mod cache;
 pub mod config_sync;
 pub mod connectivity;
 pub mod expr;
+pub mod jwks;
 pub mod link;
 pub mod route_table;
 pub mod shared_state;

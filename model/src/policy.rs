@@ -275,10 +275,27 @@ pub struct ValidateJwt {
     pub issuers: Vec<String>,
     #[serde(default)]
     pub audiences: Vec<String>,
-    /// At least one key: HMAC secrets (base64) or RSA/EC public keys (PEM).
+    /// Static keys: HMAC secrets (base64) or RSA/EC/Ed25519 public keys (PEM). At least one
+    /// key source (these, `jwks-url` or `openid-config-url`) is needed.
+    #[serde(default)]
     pub signing_keys: Vec<SigningKey>,
+    /// A JSON Web Key Set, fetched and refreshed by the gateway off the request path.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// An OpenID Connect discovery document whose `jwks_uri` is followed.
+    #[serde(default)]
+    pub openid_config_url: Option<String>,
+    /// Seconds between two background refreshes of the fetched keys.
+    #[serde(default = "jwks_refresh_interval")]
+    pub jwks_refresh_interval: u64,
     #[serde(default)]
     pub required_claims: Vec<RequiredClaim>,
+}
+
+/// One hour: identity providers announce new keys well ahead of using them; an unknown `kid`
+/// triggers an earlier refresh anyway.
+fn jwks_refresh_interval() -> u64 {
+    3600
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -290,6 +307,8 @@ pub enum SigningKey {
     RsaPem(String),
     /// EC public key, PEM (ES256/384).
     EcPem(String),
+    /// Ed25519 public key, PEM (EdDSA).
+    EdPem(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -556,6 +575,49 @@ pub struct AuthenticationCertificate {
     pub key_pem: String,
 }
 
+/// `set-status`: the status of the response the client gets (`outbound`, `on-error`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct SetStatus {
+    /// The status …
+    #[serde(default)]
+    pub code: Option<u16>,
+    /// … or a CEL expression giving it (exactly one of the two).
+    #[serde(default)]
+    pub code_expression: Option<String>,
+}
+
+/// `set-body`: replaces the request body (`inbound`, `backend`) or the response body
+/// (`outbound`, `on-error`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct SetBody {
+    /// Template …
+    #[serde(default)]
+    pub body: Option<String>,
+    /// … or CEL expression (exactly one of the two).
+    #[serde(default)]
+    pub body_expression: Option<String>,
+}
+
+/// `set-method`: the method the request is forwarded with (`inbound`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct SetMethod {
+    /// An HTTP method, e.g. `POST` (upper case as sent).
+    pub method: String,
+}
+
+/// `authentication-basic`: the gateway sends these HTTP Basic credentials to the backend.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct AuthenticationBasic {
+    /// Named values substituted; no `:`.
+    pub username: String,
+    /// Named values substituted; usually a `{{secret-named-value}}` reference.
+    pub password: String,
+}
+
 /// One step of a policy section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -587,6 +649,10 @@ pub enum Policy {
     AuthenticationCertificate(AuthenticationCertificate),
     Choose(Choose),
     SetVariable(SetVariable),
+    SetStatus(SetStatus),
+    SetMethod(SetMethod),
+    SetBody(SetBody),
+    AuthenticationBasic(AuthenticationBasic),
 }
 
 /// Every policy name with the sections it may appear in.
@@ -620,6 +686,10 @@ pub const POLICIES: &[(&str, &[Section])] = {
         ("authentication-certificate", &[Inbound]),
         ("choose", &[Inbound, Backend, Outbound, OnError]),
         ("set-variable", &[Inbound, Backend, Outbound, OnError]),
+        ("set-status", &[Outbound, OnError]),
+        ("set-method", &[Inbound]),
+        ("set-body", &[Inbound, Backend, Outbound, OnError]),
+        ("authentication-basic", &[Inbound]),
     ]
 };
 
@@ -653,6 +723,10 @@ impl Policy {
             Policy::AuthenticationCertificate(_) => "authentication-certificate",
             Policy::Choose(_) => "choose",
             Policy::SetVariable(_) => "set-variable",
+            Policy::SetStatus(_) => "set-status",
+            Policy::SetMethod(_) => "set-method",
+            Policy::SetBody(_) => "set-body",
+            Policy::AuthenticationBasic(_) => "authentication-basic",
         }
     }
 
@@ -677,6 +751,15 @@ impl Policy {
                 out.extend(p.value.as_deref());
                 out.extend(p.value_expression.as_deref());
             }
+            Policy::SetStatus(p) => out.extend(p.code_expression.as_deref()),
+            Policy::SetBody(p) => {
+                out.extend(p.body.as_deref());
+                out.extend(p.body_expression.as_deref());
+            }
+            Policy::AuthenticationBasic(p) => {
+                out.push(&p.username);
+                out.push(&p.password);
+            }
             Policy::RateLimitByKey(p) => out.push(&p.counter_key),
             Policy::QuotaByKey(p) => out.push(&p.counter_key),
             Policy::CacheLookupValue(p) => {
@@ -695,9 +778,12 @@ impl Policy {
                     match k {
                         SigningKey::HmacBase64(s)
                         | SigningKey::RsaPem(s)
-                        | SigningKey::EcPem(s) => out.push(s),
+                        | SigningKey::EcPem(s)
+                        | SigningKey::EdPem(s) => out.push(s),
                     }
                 }
+                out.extend(p.jwks_url.as_deref());
+                out.extend(p.openid_config_url.as_deref());
             }
             Policy::CheckHeader(p) => out.extend(p.values.iter().map(String::as_str)),
             Policy::SetHeader(p) => {
@@ -740,6 +826,7 @@ impl Policy {
                 out.push(&p.key_pem);
             }
             Policy::Base
+            | Policy::SetMethod(_)
             | Policy::RateLimit(_)
             | Policy::Quota(_)
             | Policy::CacheLookup(_)
@@ -843,7 +930,7 @@ mod tests {
     #[test]
     fn every_variant_has_a_section_entry() {
         let names: Vec<&str> = POLICIES.iter().map(|(n, _)| *n).collect();
-        assert_eq!(names.len(), 27);
+        assert_eq!(names.len(), 31);
         for n in names {
             assert!(Policy::allowed_sections(n).is_some());
         }

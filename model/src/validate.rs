@@ -911,9 +911,30 @@ fn check_policy(p: &mut Problems, at: &str, policy: &Policy) {
                 &field("failed-validation-httpcode"),
                 v.failed_validation_httpcode,
             );
-            if v.signing_keys.is_empty() {
-                p.push(field("signing-keys"), "at least one signing key is needed");
+            if v.signing_keys.is_empty() && v.jwks_url.is_none() && v.openid_config_url.is_none() {
+                p.push(
+                    field("signing-keys"),
+                    "at least one key source is needed: signing-keys, jwks-url or openid-config-url",
+                );
             }
+            for (name, url) in [
+                ("jwks-url", &v.jwks_url),
+                ("openid-config-url", &v.openid_config_url),
+            ] {
+                if let Some(u) = url
+                    && named_value_refs(u).is_empty()
+                    && !(u.starts_with("https://") || u.starts_with("http://"))
+                {
+                    p.push(field(name), "expected an http:// or https:// URL");
+                }
+            }
+            check_range(
+                p,
+                &field("jwks-refresh-interval"),
+                v.jwks_refresh_interval,
+                10,
+                86_400,
+            );
             for (i, k) in v.signing_keys.iter().enumerate() {
                 use crate::policy::SigningKey;
                 let f = field(&format!("signing-keys[{i}]"));
@@ -923,7 +944,7 @@ fn check_policy(p: &mut Problems, at: &str, policy: &Policy) {
                             p.push(f, "not valid base64");
                         }
                     }
-                    SigningKey::RsaPem(s) | SigningKey::EcPem(s) => {
+                    SigningKey::RsaPem(s) | SigningKey::EcPem(s) | SigningKey::EdPem(s) => {
                         if named_value_refs(s).is_empty() && !s.contains("-----BEGIN") {
                             p.push(f, "expected a PEM public key");
                         }
@@ -985,6 +1006,21 @@ fn check_policy(p: &mut Problems, at: &str, policy: &Policy) {
             check_non_empty(p, &field("name"), &v.name);
             if v.value.is_some() == v.value_expression.is_some() {
                 p.push(at, "set exactly one of value and value-expression");
+            }
+        }
+        Policy::SetStatus(v) => match (v.code, &v.code_expression) {
+            (Some(c), None) => check_status(p, &field("code"), c),
+            (None, Some(_)) => {}
+            _ => p.push(at, "set exactly one of code and code-expression"),
+        },
+        Policy::SetBody(v) => {
+            if v.body.is_some() == v.body_expression.is_some() {
+                p.push(at, "set exactly one of body and body-expression");
+            }
+        }
+        Policy::AuthenticationBasic(v) => {
+            if named_value_refs(&v.username).is_empty() && v.username.contains(':') {
+                p.push(field("username"), "a Basic user name cannot contain ':'");
             }
         }
         Policy::RewriteUri(r) => {
@@ -1052,7 +1088,7 @@ fn check_policy(p: &mut Problems, at: &str, policy: &Policy) {
             check_non_empty(p, &field("certificate-pem"), &a.certificate_pem);
             check_non_empty(p, &field("key-pem"), &a.key_pem);
         }
-        Policy::Base | Policy::CacheLookup(_) => {}
+        Policy::Base | Policy::CacheLookup(_) | Policy::SetMethod(_) => {}
     }
 }
 
@@ -1095,6 +1131,8 @@ fn policy_expressions(policy: &Policy) -> Vec<&str> {
         Policy::SetHeader(s) => s.value_expression.as_deref().into_iter().collect(),
         Policy::SetQueryParameter(s) => s.value_expression.as_deref().into_iter().collect(),
         Policy::SetVariable(s) => s.value_expression.as_deref().into_iter().collect(),
+        Policy::SetStatus(s) => s.code_expression.as_deref().into_iter().collect(),
+        Policy::SetBody(s) => s.body_expression.as_deref().into_iter().collect(),
         Policy::ReturnResponse(r) => r.body_expression.as_deref().into_iter().collect(),
         _ => Vec::new(),
     }

@@ -313,7 +313,13 @@ pub fn settings(policy: &str, backend_url_pattern: &str) -> Option<Value> {
                 {"pattern": HAS_NAMED_VALUE},
             ], "description": "A base64 secret, or {{named value}} references."});
             let key = |name: &str, schema: Value| closed(json!({ name: schema }), &[name]);
-            closed(
+            let url = || {
+                nullable(json!({"allOf": [template()], "anyOf": [
+                    {"pattern": "^https?://"},
+                    {"pattern": HAS_NAMED_VALUE},
+                ], "description": "An http:// or https:// URL, or {{named value}} references."}))
+            };
+            let mut s = closed(
                 json!({
                     "header-name": string_default("Authorization"),
                     "query-parameter-name": nullable(string()),
@@ -323,18 +329,29 @@ pub fn settings(policy: &str, backend_url_pattern: &str) -> Option<Value> {
                     "clock-skew": int_default(0, u64_max, 0),
                     "issuers": {"type": "array", "items": template()},
                     "audiences": {"type": "array", "items": template()},
-                    "signing-keys": {"type": "array", "minItems": 1, "items": {"oneOf": [
+                    "signing-keys": {"type": "array", "items": {"oneOf": [
                         key("hmac-base64", hmac),
                         key("rsa-pem", pem()),
                         key("ec-pem", pem()),
+                        key("ed-pem", pem()),
                     ]}},
+                    "jwks-url": url(),
+                    "openid-config-url": url(),
+                    "jwks-refresh-interval": int_default(10, 86_400, 3600),
                     "required-claims": {"type": "array", "items": closed(
                         json!({"name": string(), "values": strings()}),
                         &["name"],
                     )},
                 }),
-                &["signing-keys"],
-            )
+                &[],
+            );
+            // At least one key source.
+            s["anyOf"] = json!([
+                {"type": "object", "properties": {"signing-keys": {"type": "array", "minItems": 1}}, "required": ["signing-keys"]},
+                {"type": "object", "properties": {"jwks-url": {"type": "string"}}, "required": ["jwks-url"]},
+                {"type": "object", "properties": {"openid-config-url": {"type": "string"}}, "required": ["openid-config-url"]},
+            ]);
+            s
         }
         "check-header" => closed(
             json!({
@@ -416,6 +433,47 @@ pub fn settings(policy: &str, backend_url_pattern: &str) -> Option<Value> {
             ]);
             s
         }
+        "set-status" => {
+            let mut s = closed(
+                json!({
+                    "code": nullable(int(100, 599)),
+                    "code-expression": nullable(expression()),
+                }),
+                &[],
+            );
+            // Exactly one of the two (null is absent).
+            s["oneOf"] = json!([
+                {"type": "object", "properties": {"code": {"type": "integer"}, "code-expression": {"type": "null"}}, "required": ["code"]},
+                {"type": "object", "properties": {"code-expression": {"type": "string"}, "code": {"type": "null"}}, "required": ["code-expression"]},
+            ]);
+            s
+        }
+        "set-body" => {
+            let mut s = closed(
+                json!({
+                    "body": nullable(template()),
+                    "body-expression": nullable(expression()),
+                }),
+                &[],
+            );
+            // Exactly one of the two (null is absent).
+            s["oneOf"] = json!([
+                {"type": "object", "properties": {"body": {"type": "string"}, "body-expression": {"type": "null"}}, "required": ["body"]},
+                {"type": "object", "properties": {"body-expression": {"type": "string"}, "body": {"type": "null"}}, "required": ["body-expression"]},
+            ]);
+            s
+        }
+        "set-method" => closed(
+            json!({"method": {"type": "string", "pattern": "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$", "description": "An HTTP method, e.g. POST."}}),
+            &["method"],
+        ),
+        "authentication-basic" => closed(
+            json!({
+                "username": {"type": "string", "pattern": "^[^:]*$", "description": "No ':'; named values substituted."},
+                "password": {"type": "string", "description": "Usually a {{secret named value}} reference."},
+            }),
+            &["username", "password"],
+        ),
         "rewrite-uri" => closed(
             json!({
                 "template": {"allOf": [template()], "pattern": "^/"},
@@ -654,6 +712,10 @@ mod tests {
             "authentication-certificate" => json!({"certificate-pem": "c", "key-pem": "k"}),
             "choose" => json!({"when": [{"condition": "request.method == 'GET'"}]}),
             "set-variable" => json!({"name": "a", "value": "b"}),
+            "set-status" => json!({"code": 202}),
+            "set-method" => json!({"method": "POST"}),
+            "set-body" => json!({"body": "{\"ok\": true}"}),
+            "authentication-basic" => json!({"username": "gw", "password": "{{backend-password}}"}),
             other => panic!("no sample of '{other}': add one with its schema"),
         }
     }

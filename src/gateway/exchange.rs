@@ -173,7 +173,7 @@ pub enum Phase {
 
 /// One request travelling through the pipeline.
 pub struct Exchange {
-    // What the client sent (unchanged by policies).
+    // What the client sent (unchanged by policies, except `method` by `set-method`).
     pub method: Method,
     /// Lowercase, without port.
     pub host: String,

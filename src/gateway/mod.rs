@@ -66,6 +66,7 @@ use outpost_actors::connectivity::{
     AppliedConfig, ConfigApplied, ConfigSource, ConnectivityStatus, ConnectivityWatcher,
     StatusHandle, WatcherConfig,
 };
+use outpost_actors::jwks::JwksRegistry;
 use outpost_actors::link::{ClientFactory, LinkConfig};
 use outpost_actors::route_table::{self, ApplySnapshot, CompileContext, RouteTable, TableHandle};
 use outpost_actors::telemetry::{self, TelemetryBuffer, TelemetryConfig};
@@ -318,10 +319,19 @@ async fn serve(
         Plan::Offline(_) => None,
         Plan::ControlPlane { link, .. } => token::parse(&link.token).ok().map(|t| t.gateway),
     };
+    let jwks = match jwks_registry() {
+        Ok(r) => r,
+        Err(e) => {
+            ops_handle.stop(false).await;
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
     let route_table = RouteTable::new(
         table.clone(),
         CompileContext {
             gateway_name,
+            jwks: Some(Arc::new(jwks)),
             ..CompileContext::default()
         },
     )
@@ -614,6 +624,20 @@ fn offline_snapshot(file: &Path, gateway: Option<&str>) -> Result<GatewaySnapsho
     };
     let view = gateway_view(&doc.resources, chosen);
     Ok(GatewaySnapshot::from_view(0, view))
+}
+
+/// `validate-jwt` key sources fetch on this (the gateway's main) arbiter, trusting the system's
+/// CA bundle: identity providers are public services.
+fn jwks_registry() -> Result<JwksRegistry, StartError> {
+    let tls = Arc::new(client_tls(None)?);
+    Ok(JwksRegistry::new(
+        actix_rt::Arbiter::current(),
+        ClientFactory::new(move || {
+            awc::Client::builder()
+                .connector(awc::Connector::new().rustls_0_23(tls.clone()))
+                .finish()
+        }),
+    ))
 }
 
 /// The link settings, with the TLS trust the control plane URL needs.

@@ -159,7 +159,7 @@ pub async fn run_step(
         Step::Retry(s) => backend::retry(s, ex),
         Step::MockResponse(s) => responses::mock_response(s, ex),
         Step::ReturnResponse(s) => responses::return_response(s, ex),
-        Step::ValidateJwt(s) => auth::validate_jwt(s, ex),
+        Step::ValidateJwt(s) => auth::validate_jwt(s, ex).await,
         Step::CheckHeader(s) => auth::check_header(s, ex),
         Step::IpFilter(s) => auth::ip_filter(s, ex),
         Step::Cors(s) => cors::apply(s, ex),
@@ -177,5 +177,9 @@ pub async fn run_step(
         Step::AuthenticationCertificate(s) => certificates::authentication_certificate(s, ex),
         Step::Choose(s) => expr::choose(s, phase, ex, rt).await,
         Step::SetVariable(s) => expr::set_variable(s, ex),
+        Step::SetStatus(s) => responses::set_status(s, ex),
+        Step::SetMethod(s) => headers::set_method(s, ex),
+        Step::SetBody(s) => responses::set_body(s, phase, ex),
+        Step::AuthenticationBasic(s) => headers::authentication_basic(s, ex),
     }
 }

@@ -34,14 +34,22 @@ pub fn snapshot(yaml: &str) -> GatewaySnapshot {
 /// Starts the sample backend, and a gateway serving `yaml` in which `BACKEND` is the sample
 /// backend's URL and `CLOSED` a URL where nothing listens.
 pub async fn gateway_with(yaml: &str, tweak: impl FnOnce(&mut GatewaySettings)) -> Gateway {
+    gateway_with_context(yaml, &CompileContext::default(), tweak).await
+}
+
+/// [`gateway_with`], compiling with `ctx` (e.g. key sources that fetch).
+pub async fn gateway_with_context(
+    yaml: &str,
+    ctx: &CompileContext,
+    tweak: impl FnOnce(&mut GatewaySettings),
+) -> Gateway {
     let (backend, backend_addr) = sample_backend::start("127.0.0.1:0").unwrap();
     actix_rt::spawn(backend);
     let yaml = yaml
         .replace("BACKEND", &format!("http://{backend_addr}"))
         .replace("CLOSED", &format!("http://{}", closed_port()));
     let table = new_table_handle();
-    let compiled =
-        compile(&snapshot(&yaml), &CompileContext::default()).unwrap_or_else(|p| panic!("{p}"));
+    let compiled = compile(&snapshot(&yaml), ctx).unwrap_or_else(|p| panic!("{p}"));
     table.store(Some(Arc::new(compiled)));
     let mut settings = GatewaySettings::default();
     settings.listen.workers = 1;

@@ -41,6 +41,7 @@ use super::table::{
     SubscriptionScope,
 };
 use super::tls::{TlsProfile, TlsSettings};
+use crate::jwks::JwksRegistry;
 
 /// What the compiler needs besides the snapshot.
 #[derive(Debug, Clone, Default)]
@@ -49,6 +50,9 @@ pub struct CompileContext {
     pub gateway_name: Option<String>,
     /// Pool members' health, kept from one table to the next.
     pub members: MemberRegistry,
+    /// Where `validate-jwt` key sources (`jwks-url`, `openid-config-url`) come from; `None`
+    /// compiles them without fetching (the control plane's validator, tests).
+    pub jwks: Option<Arc<JwksRegistry>>,
 }
 
 /// Checks a whole configuration the way a gateway serving every API would compile it: the
@@ -81,9 +85,18 @@ pub fn compile(
     let gateway_name = gateway_name(snapshot, ctx);
     let certificates = certificates(snapshot, &named_values, &gateway_name, &mut problems);
     let backends = backends(snapshot, &named_values, &ctx.members, &mut problems);
+    let detached;
+    let jwks = match &ctx.jwks {
+        Some(r) => r.as_ref(),
+        None => {
+            detached = JwksRegistry::detached();
+            &detached
+        }
+    };
     let docs = DocCx {
         named_values: &named_values,
         backends: &backends,
+        jwks,
     };
     let scopes = documents(snapshot, &docs, &mut problems);
     let (apis, sources) = apis(snapshot, &docs, &scopes, &mut problems);
@@ -177,6 +190,7 @@ fn backends<'s>(
 struct DocCx<'a> {
     named_values: &'a HashMap<&'a str, &'a str>,
     backends: &'a HashMap<&'a str, Arc<CompiledBackend>>,
+    jwks: &'a JwksRegistry,
 }
 
 impl DocCx<'_> {
@@ -187,7 +201,7 @@ impl DocCx<'_> {
         params: Option<&[String]>,
         problems: &mut Problems,
     ) -> CompiledDoc {
-        compile_document(&path, d, params, self.named_values, self.backends, problems)
+        compile_document(&path, d, params, self, problems)
     }
 }
 
@@ -555,8 +569,7 @@ fn compile_document(
     path: &str,
     doc: &PolicyDocument,
     params: Option<&[String]>,
-    named_values: &HashMap<&str, &str>,
-    backends: &HashMap<&str, Arc<CompiledBackend>>,
+    docs: &DocCx<'_>,
     problems: &mut Problems,
 ) -> CompiledDoc {
     let mut out = CompiledDoc::default();
@@ -580,8 +593,9 @@ fn compile_document(
                 continue;
             }
             let mut cx = StepCx {
-                named_values,
-                backends,
+                named_values: docs.named_values,
+                backends: docs.backends,
+                jwks: docs.jwks,
                 params,
                 at,
                 section,

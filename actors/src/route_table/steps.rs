@@ -45,14 +45,15 @@ pub use cors::CorsStep;
 pub(crate) use cx::StepCx;
 pub use cx::{Text, literal};
 pub use headers::{
-    QueryTemplate, RewriteUriStep, SetHeaderStep, SetQueryParameterStep, encode_query_component,
+    AuthenticationBasicStep, QueryTemplate, RewriteUriStep, SetHeaderStep, SetMethodStep,
+    SetQueryParameterStep, encode_query_component,
 };
 pub(crate) use limits::fuse_rate_limit_then_quota;
 pub use limits::{
     LimitConcurrencyStep, QuotaStep, RateLimitByKeyStep, RateLimitOf, RateLimitStep,
     RateLimitThenQuotaStep,
 };
-pub use responses::{MockResponseStep, ReturnResponseStep};
+pub use responses::{MockResponseStep, ReturnResponseStep, SetBodyStep, SetStatusStep};
 
 /// One compiled policy. Cheap to clone: pipelines share steps across operations.
 #[derive(Debug, Clone)]
@@ -86,6 +87,10 @@ pub enum Step {
     AuthenticationCertificate(Arc<AuthenticationCertificateStep>),
     Choose(Arc<ChooseStep>),
     SetVariable(Arc<SetVariableStep>),
+    SetStatus(Arc<SetStatusStep>),
+    SetMethod(Arc<SetMethodStep>),
+    SetBody(Arc<SetBodyStep>),
+    AuthenticationBasic(Arc<AuthenticationBasicStep>),
 }
 
 impl Step {
@@ -145,6 +150,10 @@ pub(crate) fn compile_policy(policy: &Policy, cx: &mut StepCx<'_>) -> Option<Ite
         Policy::AuthenticationCertificate(p) => certificates::authentication_certificate(p, cx),
         Policy::Choose(p) => choose::choose(p, cx),
         Policy::SetVariable(p) => choose::set_variable(p, cx),
+        Policy::SetStatus(p) => responses::set_status(p, cx),
+        Policy::SetMethod(p) => headers::set_method(p, cx),
+        Policy::SetBody(p) => responses::set_body(p, cx),
+        Policy::AuthenticationBasic(p) => headers::authentication_basic(p, cx),
     };
     step.map(Item::Step)
 }

@@ -1,14 +1,32 @@
 //! `validate-jwt`, `check-header`, `ip-filter`.
 
-use outpost_actors::route_table::steps::{CheckHeaderStep, IpFilterStep, ValidateJwtStep};
+use outpost_actors::route_table::steps::{
+    CheckHeaderStep, IpFilterStep, JwtRejection, ValidateJwtStep,
+};
 
 use crate::gateway::error::GatewayError;
 use crate::gateway::exchange::{Exchange, Flow};
 
-pub(super) fn validate_jwt(s: &ValidateJwtStep, ex: &mut Exchange) -> Result<Flow, GatewayError> {
+/// Verifies the token. Only a token whose `kid` the fetched keys do not know waits: for one
+/// refresh per source, bounded (`jwks::state::UNKNOWN_KID_WAIT`) and rate-limited per source,
+/// so a key the provider just rotated in is accepted on its first use.
+pub(super) async fn validate_jwt(
+    s: &ValidateJwtStep,
+    ex: &mut Exchange,
+) -> Result<Flow, GatewayError> {
     let fail = || GatewayError::policy(s.failed_status, "JwtInvalid", s.failed_message.clone());
     let token = token(s, ex).ok_or_else(fail)?;
-    match s.verify(&token) {
+    let mut verdict = s.verify(&token);
+    if verdict == Err(JwtRejection::UnknownKey) {
+        let mut refreshed = false;
+        for source in &s.sources {
+            refreshed |= source.refresh_and_wait().await;
+        }
+        if refreshed {
+            verdict = s.verify(&token);
+        }
+    }
+    match verdict {
         Ok(claims) => {
             ex.jwt_claims = Some(std::sync::Arc::new(claims));
             Ok(Flow::Continue)

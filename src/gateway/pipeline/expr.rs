@@ -54,7 +54,7 @@ pub(super) fn set_variable(s: &SetVariableStep, ex: &mut Exchange) -> Result<Flo
     Ok(Flow::Continue)
 }
 
-fn vars(e: &Expression, ex: &Exchange) -> Vars {
+pub(super) fn vars(e: &Expression, ex: &Exchange) -> Vars {
     let needs = e.needs();
     Vars {
         request: (needs.request != 0).then(|| request(needs, ex)),

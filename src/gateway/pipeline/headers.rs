@@ -2,7 +2,8 @@
 
 use actix_web::http::header::{HeaderMap, HeaderValue};
 use outpost_actors::route_table::steps::{
-    RewriteUriStep, SetHeaderStep, SetQueryParameterStep, encode_query_component,
+    AuthenticationBasicStep, RewriteUriStep, SetHeaderStep, SetMethodStep, SetQueryParameterStep,
+    encode_query_component,
 };
 use outpost_model::policy::ExistsAction;
 
@@ -111,5 +112,21 @@ pub(super) fn rewrite_uri(s: &RewriteUriStep, ex: &mut Exchange) -> Result<Flow,
     }
     ex.backend_path = path;
     ex.query = query;
+    Ok(Flow::Continue)
+}
+
+/// `authentication-basic`: replaces any `Authorization` the client sent.
+pub(super) fn authentication_basic(
+    s: &AuthenticationBasicStep,
+    ex: &mut Exchange,
+) -> Result<Flow, GatewayError> {
+    ex.request_headers
+        .insert(actix_web::http::header::AUTHORIZATION, s.value.clone());
+    Ok(Flow::Continue)
+}
+
+/// `set-method`: later steps, templates and expressions see the new method too.
+pub(super) fn set_method(s: &SetMethodStep, ex: &mut Exchange) -> Result<Flow, GatewayError> {
+    ex.method = s.method.clone();
     Ok(Flow::Continue)
 }

@@ -2,6 +2,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use awc::http::header::HeaderName;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -13,6 +14,7 @@ use serde_json::{Map, Value};
 
 use super::Step;
 use super::cx::{StepCx, header_name};
+use crate::jwks::{KeySource, Location, SourceId};
 
 /// `validate-jwt` with its keys decoded and one validation per key family.
 #[derive(Debug)]
@@ -22,6 +24,10 @@ pub struct ValidateJwtStep {
     pub failed_status: u16,
     pub failed_message: String,
     pub keys: Vec<JwtKey>,
+    /// Fetched keys (`jwks-url`, `openid-config-url`), read from each source's snapshot.
+    pub sources: Vec<Arc<KeySource>>,
+    /// The issuer/audience/expiry rules for each algorithm family, for fetched keys.
+    pub family_validations: Vec<Validation>,
     pub required_claims: Vec<RequiredClaim>,
 }
 
@@ -50,6 +56,8 @@ impl JwtKey {
 pub enum JwtRejection {
     Malformed(String),
     NoKeyForAlgorithm,
+    /// The key sources have no key for the token's `kid` and algorithm (yet): worth a refresh.
+    UnknownKey,
     Invalid(String),
     MissingClaim(String),
 }
@@ -61,6 +69,9 @@ impl std::fmt::Display for JwtRejection {
             JwtRejection::NoKeyForAlgorithm => {
                 f.write_str("no signing key for the token's algorithm")
             }
+            JwtRejection::UnknownKey => {
+                f.write_str("no fetched signing key matches the token's kid and algorithm")
+            }
             JwtRejection::Invalid(e) => write!(f, "invalid token: {e}"),
             JwtRejection::MissingClaim(c) => {
                 write!(f, "required claim '{c}' missing or not accepted")
@@ -71,33 +82,72 @@ impl std::fmt::Display for JwtRejection {
 
 impl ValidateJwtStep {
     /// Checks signature, issuer, audience, expiry, not-before (with the clock skew) and the
-    /// required claims; returns the claims.
+    /// required claims; returns the claims. Static keys are tried by algorithm; fetched keys by
+    /// algorithm and `kid` (a token without `kid` is tried against each key of its algorithm).
     pub fn verify(&self, token: &str) -> Result<Map<String, Value>, JwtRejection> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| JwtRejection::Malformed(e.to_string()))?;
-        let mut last = JwtRejection::NoKeyForAlgorithm;
+        let mut last = None;
         for key in self.keys.iter().filter(|k| k.accepts(header.alg)) {
-            match jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &key.validation) {
-                Ok(data) => {
-                    let claims = data.claims;
-                    for required in &self.required_claims {
-                        let ok = match claims.get(&required.name) {
-                            None | Some(Value::Null) => false,
-                            Some(_) if required.values.is_empty() => true,
-                            Some(v) => claim_values(v)
-                                .iter()
-                                .any(|c| required.values.iter().any(|r| r == c)),
-                        };
-                        if !ok {
-                            return Err(JwtRejection::MissingClaim(required.name.clone()));
-                        }
-                    }
-                    return Ok(claims);
-                }
-                Err(e) => last = JwtRejection::Invalid(e.to_string()),
+            match self.decode(token, &key.key, &key.validation) {
+                Ok(claims) => return self.check_claims(claims),
+                Err(e) => last = Some(e),
             }
         }
-        Err(last)
+        if !self.sources.is_empty()
+            && let Some(validation) = self.family_validation(header.alg)
+        {
+            for source in &self.sources {
+                let keys = source.keys();
+                for key in keys
+                    .keys
+                    .iter()
+                    .filter(|k| k.matches(header.alg, header.kid.as_deref()))
+                {
+                    match self.decode(token, &key.key, validation) {
+                        Ok(claims) => return self.check_claims(claims),
+                        Err(e) => last = Some(e),
+                    }
+                }
+            }
+            if last.is_none() {
+                return Err(JwtRejection::UnknownKey);
+            }
+        }
+        Err(last.unwrap_or(JwtRejection::NoKeyForAlgorithm))
+    }
+
+    fn decode(
+        &self,
+        token: &str,
+        key: &DecodingKey,
+        validation: &Validation,
+    ) -> Result<Map<String, Value>, JwtRejection> {
+        jsonwebtoken::decode::<Map<String, Value>>(token, key, validation)
+            .map(|d| d.claims)
+            .map_err(|e| JwtRejection::Invalid(e.to_string()))
+    }
+
+    fn family_validation(&self, alg: Algorithm) -> Option<&Validation> {
+        self.family_validations
+            .iter()
+            .find(|v| v.algorithms.contains(&alg))
+    }
+
+    fn check_claims(&self, claims: Map<String, Value>) -> Result<Map<String, Value>, JwtRejection> {
+        for required in &self.required_claims {
+            let ok = match claims.get(&required.name) {
+                None | Some(Value::Null) => false,
+                Some(_) if required.values.is_empty() => true,
+                Some(v) => claim_values(v)
+                    .iter()
+                    .any(|c| required.values.iter().any(|r| r == c)),
+            };
+            if !ok {
+                return Err(JwtRejection::MissingClaim(required.name.clone()));
+            }
+        }
+        Ok(claims)
     }
 }
 
@@ -188,6 +238,7 @@ const RSA: &[Algorithm] = &[
     Algorithm::PS512,
 ];
 const EC: &[Algorithm] = &[Algorithm::ES256, Algorithm::ES384];
+const ED: &[Algorithm] = &[Algorithm::EdDSA];
 
 pub(super) fn validate_jwt(p: &ValidateJwt, cx: &mut StepCx<'_>) -> Option<Step> {
     let header_name = header_name(cx, "header-name", &p.header_name);
@@ -227,8 +278,43 @@ pub(super) fn validate_jwt(p: &ValidateJwt, cx: &mut StepCx<'_>) -> Option<Step>
     }
     base.set_required_spec_claims(&required);
 
-    if p.signing_keys.is_empty() {
-        cx.problem("signing-keys", "at least one signing key is needed");
+    let mut sources = Vec::new();
+    for (field, url, location) in [
+        (
+            "jwks-url",
+            &p.jwks_url,
+            Location::Jwks as fn(String) -> Location,
+        ),
+        (
+            "openid-config-url",
+            &p.openid_config_url,
+            Location::OpenIdConfig,
+        ),
+    ] {
+        let Some(url) = url else { continue };
+        let Some(url) = cx.plain(field, url) else {
+            continue;
+        };
+        let url = url.trim().to_owned();
+        if !(url.starts_with("https://") || url.starts_with("http://"))
+            || url.parse::<awc::http::Uri>().is_err()
+        {
+            cx.problem(field, "expected an http:// or https:// URL");
+            continue;
+        }
+        if !(10..=86_400).contains(&p.jwks_refresh_interval) {
+            continue; // reported by the model's checks
+        }
+        sources.push(cx.jwks.source(SourceId {
+            location: location(url),
+            interval: Duration::from_secs(p.jwks_refresh_interval),
+        }));
+    }
+    if p.signing_keys.is_empty() && p.jwks_url.is_none() && p.openid_config_url.is_none() {
+        cx.problem(
+            "signing-keys",
+            "at least one key source is needed: signing-keys, jwks-url or openid-config-url",
+        );
     }
     let mut keys = Vec::new();
     for (i, k) in p.signing_keys.iter().enumerate() {
@@ -252,6 +338,12 @@ pub(super) fn validate_jwt(p: &ValidateJwt, cx: &mut StepCx<'_>) -> Option<Step>
                 };
                 (s.clone(), DecodingKey::from_ec_pem(s.as_bytes()), EC)
             }
+            SigningKey::EdPem(s) => {
+                let Some(s) = cx.plain(&field, s) else {
+                    continue;
+                };
+                (s.clone(), DecodingKey::from_ed_pem(s.as_bytes()), ED)
+            }
         };
         match decoded {
             Ok(key) if !text.trim().is_empty() => {
@@ -266,6 +358,14 @@ pub(super) fn validate_jwt(p: &ValidateJwt, cx: &mut StepCx<'_>) -> Option<Step>
     if keys.len() != p.signing_keys.len() {
         return None;
     }
+    let family_validations = [HMAC, RSA, EC, ED]
+        .into_iter()
+        .map(|algorithms| {
+            let mut v = base.clone();
+            v.algorithms = algorithms.to_vec();
+            v
+        })
+        .collect();
     let required_claims = p
         .required_claims
         .iter()
@@ -289,6 +389,8 @@ pub(super) fn validate_jwt(p: &ValidateJwt, cx: &mut StepCx<'_>) -> Option<Step>
         failed_status: p.failed_validation_httpcode,
         failed_message: p.failed_validation_error_message.clone(),
         keys,
+        sources,
+        family_validations,
         required_claims,
     })))
 }

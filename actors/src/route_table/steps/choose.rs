@@ -87,6 +87,7 @@ fn nested(cx: &mut StepCx<'_>, list: &str, policies: &[Policy]) -> Option<Box<[S
         let mut inner = StepCx {
             named_values: cx.named_values,
             backends: cx.backends,
+            jwks: cx.jwks,
             params: cx.params,
             at,
             section: cx.section,

@@ -9,6 +9,7 @@ use outpost_model::policy::Section;
 use outpost_model::template::{Segment, Template, Var, substitute_named_values};
 
 use crate::expr::{Expression, Place};
+use crate::jwks::JwksRegistry;
 use crate::route_table::backend::CompiledBackend;
 
 /// A value written as a template (`value`) or as an expression (`value-expression`).
@@ -22,6 +23,8 @@ pub enum Text {
 pub(crate) struct StepCx<'a> {
     pub(crate) named_values: &'a HashMap<&'a str, &'a str>,
     pub(crate) backends: &'a HashMap<&'a str, Arc<CompiledBackend>>,
+    /// Shared key sources of `validate-jwt`, kept across configurations.
+    pub(crate) jwks: &'a JwksRegistry,
     /// URL template parameters when compiling an operation's own document: `{param}` references
     /// are checked against them. At wider scopes a missing parameter renders empty.
     pub(crate) params: Option<&'a [String]>,

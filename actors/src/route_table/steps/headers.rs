@@ -130,3 +130,63 @@ pub fn encode_query_component(s: &str) -> String {
     }
     out
 }
+
+/// `authentication-basic`: the `Authorization` value, built once. Its `Debug` hides it.
+pub struct AuthenticationBasicStep {
+    pub value: awc::http::header::HeaderValue,
+}
+
+impl std::fmt::Debug for AuthenticationBasicStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuthenticationBasicStep { value: <redacted> }")
+    }
+}
+
+pub(super) fn authentication_basic(
+    p: &outpost_model::policy::AuthenticationBasic,
+    cx: &mut StepCx<'_>,
+) -> Option<Step> {
+    use base64::Engine;
+    let username = cx.plain("username", &p.username);
+    let password = cx.plain("password", &p.password);
+    let (username, password) = (username?, password?);
+    if username.contains(':') {
+        cx.problem("username", "a Basic user name cannot contain ':'");
+        return None;
+    }
+    let encoded =
+        base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
+    match awc::http::header::HeaderValue::from_str(&format!("Basic {encoded}")) {
+        Ok(mut value) => {
+            // Kept out of HTTP/2 header compression tables and debug output.
+            value.set_sensitive(true);
+            Some(Step::AuthenticationBasic(Arc::new(
+                AuthenticationBasicStep { value },
+            )))
+        }
+        Err(_) => {
+            cx.problem("password", "not usable in a header");
+            None
+        }
+    }
+}
+
+/// `set-method`: the method the request is forwarded with, parsed once.
+#[derive(Debug)]
+pub struct SetMethodStep {
+    pub method: awc::http::Method,
+}
+
+pub(super) fn set_method(
+    p: &outpost_model::policy::SetMethod,
+    cx: &mut StepCx<'_>,
+) -> Option<Step> {
+    let text = p.method.trim();
+    match awc::http::Method::from_bytes(text.as_bytes()) {
+        Ok(method) if !text.is_empty() => Some(Step::SetMethod(Arc::new(SetMethodStep { method }))),
+        _ => {
+            cx.problem("method", format!("'{}' is not an HTTP method", p.method));
+            None
+        }
+    }
+}

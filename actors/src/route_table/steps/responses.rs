@@ -1,13 +1,14 @@
-//! `mock-response`, `return-response`: answers made by the gateway itself.
+//! `mock-response`, `return-response`: answers made by the gateway itself; `set-status`.
 
 use std::sync::Arc;
 
 use awc::http::header::{HeaderName, HeaderValue};
-use outpost_model::policy::{MockResponse, ReturnResponse};
+use outpost_model::policy::{MockResponse, ReturnResponse, SetBody, SetStatus};
 use outpost_model::template::Template;
 
 use super::Step;
 use super::cx::{StepCx, Text, header_name};
+use crate::expr::Expression;
 
 #[derive(Debug)]
 pub struct MockResponseStep {
@@ -74,4 +75,45 @@ pub(super) fn return_response(p: &ReturnResponse, cx: &mut StepCx<'_>) -> Option
         headers,
         body,
     })))
+}
+
+/// `set-status`: a fixed status, or an expression checked per request to give one.
+#[derive(Debug)]
+pub enum SetStatusStep {
+    Code(u16),
+    Expression(Expression),
+}
+
+pub(super) fn set_status(p: &SetStatus, cx: &mut StepCx<'_>) -> Option<Step> {
+    let step = match (p.code, &p.code_expression) {
+        (Some(code), None) => {
+            if !(100..=599).contains(&code) {
+                cx.problem("code", format!("{code} is not an HTTP status"));
+                return None;
+            }
+            SetStatusStep::Code(code)
+        }
+        (None, Some(e)) => SetStatusStep::Expression(cx.expression("code-expression", e)?),
+        _ => {
+            cx.problem("", "set exactly one of code and code-expression");
+            return None;
+        }
+    };
+    Some(Step::SetStatus(Arc::new(step)))
+}
+
+/// `set-body`: the new body, a template or an expression.
+#[derive(Debug)]
+pub struct SetBodyStep {
+    pub body: Text,
+}
+
+pub(super) fn set_body(p: &SetBody, cx: &mut StepCx<'_>) -> Option<Step> {
+    match cx.text("body", p.body.as_deref(), p.body_expression.as_deref())? {
+        Some(body) => Some(Step::SetBody(Arc::new(SetBodyStep { body }))),
+        None => {
+            cx.problem("", "set exactly one of body and body-expression");
+            None
+        }
+    }
 }
