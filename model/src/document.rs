@@ -195,10 +195,15 @@ impl Document {
                 .places
                 .insert(key.clone(), (String::new(), String::new()));
             match parse_policy_document(doc) {
-                Ok(policies) => resources.push(Resource::GlobalPolicy(GlobalPolicy {
-                    name: GLOBAL_POLICY_NAME.to_owned(),
-                    policies,
-                })),
+                Ok(policies) => {
+                    let global = Resource::GlobalPolicy(GlobalPolicy {
+                        name: GLOBAL_POLICY_NAME.to_owned(),
+                        policies,
+                    });
+                    // Its paths already start with `policies`, the file's section.
+                    problems.extend(index.in_file("", "", check_resource(&global)));
+                    resources.push(global);
+                }
                 Err(p) => {
                     unparsed.insert(key);
                     problems.extend(index.in_file("policies", "", p));

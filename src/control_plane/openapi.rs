@@ -676,6 +676,26 @@ fn backend_url_pattern() -> String {
         .replace("WS", policy_schemas::WS_CHARS)
 }
 
+/// A backend is one URL or a pool of members, never both nor neither; the pool settings are
+/// for pools only (what `check_backend` says, as a schema). An empty `url` is no url.
+fn backend_schema(mut schema: Value) -> Value {
+    schema["oneOf"] = json!([
+        {"type": "object", "required": ["url"], "properties": {
+            "url": {"type": "string", "minLength": 1},
+            "members": {"type": "array", "maxItems": 0},
+            "load-balancing": {"type": "null"},
+            "passive-health": {"type": "null"},
+            "health-check": {"type": "null"},
+            "circuit-breaker": {"type": "null"},
+        }},
+        {"type": "object", "required": ["members"], "properties": {
+            "members": {"type": "array", "minItems": 1},
+            "url": {"type": "string", "maxLength": 0},
+        }},
+    ]);
+    schema
+}
+
 fn resource_schemas() -> Value {
     use policy_schemas::WS_CHARS;
     let name = || schema_ref("Name");
@@ -700,12 +720,12 @@ fn resource_schemas() -> Value {
             "value": {"type": "string", "default": "", "description": format!("Shown as `{SECRET_MASK}` when secret; send the mask back to keep the stored value.")},
             "secret": {"type": "boolean", "default": false},
         }), &["name"]),
-        "Backend": strict(json!({
+        "Backend": backend_schema(strict(json!({
             "name": name(),
             "url": {
                 "type": "string",
-                "description": "http(s)://host[:port][/path], no query or fragment; or any text with {{named-value}} references, checked after substitution (409 when a referenced named value is missing or the result is not such a URL).",
-                "pattern": backend_url_pattern(),
+                "description": "http(s)://host[:port][/path], no query or fragment; or any text with {{named-value}} references, checked after substitution (409 when a referenced named value is missing or the result is not such a URL). Empty or absent for a pool.",
+                "anyOf": [{"type": "string", "maxLength": 0}, {"type": "string", "pattern": backend_url_pattern()}],
             },
             "connect-timeout-ms": {"type": "integer", "minimum": 1, "maximum": 600_000, "default": 5000},
             "request-timeout-ms": {"type": "integer", "minimum": 1, "maximum": 3_600_000, "default": 30000},
@@ -719,7 +739,7 @@ fn resource_schemas() -> Value {
             "passive-health": schema_ref("PassiveHealth"),
             "health-check": schema_ref("HealthCheck"),
             "circuit-breaker": schema_ref("CircuitBreaker"),
-        }), &["name"]),
+        }), &["name"])),
         "BackendMember": strict(json!({
             "url": {"type": "string", "pattern": backend_url_pattern(),
                 "description": "As a backend's url."},

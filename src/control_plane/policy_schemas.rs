@@ -184,13 +184,73 @@ fn expression() -> Value {
     schema_ref("Expression")
 }
 
-/// The policies of a `choose` branch: those of the section the `choose` is in (checked by the
-/// server; a schema cannot say which section it is nested in).
+/// The component of `choose` in `section`: its branches hold the policies of that section
+/// (but `base` and `cors`), each with its settings, and a nested `choose` of the same section.
+fn choose_component(section: Section) -> String {
+    component_name(&format!("choose-{}", section.as_str()))
+}
+
+/// The settings schema of each policy allowed in `section` (`base` aside), by name.
+fn policy_properties(section: Section) -> (Vec<&'static str>, serde_json::Map<String, Value>) {
+    let mut properties = serde_json::Map::new();
+    let mut names = Vec::new();
+    for (name, sections) in POLICIES {
+        if *name == "base" || !sections.contains(&section) {
+            continue;
+        }
+        names.push(*name);
+        let settings_schema = if *name == "choose" {
+            schema_ref(&choose_component(section))
+        } else {
+            // A policy not described yet (the unit test below fails for it) is an object.
+            match settings(name, "") {
+                Some(_) => schema_ref(&component_name(name)),
+                None => json!({"type": "object"}),
+            }
+        };
+        properties.insert((*name).to_owned(), settings_schema);
+    }
+    (names, properties)
+}
+
+/// `choose` in `section`: branches of that section's policies.
+fn choose_in(section: Section) -> Value {
+    let (mut names, mut properties) = policy_properties(section);
+    names.retain(|n| *n != "cors");
+    properties.remove("cors");
+    let list = json!({"type": "array", "default": [], "items": {
+        "type": "object", "minProperties": 1, "maxProperties": 1,
+        "propertyNames": {"enum": names},
+        "properties": properties,
+    }});
+    closed(
+        json!({
+            "when": {"type": "array", "minItems": 1, "items": closed(
+                json!({"condition": expression(), "policies": list.clone()}),
+                &["condition"],
+            )},
+            "otherwise": list,
+        }),
+        &["when"],
+    )
+}
+
+/// The policies of a `choose` branch in any section (the section's own component, used in
+/// policy lists, says which).
 fn nested_policies() -> Value {
     json!({"type": "array", "default": [], "items": {
         "type": "object", "minProperties": 1, "maxProperties": 1,
         "propertyNames": {"enum": POLICIES.iter().map(|(n, _)| *n).filter(|n| !matches!(*n, "base" | "cors")).collect::<Vec<_>>()},
     }})
+}
+
+/// `body` and `body-expression`: at most one of the two (null is absent).
+fn at_most_one_body(mut schema: Value) -> Value {
+    schema["anyOf"] = json!([
+        {"type": "object", "properties": {"body": {"type": "null"}}},
+        {"type": "object", "properties": {"body-expression": {"type": "null"}}},
+    ]);
+    schema
 }
 
 /// Quotas: calls, bandwidth or both (null is absent).
@@ -504,7 +564,7 @@ pub fn settings(policy: &str, backend_url_pattern: &str) -> Option<Value> {
             }),
             &[],
         ),
-        "return-response" => closed(
+        "return-response" => at_most_one_body(closed(
             json!({
                 "status-code": status_default(200),
                 "headers": {"type": "array", "items": closed(
@@ -515,7 +575,7 @@ pub fn settings(policy: &str, backend_url_pattern: &str) -> Option<Value> {
                 "body-expression": nullable(expression()),
             }),
             &[],
-        ),
+        )),
         "retry" => closed(
             json!({
                 "count": int(1, 10),
@@ -625,26 +685,16 @@ pub fn components(backend_url_pattern: &str, ipv6_pattern: &str) -> Vec<(String,
             out.push((component_name(name), s));
         }
     }
+    for section in Section::ALL {
+        out.push((choose_component(section), choose_in(section)));
+    }
     out
 }
 
 /// A policy section: `base` at most once, and the policies allowed in `section`, each with
 /// its settings.
 pub fn section(section: Section) -> Value {
-    let mut properties = serde_json::Map::new();
-    let mut names = Vec::new();
-    for (name, sections) in POLICIES {
-        if *name == "base" || !sections.contains(&section) {
-            continue;
-        }
-        names.push(*name);
-        // A policy not described yet (the unit test below fails for it) is an object.
-        let settings_schema = match settings(name, "") {
-            Some(_) => schema_ref(&component_name(name)),
-            None => json!({"type": "object"}),
-        };
-        properties.insert((*name).to_owned(), settings_schema);
-    }
+    let (mut names, mut properties) = policy_properties(section);
     // `{base: null}` is the map form of `base`.
     names.push("base");
     properties.insert("base".to_owned(), json!({"type": "null"}));
