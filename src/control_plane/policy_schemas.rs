@@ -474,6 +474,21 @@ pub fn settings(policy: &str, backend_url_pattern: &str) -> Option<Value> {
             }),
             &["username", "password"],
         ),
+        "validate-headers" => closed(
+            json!({
+                "headers": {"type": "array", "minItems": 1, "items": closed(
+                    json!({
+                        "name": schema_ref("HeaderName"),
+                        "required": boolean(true),
+                        "pattern": nullable(json!({"type": "string", "description": "A regular expression (Rust regex syntax) every value must match whole; not with values."})),
+                        "values": {"type": "array", "default": [], "items": string(), "description": "The values allowed (named values substituted); not with pattern."},
+                    }),
+                    &["name"],
+                )},
+                "unspecified-header-action": one_of(&["ignore", "prevent"], "ignore"),
+            }),
+            &["headers"],
+        ),
         "rewrite-uri" => closed(
             json!({
                 "template": {"allOf": [template()], "pattern": "^/"},
@@ -716,6 +731,9 @@ mod tests {
             "set-method" => json!({"method": "POST"}),
             "set-body" => json!({"body": "{\"ok\": true}"}),
             "authentication-basic" => json!({"username": "gw", "password": "{{backend-password}}"}),
+            "validate-headers" => {
+                json!({"headers": [{"name": "X-Tenant", "pattern": "[a-z]{3,8}"}, {"name": "X-Mode", "required": false, "values": ["a", "b"]}]})
+            }
             other => panic!("no sample of '{other}': add one with its schema"),
         }
     }

@@ -26,6 +26,7 @@ mod cx;
 mod headers;
 mod limits;
 mod responses;
+mod validation;
 
 use std::sync::Arc;
 
@@ -54,6 +55,7 @@ pub use limits::{
     RateLimitThenQuotaStep,
 };
 pub use responses::{MockResponseStep, ReturnResponseStep, SetBodyStep, SetStatusStep};
+pub use validation::{Allowed, HeaderCheck, ValidateHeadersStep};
 
 /// One compiled policy. Cheap to clone: pipelines share steps across operations.
 #[derive(Debug, Clone)]
@@ -91,6 +93,7 @@ pub enum Step {
     SetMethod(Arc<SetMethodStep>),
     SetBody(Arc<SetBodyStep>),
     AuthenticationBasic(Arc<AuthenticationBasicStep>),
+    ValidateHeaders(Arc<ValidateHeadersStep>),
 }
 
 impl Step {
@@ -154,6 +157,7 @@ pub(crate) fn compile_policy(policy: &Policy, cx: &mut StepCx<'_>) -> Option<Ite
         Policy::SetMethod(p) => headers::set_method(p, cx),
         Policy::SetBody(p) => responses::set_body(p, cx),
         Policy::AuthenticationBasic(p) => headers::authentication_basic(p, cx),
+        Policy::ValidateHeaders(p) => validation::validate_headers(p, cx),
     };
     step.map(Item::Step)
 }
