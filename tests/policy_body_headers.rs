@@ -1,6 +1,7 @@
-//! `validate-headers` through a real gateway in front of the sample backend: every failing
-//! header named in one 400, patterns and value lists, `prevent` for undeclared headers, bad
-//! patterns refused at publish with their location.
+//! `validate-headers` and `find-and-replace` through a real gateway in front of the sample
+//! backend: every failing header named in one 400, patterns and value lists, `prevent` for
+//! undeclared headers, bad patterns refused at publish with their location; bodies rewritten
+//! both ways with their new length, the body limit kept.
 
 mod support;
 use support::*;
@@ -36,6 +37,14 @@ apis:
                 unspecified-header-action: prevent
                 headers:
                   - {name: X-Tenant}
+      - name: replaced
+        method: POST
+        url-template: "/replaced"
+        policies:
+          inbound:
+            - find-and-replace: {from: "secret", to: "{{mode-b}}-longer"}
+          outbound:
+            - find-and-replace: {from: "/api/replaced", to: "/x"}
 "#;
 
 fn errors(a: &Answer) -> Vec<(String, String)> {
@@ -152,5 +161,47 @@ fn bad_header_rules_are_refused_with_their_location() {
     assert!(
         problems.contains("at most one of pattern and values"),
         "{problems}"
+    );
+}
+
+#[actix_web::test]
+async fn find_and_replace_rewrites_both_bodies_with_their_new_length() {
+    let gw = gateway(CONFIG).await;
+    let a = call(
+        &gw,
+        "POST",
+        "/shop/replaced",
+        &[],
+        Some("a secret, another secret"),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    // The backend got the request body replaced, with its new length.
+    let echo: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
+    assert_eq!(echo["body"], "a beta-longer, another beta-longer");
+    assert_eq!(echo["bodyBytes"], 34);
+    // The client got the response body replaced (the echoed path), its length matching.
+    assert_eq!(echo["path"], "/x");
+    assert_eq!(
+        a.header("content-length")
+            .map(|l| l.parse::<usize>().unwrap()),
+        Some(a.body.len())
+    );
+    // A response body over the gateway's body limit (the request's is within it) is refused,
+    // not cut.
+    let gw = gateway_with(CONFIG, |s| s.limits.max_body_bytes = 100).await;
+    let a = call(
+        &gw,
+        "POST",
+        "/shop/replaced",
+        &[],
+        Some("a secret, another secret"),
+    )
+    .await;
+    assert!(a.error(502).contains("larger than the 100 bytes"));
+    let records = gw.records.lock().unwrap().clone();
+    assert_eq!(
+        records.last().unwrap().error_reason,
+        Some("ResponseBodyTooLarge")
     );
 }

@@ -654,6 +654,17 @@ pub enum UnspecifiedHeaderAction {
     Prevent,
 }
 
+/// `find-and-replace`: every occurrence of `from` in the request body (`inbound`, `backend`) or
+/// the response body (`outbound`, `on-error`) becomes `to`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct FindAndReplace {
+    /// Literal text, named values substituted; not empty.
+    pub from: String,
+    /// Literal text, named values substituted; may be empty (deletes `from`).
+    pub to: String,
+}
+
 /// One step of a policy section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -690,6 +701,7 @@ pub enum Policy {
     SetBody(SetBody),
     AuthenticationBasic(AuthenticationBasic),
     ValidateHeaders(ValidateHeaders),
+    FindAndReplace(FindAndReplace),
 }
 
 /// Every policy name with the sections it may appear in.
@@ -728,6 +740,7 @@ pub const POLICIES: &[(&str, &[Section])] = {
         ("set-body", &[Inbound, Backend, Outbound, OnError]),
         ("authentication-basic", &[Inbound]),
         ("validate-headers", &[Inbound]),
+        ("find-and-replace", &[Inbound, Backend, Outbound, OnError]),
     ]
 };
 
@@ -766,6 +779,7 @@ impl Policy {
             Policy::SetBody(_) => "set-body",
             Policy::AuthenticationBasic(_) => "authentication-basic",
             Policy::ValidateHeaders(_) => "validate-headers",
+            Policy::FindAndReplace(_) => "find-and-replace",
         }
     }
 
@@ -825,6 +839,10 @@ impl Policy {
                 out.extend(p.openid_config_url.as_deref());
             }
             Policy::CheckHeader(p) => out.extend(p.values.iter().map(String::as_str)),
+            Policy::FindAndReplace(p) => {
+                out.push(&p.from);
+                out.push(&p.to);
+            }
             // Patterns are taken literally (`{3}` is a regex repetition, not a template).
             Policy::ValidateHeaders(p) => out.extend(
                 p.headers
@@ -975,7 +993,7 @@ mod tests {
     #[test]
     fn every_variant_has_a_section_entry() {
         let names: Vec<&str> = POLICIES.iter().map(|(n, _)| *n).collect();
-        assert_eq!(names.len(), 32);
+        assert_eq!(names.len(), 33);
         for n in names {
             assert!(Policy::allowed_sections(n).is_some());
         }

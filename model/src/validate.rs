@@ -1023,6 +1023,11 @@ fn check_policy(p: &mut Problems, at: &str, policy: &Policy) {
                 p.push(field("username"), "a Basic user name cannot contain ':'");
             }
         }
+        Policy::FindAndReplace(f) => {
+            if f.from.is_empty() {
+                p.push(field("from"), "the text to find cannot be empty");
+            }
+        }
         Policy::ValidateHeaders(v) => {
             if v.headers.is_empty() {
                 p.push(field("headers"), "at least one header");

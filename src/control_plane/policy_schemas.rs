@@ -474,6 +474,13 @@ pub fn settings(policy: &str, backend_url_pattern: &str) -> Option<Value> {
             }),
             &["username", "password"],
         ),
+        "find-and-replace" => closed(
+            json!({
+                "from": {"type": "string", "minLength": 1, "description": "Literal text to find; named values substituted."},
+                "to": {"type": "string", "description": "Literal replacement; named values substituted; may be empty."},
+            }),
+            &["from", "to"],
+        ),
         "validate-headers" => closed(
             json!({
                 "headers": {"type": "array", "minItems": 1, "items": closed(
@@ -731,6 +738,7 @@ mod tests {
             "set-method" => json!({"method": "POST"}),
             "set-body" => json!({"body": "{\"ok\": true}"}),
             "authentication-basic" => json!({"username": "gw", "password": "{{backend-password}}"}),
+            "find-and-replace" => json!({"from": "internal.example", "to": "api.example.com"}),
             "validate-headers" => {
                 json!({"headers": [{"name": "X-Tenant", "pattern": "[a-z]{3,8}"}, {"name": "X-Mode", "required": false, "values": ["a", "b"]}]})
             }

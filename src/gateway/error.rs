@@ -213,6 +213,29 @@ impl GatewayError {
     }
 
     /// An `Upgrade` the gateway does not proxy (only `websocket` is).
+    /// A response body a policy had to read whole (`find-and-replace`) is larger than the
+    /// body limit.
+    pub fn response_too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::BAD_GATEWAY,
+            ErrorSource::Backend,
+            "ResponseBodyTooLarge",
+            format!(
+                "The backend's response body is larger than the {limit} bytes a policy may read whole."
+            ),
+        )
+    }
+
+    /// The backend's response body broke off while a policy read it.
+    pub fn response_body_broken(e: &dyn std::fmt::Display) -> Self {
+        Self::new(
+            StatusCode::BAD_GATEWAY,
+            ErrorSource::Backend,
+            "BackendResponseBroken",
+            format!("The backend's response body broke off: {e}"),
+        )
+    }
+
     pub fn upgrade_not_supported(token: &str) -> Self {
         Self::new(
             StatusCode::BAD_REQUEST,

@@ -183,5 +183,6 @@ pub async fn run_step(
         Step::SetBody(s) => responses::set_body(s, phase, ex),
         Step::AuthenticationBasic(s) => headers::authentication_basic(s, ex),
         Step::ValidateHeaders(s) => validation::validate_headers(s, ex),
+        Step::FindAndReplace(s) => responses::find_and_replace(s, phase, ex, rt).await,
     }
 }

@@ -54,7 +54,9 @@ pub use limits::{
     LimitConcurrencyStep, QuotaStep, RateLimitByKeyStep, RateLimitOf, RateLimitStep,
     RateLimitThenQuotaStep,
 };
-pub use responses::{MockResponseStep, ReturnResponseStep, SetBodyStep, SetStatusStep};
+pub use responses::{
+    FindAndReplaceStep, MockResponseStep, ReturnResponseStep, SetBodyStep, SetStatusStep,
+};
 pub use validation::{Allowed, HeaderCheck, ValidateHeadersStep};
 
 /// One compiled policy. Cheap to clone: pipelines share steps across operations.
@@ -94,6 +96,7 @@ pub enum Step {
     SetBody(Arc<SetBodyStep>),
     AuthenticationBasic(Arc<AuthenticationBasicStep>),
     ValidateHeaders(Arc<ValidateHeadersStep>),
+    FindAndReplace(Arc<FindAndReplaceStep>),
 }
 
 impl Step {
@@ -158,6 +161,7 @@ pub(crate) fn compile_policy(policy: &Policy, cx: &mut StepCx<'_>) -> Option<Ite
         Policy::SetBody(p) => responses::set_body(p, cx),
         Policy::AuthenticationBasic(p) => headers::authentication_basic(p, cx),
         Policy::ValidateHeaders(p) => validation::validate_headers(p, cx),
+        Policy::FindAndReplace(p) => responses::find_and_replace(p, cx),
     };
     step.map(Item::Step)
 }
