@@ -618,6 +618,53 @@ pub struct AuthenticationBasic {
     pub password: String,
 }
 
+/// `validate-headers`: the request headers the operation expects (`inbound`). Every failing
+/// header is named in one 400 answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ValidateHeaders {
+    pub headers: Vec<HeaderRule>,
+    /// What to do with a request header not in `headers` (protocol headers excepted).
+    #[serde(default)]
+    pub unspecified_header_action: UnspecifiedHeaderAction,
+}
+
+/// One declared header of `validate-headers`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct HeaderRule {
+    pub name: String,
+    /// Refuse a request without it.
+    #[serde(default = "yes")]
+    pub required: bool,
+    /// A regular expression every value must match whole …
+    #[serde(default)]
+    pub pattern: Option<String>,
+    /// … or the values allowed (at most one of the two).
+    #[serde(default)]
+    pub values: Vec<String>,
+}
+
+/// `unspecified-header-action` of `validate-headers`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UnspecifiedHeaderAction {
+    #[default]
+    Ignore,
+    Prevent,
+}
+
+/// `find-and-replace`: every occurrence of `from` in the request body (`inbound`, `backend`) or
+/// the response body (`outbound`, `on-error`) becomes `to`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct FindAndReplace {
+    /// Literal text, named values substituted; not empty.
+    pub from: String,
+    /// Literal text, named values substituted; may be empty (deletes `from`).
+    pub to: String,
+}
+
 /// One step of a policy section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -653,6 +700,8 @@ pub enum Policy {
     SetMethod(SetMethod),
     SetBody(SetBody),
     AuthenticationBasic(AuthenticationBasic),
+    ValidateHeaders(ValidateHeaders),
+    FindAndReplace(FindAndReplace),
 }
 
 /// Every policy name with the sections it may appear in.
@@ -690,6 +739,8 @@ pub const POLICIES: &[(&str, &[Section])] = {
         ("set-method", &[Inbound]),
         ("set-body", &[Inbound, Backend, Outbound, OnError]),
         ("authentication-basic", &[Inbound]),
+        ("validate-headers", &[Inbound]),
+        ("find-and-replace", &[Inbound, Backend, Outbound, OnError]),
     ]
 };
 
@@ -727,6 +778,8 @@ impl Policy {
             Policy::SetMethod(_) => "set-method",
             Policy::SetBody(_) => "set-body",
             Policy::AuthenticationBasic(_) => "authentication-basic",
+            Policy::ValidateHeaders(_) => "validate-headers",
+            Policy::FindAndReplace(_) => "find-and-replace",
         }
     }
 
@@ -786,6 +839,16 @@ impl Policy {
                 out.extend(p.openid_config_url.as_deref());
             }
             Policy::CheckHeader(p) => out.extend(p.values.iter().map(String::as_str)),
+            Policy::FindAndReplace(p) => {
+                out.push(&p.from);
+                out.push(&p.to);
+            }
+            // Patterns are taken literally (`{3}` is a regex repetition, not a template).
+            Policy::ValidateHeaders(p) => out.extend(
+                p.headers
+                    .iter()
+                    .flat_map(|h| h.values.iter().map(String::as_str)),
+            ),
             Policy::SetHeader(p) => {
                 out.extend(p.value.as_deref());
                 out.extend(p.value_expression.as_deref());
@@ -930,7 +993,7 @@ mod tests {
     #[test]
     fn every_variant_has_a_section_entry() {
         let names: Vec<&str> = POLICIES.iter().map(|(n, _)| *n).collect();
-        assert_eq!(names.len(), 31);
+        assert_eq!(names.len(), 33);
         for n in names {
             assert!(Policy::allowed_sections(n).is_some());
         }

@@ -1023,6 +1023,30 @@ fn check_policy(p: &mut Problems, at: &str, policy: &Policy) {
                 p.push(field("username"), "a Basic user name cannot contain ':'");
             }
         }
+        Policy::FindAndReplace(f) => {
+            if f.from.is_empty() {
+                p.push(field("from"), "the text to find cannot be empty");
+            }
+        }
+        Policy::ValidateHeaders(v) => {
+            if v.headers.is_empty() {
+                p.push(field("headers"), "at least one header");
+            }
+            let mut seen = std::collections::HashSet::new();
+            for (i, h) in v.headers.iter().enumerate() {
+                let at = field(&format!("headers[{i}]"));
+                check_header_name(p, &format!("{at}.name"), &h.name);
+                if !seen.insert(h.name.to_ascii_lowercase()) {
+                    p.push(
+                        format!("{at}.name"),
+                        format!("'{}' is declared twice", h.name),
+                    );
+                }
+                if h.pattern.is_some() && !h.values.is_empty() {
+                    p.push(at, "set at most one of pattern and values");
+                }
+            }
+        }
         Policy::RewriteUri(r) => {
             if !r.template.starts_with('/') {
                 p.push(field("template"), "must start with '/'");

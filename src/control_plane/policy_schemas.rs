@@ -534,6 +534,28 @@ pub fn settings(policy: &str, backend_url_pattern: &str) -> Option<Value> {
             }),
             &["username", "password"],
         ),
+        "find-and-replace" => closed(
+            json!({
+                "from": {"type": "string", "minLength": 1, "description": "Literal text to find; named values substituted."},
+                "to": {"type": "string", "description": "Literal replacement; named values substituted; may be empty."},
+            }),
+            &["from", "to"],
+        ),
+        "validate-headers" => closed(
+            json!({
+                "headers": {"type": "array", "minItems": 1, "items": closed(
+                    json!({
+                        "name": schema_ref("HeaderName"),
+                        "required": boolean(true),
+                        "pattern": nullable(json!({"type": "string", "description": "A regular expression (Rust regex syntax) every value must match whole; not with values."})),
+                        "values": {"type": "array", "default": [], "items": string(), "description": "The values allowed (named values substituted); not with pattern."},
+                    }),
+                    &["name"],
+                )},
+                "unspecified-header-action": one_of(&["ignore", "prevent"], "ignore"),
+            }),
+            &["headers"],
+        ),
         "rewrite-uri" => closed(
             json!({
                 "template": {"allOf": [template()], "pattern": "^/"},
@@ -766,6 +788,10 @@ mod tests {
             "set-method" => json!({"method": "POST"}),
             "set-body" => json!({"body": "{\"ok\": true}"}),
             "authentication-basic" => json!({"username": "gw", "password": "{{backend-password}}"}),
+            "find-and-replace" => json!({"from": "internal.example", "to": "api.example.com"}),
+            "validate-headers" => {
+                json!({"headers": [{"name": "X-Tenant", "pattern": "[a-z]{3,8}"}, {"name": "X-Mode", "required": false, "values": ["a", "b"]}]})
+            }
             other => panic!("no sample of '{other}': add one with its schema"),
         }
     }

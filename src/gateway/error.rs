@@ -56,6 +56,10 @@ pub struct GatewayError {
     /// The backend never got the request (no connection could be made): safe to send to
     /// another pool member whatever the method.
     pub unsent: bool,
+    /// Each problem found, when there can be several (`validate-headers`): the body's
+    /// `errors`, as `{"name": …, "problem": …}`.
+    /// Boxed: the error travels in every `Result` of the pipeline and is rarely this.
+    pub errors: Option<Box<Vec<(String, String)>>>,
 }
 
 impl GatewayError {
@@ -74,6 +78,7 @@ impl GatewayError {
             header: None,
             connection: false,
             unsent: false,
+            errors: None,
         }
     }
 
@@ -208,6 +213,29 @@ impl GatewayError {
     }
 
     /// An `Upgrade` the gateway does not proxy (only `websocket` is).
+    /// A response body a policy had to read whole (`find-and-replace`) is larger than the
+    /// body limit.
+    pub fn response_too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::BAD_GATEWAY,
+            ErrorSource::Backend,
+            "ResponseBodyTooLarge",
+            format!(
+                "The backend's response body is larger than the {limit} bytes a policy may read whole."
+            ),
+        )
+    }
+
+    /// The backend's response body broke off while a policy read it.
+    pub fn response_body_broken(e: &dyn std::fmt::Display) -> Self {
+        Self::new(
+            StatusCode::BAD_GATEWAY,
+            ErrorSource::Backend,
+            "BackendResponseBroken",
+            format!("The backend's response body broke off: {e}"),
+        )
+    }
+
     pub fn upgrade_not_supported(token: &str) -> Self {
         Self::new(
             StatusCode::BAD_REQUEST,
@@ -377,6 +405,19 @@ impl GatewayError {
         )
     }
 
+    /// `validate-headers` refused the request: every failing header, by name, with why.
+    pub fn headers_invalid(errors: Vec<(String, String)>) -> Self {
+        let names: Vec<&str> = errors.iter().map(|(n, _)| n.as_str()).collect();
+        let mut err = Self::new(
+            StatusCode::BAD_REQUEST,
+            ErrorSource::Policy,
+            "HeadersInvalid",
+            format!("The request's headers are not valid: {}.", names.join(", ")),
+        );
+        err.errors = Some(Box::new(errors));
+        err
+    }
+
     /// A policy refused the request with the status and message it is configured with.
     pub fn policy(
         status: u16,
@@ -417,13 +458,19 @@ impl GatewayError {
         err
     }
 
-    /// `{"statusCode": …, "message": …}`.
+    /// `{"statusCode": …, "message": …}`, and `errors` when there are several.
     pub fn json_body(&self) -> String {
-        serde_json::json!({
+        let mut body = serde_json::json!({
             "statusCode": self.status.as_u16(),
             "message": self.message,
-        })
-        .to_string()
+        });
+        if let Some(errors) = &self.errors {
+            body["errors"] = errors
+                .iter()
+                .map(|(name, problem)| serde_json::json!({"name": name, "problem": problem}))
+                .collect();
+        }
+        body.to_string()
     }
 
     /// The client-facing answer.

@@ -30,6 +30,7 @@ mod expr;
 mod headers;
 mod limits;
 mod responses;
+mod validation;
 
 use outpost_actors::route_table::steps::Step;
 use outpost_actors::route_table::table::Pipeline;
@@ -181,5 +182,7 @@ pub async fn run_step(
         Step::SetMethod(s) => headers::set_method(s, ex),
         Step::SetBody(s) => responses::set_body(s, phase, ex),
         Step::AuthenticationBasic(s) => headers::authentication_basic(s, ex),
+        Step::ValidateHeaders(s) => validation::validate_headers(s, ex),
+        Step::FindAndReplace(s) => responses::find_and_replace(s, phase, ex, rt).await,
     }
 }

@@ -26,6 +26,7 @@ mod cx;
 mod headers;
 mod limits;
 mod responses;
+mod validation;
 
 use std::sync::Arc;
 
@@ -53,7 +54,10 @@ pub use limits::{
     LimitConcurrencyStep, QuotaStep, RateLimitByKeyStep, RateLimitOf, RateLimitStep,
     RateLimitThenQuotaStep,
 };
-pub use responses::{MockResponseStep, ReturnResponseStep, SetBodyStep, SetStatusStep};
+pub use responses::{
+    FindAndReplaceStep, MockResponseStep, ReturnResponseStep, SetBodyStep, SetStatusStep,
+};
+pub use validation::{Allowed, HeaderCheck, ValidateHeadersStep};
 
 /// One compiled policy. Cheap to clone: pipelines share steps across operations.
 #[derive(Debug, Clone)]
@@ -91,6 +95,8 @@ pub enum Step {
     SetMethod(Arc<SetMethodStep>),
     SetBody(Arc<SetBodyStep>),
     AuthenticationBasic(Arc<AuthenticationBasicStep>),
+    ValidateHeaders(Arc<ValidateHeadersStep>),
+    FindAndReplace(Arc<FindAndReplaceStep>),
 }
 
 impl Step {
@@ -154,6 +160,8 @@ pub(crate) fn compile_policy(policy: &Policy, cx: &mut StepCx<'_>) -> Option<Ite
         Policy::SetMethod(p) => headers::set_method(p, cx),
         Policy::SetBody(p) => responses::set_body(p, cx),
         Policy::AuthenticationBasic(p) => headers::authentication_basic(p, cx),
+        Policy::ValidateHeaders(p) => validation::validate_headers(p, cx),
+        Policy::FindAndReplace(p) => responses::find_and_replace(p, cx),
     };
     step.map(Item::Step)
 }

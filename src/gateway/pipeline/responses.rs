@@ -4,11 +4,11 @@
 use actix_web::http::StatusCode;
 use actix_web::http::header::HeaderValue;
 use outpost_actors::route_table::steps::{
-    MockResponseStep, ReturnResponseStep, SetBodyStep, SetStatusStep,
+    FindAndReplaceStep, MockResponseStep, ReturnResponseStep, SetBodyStep, SetStatusStep,
 };
 
 use crate::gateway::error::GatewayError;
-use crate::gateway::exchange::{Exchange, Flow, Phase, RequestBody, Response};
+use crate::gateway::exchange::{Exchange, Flow, Phase, RequestBody, Response, Runtime};
 
 fn status(code: u16) -> StatusCode {
     StatusCode::from_u16(code).unwrap_or(StatusCode::OK)
@@ -95,5 +95,59 @@ pub(super) fn set_body(
     for name in [CONTENT_LENGTH, CONTENT_ENCODING, TRANSFER_ENCODING] {
         headers.remove(name);
     }
+    Ok(Flow::Continue)
+}
+
+/// `find-and-replace`: the body is read whole, within the gateway's body limit
+/// (`[limits] max_body_bytes`), replaced, and sent with its new length. An encoded body
+/// (`Content-Encoding` other than `identity`) is left alone: its bytes are not the text.
+pub(super) async fn find_and_replace(
+    s: &FindAndReplaceStep,
+    phase: Phase,
+    ex: &mut Exchange,
+    rt: &Runtime,
+) -> Result<Flow, GatewayError> {
+    use actix_web::http::header::{CONTENT_ENCODING, CONTENT_LENGTH, TRANSFER_ENCODING};
+    let encoded = |h: &actix_web::http::header::HeaderMap| {
+        h.get(CONTENT_ENCODING)
+            .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
+    };
+    let max = rt.max_body_bytes;
+    let headers = match phase {
+        Phase::Inbound | Phase::Backend => {
+            if encoded(&ex.request_headers) {
+                return Ok(Flow::Continue);
+            }
+            let body = std::mem::replace(&mut ex.body, RequestBody::Taken);
+            let Some(bytes) = body.read_whole(max).await? else {
+                ex.body = RequestBody::None;
+                return Ok(Flow::Continue);
+            };
+            ex.body = RequestBody::Buffered(match s.apply(&bytes) {
+                Some(new) => bytes::Bytes::from(new),
+                None => bytes,
+            });
+            &mut ex.request_headers
+        }
+        Phase::Outbound | Phase::OnError => match &mut ex.response {
+            Some(res) if !encoded(&res.headers) => {
+                let body = std::mem::replace(&mut res.body, actix_web::body::BoxBody::new(()));
+                let bytes = match actix_web::body::to_bytes_limited(body, max).await {
+                    Ok(Ok(b)) => b,
+                    Ok(Err(e)) => return Err(GatewayError::response_body_broken(&e)),
+                    Err(_) => return Err(GatewayError::response_too_large(max)),
+                };
+                res.body = actix_web::body::BoxBody::new(match s.apply(&bytes) {
+                    Some(new) => bytes::Bytes::from(new),
+                    None => bytes,
+                });
+                &mut res.headers
+            }
+            _ => return Ok(Flow::Continue),
+        },
+    };
+    // The body now goes with its own length.
+    headers.remove(CONTENT_LENGTH);
+    headers.remove(TRANSFER_ENCODING);
     Ok(Flow::Continue)
 }

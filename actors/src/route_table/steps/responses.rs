@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use awc::http::header::{HeaderName, HeaderValue};
-use outpost_model::policy::{MockResponse, ReturnResponse, SetBody, SetStatus};
+use outpost_model::policy::{FindAndReplace, MockResponse, ReturnResponse, SetBody, SetStatus};
 use outpost_model::template::Template;
 
 use super::Step;
@@ -115,5 +115,65 @@ pub(super) fn set_body(p: &SetBody, cx: &mut StepCx<'_>) -> Option<Step> {
             cx.problem("", "set exactly one of body and body-expression");
             None
         }
+    }
+}
+
+/// `find-and-replace`: the searcher for `from` is built once per snapshot.
+#[derive(Debug)]
+pub struct FindAndReplaceStep {
+    pub from: memchr::memmem::Finder<'static>,
+    pub to: bytes::Bytes,
+}
+
+impl FindAndReplaceStep {
+    /// `body` with every non-overlapping occurrence of `from` (left to right) replaced; `None`
+    /// when there is none, so the body is left as it was.
+    pub fn apply(&self, body: &[u8]) -> Option<Vec<u8>> {
+        let mut found = self.from.find_iter(body).peekable();
+        found.peek()?;
+        let len = self.from.needle().len();
+        let mut out = Vec::with_capacity(body.len());
+        let mut last = 0;
+        for at in found {
+            out.extend_from_slice(&body[last..at]);
+            out.extend_from_slice(&self.to);
+            last = at + len;
+        }
+        out.extend_from_slice(&body[last..]);
+        Some(out)
+    }
+}
+
+pub(super) fn find_and_replace(p: &FindAndReplace, cx: &mut StepCx<'_>) -> Option<Step> {
+    let from = cx.plain("from", &p.from);
+    let to = cx.plain("to", &p.to)?;
+    let from = from?;
+    if from.is_empty() {
+        cx.problem("from", "the text to find cannot be empty");
+        return None;
+    }
+    Some(Step::FindAndReplace(Arc::new(FindAndReplaceStep {
+        from: memchr::memmem::Finder::new(from.as_bytes()).into_owned(),
+        to: bytes::Bytes::from(to),
+    })))
+}
+
+#[cfg(test)]
+mod find_and_replace_tests {
+    use super::*;
+
+    fn step(from: &str, to: &str) -> FindAndReplaceStep {
+        FindAndReplaceStep {
+            from: memchr::memmem::Finder::new(from.as_bytes()).into_owned(),
+            to: bytes::Bytes::from(to.to_owned()),
+        }
+    }
+
+    #[test]
+    fn every_occurrence_is_replaced_left_to_right_without_overlap() {
+        let s = step("aa", "b");
+        assert_eq!(s.apply(b"aaaxaa").unwrap(), b"baxb");
+        assert_eq!(step("x", "").apply(b"xyx").unwrap(), b"y");
+        assert_eq!(s.apply(b"abc"), None);
     }
 }
