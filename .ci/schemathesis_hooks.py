@@ -55,11 +55,6 @@ def _breaks_a_rule(value):
     primary = value.get("primary-key")
     if isinstance(primary, str) and primary and primary == value.get("secondary-key"):
         return True
-    # `check_pool`: a passive-health backoff grows from ejection-ms up to max-ejection-ms.
-    if "max-ejection-ms" in value or "ejection-ms" in value:
-        first, most = value.get("ejection-ms", 10_000), value.get("max-ejection-ms", 300_000)
-        if isinstance(first, (int, float)) and isinstance(most, (int, float)) and most < first:
-            return True
     operations = value.get("operations")
     if isinstance(operations, list) and _operations_clash(operations):
         return True

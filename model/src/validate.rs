@@ -444,10 +444,12 @@ fn check_pool(p: &mut Problems, b: &Backend) {
                 "must be between 1 and 3600000",
             );
         }
-        if h.max_ejection_ms < h.ejection_ms || h.max_ejection_ms > 86_400_000 {
+        // Below ejection-ms it means "no doubling" (the rule reads the larger of the two), so
+        // the two fields need not be compared.
+        if !(1..=86_400_000).contains(&h.max_ejection_ms) {
             p.push(
                 "passive-health.max-ejection-ms",
-                "must be at least ejection-ms and at most 86400000",
+                "must be between 1 and 86400000",
             );
         }
         for (i, status) in h.failure_statuses.iter().enumerate() {

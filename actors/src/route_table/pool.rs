@@ -88,7 +88,8 @@ impl PassiveRule {
         Self {
             consecutive_failures: h.consecutive_failures,
             ejection: Duration::from_millis(h.ejection_ms),
-            max_ejection: Duration::from_millis(h.max_ejection_ms),
+            // A cap below the first ejection time means the time never grows.
+            max_ejection: Duration::from_millis(h.max_ejection_ms.max(h.ejection_ms)),
             failure_statuses: h.failure_statuses.clone().into(),
         }
     }
