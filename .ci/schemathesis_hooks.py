@@ -55,6 +55,13 @@ def _breaks_a_rule(value):
     primary = value.get("primary-key")
     if isinstance(primary, str) and primary and primary == value.get("secondary-key"):
         return True
+    # `check_pool`: a pool lists each member URL once (a trailing `/` aside); JSON Schema's
+    # uniqueItems compares whole members, weights included.
+    members = value.get("members")
+    if isinstance(members, list):
+        urls = [m.get("url").rstrip("/") for m in members if isinstance(m, dict) and isinstance(m.get("url"), str)]
+        if len(urls) != len(set(urls)):
+            return True
     operations = value.get("operations")
     if isinstance(operations, list) and _operations_clash(operations):
         return True

@@ -732,7 +732,7 @@ fn resource_schemas() -> Value {
             "tls": schema_ref("BackendTls"),
             "protocol": {"type": "string", "enum": ["auto", "http1", "h2"], "default": "auto",
                 "description": "auto: HTTP/2 when an https backend picks it by ALPN, else HTTP/1.1; http1: HTTP/1.1 only; h2: HTTP/2 only (h2c with prior knowledge on http://), as gRPC backends need."},
-            "members": {"type": "array", "maxItems": outpost_model::validate::MAX_POOL_MEMBERS, "items": schema_ref("BackendMember"),
+            "members": {"type": "array", "maxItems": outpost_model::validate::MAX_POOL_MEMBERS, "uniqueItems": true, "items": schema_ref("BackendMember"),
                 "description": "A pool: set either url or members. The pool settings below apply to pools only."},
             "load-balancing": {"type": ["string", "null"], "enum": ["round-robin", "least-request", null],
                 "description": "round-robin (smooth, weighted; the default) or least-request (power of two choices, drawn by weight, over requests in flight)."},
