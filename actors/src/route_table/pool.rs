@@ -111,7 +111,8 @@ impl HealthCheckRule {
         Self {
             path: c.path.clone(),
             interval: Duration::from_millis(c.interval_ms),
-            timeout: Duration::from_millis(c.timeout_ms),
+            // A check never outlives the next one.
+            timeout: Duration::from_millis(c.timeout_ms.min(c.interval_ms)),
             healthy_threshold: c.healthy_threshold,
             unhealthy_threshold: c.unhealthy_threshold,
         }
