@@ -236,7 +236,7 @@ backends:
       - {url: "http://b/"}
       - {url: "http://{{missing}}"}
     passive-health: {ejection-ms: 0, failure-statuses: [700]}
-    health-check: {path: h, interval-ms: 50, timeout-ms: 100, healthy-threshold: 0}
+    health-check: {path: h, interval-ms: 50, timeout-ms: 0, healthy-threshold: 0}
     circuit-breaker: {error-rate-percent: 101, min-requests: 0}
 "#;
     let problems = problems_of(c.apply(bad, false).unwrap_err());
