@@ -435,9 +435,8 @@ where
     (status, bytes)
 }
 
-#[actix_rt::test]
-async fn h2c_with_prior_knowledge_keeps_the_limits() {
-    let config = r#"
+/// One open API proxying everything under `/orders` to the sample backend's `/api`.
+const OPEN_ORDERS: &str = r#"
 apiVersion: outpost/v1
 backends:
   - {name: main, url: "BACKEND/api"}
@@ -449,7 +448,10 @@ apis:
     operations:
       - {name: any, method: "*", url-template: "/{*rest}"}
 "#;
-    let gw = support::gateway_with(config, |s| {
+
+#[actix_rt::test]
+async fn h2c_with_prior_knowledge_keeps_the_limits() {
+    let gw = support::gateway_with(OPEN_ORDERS, |s| {
         s.listen.h2c = true;
         s.limits.max_body_bytes = 1024;
     })
@@ -485,19 +487,7 @@ apis:
 
 #[actix_rt::test]
 async fn http2_stream_and_window_limits_come_from_the_settings() {
-    let config = r#"
-apiVersion: outpost/v1
-backends:
-  - {name: main, url: "BACKEND/api"}
-apis:
-  - name: orders
-    path: orders
-    backend: main
-    subscription-required: false
-    operations:
-      - {name: any, method: "*", url-template: "/{*rest}"}
-"#;
-    let gw = support::gateway_with(config, |s| {
+    let gw = support::gateway_with(OPEN_ORDERS, |s| {
         s.listen.h2c = true;
         s.http2.max_concurrent_streams = 7;
         s.http2.stream_window_bytes = 100_000;
