@@ -614,7 +614,7 @@ pub fn settings(policy: &str, backend_url_pattern: &str) -> Option<Value> {
                     "level": one_of(&["debug", "info", "warn", "error"], "info"),
                     "dimensions": {
                         "type": "object",
-                        "propertyNames": {"minLength": 1, "pattern": non_blank_pattern()},
+                        "propertyNames": {"type": "string", "minLength": 1, "pattern": non_blank_pattern()},
                         "additionalProperties": dimension(),
                         "default": {},
                     },
@@ -634,7 +634,7 @@ pub fn settings(policy: &str, backend_url_pattern: &str) -> Option<Value> {
                 "dimensions": {
                     "type": "object",
                     "maxProperties": outpost_model::policy::MAX_METRIC_DIMENSIONS,
-                    "propertyNames": {"pattern": METRIC_NAME, "not": {"const": "api"}},
+                    "propertyNames": {"type": "string", "pattern": METRIC_NAME, "not": {"const": "api"}},
                     "additionalProperties": dimension(),
                     "default": {},
                 },
@@ -651,7 +651,7 @@ pub fn settings(policy: &str, backend_url_pattern: &str) -> Option<Value> {
                     "content": {
                         "type": "object",
                         "minProperties": 1,
-                        "propertyNames": {"pattern": MEDIA_TYPE},
+                        "propertyNames": {"type": "string", "pattern": MEDIA_TYPE},
                         "additionalProperties": closed(
                             json!({
                                 "schema": {"type": ["object", "boolean"], "description": "A JSON Schema (draft 4 to 2020-12, by its $schema; 2020-12 without one), inline; no external $ref. Its JSON text is accepted too."},
@@ -683,7 +683,7 @@ pub fn settings(policy: &str, backend_url_pattern: &str) -> Option<Value> {
                 json!({"properties": {"minimum": {"type": "null"}, "maximum": {"type": "null"}}});
             let parameters = json!({
                 "type": "object",
-                "propertyNames": {"minLength": 1},
+                "propertyNames": {"type": "string", "minLength": 1},
                 "additionalProperties": parameter,
                 "default": {},
             });
