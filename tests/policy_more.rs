@@ -734,3 +734,25 @@ fn bad_settings_are_refused_at_publish_with_their_location() {
         );
     }
 }
+
+/// A policy holding a JSON Schema crosses the gateway link (bincode, which cannot carry a
+/// self-describing value) and the JSON API unchanged, nulls inside the schema included.
+#[test]
+fn json_schemas_cross_the_gateway_link_as_text() {
+    use outpost_model::policy::Policy;
+    let p: Policy = serde_json::from_value(serde_json::json!({"validate-content": {
+        "content": {"application/json": {"schema": {"type": "object", "properties": {"a": {"const": null}}}}}
+    }}))
+    .unwrap();
+    let config = bincode::config::standard();
+    let bytes = bincode::serde::encode_to_vec(&p, config).unwrap();
+    let (back, _): (Policy, usize) = bincode::serde::decode_from_slice(&bytes, config).unwrap();
+    assert_eq!(back, p);
+    let json = serde_json::to_value(&p).unwrap();
+    assert_eq!(
+        json["validate-content"]["content"]["application/json"]["schema"],
+        r#"{"properties":{"a":{"const":null}},"type":"object"}"#
+    );
+    let again: Policy = serde_json::from_value(json).unwrap();
+    assert_eq!(again, p);
+}
