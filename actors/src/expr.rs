@@ -70,14 +70,17 @@ pub const REQUEST_FIELDS: [&str; 9] = [
 /// Fields of `response`.
 pub const RESPONSE_FIELDS: [&str; 2] = ["status", "headers"];
 /// Fields of `context`.
-pub const CONTEXT_FIELDS: [&str; 6] = [
+pub const CONTEXT_FIELDS: [&str; 7] = [
     "api",
     "operation",
     "product",
     "subscription",
     "gateway",
     "variables",
+    "responses",
 ];
+/// Fields of each answer in `context.responses` (`send-request`).
+pub const CALL_RESPONSE_FIELDS: [&str; 5] = ["status", "headers", "body", "json", "error"];
 /// Fields of `request.certificate`.
 pub const CERTIFICATE_FIELDS: [&str; 6] = [
     "subject",
@@ -213,6 +216,8 @@ fn bit(fields: &[&str], field: &str) -> Option<u16> {
 pub struct Expression {
     tree: IdedExpr,
     needs: Needs,
+    /// The result's type when the compiler can tell it.
+    gives: Ty,
 }
 
 /// The inputs of one evaluation, built by the gateway for [`Expression::needs`]; a root the
@@ -267,6 +272,34 @@ impl Expression {
 
     pub fn needs(&self) -> &Needs {
         &self.needs
+    }
+
+    /// The type of the result (`a string`, `a bool`, …) when it is known at compile time;
+    /// `None` when it depends on the request (`jwt` claims, a map's value of unknown type).
+    pub fn gives(&self) -> Option<&'static str> {
+        (self.gives != Ty::Dyn).then(|| self.gives.name())
+    }
+
+    /// Refuses, at compile time, a result that can never be a bool (a `choose` condition).
+    pub fn expect_bool(&self) -> Result<(), String> {
+        match &self.gives {
+            Ty::Bool | Ty::Dyn => Ok(()),
+            other => Err(format!(
+                "a condition must give a bool; this expression gives {}",
+                other.name()
+            )),
+        }
+    }
+
+    /// Refuses, at compile time, a result that can never become text (a list, a map).
+    pub fn expect_text(&self) -> Result<(), String> {
+        match self.gives {
+            Ty::List | Ty::Map(_) | Ty::Type => Err(format!(
+                "a value must give a string, number or bool; this expression gives {}",
+                self.gives.name()
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Evaluates with the iteration budget and the panic guard.
@@ -407,6 +440,11 @@ fn compile_here(source: &str, place: Place) -> Result<Expression, String> {
             check.nodes
         ));
     }
+    let gives = if check.errors.is_empty() {
+        check.infer(&tree)
+    } else {
+        Ty::Dyn
+    };
     if !check.errors.is_empty() {
         check.errors.dedup();
         return Err(check.errors.join("; "));
@@ -414,7 +452,107 @@ fn compile_here(source: &str, place: Place) -> Result<Expression, String> {
     Ok(Expression {
         tree,
         needs: check.needs,
+        gives,
     })
+}
+
+/// What the compiler knows of a value's type: enough to refuse what can never work
+/// (`request.method + 1`, `!request.path`, a condition that gives a string), never a guess.
+/// `Dyn` is unknown (a claim, a comprehension's variable) and passes everywhere.
+#[derive(Debug, Clone, PartialEq)]
+enum Ty {
+    Bool,
+    Int,
+    UInt,
+    Double,
+    String,
+    Bytes,
+    Null,
+    List,
+    /// A map, with the type of its values.
+    Map(Box<Ty>),
+    Type,
+    Dyn,
+}
+
+impl Ty {
+    fn name(&self) -> &'static str {
+        match self {
+            Ty::Bool => "a bool",
+            Ty::Int => "an int",
+            Ty::UInt => "a uint",
+            Ty::Double => "a double",
+            Ty::String => "a string",
+            Ty::Bytes => "bytes",
+            Ty::Null => "null",
+            Ty::List => "a list",
+            Ty::Map(_) => "a map",
+            Ty::Type => "a type",
+            Ty::Dyn => "a value",
+        }
+    }
+
+    fn numeric(&self) -> bool {
+        matches!(self, Ty::Int | Ty::UInt | Ty::Double)
+    }
+
+    /// Known, and not a number.
+    fn not_numeric(&self) -> bool {
+        !self.numeric() && *self != Ty::Dyn
+    }
+
+    fn text_map() -> Ty {
+        Ty::Map(Box::new(Ty::String))
+    }
+
+    /// Values of two types that can never be compared or combined (numbers go together).
+    fn clash(a: &Ty, b: &Ty) -> bool {
+        let family = |t: &Ty| match t {
+            Ty::Int | Ty::UInt | Ty::Double => Some(0),
+            Ty::String => Some(1),
+            Ty::Bool => Some(2),
+            Ty::Bytes => Some(3),
+            Ty::List => Some(4),
+            Ty::Map(_) => Some(5),
+            // null compares with anything (`x == null`), types with types.
+            Ty::Null | Ty::Type | Ty::Dyn => None,
+        };
+        matches!((family(a), family(b)), (Some(x), Some(y)) if x != y)
+    }
+}
+
+/// The type of `root.field` for the names the gateway provides.
+fn field_type(root: &str, field: &str) -> Ty {
+    match (root, field) {
+        ("request", "headers" | "query" | "params" | "certificate") => Ty::text_map(),
+        ("request", _) => Ty::String,
+        ("response", "status") => Ty::Int,
+        ("response", "headers") => Ty::text_map(),
+        ("context", "variables") => Ty::text_map(),
+        ("context", "responses") => Ty::Map(Box::new(Ty::Map(Box::new(Ty::Dyn)))),
+        ("context", _) => Ty::String,
+        _ => Ty::Dyn,
+    }
+}
+
+/// Whether `e` is one answer of `context.responses`: `context.responses.NAME` or
+/// `context.responses['NAME']` (with `context` not a comprehension's variable).
+fn is_call_response(e: &Expr, scopes: &[String]) -> bool {
+    let is_responses = |e: &Expr| {
+        matches!(e, Expr::Select(s)
+            if s.field == "responses"
+                && matches!(&s.operand.expr, Expr::Ident(r) if r == "context")
+                && !scopes.iter().any(|v| v == "context"))
+    };
+    match e {
+        Expr::Select(s) => is_responses(&s.operand.expr),
+        Expr::Call(c) => {
+            c.func_name == "_[_]"
+                && c.target.is_none()
+                && c.args.first().is_some_and(|a| is_responses(&a.expr))
+        }
+        _ => false,
+    }
 }
 
 /// The compile-time walk: checks names and bounds, records [`Needs`], and wraps every
@@ -490,6 +628,16 @@ impl Check<'_> {
                         self.error(id, message);
                     }
                     self.walk(&mut s.operand, depth + 1);
+                } else if is_call_response(&s.operand.expr, &self.scopes) {
+                    if !CALL_RESPONSE_FIELDS.contains(&s.field.as_str()) {
+                        let message = format!(
+                            "unknown field '{}' of a send-request response; known: {}",
+                            s.field,
+                            CALL_RESPONSE_FIELDS.join(", ")
+                        );
+                        self.error(id, message);
+                    }
+                    self.walk(&mut s.operand, depth + 1);
                 } else {
                     self.walk(&mut s.operand, depth + 1);
                 }
@@ -552,6 +700,185 @@ impl Check<'_> {
                 self.error(id, "message types are not available".to_owned());
             }
             Expr::Literal(_) | Expr::Unspecified => {}
+        }
+    }
+
+    /// The type of `e`, refusing operations no value of the known types supports. Runs after
+    /// [`Check::walk`] found no error, so names are known.
+    fn infer(&mut self, e: &IdedExpr) -> Ty {
+        use cel::common::ast::LiteralValue as L;
+        match &e.expr {
+            Expr::Literal(l) => match l {
+                L::Boolean(_) => Ty::Bool,
+                L::Bytes(_) => Ty::Bytes,
+                L::Double(_) => Ty::Double,
+                L::Int(_) => Ty::Int,
+                L::Null => Ty::Null,
+                L::String(_) => Ty::String,
+                L::UInt(_) => Ty::UInt,
+            },
+            Expr::Ident(name) => {
+                if self.scopes.iter().any(|v| v == name) {
+                    Ty::Dyn
+                } else if TYPES.contains(&name.as_str()) {
+                    Ty::Type
+                } else {
+                    // request, response, context, jwt.
+                    Ty::Map(Box::new(Ty::Dyn))
+                }
+            }
+            Expr::Select(s) => {
+                if let Expr::Ident(root) = &s.operand.expr
+                    && !self.scopes.iter().any(|v| v == root)
+                    && !TYPES.contains(&root.as_str())
+                {
+                    return if s.test {
+                        Ty::Bool
+                    } else {
+                        field_type(root, &s.field)
+                    };
+                }
+                let operand = self.infer(&s.operand);
+                if s.test {
+                    return Ty::Bool;
+                }
+                match operand {
+                    Ty::Map(v) => *v,
+                    Ty::Dyn => Ty::Dyn,
+                    other => {
+                        self.error(
+                            e.id,
+                            format!("cannot select field '{}' of {}", s.field, other.name()),
+                        );
+                        Ty::Dyn
+                    }
+                }
+            }
+            Expr::Call(call) => self.infer_call(e.id, call),
+            Expr::Comprehension(c) => {
+                self.infer(&c.iter_range);
+                self.infer(&c.accu_init);
+                let pushed = 2 + usize::from(c.iter_var2.is_some());
+                self.scopes.push(c.iter_var.clone());
+                self.scopes.extend(c.iter_var2.clone());
+                self.scopes.push(c.accu_var.clone());
+                self.infer(&c.loop_cond);
+                self.infer(&c.loop_step);
+                self.infer(&c.result);
+                self.scopes.truncate(self.scopes.len() - pushed);
+                Ty::Dyn
+            }
+            Expr::List(l) => {
+                for el in &l.elements {
+                    self.infer(el);
+                }
+                Ty::List
+            }
+            Expr::Map(m) => {
+                for entry in &m.entries {
+                    if let EntryExpr::MapEntry(me) = &entry.expr {
+                        self.infer(&me.key);
+                        self.infer(&me.value);
+                    }
+                }
+                Ty::Map(Box::new(Ty::Dyn))
+            }
+            Expr::Struct(_) | Expr::Unspecified => Ty::Dyn,
+        }
+    }
+
+    fn infer_call(&mut self, id: u64, call: &CallExpr) -> Ty {
+        let target = call.target.as_ref().map(|t| self.infer(t));
+        let args: Vec<Ty> = call.args.iter().map(|a| self.infer(a)).collect();
+        let arg = |i: usize| args.get(i).cloned().unwrap_or(Ty::Dyn);
+        let name = call.func_name.as_str();
+        match name {
+            "_&&_" | "_||_" | "!_" => {
+                for a in &args {
+                    if !matches!(a, Ty::Bool | Ty::Dyn) {
+                        let op = match name {
+                            "_&&_" => "&&",
+                            "_||_" => "||",
+                            _ => "!",
+                        };
+                        self.error(id, format!("'{op}' needs bools; got {}", a.name()));
+                    }
+                }
+                Ty::Bool
+            }
+            "_?_:_" => {
+                if !matches!(arg(0), Ty::Bool | Ty::Dyn) {
+                    let got = arg(0).name();
+                    self.error(
+                        id,
+                        format!("the condition of '?:' must be a bool; got {got}"),
+                    );
+                }
+                if arg(1) == arg(2) { arg(1) } else { Ty::Dyn }
+            }
+            "_==_" | "_!=_" | "_<_" | "_<=_" | "_>_" | "_>=_" => {
+                if Ty::clash(&arg(0), &arg(1)) {
+                    let (a, b) = (arg(0).name(), arg(1).name());
+                    self.error(id, format!("cannot compare {a} with {b}"));
+                }
+                Ty::Bool
+            }
+            "_+_" => {
+                let (a, b) = (arg(0), arg(1));
+                if Ty::clash(&a, &b) {
+                    let (x, y) = (a.name(), b.name());
+                    self.error(id, format!("cannot add {x} and {y}"));
+                    return Ty::Dyn;
+                }
+                if matches!(a, Ty::Bool | Ty::Map(_) | Ty::Null) {
+                    self.error(id, format!("cannot add {}", a.name()));
+                    return Ty::Dyn;
+                }
+                if a == Ty::Dyn { b } else { a }
+            }
+            "_-_" | "_*_" | "_/_" | "_%_" | "-_" => {
+                for a in &args {
+                    if a.not_numeric() {
+                        self.error(id, format!("arithmetic needs numbers; got {}", a.name()));
+                        return Ty::Dyn;
+                    }
+                }
+                if args.iter().all(|a| *a == arg(0)) {
+                    arg(0)
+                } else {
+                    Ty::Dyn
+                }
+            }
+            "_[_]" => match arg(0) {
+                Ty::Map(v) => *v,
+                Ty::List | Ty::Dyn => Ty::Dyn,
+                other => {
+                    self.error(id, format!("cannot index {}", other.name()));
+                    Ty::Dyn
+                }
+            },
+            "@in" => Ty::Bool,
+            "contains" | "startsWith" | "endsWith" | "matches" => {
+                if let Some(t) = &target
+                    && !matches!(t, Ty::String | Ty::Dyn)
+                {
+                    self.error(
+                        id,
+                        format!("'{name}' is a function of strings; got {}", t.name()),
+                    );
+                }
+                Ty::Bool
+            }
+            "size" => Ty::Int,
+            "int" => Ty::Int,
+            "uint" => Ty::UInt,
+            "double" => Ty::Double,
+            "string" => Ty::String,
+            "bytes" => Ty::Bytes,
+            "bool" => Ty::Bool,
+            "type" => Ty::Type,
+            CHARGE => arg(0),
+            _ => Ty::Dyn,
         }
     }
 
@@ -681,12 +1008,66 @@ mod tests {
         assert!(e.contains("unknown function 'lower'"), "{e}");
         let e = Expression::compile("request.method ==", Place::Request).unwrap_err();
         assert!(e.starts_with("1:"), "{e}");
+        let e = Expression::compile("context.responses.token.stauts == 200", Place::Request)
+            .unwrap_err();
+        assert!(e.contains("of a send-request response"), "{e}");
+        let e = Expression::compile("context.responses['t'].bodi", Place::Request).unwrap_err();
+        assert!(e.contains("of a send-request response"), "{e}");
+        let ok = "context.responses['t'].status == 200 && context.responses.t.json.a == 1";
+        assert!(Expression::compile(ok, Place::Request).is_ok());
         let e = Expression::compile("request.certificate.subjekt", Place::Request).unwrap_err();
         assert!(e.contains("of request.certificate"), "{e}");
         // Comprehension variables are names too, and may shadow nothing else.
         let ok = "request.headers.exists(h, h.startsWith('x-'))";
         assert!(Expression::compile(ok, Place::Request).is_ok());
         assert!(Expression::compile("jwt.sub == 'a' && has(jwt.scope)", Place::Request).is_ok());
+    }
+
+    #[test]
+    fn obviously_wrong_types_are_refused() {
+        for (source, want) in [
+            ("request.method + 1", "cannot add a string and an int"),
+            ("!request.path", "'!' needs bools; got a string"),
+            (
+                "request.method == 200",
+                "cannot compare a string with an int",
+            ),
+            (
+                "response.status.startsWith('2')",
+                "is a function of strings; got an int",
+            ),
+            (
+                "request.headers['a'] - 1",
+                "arithmetic needs numbers; got a string",
+            ),
+            (
+                "request.method.size",
+                "cannot select field 'size' of a string",
+            ),
+            ("request.ip ? 1 : 2", "must be a bool; got a string"),
+        ] {
+            let e = Expression::compile(source, Place::Response).unwrap_err();
+            assert!(e.contains(want), "{source}: {e}");
+            assert!(e.starts_with("1:"), "{source}: {e}");
+        }
+        // Unknown types pass: claims, comprehension variables, indexing a list.
+        for ok in [
+            "jwt.level + 1 > 2",
+            "[1, 2].exists(x, x + 1 == 3)",
+            "int(request.headers['n']) + 1 == 2",
+            "context.responses.t.json.count * 2 > 1",
+            "response.status >= 200 && response.status < 300.0",
+        ] {
+            assert!(Expression::compile(ok, Place::Response).is_ok(), "{ok}");
+        }
+        let e = Expression::compile("'x' + request.method", Place::Request).unwrap();
+        assert_eq!(e.gives(), Some("a string"));
+        assert!(e.expect_bool().is_err() && e.expect_text().is_ok());
+        let e = Expression::compile("request.headers", Place::Request).unwrap();
+        assert!(e.expect_text().is_err());
+        let e = Expression::compile("jwt.admin", Place::Request).unwrap();
+        assert_eq!(e.gives(), None);
+        assert!(e.expect_bool().is_ok());
     }
 
     #[test]

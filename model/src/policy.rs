@@ -16,6 +16,8 @@
 //! pipeline compiler matches on it exhaustively, so adding a variant without implementing it
 //! does not compile.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// The four sections of a policy document.
@@ -665,6 +667,241 @@ pub struct FindAndReplace {
     pub to: String,
 }
 
+/// `send-request`: calls another service and keeps its answer for the later steps
+/// (`context.responses[NAME]` in expressions, its body as `{variable.NAME}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct SendRequest {
+    /// Where the answer is kept: `context.responses[NAME]`, `{variable.NAME}`.
+    pub response_variable_name: String,
+    /// `new`: an empty request; `copy`: the current request's method, headers and body.
+    #[serde(default)]
+    pub mode: SendRequestMode,
+    /// Absolute `http(s)://` URL, template …
+    #[serde(default)]
+    pub url: Option<String>,
+    /// … or CEL expression giving it (exactly one of the two).
+    #[serde(default)]
+    pub url_expression: Option<String>,
+    /// Default: `GET` (`new`), the request's method (`copy`).
+    #[serde(default)]
+    pub method: Option<String>,
+    /// Set on the request after `mode` has built it, in order.
+    #[serde(default)]
+    pub headers: Vec<SetHeader>,
+    /// Template …
+    #[serde(default)]
+    pub body: Option<String>,
+    /// … or CEL expression giving the body (at most one of the two).
+    #[serde(default)]
+    pub body_expression: Option<String>,
+    /// Seconds for the whole call: connecting, sending, the answer's head and body.
+    #[serde(default = "send_request_timeout")]
+    pub timeout: u64,
+    /// A failed call (unreachable, timeout, answer too large) is kept as status 0 with its
+    /// `error` instead of failing the request.
+    #[serde(default)]
+    pub ignore_error: bool,
+}
+
+/// `mode` of `send-request`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SendRequestMode {
+    #[default]
+    New,
+    Copy,
+}
+
+fn send_request_timeout() -> u64 {
+    20
+}
+
+/// A value computed per request, for the dimensions of `log` and `emit-metric` (a map from
+/// the dimension's name, so each name is given once).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Dimension {
+    /// Template …
+    #[serde(default)]
+    pub value: Option<String>,
+    /// … or CEL expression (exactly one of the two).
+    #[serde(default)]
+    pub value_expression: Option<String>,
+}
+
+/// `log`: one structured event in the gateway's process log (target `outpost::policy`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Log {
+    /// Template …
+    #[serde(default)]
+    pub message: Option<String>,
+    /// … or CEL expression (exactly one of the two).
+    #[serde(default)]
+    pub message_expression: Option<String>,
+    #[serde(default)]
+    pub level: LogLevel,
+    #[serde(default)]
+    pub dimensions: BTreeMap<String, Dimension>,
+}
+
+/// `level` of `log`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogLevel {
+    Debug,
+    #[default]
+    Info,
+    Warn,
+    Error,
+}
+
+/// Most dimensions an `emit-metric` may have: each multiplies the metric's series.
+pub const MAX_METRIC_DIMENSIONS: usize = 5;
+
+/// `emit-metric`: adds `value` to the counter `outpost_custom_NAME_total` of the gateway's
+/// `/metrics`, labelled with `api` and the dimensions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct EmitMetric {
+    /// `[a-z][a-z0-9_]*`, at most 64 characters.
+    pub name: String,
+    #[serde(default = "one")]
+    pub value: u64,
+    /// At most [`MAX_METRIC_DIMENSIONS`]; names `[a-z][a-z0-9_]*` (label names), not `api`.
+    #[serde(default)]
+    pub dimensions: BTreeMap<String, Dimension>,
+}
+
+/// `validate-content`: the request body (`inbound`) or the response body (`outbound`) checked
+/// against a JSON Schema per content type.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ValidateContent {
+    /// Bodies larger than this many bytes are not validated; `size-exceeded-action` decides.
+    #[serde(default = "content_max_size")]
+    pub max_size: u64,
+    #[serde(default = "prevent")]
+    pub size_exceeded_action: ContentAction,
+    /// A body whose content type no rule of `content` names.
+    #[serde(default = "ignore")]
+    pub unspecified_content_type_action: ContentAction,
+    /// By media type, lowercase (`application/json`, `application/problem+json`): a body's
+    /// `Content-Type` is compared without its parameters and case.
+    pub content: BTreeMap<String, ContentRule>,
+}
+
+/// The schema the bodies of one content type must satisfy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ContentRule {
+    pub schema: JsonSchema,
+    #[serde(default = "prevent")]
+    pub action: ContentAction,
+}
+
+/// What `validate-content` does with a body that fails.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ContentAction {
+    /// Refuse it: 400 for a request, 502 for a response, listing the problems.
+    #[default]
+    Prevent,
+    /// Let it through and log the problems.
+    Detect,
+    /// Let it through.
+    Ignore,
+}
+
+fn content_max_size() -> u64 {
+    1024 * 1024
+}
+fn prevent() -> ContentAction {
+    ContentAction::Prevent
+}
+fn ignore() -> ContentAction {
+    ContentAction::Ignore
+}
+
+/// A JSON Schema written inline, kept as its JSON text. It is written as the schema itself (an
+/// object or a boolean) or as its JSON text, and always given back as its text: the gateway
+/// link (bincode) cannot carry a self-describing value, and the export's pruning of empty values
+/// must not change a schema (`{"const": null}`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JsonSchema(pub String);
+
+impl<'de> Deserialize<'de> for JsonSchema {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let v = if d.is_human_readable() {
+            serde_json::Value::deserialize(d)?
+        } else {
+            serde_json::Value::String(String::deserialize(d)?)
+        };
+        let v = match v {
+            serde_json::Value::String(text) => serde_json::from_str(&text)
+                .map_err(|e| D::Error::custom(format!("the schema's JSON text: {e}")))?,
+            other => other,
+        };
+        if !(v.is_object() || v.is_boolean()) {
+            return Err(D::Error::custom("a JSON Schema is an object or a boolean"));
+        }
+        Ok(JsonSchema(v.to_string()))
+    }
+}
+
+/// `validate-parameters`: the request's query and path parameters against the declared ones.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ValidateParameters {
+    /// What a request with a failing parameter gets.
+    #[serde(default = "prevent")]
+    pub action: ContentAction,
+    /// What a query parameter not in `query` gets.
+    #[serde(default = "ignore")]
+    pub unspecified_query_parameter_action: ContentAction,
+    /// By name (decoded).
+    #[serde(default)]
+    pub query: BTreeMap<String, ParameterRule>,
+    /// By URL template parameter name.
+    #[serde(default)]
+    pub path: BTreeMap<String, ParameterRule>,
+}
+
+/// One declared parameter of `validate-parameters`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ParameterRule {
+    #[serde(default, rename = "type")]
+    pub kind: ParameterType,
+    /// Refuse a request without it (path parameters are always there).
+    #[serde(default)]
+    pub required: bool,
+    /// A regular expression the (decoded) value must match whole.
+    #[serde(default)]
+    pub pattern: Option<String>,
+    /// The values allowed; empty: any.
+    #[serde(default)]
+    pub values: Vec<String>,
+    /// Bounds of an `integer` or `number`.
+    #[serde(default)]
+    pub minimum: Option<f64>,
+    #[serde(default)]
+    pub maximum: Option<f64>,
+}
+
+/// `type` of a parameter.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ParameterType {
+    #[default]
+    String,
+    Integer,
+    Number,
+    Boolean,
+}
+
 /// One step of a policy section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -702,6 +939,11 @@ pub enum Policy {
     AuthenticationBasic(AuthenticationBasic),
     ValidateHeaders(ValidateHeaders),
     FindAndReplace(FindAndReplace),
+    SendRequest(SendRequest),
+    Log(Log),
+    EmitMetric(EmitMetric),
+    ValidateContent(ValidateContent),
+    ValidateParameters(ValidateParameters),
 }
 
 /// Every policy name with the sections it may appear in.
@@ -741,6 +983,11 @@ pub const POLICIES: &[(&str, &[Section])] = {
         ("authentication-basic", &[Inbound]),
         ("validate-headers", &[Inbound]),
         ("find-and-replace", &[Inbound, Backend, Outbound, OnError]),
+        ("send-request", &[Inbound, Backend, Outbound, OnError]),
+        ("log", &[Inbound, Backend, Outbound, OnError]),
+        ("emit-metric", &[Inbound, Backend, Outbound, OnError]),
+        ("validate-content", &[Inbound, Outbound]),
+        ("validate-parameters", &[Inbound]),
     ]
 };
 
@@ -780,6 +1027,11 @@ impl Policy {
             Policy::AuthenticationBasic(_) => "authentication-basic",
             Policy::ValidateHeaders(_) => "validate-headers",
             Policy::FindAndReplace(_) => "find-and-replace",
+            Policy::SendRequest(_) => "send-request",
+            Policy::Log(_) => "log",
+            Policy::EmitMetric(_) => "emit-metric",
+            Policy::ValidateContent(_) => "validate-content",
+            Policy::ValidateParameters(_) => "validate-parameters",
         }
     }
 
@@ -839,6 +1091,24 @@ impl Policy {
                 out.extend(p.openid_config_url.as_deref());
             }
             Policy::CheckHeader(p) => out.extend(p.values.iter().map(String::as_str)),
+            Policy::SendRequest(p) => {
+                out.extend(p.url.as_deref());
+                out.extend(p.url_expression.as_deref());
+                for h in &p.headers {
+                    out.extend(h.value.as_deref());
+                    out.extend(h.value_expression.as_deref());
+                }
+                out.extend(p.body.as_deref());
+                out.extend(p.body_expression.as_deref());
+            }
+            Policy::Log(p) => {
+                out.extend(p.message.as_deref());
+                out.extend(p.message_expression.as_deref());
+                out.extend(p.dimensions.values().flat_map(Dimension::strings));
+            }
+            Policy::EmitMetric(p) => {
+                out.extend(p.dimensions.values().flat_map(Dimension::strings));
+            }
             Policy::FindAndReplace(p) => {
                 out.push(&p.from);
                 out.push(&p.to);
@@ -897,9 +1167,20 @@ impl Policy {
             | Policy::IpFilter(_)
             | Policy::Cors(_)
             | Policy::Retry(_)
+            | Policy::ValidateContent(_)
+            | Policy::ValidateParameters(_)
             | Policy::ForwardRequest(_) => {}
         }
         out
+    }
+}
+
+impl Dimension {
+    fn strings(&self) -> impl Iterator<Item = &str> {
+        self.value
+            .as_deref()
+            .into_iter()
+            .chain(self.value_expression.as_deref())
     }
 }
 
@@ -993,7 +1274,7 @@ mod tests {
     #[test]
     fn every_variant_has_a_section_entry() {
         let names: Vec<&str> = POLICIES.iter().map(|(n, _)| *n).collect();
-        assert_eq!(names.len(), 33);
+        assert_eq!(names.len(), 38);
         for n in names {
             assert!(Policy::allowed_sections(n).is_some());
         }

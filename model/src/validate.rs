@@ -1113,6 +1113,98 @@ fn check_policy(p: &mut Problems, at: &str, policy: &Policy) {
             check_non_empty(p, &field("certificate-pem"), &a.certificate_pem);
             check_non_empty(p, &field("key-pem"), &a.key_pem);
         }
+        Policy::SendRequest(r) => {
+            check_non_empty(
+                p,
+                &field("response-variable-name"),
+                &r.response_variable_name,
+            );
+            if r.url.is_some() == r.url_expression.is_some() {
+                p.push(at, "set exactly one of url and url-expression");
+            }
+            if let Some(m) = &r.method
+                && !is_method_token(m)
+            {
+                p.push(field("method"), format!("'{m}' is not an HTTP method"));
+            }
+            for (i, h) in r.headers.iter().enumerate() {
+                let at = field(&format!("headers[{i}]"));
+                check_header_name(p, &format!("{at}.name"), &h.name);
+                check_value_for_action(
+                    p,
+                    &at,
+                    h.value.as_deref(),
+                    h.value_expression.as_deref(),
+                    h.exists_action,
+                );
+            }
+            if r.body.is_some() && r.body_expression.is_some() {
+                p.push(at, "set at most one of body and body-expression");
+            }
+            check_range(p, &field("timeout"), r.timeout, 1, 600);
+        }
+        Policy::ValidateContent(v) => {
+            check_range(p, &field("max-size"), v.max_size, 1, 104_857_600);
+            if v.content.is_empty() {
+                p.push(field("content"), "at least one content type");
+            }
+            for media in v.content.keys() {
+                if !is_media_type(media) {
+                    p.push(
+                        field(&format!("content.{media}")),
+                        format!("'{media}' is not a lowercase media type such as application/json"),
+                    );
+                }
+            }
+        }
+        Policy::ValidateParameters(v) => {
+            let listed = [("path", &v.path), ("query", &v.query)];
+            for (list, rules) in listed {
+                for (name, rule) in rules {
+                    if name.is_empty() {
+                        p.push(field(list), "a parameter's name must not be empty");
+                    }
+                    if rule.minimum.is_some_and(|m| !m.is_finite())
+                        || rule.maximum.is_some_and(|m| !m.is_finite())
+                    {
+                        p.push(
+                            field(&format!("{list}.{name}")),
+                            "bounds must be finite numbers",
+                        );
+                    }
+                }
+            }
+        }
+        Policy::Log(l) => {
+            if l.message.is_some() == l.message_expression.is_some() {
+                p.push(at, "set exactly one of message and message-expression");
+            }
+            check_dimensions(p, at, &l.dimensions, false);
+        }
+        Policy::EmitMetric(m) => {
+            if !is_metric_name(&m.name) || m.name.len() > 64 {
+                p.push(
+                    field("name"),
+                    format!(
+                        "'{}' is not a metric name: lowercase letters, digits and '_', \
+                         starting with a letter, at most 64 characters",
+                        m.name
+                    ),
+                );
+            }
+            check_range(p, &field("value"), m.value, 1, 1_000_000);
+            if m.dimensions.len() > crate::policy::MAX_METRIC_DIMENSIONS {
+                p.push(
+                    field("dimensions"),
+                    format!(
+                        "{} dimensions; at most {} (each multiplies the metric's series)",
+                        m.dimensions.len(),
+                        crate::policy::MAX_METRIC_DIMENSIONS
+                    ),
+                );
+            }
+            check_dimensions(p, at, &m.dimensions, true);
+        }
         Policy::Base | Policy::CacheLookup(_) | Policy::SetMethod(_) => {}
     }
 }
@@ -1128,6 +1220,64 @@ fn check_quota(p: &mut Problems, at: &str, calls: Option<u64>, bw: Option<u64>, 
         check_range(p, &format!("{at}.bandwidth"), b, 1, u64::MAX);
     }
     check_range(p, &format!("{at}.renewal-period"), period, 1, 31_536_000);
+}
+
+/// An HTTP method: a token (RFC 9110).
+fn is_method_token(m: &str) -> bool {
+    !m.is_empty()
+        && m.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+.^_`|~-".contains(&b))
+}
+
+/// A media type without parameters, lowercase: `type/subtype`, both tokens.
+pub fn is_media_type(s: &str) -> bool {
+    let token = |t: &str| {
+        !t.is_empty()
+            && t.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"!#$&^_.+-".contains(&b))
+    };
+    s.split_once('/').is_some_and(|(a, b)| token(a) && token(b))
+}
+
+/// A Prometheus-safe name of ours: `[a-z][a-z0-9_]*`.
+pub fn is_metric_name(s: &str) -> bool {
+    s.starts_with(|c: char| c.is_ascii_lowercase())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// The dimensions of `log` and `emit-metric`, each with a value or an expression; metric
+/// dimensions are label names (`[a-z][a-z0-9_]*`, not `api`, which the gateway sets).
+fn check_dimensions(
+    p: &mut Problems,
+    at: &str,
+    dimensions: &std::collections::BTreeMap<String, crate::policy::Dimension>,
+    label: bool,
+) {
+    for (name, d) in dimensions {
+        let at = format!("{at}.dimensions.{name}");
+        if label {
+            if !is_metric_name(name) || name.len() > 64 {
+                p.push(
+                    at.clone(),
+                    format!(
+                        "'{name}' is not a label name: lowercase letters, digits and '_', \
+                         starting with a letter, at most 64 characters"
+                    ),
+                );
+            } else if name == "api" {
+                p.push(
+                    at.clone(),
+                    "'api' is set by the gateway; choose another name",
+                );
+            }
+        } else if name.trim().is_empty() {
+            p.push(at.clone(), "a dimension's name must not be empty");
+        }
+        if d.value.is_some() == d.value_expression.is_some() {
+            p.push(at, "set exactly one of value and value-expression");
+        }
+    }
 }
 
 fn check_value_for_action(
@@ -1159,6 +1309,28 @@ fn policy_expressions(policy: &Policy) -> Vec<&str> {
         Policy::SetStatus(s) => s.code_expression.as_deref().into_iter().collect(),
         Policy::SetBody(s) => s.body_expression.as_deref().into_iter().collect(),
         Policy::ReturnResponse(r) => r.body_expression.as_deref().into_iter().collect(),
+        Policy::SendRequest(r) => r
+            .url_expression
+            .iter()
+            .chain(r.headers.iter().filter_map(|h| h.value_expression.as_ref()))
+            .chain(r.body_expression.iter())
+            .map(String::as_str)
+            .collect(),
+        Policy::Log(l) => l
+            .message_expression
+            .iter()
+            .chain(
+                l.dimensions
+                    .values()
+                    .filter_map(|d| d.value_expression.as_ref()),
+            )
+            .map(String::as_str)
+            .collect(),
+        Policy::EmitMetric(m) => m
+            .dimensions
+            .values()
+            .filter_map(|d| d.value_expression.as_deref())
+            .collect(),
         _ => Vec::new(),
     }
 }

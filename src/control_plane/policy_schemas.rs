@@ -180,6 +180,39 @@ fn value_for_action(mut schema: Value) -> Value {
     schema
 }
 
+/// A lowercase media type without parameters (`is_media_type`).
+const MEDIA_TYPE: &str = "^[a-z0-9!#$&^_.+-]+/[a-z0-9!#$&^_.+-]+$";
+
+/// A metric or label name of `emit-metric` (`is_metric_name`, at most 64 characters).
+const METRIC_NAME: &str = "^[a-z][a-z0-9_]{0,63}$";
+
+/// An HTTP method: a token.
+const METHOD: &str = "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$";
+
+/// A dimension of `log` and `emit-metric`: a value or an expression (null is absent).
+fn dimension() -> Value {
+    let mut s = closed(
+        json!({"value": nullable(template()), "value-expression": nullable(expression())}),
+        &[],
+    );
+    s["oneOf"] = json!([
+        {"type": "object", "properties": {"value": {"type": "string"}, "value-expression": {"type": "null"}}, "required": ["value"]},
+        {"type": "object", "properties": {"value-expression": {"type": "string"}, "value": {"type": "null"}}, "required": ["value-expression"]},
+    ]);
+    s
+}
+
+/// The `url` of `send-request` (`CallTarget::parse` in actors/src/route_table/steps/calls.rs):
+/// an absolute http(s) URL of printable ASCII without a fragment, or a template that uses a
+/// request variable or a named value (checked per request, or once substituted).
+fn call_url_pattern() -> String {
+    let host = "[A-Za-z0-9._~-]+";
+    let port = "[0-9]{1,4}|[0-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]";
+    format!(
+        "^(https?://{host}(:({port}))?([/?][!-\"$-~]*)?|[\\s\\S]*\\{{([A-Za-z_][A-Za-z0-9._-]*\\}}|\\{{)[\\s\\S]*)$"
+    )
+}
+
 fn expression() -> Value {
     schema_ref("Expression")
 }
@@ -541,6 +574,129 @@ pub fn settings(policy: &str, backend_url_pattern: &str) -> Option<Value> {
             }),
             &["from", "to"],
         ),
+        "send-request" => {
+            let header = value_for_action(closed(
+                json!({
+                    "name": schema_ref("HeaderName"),
+                    "value": nullable(template()),
+                    "value-expression": nullable(expression()),
+                    "exists-action": exists_action(),
+                }),
+                &["name"],
+            ));
+            let mut s = at_most_one_body(closed(
+                json!({
+                    "response-variable-name": schema_ref("NonBlank"),
+                    "mode": one_of(&["new", "copy"], "new"),
+                    "url": nullable(json!({"allOf": [template()], "pattern": call_url_pattern()})),
+                    "url-expression": nullable(expression()),
+                    "method": nullable(json!({"type": "string", "pattern": METHOD, "description": "An HTTP method; default GET (new) or the request's (copy)."})),
+                    "headers": {"type": "array", "items": header, "default": []},
+                    "body": nullable(template()),
+                    "body-expression": nullable(expression()),
+                    "timeout": int_default(1, 600, 20),
+                    "ignore-error": boolean(false),
+                }),
+                &["response-variable-name"],
+            ));
+            // Exactly one of url and url-expression (null is absent).
+            s["oneOf"] = json!([
+                {"properties": {"url": {"type": "string"}, "url-expression": {"type": "null"}}, "required": ["url"]},
+                {"properties": {"url-expression": {"type": "string"}, "url": {"type": "null"}}, "required": ["url-expression"]},
+            ]);
+            s
+        }
+        "log" => {
+            let mut s = closed(
+                json!({
+                    "message": nullable(template()),
+                    "message-expression": nullable(expression()),
+                    "level": one_of(&["debug", "info", "warn", "error"], "info"),
+                    "dimensions": {
+                        "type": "object",
+                        "propertyNames": {"type": "string", "minLength": 1, "pattern": non_blank_pattern()},
+                        "additionalProperties": dimension(),
+                        "default": {},
+                    },
+                }),
+                &[],
+            );
+            s["oneOf"] = json!([
+                {"type": "object", "properties": {"message": {"type": "string"}, "message-expression": {"type": "null"}}, "required": ["message"]},
+                {"type": "object", "properties": {"message-expression": {"type": "string"}, "message": {"type": "null"}}, "required": ["message-expression"]},
+            ]);
+            s
+        }
+        "emit-metric" => closed(
+            json!({
+                "name": {"type": "string", "pattern": METRIC_NAME, "description": "Exported as outpost_custom_NAME_total."},
+                "value": int_default(1, 1_000_000, 1),
+                "dimensions": {
+                    "type": "object",
+                    "maxProperties": outpost_model::policy::MAX_METRIC_DIMENSIONS,
+                    "propertyNames": {"type": "string", "pattern": METRIC_NAME, "not": {"const": "api"}},
+                    "additionalProperties": dimension(),
+                    "default": {},
+                },
+            }),
+            &["name"],
+        ),
+        "validate-content" => {
+            let action = |default: &str| one_of(&["prevent", "detect", "ignore"], default);
+            closed(
+                json!({
+                    "max-size": int_default(1, 104_857_600, 1_048_576),
+                    "size-exceeded-action": action("prevent"),
+                    "unspecified-content-type-action": action("ignore"),
+                    "content": {
+                        "type": "object",
+                        "minProperties": 1,
+                        "propertyNames": {"type": "string", "pattern": MEDIA_TYPE},
+                        "additionalProperties": closed(
+                            json!({
+                                "schema": {"type": ["object", "boolean"], "description": "A JSON Schema (draft 4 to 2020-12, by its $schema; 2020-12 without one), inline; no external $ref. Its JSON text is accepted too."},
+                                "action": action("prevent"),
+                            }),
+                            &["schema"],
+                        ),
+                    },
+                }),
+                &["content"],
+            )
+        }
+        "validate-parameters" => {
+            let action = |default: &str| one_of(&["prevent", "detect", "ignore"], default);
+            let mut parameter = closed(
+                json!({
+                    "type": one_of(&["string", "integer", "number", "boolean"], "string"),
+                    "required": boolean(false),
+                    "pattern": nullable(json!({"type": "string", "description": "A regular expression (Rust regex syntax) the decoded value must match whole."})),
+                    "values": {"type": "array", "items": string(), "default": []},
+                    "minimum": nullable(json!({"type": "number"})),
+                    "maximum": nullable(json!({"type": "number"})),
+                }),
+                &[],
+            );
+            // Bounds are for integer and number parameters (null is absent).
+            parameter["if"] = json!({"properties": {"type": {"enum": ["integer", "number"]}}, "required": ["type"]});
+            parameter["else"] =
+                json!({"properties": {"minimum": {"type": "null"}, "maximum": {"type": "null"}}});
+            let parameters = json!({
+                "type": "object",
+                "propertyNames": {"type": "string", "minLength": 1},
+                "additionalProperties": parameter,
+                "default": {},
+            });
+            closed(
+                json!({
+                    "action": action("prevent"),
+                    "unspecified-query-parameter-action": action("ignore"),
+                    "query": parameters.clone(),
+                    "path": parameters,
+                }),
+                &[],
+            )
+        }
         "validate-headers" => closed(
             json!({
                 "headers": {"type": "array", "minItems": 1, "items": closed(
@@ -789,6 +945,17 @@ mod tests {
             "set-body" => json!({"body": "{\"ok\": true}"}),
             "authentication-basic" => json!({"username": "gw", "password": "{{backend-password}}"}),
             "find-and-replace" => json!({"from": "internal.example", "to": "api.example.com"}),
+            "validate-content" => {
+                json!({"content": {"application/json": {"schema": {"type": "object", "required": ["id"]}}}})
+            }
+            "validate-parameters" => {
+                json!({"query": {"limit": {"type": "integer", "minimum": 1, "maximum": 100}}})
+            }
+            "send-request" => {
+                json!({"response-variable-name": "token", "url": "http://auth.internal/token"})
+            }
+            "log" => json!({"message": "seen {request.id}"}),
+            "emit-metric" => json!({"name": "orders"}),
             "validate-headers" => {
                 json!({"headers": [{"name": "X-Tenant", "pattern": "[a-z]{3,8}"}, {"name": "X-Mode", "required": false, "values": ["a", "b"]}]})
             }

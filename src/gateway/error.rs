@@ -391,6 +391,21 @@ impl GatewayError {
         )
     }
 
+    /// A `send-request` call that failed, without `ignore-error`: 504 when it timed out, else
+    /// 502.
+    pub fn call_failed(e: &CallError) -> Self {
+        let (status, reason) = match e {
+            CallError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "SendRequestTimeout"),
+            _ => (StatusCode::BAD_GATEWAY, "SendRequestFailed"),
+        };
+        Self::new(
+            status,
+            ErrorSource::Policy,
+            reason,
+            format!("A send-request policy's call failed: {e}."),
+        )
+    }
+
     /// A policy expression that failed or hit its evaluation limit (`what`: the policy).
     pub fn expression(what: &str, err: &outpost_actors::expr::EvalError) -> Self {
         let reason = match err {
@@ -413,6 +428,59 @@ impl GatewayError {
             ErrorSource::Policy,
             "HeadersInvalid",
             format!("The request's headers are not valid: {}.", names.join(", ")),
+        );
+        err.errors = Some(Box::new(errors));
+        err
+    }
+
+    /// `validate-content` refused a body: 400 for the request's, 502 for the response's (the
+    /// client cannot fix the backend), every problem listed (`name`: the JSON pointer of the
+    /// place in the body, `/` for the whole).
+    pub fn content_invalid(request: bool, problems: Vec<(String, String)>) -> Self {
+        let (status, source, reason, what) = if request {
+            (
+                StatusCode::BAD_REQUEST,
+                ErrorSource::Policy,
+                "RequestContentInvalid",
+                "request",
+            )
+        } else {
+            (
+                StatusCode::BAD_GATEWAY,
+                ErrorSource::Backend,
+                "ResponseContentInvalid",
+                "backend's response",
+            )
+        };
+        let errors: Vec<(String, String)> = problems
+            .into_iter()
+            .map(|(at, p)| (if at.is_empty() { "/".to_owned() } else { at }, p))
+            .collect();
+        let mut err = Self::new(
+            status,
+            source,
+            reason,
+            format!(
+                "The {what} body does not match its schema: {} problem(s), listed in errors.",
+                errors.len()
+            ),
+        );
+        err.errors = Some(Box::new(errors));
+        err
+    }
+
+    /// `validate-parameters` refused the request: every failing parameter, by `query.NAME` or
+    /// `path.NAME`, with why.
+    pub fn parameters_invalid(errors: Vec<(String, String)>) -> Self {
+        let names: Vec<&str> = errors.iter().map(|(n, _)| n.as_str()).collect();
+        let mut err = Self::new(
+            StatusCode::BAD_REQUEST,
+            ErrorSource::Policy,
+            "ParametersInvalid",
+            format!(
+                "The request's parameters are not valid: {}.",
+                names.join(", ")
+            ),
         );
         err.errors = Some(Box::new(errors));
         err
@@ -587,6 +655,27 @@ pub enum UpstreamError {
     Reset(h2::Reason),
     #[error("sent an invalid HTTP/2 response ({0})")]
     Protocol(String),
+}
+
+/// Why a `send-request` call got no answer. The texts end the sentence "A send-request
+/// policy's call failed: …".
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallError {
+    #[error("the URL {0}")]
+    InvalidUrl(String),
+    #[error("header '{0}' got a value that is not a valid header value")]
+    InvalidHeader(String),
+    #[error("no answer within {0} s")]
+    Timeout(u64),
+    #[error("the service at {authority} {error}")]
+    Upstream {
+        authority: String,
+        error: UpstreamError,
+    },
+    #[error("the answer's body is larger than the {0} bytes a call may read")]
+    TooLarge(usize),
+    #[error("the answer's body broke off ({0})")]
+    Broken(String),
 }
 
 #[cfg(test)]

@@ -152,6 +152,20 @@ impl Response {
     }
 }
 
+/// The answer of a `send-request`, kept for the later steps of the request.
+#[derive(Debug, Clone, Default)]
+pub struct CallAnswer {
+    /// `0` when the call failed and the step has `ignore-error`.
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    /// The body parsed, when the answer says it is JSON (`Content-Type` containing `json`) and
+    /// it parses.
+    pub json: Option<serde_json::Value>,
+    /// Why the call failed (`ignore-error`); empty when it was answered.
+    pub error: String,
+}
+
 /// What a step decided.
 pub enum Flow {
     Continue,
@@ -208,6 +222,8 @@ pub struct Exchange {
     pub upgrade: Option<ClientUpgrade>,
     /// `{variable.NAME}`, `context.variables` in expressions.
     pub variables: HashMap<String, String>,
+    /// The answers of `send-request` steps by `response-variable-name`: `context.responses`.
+    pub calls: HashMap<String, CallAnswer>,
     /// The claims of the token the last `validate-jwt` accepted: `jwt` in expressions.
     pub jwt_claims: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
     // The answer.

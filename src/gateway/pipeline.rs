@@ -24,11 +24,13 @@
 mod auth;
 mod backend;
 mod cache;
+mod calls;
 mod certificates;
 mod cors;
 mod expr;
 mod headers;
 mod limits;
+mod observe;
 mod responses;
 mod validation;
 
@@ -36,6 +38,7 @@ use outpost_actors::route_table::steps::Step;
 use outpost_actors::route_table::table::Pipeline;
 
 pub use cors::{decorate, is_preflight, preflight_response};
+pub use observe::{MAX_LABEL_BYTES, MAX_SERIES_PER_METRIC, OVERFLOW};
 
 use super::error::{ErrorSource, GatewayError};
 use super::exchange::{Exchange, Flow, Phase, Response, Runtime};
@@ -184,5 +187,10 @@ pub async fn run_step(
         Step::AuthenticationBasic(s) => headers::authentication_basic(s, ex),
         Step::ValidateHeaders(s) => validation::validate_headers(s, ex),
         Step::FindAndReplace(s) => responses::find_and_replace(s, phase, ex, rt).await,
+        Step::SendRequest(s) => calls::send_request(s, phase, ex, rt).await,
+        Step::Log(s) => observe::log(s, ex),
+        Step::EmitMetric(s) => observe::emit_metric(s, ex),
+        Step::ValidateContent(s) => validation::validate_content(s, phase, ex, rt).await,
+        Step::ValidateParameters(s) => validation::validate_parameters(s, ex),
     }
 }

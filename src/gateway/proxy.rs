@@ -934,6 +934,7 @@ fn build_exchange(
             RequestBody::None
         },
         variables: Default::default(),
+        calls: Default::default(),
         jwt_claims: None,
         response: None,
         error: None,

@@ -19,12 +19,14 @@
 mod auth;
 mod backend;
 mod cache;
+mod calls;
 mod certificates;
 mod choose;
 mod cors;
 mod cx;
 mod headers;
 mod limits;
+mod observe;
 mod responses;
 mod validation;
 
@@ -38,6 +40,7 @@ pub use cache::{
     CacheLookupStep, CacheLookupValueStep, CacheRemoveValueStep, CacheStoreStep,
     CacheStoreValueStep,
 };
+pub use calls::{CALL_CONNECT_TIMEOUT, CallTarget, CallUrl, SendRequestStep};
 pub use certificates::{
     AuthenticationCertificateStep, CertificateRejection, ValidateClientCertificateStep,
 };
@@ -54,10 +57,14 @@ pub use limits::{
     LimitConcurrencyStep, QuotaStep, RateLimitByKeyStep, RateLimitOf, RateLimitStep,
     RateLimitThenQuotaStep,
 };
+pub use observe::{EmitMetricStep, LogStep};
 pub use responses::{
     FindAndReplaceStep, MockResponseStep, ReturnResponseStep, SetBodyStep, SetStatusStep,
 };
-pub use validation::{Allowed, HeaderCheck, ValidateHeadersStep};
+pub use validation::{
+    Allowed, ContentCheck, HeaderCheck, MAX_CONTENT_PROBLEMS, ParameterCheck, ValidateContentStep,
+    ValidateHeadersStep, ValidateParametersStep,
+};
 
 /// One compiled policy. Cheap to clone: pipelines share steps across operations.
 #[derive(Debug, Clone)]
@@ -97,6 +104,11 @@ pub enum Step {
     AuthenticationBasic(Arc<AuthenticationBasicStep>),
     ValidateHeaders(Arc<ValidateHeadersStep>),
     FindAndReplace(Arc<FindAndReplaceStep>),
+    SendRequest(Arc<SendRequestStep>),
+    Log(Arc<LogStep>),
+    EmitMetric(Arc<EmitMetricStep>),
+    ValidateContent(Arc<ValidateContentStep>),
+    ValidateParameters(Arc<ValidateParametersStep>),
 }
 
 impl Step {
@@ -162,6 +174,11 @@ pub(crate) fn compile_policy(policy: &Policy, cx: &mut StepCx<'_>) -> Option<Ite
         Policy::AuthenticationBasic(p) => headers::authentication_basic(p, cx),
         Policy::ValidateHeaders(p) => validation::validate_headers(p, cx),
         Policy::FindAndReplace(p) => responses::find_and_replace(p, cx),
+        Policy::SendRequest(p) => calls::send_request(p, cx),
+        Policy::Log(p) => observe::log(p, cx),
+        Policy::EmitMetric(p) => observe::emit_metric(p, cx),
+        Policy::ValidateContent(p) => validation::validate_content(p, cx),
+        Policy::ValidateParameters(p) => validation::validate_parameters(p, cx),
     };
     step.map(Item::Step)
 }

@@ -149,6 +149,20 @@ fn context(needs: &Needs, ex: &Exchange) -> Value {
             .iter()
             .map(|(k, v)| (k.clone(), text(v.as_str()))))
     });
+    add("responses", &|| {
+        map(ex.calls.iter().map(|(name, a)| {
+            (
+                name.clone(),
+                map([
+                    ("status", Value::Int(i64::from(a.status))),
+                    ("headers", headers(&a.headers)),
+                    ("body", text(String::from_utf8_lossy(&a.body).into_owned())),
+                    ("json", a.json.as_ref().map_or(Value::Null, |j| json(j, 0))),
+                    ("error", text(a.error.as_str())),
+                ]),
+            )
+        }))
+    });
     map(fields)
 }
 

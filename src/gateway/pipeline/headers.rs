@@ -26,6 +26,13 @@ pub(super) fn set_header(
             None => return Ok(Flow::Continue),
         },
     };
+    apply(s, value, headers);
+    Ok(Flow::Continue)
+}
+
+/// Sets, appends or deletes the step's header in `headers` (also the headers of a
+/// `send-request`'s call).
+pub(super) fn apply(s: &SetHeaderStep, value: Option<HeaderValue>, headers: &mut HeaderMap) {
     match (s.action, value) {
         (ExistsAction::Delete, _) => {
             headers.remove(&s.name);
@@ -43,7 +50,6 @@ pub(super) fn set_header(
         }
         (_, None) => {}
     }
-    Ok(Flow::Continue)
 }
 
 fn header_value(s: &str) -> Result<HeaderValue, GatewayError> {

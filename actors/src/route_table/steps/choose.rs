@@ -40,7 +40,16 @@ pub(super) fn choose(p: &Choose, cx: &mut StepCx<'_>) -> Option<Step> {
         ok = false;
     }
     for (i, w) in p.when.iter().enumerate() {
-        let condition = cx.expression(&format!("when[{i}].condition"), &w.condition);
+        let field = format!("when[{i}].condition");
+        let condition = cx
+            .expression(&field, &w.condition)
+            .and_then(|c| match c.expect_bool() {
+                Ok(()) => Some(c),
+                Err(message) => {
+                    cx.problem(&field, format!("expression {message}"));
+                    None
+                }
+            });
         let steps = nested(cx, &format!("when[{i}].policies"), &w.policies);
         match (condition, steps) {
             (Some(c), Some(s)) => branches.push((c, s)),

@@ -100,9 +100,15 @@ impl StepCx<'_> {
     ) -> Option<Option<Text>> {
         match (template, expression) {
             (Some(t), None) => self.template(field, t).map(|t| Some(Text::Template(t))),
-            (None, Some(e)) => self
-                .expression(&format!("{field}-expression"), e)
-                .map(|e| Some(Text::Expression(e))),
+            (None, Some(e)) => {
+                let field = format!("{field}-expression");
+                let e = self.expression(&field, e)?;
+                if let Err(message) = e.expect_text() {
+                    self.problem(&field, format!("expression {message}"));
+                    return None;
+                }
+                Some(Some(Text::Expression(e)))
+            }
             (None, None) => Some(None),
             (Some(_), Some(_)) => {
                 self.problem(
