@@ -820,10 +820,16 @@ async fn stop_a_replica_under_load(e: &mut Estate) {
         "compose test: long-polls waiting {waiting:?}: stopping {}",
         REPLICAS[stopped]
     );
+    let t = Instant::now();
     e.fleet
         .run(&["stop", REPLICAS[stopped]])
         .await
         .unwrap_or_else(|err| panic!("stop {}: {err}", REPLICAS[stopped]));
+    eprintln!(
+        "compose test: {} stopped in {:.1} s",
+        REPLICAS[stopped],
+        t.elapsed().as_secs_f64()
+    );
     eventually(secs(60), ms(250), async || {
         let n = e.polls_waiting(other).await?;
         if n >= GATEWAY_COUNT as u64 {
@@ -873,7 +879,9 @@ async fn stop_a_replica_under_load(e: &mut Estate) {
         .port(REPLICAS[stopped], 7070)
         .await
         .expect("cp port");
-    e.healthy(REPLICAS[stopped]).await;
+    wait_for_http_ok(&format!("http://{}/healthz", e.cps[stopped]), secs(60))
+        .await
+        .expect("the replica is back");
     let label_b = "site B, after a replica restart";
     let revision = e.set_named_value_at(stopped, "site-b-label", label_b).await;
     e.site_b_serves(label_b)
