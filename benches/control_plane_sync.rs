@@ -807,15 +807,14 @@ fn fan_out_replicas() {
             }
         }
     });
-    let wait_all = |a: &mut ControlPlaneProcess,
-                    b: &mut ControlPlaneProcess,
-                    rt: &tokio::runtime::Runtime| {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while a.number("waiting") + b.number("waiting") < GATEWAYS as u64 {
-            assert!(Instant::now() < deadline, "pollers did not all wait");
-            rt.block_on(async { tokio::time::sleep(Duration::from_millis(20)).await });
-        }
-    };
+    let wait_all =
+        |a: &mut ControlPlaneProcess, b: &mut ControlPlaneProcess, rt: &tokio::runtime::Runtime| {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while a.number("waiting") + b.number("waiting") < GATEWAYS as u64 {
+                assert!(Instant::now() < deadline, "pollers did not all wait");
+                rt.block_on(async { tokio::time::sleep(Duration::from_millis(20)).await });
+            }
+        };
     wait_all(&mut a, &mut b, &rt);
     rt.block_on(async { tokio::time::sleep(Duration::from_millis(500)).await });
     let rss_waiting = [a.number("rss"), b.number("rss")];
@@ -922,7 +921,9 @@ fn fan_out_replicas() {
         println!("- {e}");
     }
     let secs = elapsed.as_secs_f64();
-    println!("| replica | RSS idle (KiB) | RSS, pollers waiting (KiB) | per waiting gateway (KiB) | RSS after (KiB) | CPU over the {round_count} rounds (ms; per round) |");
+    println!(
+        "| replica | RSS idle (KiB) | RSS, pollers waiting (KiB) | per waiting gateway (KiB) | RSS after (KiB) | CPU over the {round_count} rounds (ms; per round) |"
+    );
     println!("|---|---|---|---|---|---|");
     for (i, name) in ["A (commits)", "B"].iter().enumerate() {
         let cpu = cpu_after[i].saturating_sub(cpu_before[i]);

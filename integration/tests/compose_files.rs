@@ -422,7 +422,10 @@ fn compose_health_checks_and_start_order() {
             );
         }
         assert_eq!(c.env(gw)["OUTPOST_CONTROL_PLANE_URL"], CONTROL_PLANE_URLS);
-        assert!(!c.networks(gw).contains("store"), "{gw} cannot reach PostgreSQL");
+        assert!(
+            !c.networks(gw).contains("store"),
+            "{gw} cannot reach PostgreSQL"
+        );
         assert!(
             c.networks(gw).contains("control"),
             "{gw} reaches the control plane"
@@ -531,7 +534,10 @@ fn compose_gateway_variables_are_settings_keys() {
     let known = control_plane_env_names();
     for cp in CONTROL_PLANES {
         for var in c.env(cp).keys() {
-            assert!(known.contains(var), "{cp}: {var} is not a control-plane setting");
+            assert!(
+                known.contains(var),
+                "{cp}: {var} is not a control-plane setting"
+            );
         }
     }
 }
@@ -722,7 +728,10 @@ fn dockerfile_builds_a_non_root_image_with_a_health_check() {
         "unset POSTGRES_PASSWORD",
         "exec postgres",
     ] {
-        assert!(entry.contains(needle), "postgres-entrypoint.sh lacks {needle}");
+        assert!(
+            entry.contains(needle),
+            "postgres-entrypoint.sh lacks {needle}"
+        );
     }
     let script = read("compose/build-images.sh");
     for (dir, mode) in [

@@ -218,7 +218,12 @@ impl Estate {
             .find_map(|l| l.strip_prefix("outpost_cp_config_polls_waiting "))
             .and_then(|v| v.trim().parse::<f64>().ok())
             .map(|v| v as u64)
-            .ok_or_else(|| format!("{} /metrics {}: no waiting polls", REPLICAS[replica], a.status))
+            .ok_or_else(|| {
+                format!(
+                    "{} /metrics {}: no waiting polls",
+                    REPLICAS[replica], a.status
+                )
+            })
     }
 
     /// Every gateway instance connected, in sync and at `revision` or later, as replica
@@ -577,14 +582,19 @@ async fn site_b_over_a_wan(e: &mut Estate) {
     // aggregates the batches it receives).
     let summary = eventually(secs(90), ms(500), async || {
         let mut seen = Vec::new();
-        for replica in 0..REPLICAS.len() {
+        for (replica, name) in REPLICAS.iter().enumerate() {
             let s = e
-                .admin_at(replica, reqwest::Method::GET, "/telemetry?gateway=site-b", None)
+                .admin_at(
+                    replica,
+                    reqwest::Method::GET,
+                    "/telemetry?gateway=site-b",
+                    None,
+                )
                 .await;
             if s["requests"].as_u64() == Some(sent) {
                 return Ok(s);
             }
-            seen.push(format!("{}: {}", REPLICAS[replica], s["requests"]));
+            seen.push(format!("{name}: {}", s["requests"]));
         }
         Err(format!("telemetry counts {seen:?} of {sent}"))
     })
@@ -766,9 +776,7 @@ async fn a_change_through_either_replica(e: &mut Estate) {
         .await
         .expect("site B takes a change made through control-plane-2");
     eventually(secs(30), ms(100), async || {
-        let r = e
-            .admin_at(0, reqwest::Method::GET, "/revision", None)
-            .await;
+        let r = e.admin_at(0, reqwest::Method::GET, "/revision", None).await;
         if r["revision"].as_u64() >= Some(revision) {
             Ok(())
         } else {
@@ -777,10 +785,10 @@ async fn a_change_through_either_replica(e: &mut Estate) {
     })
     .await
     .expect("control-plane-1 knows the revision committed through control-plane-2");
-    for replica in 0..REPLICAS.len() {
+    for (replica, name) in REPLICAS.iter().enumerate() {
         e.all_in_sync(replica, revision)
             .await
-            .unwrap_or_else(|err| panic!("instances as {} lists them: {err}", REPLICAS[replica]));
+            .unwrap_or_else(|err| panic!("instances as {name} lists them: {err}"));
     }
     e.phase("a change through control-plane-2: every gateway, both replicas agree");
 }
@@ -924,7 +932,10 @@ async fn site_b_restarts_from_its_backup(e: &mut Estate) {
     .await
     .expect("gw-b1 ready from its backup");
     let a = e.site_b_stock().await.expect("site B from its backup");
-    assert_eq!(a.header("x-outpost-site"), "site B, after a replica restart");
+    assert_eq!(
+        a.header("x-outpost-site"),
+        "site B, after a replica restart"
+    );
     let a = e
         .get(&e.lb, "/shop/orders/1001", Some(BOB))
         .await

@@ -461,9 +461,11 @@ async fn revocations_on_one_replica_reach_the_other() {
     let token = b.token("site-a").await;
     let (gw, _) = gateway_on(&b, &b).await;
     let old_key = "c0".repeat(32);
-    eventually(secs(30), ms(100), async || match hello_with(&gw, &old_key).await {
-        200 => Ok(()),
-        s => Err(format!("the key is not admitted yet: {s}")),
+    eventually(secs(30), ms(100), async || {
+        match hello_with(&gw, &old_key).await {
+            200 => Ok(()),
+            s => Err(format!("the key is not admitted yet: {s}")),
+        }
     })
     .await
     .unwrap();
@@ -477,14 +479,20 @@ async fn revocations_on_one_replica_reach_the_other() {
         )
         .await;
     assert_eq!(status, 200, "{body:#}");
-    eventually(secs(30), ms(50), async || match hello_with(&gw, &old_key).await {
-        401 => Ok(()),
-        s => Err(format!("the revoked subscription key still gets {s}")),
+    eventually(secs(30), ms(50), async || {
+        match hello_with(&gw, &old_key).await {
+            401 => Ok(()),
+            s => Err(format!("the revoked subscription key still gets {s}")),
+        }
     })
     .await
     .expect("a subscription key revoked on A is refused by a gateway on B");
     let secondary = "d1".repeat(32);
-    assert_eq!(hello_with(&gw, &secondary).await, 200, "the other key works");
+    assert_eq!(
+        hello_with(&gw, &secondary).await,
+        200,
+        "the other key works"
+    );
 
     // Gateway key: regenerated through A. A refuses the old token at once; B within its key
     // cache's lifetime, whoever asks (the gateway's next poll, or this direct call).
@@ -510,7 +518,11 @@ async fn revocations_on_one_replica_reach_the_other() {
         )
         .await;
     assert_eq!(status, 200, "{body:#}");
-    assert_eq!(config_status(&a).await, 401, "A refuses the old token at once");
+    assert_eq!(
+        config_status(&a).await,
+        401,
+        "A refuses the old token at once"
+    );
     eventually(secs(60), ms(500), async || match config_status(&b).await {
         401 => Ok(()),
         s => Err(format!("B still answers the old token with {s}")),
