@@ -19,7 +19,8 @@
 //!     `.ci/run` installs it); skipped, saying why, without it.
 //!
 //! A plain `main` (harness = false) printing markdown tables. Run without `--bench` (as
-//! `cargo test --all-targets` does) it only says how to run it.
+//! `cargo test --all-targets` does) it only says how to run it. `-- fan-out`, `-- snapshot` or
+//! `-- replicas` runs one part.
 
 use std::io::{BufRead, BufReader, Write as _};
 use std::net::SocketAddr;
@@ -61,10 +62,23 @@ fn main() {
         println!("benchmark, not a test: run `cargo bench --bench control_plane_sync`");
         return;
     }
+    // `cargo bench --bench control_plane_sync -- replicas` runs (c) alone; likewise `fan-out`
+    // (a) and `snapshot` (b). Without a name, all three.
+    let named: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let run = |part: &str| named.is_empty() || named.iter().any(|n| n == part);
     println!("# Control plane sync benchmark\n");
-    fan_out();
-    snapshot_cost();
-    fan_out_replicas();
+    if run("fan-out") {
+        fan_out();
+    }
+    if run("snapshot") {
+        snapshot_cost();
+    }
+    if run("replicas") {
+        fan_out_replicas();
+    }
 }
 
 // === helpers shared by both roles ===
