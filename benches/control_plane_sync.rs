@@ -10,9 +10,17 @@
 //! (b) Snapshot size and cost: one gateway assigned 1,000 APIs of 10 operations each; bytes of
 //!     the full update in bincode and JSON, encode/decode times, and `gateway_view` +
 //!     `content_hash` times.
+//! (c) Replicas: the fan-out of (a) across two control-plane replicas (two child processes)
+//!     sharing one real PostgreSQL server (`integration/src/postgres.rs`: initdb + postgres on
+//!     a free loopback port): half the 1,000 gateways long-poll replica A, half replica B; each
+//!     change is committed on replica A only, so B's pollers wait for PostgreSQL's
+//!     notification. Time until every poller has the new revision, and each replica's CPU time
+//!     (user + system, from `/proc/<pid>/stat`) and RSS. Needs PostgreSQL installed (as
+//!     `.ci/run` installs it); skipped, saying why, without it.
 //!
 //! A plain `main` (harness = false) printing markdown tables. Run without `--bench` (as
-//! `cargo test --all-targets` does) it only says how to run it.
+//! `cargo test --all-targets` does) it only says how to run it. `-- fan-out`, `-- snapshot` or
+//! `-- replicas` runs one part.
 
 use std::io::{BufRead, BufReader, Write as _};
 use std::net::SocketAddr;
@@ -25,7 +33,7 @@ use actix_web::{App, HttpServer, web};
 use outpost::control_plane::gateway_api::configure_gateway_api;
 use outpost::control_plane::gateway_state::GatewayApiState;
 use outpost::control_plane::settings::ControlPlaneSettings;
-use outpost::control_plane::store::{Precondition, Store, StoreOptions, Write};
+use outpost::control_plane::store::{Location, Precondition, Store, StoreOptions, Write};
 use outpost::control_plane::tokens;
 use outpost::control_plane::views::Format;
 use outpost_model::view::{View, content_hash, gateway_view};
@@ -41,17 +49,36 @@ const ROUNDS: usize = 10;
 const ROLE_ENV: &str = "OUTPOST_BENCH_ROLE";
 
 fn main() {
-    if std::env::var(ROLE_ENV).as_deref() == Ok("control-plane") {
-        control_plane();
-        return;
+    match std::env::var(ROLE_ENV).as_deref() {
+        Ok("control-plane") => return control_plane(),
+        // (c): the store's URL is the first argument (not a variable: nothing to leak).
+        Ok(role @ ("replica-a" | "replica-b")) => {
+            let url = std::env::args().nth(1).expect("store URL argument");
+            return replica(&url, role == "replica-a");
+        }
+        _ => {}
     }
     if !std::env::args().any(|a| a == "--bench") {
         println!("benchmark, not a test: run `cargo bench --bench control_plane_sync`");
         return;
     }
+    // `cargo bench --bench control_plane_sync -- replicas` runs (c) alone; likewise `fan-out`
+    // (a) and `snapshot` (b). Without a name, all three.
+    let named: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let run = |part: &str| named.is_empty() || named.iter().any(|n| n == part);
     println!("# Control plane sync benchmark\n");
-    fan_out();
-    snapshot_cost();
+    if run("fan-out") {
+        fan_out();
+    }
+    if run("snapshot") {
+        snapshot_cost();
+    }
+    if run("replicas") {
+        fan_out_replicas();
+    }
 }
 
 // === helpers shared by both roles ===
@@ -67,6 +94,21 @@ fn rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// User + system CPU time of process `pid`, ms (`/proc/<pid>/stat` counts in USER_HZ, 100 a
+/// second on Linux).
+fn cpu_ms(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces), from the third: state, ppid, ...
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<u64> = rest
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    // utime and stime are fields 14 and 15 of the line; `fields` starts at field 4 (ppid).
+    (fields.get(10).copied().unwrap_or(0) + fields.get(11).copied().unwrap_or(0)) * 10
 }
 
 fn unix_nanos(t: SystemTime) -> u128 {
@@ -113,6 +155,12 @@ fn control_plane() {
     let store = Arc::new(
         Store::open(Path::new(":memory:"), StoreOptions::default()).expect("in-memory store"),
     );
+    let tokens = set_up(&store);
+    serve(store, tokens);
+}
+
+/// Commits the fan-out configuration; a token per gateway.
+fn set_up(store: &Store) -> Vec<String> {
     let writes = fan_out_config();
     store
         .commit(
@@ -123,13 +171,31 @@ fn control_plane() {
         )
         .expect("setup commit");
     let expiry = chrono::Utc::now() + chrono::Duration::days(1);
-    let tokens: Vec<String> = (0..GATEWAYS)
+    (0..GATEWAYS)
         .map(|i| {
             let gw = format!("gw-{i}");
             tokens::mint(&gw, &store.gateway_keys(&gw).expect("keys").primary, expiry)
         })
-        .collect();
+        .collect()
+}
 
+/// (c) A replica on the PostgreSQL store at `url`, following the other's commits as the
+/// control plane does. Replica A sets the configuration up and prints the tokens; B starts
+/// once A is ready and only serves.
+fn replica(url: &str, first: bool) {
+    let location = Location::Postgres {
+        url: url.to_owned(),
+        ca_file: None,
+    };
+    let store = Arc::new(Store::connect(&location, StoreOptions::default()).expect("store"));
+    store.follow();
+    let tokens = if first { set_up(&store) } else { Vec::new() };
+    serve(store, tokens);
+}
+
+/// Serves the gateway endpoint on a free loopback port; prints `addr`, the tokens and `ready`,
+/// then takes [`commands`] on stdin.
+fn serve(store: Arc<Store>, tokens: Vec<String>) {
     let settings = ControlPlaneSettings::default();
     let state =
         web::Data::new(GatewayApiState::new(store.clone(), &settings).expect("signing key"));
@@ -171,6 +237,7 @@ fn commands(
         let line = line.unwrap_or_default();
         match line.trim() {
             "rss" => println!("rss {}", rss_kib(pid)),
+            "cpu" => println!("cpu {}", cpu_ms(pid)),
             "waiting" => println!("waiting {}", state.waiting_polls()),
             // What the pollers' first fetch computes and caches, without any connection: lets the
             // driver split the memory of a waiting gateway into cache and connection.
@@ -665,4 +732,225 @@ fn snapshot_cost() {
         println!("| {name} | {median:.2} | {min:.2} |");
     }
     println!();
+}
+
+// === (c) two replicas on one PostgreSQL ===
+
+/// Starts this benchmark as a child of `role` (arguments `args`); waits for its `ready`.
+fn spawn_role(role: &str, args: &[&str]) -> (ControlPlaneProcess, SocketAddr, Vec<String>) {
+    let exe = std::env::current_exe().expect("own path");
+    let mut child = Command::new(exe)
+        .args(args)
+        .env(ROLE_ENV, role)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start a control plane process");
+    let mut cp = ControlPlaneProcess {
+        stdin: child.stdin.take().expect("stdin"),
+        stdout: BufReader::new(child.stdout.take().expect("stdout")),
+        child,
+    };
+    let mut addr: Option<SocketAddr> = None;
+    let mut tokens = Vec::new();
+    loop {
+        let mut line = String::new();
+        if cp.stdout.read_line(&mut line).expect("read") == 0 {
+            panic!("the {role} process exited");
+        }
+        match line.trim().split_once(' ') {
+            Some(("addr", a)) => addr = Some(a.parse().expect("addr")),
+            Some(("token", t)) => tokens.push(t.to_owned()),
+            _ if line.trim() == "ready" => break,
+            _ => {}
+        }
+    }
+    (cp, addr.expect("address"), tokens)
+}
+
+fn fan_out_replicas() {
+    // The harness panics, saying why, where PostgreSQL is not installed.
+    let Ok(pg) = std::panic::catch_unwind(outpost_integration::PostgresServer::start) else {
+        println!("## (c) skipped: no PostgreSQL server could be started (see above)\n");
+        return;
+    };
+    let url = pg.url();
+    let (mut a, addr_a, tokens) = spawn_role("replica-a", &[&url]);
+    let (mut b, addr_b, _) = spawn_role("replica-b", &[&url]);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let rss_idle = [a.number("rss"), b.number("rss")];
+    // One stream of (replica, event): each replica's pollers report to a forwarder that tags
+    // their events (the time of an event is taken by the poller, before it is sent).
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Event)>();
+    let mut senders = Vec::new();
+    for replica in 0..2 {
+        let (etx, mut erx) = tokio::sync::mpsc::unbounded_channel::<Event>();
+        let tx = tx.clone();
+        rt.spawn(async move {
+            while let Some(e) = erx.recv().await {
+                if tx.send((replica, e)).is_err() {
+                    return;
+                }
+            }
+        });
+        senders.push(etx);
+    }
+    drop(tx);
+    let connect = Arc::new(tokio::sync::Semaphore::new(64));
+    let addrs = [addr_a, addr_b];
+    // Even gateways on A, odd ones on B.
+    for (i, t) in tokens.into_iter().enumerate() {
+        let r = i % 2;
+        rt.spawn(gateway(addrs[r], t, connect.clone(), senders[r].clone()));
+    }
+    drop(senders);
+    let mut dropped: Vec<String> = Vec::new();
+    let mut synced = 0;
+    rt.block_on(async {
+        while synced < GATEWAYS {
+            match rx.recv().await {
+                Some((_, Event::Synced)) => synced += 1,
+                Some((_, Event::Dropped(e))) => dropped.push(e),
+                Some(_) => {}
+                None => panic!("pollers failed"),
+            }
+        }
+    });
+    let wait_all =
+        |a: &mut ControlPlaneProcess, b: &mut ControlPlaneProcess, rt: &tokio::runtime::Runtime| {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while a.number("waiting") + b.number("waiting") < GATEWAYS as u64 {
+                assert!(Instant::now() < deadline, "pollers did not all wait");
+                rt.block_on(async { tokio::time::sleep(Duration::from_millis(20)).await });
+            }
+        };
+    wait_all(&mut a, &mut b, &rt);
+    rt.block_on(async { tokio::time::sleep(Duration::from_millis(500)).await });
+    let rss_waiting = [a.number("rss"), b.number("rss")];
+    let waiting = [a.number("waiting"), b.number("waiting")];
+    let cpu_before = [a.number("cpu"), b.number("cpu")];
+
+    let round_count: usize = std::env::var("OUTPOST_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(ROUNDS);
+    let mut rounds = Vec::new();
+    let mut all: Vec<f64> = Vec::new();
+    let mut by_replica: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    let started = Instant::now();
+    for _ in 0..round_count {
+        let answer = a.ask("change");
+        let revision: u64 = answer[0].parse().expect("revision");
+        let commit_us: u64 = answer[1].parse().expect("commit time");
+        let committed_at: u128 = answer[2].parse().expect("commit instant");
+        let mut latencies: Vec<f64> = Vec::with_capacity(GATEWAYS);
+        rt.block_on(async {
+            while latencies.len() < GATEWAYS {
+                match tokio::time::timeout(Duration::from_secs(30), rx.recv()).await {
+                    Ok(Some((r, Event::Applied { revision: rev, at }))) if rev == revision => {
+                        let ms = unix_nanos(at).saturating_sub(committed_at) as f64 / 1e6;
+                        latencies.push(ms);
+                        by_replica[r].push(ms);
+                    }
+                    Ok(Some((_, Event::Dropped(e)))) => dropped.push(e),
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => panic!("not every poller got revision {revision}"),
+                }
+            }
+        });
+        latencies.sort_by(f64::total_cmp);
+        all.extend(&latencies);
+        wait_all(&mut a, &mut b, &rt);
+        rounds.push((revision, commit_us, latencies));
+    }
+    let elapsed = started.elapsed();
+    let cpu_after = [a.number("cpu"), b.number("cpu")];
+    let rss_after = [a.number("rss"), b.number("rss")];
+    while let Ok((_, event)) = rx.try_recv() {
+        if let Event::Dropped(e) = event {
+            dropped.push(e);
+        }
+    }
+    drop(rx);
+    rt.shutdown_background();
+    for cp in [&mut a, &mut b] {
+        let _ = writeln!(cp.stdin, "quit");
+        let _ = cp.child.wait();
+    }
+    drop(pg);
+    all.sort_by(f64::total_cmp);
+    for l in &mut by_replica {
+        l.sort_by(f64::total_cmp);
+    }
+
+    println!(
+        "## (c) {GATEWAYS} gateways long-polling two replicas on one PostgreSQL, commits on A\n"
+    );
+    println!(
+        "Long-polls waiting: {} on replica A, {} on replica B.\n",
+        waiting[0], waiting[1]
+    );
+    println!("| round | revision | commit on A (ms) | p50 (ms) | p99 (ms) | max (ms) |");
+    println!("|---|---|---|---|---|---|");
+    for (i, (rev, commit_us, l)) in rounds.iter().enumerate() {
+        println!(
+            "| {} | {rev} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            i + 1,
+            *commit_us as f64 / 1e3,
+            percentile(l, 0.5),
+            percentile(l, 0.99),
+            percentile(l, 1.0),
+        );
+    }
+    println!(
+        "| all {} | | | {:.1} | {:.1} | {:.1} |",
+        all.len(),
+        percentile(&all, 0.5),
+        percentile(&all, 0.99),
+        percentile(&all, 1.0)
+    );
+    for (name, l) in [
+        ("on A (same replica)", &by_replica[0]),
+        ("on B (notified)", &by_replica[1]),
+    ] {
+        println!(
+            "| pollers {name}: {} | | | {:.1} | {:.1} | {:.1} |",
+            l.len(),
+            percentile(l, 0.5),
+            percentile(l, 0.99),
+            percentile(l, 1.0)
+        );
+    }
+    println!(
+        "\nLatency = from the commit returning on replica A to the poller having decoded, applied \
+         and hash-checked the delta. Connections dropped and reopened: {}.\n",
+        dropped.len()
+    );
+    for e in dropped.iter().take(5) {
+        println!("- {e}");
+    }
+    let secs = elapsed.as_secs_f64();
+    println!(
+        "| replica | RSS idle (KiB) | RSS, pollers waiting (KiB) | per waiting gateway (KiB) | RSS after (KiB) | CPU over the {round_count} rounds (ms; per round) |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for (i, name) in ["A (commits)", "B"].iter().enumerate() {
+        let cpu = cpu_after[i].saturating_sub(cpu_before[i]);
+        println!(
+            "| {name} | {} | {} | {:.1} | {} | {cpu} ({:.0}) |",
+            rss_idle[i],
+            rss_waiting[i],
+            rss_waiting[i].saturating_sub(rss_idle[i]) as f64 / waiting[i].max(1) as f64,
+            rss_after[i],
+            cpu as f64 / round_count.max(1) as f64,
+        );
+    }
+    println!(
+        "\n{round_count} rounds in {secs:.1} s (each: commit, every poller applied, all waiting again).\n"
+    );
 }

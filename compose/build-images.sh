@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the three images of the compose fleet FROM scratch, from what is on this machine: no
+# Builds the four images of the compose fleet FROM scratch, from what is on this machine: no
 # registry is needed, and none is pulled from (where no registry is reachable, `FROM debian`
 # fails; compose/Dockerfile needs one for its rust and debian bases).
 #
@@ -16,11 +16,20 @@
 #                                                libraries, user redis (999)
 #   ${OUTPOST_NGINX_IMAGE:-outpost-nginx:local}  Debian's nginx with its libraries and
 #                                                compose/images/nginx.conf, user nginx (101)
-# Then start the fleet with the two non-default names exported (compose/README.md):
+#   ${OUTPOST_POSTGRES_IMAGE:-outpost-postgres:local}
+#                                                Debian's PostgreSQL (the newest
+#                                                /usr/lib/postgresql/N: programs, modules
+#                                                without JIT, share files), time zone data,
+#                                                their libraries, dash (also /bin/sh) and
+#                                                compose/images/postgres-entrypoint.sh (initdb
+#                                                at the first start), user postgres (999). No
+#                                                password is built in: the fleet passes one.
+# Then start the fleet with the non-default names exported (compose/README.md):
 #   export OUTPOST_REDIS_IMAGE=outpost-redis:local OUTPOST_NGINX_IMAGE=outpost-nginx:local
+#   export OUTPOST_POSTGRES_IMAGE=outpost-postgres:local
 #
 # Needs docker (the legacy builder is enough), ldd, strip (binutils) and Debian's redis-server,
-# redis-tools and nginx-light (or nginx) packages. The build contexts are put together under
+# redis-tools, nginx-light (or nginx), postgresql and tzdata packages. The build contexts are put together under
 # ${OUTPOST_IMAGES_DIR:-target/compose-images}. A second run with nothing changed builds
 # nothing: each image is labelled with a hash of its context and rebuilt only when that hash
 # changes, and the binary is stripped again only when it changed. The image a rebuild replaces
@@ -42,6 +51,7 @@ done
 outpost_image="${OUTPOST_IMAGE:-outpost:local}"
 redis_image="${OUTPOST_REDIS_IMAGE:-outpost-redis:local}"
 nginx_image="${OUTPOST_NGINX_IMAGE:-outpost-nginx:local}"
+postgres_image="${OUTPOST_POSTGRES_IMAGE:-outpost-postgres:local}"
 stage="${OUTPOST_IMAGES_DIR:-target/compose-images}"
 
 fail() { echo "build-images.sh: $*" >&2; exit 1; }
@@ -53,6 +63,14 @@ for prog in /usr/bin/redis-server /usr/bin/redis-cli; do
   [ -x "$prog" ] || fail "$prog not found: apt-get install redis-server redis-tools"
 done
 [ -x /usr/sbin/nginx ] || fail "/usr/sbin/nginx not found: apt-get install nginx-light"
+pg_dir="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)"
+pg_dir="${pg_dir%/bin}"
+[ -n "$pg_dir" ] && [ -x "$pg_dir/bin/initdb" ] ||
+  fail "no /usr/lib/postgresql/N/bin/initdb: apt-get install postgresql"
+pg_version="${pg_dir##*/}"
+[ -d "/usr/share/postgresql/$pg_version" ] ||
+  fail "/usr/share/postgresql/$pg_version not found: apt-get install postgresql-$pg_version"
+[ -d /usr/share/zoneinfo ] || fail "/usr/share/zoneinfo not found: apt-get install tzdata"
 
 if [ -z "$binary" ]; then
   cargo build --release --locked --bin outpost
@@ -103,7 +121,7 @@ base_files() {
 # A fresh context directory $stage/$1 with the Dockerfile compose/images/$1.Dockerfile.
 context() {
   local ctx="$stage/$1"
-  rm -rf "$ctx/base" "$ctx/state" "$ctx/data" "$ctx/cache" "$ctx/config"
+  rm -rf "$ctx/base" "$ctx/state" "$ctx/data" "$ctx/cache" "$ctx/config" "$ctx/run"
   mkdir -p "$ctx/base"
   cp "compose/images/$1.Dockerfile" "$ctx/Dockerfile"
   echo "$ctx"
@@ -175,3 +193,31 @@ cp compose/images/nginx.conf "$ctx/base/etc/nginx/nginx.conf"
 mkdir -p "$ctx/cache"
 chmod 0755 "$ctx/cache"
 build "$ctx" "$nginx_image"
+
+# ---------------------------------------------------------------------------------- postgres
+ctx="$(context postgres)"
+base_files "$ctx/base" postgres /var/lib/postgresql 999
+# Modules are loaded by the server (initdb already needs plpgsql and the snowball
+# dictionaries); llvmjit is left out (it links all of LLVM; the server runs with jit off
+# without it).
+pg_programs=("$pg_dir"/bin/{postgres,initdb,pg_ctl,pg_isready,psql})
+pg_modules=()
+for module in "$pg_dir"/lib/*.so; do
+  case "${module##*/}" in llvmjit*) ;; *) pg_modules+=("$module") ;; esac
+done
+copy_with_libs "$ctx/base" /bin/dash "${pg_programs[@]}" "${pg_modules[@]}"
+# initdb and the server run commands through popen/system, that is /bin/sh: dash.
+ln -s dash "$ctx/base/bin/sh"
+mkdir -p "$ctx/base/usr/local/bin" "$ctx/base/usr/share/postgresql"
+for prog in "${pg_programs[@]}"; do
+  ln -s "$prog" "$ctx/base/usr/local/bin/${prog##*/}"
+done
+cp -a "/usr/share/postgresql/$pg_version" "$ctx/base/usr/share/postgresql/"
+rm -rf "$ctx/base/usr/share/postgresql/$pg_version/man"
+cp -a /usr/share/zoneinfo "$ctx/base/usr/share/zoneinfo"
+install -m 0755 compose/images/postgres-entrypoint.sh "$ctx/postgres-entrypoint.sh"
+mkdir -p "$ctx/data/data" "$ctx/run"
+chmod 0755 "$ctx/data"
+chmod 0700 "$ctx/data/data"
+chmod 2775 "$ctx/run"
+build "$ctx" "$postgres_image"

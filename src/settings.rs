@@ -60,6 +60,22 @@ pub const OTHER_VARIABLES: &[(&str, &str)] = &[
         "compose/docker-compose.yml: the image to run",
     ),
     (
+        "OUTPOST_REDIS_IMAGE",
+        "compose/docker-compose.yml and compose/build-images.sh: the Redis image",
+    ),
+    (
+        "OUTPOST_NGINX_IMAGE",
+        "compose/docker-compose.yml and compose/build-images.sh: the nginx image",
+    ),
+    (
+        "OUTPOST_POSTGRES_IMAGE",
+        "compose/docker-compose.yml and compose/build-images.sh: the PostgreSQL image",
+    ),
+    (
+        "OUTPOST_POSTGRES_PASSWORD",
+        "compose/docker-compose.yml: the PostgreSQL password (initdb, the control planes' store URL)",
+    ),
+    (
         "OUTPOST_BIND",
         "compose/docker-compose.yml: address the published ports bind to",
     ),

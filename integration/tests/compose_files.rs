@@ -41,8 +41,9 @@ fn s(v: &Value) -> &str {
 
 // ============================================================================ docker compose
 
-const OUTPOST_SERVICES: [&str; 9] = [
-    "control-plane",
+const OUTPOST_SERVICES: [&str; 10] = [
+    "control-plane-1",
+    "control-plane-2",
     "init",
     "tokens",
     "gw-a1",
@@ -54,6 +55,9 @@ const OUTPOST_SERVICES: [&str; 9] = [
 ];
 const SITE_A_GATEWAYS: [&str; 3] = ["gw-a1", "gw-a2", "gw-a3"];
 const GATEWAYS: [&str; 4] = ["gw-a1", "gw-a2", "gw-a3", "gw-b1"];
+const CONTROL_PLANES: [&str; 2] = ["control-plane-1", "control-plane-2"];
+/// Every gateway's `control_plane.url`: both replicas.
+const CONTROL_PLANE_URLS: &str = "http://control-plane-1:7071,http://control-plane-2:7071";
 
 struct Compose {
     services: serde_json::Map<String, Value>,
@@ -216,7 +220,7 @@ fn compose_has_the_multi_site_fleet() {
     let expected: BTreeSet<&str> = OUTPOST_SERVICES
         .iter()
         .copied()
-        .chain(["redis-a", "lb-a"])
+        .chain(["redis-a", "lb-a", "postgres"])
         .collect();
     assert_eq!(names, expected, "compose services");
 
@@ -237,11 +241,16 @@ fn compose_has_the_multi_site_fleet() {
         c.svc("lb-a")["image"],
         "${OUTPOST_NGINX_IMAGE:-nginx:alpine}"
     );
+    assert_eq!(
+        c.svc("postgres")["image"],
+        "${OUTPOST_POSTGRES_IMAGE:-postgres:15-alpine}"
+    );
     let script = read("compose/build-images.sh");
     for default in [
         "${OUTPOST_IMAGE:-outpost:local}",
         "${OUTPOST_REDIS_IMAGE:-outpost-redis:local}",
         "${OUTPOST_NGINX_IMAGE:-outpost-nginx:local}",
+        "${OUTPOST_POSTGRES_IMAGE:-outpost-postgres:local}",
     ] {
         assert!(script.contains(default), "build-images.sh names {default}");
     }
@@ -259,21 +268,44 @@ fn compose_has_the_multi_site_fleet() {
 #[test]
 fn compose_volumes_hold_the_state() {
     let c = Compose::load();
-    for v in ["control-plane-data", "gw-b1-backup", "tokens"] {
+    for v in ["postgres-data", "gw-b1-backup", "tokens"] {
         assert!(c.volumes.contains(v), "compose: volume {v} is not declared");
     }
 
-    // Control plane: its data dir is the named volume.
-    let env = c.env("control-plane");
-    let data_dir = &env["OUTPOST_STORE_DATA_DIR"];
+    // PostgreSQL keeps its data directory on the named volume; both replicas use it as their
+    // store, with the user, database and password it is initialised with. The password has no
+    // default: nothing in the repository is a real secret.
+    let pg = c.env("postgres");
     let (target, ro) = c
-        .mount_of("control-plane", "control-plane-data")
-        .expect("cp data mount");
-    assert_eq!(&target, data_dir, "control plane data dir is on its volume");
+        .mount_of("postgres", "postgres-data")
+        .expect("postgres data mount");
+    assert_eq!(target, "/var/lib/postgresql/data");
     assert!(!ro);
+    let password = &pg["POSTGRES_PASSWORD"];
     assert!(
-        env.contains_key("OUTPOST_ADMIN_TOKEN"),
-        "the admin token comes from the environment"
+        password.starts_with("${OUTPOST_POSTGRES_PASSWORD:?"),
+        "the PostgreSQL password is required, without a default: {password}"
+    );
+    let expected_url = format!(
+        "postgres://{}:{password}@postgres:5432/{}",
+        pg["POSTGRES_USER"], pg["POSTGRES_DB"]
+    );
+    for cp in CONTROL_PLANES {
+        let env = c.env(cp);
+        assert_eq!(env["OUTPOST_STORE_URL"], expected_url, "{cp} store");
+        assert!(
+            env.contains_key("OUTPOST_ADMIN_TOKEN"),
+            "the admin token comes from the environment"
+        );
+        assert!(
+            c.mounts(cp).is_empty(),
+            "{cp} keeps nothing outside PostgreSQL"
+        );
+    }
+    assert_eq!(
+        c.env("control-plane-1"),
+        c.env("control-plane-2"),
+        "the replicas are configured alike"
     );
 
     // gw-b1: backup enabled, in its volume.
@@ -331,7 +363,7 @@ fn compose_health_checks_and_start_order() {
                 assert!(hc.is_none(), "{name}: health check should be disabled");
             }
             // `outpost probe`: the images have no curl, wget or shell.
-            "control-plane" => {
+            cp if CONTROL_PLANES.contains(&cp) => {
                 let hc = hc.expect("control plane health check");
                 assert_eq!(hc, "CMD outpost probe http://127.0.0.1:7070/healthz");
             }
@@ -352,6 +384,10 @@ fn compose_health_checks_and_start_order() {
         c.healthcheck("redis-a").as_deref(),
         Some("CMD redis-cli ping")
     );
+    assert_eq!(
+        c.healthcheck("postgres").as_deref(),
+        Some("CMD pg_isready -h 127.0.0.1 -U outpost -d outpost")
+    );
     // Neither nginx image has an HTTP client; nothing waits for lb-a.
     assert!(c.healthcheck("lb-a").is_none());
     for name in c.services.keys() {
@@ -365,18 +401,30 @@ fn compose_health_checks_and_start_order() {
             .cloned()
             .unwrap_or_else(|| panic!("{svc} does not depend on {on}"))
     };
-    assert_eq!(dep("init", "control-plane"), "service_healthy");
+    assert_eq!(dep("init", "control-plane-1"), "service_healthy");
+    for cp in CONTROL_PLANES {
+        assert_eq!(dep(cp, "postgres"), "service_healthy", "{cp}");
+        assert!(c.networks(cp).contains("control") && c.networks(cp).contains("store"));
+    }
+    assert_eq!(
+        c.networks("postgres"),
+        BTreeSet::from(["store".to_owned()]),
+        "PostgreSQL is reachable by the control planes only"
+    );
     assert_eq!(dep("tokens", "init"), "service_completed_successfully");
     for gw in GATEWAYS {
         assert_eq!(dep(gw, "tokens"), "service_completed_successfully", "{gw}");
         // A gateway must be (re)startable while the control plane is down: no direct dependency.
+        for cp in CONTROL_PLANES {
+            assert!(
+                !c.depends_on(gw).contains_key(cp),
+                "{gw} must not depend on {cp} (restart from backup while it is down)"
+            );
+        }
+        assert_eq!(c.env(gw)["OUTPOST_CONTROL_PLANE_URL"], CONTROL_PLANE_URLS);
         assert!(
-            !c.depends_on(gw).contains_key("control-plane"),
-            "{gw} must not depend on control-plane (restart from backup while it is down)"
-        );
-        assert_eq!(
-            c.env(gw)["OUTPOST_CONTROL_PLANE_URL"],
-            "http://control-plane:7071"
+            !c.networks(gw).contains("store"),
+            "{gw} cannot reach PostgreSQL"
         );
         assert!(
             c.networks(gw).contains("control"),
@@ -391,7 +439,6 @@ fn compose_health_checks_and_start_order() {
         assert_eq!(dep("lb-a", gw), "service_healthy");
     }
     assert!(!c.env("gw-b1").contains_key("OUTPOST_REDIS_URL"));
-    assert!(c.networks("control-plane").contains("control"));
     assert!(
         !c.networks("redis-a").contains("site-b"),
         "Redis is site A's only"
@@ -427,7 +474,9 @@ fn compose_ports_and_load_balancer() {
     };
     // No fixed host port: Docker picks one (`docker compose port SERVICE PORT` tells), so
     // several fleets run side by side and nothing on the host is in the way.
-    has("control-plane", "", "7070");
+    for cp in CONTROL_PLANES {
+        has(cp, "", "7070");
+    }
     has("lb-a", "", "8080");
     has("gw-b1", "", "8080");
     for gw in GATEWAYS {
@@ -441,12 +490,11 @@ fn compose_ports_and_load_balancer() {
             );
         }
     }
-    // 7071 is internal only.
-    assert!(
-        !c.published("control-plane")
-            .iter()
-            .any(|(_, p)| p == "7071")
-    );
+    // 7071 is internal only; so is PostgreSQL.
+    for cp in CONTROL_PLANES {
+        assert!(!c.published(cp).iter().any(|(_, p)| p == "7071"), "{cp}");
+    }
+    assert!(c.published("postgres").is_empty());
 
     let nginx = read("compose/nginx-site-a.conf");
     for gw in SITE_A_GATEWAYS {
@@ -481,6 +529,15 @@ fn compose_gateway_variables_are_settings_keys() {
     for gw in GATEWAYS {
         for var in c.env(gw).keys().filter(|k| k.starts_with("OUTPOST_")) {
             assert!(known.contains(var), "{gw}: {var} is not a gateway setting");
+        }
+    }
+    let known = control_plane_env_names();
+    for cp in CONTROL_PLANES {
+        for var in c.env(cp).keys() {
+            assert!(
+                known.contains(var),
+                "{cp}: {var} is not a control-plane setting"
+            );
         }
     }
 }
@@ -652,9 +709,29 @@ fn dockerfile_builds_a_non_root_image_with_a_health_check() {
     for (file, user) in [
         ("compose/images/redis.Dockerfile", "USER 999:999"),
         ("compose/images/nginx.Dockerfile", "USER 101:101"),
+        ("compose/images/postgres.Dockerfile", "USER 999:999"),
     ] {
         let d = read(file);
         assert!(d.contains("FROM scratch") && d.contains(user), "{file}");
+    }
+    // PostgreSQL: initdb at the first start as the image's user, the password from the
+    // environment through a pipe (never built into the image), passwords for every TCP client.
+    let pg = read("compose/images/postgres.Dockerfile");
+    assert!(!pg.contains("PASSWORD="), "no password in the image");
+    assert!(pg.contains(r#"ENTRYPOINT ["postgres-entrypoint.sh"]"#));
+    let entry = read("compose/images/postgres-entrypoint.sh");
+    for needle in [
+        "initdb --pgdata=\"$PGDATA\"",
+        "--pwfile=/dev/stdin",
+        "--auth-host=scram-sha-256",
+        "host all all all scram-sha-256",
+        "unset POSTGRES_PASSWORD",
+        "exec postgres",
+    ] {
+        assert!(
+            entry.contains(needle),
+            "postgres-entrypoint.sh lacks {needle}"
+        );
     }
     let script = read("compose/build-images.sh");
     for (dir, mode) in [
@@ -999,6 +1076,7 @@ fn external_validators_when_available() {
             let out = Command::new(cli[0])
                 .args(&cli[1..])
                 .args(["-f", "compose/docker-compose.yml", "config", "--quiet"])
+                .env("OUTPOST_POSTGRES_PASSWORD", "checkonly")
                 .current_dir(&root)
                 .output()
                 .expect("docker compose config runs");

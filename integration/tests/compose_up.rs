@@ -1,11 +1,12 @@
-//! The compose fleet, run for real: `compose/build-images.sh` builds the three images FROM
+//! The compose fleet, run for real: `compose/build-images.sh` builds the four images FROM
 //! scratch from local material (no registry is reachable here), `compose/docker-compose.yml`
 //! starts the whole estate under a project name of its own, and the test walks through
 //! compose/README.md command for command — calls through site A's load balancer and to site
-//! B, site A's shared rate limit, site B over a WAN-like link, a site-A node killed under load,
-//! site A cut off from the control plane and reconnected, the control plane restarted, site B
-//! restarted from its backup while the control plane is down — then `down -v` must leave
-//! nothing behind.
+//! B, a change through either control-plane replica, site A's shared rate limit, site B over a
+//! WAN-like link, a site-A node killed under load, site A cut off from the control planes and
+//! reconnected, the replica the gateways wait on stopped under load (they go on through the
+//! other), site B restarted from its backup while both replicas are down — then `down -v` must
+//! leave nothing behind.
 //!
 //! Needs a Docker engine and a Compose client (`docker compose` or `docker-compose`): without
 //! them the test prints why and passes without running. The WAN phase also needs root (it
@@ -31,10 +32,14 @@ const ALICE: &str = "00291c81105d119931f2d16c075df0395d09c34631f7102b9965cd1e59c
 const ADMIN: &str = "outpost-compose-demo-admin-token-change-me";
 const KEY: &str = "Ocp-Apim-Subscription-Key";
 const SITE_A: [&str; 3] = ["gw-a1", "gw-a2", "gw-a3"];
-const IMAGES: [(&str, &str); 3] = [
+const REPLICAS: [&str; 2] = ["control-plane-1", "control-plane-2"];
+/// Gateway processes of the fleet: each has one configuration long-poll waiting on a replica.
+const GATEWAY_COUNT: usize = 4;
+const IMAGES: [(&str, &str); 4] = [
     ("OUTPOST_IMAGE", "outpost:compose-test"),
     ("OUTPOST_REDIS_IMAGE", "outpost-redis:compose-test"),
     ("OUTPOST_NGINX_IMAGE", "outpost-nginx:compose-test"),
+    ("OUTPOST_POSTGRES_IMAGE", "outpost-postgres:compose-test"),
 ];
 /// One way, so 80 ms per round trip between site B and the control plane.
 const WAN_ONE_WAY: Duration = Duration::from_millis(40);
@@ -65,7 +70,8 @@ struct Estate {
     fleet: ComposeFleet,
     http: reqwest::Client,
     lb: String,
-    cp: String,
+    /// Admin addresses of control-plane-1 and control-plane-2.
+    cps: [String; 2],
     site_b: String,
     /// Requests sent to site B's traffic port, all answered 200: what its telemetry must count.
     site_b_sent: u64,
@@ -114,10 +120,25 @@ impl Estate {
         }
     }
 
+    /// An admin call to control-plane-1.
     async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        self.admin_at(0, method, path, body).await
+    }
+
+    /// An admin call to replica `replica` (0: control-plane-1, 1: control-plane-2).
+    async fn admin_at(
+        &self,
+        replica: usize,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Value {
         let mut req = self
             .http
-            .request(method.clone(), format!("http://{}/api/v1{path}", self.cp))
+            .request(
+                method.clone(),
+                format!("http://{}/api/v1{path}", self.cps[replica]),
+            )
             .bearer_auth(ADMIN);
         if let Some(b) = body {
             req = req.json(&b);
@@ -132,10 +153,17 @@ impl Estate {
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}: {text}"))
     }
 
-    /// Changes a named value (`PUT /api/v1/named-values/NAME`); the new revision.
+    /// Changes a named value (`PUT /api/v1/named-values/NAME`) through control-plane-1; the
+    /// new revision.
     async fn set_named_value(&self, name: &str, value: &str) -> u64 {
+        self.set_named_value_at(0, name, value).await
+    }
+
+    /// The same through replica `replica`.
+    async fn set_named_value_at(&self, replica: usize, name: &str, value: &str) -> u64 {
         let res = self
-            .admin(
+            .admin_at(
+                replica,
                 reqwest::Method::PUT,
                 &format!("/named-values/{name}"),
                 Some(json!({"name": name, "value": value})),
@@ -163,6 +191,59 @@ impl Estate {
                 Ok(())
             } else {
                 Err(format!("nodes and the label they serve: {nodes:?}"))
+            }
+        })
+        .await
+    }
+
+    /// Requests to site B until it answers with `X-Outpost-Site: label`.
+    async fn site_b_serves(&mut self, label: &str) -> Result<(), String> {
+        eventually(secs(120), ms(200), async || {
+            let a = self.site_b_stock().await?;
+            if a.header("x-outpost-site") == label {
+                Ok(())
+            } else {
+                Err(format!("site B serves '{}'", a.header("x-outpost-site")))
+            }
+        })
+        .await
+    }
+
+    /// Gateway long-polls waiting on replica `replica` now (its /metrics,
+    /// `outpost_cp_config_polls_waiting`).
+    async fn polls_waiting(&self, replica: usize) -> Result<u64, String> {
+        let a = self.get(&self.cps[replica], "/metrics", None).await?;
+        a.body
+            .lines()
+            .find_map(|l| l.strip_prefix("outpost_cp_config_polls_waiting "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map(|v| v as u64)
+            .ok_or_else(|| {
+                format!(
+                    "{} /metrics {}: no waiting polls",
+                    REPLICAS[replica], a.status
+                )
+            })
+    }
+
+    /// Every gateway instance connected, in sync and at `revision` or later, as replica
+    /// `replica` lists them (instance status is shared through PostgreSQL).
+    async fn all_in_sync(&self, replica: usize, revision: u64) -> Result<(), String> {
+        eventually(secs(60), ms(500), async || {
+            let all = self
+                .admin_at(replica, reqwest::Method::GET, "/instances", None)
+                .await;
+            let synced = all
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|i| i["connection"] == "connected" && i["sync"] == "in-sync")
+                .filter(|i| i["applied-revision"].as_u64() >= Some(revision))
+                .count();
+            if synced == GATEWAY_COUNT {
+                Ok(())
+            } else {
+                Err(format!("{synced} of {GATEWAY_COUNT} in sync: {all}"))
             }
         })
         .await
@@ -234,10 +315,12 @@ async fn docker_compose_fleet_runs_and_rides_out_faults() {
         }
     };
     let started = Instant::now();
-    let env: Vec<(String, String)> = IMAGES
+    let mut env: Vec<(String, String)> = IMAGES
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect();
+    // A password of this run only, as an operator makes one (compose/README.md).
+    env.push(("OUTPOST_POSTGRES_PASSWORD".into(), random_hex(24)));
 
     // ------------------------------------------------------------------ images
     let out = tokio::process::Command::new("bash")
@@ -273,13 +356,16 @@ async fn docker_compose_fleet_runs_and_rides_out_faults() {
         .expect("docker compose up -d took more than 5 minutes")
         .expect("docker compose up -d");
     let lb = fleet.port("lb-a", 8080).await.expect("lb-a port");
-    let cp = fleet.port("control-plane", 7070).await.expect("cp port");
+    let cps = [
+        fleet.port(REPLICAS[0], 7070).await.expect("cp 1 port"),
+        fleet.port(REPLICAS[1], 7070).await.expect("cp 2 port"),
+    ];
     let site_b = fleet.port("gw-b1", 8080).await.expect("gw-b1 port");
     let mut e = Estate {
         fleet,
         http: client(),
         lb,
-        cp,
+        cps,
         site_b,
         site_b_sent: 0,
         started,
@@ -287,6 +373,7 @@ async fn docker_compose_fleet_runs_and_rides_out_faults() {
     e.phase("up");
 
     calls(&mut e).await;
+    a_change_through_either_replica(&mut e).await;
     shared_rate_limit(&e).await;
     secrets_stay_in_volumes(&e).await;
     if is_root() {
@@ -298,7 +385,7 @@ async fn docker_compose_fleet_runs_and_rides_out_faults() {
     }
     kill_a_node_under_load(&mut e).await;
     cut_site_a_off_and_reconnect(&e).await;
-    restart_the_control_plane(&mut e).await;
+    stop_a_replica_under_load(&mut e).await;
     site_b_restarts_from_its_backup(&mut e).await;
 
     // ------------------------------------------------------------------ down
@@ -316,7 +403,9 @@ async fn docker_compose_fleet_runs_and_rides_out_faults() {
 async fn calls(e: &mut Estate) {
     // Every health check passes: `outpost probe` in images that have nothing else.
     for service in [
-        "control-plane",
+        "postgres",
+        "control-plane-1",
+        "control-plane-2",
         "redis-a",
         "gw-a1",
         "gw-a2",
@@ -376,7 +465,7 @@ async fn calls(e: &mut Estate) {
 
     let export = e
         .fleet
-        .run(&["exec", "-T", "control-plane", "outpost", "export"])
+        .run(&["exec", "-T", "control-plane-1", "outpost", "export"])
         .await
         .expect("outpost export in the control plane container");
     assert!(
@@ -489,15 +578,25 @@ async fn site_b_over_a_wan(e: &mut Estate) {
     }
     let sent = e.site_b_sent;
     let t = Instant::now();
+    // Asked of both replicas: the one gw-b1 uploads to counts every request (each replica
+    // aggregates the batches it receives).
     let summary = eventually(secs(90), ms(500), async || {
-        let s = e
-            .admin(reqwest::Method::GET, "/telemetry?gateway=site-b", None)
-            .await;
-        if s["requests"].as_u64() == Some(sent) {
-            Ok(s)
-        } else {
-            Err(format!("telemetry counts {} of {sent}: {s}", s["requests"]))
+        let mut seen = Vec::new();
+        for (replica, name) in REPLICAS.iter().enumerate() {
+            let s = e
+                .admin_at(
+                    replica,
+                    reqwest::Method::GET,
+                    "/telemetry?gateway=site-b",
+                    None,
+                )
+                .await;
+            if s["requests"].as_u64() == Some(sent) {
+                return Ok(s);
+            }
+            seen.push(format!("{name}: {}", s["requests"]));
         }
+        Err(format!("telemetry counts {seen:?} of {sent}"))
     })
     .await
     .expect("site B's telemetry arrives over the slow link");
@@ -660,55 +759,150 @@ async fn cut_site_a_off_and_reconnect(e: &Estate) {
     e.phase("site A reconnected: converged");
 }
 
-/// The control plane container restarts; the gateways resync and take the next change.
-async fn restart_the_control_plane(e: &mut Estate) {
-    e.fleet
-        .run(&["restart", "control-plane"])
-        .await
-        .expect("restart control-plane");
-    e.cp = e.fleet.port("control-plane", 7070).await.expect("cp port");
-    wait_for_http_ok(&format!("http://{}/healthz", e.cp), secs(60))
-        .await
-        .expect("control plane back");
+/// Both replicas serve one store: a change made through control-plane-2 reaches every gateway
+/// (whichever replica each waits on), control-plane-1 reports its revision, and both list
+/// every gateway instance in sync.
+async fn a_change_through_either_replica(e: &mut Estate) {
     let (label_a, label_b) = (
-        "site A, after a control plane restart",
-        "site B, after a control plane restart",
+        "site A, changed through replica 2",
+        "site B, changed through replica 2",
     );
-    e.set_named_value("site-a-label", label_a).await;
-    let revision = e.set_named_value("site-b-label", label_b).await;
-    e.site_a_serves(label_a).await.expect("site A resyncs");
-    eventually(secs(120), ms(200), async || {
-        let a = e.site_b_stock().await?;
-        if a.header("x-outpost-site") == label_b {
+    e.set_named_value_at(1, "site-a-label", label_a).await;
+    let revision = e.set_named_value_at(1, "site-b-label", label_b).await;
+    e.site_a_serves(label_a)
+        .await
+        .expect("site A takes a change made through control-plane-2");
+    e.site_b_serves(label_b)
+        .await
+        .expect("site B takes a change made through control-plane-2");
+    eventually(secs(30), ms(100), async || {
+        let r = e.admin_at(0, reqwest::Method::GET, "/revision", None).await;
+        if r["revision"].as_u64() >= Some(revision) {
             Ok(())
         } else {
-            Err(format!("site B serves '{}'", a.header("x-outpost-site")))
+            Err(format!("control-plane-1 is at {r}, not {revision}"))
         }
     })
     .await
-    .expect("site B resyncs");
-    eventually(secs(60), ms(500), async || {
-        let all = e.admin(reqwest::Method::GET, "/instances", None).await;
-        let synced = all
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|i| i["connection"] == "connected" && i["sync"] == "in-sync")
-            .filter(|i| i["applied-revision"].as_u64() >= Some(revision))
-            .count();
-        if synced == 4 {
-            Ok(())
-        } else {
-            Err(format!("{synced} of 4 in sync: {all}"))
-        }
-    })
-    .await
-    .expect("every instance reports the latest revision");
-    e.phase("control plane restarted: gateways resynced");
+    .expect("control-plane-1 knows the revision committed through control-plane-2");
+    for (replica, name) in REPLICAS.iter().enumerate() {
+        e.all_in_sync(replica, revision)
+            .await
+            .unwrap_or_else(|err| panic!("instances as {name} lists them: {err}"));
+    }
+    e.phase("a change through control-plane-2: every gateway, both replicas agree");
 }
 
-/// The control plane stopped, gw-b1 recreated: it starts from its backup volume and serves
-/// the last configuration it had; site A serves on (fail static).
+/// The replica the gateways wait on is stopped while requests flow through both sites: none
+/// fails, every gateway's long-poll moves to the other replica, and changes made through that
+/// one arrive. Then the stopped replica starts again and takes changes too.
+async fn stop_a_replica_under_load(e: &mut Estate) {
+    let load_a = {
+        let url = format!("http://{}/shop/orders/1001", e.lb);
+        let http = e.http.clone();
+        LoadLoop::start_with(20.0, secs(180), move |_| http.get(&url).header(KEY, BOB))
+    };
+    let load_b = {
+        let url = format!("http://{}/warehouse/stock/sku-1", e.site_b);
+        let http = e.http.clone();
+        LoadLoop::start_with(10.0, secs(180), move |_| http.get(&url).header(KEY, BOB))
+    };
+    // Stop the replica more gateways wait on (control-plane-1 on a tie), so the gateways
+    // really have to move.
+    let mut waiting = [0u64; 2];
+    eventually(secs(60), ms(250), async || {
+        for (replica, n) in waiting.iter_mut().enumerate() {
+            *n = e.polls_waiting(replica).await?;
+        }
+        if waiting.iter().sum::<u64>() >= GATEWAY_COUNT as u64 {
+            Ok(())
+        } else {
+            Err(format!("long-polls waiting on the replicas: {waiting:?}"))
+        }
+    })
+    .await
+    .expect("every gateway long-polls a replica");
+    let stopped = usize::from(waiting[1] > waiting[0]);
+    let other = 1 - stopped;
+    eprintln!(
+        "compose test: long-polls waiting {waiting:?}: stopping {}",
+        REPLICAS[stopped]
+    );
+    let t = Instant::now();
+    e.fleet
+        .run(&["stop", REPLICAS[stopped]])
+        .await
+        .unwrap_or_else(|err| panic!("stop {}: {err}", REPLICAS[stopped]));
+    eprintln!(
+        "compose test: {} stopped in {:.1} s",
+        REPLICAS[stopped],
+        t.elapsed().as_secs_f64()
+    );
+    eventually(secs(60), ms(250), async || {
+        let n = e.polls_waiting(other).await?;
+        if n >= GATEWAY_COUNT as u64 {
+            Ok(())
+        } else {
+            Err(format!("{n} long-polls waiting on {}", REPLICAS[other]))
+        }
+    })
+    .await
+    .expect("every gateway moves to the other replica");
+
+    let (label_a, label_b) = (
+        "site A, with one replica stopped",
+        "site B, with one replica stopped",
+    );
+    e.set_named_value_at(other, "site-a-label", label_a).await;
+    let revision = e.set_named_value_at(other, "site-b-label", label_b).await;
+    e.site_a_serves(label_a)
+        .await
+        .expect("site A takes a change with one replica stopped");
+    e.site_b_serves(label_b)
+        .await
+        .expect("site B takes a change with one replica stopped");
+    e.all_in_sync(other, revision)
+        .await
+        .expect("every instance reports the latest revision");
+    let (report_a, report_b) = (load_a.stop().await, load_b.stop().await);
+    eprintln!(
+        "compose test: load while {} was stopped: site A {report_a}; site B {report_b}",
+        REPLICAS[stopped]
+    );
+    for (site, report) in [("site A", &report_a), ("site B", &report_b)] {
+        assert!(report.responses() > 0, "{site}: no load ran: {report}");
+        assert_eq!(report.failed, 0, "{site}: requests failed: {report}");
+        assert_eq!(report.non_2xx(), 0, "{site}: requests refused: {report}");
+    }
+    e.phase("a replica stopped under load: 0 failed, gateways on the other");
+
+    // Started again (a new published port), it serves the store's latest state and its
+    // changes reach the gateways, wherever they wait now.
+    e.fleet
+        .run(&["start", REPLICAS[stopped]])
+        .await
+        .unwrap_or_else(|err| panic!("start {}: {err}", REPLICAS[stopped]));
+    e.cps[stopped] = e
+        .fleet
+        .port(REPLICAS[stopped], 7070)
+        .await
+        .expect("cp port");
+    wait_for_http_ok(&format!("http://{}/healthz", e.cps[stopped]), secs(60))
+        .await
+        .expect("the replica is back");
+    let label_b = "site B, after a replica restart";
+    let revision = e.set_named_value_at(stopped, "site-b-label", label_b).await;
+    e.site_b_serves(label_b)
+        .await
+        .expect("site B takes a change made through the restarted replica");
+    e.all_in_sync(stopped, revision)
+        .await
+        .expect("the restarted replica lists every instance in sync");
+    e.phase("the stopped replica started again: its changes arrive");
+}
+
+/// Both control-plane replicas stopped, gw-b1 recreated: it starts from its backup volume and
+/// serves the last configuration it had; site A serves on (fail static).
 async fn site_b_restarts_from_its_backup(e: &mut Estate) {
     let backup = e.listing("gw-b1", "/var/lib/outpost/backup").await;
     assert!(
@@ -719,9 +913,9 @@ async fn site_b_restarts_from_its_backup(e: &mut Estate) {
         "backup files are the gateway user's, 0600:\n{backup}"
     );
     e.fleet
-        .run(&["stop", "control-plane"])
+        .run(&["stop", REPLICAS[0], REPLICAS[1]])
         .await
-        .expect("stop control-plane");
+        .expect("stop both control-plane replicas");
     e.fleet
         .run(&["up", "-d", "--no-deps", "--force-recreate", "gw-b1"])
         .await
@@ -740,17 +934,27 @@ async fn site_b_restarts_from_its_backup(e: &mut Estate) {
     let a = e.site_b_stock().await.expect("site B from its backup");
     assert_eq!(
         a.header("x-outpost-site"),
-        "site B, after a control plane restart"
+        "site B, after a replica restart"
     );
     let a = e
         .get(&e.lb, "/shop/orders/1001", Some(BOB))
         .await
         .expect("lb");
-    assert_eq!(a.status, 200, "site A serves with the control plane down");
-    e.phase("control plane down: gw-b1 recreated, serving from its backup");
+    assert_eq!(a.status, 200, "site A serves with both replicas down");
+    e.phase("both replicas down: gw-b1 recreated, serving from its backup");
 }
 
 /// Whether this process is root: the WAN phase enters another network namespace.
 fn is_root() -> bool {
     std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+/// `bytes` random bytes as hex, from the kernel.
+fn random_hex(bytes: usize) -> String {
+    use std::io::Read as _;
+    let mut buf = vec![0u8; bytes];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .expect("/dev/urandom");
+    buf.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -406,3 +406,127 @@ async fn a_newer_schema_stops_the_control_plane() {
         "99"
     );
 }
+
+/// An API behind a subscription key, for [`revocations_on_one_replica_reach_the_other`].
+const KEYED: &str = r#"
+apiVersion: outpost/v1
+backends:
+  - {name: b, url: "http://127.0.0.1:9"}
+apis:
+  - name: hello
+    path: hello
+    backend: b
+    operations:
+      - {name: get, method: GET, url-template: /}
+    policies:
+      inbound:
+        - base
+        - return-response: {status-code: 200, body: "hi"}
+products:
+  - {name: p, apis: [hello]}
+subscriptions:
+  - name: carol
+    scope: {product: p}
+    primary-key: "c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0"
+    secondary-key: "d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1"
+gateways:
+  - {name: site-a, apis: [hello]}
+"#;
+
+/// A call to `gw`'s `/hello/` with subscription key `key`; the status.
+async fn hello_with(gw: &Gateway, key: &str) -> u16 {
+    client()
+        .get(gw.url("/hello/"))
+        .header("Ocp-Apim-Subscription-Key", key)
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+/// Keys revoked through replica A stop working for a gateway attached to replica B (bounds in
+/// docs/operations.md, "Several replicas"):
+/// - a subscription key regenerated on A is a new revision: B is notified and the gateway
+///   refuses the old key as soon as it has applied it;
+/// - a gateway key regenerated on A makes B refuse the tokens minted from the old key once its
+///   key cache lets go of it (30 s at most), while A refuses them at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn revocations_on_one_replica_reach_the_other() {
+    let pg = tokio::task::block_in_place(PostgresServer::start);
+    let dir = tempfile::tempdir().unwrap();
+    let a = replica("cp-a", dir.path(), &pg).await;
+    let b = replica("cp-b", dir.path(), &pg).await;
+    a.apply(KEYED).await;
+    wait_for_revision(&b, a.revision().await).await;
+    let token = b.token("site-a").await;
+    let (gw, _) = gateway_on(&b, &b).await;
+    let old_key = "c0".repeat(32);
+    eventually(secs(30), ms(100), async || {
+        match hello_with(&gw, &old_key).await {
+            200 => Ok(()),
+            s => Err(format!("the key is not admitted yet: {s}")),
+        }
+    })
+    .await
+    .unwrap();
+
+    // Subscription key: regenerated through A, refused by the gateway that waits on B.
+    let (status, body) = a
+        .call(
+            "POST",
+            "/api/v1/subscriptions/carol/regenerate-key?key=primary",
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body:#}");
+    eventually(secs(30), ms(50), async || {
+        match hello_with(&gw, &old_key).await {
+            401 => Ok(()),
+            s => Err(format!("the revoked subscription key still gets {s}")),
+        }
+    })
+    .await
+    .expect("a subscription key revoked on A is refused by a gateway on B");
+    let secondary = "d1".repeat(32);
+    assert_eq!(
+        hello_with(&gw, &secondary).await,
+        200,
+        "the other key works"
+    );
+
+    // Gateway key: regenerated through A. A refuses the old token at once; B within its key
+    // cache's lifetime, whoever asks (the gateway's next poll, or this direct call).
+    let config_status = |cp: &ControlPlane| {
+        let url = format!("{}/gateway/v1/config?after=0&wait=0", cp.gateway_url());
+        let token = token.clone();
+        async move {
+            client()
+                .get(url)
+                .header("Authorization", token)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0)
+        }
+    };
+    assert_eq!(config_status(&b).await, 200, "the token works on B before");
+    let (status, body) = a
+        .call(
+            "POST",
+            "/api/v1/gateways/site-a/keys/regenerate",
+            Some(json!({"key": "primary"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body:#}");
+    assert_eq!(
+        config_status(&a).await,
+        401,
+        "A refuses the old token at once"
+    );
+    eventually(secs(60), ms(500), async || match config_status(&b).await {
+        401 => Ok(()),
+        s => Err(format!("B still answers the old token with {s}")),
+    })
+    .await
+    .expect("B refuses a token of the regenerated key within its key cache's lifetime");
+}
