@@ -304,7 +304,7 @@ fn spans_continue_the_client_trace_through_phases_to_the_backend_call() {
     );
     assert_eq!(flags, "01");
 
-    let spans = otlp.wait("the five spans of the request", |got| {
+    otlp.wait("the five spans of the request", |got| {
         let n = got
             .spans
             .iter()
@@ -312,7 +312,6 @@ fn spans_continue_the_client_trace_through_phases_to_the_backend_call() {
             .count();
         (n >= 5).then_some(())
     });
-    let _ = spans;
     let spans = otlp.spans_of(TRACE);
     assert_eq!(
         spans.len(),

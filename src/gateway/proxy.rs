@@ -583,6 +583,8 @@ struct Accepted<'a> {
     length: Option<u64>,
     matched: RouteMatch<'a>,
     subscription: Option<Arc<CompiledSubscription>>,
+    /// Whether it is traced: the `traceparent` the backend gets.
+    trace: &'a otel::Decision,
 }
 
 /// Admit → normalise → route → authenticate → build the exchange → run its pipeline.
@@ -621,6 +623,7 @@ async fn serve(
         length,
         matched,
         subscription,
+        trace,
     };
     let (payload, has_body) = request_body(req, payload, length).await;
     // A WebSocket handshake's body is the client's side of the connection once upgraded.
@@ -639,7 +642,6 @@ async fn serve(
         &table,
         accepted,
         record.client_ip,
-        trace,
     );
     ex.upgrade = upgrade;
     let served = run(&mut ex, traffic, record).await;
@@ -878,7 +880,6 @@ fn build_exchange(
     table: &CompiledTable,
     accepted: Accepted<'_>,
     client_ip: Option<IpAddr>,
-    trace: &otel::Decision,
 ) -> Exchange {
     let Accepted {
         host,
@@ -886,6 +887,7 @@ fn build_exchange(
         length,
         matched,
         subscription,
+        trace,
     } = accepted;
     let headers = req.headers();
     let query = req.uri().query().unwrap_or("");
