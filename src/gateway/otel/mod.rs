@@ -1,4 +1,4 @@
-//! OpenTelemetry (`[otel]`): traces ([`trace`]) and metrics ([`metrics`]) exported over
+//! OpenTelemetry (`[otel]`): traces (`trace.rs`) and metrics (`metrics.rs`) exported over
 //! OTLP/HTTP protobuf to `otel.endpoint`, both from threads of their own with one blocking HTTP
 //! client (timeout, headers, TLS trust as for the control plane). Off (no endpoint), nothing
 //! is started and requests carry a `None`.
