@@ -245,6 +245,9 @@ pub struct Exchange {
     /// The client's HTTP/2 stream's trailers (`None` over HTTP/1.1): what the HTTP/2 upstream
     /// relays both ways.
     pub trailers: Option<Trailers>,
+    /// The pipeline's phases, timed for a request traced by OpenTelemetry (`super::otel`);
+    /// `None` otherwise.
+    pub trace: Option<Box<super::otel::Phases>>,
 }
 
 impl Exchange {

@@ -34,6 +34,7 @@ pub mod health;
 pub mod hop_by_hop;
 pub mod listener;
 pub mod ops;
+pub mod otel;
 pub mod path;
 pub mod pipeline;
 pub mod proxy;
@@ -385,7 +386,16 @@ async fn serve(
         }
     };
     let (access_log, access_log_writer) = access_log.unzip();
+    let otel = match otel::Otel::start(&settings.otel, &identity.instance_id) {
+        Ok(otel) => otel,
+        Err(e) => {
+            ops_handle.stop(false).await;
+            let _ = ready.send(Err(e.into()));
+            return;
+        }
+    };
     let hooks = proxy::ProxyHooks {
+        otel: otel.as_ref().and_then(|o| o.traces.clone()),
         observer: Some(Arc::new(recorder)),
         shared: Some(stores.0),
         cache: Some(stores.1),
@@ -468,6 +478,10 @@ async fn serve(
     // The workers are gone with their handles to the log: what they queued is written now.
     if let Some(writer) = access_log_writer {
         writer.finish(Duration::from_secs(5));
+    }
+    // Likewise the spans of the last requests and the last metric values.
+    if let Some(otel) = otel {
+        otel.shutdown(Duration::from_secs(5));
     }
     // The listeners are down, so this instance serves nothing any more: say so now rather than
     // leave the control plane to notice missing heartbeats.

@@ -42,14 +42,18 @@ pub use observe::{MAX_LABEL_BYTES, MAX_SERIES_PER_METRIC, OVERFLOW};
 
 use super::error::{ErrorSource, GatewayError};
 use super::exchange::{Exchange, Flow, Phase, Response, Runtime};
-use super::{forward, upgrade};
+use super::{forward, otel, upgrade};
 
 /// Runs the pipeline to a response; never fails (failures become `on-error` responses).
 pub async fn run(ex: &mut Exchange, pipeline: &Pipeline, rt: &Runtime) -> Response {
     let mut res = match run_main(ex, pipeline, rt).await {
         Ok(res) => res,
-        Err(err) => run_on_error(ex, pipeline, rt, err).await,
+        Err(err) => {
+            otel::failed(&mut ex.trace, &err);
+            run_on_error(ex, pipeline, rt, err).await
+        }
     };
+    otel::end(&mut ex.trace);
     finish(ex, rt, &mut res);
     res
 }
@@ -60,6 +64,7 @@ async fn run_main(
     rt: &Runtime,
 ) -> Result<Response, GatewayError> {
     let mut from_cache = None;
+    otel::begin(&mut ex.trace, Phase::Inbound);
     for step in pipeline.inbound.iter() {
         match run_step(step, Phase::Inbound, ex, rt).await? {
             Flow::Continue => {}
@@ -73,6 +78,7 @@ async fn run_main(
     let response = match from_cache {
         Some(res) => res,
         None => {
+            otel::begin(&mut ex.trace, Phase::Backend);
             for step in pipeline.backend.iter() {
                 match run_step(step, Phase::Backend, ex, rt).await? {
                     Flow::Continue => {}
@@ -85,12 +91,20 @@ async fn run_main(
             }
             match (from_cache, ex.upgrade.take()) {
                 (Some(res), _) => res,
-                (None, Some(client)) => upgrade::send(ex, client, rt).await?,
-                (None, None) => forward::send(ex, rt).await?,
+                (None, client) => {
+                    otel::call_started(&mut ex.trace);
+                    let sent = match client {
+                        Some(client) => upgrade::send(ex, client, rt).await,
+                        None => forward::send(ex, rt).await,
+                    };
+                    otel::call_ended(ex, &sent);
+                    sent?
+                }
             }
         }
     };
     ex.response = Some(response);
+    otel::begin(&mut ex.trace, Phase::Outbound);
     for step in pipeline.outbound.iter() {
         match run_step(step, Phase::Outbound, ex, rt).await? {
             Flow::Continue => {}
@@ -119,6 +133,7 @@ async fn run_on_error(
         .insert("error-status".into(), err.status.as_u16().to_string());
     ex.response = Some(Response::from_error(&err));
     ex.error = Some(err);
+    otel::begin(&mut ex.trace, Phase::OnError);
     for step in pipeline.on_error.iter() {
         match run_step(step, Phase::OnError, ex, rt).await {
             Ok(Flow::Continue) => {}

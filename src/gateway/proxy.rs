@@ -54,6 +54,7 @@ use super::forwarded::Forwarding;
 use super::h2_server::{self, H2Stream};
 use super::hop_by_hop::strip_hop_by_hop;
 use super::listener::{ConnState, Connection, WriteNow};
+use super::otel;
 use super::path::{self, Normalized};
 use super::pipeline;
 use super::request_metrics::{self, UNMATCHED};
@@ -72,6 +73,8 @@ pub struct ProxyHooks {
     pub cache: Option<outpost_actors::cache::CacheHandle>,
     /// The access log (`[access_log]`); `None`: not written.
     pub access_log: Option<Arc<AccessLog>>,
+    /// OpenTelemetry traces (`[otel]`); `None`: no spans (and no cost).
+    pub otel: Option<Arc<otel::Traces>>,
     /// Set when the gateway starts draining (see [`super::run`]): answers then close their
     /// HTTP/1.1 connection, so clients and load balancers reconnect elsewhere.
     pub draining: Arc<AtomicBool>,
@@ -83,6 +86,7 @@ pub struct Traffic {
     pub runtime: Runtime,
     pub observer: Option<Arc<dyn RequestObserver>>,
     access_log: Option<Arc<AccessLog>>,
+    otel: Option<Arc<otel::Traces>>,
     draining: Arc<AtomicBool>,
     key_header: Option<HeaderName>,
     key_query: Option<KeyQuery>,
@@ -120,6 +124,7 @@ impl Traffic {
             },
             observer: hooks.observer,
             access_log: hooks.access_log,
+            otel: hooks.otel,
             draining: hooks.draining,
             // Validated with the settings.
             key_header: sub
@@ -382,7 +387,7 @@ const KEEP_ALIVE: Duration = Duration::from_secs(75);
 
 /// Marks a connection that arrived over TLS (`X-Forwarded-Proto: https`).
 #[derive(Clone, Copy)]
-struct Secure;
+pub(super) struct Secure;
 
 // === the request ===
 
@@ -432,6 +437,7 @@ async fn handle(
             observer: traffic.observer.clone(),
             _guards: Vec::new(),
             access,
+            trace: otel::Decision::of(traffic.otel.as_ref(), &req),
             grpc_trailers: grpc
                 .then(|| {
                     req.extensions()
@@ -443,8 +449,9 @@ async fn handle(
         conn,
         stopping: traffic.stopping.clone(),
     };
-    let record = &mut pending.done().record;
-    let (response, guards) = match serve(&req, payload.into_inner(), &traffic, record).await {
+    let Done { record, trace, .. } = pending.done();
+    let (response, guards) = match serve(&req, payload.into_inner(), &traffic, record, trace).await
+    {
         Ok(served) => served,
         Err(err) => {
             record.error_reason = Some(err.reason);
@@ -576,6 +583,8 @@ struct Accepted<'a> {
     length: Option<u64>,
     matched: RouteMatch<'a>,
     subscription: Option<Arc<CompiledSubscription>>,
+    /// Whether it is traced: the `traceparent` the backend gets.
+    trace: &'a otel::Decision,
 }
 
 /// Admit → normalise → route → authenticate → build the exchange → run its pipeline.
@@ -584,6 +593,7 @@ async fn serve(
     payload: actix_web::dev::Payload,
     traffic: &Traffic,
     record: &mut RequestRecord,
+    trace: &mut otel::Decision,
 ) -> Result<Served, GatewayError> {
     let length = admit(req, traffic)?;
     // One load: the whole request sees the configuration that was current when it arrived.
@@ -598,6 +608,10 @@ async fn serve(
         ControlFlow::Continue(matched) => matched,
         ControlFlow::Break(res) => return Ok((res, Vec::new())),
     };
+    trace.route(
+        &normalized.path[..matched.prefix_len],
+        &matched.operation.url_template,
+    );
     let subscription = match authenticate(req, traffic, &table, &matched, record)? {
         ControlFlow::Continue(subscription) => subscription,
         ControlFlow::Break(res) => return Ok((res, Vec::new())),
@@ -609,6 +623,7 @@ async fn serve(
         length,
         matched,
         subscription,
+        trace,
     };
     let (payload, has_body) = request_body(req, payload, length).await;
     // A WebSocket handshake's body is the client's side of the connection once upgraded.
@@ -629,7 +644,9 @@ async fn serve(
         record.client_ip,
     );
     ex.upgrade = upgrade;
-    Ok(run(ex, traffic, record).await)
+    let served = run(&mut ex, traffic, record).await;
+    trace.adopt(ex.trace.take());
+    Ok(served)
 }
 
 /// The request body and whether there is one. HTTP/1 says so in its headers; HTTP/2 frames a
@@ -870,6 +887,7 @@ fn build_exchange(
         length,
         matched,
         subscription,
+        trace,
     } = accepted;
     let headers = req.headers();
     let query = req.uri().query().unwrap_or("");
@@ -892,7 +910,9 @@ fn build_exchange(
         headers.get(header::HOST),
         &mut request_headers,
     );
-    let request_id = ensure_traceparent(&mut request_headers);
+    let request_id = trace
+        .propagate(&mut request_headers)
+        .unwrap_or_else(|| ensure_traceparent(&mut request_headers));
     let query_pairs = query
         .split('&')
         .filter(|p| !p.is_empty())
@@ -947,13 +967,14 @@ fn build_exchange(
         cors: None,
         shared_state: Default::default(),
         trailers: h2.map(|s| s.trailers),
+        trace: trace.phases(),
     }
 }
 
 /// The pipeline of the operation for the request's product, then what the record keeps of it.
-async fn run(mut ex: Exchange, traffic: &Traffic, record: &mut RequestRecord) -> Served {
+async fn run(ex: &mut Exchange, traffic: &Traffic, record: &mut RequestRecord) -> Served {
     let pipeline = ex.operation().pipeline_for(ex.product.as_deref()).clone();
-    let mut response = pipeline::run(&mut ex, &pipeline, &traffic.runtime).await;
+    let mut response = pipeline::run(ex, &pipeline, &traffic.runtime).await;
     if let Some((cors, origin)) = ex.cors.take() {
         pipeline::decorate(&cors, origin, &mut response.headers);
     }
@@ -1115,6 +1136,8 @@ struct Done {
     _guards: Vec<ConcurrencyGuard>,
     /// The request's access-log entry, when it was sampled.
     access: Option<Sampled>,
+    /// Whether the request is traced (`[otel]`), and its spans' data when it is.
+    trace: otel::Decision,
     /// A gRPC call over HTTP/2: where its `grpc-status` trailer arrives.
     grpc_trailers: Option<super::trailers::Trailers>,
 }
@@ -1149,6 +1172,7 @@ impl Done {
         if let Some(access) = &self.access {
             access.write(r);
         }
+        std::mem::take(&mut self.trace).finish(r);
     }
 }
 

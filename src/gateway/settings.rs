@@ -27,6 +27,7 @@ pub struct GatewaySettings {
     pub cache: CacheSettings,
     pub telemetry: TelemetrySettings,
     pub access_log: AccessLogSettings,
+    pub otel: OtelSettings,
     pub shutdown: ShutdownSettings,
     pub log: LogSettings,
 }
@@ -268,6 +269,141 @@ pub struct AccessLogSettings {
     /// Lines waiting for the writer; beyond it lines are dropped (and counted), never waited
     /// for.
     pub buffer_lines: usize,
+}
+
+/// OpenTelemetry over OTLP/HTTP (see docs/operations.md, "OpenTelemetry").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OtelSettings {
+    /// Base URL of the collector's OTLP/HTTP receiver (`http://collector:4318`); traces go to
+    /// `<endpoint>/v1/traces`, metrics to `<endpoint>/v1/metrics`. `""`: OpenTelemetry off.
+    #[serde(with = "typed::opt_string")]
+    pub endpoint: Option<String>,
+    /// The OTLP transport: `http/protobuf`, the only one the gateway speaks.
+    pub protocol: String,
+    /// Export a span per request (and its phases).
+    pub traces: bool,
+    /// Share of the traces the gateway starts that are recorded, 0.0..=1.0, decided from the
+    /// trace id; a client's `traceparent` decides for its own trace (parent-based).
+    pub sampling_ratio: f64,
+    /// Export the gateway's metrics (those of `/metrics`) every `metrics_interval_secs`.
+    pub metrics: bool,
+    #[serde(rename = "metrics_interval_secs", with = "typed::secs")]
+    pub metrics_interval: Duration,
+    /// Headers sent with every export, `name=value` (e.g. `authorization=Bearer …`).
+    pub headers: Vec<String>,
+    /// Timeout of one export request (`timeout_ms`).
+    #[serde(rename = "timeout_ms", with = "typed::millis")]
+    pub timeout: Duration,
+    /// `service.name` of the exported resource.
+    pub service_name: String,
+    /// PEM file of CA certificates to trust for an `https://` endpoint, besides the system's.
+    #[serde(with = "typed::opt_path")]
+    pub ca_file: Option<PathBuf>,
+    /// Finished spans waiting to be exported; beyond it spans are dropped and counted.
+    pub max_queue_spans: usize,
+    /// How long finished spans wait to be exported in a batch (`batch_delay_ms`).
+    #[serde(rename = "batch_delay_ms", with = "typed::millis")]
+    pub batch_delay: Duration,
+}
+
+impl OtelSettings {
+    /// The `headers` as pairs (validation has refused malformed ones).
+    pub fn header_pairs(&self) -> Vec<(String, String)> {
+        self.headers
+            .iter()
+            .filter_map(|h| h.split_once('='))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect()
+    }
+}
+
+impl Default for OtelSettings {
+    fn default() -> Self {
+        Self {
+            endpoint: None,
+            protocol: OTLP_HTTP_PROTOBUF.into(),
+            traces: true,
+            sampling_ratio: 1.0,
+            metrics: true,
+            metrics_interval: Duration::from_secs(60),
+            headers: Vec::new(),
+            timeout: Duration::from_millis(10_000),
+            service_name: "outpost-gateway".into(),
+            ca_file: None,
+            max_queue_spans: 2048,
+            batch_delay: Duration::from_millis(5_000),
+        }
+    }
+}
+
+/// The OTLP protocol name of protobuf over HTTP (the specification's spelling).
+pub const OTLP_HTTP_PROTOBUF: &str = "http/protobuf";
+
+impl OtelSettings {
+    fn validate(&self, p: &mut Problems) {
+        if let Some(endpoint) = &self.endpoint {
+            if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+                p.push("otel.endpoint", "must start with http:// or https://");
+            } else if let Err(e) = endpoint.parse::<http::Uri>() {
+                p.push("otel.endpoint", format!("'{endpoint}' is not a URL: {e}"));
+            }
+        }
+        if self.protocol != OTLP_HTTP_PROTOBUF {
+            p.push(
+                "otel.protocol",
+                format!(
+                    "'{}' is not supported; use \"{OTLP_HTTP_PROTOBUF}\"",
+                    self.protocol
+                ),
+            );
+        }
+        if !(0.0..=1.0).contains(&self.sampling_ratio) {
+            p.push("otel.sampling_ratio", "must be 0.0..=1.0");
+        }
+        if self.metrics_interval.is_zero() {
+            p.push("otel.metrics_interval_secs", "must be at least 1");
+        }
+        if self.timeout.is_zero() {
+            p.push("otel.timeout_ms", "must be at least 1");
+        }
+        if self.max_queue_spans == 0 {
+            p.push("otel.max_queue_spans", "must be at least 1");
+        }
+        if self.batch_delay.is_zero() {
+            p.push("otel.batch_delay_ms", "must be at least 1");
+        }
+        if self.service_name.trim().is_empty() {
+            p.push("otel.service_name", "must not be empty");
+        }
+        for (i, h) in self.headers.iter().enumerate() {
+            let valid = h.split_once('=').is_some_and(|(k, v)| {
+                reqwest::header::HeaderName::from_bytes(k.trim().as_bytes()).is_ok()
+                    && reqwest::header::HeaderValue::from_str(v.trim()).is_ok()
+            });
+            if !valid {
+                // The value may be a secret: only the name (if any) is repeated.
+                let name = h.split_once('=').map_or("", |(k, _)| k.trim());
+                p.push(
+                    format!("otel.headers[{i}]"),
+                    format!(
+                        "expected 'name=value' with a valid header name and value (name: '{name}')"
+                    ),
+                );
+            }
+        }
+        if self.ca_file.is_some()
+            && !self
+                .endpoint
+                .as_deref()
+                .is_some_and(|e| e.starts_with("https://"))
+        {
+            p.push(
+                "otel.ca_file",
+                "set, but otel.endpoint does not use https://",
+            );
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -626,6 +762,7 @@ impl Validate for GatewaySettings {
         if self.telemetry.flush_interval.is_zero() {
             p.push("telemetry.flush_interval_secs", "must be at least 1");
         }
+        self.otel.validate(p);
         self.log.validate(p);
     }
 }
@@ -720,6 +857,61 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("must start with redis://"), "{err}");
+    }
+
+    /// `[otel]`: every bad value listed at once, a header's value never repeated.
+    #[test]
+    fn otel_settings_are_checked_together() {
+        use std::collections::BTreeMap;
+        let load = |pairs: &[(&str, &str)]| {
+            let mut env: BTreeMap<String, String> =
+                [("OUTPOST_OFFLINE_CONFIG_FILE".into(), "/x.yaml".into())].into();
+            env.extend(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+            crate::settings::load::<super::GatewaySettings>(None, &env, &Default::default())
+        };
+        let s = load(&[
+            ("OUTPOST_OTEL_ENDPOINT", "https://collector.internal:4318"),
+            (
+                "OUTPOST_OTEL_HEADERS",
+                "authorization=Bearer abc, x-tenant = blue",
+            ),
+            ("OUTPOST_OTEL_SAMPLING_RATIO", "0.05"),
+        ])
+        .unwrap();
+        assert_eq!(
+            s.otel.header_pairs(),
+            [
+                ("authorization".to_owned(), "Bearer abc".to_owned()),
+                ("x-tenant".to_owned(), "blue".to_owned())
+            ]
+        );
+        assert_eq!(s.otel.sampling_ratio, 0.05);
+        assert!(s.otel.traces && s.otel.metrics);
+
+        let err = load(&[
+            ("OUTPOST_OTEL_ENDPOINT", "collector:4318"),
+            ("OUTPOST_OTEL_PROTOCOL", "grpc"),
+            ("OUTPOST_OTEL_SAMPLING_RATIO", "1.5"),
+            ("OUTPOST_OTEL_HEADERS", "no-equals-sign-secret"),
+            ("OUTPOST_OTEL_CA_FILE", "/ca.pem"),
+            ("OUTPOST_OTEL_MAX_QUEUE_SPANS", "0"),
+        ])
+        .unwrap_err()
+        .to_string();
+        for expected in [
+            "otel.endpoint",
+            "'grpc' is not supported",
+            "otel.sampling_ratio",
+            "otel.headers[0]",
+            "does not use https://",
+            "otel.max_queue_spans",
+        ] {
+            assert!(err.contains(expected), "{expected:?} missing from: {err}");
+        }
+        let err = load(&[("OUTPOST_OTEL_HEADERS", "authorization=bad\u{7f}secret")])
+            .map(|_| String::new())
+            .unwrap_or_else(|e| e.to_string());
+        assert!(!err.contains("secret"), "{err}");
     }
 
     /// TLS files only with `rediss://`, a client certificate only with its key, sentinel

@@ -20,6 +20,8 @@ pub enum StartError {
         path: String,
         source: std::io::Error,
     },
+    #[error("OpenTelemetry: {0}")]
+    Otel(#[from] super::otel::OtelError),
     #[error("cannot read the offline config file {}: {source}", path.display())]
     OfflineFileUnreadable {
         path: PathBuf,
