@@ -1763,7 +1763,7 @@ mod tests {
 
             let mut by_api = store.analytics(&filter(vec![Dimension::Api])).unwrap();
             by_api.sort_by(|a, b| a.group.cmp(&b.group));
-            let summary: Vec<(Vec<String>, i64, Vec<(i64, i64)>)> = by_api
+            let summary: Vec<_> = by_api
                 .into_iter()
                 .map(|s| (s.group, s.requests, s.latency))
                 .collect();
