@@ -921,6 +921,7 @@ async fn telemetry_is_summed_once_per_batch() {
     two_sites(&cp.store);
     let token_a = token(&cp.store, "gw-a");
     let minute = Utc::now().timestamp() / 60 * 60;
+    // Every request of an aggregate took 137 µs but one, which took 30 ms.
     let agg = |status: u16, count: u64| RequestAggregate {
         key: AggregateKey {
             minute,
@@ -928,13 +929,19 @@ async fn telemetry_is_summed_once_per_batch() {
             operation: "get".into(),
             status,
             cache: "none".into(),
+            product: String::new(),
+            subscription: String::new(),
         },
         count,
-        total_duration_ms: 10 * count,
-        max_duration_ms: 30,
-        backend_duration_ms: 5 * count,
+        total_duration_us: 137 * (count - 1) + 30_000,
+        max_duration_us: 30_000,
+        backend_duration_us: 50 * count,
         request_bytes: 0,
         response_bytes: 100 * count,
+        latency: vec![
+            (wire::latency_bucket(137) as u16, count - 1),
+            (wire::latency_bucket(30_000) as u16, 1),
+        ],
     };
     let batch = TelemetryBatch {
         instance_id: "i-1".into(),
@@ -977,11 +984,93 @@ async fn telemetry_is_summed_once_per_batch() {
     let api = &summary["apis"][0];
     assert_eq!(api["api"], "api-a");
     assert_eq!(api["statuses"]["200"], 13);
-    assert_eq!(api["avg-duration-ms"], 10.0);
-    assert_eq!(api["max-duration-ms"], 30);
+    assert_eq!(api["max-duration-ms"], 30.0);
+    // 12 of 15 requests in [120, 150) µs: the median is sub-millisecond, not 0.
+    let p50 = api["p50-ms"].as_f64().unwrap();
+    assert!((0.12..0.15).contains(&p50), "{api}");
+
+    let (status, report) = cp
+        .admin("GET", "/analytics?gateway=gw-a&group_by=status", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["total"]["requests"], 15, "{report}");
+    assert_eq!(report["total"]["errors"], 2);
+    assert_eq!(report["total"]["response-bytes"], 1500);
+    let groups = report["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 2, "{report}");
+    assert_eq!(
+        (groups[0]["status"].as_u64(), groups[0]["requests"].as_u64()),
+        (Some(200), Some(13))
+    );
+    assert_eq!(groups[1]["error-rate"], 1.0);
+    let p99 = report["total"]["p99-ms"].as_f64().unwrap();
+    assert!((25.0..=30.0).contains(&p99), "the 30 ms requests: {report}");
 
     let (_, other) = cp.admin("GET", "/telemetry?gateway=gw-b", None).await;
     assert_eq!(other["requests"], 0);
+    let (_, other) = cp.admin("GET", "/analytics?gateway=gw-b", None).await;
+    assert_eq!(other["total"]["requests"], 0, "{other}");
+    assert_eq!(other["total"]["p50-ms"], Value::Null);
+    assert_eq!(other["groups"], json!([]));
     let (status, _) = cp.admin("GET", "/telemetry?minutes=0", None).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    // A histogram that does not add up to the count is refused, naming the aggregate.
+    let mut wrong = agg(200, 3);
+    wrong.latency[0].1 = 7;
+    let answer = cp
+        .post(
+            "/gateway/v1/telemetry",
+            &token_a,
+            BINCODE_MEDIA_TYPE,
+            wire::encode(&TelemetryBatch {
+                sequence: 9,
+                aggregates: vec![agg(200, 1), wrong],
+                ..batch.clone()
+            })
+            .unwrap(),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    let body: ErrorBody = serde_json::from_slice(&answer.body).unwrap();
+    assert_eq!(body.problems.len(), 1, "{:?}", body.problems);
+    assert_eq!(body.problems[0].path, "aggregates[1].latency");
+}
+
+/// `GET /api/v1/analytics` lists every bad parameter at once; `from` after `to` is empty.
+#[actix_web::test]
+async fn analytics_parameters_are_checked_together() {
+    let cp = start(store(100));
+    let (status, body) = cp
+        .admin(
+            "GET",
+            "/analytics?from=yesterday&to=2026-01-01T00:00:00Z&group_by=colour&limit=3&api=a&api=b",
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let body: ErrorBody = serde_json::from_value(body).unwrap();
+    let paths: Vec<&str> = body.problems.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["from", "group_by", "limit", "api"],
+        "{:?}",
+        body.problems
+    );
+    assert!(
+        body.problems[1].message.contains("minute"),
+        "{:?}",
+        body.problems
+    );
+
+    let (status, body) = cp
+        .admin(
+            "GET",
+            "/analytics?from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z&group_by=minute",
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["total"]["requests"], 0);
+    assert_eq!(body["group-by"], "minute");
 }

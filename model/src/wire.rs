@@ -187,12 +187,17 @@ pub struct HeartbeatAck {
     pub server_time: chrono::DateTime<chrono::Utc>,
 }
 
-/// Request metrics aggregated per minute, API, operation and status, plus sampled logs.
+/// Request metrics aggregated per minute, API, operation, status, cache outcome, product and
+/// subscription.
+///
+/// Changed in this release: latency is a histogram in microseconds ([`LATENCY_BOUNDS_US`])
+/// instead of whole milliseconds, and the key carries product and subscription. A batch
+/// spooled by an older gateway is not decoded (see the spool's file extension).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TelemetryBatch {
     pub instance_id: String,
     /// Sequence number per instance; lets the control plane drop a batch it already has when an
-    /// upload is retried after a lost answer.
+    /// upload is retried after a lost answer (to any replica).
     pub sequence: u64,
     pub aggregates: Vec<RequestAggregate>,
 }
@@ -206,17 +211,104 @@ pub struct AggregateKey {
     pub status: u16,
     /// `hit`, `miss` or `none`.
     pub cache: String,
+    /// Name of the product of the subscription the request came through; empty without one.
+    #[serde(default)]
+    pub product: String,
+    /// Name of the subscription (never its key); empty without one.
+    #[serde(default)]
+    pub subscription: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RequestAggregate {
     pub key: AggregateKey,
     pub count: u64,
-    pub total_duration_ms: u64,
-    pub max_duration_ms: u64,
-    pub backend_duration_ms: u64,
+    pub total_duration_us: u64,
+    pub max_duration_us: u64,
+    pub backend_duration_us: u64,
     pub request_bytes: u64,
     pub response_bytes: u64,
+    /// Request durations as `(bucket, count)`: bucket indexes into [`LATENCY_BOUNDS_US`]
+    /// ascending, zero counts left out. The counts add up to `count`.
+    #[serde(default)]
+    pub latency: Vec<(u16, u64)>,
+}
+
+/// Mantissas of the log-linear latency buckets: twelve bounds per decade.
+const MANTISSAS: [u64; 12] = [10, 12, 15, 20, 25, 30, 40, 50, 60, 70, 80, 90];
+const DECADES: usize = 7;
+
+/// Upper bounds (exclusive), in microseconds, of the latency histogram's buckets: 10 µs, 12 µs,
+/// 15 µs, 20 µs … 80 s, 90 s, 100 s. Bucket `i` counts durations in
+/// `[LATENCY_BOUNDS_US[i-1], LATENCY_BOUNDS_US[i])` (bucket 0 from 0); the last bucket
+/// ([`LATENCY_BUCKETS`]` - 1`) counts 100 s and more. With twelve buckets per decade no bucket
+/// is wider than a third of its lower bound, so a percentile read from the histogram is that
+/// close at every scale, sub-millisecond included. Gateways and
+/// the control plane share these bounds: changing them is a wire format change.
+pub const LATENCY_BOUNDS_US: [u64; DECADES * MANTISSAS.len() + 1] = latency_bounds();
+
+/// Buckets of the latency histogram (the bounds plus the overflow bucket).
+pub const LATENCY_BUCKETS: usize = LATENCY_BOUNDS_US.len() + 1;
+
+const fn latency_bounds() -> [u64; DECADES * MANTISSAS.len() + 1] {
+    let mut out = [0; DECADES * MANTISSAS.len() + 1];
+    let mut scale = 1;
+    let mut d = 0;
+    while d < DECADES {
+        let mut m = 0;
+        while m < MANTISSAS.len() {
+            out[d * MANTISSAS.len() + m] = MANTISSAS[m] * scale;
+            m += 1;
+        }
+        scale *= 10;
+        d += 1;
+    }
+    out[DECADES * MANTISSAS.len()] = MANTISSAS[0] * scale;
+    out
+}
+
+/// The histogram bucket of a duration in microseconds.
+pub fn latency_bucket(us: u64) -> usize {
+    LATENCY_BOUNDS_US.partition_point(|&bound| bound <= us)
+}
+
+/// The `[lower, upper)` microseconds bucket `i` covers; the overflow bucket's upper bound is
+/// its lower one (nothing is known above it).
+pub fn latency_bucket_range(i: usize) -> (u64, u64) {
+    let lower = if i == 0 { 0 } else { LATENCY_BOUNDS_US[i - 1] };
+    let upper = LATENCY_BOUNDS_US.get(i).copied().unwrap_or(lower);
+    (lower, upper)
+}
+
+/// The `q` quantile (0 < q ≤ 1) of a histogram, in microseconds: the bucket holding the
+/// `q × total`-th duration, linearly interpolated inside it, and never above `max_us` (the
+/// largest duration seen, when known). `None` for an empty histogram.
+pub fn latency_quantile(counts: &[u64], q: f64, max_us: Option<u64>) -> Option<f64> {
+    let total: u64 = counts.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = (q.clamp(0.0, 1.0) * total as f64).max(1.0);
+    let mut below = 0u64;
+    for (i, &c) in counts.iter().enumerate() {
+        if c == 0 {
+            continue;
+        }
+        if (below + c) as f64 >= rank {
+            let (lower, upper) = latency_bucket_range(i);
+            let fraction = (rank - below as f64) / c as f64;
+            let value = lower as f64 + (upper - lower) as f64 * fraction;
+            return Some(match max_us {
+                Some(max) => value.min(max as f64),
+                None => value,
+            });
+        }
+        below += c;
+    }
+    // Rounding left the rank past the last count: the top of the last non-empty bucket.
+    let last = counts.iter().rposition(|&c| c > 0)?;
+    let upper = latency_bucket_range(last).1 as f64;
+    Some(max_us.map_or(upper, |m| upper.min(m as f64)))
 }
 
 /// The configuration a gateway holds: its view at a revision, with the control plane's
@@ -345,6 +437,62 @@ pub fn status_classes(aggs: &[RequestAggregate]) -> BTreeMap<String, u64> {
 mod tests {
     use super::*;
     use crate::resources::{Kind, NamedValue};
+
+    #[test]
+    fn latency_buckets_are_log_linear_from_10_us_to_100_s() {
+        assert_eq!(LATENCY_BUCKETS, 86);
+        assert_eq!(&LATENCY_BOUNDS_US[..4], &[10, 12, 15, 20]);
+        assert_eq!(LATENCY_BOUNDS_US[12], 100);
+        assert_eq!(LATENCY_BOUNDS_US[36], 10_000);
+        assert_eq!(LATENCY_BOUNDS_US[84], 100_000_000);
+        assert!(LATENCY_BOUNDS_US.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(latency_bucket(0), 0);
+        assert_eq!(latency_bucket(9), 0);
+        assert_eq!(latency_bucket(10), 1);
+        assert_eq!(latency_bucket(11), 1);
+        assert_eq!(latency_bucket(12), 2);
+        // 137 µs lands in [120, 150).
+        assert_eq!(latency_bucket_range(latency_bucket(137)), (120, 150));
+        assert_eq!(latency_bucket(100_000_000), LATENCY_BUCKETS - 1);
+        assert_eq!(latency_bucket(u64::MAX), LATENCY_BUCKETS - 1);
+        // No bucket is wider than a third of its lower bound (beyond the first).
+        for i in 1..LATENCY_BUCKETS - 1 {
+            let (lo, hi) = latency_bucket_range(i);
+            assert!((hi - lo) * 3 <= lo, "bucket {i}: [{lo}, {hi})");
+        }
+    }
+
+    #[test]
+    fn quantiles_interpolate_inside_the_bucket_and_stay_under_the_max() {
+        let mut counts = [0u64; LATENCY_BUCKETS];
+        assert_eq!(latency_quantile(&counts, 0.5, None), None);
+        // 100 requests: 90 in [200, 250) µs, 9 in [1, 1.2) ms, 1 in [50, 60) ms.
+        counts[latency_bucket(210)] = 90;
+        counts[latency_bucket(1_100)] = 9;
+        counts[latency_bucket(55_000)] = 1;
+        let q = |p| latency_quantile(&counts, p, None).unwrap();
+        // The 50th of 90 in [200, 250): 200 + 50 × 50/90.
+        assert!(
+            (q(0.5) - (200.0 + 50.0 * 50.0 / 90.0)).abs() < 1e-9,
+            "{}",
+            q(0.5)
+        );
+        // The 95th: the 5th of 9 in [1000, 1200).
+        assert!(
+            (q(0.95) - (1000.0 + 200.0 * 5.0 / 9.0)).abs() < 1e-9,
+            "{}",
+            q(0.95)
+        );
+        // The 99th is the last of [1000, 1200); the 100th is in [50 ms, 60 ms).
+        assert!((q(0.99) - 1200.0).abs() < 1e-9, "{}", q(0.99));
+        assert!((q(1.0) - 60_000.0).abs() < 1e-9);
+        assert_eq!(latency_quantile(&counts, 1.0, Some(52_000)), Some(52_000.0));
+        // One sample: any quantile is inside its bucket, never 0.
+        let mut one = [0u64; LATENCY_BUCKETS];
+        one[latency_bucket(300)] = 1;
+        assert_eq!(latency_quantile(&one, 0.5, None), Some(400.0));
+        assert_eq!(latency_quantile(&one, 0.5, Some(310)), Some(310.0));
+    }
 
     fn nv(name: &str, value: &str) -> Resource {
         Resource::NamedValue(NamedValue {

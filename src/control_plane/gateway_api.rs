@@ -46,8 +46,9 @@
 //! poll, not kept until the next change.
 //!
 //! Instance status lives in memory and is exchanged with the store every few seconds
-//! ([`super::instances`]), so it survives a restart and replicas share it. Telemetry lives in
-//! memory only ([`super::telemetry`]); after a restart it is rebuilt from the next uploads.
+//! ([`super::instances`]), so it survives a restart and replicas share it. So are telemetry
+//! batches ([`super::telemetry`]): a batch is acknowledged only once committed, and counted
+//! once whichever replica it reaches.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -67,7 +68,7 @@ use super::error::ApiError;
 use super::gateway_state::{GatewayApiState, blocking_error};
 use super::instances::InstanceStatus;
 use super::store::KeyType;
-use super::telemetry::{Ingested, RETENTION_MINUTES};
+use super::telemetry::{AnalyticsQuery, IngestError, Ingested};
 use super::tokens::{self, RegenerateRequest, TokenRequest, TokenResponse, VerifiedToken};
 use super::views::Format;
 
@@ -340,10 +341,29 @@ async fn telemetry_upload(
             f.decode::<TelemetryBatch>(b)
         })
         .await?;
-    let ingested = state.telemetry.ingest(&token.gateway, &batch, Utc::now());
+    // Off the async workers; the answer waits for the commit, so a 204 means stored.
+    let gateway = token.gateway.clone();
+    let sequence = batch.sequence;
+    let state = state.into_inner();
+    let ingested = web::block(move || state.analytics().ingest(&gateway, &batch, Utc::now()))
+        .await
+        .map_err(blocking_error)?;
+    let ingested = match ingested {
+        Ok(i) => i,
+        Err(IngestError::Invalid(problems)) => {
+            super::metrics::telemetry_batch_refused("invalid");
+            tracing::warn!(gateway = token.gateway, sequence, %problems, "telemetry batch refused");
+            return Err(ApiError::Invalid(problems));
+        }
+        Err(IngestError::Store(e)) => {
+            super::metrics::telemetry_batch_refused("failed");
+            tracing::warn!(gateway = token.gateway, sequence, error = %e, "cannot store a telemetry batch; the gateway retries it");
+            return Err(e.into());
+        }
+    };
     super::metrics::telemetry_batch(ingested);
     match ingested {
-        Ingested::Added { skipped } if skipped > 0 => {
+        Ingested::Added { skipped, .. } if skipped > 0 => {
             tracing::debug!(
                 gateway = token.gateway,
                 skipped,
@@ -353,7 +373,7 @@ async fn telemetry_upload(
         Ingested::Duplicate => {
             tracing::debug!(
                 gateway = token.gateway,
-                sequence = batch.sequence,
+                sequence,
                 "duplicate telemetry batch"
             );
         }
@@ -486,22 +506,43 @@ pub struct SummaryQuery {
     pub minutes: Option<i64>,
 }
 
+/// Longest `minutes` of `GET /api/v1/telemetry`: one day.
+pub const SUMMARY_MAX_MINUTES: i64 = 24 * 60;
+
 async fn get_summary(
     state: web::Data<GatewayApiState>,
     query: web::Query<SummaryQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let minutes = query.minutes.unwrap_or(60);
-    if !(1..=RETENTION_MINUTES).contains(&minutes) {
+    if !(1..=SUMMARY_MAX_MINUTES).contains(&minutes) {
         return Err(ApiError::BadRequest(format!(
-            "minutes must be 1..={RETENTION_MINUTES}"
+            "minutes must be 1..={SUMMARY_MAX_MINUTES}"
         )));
     }
-    Ok(HttpResponse::Ok().json(state.telemetry().summary(
-        query.gateway.as_deref(),
-        query.api.as_deref(),
-        minutes,
-        Utc::now(),
-    )))
+    let query = query.into_inner();
+    let summary = web::block(move || {
+        state.analytics().summary(
+            query.gateway.as_deref(),
+            query.api.as_deref(),
+            minutes,
+            Utc::now(),
+        )
+    })
+    .await
+    .map_err(blocking_error)??;
+    Ok(HttpResponse::Ok().json(summary))
+}
+
+/// `GET /api/v1/analytics`: every parameter checked, every problem listed in one 400.
+async fn get_analytics(
+    state: web::Data<GatewayApiState>,
+    query: web::Query<Vec<(String, String)>>,
+) -> Result<HttpResponse, ApiError> {
+    let query = AnalyticsQuery::parse(&query, Utc::now())?;
+    let report = web::block(move || state.analytics().report(&query))
+        .await
+        .map_err(blocking_error)??;
+    Ok(HttpResponse::Ok().json(report))
 }
 
 /// Mounts the gateway endpoint (`/gateway/v1/...`) at the root of the gateway listener. Needs
@@ -549,5 +590,10 @@ pub fn configure_admin(cfg: &mut web::ServiceConfig) {
             web::resource("/telemetry")
                 .app_data(query())
                 .route(web::get().to(get_summary)),
+        )
+        .service(
+            web::resource("/analytics")
+                .app_data(query())
+                .route(web::get().to(get_analytics)),
         );
 }

@@ -23,7 +23,7 @@ use super::error::ApiError;
 use super::instances::InstanceRegistry;
 use super::settings::ControlPlaneSettings;
 use super::store::{GatewayKeys, KeyType, SigningKeyInfo, SigningKeys, State, Store, StoreError};
-use super::telemetry::TelemetryStore;
+use super::telemetry::Analytics;
 use super::tokens::{self, TokenError, VerifiedToken};
 use super::views::{CachedUpdate, Format, ViewCache};
 
@@ -47,7 +47,7 @@ pub struct GatewayApiState {
     keys: Mutex<KeysCache>,
     views: ViewCache,
     pub(super) instances: InstanceRegistry,
-    pub(super) telemetry: TelemetryStore,
+    pub(super) analytics: Analytics,
     pub(super) compute: Semaphore,
     pub(super) waiting: AtomicUsize,
     signer: ArcSwap<Signer>,
@@ -106,6 +106,7 @@ impl GatewayApiState {
     pub fn new(store: Arc<Store>, settings: &ControlPlaneSettings) -> Result<Self, StoreError> {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let keys = store.signing_keys()?;
+        let analytics = Analytics::new(store.clone(), settings.analytics.retention_hours);
         let state = Self {
             store,
             max_wait: settings.gateway_api.max_wait,
@@ -113,7 +114,7 @@ impl GatewayApiState {
             keys: Mutex::new(KeysCache::default()),
             views: ViewCache::default(),
             instances: InstanceRegistry::new(settings.instances.clone()),
-            telemetry: TelemetryStore::new(),
+            analytics,
             compute: Semaphore::new(cores),
             waiting: AtomicUsize::new(0),
             signer: ArcSwap::from_pointee(Signer::new(0, keys)),
@@ -149,6 +150,18 @@ impl GatewayApiState {
 
     /// Exchanges instance records with the store (blocking; see [`InstanceRegistry::sync`]).
     /// A failure is logged: instance status is informational, and the next sync catches up.
+    /// Purges analytics older than the retention (blocking); failures are logged.
+    pub fn purge_analytics(&self) {
+        match self.analytics.purge(chrono::Utc::now()) {
+            Ok(0) => {}
+            Ok(rows) => {
+                super::metrics::analytics_purged(rows);
+                tracing::debug!(rows, "analytics older than the retention purged");
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot purge old analytics"),
+        }
+    }
+
     pub fn sync_instances(&self) {
         if let Err(e) = self.instances.sync(&self.store, chrono::Utc::now()) {
             tracing::warn!(error = %e, "cannot sync instance status with the store");
@@ -194,8 +207,8 @@ impl GatewayApiState {
         &self.instances
     }
 
-    pub fn telemetry(&self) -> &TelemetryStore {
-        &self.telemetry
+    pub fn analytics(&self) -> &Analytics {
+        &self.analytics
     }
 
     /// Long-polls waiting for a change right now.

@@ -8,8 +8,10 @@
 //! | `outpost_cp_revision` | gauge | |
 //! | `outpost_cp_config_polls_waiting` | gauge | |
 //! | `outpost_cp_gateway_instances` | gauge | `state` (connected, stale, disconnected, stopped) |
-//! | `outpost_cp_telemetry_batches_total` | counter | `result` (added, duplicate) |
+//! | `outpost_cp_telemetry_batches_total` | counter | `result` (added, duplicate, invalid, failed) |
+//! | `outpost_cp_telemetry_aggregates_total` | counter | `result` (stored, skipped) |
 //! | `outpost_cp_telemetry_aggregates_skipped_total` | counter | |
+//! | `outpost_cp_analytics_rows_purged_total` | counter | |
 //! | `outpost_cp_store_operation_seconds` | histogram | `operation` (put, delete, commit) |
 //!
 //! Counters are counted where things happen; gauges are read from the live state at each
@@ -80,12 +82,17 @@ pub fn store_write(
     }
 }
 
-/// One telemetry batch uploaded by a gateway.
+/// One telemetry batch uploaded by a gateway, added to the store (or found there already).
+/// Aggregates are counted `stored` or `skipped` (outside the retention window).
 pub fn telemetry_batch(ingested: Ingested) {
     match ingested {
-        Ingested::Added { skipped } => {
+        Ingested::Added { added, skipped } => {
             metrics::counter!("outpost_cp_telemetry_batches_total", "result" => "added")
                 .increment(1);
+            metrics::counter!("outpost_cp_telemetry_aggregates_total", "result" => "stored")
+                .increment(added as u64);
+            metrics::counter!("outpost_cp_telemetry_aggregates_total", "result" => "skipped")
+                .increment(skipped as u64);
             metrics::counter!("outpost_cp_telemetry_aggregates_skipped_total")
                 .increment(skipped as u64);
         }
@@ -94,6 +101,17 @@ pub fn telemetry_batch(ingested: Ingested) {
                 .increment(1);
         }
     }
+}
+
+/// A telemetry batch refused (`invalid`) or not stored (`failed`: the store failed; the
+/// gateway retries it).
+pub fn telemetry_batch_refused(result: &'static str) {
+    metrics::counter!("outpost_cp_telemetry_batches_total", "result" => result).increment(1);
+}
+
+/// Analytics rows deleted as older than the retention.
+pub fn analytics_purged(rows: u64) {
+    metrics::counter!("outpost_cp_analytics_rows_purged_total").increment(rows);
 }
 
 const STATES: [(ConnectionState, &str); 4] = [

@@ -317,14 +317,21 @@ pub fn start(settings: ControlPlaneSettings) -> Result<RunningControlPlane, Star
 }
 
 /// Every [`instances::SYNC_EVERY`], exchanges instance status with the store and follows a
-/// signing key rotated by another replica, on a thread that ends with the control plane (it
+/// signing key rotated by another replica; every [`ANALYTICS_PURGE_EVERY`] (and at start),
+/// purges analytics older than the retention. On a thread that ends with the control plane (it
 /// holds the state weakly).
 fn spawn_store_sync(state: &web::Data<GatewayApiState>) {
     let weak = Arc::downgrade(&state.clone().into_inner());
     let spawned = std::thread::Builder::new()
         .name("outpost-store-sync".into())
         .spawn(move || {
+            let mut last_purge: Option<std::time::Instant> = None;
             loop {
+                if last_purge.is_none_or(|t| t.elapsed() >= ANALYTICS_PURGE_EVERY) {
+                    let Some(state) = weak.upgrade() else { return };
+                    state.purge_analytics();
+                    last_purge = Some(std::time::Instant::now());
+                }
                 std::thread::sleep(instances::SYNC_EVERY);
                 let Some(state) = weak.upgrade() else { return };
                 state.sync_instances();
@@ -335,6 +342,10 @@ fn spawn_store_sync(state: &web::Data<GatewayApiState>) {
         tracing::error!(error = %e, "cannot start the store sync thread");
     }
 }
+
+/// How often each replica deletes analytics older than `analytics.retention_hours` (a
+/// minute is their resolution; several replicas purging the same rows is harmless).
+pub const ANALYTICS_PURGE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Checks, locks and makes private the data directory before anything reads or writes in it.
 fn open_data_dir(settings: &ControlPlaneSettings) -> Result<Option<DataDir>, StartError> {

@@ -9,6 +9,7 @@
 //! serde types (property names, required fields, defaults) and their patterns against the
 //! model's own checks.
 
+use super::telemetry::GroupBy;
 use actix_web::http::Method;
 use chrono::{DateTime, Utc};
 use outpost_model::Kind;
@@ -137,7 +138,25 @@ fn gateway_operation(op: GatewayAdminOp) -> Value {
                 query_param("api", json!({"type": "string"}), "Only this API."),
                 query_param("minutes", json!({"type": "integer", "minimum": 1, "maximum": 1440, "default": 60}), "Minutes back from now."),
             ],
-            "responses": responses(ok("200", "Aggregates per API.", schema_ref("TelemetrySummary")), &["400", "401"]),
+            "responses": responses(ok("200", "Aggregates per API, from the store (every replica answers the same).", schema_ref("TelemetrySummary")), &["400", "401"]),
+        }),
+        GatewayAdminOp::GetAnalytics => json!({
+            "tags": ["gateway status"],
+            "operationId": "getAnalytics",
+            "summary": "Request analytics: counts, errors, bytes, cache hits and latency percentiles",
+            "description": "Sums the per-minute analytics the gateways uploaded (kept for `analytics.retention_hours`) over the minutes that start in [`from` rounded down to the minute, `to`), filtered and grouped. Percentiles are read from the summed latency histograms, in milliseconds with microsecond precision. A `from` after `to` is an empty window. Every invalid parameter is listed in one 400.",
+            "parameters": [
+                query_param("from", json!({"type": "string", "format": "date-time"}), "Start (RFC 3339); default: one hour before `to`."),
+                query_param("to", json!({"type": "string", "format": "date-time"}), "End (RFC 3339, exclusive); default: now."),
+                query_param("gateway", json!({"type": "string"}), "Only this gateway."),
+                query_param("api", json!({"type": "string"}), "Only this API (empty: requests no API matched)."),
+                query_param("operation", json!({"type": "string"}), "Only this operation (of any API; combine with `api`)."),
+                query_param("product", json!({"type": "string"}), "Only requests through a subscription of this product (empty: without a subscription)."),
+                query_param("subscription", json!({"type": "string"}), "Only requests through this subscription, by name (empty: without one)."),
+                query_param("group_by", json!({"type": "string", "enum": GroupBy::ALL.map(GroupBy::as_str), "default": "api"}),
+                    "One group per value of this dimension (`operation`: per API and operation; `minute`: a time series); `none`: the total only."),
+            ],
+            "responses": responses(ok("200", "The total and one entry per group with requests.", schema_ref("AnalyticsReport")), &["400", "401"]),
         }),
     }
 }
@@ -616,6 +635,8 @@ fn components(window: TokenWindow) -> Value {
         ),
         ("InstanceStatus", instance_status_schema()),
         ("TelemetrySummary", telemetry_schema()),
+        ("AnalyticsStats", analytics_stats_schema()),
+        ("AnalyticsReport", analytics_report_schema()),
     ] {
         s.insert(name.to_owned(), schema);
     }
@@ -998,6 +1019,76 @@ fn instance_status_schema() -> Value {
     )
 }
 
+fn opt_num() -> Value {
+    json!({"type": ["number", "null"]})
+}
+
+fn analytics_stats_properties() -> Value {
+    let int = || json!({"type": "integer", "minimum": 0});
+    let ms = |d: &str| json!({"type": ["number", "null"], "description": format!("{d}, milliseconds (microsecond precision); null without requests.")});
+    json!({
+        "requests": int(),
+        "errors": {"type": "integer", "minimum": 0, "description": "Answers with a 5xx status."},
+        "error-rate": {"type": "number", "minimum": 0, "maximum": 1, "description": "errors / requests; 0 without requests."},
+        "cache-hits": int(),
+        "request-bytes": int(),
+        "response-bytes": int(),
+        "avg-ms": ms("Mean duration"),
+        "avg-backend-ms": ms("Mean time waiting for the backend"),
+        "max-ms": ms("Longest duration"),
+        "p50-ms": ms("Median duration, from the histogram"),
+        "p95-ms": ms("95th percentile, from the histogram"),
+        "p99-ms": ms("99th percentile, from the histogram"),
+    })
+}
+
+const STATS_REQUIRED: [&str; 12] = [
+    "requests",
+    "errors",
+    "error-rate",
+    "cache-hits",
+    "request-bytes",
+    "response-bytes",
+    "avg-ms",
+    "avg-backend-ms",
+    "max-ms",
+    "p50-ms",
+    "p95-ms",
+    "p99-ms",
+];
+
+fn analytics_stats_schema() -> Value {
+    object(analytics_stats_properties(), &STATS_REQUIRED)
+}
+
+fn analytics_report_schema() -> Value {
+    let mut group = analytics_stats_properties();
+    let keys = json!({
+        "minute": {"type": "string", "format": "date-time", "description": "`group_by=minute`: the minute's start."},
+        "gateway": string(),
+        "api": {"type": "string", "description": "`group_by=api` or `operation`."},
+        "operation": string(),
+        "product": {"type": "string", "description": "Empty: requests without a subscription."},
+        "subscription": {"type": "string", "description": "Empty: requests without a subscription."},
+        "status": {"type": "integer"},
+    });
+    for (k, v) in keys.as_object().expect("an object") {
+        group[k] = v.clone();
+    }
+    json!({
+        "type": "object",
+        "properties": {
+            "from": {"type": "string", "format": "date-time"},
+            "to": {"type": "string", "format": "date-time"},
+            "group-by": {"type": "string", "enum": GroupBy::ALL.map(GroupBy::as_str)},
+            "total": schema_ref("AnalyticsStats"),
+            "groups": {"type": "array", "items": object(group, &STATS_REQUIRED),
+                "description": "One per group with requests, ordered by the group's values; each has the grouped dimensions' values (`api` and `operation` for `operation`)."},
+        },
+        "required": ["from", "to", "group-by", "total", "groups"],
+    })
+}
+
 fn telemetry_schema() -> Value {
     let int = || json!({"type": "integer"});
     let num = || json!({"type": "number"});
@@ -1016,8 +1107,11 @@ fn telemetry_schema() -> Value {
                 "requests": int(),
                 "errors": int(),
                 "avg-duration-ms": num(),
-                "max-duration-ms": int(),
+                "max-duration-ms": num(),
                 "avg-backend-duration-ms": num(),
+                "p50-ms": opt_num(),
+                "p95-ms": opt_num(),
+                "p99-ms": opt_num(),
                 "cache-hits": int(),
                 "request-bytes": int(),
                 "response-bytes": int(),

@@ -91,6 +91,7 @@ pub enum GatewayAdminOp {
     ListGatewayInstances,
     ListInstances,
     GetTelemetrySummary,
+    GetAnalytics,
 }
 
 /// One gateway admin route: method, full path and operation.
@@ -141,5 +142,6 @@ pub fn gateway_admin_routes() -> Vec<GatewayAdminRoute> {
             "/telemetry",
             GatewayAdminOp::GetTelemetrySummary,
         ),
+        route(Method::GET, "/analytics", GatewayAdminOp::GetAnalytics),
     ]
 }

@@ -18,6 +18,7 @@ pub struct ControlPlaneSettings {
     pub store: StoreSettings,
     pub tokens: TokenSettings,
     pub instances: InstanceSettings,
+    pub analytics: AnalyticsSettings,
     pub log: LogSettings,
 }
 
@@ -138,6 +139,13 @@ pub struct InstanceSettings {
     pub forget_after: Duration,
 }
 
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AnalyticsSettings {
+    /// Hours of request analytics kept in the store; older minutes are purged.
+    pub retention_hours: u64,
+}
+
 impl Default for ControlPlaneSettings {
     fn default() -> Self {
         Self {
@@ -165,6 +173,9 @@ impl Default for ControlPlaneSettings {
                 stale_after: Duration::from_secs(30),
                 disconnected_after: Duration::from_secs(120),
                 forget_after: Duration::from_secs(300),
+            },
+            analytics: AnalyticsSettings {
+                retention_hours: 24,
             },
             log: LogSettings::default(),
         }
@@ -194,6 +205,11 @@ impl Default for TokenSettings {
 impl Default for InstanceSettings {
     fn default() -> Self {
         ControlPlaneSettings::default().instances
+    }
+}
+impl Default for AnalyticsSettings {
+    fn default() -> Self {
+        ControlPlaneSettings::default().analytics
     }
 }
 impl Validate for ControlPlaneSettings {
@@ -250,9 +266,18 @@ impl Validate for ControlPlaneSettings {
                 "must be greater than instances.disconnected_after_secs",
             );
         }
+        if !(1..=MAX_RETENTION_HOURS).contains(&self.analytics.retention_hours) {
+            p.push(
+                "analytics.retention_hours",
+                format!("must be 1..={MAX_RETENTION_HOURS} (one year)"),
+            );
+        }
         self.log.validate(p);
     }
 }
+
+/// Longest analytics retention accepted, hours.
+pub const MAX_RETENTION_HOURS: u64 = 24 * 366;
 
 #[cfg(test)]
 mod tests {

@@ -141,17 +141,20 @@ impl TelemetryBuffer {
     }
 }
 
-/// The traffic pipeline's hook: one shard-locked update per request, no mailbox.
+/// The traffic pipeline's hook: one shard-locked update per request, no mailbox, no
+/// allocation once the series exists (names are shared `Arc<str>`s).
 impl RequestObserver for Aggregator {
     fn observe(&self, r: &RequestRecord) {
-        self.record(&RequestSample {
+        self.record(RequestSample {
             unix_secs: chrono::Utc::now().timestamp(),
-            api: r.api.as_deref().unwrap_or(""),
-            operation: r.operation.as_deref().unwrap_or(""),
+            api: r.api.clone(),
+            operation: r.operation.clone(),
             status: r.status,
             cache: r.cache.as_str(),
-            duration_ms: r.duration.as_millis() as u64,
-            backend_duration_ms: r.backend_duration.map_or(0, |d| d.as_millis() as u64),
+            product: r.product.clone(),
+            subscription: r.subscription.clone(),
+            duration: r.duration,
+            backend_duration: r.backend_duration,
             request_bytes: r.request_bytes,
             response_bytes: r.response_bytes,
         });

@@ -1,6 +1,11 @@
 //! The telemetry spool: batches that did not fit in memory, one file each, uploaded oldest
 //! first (file names sort by creation time). Files survive a restart, so a gateway restarted
 //! during an outage still uploads what it measured before.
+//!
+//! The extension names the batch format: `.otb2` holds batches with latency histograms. `.otb`
+//! files, spooled by a release before the histograms, are not read (bincode carries no field
+//! names, so they cannot be told apart reliably); they are left in place, reported once at
+//! start, and not counted against the spool bound.
 
 use std::fs;
 use std::io::Write;
@@ -8,7 +13,9 @@ use std::path::{Path, PathBuf};
 
 use outpost_model::wire::{self, TelemetryBatch};
 
-const EXTENSION: &str = "otb";
+const EXTENSION: &str = "otb2";
+/// Batches spooled by a release before latency histograms.
+const OLD_EXTENSION: &str = "otb";
 
 #[derive(Debug)]
 pub struct Spool {
@@ -31,6 +38,18 @@ impl Spool {
             .filter_map(|e| Some((e.path(), e.metadata().ok()?.len())))
             .collect();
         files.sort();
+        let old = fs::read_dir(dir)?
+            .filter_map(Result::ok)
+            .filter(|e| e.path().extension().is_some_and(|x| x == OLD_EXTENSION))
+            .count();
+        if old > 0 {
+            tracing::warn!(
+                dir = %dir.display(),
+                files = old,
+                "telemetry spool files (*.otb) written by an older release are in a format this \
+                 release does not read; they are left in place and will not be uploaded"
+            );
+        }
         let bytes = files.iter().map(|(_, n)| n).sum();
         Ok(Self {
             dir: dir.to_path_buf(),

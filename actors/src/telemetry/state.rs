@@ -1,62 +1,111 @@
 //! Telemetry off the hot path: request outcomes are added into sharded counters keyed by
-//! (minute, API, operation, status, cache); the actor drains them into numbered batches kept in
-//! a bounded outbox until the control plane has them.
+//! (minute, API, operation, status, cache, product, subscription), each with a fixed-size
+//! latency histogram; the actor drains them into numbered batches kept in a bounded outbox
+//! until the control plane has them.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Duration;
 
 use dashmap::DashMap;
-use outpost_model::wire::{AggregateKey, RequestAggregate, TelemetryBatch};
+use outpost_model::wire::{
+    AggregateKey, LATENCY_BUCKETS, RequestAggregate, TelemetryBatch, latency_bucket,
+};
 
 use super::spool::Spool;
 
-/// One finished request, as the traffic pipeline reports it.
-#[derive(Debug, Clone, Copy)]
-pub struct RequestSample<'a> {
+/// One finished request, as the traffic pipeline reports it. Names are shared `Arc<str>`s, so
+/// recording allocates nothing once a series exists in the current minute.
+#[derive(Debug, Clone)]
+pub struct RequestSample {
     /// Unix time the request finished, seconds.
     pub unix_secs: i64,
-    pub api: &'a str,
-    pub operation: &'a str,
+    pub api: Option<Arc<str>>,
+    pub operation: Option<Arc<str>>,
     pub status: u16,
     /// `hit`, `miss` or `none`.
-    pub cache: &'a str,
-    pub duration_ms: u64,
-    pub backend_duration_ms: u64,
+    pub cache: &'static str,
+    pub product: Option<Arc<str>>,
+    /// The subscription's name (never its key).
+    pub subscription: Option<Arc<str>>,
+    pub duration: Duration,
+    pub backend_duration: Option<Duration>,
     pub request_bytes: u64,
     pub response_bytes: u64,
 }
 
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+/// The key in the hot map: like [`AggregateKey`] but made of shared names.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct SeriesKey {
+    minute: i64,
+    api: Option<Arc<str>>,
+    operation: Option<Arc<str>>,
+    status: u16,
+    cache: &'static str,
+    product: Option<Arc<str>>,
+    subscription: Option<Arc<str>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Counters {
     count: u64,
-    total_duration_ms: u64,
-    max_duration_ms: u64,
-    backend_duration_ms: u64,
+    total_duration_us: u64,
+    max_duration_us: u64,
+    backend_duration_us: u64,
     request_bytes: u64,
     response_bytes: u64,
+    latency: [u64; LATENCY_BUCKETS],
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Self {
+            count: 0,
+            total_duration_us: 0,
+            max_duration_us: 0,
+            backend_duration_us: 0,
+            request_bytes: 0,
+            response_bytes: 0,
+            latency: [0; LATENCY_BUCKETS],
+        }
+    }
 }
 
 /// The hot-path side: cloned into every traffic worker, written under one shard lock per
-/// request, never waits on the actor.
+/// request (a few additions into a fixed array), never waits on the actor.
 #[derive(Debug, Clone, Default)]
-pub struct Aggregator(Arc<DashMap<AggregateKey, Counters>>);
+pub struct Aggregator(Arc<DashMap<SeriesKey, Counters>>);
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+fn name(n: &Option<Arc<str>>) -> String {
+    n.as_deref().unwrap_or("").to_owned()
+}
 
 impl Aggregator {
-    pub fn record(&self, r: &RequestSample<'_>) {
-        let key = AggregateKey {
+    pub fn record(&self, r: RequestSample) {
+        let key = SeriesKey {
             minute: r.unix_secs.div_euclid(60) * 60,
-            api: r.api.to_owned(),
-            operation: r.operation.to_owned(),
+            api: r.api,
+            operation: r.operation,
             status: r.status,
-            cache: r.cache.to_owned(),
+            cache: r.cache,
+            product: r.product,
+            subscription: r.subscription,
         };
+        let us = micros(r.duration);
         let mut c = self.0.entry(key).or_default();
         c.count += 1;
-        c.total_duration_ms += r.duration_ms;
-        c.max_duration_ms = c.max_duration_ms.max(r.duration_ms);
-        c.backend_duration_ms += r.backend_duration_ms;
+        c.total_duration_us = c.total_duration_us.saturating_add(us);
+        c.max_duration_us = c.max_duration_us.max(us);
+        c.backend_duration_us = c
+            .backend_duration_us
+            .saturating_add(r.backend_duration.map_or(0, micros));
         c.request_bytes += r.request_bytes;
         c.response_bytes += r.response_bytes;
+        c.latency[latency_bucket(us)] += 1;
     }
 
     /// Takes everything recorded so far. `retain` removes shard by shard under the shard's
@@ -65,13 +114,28 @@ impl Aggregator {
         let mut out = Vec::new();
         self.0.retain(|k, c| {
             out.push(RequestAggregate {
-                key: k.clone(),
+                key: AggregateKey {
+                    minute: k.minute,
+                    api: name(&k.api),
+                    operation: name(&k.operation),
+                    status: k.status,
+                    cache: k.cache.to_owned(),
+                    product: name(&k.product),
+                    subscription: name(&k.subscription),
+                },
                 count: c.count,
-                total_duration_ms: c.total_duration_ms,
-                max_duration_ms: c.max_duration_ms,
-                backend_duration_ms: c.backend_duration_ms,
+                total_duration_us: c.total_duration_us,
+                max_duration_us: c.max_duration_us,
+                backend_duration_us: c.backend_duration_us,
                 request_bytes: c.request_bytes,
                 response_bytes: c.response_bytes,
+                latency: c
+                    .latency
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, n)| **n > 0)
+                    .map(|(i, n)| (i as u16, *n))
+                    .collect(),
             });
             false
         });

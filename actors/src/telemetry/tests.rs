@@ -9,15 +9,21 @@ use super::state::{Aggregator, Outbox, RequestSample};
 use super::*;
 use crate::link::{ClientFactory, LinkConfig};
 
-fn record(api: &str, status: u16, secs: i64, ms: u64) -> RequestSample<'_> {
+fn record(api: &str, status: u16, secs: i64, ms: u64) -> RequestSample {
+    record_us(api, status, secs, ms * 1000)
+}
+
+fn record_us(api: &str, status: u16, secs: i64, us: u64) -> RequestSample {
     RequestSample {
         unix_secs: secs,
-        api,
-        operation: "get",
+        api: Some(api.into()),
+        operation: Some("get".into()),
         status,
         cache: "none",
-        duration_ms: ms,
-        backend_duration_ms: ms / 2,
+        product: None,
+        subscription: None,
+        duration: Duration::from_micros(us),
+        backend_duration: Some(Duration::from_micros(us / 2)),
         request_bytes: 10,
         response_bytes: 100,
     }
@@ -32,13 +38,16 @@ fn aggregates(n: usize) -> Vec<RequestAggregate> {
                 operation: "o".into(),
                 status: 200,
                 cache: "none".into(),
+                product: String::new(),
+                subscription: String::new(),
             },
             count: 1,
-            total_duration_ms: 1,
-            max_duration_ms: 1,
-            backend_duration_ms: 0,
+            total_duration_us: 1,
+            max_duration_us: 1,
+            backend_duration_us: 0,
             request_bytes: 0,
             response_bytes: 0,
+            latency: vec![(0, 1)],
         })
         .collect()
 }
@@ -46,21 +55,62 @@ fn aggregates(n: usize) -> Vec<RequestAggregate> {
 #[test]
 fn requests_aggregate_per_minute_api_operation_status_and_cache() {
     let agg = Aggregator::default();
-    agg.record(&record("a", 200, 120, 10));
-    agg.record(&record("a", 200, 179, 30));
-    agg.record(&record("a", 200, 180, 5));
-    agg.record(&record("a", 404, 130, 1));
-    agg.record(&record("b", 200, 130, 1));
+    agg.record(record("a", 200, 120, 10));
+    agg.record(record("a", 200, 179, 30));
+    agg.record(record("a", 200, 180, 5));
+    agg.record(record("a", 404, 130, 1));
+    agg.record(record("b", 200, 130, 1));
     let out = agg.drain();
     assert_eq!(out.len(), 4);
     let first = &out[0];
     assert_eq!((first.key.minute, first.key.status), (120, 200));
     assert_eq!(first.count, 2);
-    assert_eq!(first.total_duration_ms, 40);
-    assert_eq!(first.max_duration_ms, 30);
-    assert_eq!(first.backend_duration_ms, 20);
+    assert_eq!(first.total_duration_us, 40_000);
+    assert_eq!(first.max_duration_us, 30_000);
+    assert_eq!(first.backend_duration_us, 20_000);
     assert_eq!(first.response_bytes, 200);
+    use outpost_model::wire::latency_bucket;
+    assert_eq!(
+        first.latency,
+        vec![
+            (latency_bucket(10_000) as u16, 1),
+            (latency_bucket(30_000) as u16, 1)
+        ]
+    );
     assert!(agg.drain().is_empty(), "drained means empty");
+}
+
+/// Sub-millisecond durations keep their resolution: 137 µs and 0.9 ms are different buckets.
+#[test]
+fn sub_millisecond_latency_is_kept_with_product_and_subscription() {
+    use outpost_model::wire::latency_bucket;
+    let agg = Aggregator::default();
+    let mut sample = record_us("a", 200, 60, 137);
+    sample.product = Some("gold".into());
+    sample.subscription = Some("acme".into());
+    agg.record(sample.clone());
+    sample.duration = Duration::from_micros(900);
+    agg.record(sample);
+    agg.record(record_us("a", 200, 60, 40));
+    let out = agg.drain();
+    assert_eq!(out.len(), 2);
+    let anonymous = &out[0];
+    assert_eq!(anonymous.key.product, "");
+    assert_eq!(anonymous.latency, vec![(latency_bucket(40) as u16, 1)]);
+    let gold = &out[1];
+    assert_eq!(
+        (gold.key.product.as_str(), gold.key.subscription.as_str()),
+        ("gold", "acme")
+    );
+    assert_eq!(gold.total_duration_us, 1037);
+    assert_eq!(gold.max_duration_us, 900);
+    assert_eq!(
+        gold.latency,
+        vec![
+            (latency_bucket(137) as u16, 1),
+            (latency_bucket(900) as u16, 1)
+        ]
+    );
 }
 
 #[test]
@@ -71,7 +121,7 @@ fn concurrent_records_are_never_lost_by_a_drain() {
             let agg = agg.clone();
             std::thread::spawn(move || {
                 for i in 0..5000 {
-                    agg.record(&record(
+                    agg.record(record(
                         if t % 2 == 0 { "a" } else { "b" },
                         200,
                         i % 3 * 60,
@@ -144,6 +194,26 @@ fn overflow_spools_in_order_and_survives_a_restart() {
     assert_eq!(reopened.spooled(), 1);
 }
 
+/// A spool file of the format before histograms is left alone, not misread.
+#[test]
+fn old_format_spool_files_are_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path()
+            .join("0000000000000001-00000001-i-000000000001.otb"),
+        b"old",
+    )
+    .unwrap();
+    let mut spool = Spool::open(dir.path(), 1 << 20).unwrap();
+    assert!(spool.is_empty());
+    assert!(spool.peek().is_none());
+    assert!(
+        dir.path()
+            .join("0000000000000001-00000001-i-000000000001.otb")
+            .exists()
+    );
+}
+
 #[test]
 fn the_spool_is_bounded_too() {
     let dir = tempfile::tempdir().unwrap();
@@ -214,7 +284,7 @@ async fn backlog_is_uploaded_in_order_with_stable_sequences_after_an_outage() {
     });
     let addr = buffer.start();
     for i in 0..3 {
-        recorder.record(&record("a", 200, 60 * i, 1));
+        recorder.record(record("a", 200, 60 * i, 1));
         addr.send(Flush).await.unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

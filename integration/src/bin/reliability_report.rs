@@ -302,13 +302,11 @@ fn render(args: &Args, settings: &Settings, reports: &[ScenarioReport], took: Du
          1 s; bound: what the killed node answered in the 2.5 s before the kill). A graceful \
          stop loses nothing (memory goes to the spool, uploaded by the next process): the \
          rolling restart is held to exact equality.\n\
-         \x20 - the control plane keeps telemetry in memory (`src/control_plane/telemetry.rs`), so \
-         a restart empties it. The suite reads its total just before the outage (with every \
-         control-plane link already refusing) and adds what the new process counts; that must \
-         be at least what was answered (nothing lost: gateways buffer and upload after the \
-         outage), with at most the batches in flight at the cut counted twice (an upload the \
-         old process counted whose answer never arrived; the new process has no record to \
-         de-duplicate against; bound: what was answered in the 2.5 s before the cut).\n",
+         \x20 - a control plane restart (or a replica killed) loses nothing and counts nothing \
+         twice: analytics are in the store (`src/control_plane/telemetry.rs`), a batch is \
+         acknowledged only after its commit, and its id (gateway, instance, sequence) is \
+         recorded in the same transaction, so a batch whose answer the outage lost is \
+         recognised when retried, on any replica. Held to exact equality.\n",
         secs(CONVERGENCE_LIMIT),
         limit.calls,
         limit.window.as_secs(),

@@ -29,9 +29,8 @@
 //!      admissions per window across site A while Redis is up, at most the node's share per
 //!      node while it is down, at most `calls` on site B;
 //!    - telemetry: requests the gateways answered against what the control plane counted after
-//!      a final flush; exact, except where a process is killed (bounded loss) or the control
-//!      plane restarts (its telemetry lives in memory: what it had before is read just before
-//!      the outage and added; bounded duplicates).
+//!      a final flush; exact (analytics are in the store, each batch counted once), except
+//!      where a gateway is killed (bounded loss).
 
 pub mod checks;
 pub mod estate;
@@ -242,16 +241,6 @@ pub enum TelemetryRule {
     /// A process was SIGKILLed: what it answered since its last flush may be lost, at most
     /// this many requests.
     AtMostLost(u64),
-    /// The control plane restarted: counted = (what it had before the outage) + (what the new
-    /// process counted) ≥ answered, with at most this many duplicates (an upload the old
-    /// process counted but whose answer never reached the gateway, which then uploads it again
-    /// to a process that cannot know).
-    AtMostDuplicated(u64),
-    /// A replica was SIGKILLed with analytics in its memory: counted (its total read just
-    /// before the kill + the live replicas') is within this many of answered, the requests
-    /// whose uploads could race the kill (counted by the victim after the read, or counted
-    /// and then retried against the survivor).
-    Raced(u64),
 }
 
 impl fmt::Display for TelemetryRule {
@@ -259,8 +248,6 @@ impl fmt::Display for TelemetryRule {
         match self {
             TelemetryRule::Exact => write!(f, "exact"),
             TelemetryRule::AtMostLost(n) => write!(f, "loss ≤ {n} (SIGKILL)"),
-            TelemetryRule::AtMostDuplicated(n) => write!(f, "duplicates ≤ {n} (CP restart)"),
-            TelemetryRule::Raced(n) => write!(f, "within ±{n} (replica SIGKILL)"),
         }
     }
 }
@@ -416,8 +403,6 @@ struct Run {
     restarts: Vec<(usize, Duration)>,
     /// A node SIGKILLed (index, at).
     killed: Option<(usize, Duration)>,
-    /// Telemetry the control plane had when it was cut off (before a restart), and when.
-    telemetry_before_restart: Option<(u64, Duration)>,
     /// Site A's Redis-less decisions (see [`site_a_fallbacks`]) when the fault started, and
     /// when shared counting had resumed after a Redis outage.
     fallbacks_at_fault: u64,
@@ -439,7 +424,6 @@ impl Run {
             local_counting: None,
             restarts: Vec::new(),
             killed: None,
-            telemetry_before_restart: None,
             fallbacks_at_fault: 0,
             fallbacks_after_outage: 0,
             fallbacks_retired: 0,
@@ -501,7 +485,7 @@ pub async fn run(scenario: Scenario, settings: &Settings) -> ScenarioReport {
 
 async fn control_plane_killed(e: &mut Estate, load: &FleetLoad, s: &Settings, run: &mut Run) {
     let b = SITE_A;
-    cut_off_control_plane(e, load, run).await;
+    cut_off_control_plane(e).await;
     let start = Instant::now();
     run.fault_start = load.at(start);
     e.cp.kill();
@@ -773,7 +757,7 @@ async fn rolling_restart(e: &mut Estate, load: &FleetLoad, s: &Settings, run: &m
 
 async fn upgrade_drill(e: &mut Estate, load: &FleetLoad, s: &Settings, run: &mut Run) {
     let before = e.cp.revision().await;
-    cut_off_control_plane(e, load, run).await;
+    cut_off_control_plane(e).await;
     let start = Instant::now();
     run.fault_start = load.at(start);
     let status = e.cp.stop_graceful(STOP_GRACE).await;
@@ -807,16 +791,12 @@ async fn upgrade_drill(e: &mut Estate, load: &FleetLoad, s: &Settings, run: &mut
 // === steps shared by the scenarios ===
 
 /// Every gateway's control-plane link refuses from now on (as it will once the process is
-/// gone), and what the control plane has counted so far is read: its telemetry lives in
-/// memory and is about to be lost with the process.
-async fn cut_off_control_plane(e: &mut Estate, load: &FleetLoad, run: &mut Run) {
+/// gone). The analytics are in the store: the restarted control plane has every batch it
+/// acknowledged, and a batch whose answer the cut lost is retried and counted once.
+async fn cut_off_control_plane(e: &mut Estate) {
     for n in &e.nodes {
         n.cp_link.set_mode(FaultMode::Refuse);
     }
-    // An upload the control plane had fully read when the links went down is counted now.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let counted = e.telemetry_total().await.unwrap_or(0);
-    run.telemetry_before_restart = Some((counted, load.elapsed()));
 }
 
 fn restore_control_plane_links(e: &Estate) {
@@ -1260,14 +1240,11 @@ async fn check_telemetry(
             })
             .count() as u64
     };
-    let (rule, before) = if let Some((victim, at)) = run.killed {
+    let rule = if let Some((victim, at)) = run.killed {
         let bound = answered_by_in(Some(victim), at.saturating_sub(unflushed), at);
-        (TelemetryRule::AtMostLost(bound), 0)
-    } else if let Some((counted, at)) = run.telemetry_before_restart {
-        let bound = answered_by_in(None, at.saturating_sub(unflushed), at);
-        (TelemetryRule::AtMostDuplicated(bound), counted)
+        TelemetryRule::AtMostLost(bound)
     } else {
-        (TelemetryRule::Exact, 0)
+        TelemetryRule::Exact
     };
     let minimum = match rule {
         TelemetryRule::AtMostLost(n) => answered.saturating_sub(n),
@@ -1277,7 +1254,7 @@ async fn check_telemetry(
     let start = Instant::now();
     let mut counted = None;
     while start.elapsed() < scaled(TELEMETRY_WAIT) {
-        counted = e.telemetry_total().await.map(|t| t + before);
+        counted = e.telemetry_total().await;
         if counted.is_some_and(|c| c >= minimum) {
             break;
         }
@@ -1286,7 +1263,7 @@ async fn check_telemetry(
     // Two more flush intervals: anything still arriving would be a duplicate or a surplus.
     tokio::time::sleep(estate::FLUSH_INTERVAL * 2).await;
     if let Some(c) = e.telemetry_total().await {
-        counted = Some(c + before);
+        counted = Some(c);
     }
     let Some(c) = counted else {
         run.problem("the control plane's telemetry could not be read");
@@ -1295,8 +1272,6 @@ async fn check_telemetry(
     let ok = match rule {
         TelemetryRule::Exact => c == answered,
         TelemetryRule::AtMostLost(n) => c <= answered && answered - c <= n,
-        TelemetryRule::AtMostDuplicated(n) => c >= answered && c - answered <= n,
-        TelemetryRule::Raced(n) => c.abs_diff(answered) <= n,
     };
     if !ok {
         run.problem(format!(

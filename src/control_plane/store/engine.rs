@@ -116,6 +116,190 @@ pub struct InstanceRow {
     pub record: String,
 }
 
+/// The key of one analytics row (one minute of one series).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct AnalyticsKey {
+    /// Unix seconds of the minute's start.
+    pub minute: i64,
+    pub gateway: String,
+    pub api: String,
+    pub operation: String,
+    pub product: String,
+    pub subscription: String,
+    pub status: i64,
+}
+
+/// What one telemetry batch adds to one analytics row.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AnalyticsRow {
+    pub key: AnalyticsKey,
+    pub requests: i64,
+    pub errors: i64,
+    pub cache_hits: i64,
+    pub request_bytes: i64,
+    pub response_bytes: i64,
+    pub total_duration_us: i64,
+    pub max_duration_us: i64,
+    pub backend_duration_us: i64,
+    /// `(bucket, requests)`, non-zero only.
+    pub latency: Vec<(i64, i64)>,
+}
+
+/// A telemetry batch's identity, recorded with it for de-duplication across replicas.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchId {
+    pub gateway: String,
+    pub instance_id: String,
+    pub sequence: i64,
+}
+
+/// A dimension analytics can be grouped by (a column of the key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Dimension {
+    Minute,
+    Gateway,
+    Api,
+    Operation,
+    Product,
+    Subscription,
+    Status,
+}
+
+impl Dimension {
+    /// The column; a fixed name, so it can be spliced into SQL.
+    pub fn column(self) -> &'static str {
+        match self {
+            Dimension::Minute => "minute",
+            Dimension::Gateway => "gateway",
+            Dimension::Api => "api",
+            Dimension::Operation => "operation",
+            Dimension::Product => "product",
+            Dimension::Subscription => "subscription",
+            Dimension::Status => "status",
+        }
+    }
+}
+
+/// Which analytics rows to add up, and by what.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AnalyticsFilter {
+    /// Minutes `from_minute <= minute < to_minute` (unix seconds).
+    pub from_minute: i64,
+    pub to_minute: i64,
+    pub gateway: Option<String>,
+    pub api: Option<String>,
+    pub operation: Option<String>,
+    pub product: Option<String>,
+    pub subscription: Option<String>,
+    /// Group by these dimensions, in this order; empty: one total.
+    pub group_by: Vec<Dimension>,
+}
+
+/// One group of summed analytics rows.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AnalyticsSum {
+    /// The group's value of each `group_by` dimension, as text, in order.
+    pub group: Vec<String>,
+    pub requests: i64,
+    pub errors: i64,
+    pub cache_hits: i64,
+    pub request_bytes: i64,
+    pub response_bytes: i64,
+    pub total_duration_us: i64,
+    pub max_duration_us: i64,
+    pub backend_duration_us: i64,
+    /// `(bucket, requests)`, ascending.
+    pub latency: Vec<(i64, i64)>,
+}
+
+/// A query parameter of the analytics SQL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SqlParam {
+    Int(i64),
+    Text(String),
+}
+
+/// The analytics queries for `filter`: (sums per group, latency per group and bucket), with
+/// their parameters. `placeholder(n)` writes the engine's n-th (1-based) parameter. Both
+/// queries select the group columns first, as text.
+pub fn analytics_sql(
+    filter: &AnalyticsFilter,
+    placeholder: fn(usize) -> String,
+) -> (String, String, Vec<SqlParam>) {
+    let mut params = vec![
+        SqlParam::Int(filter.from_minute),
+        SqlParam::Int(filter.to_minute),
+    ];
+    let mut wheres = format!(
+        "minute >= {} AND minute < {}",
+        placeholder(1),
+        placeholder(2)
+    );
+    for (column, value) in [
+        ("gateway", &filter.gateway),
+        ("api", &filter.api),
+        ("operation", &filter.operation),
+        ("product", &filter.product),
+        ("subscription", &filter.subscription),
+    ] {
+        if let Some(v) = value {
+            params.push(SqlParam::Text(v.clone()));
+            wheres.push_str(&format!(" AND {column} = {}", placeholder(params.len())));
+        }
+    }
+    let groups: Vec<&str> = filter.group_by.iter().map(|d| d.column()).collect();
+    let select: String = groups
+        .iter()
+        .map(|c| format!("CAST({c} AS TEXT), "))
+        .collect();
+    let group_by = if groups.is_empty() {
+        String::new()
+    } else {
+        format!(" GROUP BY {}", groups.join(", "))
+    };
+    // PostgreSQL sums BIGINTs as NUMERIC: cast back. No group and no row: one row of zeros.
+    let sum = |c: &str| format!("CAST(COALESCE(SUM({c}), 0) AS BIGINT)");
+    let sums = format!(
+        "SELECT {select}{}, {}, {}, {}, {}, {}, CAST(COALESCE(MAX(max_duration_us), 0) AS BIGINT), \
+         {} FROM analytics WHERE {wheres}{group_by}",
+        sum("requests"),
+        sum("errors"),
+        sum("cache_hits"),
+        sum("request_bytes"),
+        sum("response_bytes"),
+        sum("total_duration_us"),
+        sum("backend_duration_us"),
+    );
+    let latency_group = if groups.is_empty() {
+        " GROUP BY bucket".to_owned()
+    } else {
+        format!(" GROUP BY {}, bucket", groups.join(", "))
+    };
+    let latency = format!(
+        "SELECT {select}CAST(bucket AS BIGINT), {} FROM analytics_latency WHERE {wheres}{latency_group}",
+        sum("requests")
+    );
+    (sums, latency, params)
+}
+
+/// Puts latency rows `(group, bucket, requests)` into their groups' sums. A group with latency
+/// but no sums row cannot happen (both are written in one transaction); it is skipped.
+pub fn attach_latency(sums: &mut [AnalyticsSum], latency: Vec<(Vec<String>, i64, i64)>) {
+    let index: std::collections::HashMap<Vec<String>, usize> = sums
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.group.clone(), i))
+        .collect();
+    for (group, bucket, n) in latency {
+        if let Some(&i) = index.get(&group) {
+            sums[i].latency.push((bucket, n));
+        }
+    }
+    for s in sums.iter_mut() {
+        s.latency.sort_unstable();
+    }
+}
+
 /// Every table's rows: what a store loads at start (or when too far behind to catch up from the
 /// change log) and what `store copy` moves.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -218,6 +402,21 @@ pub trait Engine: Send {
     fn load_instances(&mut self, seen_since: &str) -> Result<Vec<InstanceRow>, StoreError>;
     /// Deletes rows last seen before `seen_before`.
     fn forget_instances(&mut self, seen_before: &str) -> Result<(), StoreError>;
+
+    /// Adds a telemetry batch's rows to the analytics (upsert-add), recording `batch` in the
+    /// same transaction; `false` (nothing added) when the batch was recorded before, by this
+    /// replica or another. `received_at`: unix seconds, for the purge.
+    fn add_analytics(
+        &mut self,
+        batch: &BatchId,
+        received_at: i64,
+        rows: &[AnalyticsRow],
+    ) -> Result<bool, StoreError>;
+    /// Sums per group of the analytics rows `filter` selects, with their latency histograms.
+    fn analytics(&mut self, filter: &AnalyticsFilter) -> Result<Vec<AnalyticsSum>, StoreError>;
+    /// Deletes analytics rows of minutes before `before_minute` and batch records received
+    /// before it; returns the analytics rows deleted.
+    fn purge_analytics(&mut self, before_minute: i64) -> Result<u64, StoreError>;
 
     /// Whether the store holds nothing yet (no revision, no keys): the only valid target of a
     /// copy.

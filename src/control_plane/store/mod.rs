@@ -35,10 +35,13 @@ use outpost_model::{Kind, Resource, ResourceKey};
 use rand::RngCore;
 use tokio::sync::watch;
 
+pub use self::engine::{
+    AnalyticsFilter, AnalyticsKey, AnalyticsRow, AnalyticsSum, BatchId, Dimension, InstanceRow,
+    Location,
+};
 use self::engine::{
     ChangeRow, Dump, Engine, GatewayKeyRecord, ResourceRow, SigningKeyRecord, Since, WriteBatch,
 };
-pub use self::engine::{InstanceRow, Location};
 use self::postgres::PostgresEngine;
 use self::sqlite::SqliteEngine;
 
@@ -733,6 +736,36 @@ impl Store {
             .lock()
             .expect("store lock")
             .forget_instances(seen_before)
+    }
+
+    // === analytics (telemetry) ===
+
+    /// Adds one telemetry batch's rows, unless the batch was added before (by any replica):
+    /// `Ok(false)`. Durable when this returns `Ok`.
+    pub fn add_analytics(
+        &self,
+        batch: &BatchId,
+        received_at: i64,
+        rows: &[AnalyticsRow],
+    ) -> Result<bool, StoreError> {
+        self.engine
+            .lock()
+            .expect("store lock")
+            .add_analytics(batch, received_at, rows)
+    }
+
+    /// Sums of the analytics rows `filter` selects, per group.
+    pub fn analytics(&self, filter: &AnalyticsFilter) -> Result<Vec<AnalyticsSum>, StoreError> {
+        self.engine.lock().expect("store lock").analytics(filter)
+    }
+
+    /// Deletes analytics of minutes before `before_minute` (unix seconds); returns the rows
+    /// deleted.
+    pub fn purge_analytics(&self, before_minute: i64) -> Result<u64, StoreError> {
+        self.engine
+            .lock()
+            .expect("store lock")
+            .purge_analytics(before_minute)
     }
 
     #[cfg(test)]
@@ -1582,7 +1615,8 @@ mod tests {
     }
 
     /// A SQLite store made before migrations were versioned (the same tables, no history)
-    /// is adopted as schema version 1 with its data, then migrated on (V2: instances).
+    /// is adopted as schema version 1 with its data, then migrated on (V2: instances, V3:
+    /// analytics).
     #[test]
     fn an_unversioned_sqlite_store_is_adopted() {
         let dir = tempfile::tempdir().unwrap();
@@ -1609,7 +1643,7 @@ mod tests {
                 |r| r.get(0),
             )
             .unwrap();
-        assert_eq!(version, 2);
+        assert_eq!(version, 3);
     }
 
     /// Instance rows: the later `last_seen` wins whoever writes last; old rows are forgotten.
@@ -1646,6 +1680,147 @@ mod tests {
                     .unwrap()
                     .is_empty()
             );
+        });
+    }
+
+    fn analytics_row(minute: i64, gateway: &str, api: &str, status: i64, n: i64) -> AnalyticsRow {
+        AnalyticsRow {
+            key: AnalyticsKey {
+                minute,
+                gateway: gateway.into(),
+                api: api.into(),
+                operation: "get".into(),
+                product: "gold".into(),
+                subscription: "acme".into(),
+                status,
+            },
+            requests: n,
+            errors: if status >= 500 { n } else { 0 },
+            cache_hits: 1,
+            request_bytes: 10 * n,
+            response_bytes: 100 * n,
+            total_duration_us: 200 * n,
+            max_duration_us: 200 + n,
+            backend_duration_us: 0,
+            latency: vec![(3, n - 1), (20, 1)],
+        }
+    }
+
+    fn batch_id(gateway: &str, sequence: i64) -> BatchId {
+        BatchId {
+            gateway: gateway.into(),
+            instance_id: "i-1".into(),
+            sequence,
+        }
+    }
+
+    /// Analytics rows add up (upsert-add, histograms included), a batch id is counted once,
+    /// groups and filters select what they say, and the purge deletes old minutes only.
+    #[test]
+    fn analytics_add_up_once_per_batch_and_are_purged() {
+        on_both_engines(|db| {
+            let store = db.open(StoreOptions::default());
+            let rows = [
+                analytics_row(60, "edge", "orders", 200, 5),
+                analytics_row(60, "edge", "orders", 503, 2),
+                analytics_row(120, "edge", "users", 200, 3),
+            ];
+            assert!(
+                store
+                    .add_analytics(&batch_id("edge", 1), 100, &rows)
+                    .unwrap()
+            );
+            assert!(
+                !store
+                    .add_analytics(&batch_id("edge", 1), 100, &rows)
+                    .unwrap(),
+                "the same batch again: nothing added"
+            );
+            // Same key as an earlier row: added to it.
+            assert!(
+                store
+                    .add_analytics(
+                        &batch_id("edge", 2),
+                        130,
+                        &[analytics_row(60, "edge", "orders", 200, 4)]
+                    )
+                    .unwrap()
+            );
+            let filter = |group_by: Vec<Dimension>| AnalyticsFilter {
+                from_minute: 0,
+                to_minute: 1000,
+                group_by,
+                ..AnalyticsFilter::default()
+            };
+            let total = store.analytics(&filter(vec![])).unwrap();
+            assert_eq!(total.len(), 1);
+            let t = &total[0];
+            assert_eq!((t.requests, t.errors, t.cache_hits), (14, 2, 4));
+            assert_eq!((t.request_bytes, t.response_bytes), (140, 1400));
+            assert_eq!(t.total_duration_us, 2800);
+            assert_eq!(t.max_duration_us, 205);
+            assert_eq!(t.latency, vec![(3, 10), (20, 4)]);
+
+            let mut by_api = store.analytics(&filter(vec![Dimension::Api])).unwrap();
+            by_api.sort_by(|a, b| a.group.cmp(&b.group));
+            let summary: Vec<_> = by_api
+                .into_iter()
+                .map(|s| (s.group, s.requests, s.latency))
+                .collect();
+            assert_eq!(
+                summary,
+                vec![
+                    (vec!["orders".to_owned()], 11, vec![(3, 8), (20, 3)]),
+                    (vec!["users".to_owned()], 3, vec![(3, 2), (20, 1)]),
+                ]
+            );
+            let mut by_minute_status = store
+                .analytics(&filter(vec![Dimension::Minute, Dimension::Status]))
+                .unwrap();
+            by_minute_status.sort_by(|a, b| a.group.cmp(&b.group));
+            let groups: Vec<Vec<String>> =
+                by_minute_status.iter().map(|s| s.group.clone()).collect();
+            assert_eq!(
+                groups,
+                vec![vec!["120", "200"], vec!["60", "200"], vec!["60", "503"]]
+            );
+            let only = store
+                .analytics(&AnalyticsFilter {
+                    from_minute: 100,
+                    to_minute: 1000,
+                    api: Some("users".into()),
+                    product: Some("gold".into()),
+                    subscription: Some("acme".into()),
+                    gateway: Some("edge".into()),
+                    operation: Some("get".into()),
+                    group_by: vec![],
+                })
+                .unwrap();
+            assert_eq!(only[0].requests, 3);
+            let none = store
+                .analytics(&AnalyticsFilter {
+                    api: Some("orders".into()),
+                    from_minute: 100,
+                    to_minute: 1000,
+                    ..AnalyticsFilter::default()
+                })
+                .unwrap();
+            assert_eq!(none[0].requests, 0, "minute 60 is before the window");
+
+            // Minute 60 goes; the batch ids received before 120 go too (batch 2, at 130,
+            // stays: a retry of it is still a duplicate).
+            assert_eq!(store.purge_analytics(120).unwrap(), 2);
+            let left = store.analytics(&filter(vec![])).unwrap();
+            assert_eq!(
+                (left[0].requests, left[0].latency.clone()),
+                (3, vec![(3, 2), (20, 1)])
+            );
+            assert!(
+                !store
+                    .add_analytics(&batch_id("edge", 2), 140, &rows)
+                    .unwrap()
+            );
+            assert!(store.add_analytics(&batch_id("edge", 1), 140, &[]).unwrap());
         });
     }
 }

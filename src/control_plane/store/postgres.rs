@@ -32,8 +32,9 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::StoreError;
 use super::engine::{
-    ChangeRow, Dump, Engine, GatewayKeyRecord, InstanceRow, ResourceRow, SigningKeyRecord, Since,
-    WriteBatch, check_schema_version,
+    AnalyticsFilter, AnalyticsRow, AnalyticsSum, BatchId, ChangeRow, Dump, Engine,
+    GatewayKeyRecord, InstanceRow, ResourceRow, SigningKeyRecord, Since, SqlParam, WriteBatch,
+    analytics_sql, attach_latency, check_schema_version,
 };
 
 mod embedded {
@@ -51,6 +52,90 @@ pub const FALLBACK_CHECK: Duration = Duration::from_secs(2);
 /// stays unreachable, up to [`LISTENER_RETRY_MAX`].
 const LISTENER_RETRY: Duration = Duration::from_millis(500);
 const LISTENER_RETRY_MAX: Duration = Duration::from_secs(10);
+
+const INSERT_BATCH: &str = "INSERT INTO analytics_batches (gateway, instance_id, sequence, received_at) \
+     VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING";
+const ADD_ANALYTICS: &str = "INSERT INTO analytics (minute, gateway, api, operation, product, \
+     subscription, status, requests, errors, cache_hits, request_bytes, response_bytes, \
+     total_duration_us, max_duration_us, backend_duration_us) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+     ON CONFLICT (minute, gateway, api, operation, product, subscription, status) DO UPDATE SET \
+     requests = analytics.requests + excluded.requests, \
+     errors = analytics.errors + excluded.errors, \
+     cache_hits = analytics.cache_hits + excluded.cache_hits, \
+     request_bytes = analytics.request_bytes + excluded.request_bytes, \
+     response_bytes = analytics.response_bytes + excluded.response_bytes, \
+     total_duration_us = analytics.total_duration_us + excluded.total_duration_us, \
+     max_duration_us = GREATEST(analytics.max_duration_us, excluded.max_duration_us), \
+     backend_duration_us = analytics.backend_duration_us + excluded.backend_duration_us";
+const ADD_LATENCY: &str = "INSERT INTO analytics_latency (minute, gateway, api, operation, \
+     product, subscription, status, bucket, requests) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+     ON CONFLICT (minute, gateway, api, operation, product, subscription, status, bucket) \
+     DO UPDATE SET requests = analytics_latency.requests + excluded.requests";
+
+/// Adds `rows` (the batch already recorded), pipelined: every statement is sent before the
+/// answers are awaited, so a batch costs about one round trip, not one per row.
+async fn add_rows(c: &Client, rows: &[AnalyticsRow]) -> Result<(), tokio_postgres::Error> {
+    let add = c.prepare(ADD_ANALYTICS).await?;
+    let latency = c.prepare(ADD_LATENCY).await?;
+    // The INTEGER columns, as the i32s PostgreSQL expects, owned here for the borrows below.
+    let statuses: Vec<i32> = rows.iter().map(|r| r.key.status as i32).collect();
+    let buckets: Vec<Vec<i32>> = rows
+        .iter()
+        .map(|r| r.latency.iter().map(|(b, _)| *b as i32).collect())
+        .collect();
+    let mut calls = Vec::new();
+    let mut bucket_calls = Vec::new();
+    for (i, r) in rows.iter().enumerate() {
+        let k = &r.key;
+        let params: Vec<&(dyn ToSql + Sync)> = vec![
+            &k.minute,
+            &k.gateway,
+            &k.api,
+            &k.operation,
+            &k.product,
+            &k.subscription,
+            &statuses[i],
+            &r.requests,
+            &r.errors,
+            &r.cache_hits,
+            &r.request_bytes,
+            &r.response_bytes,
+            &r.total_duration_us,
+            &r.max_duration_us,
+            &r.backend_duration_us,
+        ];
+        calls.push(c.execute_raw(&add, params));
+        for (j, (_, n)) in r.latency.iter().enumerate() {
+            let params: Vec<&(dyn ToSql + Sync)> = vec![
+                &k.minute,
+                &k.gateway,
+                &k.api,
+                &k.operation,
+                &k.product,
+                &k.subscription,
+                &statuses[i],
+                &buckets[i][j],
+                n,
+            ];
+            bucket_calls.push(c.execute_raw(&latency, params));
+        }
+    }
+    futures_util::future::try_join_all(calls).await?;
+    futures_util::future::try_join_all(bucket_calls).await?;
+    Ok(())
+}
+
+fn pg_param(p: &SqlParam) -> Box<dyn ToSql + Sync + Send> {
+    match p {
+        SqlParam::Int(i) => Box::new(*i),
+        SqlParam::Text(t) => Box::new(t.clone()),
+    }
+}
+
+fn groups_of(row: &tokio_postgres::Row, n: usize) -> Vec<String> {
+    (0..n).map(|i| row.get::<_, String>(i)).collect()
+}
 
 #[derive(Clone)]
 enum Tls {
@@ -729,6 +814,119 @@ impl Engine for PostgresEngine {
             c.execute("DELETE FROM instances WHERE last_seen < $1", &[&before])
                 .await?;
             Ok(())
+        })
+    }
+
+    fn add_analytics(
+        &mut self,
+        batch: &BatchId,
+        received_at: i64,
+        rows: &[AnalyticsRow],
+    ) -> Result<bool, StoreError> {
+        let batch = batch.clone();
+        let rows = rows.to_vec();
+        self.run(move |c| async move {
+            c.batch_execute("BEGIN").await?;
+            let result = async {
+                // First, so a replica adding the same batch concurrently waits here for this
+                // transaction and then finds the row: one of the two adds.
+                let new = c
+                    .execute(
+                        INSERT_BATCH,
+                        &[
+                            &batch.gateway,
+                            &batch.instance_id,
+                            &batch.sequence,
+                            &received_at,
+                        ],
+                    )
+                    .await?;
+                if new == 0 {
+                    return Ok(false);
+                }
+                add_rows(&c, &rows).await?;
+                Ok::<_, tokio_postgres::Error>(true)
+            }
+            .await;
+            match result {
+                Ok(added) => c.batch_execute("COMMIT").await.map(|()| added),
+                Err(e) => {
+                    let _ = c.batch_execute("ROLLBACK").await;
+                    Err(e)
+                }
+            }
+        })
+    }
+
+    fn analytics(&mut self, filter: &AnalyticsFilter) -> Result<Vec<AnalyticsSum>, StoreError> {
+        let (sums_sql, latency_sql, params) = analytics_sql(filter, |n| format!("${n}"));
+        let groups = filter.group_by.len();
+        self.run(move |c| async move {
+            let params: Vec<Box<dyn ToSql + Sync + Send>> = params.iter().map(pg_param).collect();
+            let refs: Vec<&(dyn ToSql + Sync)> =
+                params.iter().map(|p| &**p as &(dyn ToSql + Sync)).collect();
+            // One snapshot for both queries.
+            c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                .await?;
+            let read = async {
+                let sums = c.query(&sums_sql, &refs).await?;
+                let latency = c.query(&latency_sql, &refs).await?;
+                Ok::<_, tokio_postgres::Error>((sums, latency))
+            }
+            .await;
+            let _ = c.batch_execute("COMMIT").await;
+            let (sums, latency) = read?;
+            let mut sums: Vec<AnalyticsSum> = sums
+                .iter()
+                .map(|r| AnalyticsSum {
+                    group: groups_of(r, groups),
+                    requests: r.get(groups),
+                    errors: r.get(groups + 1),
+                    cache_hits: r.get(groups + 2),
+                    request_bytes: r.get(groups + 3),
+                    response_bytes: r.get(groups + 4),
+                    total_duration_us: r.get(groups + 5),
+                    max_duration_us: r.get(groups + 6),
+                    backend_duration_us: r.get(groups + 7),
+                    latency: Vec::new(),
+                })
+                .collect();
+            let latency = latency
+                .iter()
+                .map(|r| (groups_of(r, groups), r.get(groups), r.get(groups + 1)))
+                .collect();
+            attach_latency(&mut sums, latency);
+            Ok(sums)
+        })
+    }
+
+    fn purge_analytics(&mut self, before_minute: i64) -> Result<u64, StoreError> {
+        self.run(move |c| async move {
+            c.batch_execute("BEGIN").await?;
+            let result = async {
+                let deleted = c
+                    .execute("DELETE FROM analytics WHERE minute < $1", &[&before_minute])
+                    .await?;
+                c.execute(
+                    "DELETE FROM analytics_latency WHERE minute < $1",
+                    &[&before_minute],
+                )
+                .await?;
+                c.execute(
+                    "DELETE FROM analytics_batches WHERE received_at < $1",
+                    &[&before_minute],
+                )
+                .await?;
+                Ok::<_, tokio_postgres::Error>(deleted)
+            }
+            .await;
+            match result {
+                Ok(n) => c.batch_execute("COMMIT").await.map(|()| n),
+                Err(e) => {
+                    let _ = c.batch_execute("ROLLBACK").await;
+                    Err(e)
+                }
+            }
         })
     }
 

@@ -10,8 +10,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::StoreError;
 use super::engine::{
-    ChangeRow, Dump, Engine, GatewayKeyRecord, InstanceRow, ResourceRow, SigningKeyRecord, Since,
-    WriteBatch, check_schema_version,
+    AnalyticsFilter, AnalyticsRow, AnalyticsSum, BatchId, ChangeRow, Dump, Engine,
+    GatewayKeyRecord, InstanceRow, ResourceRow, SigningKeyRecord, Since, SqlParam, WriteBatch,
+    analytics_sql, attach_latency, check_schema_version,
 };
 
 mod embedded {
@@ -23,6 +24,33 @@ const UPSERT_INSTANCE: &str = "INSERT INTO instances (gateway, instance_id, last
      VALUES (?1, ?2, ?3, ?4) ON CONFLICT (gateway, instance_id) DO UPDATE \
      SET last_seen = excluded.last_seen, record = excluded.record \
      WHERE excluded.last_seen > instances.last_seen";
+
+const INSERT_BATCH: &str = "INSERT INTO analytics_batches (gateway, instance_id, sequence, received_at) \
+     VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING";
+const ADD_ANALYTICS: &str = "INSERT INTO analytics (minute, gateway, api, operation, product, \
+     subscription, status, requests, errors, cache_hits, request_bytes, response_bytes, \
+     total_duration_us, max_duration_us, backend_duration_us) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15) \
+     ON CONFLICT (minute, gateway, api, operation, product, subscription, status) DO UPDATE SET \
+     requests = analytics.requests + excluded.requests, \
+     errors = analytics.errors + excluded.errors, \
+     cache_hits = analytics.cache_hits + excluded.cache_hits, \
+     request_bytes = analytics.request_bytes + excluded.request_bytes, \
+     response_bytes = analytics.response_bytes + excluded.response_bytes, \
+     total_duration_us = analytics.total_duration_us + excluded.total_duration_us, \
+     max_duration_us = max(analytics.max_duration_us, excluded.max_duration_us), \
+     backend_duration_us = analytics.backend_duration_us + excluded.backend_duration_us";
+const ADD_LATENCY: &str = "INSERT INTO analytics_latency (minute, gateway, api, operation, \
+     product, subscription, status, bucket, requests) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+     ON CONFLICT (minute, gateway, api, operation, product, subscription, status, bucket) \
+     DO UPDATE SET requests = analytics_latency.requests + excluded.requests";
+
+fn sql_value(p: &SqlParam) -> rusqlite::types::Value {
+    match p {
+        SqlParam::Int(i) => rusqlite::types::Value::Integer(*i),
+        SqlParam::Text(t) => rusqlite::types::Value::Text(t.clone()),
+    }
+}
 
 /// refinery's default name for its table of applied migrations.
 const HISTORY_TABLE: &str = "refinery_schema_history";
@@ -400,6 +428,128 @@ impl Engine for SqliteEngine {
             params![seen_before],
         )?;
         Ok(())
+    }
+
+    fn add_analytics(
+        &mut self,
+        batch: &BatchId,
+        received_at: i64,
+        rows: &[AnalyticsRow],
+    ) -> Result<bool, StoreError> {
+        let tx = self.conn.transaction()?;
+        let new = tx.execute(
+            INSERT_BATCH,
+            params![
+                batch.gateway,
+                batch.instance_id,
+                batch.sequence,
+                received_at
+            ],
+        )?;
+        if new == 0 {
+            return Ok(false);
+        }
+        {
+            let mut add = tx.prepare_cached(ADD_ANALYTICS)?;
+            let mut latency = tx.prepare_cached(ADD_LATENCY)?;
+            for r in rows {
+                let k = &r.key;
+                add.execute(params![
+                    k.minute,
+                    k.gateway,
+                    k.api,
+                    k.operation,
+                    k.product,
+                    k.subscription,
+                    k.status,
+                    r.requests,
+                    r.errors,
+                    r.cache_hits,
+                    r.request_bytes,
+                    r.response_bytes,
+                    r.total_duration_us,
+                    r.max_duration_us,
+                    r.backend_duration_us
+                ])?;
+                for (bucket, n) in &r.latency {
+                    latency.execute(params![
+                        k.minute,
+                        k.gateway,
+                        k.api,
+                        k.operation,
+                        k.product,
+                        k.subscription,
+                        k.status,
+                        bucket,
+                        n
+                    ])?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(true)
+    }
+
+    fn analytics(&mut self, filter: &AnalyticsFilter) -> Result<Vec<AnalyticsSum>, StoreError> {
+        let (sums_sql, latency_sql, params) = analytics_sql(filter, |n| format!("?{n}"));
+        let values: Vec<rusqlite::types::Value> = params.iter().map(sql_value).collect();
+        let groups = filter.group_by.len();
+        // One read transaction: both queries see the same rows.
+        let tx = self.conn.transaction()?;
+        let mut sums: Vec<AnalyticsSum> = {
+            let mut stmt = tx.prepare(&sums_sql)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(values.iter()), |r| {
+                let mut group = Vec::with_capacity(groups);
+                for i in 0..groups {
+                    group.push(r.get::<_, String>(i)?);
+                }
+                Ok(AnalyticsSum {
+                    group,
+                    requests: r.get(groups)?,
+                    errors: r.get(groups + 1)?,
+                    cache_hits: r.get(groups + 2)?,
+                    request_bytes: r.get(groups + 3)?,
+                    response_bytes: r.get(groups + 4)?,
+                    total_duration_us: r.get(groups + 5)?,
+                    max_duration_us: r.get(groups + 6)?,
+                    backend_duration_us: r.get(groups + 7)?,
+                    latency: Vec::new(),
+                })
+            })?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let latency = {
+            let mut stmt = tx.prepare(&latency_sql)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(values.iter()), |r| {
+                let mut group = Vec::with_capacity(groups);
+                for i in 0..groups {
+                    group.push(r.get::<_, String>(i)?);
+                }
+                Ok((group, r.get(groups)?, r.get(groups + 1)?))
+            })?;
+            rows.collect::<Result<Vec<_>, _>>()?
+        };
+        tx.finish()?;
+        attach_latency(&mut sums, latency);
+        Ok(sums)
+    }
+
+    fn purge_analytics(&mut self, before_minute: i64) -> Result<u64, StoreError> {
+        let tx = self.conn.transaction()?;
+        let deleted = tx.execute(
+            "DELETE FROM analytics WHERE minute < ?1",
+            params![before_minute],
+        )?;
+        tx.execute(
+            "DELETE FROM analytics_latency WHERE minute < ?1",
+            params![before_minute],
+        )?;
+        tx.execute(
+            "DELETE FROM analytics_batches WHERE received_at < ?1",
+            params![before_minute],
+        )?;
+        tx.commit()?;
+        Ok(deleted as u64)
     }
 
     fn import(&mut self, d: &Dump) -> Result<(), StoreError> {
