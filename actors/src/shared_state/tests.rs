@@ -1069,7 +1069,10 @@ async fn one_connection_per_thread_counting_shared() {
 async fn redis_total(redis: &TestRedis, key: &str) -> u64 {
     // The reply's debug form quotes the number: `bulk-string('"12"')`.
     let t = redis.command(&["HGET", key, "t"]).await;
-    t.split('"').nth(1).and_then(|n| n.parse().ok()).unwrap_or(0)
+    t.split('"')
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 /// With a budget, most checks of a hot counter need no round trip: 200 checks in a row on one
@@ -1089,7 +1092,10 @@ async fn redis_local_budget_saves_round_trips() {
     }
     let calls = evalsha_calls(&redis.command(&["INFO", "commandstats"]).await);
     // A lease of 50 per call, topped up when half is gone (and again after a slot ends).
-    assert!(calls <= 20, "200 checks with a budget of 50: {calls} script calls");
+    assert!(
+        calls <= 20,
+        "200 checks with a budget of 50: {calls} script calls"
+    );
     assert!(
         redis_total(&redis, "hot").await >= 200,
         "every admitted check is counted in Redis, the leased ones ahead"
@@ -1117,8 +1123,15 @@ async fn redis_local_budget_never_exceeds_the_limit_across_nodes() {
                 let mut out = Vec::new();
                 for _ in 0..20 {
                     out.push(
-                        s.rate_limit_with_budget("leased", limit, MIN, 1, budget, OutageMode::Local)
-                            .await,
+                        s.rate_limit_with_budget(
+                            "leased",
+                            limit,
+                            MIN,
+                            1,
+                            budget,
+                            OutageMode::Local,
+                        )
+                        .await,
                     );
                     tokio::task::yield_now().await;
                 }
@@ -1138,7 +1151,10 @@ async fn redis_local_budget_never_exceeds_the_limit_across_nodes() {
         admitted <= limit && admitted >= limit - 3 * 2 * budget,
         "{admitted} admitted"
     );
-    assert!(leased >= admitted, "{leased} units in Redis for {admitted} admitted");
+    assert!(
+        leased >= admitted,
+        "{leased} units in Redis for {admitted} admitted"
+    );
     wait_for_reply(
         &redis.url(),
         &["HGET", "outpost:rl:2:leased", "t"],
@@ -1168,7 +1184,14 @@ async fn redis_local_budget_keeps_the_sliding_window() {
                 let mut admitted = Vec::new();
                 while start.elapsed() < Duration::from_millis(2500) {
                     let d = s
-                        .rate_limit_with_budget("slide", limit, window, 1, budget, OutageMode::Local)
+                        .rate_limit_with_budget(
+                            "slide",
+                            limit,
+                            window,
+                            1,
+                            budget,
+                            OutageMode::Local,
+                        )
                         .await;
                     assert_eq!(d.counted_by, CountedBy::Shared);
                     if d.allowed() {
@@ -1230,7 +1253,10 @@ async fn redis_local_budget_outage_falls_back_and_replays() {
         }
         assert_ne!(d.verdict, Verdict::Unavailable);
     }
-    assert_eq!(local, 10, "this node's share, ceil(30 / 3), counted locally");
+    assert_eq!(
+        local, 10,
+        "this node's share, ceil(30 / 3), counted locally"
+    );
 
     redis.restart().await;
     wait_until("redis reconnect", || s.shared_available()).await;
