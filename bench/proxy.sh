@@ -36,7 +36,7 @@
 # Settings (environment): ROUNDS=3 DURATION=10 WARMUP=3 CONNS=32 LAT_CONNS=8 LOAD_PCT=50 LATENCY=1
 # (LATENCY=0 skips phase 2: e.g. `TARGETS="3r 5 5b" CONNS=8 LATENCY=0` for the rate-limit cost)
 # RATE= (fixed latency rate, skips the max-based choice) PIN=0 SUT_CPUS=1 CLIENT_CPUS=0
-# BOTH_CPUS=0,1 BUILD=1 LATENCY_TOOL=wrk|hey TARGETS="1 2 2b 3 3b 3r 4 5 5b 5q 6" RUN_DIR=
+# BOTH_CPUS=0,1 BUILD=1 OUTPOST= (a binary to run instead of target/release/outpost) LATENCY_TOOL=wrk|hey TARGETS="1 2 2b 3 3b 3r 4 5 5b 5q 6" RUN_DIR=
 # Raw logs and results.md stay in RUN_DIR (default: a new /tmp/outpost-proxy-bench.* dir).
 set -euo pipefail
 
@@ -273,7 +273,7 @@ if [[ $BUILD == 1 ]]; then
     log "cargo build --release --bin outpost"
     (cd "$ROOT" && cargo build --release --bin outpost)
 fi
-OUTPOST=${CARGO_TARGET_DIR:-$ROOT/target}/release/outpost
+OUTPOST=${OUTPOST:-${CARGO_TARGET_DIR:-$ROOT/target}/release/outpost}
 [[ -x $OUTPOST ]] || { echo "no binary at $OUTPOST (BUILD=1 builds it)" >&2; exit 1; }
 
 free_port; PORT_BACKEND=$PORT
