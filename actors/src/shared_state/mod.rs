@@ -352,16 +352,18 @@ impl SharedState {
         budget: u64,
         outage: OutageMode,
     ) -> Decision {
-        let key = format!("outpost:rl:2:{key}");
+        let shared_key = format!("outpost:rl:2:{key}");
         let decision = match &self.inner.redis {
-            None => self.count_locally(&key, limit, window, increment),
+            None => self.count_locally(&shared_key, limit, window, increment),
+            // The store takes the key (no copy per check); the rare fallback formats it again.
             Some(redis) => match redis
-                .hit_with_budget(key.clone(), limit, window, increment, budget)
+                .hit_with_budget(shared_key, limit, window, increment, budget)
                 .await
             {
                 Ok(s) => decision(s, limit, CountedBy::Shared),
                 Err(e) => {
                     fallback(outage, &e);
+                    let key = format!("outpost:rl:2:{key}");
                     match outage {
                         OutageMode::FailOpen => uncounted(Verdict::Allowed, limit),
                         OutageMode::FailClosed => uncounted(Verdict::Unavailable, limit),
