@@ -817,14 +817,15 @@ impl RedisStore {
         .await
     }
 
-    /// Tells leases apart for the script's `spread`: every traffic thread of every node may
-    /// hold one. Asked once per lease, not per check.
+    /// The site's node count (`redis.nodes`): every traffic thread of every node may hold a
+    /// lease, so it sizes the script's `spread`.
     pub fn set_nodes(&self, nodes: u64) {
         self.inner.nodes.store(nodes.max(1), Ordering::Relaxed);
     }
 
     /// How many holders may share what is left of a counter: nodes × this node's threads
-    /// with a connection (a lease takes at most 1 / spread of what still fits).
+    /// with a connection (a lease takes at most 1 / spread of what still fits). Asked once
+    /// per lease, not per check, so the lock is rare.
     fn lease_spread(&self) -> u64 {
         let threads = self
             .inner
