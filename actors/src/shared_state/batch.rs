@@ -441,6 +441,74 @@ mod tests {
         assert!(states.iter().all(|s| s.ticket.slot == 7));
     }
 
+    fn lease(left: u64, slot: i64, expires: Instant) -> Lease {
+        Lease {
+            left,
+            slot,
+            expires,
+            remaining: 50,
+        }
+    }
+
+    #[test]
+    fn a_lease_admits_until_spent_and_asks_for_more_at_half() {
+        let leases = Leases::default();
+        let k = BatchKey { budget: 4, ..key() };
+        let now = Instant::now();
+        let later = now + Duration::from_secs(1);
+        assert_eq!(leases.take(&k, now), Taken::Empty(None));
+        assert_eq!(leases.grant(&k, lease(4, 7, later)), None);
+        let mut refills = Vec::new();
+        for _ in 0..4 {
+            match leases.take(&k, now) {
+                Taken::Admitted(state, refill) => {
+                    assert!(state.allowed);
+                    assert_eq!(state.ticket.slot, 7);
+                    assert_eq!(state.ticket.amount, 2);
+                    refills.push(refill);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(refills, [false, true, false, false]);
+        assert_eq!(leases.take(&k, now), Taken::Empty(None), "spent");
+    }
+
+    #[test]
+    fn an_expired_lease_is_not_used_and_its_rest_goes_back() {
+        let leases = Leases::default();
+        let k = BatchKey { budget: 4, ..key() };
+        let now = Instant::now();
+        let end = now + Duration::from_millis(50);
+        leases.grant(&k, lease(4, 7, end));
+        assert!(matches!(leases.take(&k, now), Taken::Admitted(..)));
+        assert_eq!(
+            leases.take(&k, end),
+            Taken::Empty(Some(Unused { slot: 7, checks: 3 }))
+        );
+        assert_eq!(leases.take(&k, end), Taken::Empty(None), "given back once");
+        // The timer finds nothing left to give back.
+        assert_eq!(leases.expire(&k, 7, end), None);
+    }
+
+    #[test]
+    fn a_top_up_of_the_same_slot_adds_and_a_new_slot_replaces() {
+        let leases = Leases::default();
+        let k = BatchKey { budget: 4, ..key() };
+        let now = Instant::now();
+        let end = now + Duration::from_millis(50);
+        leases.grant(&k, lease(2, 7, end));
+        assert_eq!(leases.grant(&k, lease(3, 7, end)), None);
+        assert_eq!(leases.left(&k, now), 5);
+        let next = end + Duration::from_millis(50);
+        assert_eq!(
+            leases.grant(&k, lease(4, 8, next)),
+            Some(Unused { slot: 7, checks: 5 })
+        );
+        assert_eq!(leases.take_up_to(&k, 10, now).len(), 4);
+        assert_eq!(leases.expire(&k, 8, next), None, "nothing left");
+    }
+
     #[test]
     fn a_quota_reply_is_split_in_arrival_order() {
         let reply = QuotaBatchReply {
