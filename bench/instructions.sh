@@ -29,6 +29,8 @@
 # toolchain and the dependency versions (Cargo.lock); re-record it when they change.
 #
 # Settings (environment): REQUESTS=2000 WARMUP=300 CONNS=8 IDLE_SECS=5 TARGETS="gateway nginx"
+# API=plain (the gateway's API: `limited` adds a rate limit, `limited-leased` one with a local
+# budget) REDIS=0 (1: the gateway counts in a private redis-server, not measured)
 # BUILD=1 OUTPOST= (a binary to measure instead of target/release/outpost) MARGIN_PCT=15 PROFILE=0
 # RUN_DIR= (default: a new /tmp/outpost-instructions.* dir,
 # where the callgrind dumps stay).
@@ -44,6 +46,8 @@ TARGETS=${TARGETS:-"gateway nginx"}
 BUILD=${BUILD:-1}
 MARGIN_PCT=${MARGIN_PCT:-15}
 PROFILE=${PROFILE:-0}
+API=${API:-plain}
+REDIS=${REDIS:-0}
 CHECK=0
 [[ ${1:-} == --check ]] && CHECK=1
 RUN_DIR=${RUN_DIR:-$(mktemp -d /tmp/outpost-instructions.XXXXXX)}
@@ -105,6 +109,17 @@ nginx -p "$RUN_DIR/backend" -c "$RUN_DIR/backend/nginx.conf" -g 'daemon off;' \
 PIDS+=("$!")
 wait_http "http://127.0.0.1:$PORT_BACKEND/item"
 
+REDIS_URL=
+if [[ $REDIS == 1 ]]; then
+    free_port; PORT_REDIS=$PORT
+    mkdir -p "$RUN_DIR/redis"
+    redis-server --port "$PORT_REDIS" --bind 127.0.0.1 --save '' --appendonly no \
+        --dir "$RUN_DIR/redis" >"$RUN_DIR/redis.log" 2>&1 &
+    PIDS+=("$!")
+    for _ in $(seq 100); do redis-cli -p "$PORT_REDIS" ping >/dev/null 2>&1 && break; sleep 0.1; done
+    REDIS_URL="redis://127.0.0.1:$PORT_REDIS"
+fi
+
 # Requests the backend has answered (stub_status "requests"; each status call counts one, the
 # same in every window).
 backend_requests() {
@@ -127,14 +142,14 @@ start_gateway() {
     free_port; https=$PORT
     sed "s|@BACKEND@|127.0.0.1:$PORT_BACKEND|g" "$BENCH/gateway.yaml.in" >"$RUN_DIR/gateway.yaml"
     env OUTPOST_LISTEN_HTTP="127.0.0.1:$http" OUTPOST_LISTEN_HTTPS="127.0.0.1:$https" \
-        OUTPOST_LISTEN_OPS="127.0.0.1:$ops" OUTPOST_LISTEN_WORKERS=1 OUTPOST_REDIS_URL= \
+        OUTPOST_LISTEN_OPS="127.0.0.1:$ops" OUTPOST_LISTEN_WORKERS=1 OUTPOST_REDIS_URL="$REDIS_URL" \
         OUTPOST_LOG_LEVEL=warn \
         "${CALLGRIND[@]}" --callgrind-out-file="$RUN_DIR/gateway.callgrind" \
         "$OUTPOST" gateway --offline-config "$RUN_DIR/gateway.yaml" \
         >"$RUN_DIR/gateway.log" 2>&1 &
     PIDS+=("$!")
     SUT_PID=$!
-    URL="http://127.0.0.1:$http/plain/item"
+    URL="http://127.0.0.1:$http/$API/item"
     HEADER="Ocp-Apim-Subscription-Key: $SUB_KEY"
     SCRAPE="http://127.0.0.1:$ops/metrics"
 }

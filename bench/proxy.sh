@@ -13,6 +13,7 @@
 #   3s  as 3, in a gateway writing the access log for 1 % of requests (sample = 0.01)
 #   4   as 3 + rate-limit, in-process store
 #   5   as 3 + rate-limit, Redis store (private redis-server)
+#   5b  as 5 with `local-budget: 100` (checks admitted from a lease, see docs/rate-limiting.md)
 #   5q  as 5 + quota, Redis store (two shared counters per request)
 #   6   as 3 + cache-lookup/cache-store, every request a hit (in-process tier)
 #
@@ -32,9 +33,10 @@
 # steadiest number when the load generator shares the machine), new backend connections
 # (nginx stub_status accepts), Redis round trips per request (INFO commandstats) and Redis CPU.
 #
-# Settings (environment): ROUNDS=3 DURATION=10 WARMUP=3 CONNS=32 LAT_CONNS=8 LOAD_PCT=50
+# Settings (environment): ROUNDS=3 DURATION=10 WARMUP=3 CONNS=32 LAT_CONNS=8 LOAD_PCT=50 LATENCY=1
+# (LATENCY=0 skips phase 2: e.g. `TARGETS="3r 5 5b" CONNS=8 LATENCY=0` for the rate-limit cost)
 # RATE= (fixed latency rate, skips the max-based choice) PIN=0 SUT_CPUS=1 CLIENT_CPUS=0
-# BOTH_CPUS=0,1 BUILD=1 LATENCY_TOOL=wrk|hey TARGETS="1 2 2b 3 3b 3r 4 5 5q 6" RUN_DIR=
+# BOTH_CPUS=0,1 BUILD=1 OUTPOST= (a binary to run instead of target/release/outpost) LATENCY_TOOL=wrk|hey TARGETS="1 2 2b 3 3b 3r 4 5 5b 5q 6" RUN_DIR=
 # Raw logs and results.md stay in RUN_DIR (default: a new /tmp/outpost-proxy-bench.* dir).
 set -euo pipefail
 
@@ -53,7 +55,8 @@ CLIENT_CPUS=${CLIENT_CPUS:-0}
 BOTH_CPUS=${BOTH_CPUS:-0,1}
 BUILD=${BUILD:-1}
 LATENCY_TOOL=${LATENCY_TOOL:-wrk}
-TARGETS=${TARGETS:-"1 2 2b 3 3b 3r 4 5 5q 6"}
+TARGETS=${TARGETS:-"1 2 2b 3 3b 3r 4 5 5b 5q 6"}
+LATENCY=${LATENCY:-1}
 RUN_DIR=${REPORT_ONLY:-${RUN_DIR:-$(mktemp -d /tmp/outpost-proxy-bench.XXXXXX)}}
 SUB_KEY=bench0123456789abcdef0123456789abcdef
 CLK_TCK=$(getconf CLK_TCK)
@@ -163,7 +166,7 @@ report() {
         echo '```'
         echo
         awk -F'\t' -v rounds="$ROUNDS" -v rate="$RATE" -v nconns="$CONNS" '
-            BEGIN { control["3b"] = "2b"; control["5"] = "3r"; control["5q"] = "3r"; control["6"] = "1" }
+            BEGIN { control["3b"] = "2b"; control["5"] = "3r"; control["5q"] = "3r"; control["5b"] = "3r"; control["6"] = "1" }
             FILENAME ~ /labels.txt$/ { split($0, p, "|"); label[p[1]] = p[2]; next }
             FILENAME ~ /order.txt$/ { order[++nids] = $1; next }
             $1 == "max" {
@@ -234,7 +237,7 @@ report() {
                         (id ~ /^[3456]/) ? ratio(rps, id, "3", 0) : "–",
                         ctl(rps, id),
                         med(cpu, id), ratio(cpu, id, "2", 0), med(util, id),
-                        (id == "5" || id == "5q" || id == "3r") ? sprintf("%.2f (%.1f)", med(rt, id), med(rcpu, id)) : "–",
+                        (id == "5" || id == "5b" || id == "5q" || id == "3r") ? sprintf("%.2f (%.1f)", med(rt, id), med(rcpu, id)) : "–",
                         conns[id], st[id], so[id]
                 }
                 print ""
@@ -270,7 +273,7 @@ if [[ $BUILD == 1 ]]; then
     log "cargo build --release --bin outpost"
     (cd "$ROOT" && cargo build --release --bin outpost)
 fi
-OUTPOST=${CARGO_TARGET_DIR:-$ROOT/target}/release/outpost
+OUTPOST=${OUTPOST:-${CARGO_TARGET_DIR:-$ROOT/target}/release/outpost}
 [[ -x $OUTPOST ]] || { echo "no binary at $OUTPOST (BUILD=1 builds it)" >&2; exit 1; }
 
 free_port; PORT_BACKEND=$PORT
@@ -329,6 +332,7 @@ TARGET_TABLE="1|backend|http://127.0.0.1:$PORT_BACKEND/item|0|direct to backend 
 3s|gws|http://127.0.0.1:${PORT_gws:-0}/plain/item|1|as 3 + access log, 1 % sampled (file)
 4|gw|http://127.0.0.1:$PORT_gw/limited/item|1|gateway + rate-limit, in-process store
 5|gwr|http://127.0.0.1:$PORT_gwr/limited/item|1|gateway + rate-limit, Redis store
+5b|gwr|http://127.0.0.1:$PORT_gwr/limited-leased/item|1|gateway + rate-limit, Redis store, local budget
 5q|gwr|http://127.0.0.1:$PORT_gwr/limited-quota/item|1|gateway + rate-limit + quota, Redis store
 6|gw|http://127.0.0.1:$PORT_gw/cached/item|1|gateway + cache hit (in-process tier)"
 
@@ -470,10 +474,12 @@ if [[ -z $RATE ]]; then
             print (r < 100 ? 100 : r)
         }' "$RESULTS")
 fi
-log "phase 2: latency at $RATE req/s ($LATENCY_TOOL, $LAT_CONNS connections, ${DURATION}s)"
-for round in $(seq 1 "$ROUNDS"); do
-    for id in $(rotated $((round - 1))); do run_lat "$round" "$id" "$RATE"; done
-done
+if [[ $LATENCY == 1 ]]; then
+    log "phase 2: latency at $RATE req/s ($LATENCY_TOOL, $LAT_CONNS connections, ${DURATION}s)"
+    for round in $(seq 1 "$ROUNDS"); do
+        for id in $(rotated $((round - 1))); do run_lat "$round" "$id" "$RATE"; done
+    done
+fi
 LOAD_END=$(uptime | sed 's/.*load average: //')
 
 # ---------------------------------------------------------------- checks after the run

@@ -200,6 +200,16 @@ apis:
       inbound:
         - rate-limit-by-key: {{calls: 30, renewal-period: 60, counter-key: "all", outage: local}}
         - return-response: {{status-code: 200, body: ok}}
+  - name: leased
+    path: leased
+    backend: be
+    subscription-required: false
+    operations:
+      - {{name: get, method: GET, url-template: /hello}}
+    policies:
+      inbound:
+        - rate-limit-by-key: {{calls: 100, renewal-period: 60, counter-key: "all", local-budget: 10}}
+        - return-response: {{status-code: 200, body: ok}}
   - name: quota
     path: quota
     backend: be
@@ -233,7 +243,7 @@ apis:
       outbound:
         - cache-store: {{duration: 60}}
 gateways:
-  - {{name: site, apis: [limited, outage, quota, ratequota, cached]}}
+  - {{name: site, apis: [limited, leased, outage, quota, ratequota, cached]}}
 "#
     )
 }
@@ -427,6 +437,54 @@ fn limits_are_exact_across_three_gateways_under_concurrency() {
     let mut remaining = ok;
     remaining.sort_unstable();
     assert_eq!(remaining, (0..100).collect::<Vec<u64>>());
+}
+
+/// `local-budget`: 30 clients at once over three gateways, each gateway's threads admitting
+/// from leases of the counter. Never more than the limit; at least the limit less what the
+/// other holders may keep leased (each at most twice its budget: a lease and a top-up); and
+/// once the leases' slot is over, their unused units are given back, so Redis holds exactly
+/// what was admitted.
+#[test]
+fn a_local_budget_never_exceeds_the_limit_across_three_gateways() {
+    let redis = Redis::start();
+    let backend = Backend::start();
+    let site = Site::new(&backend, Some(&redis), 3);
+    let gws: Vec<_> = (0..3).map(|_| site.gateway()).collect();
+    let statuses: Vec<(u16, bool)> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..30)
+            .map(|t| {
+                let url = format!("{}/leased/hello", gws[t % 3].traffic_url());
+                s.spawn(move || {
+                    let client = http();
+                    (0..10)
+                        .map(|_| {
+                            let res = client.get(&url).send().expect("the gateway answers");
+                            let remaining = res.headers().contains_key("x-ratelimit-remaining");
+                            (res.status().as_u16(), remaining)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect()
+    });
+    let ok = statuses.iter().filter(|(s, _)| *s == 200).count();
+    let limited = statuses.iter().filter(|(s, _)| *s == 429).count();
+    assert_eq!(ok + limited, 300, "{statuses:?}");
+    assert!(statuses.iter().all(|(_, remaining)| *remaining));
+    // Holders: 3 gateways × (their traffic workers + the main thread) on this machine; two
+    // budgets of 10 each at most.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) + 1;
+    let held = (3 * threads * 2 * 10).min(100);
+    assert!(ok <= 100 && ok >= 100 - held, "{ok} admitted");
+    eventually("unused leased units given back", || {
+        let keys = redis.cli(&["--scan", "--pattern", "outpost:rl:2:*leased*"]);
+        let key = keys.trim();
+        !key.is_empty() && redis.cli(&["HGET", key, "t"]).trim() == ok.to_string()
+    });
 }
 
 /// A rate limit right before a quota: both checks go out together (one round trip), with the

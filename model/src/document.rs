@@ -487,6 +487,24 @@ apis:
         }
     }
 
+    #[test]
+    fn a_local_budget_is_at_least_one() {
+        let doc = |budget: &str| {
+            format!(
+                "apiVersion: outpost/v1\nbackends:\n  - {{name: b, url: \"http://127.0.0.1:9000\"}}\n\
+                 apis:\n  - name: one\n    path: one\n    backend: b\n    operations:\n\
+                 \x20     - {{name: a, method: GET, url-template: /a}}\n    policies:\n      inbound:\n\
+                 \x20       - rate-limit: {{calls: 10, renewal-period: 60, local-budget: {budget}}}\n"
+            )
+        };
+        assert!(Document::from_yaml(&doc("5")).is_ok());
+        let text = Document::from_yaml(&doc("0")).unwrap_err().to_string();
+        assert!(
+            text.contains("local-budget") && text.contains("out of range"),
+            "{text}"
+        );
+    }
+
     /// One form for every layer: the file path with the resource's name, and the line and
     /// column the field starts at.
     #[test]

@@ -150,6 +150,11 @@ pub struct RateLimit {
     pub remaining_calls_header_name: String,
     #[serde(default)]
     pub outage: OutageMode,
+    /// Checks each gateway thread may admit ahead from a lease of the counter, without a Redis
+    /// round trip (never more than the limit; see docs/rate-limiting.md). Absent: every check
+    /// is decided by Redis.
+    #[serde(default)]
+    pub local_budget: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -170,6 +175,11 @@ pub struct RateLimitByKey {
     pub remaining_calls_header_name: String,
     #[serde(default)]
     pub outage: OutageMode,
+    /// Checks each gateway thread may admit ahead from a lease of the counter, without a Redis
+    /// round trip (never more than the limit; see docs/rate-limiting.md). Absent: every check
+    /// is decided by Redis.
+    #[serde(default)]
+    pub local_budget: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

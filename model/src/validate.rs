@@ -866,10 +866,16 @@ fn check_policy(p: &mut Problems, at: &str, policy: &Policy) {
         Policy::RateLimit(r) => {
             check_range(p, &field("calls"), r.calls, 1, 1_000_000_000);
             check_range(p, &field("renewal-period"), r.renewal_period, 1, 86_400);
+            if let Some(b) = r.local_budget {
+                check_range(p, &field("local-budget"), b, 1, 1_000_000_000);
+            }
         }
         Policy::RateLimitByKey(r) => {
             check_range(p, &field("calls"), r.calls, 1, 1_000_000_000);
             check_range(p, &field("renewal-period"), r.renewal_period, 1, 86_400);
+            if let Some(b) = r.local_budget {
+                check_range(p, &field("local-budget"), b, 1, 1_000_000_000);
+            }
             check_range(
                 p,
                 &field("increment-count"),

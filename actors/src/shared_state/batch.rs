@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -41,6 +41,9 @@ pub struct BatchKey {
     pub limit: u64,
     pub window: Duration,
     pub increment: u64,
+    /// The policy's `local-budget` (checks this thread may lease ahead); 0: none, every check
+    /// is decided by Redis.
+    pub budget: u64,
 }
 
 /// What identifies quota admissions that may share a call: same counter, period, limits and
@@ -137,11 +140,155 @@ impl<K: Clone + Eq + Hash, T> Batches<K, T> {
     }
 }
 
-/// Both queues of one thread's connection.
+/// Both queues of one thread's connection, and its leases.
 #[derive(Debug, Default)]
 pub struct ThreadBatches {
     pub rate: Batches<BatchKey, RateState>,
     pub quota: Batches<QuotaBatchKey, QuotaState>,
+    pub leases: Leases,
+}
+
+/// Checks of one counter that this thread may admit without asking Redis (`local-budget`):
+/// their units were recorded in Redis, in slot `slot`, when the lease was granted. A lease is
+/// only used while that slot is the current one (`expires`, measured from before the call was
+/// sent, is no later than the slot's end in Redis' clock): an admission from it then counts in
+/// Redis for the whole window that follows it, exactly as if it had been checked there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// Checks left to admit.
+    pub left: u64,
+    pub slot: i64,
+    pub expires: Instant,
+    /// Redis' remaining capacity right after the lease was granted (the `remaining` a check
+    /// admitted from the lease reports is this plus what is still leased here).
+    pub remaining: u64,
+}
+
+/// Unused leased units to give back to Redis (`refund.lua` on their slot).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unused {
+    pub slot: i64,
+    pub checks: u64,
+}
+
+/// This thread's leases, per counter. Only the owning thread touches them (see [`Batches`]
+/// for why there is a mutex).
+#[derive(Debug, Default)]
+pub struct Leases {
+    held: Mutex<HashMap<BatchKey, Lease>>,
+}
+
+/// What [`Leases::take`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Taken {
+    /// Admitted from the lease; `true` when that spent half of the budget: time to lease
+    /// more, ahead of need, so that checks rarely find the lease empty.
+    Admitted(RateState, bool),
+    /// No usable lease; the expired one's unused checks, if any, are to be given back.
+    Empty(Option<Unused>),
+}
+
+impl Leases {
+    /// Admits one check of `key` from its lease, when one is held, current and not spent.
+    pub fn take(&self, key: &BatchKey, now: Instant) -> Taken {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(lease) = held.get_mut(key) else {
+            return Taken::Empty(None);
+        };
+        if now < lease.expires && lease.left > 0 {
+            lease.left -= 1;
+            let refill = lease.left == key.budget / 2;
+            return Taken::Admitted(leased_state(key, lease), refill);
+        }
+        let lease = held.remove(key).expect("present");
+        Taken::Empty(unused(&lease))
+    }
+
+    /// Admits up to `n` checks from the lease of `key` (a coalescing driver, for the checks
+    /// that queued while the call that brought the lease was in flight).
+    pub fn take_up_to(&self, key: &BatchKey, n: usize, now: Instant) -> Vec<RateState> {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(lease) = held.get_mut(key) else {
+            return Vec::new();
+        };
+        if now >= lease.expires {
+            return Vec::new();
+        }
+        let k = (lease.left as usize).min(n);
+        (0..k)
+            .map(|_| {
+                lease.left -= 1;
+                leased_state(key, lease)
+            })
+            .collect()
+    }
+
+    /// Checks still leased for `key` and current.
+    pub fn left(&self, key: &BatchKey, now: Instant) -> u64 {
+        let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.get(key)
+            .filter(|l| now < l.expires)
+            .map_or(0, |l| l.left)
+    }
+
+    /// Holds a new lease for `key`. A current lease of the same slot is topped up; any other
+    /// lease held is replaced and its unused checks returned to be given back.
+    pub fn grant(&self, key: &BatchKey, lease: Lease) -> Option<Unused> {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        match held.get_mut(key) {
+            Some(old) if old.slot == lease.slot => {
+                old.left += lease.left;
+                old.remaining = lease.remaining;
+                old.expires = old.expires.min(lease.expires);
+                None
+            }
+            Some(old) => {
+                let back = unused(old);
+                *old = lease;
+                back
+            }
+            None => {
+                held.insert(key.clone(), lease);
+                None
+            }
+        }
+    }
+
+    /// Drops the lease of `key` for `slot` once it has expired, returning its unused checks
+    /// (the timer set when the lease was granted; a check may have dropped it already).
+    pub fn expire(&self, key: &BatchKey, slot: i64, now: Instant) -> Option<Unused> {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        match held.get(key) {
+            Some(l) if l.slot == slot && now >= l.expires => {
+                let lease = held.remove(key).expect("present");
+                unused(&lease)
+            }
+            _ => None,
+        }
+    }
+}
+
+fn unused(lease: &Lease) -> Option<Unused> {
+    (lease.left > 0).then_some(Unused {
+        slot: lease.slot,
+        checks: lease.left,
+    })
+}
+
+fn leased_state(key: &BatchKey, lease: &Lease) -> RateState {
+    RateState {
+        allowed: true,
+        remaining: lease
+            .remaining
+            .saturating_add(lease.left.saturating_mul(key.increment)),
+        retry_after: Duration::ZERO,
+        ticket: Ticket {
+            key: key.key.clone(),
+            window: key.window,
+            slot: lease.slot,
+            amount: key.increment,
+        },
+    }
 }
 
 /// One script reply for a batch: `granted` of the `count` checks fit.
@@ -154,6 +301,10 @@ pub struct BatchReply {
     pub retry_after: Duration,
     /// Slot the granted units were recorded in.
     pub slot: i64,
+    /// Checks leased on top of the granted ones (recorded in `slot` too).
+    pub leased: u64,
+    /// Until `slot` ends, in Redis' clock.
+    pub slot_left: Duration,
 }
 
 /// Splits a reply between the checks of a batch, in arrival order: the first `granted` are
@@ -230,6 +381,7 @@ mod tests {
             limit: 10,
             window: Duration::from_secs(60),
             increment: 2,
+            budget: 0,
         }
     }
 
@@ -272,6 +424,8 @@ mod tests {
             remaining: 1,
             retry_after: Duration::from_millis(1500),
             slot: 7,
+            leased: 0,
+            slot_left: Duration::from_millis(100),
         };
         let states = split(reply, 4, &key());
         let allowed: Vec<bool> = states.iter().map(|s| s.allowed).collect();
@@ -285,6 +439,74 @@ mod tests {
         assert_eq!(states[0].ticket.amount, 2);
         assert_eq!(states[2].ticket.amount, 0);
         assert!(states.iter().all(|s| s.ticket.slot == 7));
+    }
+
+    fn lease(left: u64, slot: i64, expires: Instant) -> Lease {
+        Lease {
+            left,
+            slot,
+            expires,
+            remaining: 50,
+        }
+    }
+
+    #[test]
+    fn a_lease_admits_until_spent_and_asks_for_more_at_half() {
+        let leases = Leases::default();
+        let k = BatchKey { budget: 4, ..key() };
+        let now = Instant::now();
+        let later = now + Duration::from_secs(1);
+        assert_eq!(leases.take(&k, now), Taken::Empty(None));
+        assert_eq!(leases.grant(&k, lease(4, 7, later)), None);
+        let mut refills = Vec::new();
+        for _ in 0..4 {
+            match leases.take(&k, now) {
+                Taken::Admitted(state, refill) => {
+                    assert!(state.allowed);
+                    assert_eq!(state.ticket.slot, 7);
+                    assert_eq!(state.ticket.amount, 2);
+                    refills.push(refill);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(refills, [false, true, false, false]);
+        assert_eq!(leases.take(&k, now), Taken::Empty(None), "spent");
+    }
+
+    #[test]
+    fn an_expired_lease_is_not_used_and_its_rest_goes_back() {
+        let leases = Leases::default();
+        let k = BatchKey { budget: 4, ..key() };
+        let now = Instant::now();
+        let end = now + Duration::from_millis(50);
+        leases.grant(&k, lease(4, 7, end));
+        assert!(matches!(leases.take(&k, now), Taken::Admitted(..)));
+        assert_eq!(
+            leases.take(&k, end),
+            Taken::Empty(Some(Unused { slot: 7, checks: 3 }))
+        );
+        assert_eq!(leases.take(&k, end), Taken::Empty(None), "given back once");
+        // The timer finds nothing left to give back.
+        assert_eq!(leases.expire(&k, 7, end), None);
+    }
+
+    #[test]
+    fn a_top_up_of_the_same_slot_adds_and_a_new_slot_replaces() {
+        let leases = Leases::default();
+        let k = BatchKey { budget: 4, ..key() };
+        let now = Instant::now();
+        let end = now + Duration::from_millis(50);
+        leases.grant(&k, lease(2, 7, end));
+        assert_eq!(leases.grant(&k, lease(3, 7, end)), None);
+        assert_eq!(leases.left(&k, now), 5);
+        let next = end + Duration::from_millis(50);
+        assert_eq!(
+            leases.grant(&k, lease(4, 8, next)),
+            Some(Unused { slot: 7, checks: 5 })
+        );
+        assert_eq!(leases.take_up_to(&k, 10, now).len(), 4);
+        assert_eq!(leases.expire(&k, 8, next), None, "nothing left");
     }
 
     #[test]

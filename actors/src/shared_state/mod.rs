@@ -216,6 +216,9 @@ impl SharedState {
 
     fn build(redis: Option<RedisStore>, nodes: u64) -> SharedState {
         let (not_configured, _) = watch::channel(Reachability::NotConfigured);
+        if let Some(redis) = &redis {
+            redis.set_nodes(nodes);
+        }
         let state = SharedState {
             inner: Arc::new(Inner {
                 local: LocalStore::new(),
@@ -332,13 +335,35 @@ impl SharedState {
         increment: u64,
         outage: OutageMode,
     ) -> Decision {
-        let key = format!("outpost:rl:2:{key}");
+        self.rate_limit_with_budget(key, limit, window, increment, 0, outage)
+            .await
+    }
+
+    /// [`Self::rate_limit`] with a local budget of `budget` checks (the policy's
+    /// `local-budget`; 0: none): over Redis, this node's threads admit from leases of the
+    /// counter without a round trip (`docs/rate-limiting.md`, "Local budgets"). The in-process
+    /// store is local already and ignores it.
+    pub async fn rate_limit_with_budget(
+        &self,
+        key: &str,
+        limit: u64,
+        window: Duration,
+        increment: u64,
+        budget: u64,
+        outage: OutageMode,
+    ) -> Decision {
+        let shared_key = format!("outpost:rl:2:{key}");
         let decision = match &self.inner.redis {
-            None => self.count_locally(&key, limit, window, increment),
-            Some(redis) => match redis.hit(&key, limit, window, increment).await {
+            None => self.count_locally(&shared_key, limit, window, increment),
+            // The store takes the key (no copy per check); the rare fallback formats it again.
+            Some(redis) => match redis
+                .hit_with_budget(shared_key, limit, window, increment, budget)
+                .await
+            {
                 Ok(s) => decision(s, limit, CountedBy::Shared),
                 Err(e) => {
                     fallback(outage, &e);
+                    let key = format!("outpost:rl:2:{key}");
                     match outage {
                         OutageMode::FailOpen => uncounted(Verdict::Allowed, limit),
                         OutageMode::FailClosed => uncounted(Verdict::Unavailable, limit),

@@ -34,7 +34,7 @@
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -49,7 +49,10 @@ use redis::{
 };
 use tokio::sync::watch;
 
-use super::batch::{BatchKey, BatchReply, Batches, QuotaBatchKey, QuotaBatchReply, ThreadBatches};
+use super::batch::{
+    BatchKey, BatchReply, Batches, Lease, QuotaBatchKey, QuotaBatchReply, Taken, ThreadBatches,
+    Unused,
+};
 use super::store::{CounterStore, RateState, StoreError, Ticket};
 use super::window::{QuotaDelta, QuotaLimits, QuotaState, slot_geometry};
 
@@ -235,6 +238,8 @@ struct Inner {
     /// `config.url` without passwords, for log lines.
     url: String,
     status: watch::Sender<Reachability>,
+    /// Nodes of the site (`redis.nodes`), for the lease spread.
+    nodes: AtomicU64,
     sliding: Script,
     refund: Script,
     quota: Script,
@@ -346,6 +351,7 @@ impl RedisStore {
                 outage_logged: AtomicBool::new(false),
                 url: redacted_url(&config.url),
                 status,
+                nodes: AtomicU64::new(1),
                 sliding: Script::new(include_str!("scripts/sliding_window.lua")),
                 refund: Script::new(include_str!("scripts/refund.lua")),
                 quota: Script::new(include_str!("scripts/quota.lua")),
@@ -735,7 +741,7 @@ impl RedisStore {
     where
         K: Clone + Eq + std::hash::Hash + Send + Sync + 'static,
         T: Send + 'static,
-        D: Fn(RedisStore, K, usize) -> Fut + Send + Sync + 'static,
+        D: Fn(RedisStore, Arc<ThreadBatches>, K, usize) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Vec<T>, StoreError>> + Send,
     {
         if !self.is_healthy() {
@@ -748,13 +754,127 @@ impl RedisStore {
             tokio::spawn(async move {
                 let decide = &decide;
                 queue(&batches)
-                    .serve(&key, |count| decide(store.clone(), key.clone(), count))
+                    .serve(&key, |count| {
+                        decide(store.clone(), batches.clone(), key.clone(), count)
+                    })
                     .await;
             });
         }
         answer
             .await
             .unwrap_or_else(|_| Err(StoreError::Redis("check abandoned".into())))
+    }
+
+    /// Sliding-window check of `key` with a local budget of `budget` checks (0: none, the
+    /// plain [`CounterStore::hit`]). With a budget, this thread first admits from its lease of
+    /// the counter, without a round trip; once that is spent or its slot is over, the check goes
+    /// to Redis as usual (coalesced), and the call also leases up to `budget` checks for the
+    /// next ones (`docs/rate-limiting.md`, "Local budgets").
+    pub async fn hit_with_budget(
+        &self,
+        key: String,
+        limit: u64,
+        window: Duration,
+        increment: u64,
+        budget: u64,
+    ) -> Result<RateState, StoreError> {
+        let key = BatchKey {
+            key,
+            limit,
+            window,
+            increment,
+            budget,
+        };
+        if budget > 0 {
+            // During an outage a lease is not used either: the outage mode decides, as for any
+            // check (its units stay counted in Redis, erring on the strict side).
+            if !self.is_healthy() {
+                return Err(self.unreachable());
+            }
+            let (_, batches) = self.thread_connection()?;
+            match batches.leases.take(&key, Instant::now()) {
+                Taken::Admitted(state, refill_now) => {
+                    if refill_now {
+                        tokio::spawn(refill(self.clone(), batches, key));
+                    }
+                    return Ok(state);
+                }
+                Taken::Empty(Some(unused)) => {
+                    let store = self.clone();
+                    let key = key.clone();
+                    tokio::spawn(async move { store.give_back(&key, unused).await });
+                }
+                Taken::Empty(None) => {}
+            }
+        }
+        self.coalesced(
+            |b| &b.rate,
+            key,
+            |store, batches, key, count| async move {
+                sliding_call(&store, &batches, &key, count).await
+            },
+        )
+        .await
+    }
+
+    /// The site's node count (`redis.nodes`): every traffic thread of every node may hold a
+    /// lease, so it sizes the script's `spread`.
+    pub fn set_nodes(&self, nodes: u64) {
+        self.inner.nodes.store(nodes.max(1), Ordering::Relaxed);
+    }
+
+    /// How many holders may share what is left of a counter: nodes × this node's threads
+    /// with a connection (a lease takes at most 1 / spread of what still fits). Asked once
+    /// per lease, not per check, so the lock is rare.
+    fn lease_spread(&self) -> u64 {
+        let threads = self
+            .inner
+            .connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+            .max(1) as u64;
+        self.inner.nodes.load(Ordering::Relaxed).max(1) * threads
+    }
+
+    /// Holds the lease a call brought, and gives back its unused checks once its slot is
+    /// over (unless a check of the counter has done it first).
+    fn hold_lease(&self, batches: &Arc<ThreadBatches>, key: &BatchKey, reply: &LeaseReply) {
+        let (sent, reply) = (reply.sent, reply.batch);
+        metrics::counter!("outpost_redis_ratelimit_leased_total").increment(reply.leased);
+        let expires = sent + reply.slot_left;
+        let lease = Lease {
+            left: reply.leased,
+            slot: reply.slot,
+            expires,
+            remaining: reply.remaining,
+        };
+        let replaced = batches.leases.grant(key, lease);
+        let store = self.clone();
+        let batches = batches.clone();
+        let key = key.clone();
+        tokio::spawn(async move {
+            if let Some(unused) = replaced {
+                store.give_back(&key, unused).await;
+            }
+            tokio::time::sleep_until(tokio::time::Instant::from_std(expires)).await;
+            if let Some(unused) = batches.leases.expire(&key, reply.slot, Instant::now()) {
+                store.give_back(&key, unused).await;
+            }
+        });
+    }
+
+    /// Returns leased checks that were not used to Redis (`refund.lua` on their slot). When
+    /// that fails they stay counted until their slot leaves the window: the strict side.
+    async fn give_back(&self, key: &BatchKey, unused: Unused) {
+        metrics::counter!("outpost_redis_ratelimit_lease_returned_total").increment(unused.checks);
+        let ticket = Ticket {
+            key: key.key.clone(),
+            window: key.window,
+            slot: unused.slot,
+            amount: unused.checks.saturating_mul(key.increment),
+        };
+        let _ = CounterStore::refund(self, &ticket).await;
     }
 
     fn unreachable(&self) -> StoreError {
@@ -806,37 +926,102 @@ pub fn redacted_url(urls: &str) -> String {
 }
 
 /// One `sliding_window.lua` call deciding `count` checks of a counter, split between them.
+///
+/// With a local budget (`key.budget > 0`) the checks that can be admitted from this thread's
+/// lease are (they queued while the call bringing it was in flight); the call decides the
+/// others and, when the lease is running low, asks for a new one.
 async fn sliding_call(
     store: &RedisStore,
+    batches: &Arc<ThreadBatches>,
     key: &BatchKey,
     count: usize,
 ) -> Result<Vec<RateState>, StoreError> {
+    let mut answers = Vec::new();
+    let mut count = count;
+    let mut want = 0;
+    if key.budget > 0 {
+        let now = Instant::now();
+        answers = batches.leases.take_up_to(key, count, now);
+        count -= answers.len();
+        if count == 0 {
+            return Ok(answers);
+        }
+        // Top up to the budget when half of it is gone.
+        let left = batches.leases.left(key, now);
+        if left < key.budget.div_ceil(2) {
+            want = key.budget - left;
+        }
+    }
+    let reply = sliding_script(store, key, count, want).await?;
+    if reply.batch.leased > 0 {
+        store.hold_lease(batches, key, &reply);
+    }
+    answers.extend(super::batch::split(reply.batch, count, key));
+    Ok(answers)
+}
+
+/// Leases up to `key.budget` more checks ahead of need (a check found its lease half spent):
+/// the script decides no check, only the lease.
+async fn refill(store: RedisStore, batches: Arc<ThreadBatches>, key: BatchKey) {
+    let want = key.budget - batches.leases.left(&key, Instant::now()).min(key.budget);
+    if want == 0 {
+        return;
+    }
+    if let Ok(reply) = sliding_script(&store, &key, 0, want).await
+        && reply.batch.leased > 0
+    {
+        store.hold_lease(&batches, &key, &reply);
+    }
+}
+
+/// A script reply, and when its call was sent.
+struct LeaseReply {
+    batch: BatchReply,
+    sent: Instant,
+}
+
+/// One `sliding_window.lua` call: `count` checks of `key`, and a lease of up to `want` more.
+async fn sliding_script(
+    store: &RedisStore,
+    key: &BatchKey,
+    count: usize,
+    want: u64,
+) -> Result<LeaseReply, StoreError> {
     metrics::counter!("outpost_redis_ratelimit_calls_total").increment(1);
     metrics::counter!("outpost_redis_ratelimit_checks_total").increment(count as u64);
     let (slot_ms, slots) = slot_geometry(key.window);
+    let spread = if want > 0 { store.lease_spread() } else { 1 };
     let inner = store.inner.clone();
     let (k, limit, increment) = (key.key.clone(), key.limit, key.increment);
+    // Before the call is sent, so no later than Redis' own clock when it runs the script: a
+    // lease never outlives its slot.
+    let sent = Instant::now();
     let r: Vec<i64> = store
         .call("hit", move |mut conn| async move {
-            inner
-                .sliding
-                .key(k)
+            let mut invocation = inner.sliding.key(k);
+            invocation
                 .arg(limit)
                 .arg(slot_ms)
                 .arg(slots)
                 .arg(increment)
-                .arg(count)
-                .invoke_async(&mut conn)
-                .await
+                .arg(count);
+            if want > 0 {
+                invocation.arg(want).arg(spread);
+            }
+            invocation.invoke_async(&mut conn).await
         })
         .await?;
-    let reply = BatchReply {
-        granted: int(&r, 0)?.max(0) as u64,
-        remaining: int(&r, 1)?.max(0) as u64,
-        retry_after: Duration::from_millis(int(&r, 2)?.max(0) as u64),
-        slot: int(&r, 3)?,
-    };
-    Ok(super::batch::split(reply, count, key))
+    Ok(LeaseReply {
+        batch: BatchReply {
+            granted: int(&r, 0)?.max(0) as u64,
+            remaining: int(&r, 1)?.max(0) as u64,
+            retry_after: Duration::from_millis(int(&r, 2)?.max(0) as u64),
+            slot: int(&r, 3)?,
+            leased: r.get(4).copied().unwrap_or(0).max(0) as u64,
+            slot_left: Duration::from_millis(r.get(5).copied().unwrap_or(0).max(0) as u64),
+        },
+        sent,
+    })
 }
 
 /// One `quota.lua` call applying `delta` up to `count` times.
@@ -964,18 +1149,8 @@ impl CounterStore for RedisStore {
         window: Duration,
         increment: u64,
     ) -> Result<RateState, StoreError> {
-        let key = BatchKey {
-            key: key.to_owned(),
-            limit,
-            window,
-            increment,
-        };
-        self.coalesced(
-            |b| &b.rate,
-            key,
-            |store, key, count| async move { sliding_call(&store, &key, count).await },
-        )
-        .await
+        self.hit_with_budget(key.to_owned(), limit, window, increment, 0)
+            .await
     }
 
     async fn refund(&self, ticket: &Ticket) -> Result<(), StoreError> {
@@ -1019,7 +1194,7 @@ impl CounterStore for RedisStore {
         self.coalesced(
             |b| &b.quota,
             key,
-            |store, key, count| async move {
+            |store, _, key, count| async move {
                 let reply = quota_call(
                     &store,
                     key.key.clone(),

@@ -1062,3 +1062,215 @@ async fn one_connection_per_thread_counting_shared() {
     assert!(store.is_healthy());
     assert!(!store.hit("per-thread", 5, MIN, 1).await.unwrap().allowed);
 }
+
+// === local budgets (leases) ===
+
+/// Units a counter holds in Redis (its running total).
+async fn redis_total(redis: &TestRedis, key: &str) -> u64 {
+    // The reply's debug form quotes the number: `bulk-string('"12"')`.
+    let t = redis.command(&["HGET", key, "t"]).await;
+    t.split('"')
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// With a budget, most checks of a hot counter need no round trip: 200 checks in a row on one
+/// node, a budget of 50, take a handful of script calls instead of 200.
+#[tokio::test]
+async fn redis_local_budget_saves_round_trips() {
+    let redis = TestRedis::start().await;
+    let s = redis_nodes(&redis, 1).await.remove(0);
+    s.hit("warm", 10, MIN, 1).await.unwrap();
+    redis.command(&["CONFIG", "RESETSTAT"]).await;
+    for _ in 0..200 {
+        let state = s
+            .hit_with_budget("hot".into(), 1_000_000, MIN, 1, 50)
+            .await
+            .unwrap();
+        assert!(state.allowed);
+    }
+    let calls = evalsha_calls(&redis.command(&["INFO", "commandstats"]).await);
+    // A lease of 50 per call, topped up when half is gone (and again after a slot ends).
+    assert!(
+        calls <= 20,
+        "200 checks with a budget of 50: {calls} script calls"
+    );
+    assert!(
+        redis_total(&redis, "hot").await >= 200,
+        "every admitted check is counted in Redis, the leased ones ahead"
+    );
+}
+
+/// The error bound: three nodes with a budget each, hammering one counter concurrently, never
+/// admit more than the limit; they admit at least the limit less what the others may still
+/// hold leased (a lease and a top-up each); and once the leases' slot is over the unused units go back, so Redis ends up
+/// holding exactly what was admitted.
+#[tokio::test]
+async fn redis_local_budget_never_exceeds_the_limit_across_nodes() {
+    let redis = TestRedis::start().await;
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(shared(&redis, 3).await);
+    }
+    let (limit, budget) = (100, 10);
+    // 10 clients per node, each checking 20 times in a row: after the first calls, most
+    // checks find a lease (a burst all at once would only ever be batched).
+    let tasks: Vec<_> = (0..30)
+        .map(|i| {
+            let s = nodes[i % 3].clone();
+            tokio::spawn(async move {
+                let mut out = Vec::new();
+                for _ in 0..20 {
+                    out.push(
+                        s.rate_limit_with_budget(
+                            "leased",
+                            limit,
+                            MIN,
+                            1,
+                            budget,
+                            OutageMode::Local,
+                        )
+                        .await,
+                    );
+                    tokio::task::yield_now().await;
+                }
+                out
+            })
+        })
+        .collect();
+    let mut decisions = Vec::new();
+    for t in tasks {
+        decisions.extend(t.await.unwrap());
+    }
+    let leased = redis_total(&redis, "outpost:rl:2:leased").await;
+    assert!(decisions.iter().all(|d| d.counted_by == CountedBy::Shared));
+    let admitted = decisions.iter().filter(|d| d.allowed()).count() as u64;
+    // Each node is one holder here (one thread); each holds at most twice its budget unused.
+    assert!(
+        admitted <= limit && admitted >= limit - 3 * 2 * budget,
+        "{admitted} admitted"
+    );
+    assert!(
+        leased >= admitted,
+        "{leased} units in Redis for {admitted} admitted"
+    );
+    wait_for_reply(
+        &redis.url(),
+        &["HGET", "outpost:rl:2:leased", "t"],
+        &format!("\"{admitted}\""),
+        "unused leased units to be given back",
+    )
+    .await;
+}
+
+/// Over time, with a short window (1 s, slots of 50 ms, so leases live at most 50 ms): three
+/// nodes with budgets admit at most the limit in any interval of the window's length. Times
+/// are taken when the decisions come back, so the intervals checked are one slot shorter than
+/// the window (a decision made by Redis up to one reply earlier still counts its full window).
+#[tokio::test]
+async fn redis_local_budget_keeps_the_sliding_window() {
+    let redis = TestRedis::start().await;
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(shared(&redis, 3).await);
+    }
+    let (limit, budget, window) = (40u64, 8u64, Duration::from_secs(1));
+    let start = Instant::now();
+    let workers: Vec<_> = (0..12)
+        .map(|i| {
+            let s = nodes[i % 3].clone();
+            tokio::spawn(async move {
+                let mut admitted = Vec::new();
+                while start.elapsed() < Duration::from_millis(2500) {
+                    let d = s
+                        .rate_limit_with_budget(
+                            "slide",
+                            limit,
+                            window,
+                            1,
+                            budget,
+                            OutageMode::Local,
+                        )
+                        .await;
+                    assert_eq!(d.counted_by, CountedBy::Shared);
+                    if d.allowed() {
+                        admitted.push(start.elapsed());
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                admitted
+            })
+        })
+        .collect();
+    let mut times = Vec::new();
+    for w in workers {
+        times.extend(w.await.unwrap());
+    }
+    times.sort_unstable();
+    assert!(
+        times.len() as u64 > limit,
+        "the window slid: {} admitted in 2.5 s",
+        times.len()
+    );
+    let span = window - Duration::from_millis(50);
+    for (i, t) in times.iter().enumerate() {
+        let within = times[i..].iter().take_while(|u| **u - *t < span).count() as u64;
+        assert!(
+            within <= limit,
+            "{within} admitted within {span:?} from {t:?} ({} in all)",
+            times.len()
+        );
+    }
+}
+
+/// The outage behaviour holds with leases: while Redis is down a budgeted counter falls back
+/// like any other (this node's share, counted locally, no lease used), and once Redis is back
+/// the outage's admissions are added to what Redis holds (leased units that could not be
+/// given back stay counted: the strict side). The site never goes over the limit afterwards.
+#[tokio::test]
+async fn redis_local_budget_outage_falls_back_and_replays() {
+    let mut redis = TestRedis::start().await;
+    let s = shared(&redis, 3).await;
+    let check = |s: SharedState| async move {
+        s.rate_limit_with_budget("k", 30, MIN, 1, 5, OutageMode::Local)
+            .await
+    };
+    for _ in 0..12 {
+        let d = check(s.clone()).await;
+        assert!(d.allowed() && d.counted_by == CountedBy::Shared);
+    }
+    let before = redis_total(&redis, "outpost:rl:2:k").await;
+    assert!((12..=12 + 5).contains(&before), "{before}");
+
+    redis.kill();
+    let mut local = 0;
+    for _ in 0..20 {
+        let d = check(s.clone()).await;
+        if d.counted_by == CountedBy::Local && d.allowed() {
+            assert_eq!(d.limit, 10);
+            local += 1;
+        }
+        assert_ne!(d.verdict, Verdict::Unavailable);
+    }
+    assert_eq!(
+        local, 10,
+        "this node's share, ceil(30 / 3), counted locally"
+    );
+
+    redis.restart().await;
+    wait_until("redis reconnect", || s.shared_available()).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while redis_total(&redis, "outpost:rl:2:k").await < 22 {
+        assert!(Instant::now() < deadline, "outage counts not replayed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut after = 0;
+    for _ in 0..30 {
+        let d = check(s.clone()).await;
+        assert_eq!(d.counted_by, CountedBy::Shared);
+        after += u64::from(d.allowed());
+    }
+    assert!(after <= 30 - 22, "{after} admitted after the outage");
+    assert!(redis_total(&redis, "outpost:rl:2:k").await <= 30);
+}

@@ -107,12 +107,18 @@ impl<'a> RateCheck<'a> {
     }
 
     async fn check(self, key: &str, rt: &Runtime) -> Decision {
-        let (calls, window, increment, outage) = match self {
-            RateCheck::PerSubscription(s) => (s.calls, s.window, 1, s.outage),
-            RateCheck::ByKey(s) => (s.calls, s.window, s.increment_count, s.outage),
+        let (calls, window, increment, budget, outage) = match self {
+            RateCheck::PerSubscription(s) => (s.calls, s.window, 1, s.local_budget, s.outage),
+            RateCheck::ByKey(s) => (
+                s.calls,
+                s.window,
+                s.increment_count,
+                s.local_budget,
+                s.outage,
+            ),
         };
         rt.shared
-            .rate_limit(key, calls, window, increment, outage)
+            .rate_limit_with_budget(key, calls, window, increment, budget, outage)
             .await
     }
 

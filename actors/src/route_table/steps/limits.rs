@@ -29,6 +29,8 @@ pub struct RateLimitStep {
     pub retry_after_header: HeaderName,
     pub remaining_header: HeaderName,
     pub outage: OutageMode,
+    /// `local-budget` (0: none).
+    pub local_budget: u64,
 }
 
 #[derive(Debug)]
@@ -43,6 +45,8 @@ pub struct RateLimitByKeyStep {
     pub retry_after_header: HeaderName,
     pub remaining_header: HeaderName,
     pub outage: OutageMode,
+    /// `local-budget` (0: none).
+    pub local_budget: u64,
 }
 
 #[derive(Debug)]
@@ -92,6 +96,7 @@ pub(super) fn rate_limit(p: &RateLimit, cx: &mut StepCx<'_>) -> Option<Step> {
         retry_after_header: retry?,
         remaining_header: remaining?,
         outage: p.outage,
+        local_budget: p.local_budget.unwrap_or(0),
     })))
 }
 
@@ -117,6 +122,7 @@ pub(super) fn rate_limit_by_key(p: &RateLimitByKey, cx: &mut StepCx<'_>) -> Opti
         retry_after_header: retry?,
         remaining_header: remaining?,
         outage: p.outage,
+        local_budget: p.local_budget.unwrap_or(0),
     })))
 }
 
