@@ -1125,12 +1125,13 @@ impl Done {
         r.response_bytes = sent;
         let api = r.api.as_ref().unwrap_or(&UNMATCHED);
         let operation = r.operation.as_ref().unwrap_or(&UNMATCHED);
-        let series = request_metrics::series(api, operation, r.status);
-        series.requests.increment(1);
-        series.duration.record(r.duration.as_secs_f64());
-        if let Some(d) = r.backend_duration {
-            series.backend_duration.record(d.as_secs_f64());
-        }
+        request_metrics::with_series(api, operation, r.status, |series| {
+            series.requests.increment(1);
+            series.duration.record(r.duration.as_secs_f64());
+            if let Some(d) = r.backend_duration {
+                series.backend_duration.record(d.as_secs_f64());
+            }
+        });
         if r.grpc_status.is_none() {
             r.grpc_status = self.grpc_trailers.as_ref().and_then(|t| t.grpc_status());
         }
