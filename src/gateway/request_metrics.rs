@@ -6,7 +6,7 @@
 //! The handles it returns point at the same registered series every time, so each traffic
 //! worker keeps them, per (API, operation, status), in a small thread-local map.
 //!
-//! The map is keyed by the identity of the configuration's `Arc<str>` names (the key holds the
+//! The map is keyed by the identity of the configuration's `Arc<str>` names (each entry holds the
 //! `Arc`s, so an address cannot be reused while it is in the map). A new configuration
 //! revision brings new `Arc`s and so new entries for the same series; the map is emptied when
 //! it reaches [`MAX_ENTRIES`], which bounds it across any number of revisions.
@@ -32,24 +32,30 @@ pub struct RequestSeries {
 /// The label of requests that matched no API or operation.
 pub static UNMATCHED: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("unmatched"));
 
-/// The series of a request to `api`/`operation` answered with `status` (this thread's handles).
-pub fn series(api: &Arc<str>, operation: &Arc<str>, status: u16) -> RequestSeries {
-    let key = Key {
-        api: api.clone(),
-        operation: operation.clone(),
-        status,
-    };
+/// Runs `f` on this thread's handles of the series of a request to `api`/`operation` answered
+/// with `status`, without cloning the names for the lookup or the handles for the caller.
+pub fn with_series<R>(
+    api: &Arc<str>,
+    operation: &Arc<str>,
+    status: u16,
+    f: impl FnOnce(&RequestSeries) -> R,
+) -> R {
+    let key = Key::of(api, operation, status);
     SERIES.with(|series| {
         let mut series = series.borrow_mut();
-        if let Some(found) = series.get(&key) {
-            return found.clone();
+        if let Some(entry) = series.get(&key) {
+            return f(&entry.series);
         }
         if series.len() >= MAX_ENTRIES {
             series.clear();
         }
-        let made = register(api, operation, status);
-        series.insert(key, made.clone());
-        made
+        let entry = Entry {
+            series: register(api, operation, status),
+            _names: (api.clone(), operation.clone()),
+        };
+        let out = f(&entry.series);
+        series.insert(key, entry);
+        out
     })
 }
 
@@ -75,31 +81,40 @@ fn status_label(status: u16) -> Arc<str> {
 }
 
 thread_local! {
-    static SERIES: RefCell<HashMap<Key, RequestSeries, BuildHasherDefault<WordHasher>>> =
+    static SERIES: RefCell<HashMap<Key, Entry, BuildHasherDefault<WordHasher>>> =
         RefCell::new(HashMap::default());
 }
 
-/// Equal when the names are the same `Arc`s: what the hot path has, and cheap to compare.
+/// A worker's handles, with the names whose addresses key them.
+struct Entry {
+    series: RequestSeries,
+    /// Held so that no other name can be allocated at a key's address while it is in the map.
+    _names: (Arc<str>, Arc<str>),
+}
+
+/// The names' addresses and the status: equal when the names are the same `Arc`s, which is
+/// what the hot path has, and cheap to hash and compare.
+#[derive(PartialEq, Eq)]
 struct Key {
-    api: Arc<str>,
-    operation: Arc<str>,
+    api: usize,
+    operation: usize,
     status: u16,
 }
 
-impl PartialEq for Key {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.api, &other.api)
-            && Arc::ptr_eq(&self.operation, &other.operation)
-            && self.status == other.status
+impl Key {
+    fn of(api: &Arc<str>, operation: &Arc<str>, status: u16) -> Self {
+        Self {
+            api: Arc::as_ptr(api).cast::<u8>() as usize,
+            operation: Arc::as_ptr(operation).cast::<u8>() as usize,
+            status,
+        }
     }
 }
 
-impl Eq for Key {}
-
 impl Hash for Key {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        state.write_usize(Arc::as_ptr(&self.api).cast::<u8>() as usize);
-        state.write_usize(Arc::as_ptr(&self.operation).cast::<u8>() as usize);
+        state.write_usize(self.api);
+        state.write_usize(self.operation);
         state.write_u16(self.status);
     }
 }
@@ -143,11 +158,7 @@ mod tests {
     fn the_same_names_give_the_same_series_and_other_names_others() {
         let api: Arc<str> = Arc::from("orders");
         let op: Arc<str> = Arc::from("list");
-        let key = |a: &Arc<str>, o: &Arc<str>, s| Key {
-            api: a.clone(),
-            operation: o.clone(),
-            status: s,
-        };
+        let key = Key::of;
         assert!(key(&api, &op, 200) == key(&api, &op, 200));
         assert!(key(&api, &op, 200) != key(&api, &op, 404));
         // Equal text in another revision's `Arc` is another entry (of the same series).
@@ -167,7 +178,7 @@ mod tests {
         let op: Arc<str> = Arc::from("op");
         for i in 0..(MAX_ENTRIES + 10) {
             let api: Arc<str> = Arc::from(format!("api{i}"));
-            series(&api, &op, 200);
+            with_series(&api, &op, 200, |_| ());
         }
         SERIES.with(|s| assert!(s.borrow().len() <= MAX_ENTRIES));
     }

@@ -15,9 +15,10 @@ pub(super) fn set_header(
     phase: Phase,
     ex: &mut Exchange,
 ) -> Result<Flow, GatewayError> {
-    let value = match &s.value {
-        Some(t) => Some(header_value(&super::expr::render(t, ex, "set-header")?)?),
-        None => None,
+    let value = match (&s.constant, &s.value) {
+        (Some(v), _) => Some(v.clone()),
+        (None, Some(t)) => Some(header_value(&super::expr::render(t, ex, "set-header")?)?),
+        (None, None) => None,
     };
     let headers: &mut HeaderMap = match phase {
         Phase::Inbound | Phase::Backend => &mut ex.request_headers,

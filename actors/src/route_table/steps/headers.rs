@@ -2,9 +2,9 @@
 
 use std::sync::Arc;
 
-use awc::http::header::HeaderName;
+use awc::http::header::{HeaderName, HeaderValue};
 use outpost_model::policy::{ExistsAction, RewriteUri, SetHeader, SetQueryParameter};
-use outpost_model::template::Template;
+use outpost_model::template::{Segment, Template};
 
 use super::Step;
 use super::cx::{StepCx, Text, header_name};
@@ -15,6 +15,9 @@ pub struct SetHeaderStep {
     pub name: HeaderName,
     /// `None` with `exists-action: delete`.
     pub value: Option<Text>,
+    /// `value` made once here when it is plain text (no variable, no expression): the request
+    /// path then clones it instead of rendering and checking it every time.
+    pub constant: Option<HeaderValue>,
     pub action: ExistsAction,
 }
 
@@ -54,11 +57,29 @@ pub(super) fn set_header(p: &SetHeader, cx: &mut StepCx<'_>) -> Option<Step> {
         }
         (v, _) => v,
     };
+    let value = value?;
     Some(Step::SetHeader(Arc::new(SetHeaderStep {
         name: name?,
-        value: value?,
+        constant: value.as_ref().and_then(constant_value),
+        value,
         action: p.exists_action,
     })))
+}
+
+/// A template of literals only, as a header value (`None` for anything else, or for text that
+/// is not a valid value: that one is refused per request, as a rendered one is).
+fn constant_value(text: &Text) -> Option<HeaderValue> {
+    let Text::Template(t) = text else {
+        return None;
+    };
+    let mut out = String::new();
+    for segment in &t.segments {
+        match segment {
+            Segment::Literal(l) => out.push_str(l),
+            _ => return None,
+        }
+    }
+    HeaderValue::from_str(&out).ok()
 }
 
 pub(super) fn set_query_parameter(p: &SetQueryParameter, cx: &mut StepCx<'_>) -> Option<Step> {
@@ -188,5 +209,22 @@ pub(super) fn set_method(
             cx.problem("method", format!("'{}' is not an HTTP method", p.method));
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_text_is_made_once() {
+        let text = |s: &str| Text::Template(Template::parse(s).unwrap());
+        assert_eq!(
+            constant_value(&text("a b")).unwrap().to_str().unwrap(),
+            "a b"
+        );
+        assert!(constant_value(&text("id {request.id}")).is_none());
+        // Not a valid value: left to the per-request path, which refuses it.
+        assert!(constant_value(&text("a\u{7f}b")).is_none());
     }
 }
