@@ -109,11 +109,6 @@ pub fn telemetry_batch_refused(result: &'static str) {
     metrics::counter!("outpost_cp_telemetry_batches_total", "result" => result).increment(1);
 }
 
-/// Analytics rows deleted as older than the retention.
-pub fn analytics_purged(rows: u64) {
-    metrics::counter!("outpost_cp_analytics_rows_purged_total").increment(rows);
-}
-
 const STATES: [(ConnectionState, &str); 4] = [
     (ConnectionState::Connected, "connected"),
     (ConnectionState::Stale, "stale"),

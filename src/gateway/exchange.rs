@@ -29,6 +29,8 @@ use outpost_model::template::{CertField, Segment, Template, Var};
 
 use super::concurrency::{ConcurrencyGuard, ConcurrencyLimiter};
 use super::error::GatewayError;
+pub use super::phase::Phase;
+use super::phase::Phases;
 use super::trailers::Trailers;
 
 /// What steps share across requests, for the lifetime of the traffic server. Shared-state
@@ -175,16 +177,6 @@ pub enum Flow {
     SkipToOutbound(Response),
 }
 
-/// The section a step runs in; some steps act on the request in one and on the response in
-/// another.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    Inbound,
-    Backend,
-    Outbound,
-    OnError,
-}
-
 /// One request travelling through the pipeline.
 pub struct Exchange {
     // What the client sent (unchanged by policies, except `method` by `set-method`).
@@ -247,7 +239,7 @@ pub struct Exchange {
     pub trailers: Option<Trailers>,
     /// The pipeline's phases, timed for a request traced by OpenTelemetry (`super::otel`);
     /// `None` otherwise.
-    pub trace: Option<Box<super::otel::Phases>>,
+    pub trace: Option<Box<Phases>>,
 }
 
 impl Exchange {

@@ -39,6 +39,11 @@ use h2::{Reason, RecvStream, SendStream};
 
 use super::trailers::Trailers;
 
+/// Marks a connection that arrived over TLS (`X-Forwarded-Proto: https`), in its data (read
+/// with [`conn_data`]).
+#[derive(Clone, Copy)]
+pub struct Secure;
+
 /// Largest DATA frame written at once.
 const CHUNK: usize = 16 << 10;
 

@@ -36,6 +36,7 @@ pub mod listener;
 pub mod ops;
 pub mod otel;
 pub mod path;
+pub mod phase;
 pub mod pipeline;
 pub mod proxy;
 pub mod reload;

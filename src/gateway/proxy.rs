@@ -51,7 +51,7 @@ use super::concurrency::{ConcurrencyGuard, ConcurrencyLimiter};
 use super::error::{self, GatewayError};
 use super::exchange::{Exchange, RequestBody, Response, Runtime, Target, percent_decode};
 use super::forwarded::Forwarding;
-use super::h2_server::{self, H2Stream};
+use super::h2_server::{self, H2Stream, Secure};
 use super::hop_by_hop::strip_hop_by_hop;
 use super::listener::{ConnState, Connection, WriteNow};
 use super::otel;
@@ -391,10 +391,6 @@ fn connection_data<T: WriteNow + PeerTls>(
 const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// An idle connection (no request on HTTP/1.1, no open stream on HTTP/2) is closed after this.
 const KEEP_ALIVE: Duration = Duration::from_secs(75);
-
-/// Marks a connection that arrived over TLS (`X-Forwarded-Proto: https`).
-#[derive(Clone, Copy)]
-pub(super) struct Secure;
 
 // === the request ===
 

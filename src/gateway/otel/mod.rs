@@ -13,7 +13,8 @@ use std::time::Duration;
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::Resource;
 
-pub use trace::{Decision, Phases, Traces, begin, call_ended, call_started, end, failed};
+pub use super::phase::{Phases, begin, call_started, end, failed};
+pub use trace::{Decision, Traces, call_ended};
 
 use super::settings::OtelSettings;
 

@@ -37,7 +37,8 @@ use outpost_actors::route_table::{CacheStatus, RequestRecord};
 
 use super::OtelError;
 use crate::gateway::error::GatewayError;
-use crate::gateway::exchange::{Exchange, Phase, Response};
+use crate::gateway::exchange::{Exchange, Response};
+use crate::gateway::phase::{PHASE_NAMES, Phases};
 use crate::gateway::settings::OtelSettings;
 
 /// Spans in one export request at most (the SDK's default).
@@ -154,8 +155,8 @@ impl Traces {
             };
         }
         let head = req.head();
-        let secure =
-            crate::gateway::h2_server::conn_data::<crate::gateway::proxy::Secure>(req).is_some();
+        let secure = crate::gateway::h2_server::conn_data::<crate::gateway::h2_server::Secure>(req)
+            .is_some();
         Decision::Sampled(Box::new(RequestTrace {
             traces: self.clone(),
             parent,
@@ -307,103 +308,6 @@ pub struct RequestTrace {
     version: &'static str,
     route: Option<String>,
     phases: Option<Box<Phases>>,
-}
-
-/// A phase's span: when it started and ended, and the error that ended it.
-#[derive(Clone, Copy)]
-struct PhaseSpan {
-    start: Instant,
-    end: Option<Instant>,
-    error: Option<&'static str>,
-}
-
-/// The backend call's span.
-struct CallSpan {
-    start: Instant,
-    end: Option<Instant>,
-    status: Option<u16>,
-    error: Option<&'static str>,
-    attributes: Vec<KeyValue>,
-}
-
-/// What the pipeline of a sampled request records on its way (see `pipeline::run`).
-#[derive(Default)]
-pub struct Phases {
-    /// Indexed by [`phase_index`].
-    spans: [Option<PhaseSpan>; 4],
-    open: Option<Phase>,
-    call: Option<CallSpan>,
-}
-
-fn phase_index(phase: Phase) -> usize {
-    match phase {
-        Phase::Inbound => 0,
-        Phase::Backend => 1,
-        Phase::Outbound => 2,
-        Phase::OnError => 3,
-    }
-}
-
-const PHASE_NAMES: [&str; 4] = ["inbound", "backend", "outbound", "on-error"];
-
-impl Phases {
-    fn close(&mut self, now: Instant, error: Option<&'static str>) {
-        if let Some(open) = self.open.take()
-            && let Some(span) = &mut self.spans[phase_index(open)]
-        {
-            span.end = Some(now);
-            span.error = span.error.or(error);
-        }
-    }
-
-    fn begin(&mut self, phase: Phase) {
-        let now = Instant::now();
-        self.close(now, None);
-        self.spans[phase_index(phase)] = Some(PhaseSpan {
-            start: now,
-            end: None,
-            error: None,
-        });
-        self.open = Some(phase);
-    }
-}
-
-/// A phase starts (the one before, if any, ends).
-#[inline]
-pub fn begin(phases: &mut Option<Box<Phases>>, phase: Phase) {
-    if let Some(p) = phases {
-        p.begin(phase);
-    }
-}
-
-/// The phase that was running failed with `err` (`on-error` runs next).
-#[inline]
-pub fn failed(phases: &mut Option<Box<Phases>>, err: &GatewayError) {
-    if let Some(p) = phases {
-        p.close(Instant::now(), Some(err.reason));
-    }
-}
-
-/// The pipeline is done: the phase still running ends.
-#[inline]
-pub fn end(phases: &mut Option<Box<Phases>>) {
-    if let Some(p) = phases {
-        p.close(Instant::now(), None);
-    }
-}
-
-/// The backend call starts.
-#[inline]
-pub fn call_started(phases: &mut Option<Box<Phases>>) {
-    if let Some(p) = phases {
-        p.call = Some(CallSpan {
-            start: Instant::now(),
-            end: None,
-            status: None,
-            error: None,
-            attributes: Vec::new(),
-        });
-    }
 }
 
 /// The backend call is over (its response head arrived, or it failed).
