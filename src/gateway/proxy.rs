@@ -440,7 +440,7 @@ async fn handle(
             observer: traffic.observer.clone(),
             _guards: Vec::new(),
             access,
-            trace: otel::Decision::of(traffic.otel.as_ref(), &req),
+            trace: otel::Decision::of(traffic.otel.as_ref(), req),
             grpc_trailers: grpc
                 .then(|| {
                     req.extensions()
