@@ -65,7 +65,22 @@ def _breaks_a_rule(value):
     operations = value.get("operations")
     if isinstance(operations, list) and _operations_clash(operations):
         return True
+    # `validate-headers` / `validate-parameters`: a header or parameter is checked against a
+    # pattern or a list of values, at most one of the two.
+    if value.get("pattern") is not None and value.get("values") is not None:
+        return True
+    # `Document::read`: within one file (and one list), a name is given once per kind.
+    for items in value.values():
+        if _names_repeat(items):
+            return True
     return any(_breaks_a_rule(item) for item in value.values())
+
+
+def _names_repeat(items):
+    if not isinstance(items, list):
+        return False
+    names = [i.get("name") for i in items if isinstance(i, dict) and isinstance(i.get("name"), str)]
+    return len(names) != len(set(names))
 
 
 @schemathesis.hook

@@ -477,8 +477,10 @@ fn check_pool(p: &mut Problems, b: &Backend) {
         }
         // Above interval-ms it is cut to interval-ms (a check never outlives the next one), so
         // the two fields need not be compared.
-        if c.timeout_ms == 0 {
-            p.push("health-check.timeout-ms", "must be at least 1");
+        // Bounded like interval-ms, so that the document (and the JSON schema) has a limit
+        // a number can be checked against rather than whatever fits in 64 bits.
+        if !(1..=3_600_000).contains(&c.timeout_ms) {
+            p.push("health-check.timeout-ms", "must be between 1 and 3600000");
         }
         for (field, v) in [
             ("healthy-threshold", c.healthy_threshold),

@@ -778,7 +778,7 @@ fn resource_schemas() -> Value {
         "HealthCheck": nullable_object(strict(json!({
             "path": {"type": "string", "pattern": "^/[^#\\s]*$", "description": "Appended to each member's base URL."},
             "interval-ms": {"type": "integer", "minimum": 100, "maximum": 3_600_000, "default": 5000},
-            "timeout-ms": {"type": "integer", "minimum": 1, "default": 2000, "description": "At most interval-ms."},
+            "timeout-ms": {"type": "integer", "minimum": 1, "maximum": 3_600_000, "default": 2000, "description": "Cut to interval-ms when above it."},
             "healthy-threshold": {"type": "integer", "minimum": 1, "maximum": 100, "default": 2},
             "unhealthy-threshold": {"type": "integer", "minimum": 1, "maximum": 100, "default": 3},
         }), &["path"]), "Active checks: off when null."),
