@@ -352,3 +352,24 @@ impl Gateway {
         (status, self.process.output_so_far())
     }
 }
+
+/// One gateway (`site-a`) serving one API, `hello`, that answers `GET /hello/` with 200 "hi"
+/// from a policy (no backend is reached): the smallest estate the multi-replica tests apply.
+pub const HELLO_SITE: &str = r#"
+apiVersion: outpost/v1
+backends:
+  - {name: b, url: "http://127.0.0.1:9"}
+apis:
+  - name: hello
+    path: hello
+    backend: b
+    subscription-required: false
+    operations:
+      - {name: get, method: GET, url-template: /}
+    policies:
+      inbound:
+        - base
+        - return-response: {status-code: 200, body: "hi"}
+gateways:
+  - {name: site-a, apis: [hello]}
+"#;

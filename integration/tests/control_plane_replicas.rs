@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::time::Instant;
 
+use outpost_integration::fleet::HELLO_SITE;
 use outpost_integration::{
     ADMIN_TOKEN, ControlPlane, Gateway, GatewayOptions, PostgresServer, client, eventually,
     free_port, ms, outpost_command, secs,
@@ -241,25 +242,6 @@ async fn store_copy_moves_sqlite_to_postgres() {
     );
 }
 
-const SITE: &str = r#"
-apiVersion: outpost/v1
-backends:
-  - {name: b, url: "http://127.0.0.1:9"}
-apis:
-  - name: hello
-    path: hello
-    backend: b
-    subscription-required: false
-    operations:
-      - {name: get, method: GET, url-template: /}
-    policies:
-      inbound:
-        - base
-        - return-response: {status-code: 200, body: "hi"}
-gateways:
-  - {name: site-a, apis: [hello]}
-"#;
-
 /// Waits until `cp` lists instance `id` of `site-a` with `connection` (e.g. `connected`).
 async fn wait_listed(cp: &ControlPlane, id: &str, connection: &str) {
     eventually(secs(30), ms(100), async || {
@@ -303,7 +285,7 @@ async fn instance_status_survives_a_restart() {
     let data_dir = dir.path().join("data");
     let (admin, gateway) = (free_port(), free_port());
     let mut cp = ControlPlane::start_on_with("cp", &data_dir, admin, gateway, &[]).await;
-    cp.apply(SITE).await;
+    cp.apply(HELLO_SITE).await;
     let (mut gw, id) = gateway_on(&cp, &cp).await;
     wait_listed(&cp, &id, "connected").await;
     gw.stop_graceful(secs(10)).await;
@@ -331,7 +313,7 @@ async fn replicas_share_instance_status() {
     let dir = tempfile::tempdir().unwrap();
     let a = replica("cp-a", dir.path(), &pg).await;
     let b = replica("cp-b", dir.path(), &pg).await;
-    a.apply(SITE).await;
+    a.apply(HELLO_SITE).await;
     wait_for_revision(&b, a.revision().await).await;
     let (mut gw, id) = gateway_on(&b, &b).await;
     wait_listed(&b, &id, "connected").await;
