@@ -11,6 +11,8 @@
 #   3r  as 3, in the gateway that has redis.url set (control for 5)
 #   3l  as 3, in a gateway writing the access log (every request, to a file)
 #   3s  as 3, in a gateway writing the access log for 1 % of requests (sample = 0.01)
+#   3t  as 3, in a gateway tracing every request (OpenTelemetry, OTLP/HTTP to bench/otlp-sink.py)
+#   3u  as 3, in a gateway tracing 1 % of requests (head sampling ratio 0.01)
 #   4   as 3 + rate-limit, in-process store
 #   5   as 3 + rate-limit, Redis store (private redis-server)
 #   5b  as 5 with `local-budget: 100` (checks admitted from a lease, see docs/rate-limiting.md)
@@ -299,8 +301,8 @@ start redis "$CLIENT_CPUS" redis-server --port "$PORT_REDIS" --bind 127.0.0.1 --
 sed "s|@BACKEND@|127.0.0.1:$PORT_BACKEND|g" "$BENCH/gateway.yaml.in" >"$RUN_DIR/gateway.yaml"
 "$OUTPOST" validate -f "$RUN_DIR/gateway.yaml" >&2
 
-gateway() { # NAME WORKERS CPUS REDIS_URL [ACCESS_LOG_SAMPLE]
-    local name=$1 workers=$2 cpus=$3 redis=$4 sample=${5:-} http ops
+gateway() { # NAME WORKERS CPUS REDIS_URL [ACCESS_LOG_SAMPLE] [TRACE_RATIO]
+    local name=$1 workers=$2 cpus=$3 redis=$4 sample=${5:-} ratio=${6:-} http ops
     free_port; http=$PORT
     free_port; ops=$PORT
     free_port
@@ -309,6 +311,10 @@ gateway() { # NAME WORKERS CPUS REDIS_URL [ACCESS_LOG_SAMPLE]
     local access=(OUTPOST_ACCESS_LOG_ENABLED=false)
     [[ -n $sample ]] && access=(OUTPOST_ACCESS_LOG_ENABLED=true
         OUTPOST_ACCESS_LOG_SAMPLE="$sample" OUTPOST_ACCESS_LOG_PATH="$RUN_DIR/$name-access.log")
+    # Tracing exports to the sink (a separate process, not measured); OTLP metrics stay off so
+    # that only the traces' cost is in the figure.
+    [[ -n $ratio ]] && access+=(OUTPOST_OTEL_ENDPOINT="http://127.0.0.1:$PORT_SINK"
+        OUTPOST_OTEL_METRICS=false OUTPOST_OTEL_SAMPLING_RATIO="$ratio")
     start "$name" "$cpus" env "${access[@]}" OUTPOST_LISTEN_HTTP="127.0.0.1:$http" \
         OUTPOST_LISTEN_HTTPS="127.0.0.1:$PORT" OUTPOST_LISTEN_OPS="127.0.0.1:$ops" \
         OUTPOST_LISTEN_WORKERS="$workers" OUTPOST_REDIS_URL="$redis" OUTPOST_LOG_LEVEL=warn \
@@ -319,6 +325,12 @@ gateway gw2 2 "$BOTH_CPUS" ""
 gateway gwr 1 "$SUT_CPUS" "redis://127.0.0.1:$PORT_REDIS"
 [[ " $TARGETS " == *" 3l "* ]] && gateway gwl 1 "$SUT_CPUS" "" 1.0
 [[ " $TARGETS " == *" 3s "* ]] && gateway gws 1 "$SUT_CPUS" "" 0.01
+if [[ " $TARGETS " == *" 3t "* || " $TARGETS " == *" 3u "* ]]; then
+    free_port; PORT_SINK=$PORT
+    start sink "$CLIENT_CPUS" python3 "$BENCH/otlp-sink.py" "$PORT_SINK"
+    [[ " $TARGETS " == *" 3t "* ]] && gateway gwt 1 "$SUT_CPUS" "" "" 1.0
+    [[ " $TARGETS " == *" 3u "* ]] && gateway gwu 1 "$SUT_CPUS" "" "" 0.01
+fi
 
 KEY_HEADER="Ocp-Apim-Subscription-Key: $SUB_KEY"
 # id | process under test | URL | needs the key | label
@@ -330,6 +342,8 @@ TARGET_TABLE="1|backend|http://127.0.0.1:$PORT_BACKEND/item|0|direct to backend 
 3r|gwr|http://127.0.0.1:$PORT_gwr/plain/item|1|gateway with redis.url: key + 2 set-header (control for 5)
 3l|gwl|http://127.0.0.1:${PORT_gwl:-0}/plain/item|1|as 3 + access log, every request (file)
 3s|gws|http://127.0.0.1:${PORT_gws:-0}/plain/item|1|as 3 + access log, 1 % sampled (file)
+3t|gwt|http://127.0.0.1:${PORT_gwt:-0}/plain/item|1|as 3 + OpenTelemetry tracing, every request
+3u|gwu|http://127.0.0.1:${PORT_gwu:-0}/plain/item|1|as 3 + OpenTelemetry tracing, 1 % sampled
 4|gw|http://127.0.0.1:$PORT_gw/limited/item|1|gateway + rate-limit, in-process store
 5|gwr|http://127.0.0.1:$PORT_gwr/limited/item|1|gateway + rate-limit, Redis store
 5b|gwr|http://127.0.0.1:$PORT_gwr/limited-leased/item|1|gateway + rate-limit, Redis store, local budget
