@@ -801,6 +801,10 @@ fn heartbeat(instance: &str, revision: u64, hash: &str) -> Heartbeat {
         stopping: false,
         certificates: Vec::new(),
         pool_members: Vec::new(),
+        readiness: Some(wire::Readiness {
+            ready: true,
+            reason: None,
+        }),
     }
 }
 
@@ -823,6 +827,10 @@ async fn heartbeats_show_as_instances_with_derived_state() {
                     member: "http://10.0.0.7:8000".into(),
                     state: "ejected".into(),
                 }],
+                readiness: Some(wire::Readiness {
+                    ready: false,
+                    reason: Some("draining".into()),
+                }),
                 ..heartbeat("i-1", r1, &hash)
             })
             .unwrap(),
@@ -831,13 +839,16 @@ async fn heartbeats_show_as_instances_with_derived_state() {
     assert_eq!(answer.status, StatusCode::OK);
     let ack: HeartbeatAck = wire::decode(&answer.body).unwrap();
     assert_eq!(ack.revision, r1);
-    // JSON in, JSON out; this one is behind.
+    // JSON in, JSON out; this one is behind, and from a release that does not report its
+    // readiness.
+    let mut old = serde_json::to_value(heartbeat("i-2", r1 - 1, "stale-hash")).unwrap();
+    old.as_object_mut().unwrap().remove("readiness");
     let answer = cp
         .post(
             "/gateway/v1/heartbeat",
             &token_a,
             "application/json",
-            serde_json::to_vec(&heartbeat("i-2", r1 - 1, "stale-hash")).unwrap(),
+            serde_json::to_vec(&old).unwrap(),
         )
         .await;
     let ack: HeartbeatAck = serde_json::from_slice(&answer.body).unwrap();
@@ -874,8 +885,12 @@ async fn heartbeats_show_as_instances_with_derived_state() {
             .starts_with("127.0.0.1:")
     );
     assert!(list[0]["token-expires-in-secs"].as_i64().unwrap() > 3000);
+    assert_eq!(list[0]["ready"], false);
+    assert_eq!(list[0]["not-ready-reason"], "draining");
     assert_eq!(list[1]["instance-id"], "i-2");
     assert_eq!(list[1]["sync"], "behind");
+    assert_eq!(list[1]["ready"], serde_json::Value::Null, "not reported");
+    assert_eq!(list[1]["not-ready-reason"], serde_json::Value::Null);
 
     // After a change to gw-a's view, i-1 is behind until it applies it.
     put(&cp.store, vec![api("api-a", "be-a", "v9")]);
@@ -891,6 +906,10 @@ async fn heartbeats_show_as_instances_with_derived_state() {
         .collect();
     assert_eq!(ids, ["i-1", "i-2", "i-3"]);
     assert_eq!(all[2]["sync"], "in-sync");
+    assert_eq!(
+        (&all[2]["ready"], &all[2]["not-ready-reason"]),
+        (&serde_json::json!(true), &serde_json::Value::Null)
+    );
 
     let (status, _) = cp.admin("GET", "/gateways/nope/instances", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);

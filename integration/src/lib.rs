@@ -87,7 +87,7 @@ pub use http::{LoadLoop, LoadReport, client, client_builder, hey, hey_with};
 pub use pki::TestPki;
 pub use ports::{free_addr, free_port};
 pub use postgres::PostgresServer;
-pub use process::{ManagedProcess, outpost_binary, outpost_command, workspace_root};
+pub use process::{ManagedProcess, outpost_binary, outpost_command, target_dir, workspace_root};
 pub use redis::{Persistence, RedisServer, redis_command, try_redis_command};
 pub use wait::{eventually, ms, patience, scaled, secs, wait_for_http_ok};
 pub use wan_delay::WanDelay;

@@ -324,6 +324,21 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// The workspace's target directory: `CARGO_TARGET_DIR` (relative to the workspace root) when
+/// set, else `target/`. Test artefacts go under it (`target/test-artefacts/`).
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|d| {
+            if d.is_relative() {
+                workspace_root().join(d)
+            } else {
+                d
+            }
+        })
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
 /// Path of the `outpost` binary under test.
 ///
 /// `OUTPOST_BIN` wins if set (CI can point at a release build). Otherwise the debug binary in
@@ -346,17 +361,7 @@ pub fn outpost_binary() -> PathBuf {
             if let Some(bin) = std::env::var_os("OUTPOST_BIN") {
                 return PathBuf::from(bin);
             }
-            let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-                .map(PathBuf::from)
-                .map(|d| {
-                    if d.is_relative() {
-                        workspace_root().join(d)
-                    } else {
-                        d
-                    }
-                })
-                .unwrap_or_else(|| workspace_root().join("target"));
-            let bin = target_dir.join("debug").join("outpost");
+            let bin = target_dir().join("debug").join("outpost");
             if !bin.exists() || std::env::var_os("OUTPOST_TEST_REBUILD").is_some() {
                 build_outpost();
             }

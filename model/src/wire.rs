@@ -78,10 +78,24 @@ pub struct Heartbeat {
     /// ([`decode_heartbeat`]).
     #[serde(default)]
     pub certificates: Vec<CertificateExpiry>,
-    /// The state of every backend pool member, as this instance sees it. Last, for the same
-    /// reason.
+    /// The state of every backend pool member, as this instance sees it. After the fields
+    /// above, for the same reason.
     #[serde(default)]
     pub pool_members: Vec<PoolMemberStatus>,
+    /// Whether the instance is ready, and why not (what its `/readyz` says). Last, for the same
+    /// reason; `None` from a gateway of a release that did not report it.
+    #[serde(default)]
+    pub readiness: Option<Readiness>,
+}
+
+/// An instance's readiness as its `/readyz` answers it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Readiness {
+    /// `/readyz` answers 200.
+    pub ready: bool,
+    /// Why it is not ready (no configuration yet, draining, ...); `None` when it is.
+    pub reason: Option<String>,
 }
 
 /// One backend pool member as one gateway instance sees it.
@@ -106,6 +120,23 @@ pub struct CertificateExpiry {
     pub not_after: chrono::DateTime<chrono::Utc>,
 }
 
+/// A heartbeat as gateways before `readiness` send it.
+#[derive(Deserialize)]
+struct HeartbeatWithoutReadiness {
+    instance_id: String,
+    hostname: String,
+    version: String,
+    applied_revision: u64,
+    config_hash: String,
+    token_expiry: Option<chrono::DateTime<chrono::Utc>>,
+    started_at: chrono::DateTime<chrono::Utc>,
+    config_source: String,
+    redis: String,
+    stopping: bool,
+    certificates: Vec<CertificateExpiry>,
+    pool_members: Vec<PoolMemberStatus>,
+}
+
 /// A heartbeat as gateways before `pool_members` send it.
 #[derive(Deserialize)]
 struct HeartbeatWithoutPools {
@@ -123,7 +154,7 @@ struct HeartbeatWithoutPools {
 }
 
 /// A heartbeat as gateways before `certificates` send it. bincode has no optional trailing
-/// fields, and the upgrade order is control plane first, so the control plane reads both.
+/// fields, and the upgrade order is control plane first, so the control plane reads all of them.
 #[derive(Deserialize)]
 struct HeartbeatWithoutCertificates {
     instance_id: String,
@@ -138,46 +169,74 @@ struct HeartbeatWithoutCertificates {
     stopping: bool,
 }
 
-/// Decodes a bincode [`Heartbeat`] from this release or the two before.
-pub fn decode_heartbeat(bytes: &[u8]) -> Result<Heartbeat, CodecError> {
-    match decode::<Heartbeat>(bytes) {
-        Ok(hb) => Ok(hb),
-        Err(current) => {
-            if let Ok(old) = decode::<HeartbeatWithoutPools>(bytes) {
-                return Ok(Heartbeat {
-                    instance_id: old.instance_id,
-                    hostname: old.hostname,
-                    version: old.version,
-                    applied_revision: old.applied_revision,
-                    config_hash: old.config_hash,
-                    token_expiry: old.token_expiry,
-                    started_at: old.started_at,
-                    config_source: old.config_source,
-                    redis: old.redis,
-                    stopping: old.stopping,
-                    certificates: old.certificates,
-                    pool_members: Vec::new(),
-                });
-            }
-            let Ok(old) = decode::<HeartbeatWithoutCertificates>(bytes) else {
-                return Err(current);
-            };
-            Ok(Heartbeat {
-                instance_id: old.instance_id,
-                hostname: old.hostname,
-                version: old.version,
-                applied_revision: old.applied_revision,
-                config_hash: old.config_hash,
-                token_expiry: old.token_expiry,
-                started_at: old.started_at,
-                config_source: old.config_source,
-                redis: old.redis,
-                stopping: old.stopping,
-                certificates: Vec::new(),
-                pool_members: Vec::new(),
-            })
+impl From<HeartbeatWithoutReadiness> for Heartbeat {
+    fn from(old: HeartbeatWithoutReadiness) -> Self {
+        Heartbeat {
+            instance_id: old.instance_id,
+            hostname: old.hostname,
+            version: old.version,
+            applied_revision: old.applied_revision,
+            config_hash: old.config_hash,
+            token_expiry: old.token_expiry,
+            started_at: old.started_at,
+            config_source: old.config_source,
+            redis: old.redis,
+            stopping: old.stopping,
+            certificates: old.certificates,
+            pool_members: old.pool_members,
+            readiness: None,
         }
     }
+}
+
+impl From<HeartbeatWithoutPools> for Heartbeat {
+    fn from(old: HeartbeatWithoutPools) -> Self {
+        HeartbeatWithoutReadiness {
+            instance_id: old.instance_id,
+            hostname: old.hostname,
+            version: old.version,
+            applied_revision: old.applied_revision,
+            config_hash: old.config_hash,
+            token_expiry: old.token_expiry,
+            started_at: old.started_at,
+            config_source: old.config_source,
+            redis: old.redis,
+            stopping: old.stopping,
+            certificates: old.certificates,
+            pool_members: Vec::new(),
+        }
+        .into()
+    }
+}
+
+impl From<HeartbeatWithoutCertificates> for Heartbeat {
+    fn from(old: HeartbeatWithoutCertificates) -> Self {
+        HeartbeatWithoutPools {
+            instance_id: old.instance_id,
+            hostname: old.hostname,
+            version: old.version,
+            applied_revision: old.applied_revision,
+            config_hash: old.config_hash,
+            token_expiry: old.token_expiry,
+            started_at: old.started_at,
+            config_source: old.config_source,
+            redis: old.redis,
+            stopping: old.stopping,
+            certificates: Vec::new(),
+        }
+        .into()
+    }
+}
+
+/// Decodes a bincode [`Heartbeat`] from this release or the three before.
+pub fn decode_heartbeat(bytes: &[u8]) -> Result<Heartbeat, CodecError> {
+    decode::<Heartbeat>(bytes).or_else(|current| {
+        decode::<HeartbeatWithoutReadiness>(bytes)
+            .map(Heartbeat::from)
+            .or_else(|_| decode::<HeartbeatWithoutPools>(bytes).map(Heartbeat::from))
+            .or_else(|_| decode::<HeartbeatWithoutCertificates>(bytes).map(Heartbeat::from))
+            .map_err(|_| current)
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -593,9 +652,60 @@ mod heartbeat_tests {
                 member: "http://10.0.0.1:8000".into(),
                 state: "ejected".into(),
             }],
+            readiness: Some(Readiness {
+                ready: false,
+                reason: Some("draining".into()),
+            }),
         };
         let bytes = encode(&current).unwrap();
         assert_eq!(decode_heartbeat(&bytes).unwrap(), current);
+        let ready = Heartbeat {
+            readiness: Some(Readiness {
+                ready: true,
+                reason: None,
+            }),
+            ..current.clone()
+        };
+        assert_eq!(decode_heartbeat(&encode(&ready).unwrap()).unwrap(), ready);
+
+        // The release before readiness.
+        #[derive(Serialize)]
+        struct WithPools<'a> {
+            instance_id: &'a str,
+            hostname: &'a str,
+            version: &'a str,
+            applied_revision: u64,
+            config_hash: &'a str,
+            token_expiry: Option<chrono::DateTime<chrono::Utc>>,
+            started_at: chrono::DateTime<chrono::Utc>,
+            config_source: &'a str,
+            redis: &'a str,
+            stopping: bool,
+            certificates: &'a [CertificateExpiry],
+            pool_members: &'a [PoolMemberStatus],
+        }
+        let with_pools = WithPools {
+            instance_id: "i-1",
+            hostname: "node",
+            version: "0.1.0",
+            applied_revision: 7,
+            config_hash: "h",
+            token_expiry: Some(now),
+            started_at: now,
+            config_source: "control-plane",
+            redis: "none",
+            stopping: false,
+            certificates: &current.certificates,
+            pool_members: &current.pool_members,
+        };
+        let decoded = decode_heartbeat(&encode(&with_pools).unwrap()).unwrap();
+        assert_eq!(
+            decoded,
+            Heartbeat {
+                readiness: None,
+                ..current.clone()
+            }
+        );
 
         // The release before pool members.
         #[derive(Serialize)]
@@ -630,6 +740,7 @@ mod heartbeat_tests {
             decoded,
             Heartbeat {
                 pool_members: Vec::new(),
+                readiness: None,
                 ..current.clone()
             }
         );
@@ -653,6 +764,7 @@ mod heartbeat_tests {
             Heartbeat {
                 certificates: Vec::new(),
                 pool_members: Vec::new(),
+                readiness: None,
                 ..current
             }
         );

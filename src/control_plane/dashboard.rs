@@ -1,6 +1,9 @@
 //! The dashboard: one static page at `/` that asks for the admin token (kept in the tab's
-//! session storage) and shows APIs, products, subscriptions, gateways with their instances'
-//! connection and sync state, and the current revision, by calling the management API.
+//! session storage) and shows, by calling the management API: the last hour's traffic (headline
+//! numbers, inline SVG charts of requests/s, error rate and p50/p95/p99 per minute for all
+//! traffic, per API and per gateway, and tables), gateways with their instances (readiness and
+//! why not, connection, sync, token and certificate expiry, backend pool members), APIs,
+//! products, subscriptions and the current revision. No library, nothing from another origin.
 
 use actix_web::http::header;
 use actix_web::{HttpResponse, web};

@@ -65,6 +65,13 @@ pub struct InstanceRecord {
     /// that did not report them).
     #[serde(default)]
     pub pool_members: Vec<PoolMemberStatus>,
+    /// Whether the instance's `/readyz` says ready, as of its last heartbeat; `None` from a
+    /// gateway of a release that did not report it.
+    #[serde(default)]
+    pub ready: Option<bool>,
+    /// Why it is not ready (what its `/readyz` says): no configuration yet, draining.
+    #[serde(default)]
+    pub not_ready_reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -187,6 +194,10 @@ impl InstanceRegistry {
     ) {
         self.prune(now);
         let stopped_at = heartbeat.stopping.then_some(now);
+        let (ready, not_ready_reason) = match heartbeat.readiness {
+            Some(r) => (Some(r.ready), r.reason),
+            None => (None, None),
+        };
         let record = InstanceRecord {
             gateway: gateway.to_owned(),
             instance_id: heartbeat.instance_id,
@@ -203,6 +214,8 @@ impl InstanceRegistry {
             stopped_at,
             certificates: heartbeat.certificates,
             pool_members: heartbeat.pool_members,
+            ready,
+            not_ready_reason,
         };
         let key = (record.gateway.clone(), record.instance_id.clone());
         match self.records.entry(key) {
@@ -341,6 +354,10 @@ mod tests {
             stopping: false,
             certificates: Vec::new(),
             pool_members: Vec::new(),
+            readiness: Some(outpost_model::wire::Readiness {
+                ready: true,
+                reason: None,
+            }),
         }
     }
 
@@ -397,6 +414,39 @@ mod tests {
         assert_eq!(reg.records(None, t0())[0].config_source, "backup");
         reg.record("gw", heartbeat("i-1", "h1"), expiry, None, t0() + secs(1));
         assert_eq!(reg.records(None, t0())[0].config_source, "control-plane");
+    }
+
+    /// Readiness travels from the heartbeat to the record; a gateway of a release before it
+    /// (no readiness in its heartbeat) and a record stored before it leave it unknown.
+    #[test]
+    fn readiness_and_its_reason_are_recorded() {
+        let reg = registry();
+        let expiry = t0() + chrono::Duration::days(1);
+        reg.record("gw", heartbeat("i-1", "h1"), expiry, None, t0());
+        let rec = reg.records(None, t0()).remove(0);
+        assert_eq!((rec.ready, rec.not_ready_reason), (Some(true), None));
+        let mut draining = heartbeat("i-1", "h1");
+        draining.readiness = Some(outpost_model::wire::Readiness {
+            ready: false,
+            reason: Some("draining".into()),
+        });
+        reg.record("gw", draining, expiry, None, t0() + secs(1));
+        let rec = reg.records(None, t0()).remove(0);
+        assert_eq!(
+            (rec.ready, rec.not_ready_reason.as_deref()),
+            (Some(false), Some("draining"))
+        );
+        let mut old = heartbeat("i-1", "h1");
+        old.readiness = None;
+        reg.record("gw", old, expiry, None, t0() + secs(2));
+        let rec = reg.records(None, t0()).remove(0);
+        assert_eq!((rec.ready, rec.not_ready_reason.as_deref()), (None, None));
+        let mut stored = serde_json::to_value(&rec).unwrap();
+        let fields = stored.as_object_mut().unwrap();
+        fields.remove("ready");
+        fields.remove("not-ready-reason");
+        let back: InstanceRecord = serde_json::from_value(stored).unwrap();
+        assert_eq!(back, rec);
     }
 
     #[test]

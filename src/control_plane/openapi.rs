@@ -1006,6 +1006,8 @@ fn instance_status_schema() -> Value {
             },
             "certificate-expires-in-secs": {"type": ["integer", "null"], "description": "Seconds until the first of its certificates lapses (negative once expired); null when it serves none."},
             "certificate-expiring-soon": {"type": "boolean", "description": "A certificate lapses within 14 days, or has."},
+            "ready": {"type": ["boolean", "null"], "description": "Whether the instance's /readyz said ready in its last heartbeat; null from a gateway of a release that does not report it."},
+            "not-ready-reason": {"type": ["string", "null"], "description": "Why it is not ready (what its /readyz says: no configuration loaded yet, draining); null when ready or not reported."},
         }),
         &[
             "gateway",

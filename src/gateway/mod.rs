@@ -447,6 +447,7 @@ async fn serve(
                 identity: identity.clone(),
                 trust,
                 served: Some(served_table.clone()),
+                draining: draining.clone(),
             },
             Some(Arc::new(loaded.snapshot)),
             table_mailbox,

@@ -4,8 +4,8 @@
 //! - `/healthz`, `/status-0123456789abcdef`: liveness, 200 while the process runs.
 //! - `/readyz`: 200 once a configuration is loaded (and from then on, whatever happens to the
 //!   control plane: a gateway that fails static is still ready), 503 before, and 503 again
-//!   with `"draining": true` from a stop signal on (the listeners keep serving a while). The JSON detail
-//!   says where the config came from, which revision and hash, how the control plane and Redis
+//!   with `"draining": true` from a stop signal on (the listeners keep serving a while); when
+//!   not ready, `reason` says why (heartbeats report the same). The JSON detail says where the config came from, which revision and hash, how the control plane and Redis
 //!   look, when the token expires and what was refused, so "why is this gateway not getting my
 //!   change" is answered from one URL. With `ops.readyz_detail = false` the body is only
 //!   `{"ready": …}`: the detail names the control plane's URL, its errors and the token's
@@ -87,6 +87,10 @@ async fn alive(state: web::Data<OpsState>) -> HttpResponse {
 #[derive(Serialize)]
 struct Readiness<'a> {
     ready: bool,
+    /// Why not ready (no configuration yet, draining); absent when ready. Heartbeats carry the
+    /// same, so the control plane's instance list agrees.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
     /// Stopping: the listeners still serve, but not for long (see `[shutdown] drain_secs`).
     draining: bool,
     instance_id: &'a str,
@@ -110,7 +114,8 @@ struct CertificateStatus {
 async fn ready(state: web::Data<OpsState>) -> HttpResponse {
     let status = state.status.load();
     let draining = state.draining.load(Ordering::Relaxed);
-    let ready = status.ready() && !draining;
+    let readiness = status.readiness(draining);
+    let ready = readiness.ready;
     let code = if ready {
         StatusCode::OK
     } else {
@@ -122,6 +127,7 @@ async fn ready(state: web::Data<OpsState>) -> HttpResponse {
     let now = Utc::now();
     let body = Readiness {
         ready,
+        reason: readiness.reason,
         draining,
         instance_id: &state.instance_id,
         version: env!("CARGO_PKG_VERSION"),

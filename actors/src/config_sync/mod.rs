@@ -84,6 +84,9 @@ pub struct SyncConfig {
     pub trust: Trust,
     /// The table being served: heartbeats report its HTTPS certificates' expiry.
     pub served: Option<crate::route_table::TableHandle>,
+    /// Set when the gateway starts draining: heartbeats report it as not ready, as its
+    /// `/readyz` does.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 pub struct ConfigSync {
@@ -312,6 +315,9 @@ impl ConfigSync {
             &self.status.load(),
             self.state.source(),
             stopping,
+            self.config
+                .draining
+                .load(std::sync::atomic::Ordering::Relaxed),
             certificates,
         );
         hb.pool_members = served

@@ -254,13 +254,15 @@ impl SyncState {
 /// The heartbeat this instance sends now. The configuration source is the status board's (what
 /// `/readyz` shows), so the control plane's instance list and the gateway never disagree;
 /// `fallback` (the sync loop's own view) only before anything was reported there.
-/// `stopping`: the process's last heartbeat. `certificates`: those of the table being served.
+/// `stopping`: the process's last heartbeat. `draining`: the process is draining (not ready,
+/// as its `/readyz` says; so is a stopping one). `certificates`: those of the table being served.
 pub fn heartbeat(
     identity: &Identity,
     held: Option<&GatewaySnapshot>,
     status: &ConnectivityStatus,
     fallback: ConfigSource,
     stopping: bool,
+    draining: bool,
     certificates: Vec<outpost_model::wire::CertificateExpiry>,
 ) -> outpost_model::wire::Heartbeat {
     outpost_model::wire::Heartbeat {
@@ -281,6 +283,7 @@ pub fn heartbeat(
         stopping,
         certificates,
         pool_members: Vec::new(),
+        readiness: Some(status.readiness(draining || stopping)),
     }
 }
 

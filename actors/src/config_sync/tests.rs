@@ -637,9 +637,17 @@ fn the_heartbeat_reports_the_source_the_status_board_shows() {
         &board(Some(ConfigSource::ControlPlane)),
         ConfigSource::Backup,
         false,
+        false,
         Vec::new(),
     );
     assert_eq!(hb.config_source, "control-plane", "not where it started");
+    assert_eq!(
+        hb.readiness,
+        Some(outpost_model::wire::Readiness {
+            ready: true,
+            reason: None
+        })
+    );
     assert_eq!((hb.applied_revision, hb.stopping), (5, false));
     assert_eq!(hb.config_hash, held.hash);
     let hb = super::state::heartbeat(
@@ -648,15 +656,40 @@ fn the_heartbeat_reports_the_source_the_status_board_shows() {
         &board(Some(ConfigSource::Backup)),
         ConfigSource::ControlPlane,
         true,
+        false,
         Vec::new(),
     );
     assert_eq!(hb.config_source, "backup");
     assert!(hb.stopping, "the last heartbeat says so");
+    let readiness = hb.readiness.expect("reported");
+    assert!(!readiness.ready, "a stopping instance is not ready");
+    assert!(
+        readiness
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("draining")),
+        "{readiness:?}"
+    );
+    let hb = super::state::heartbeat(
+        &id,
+        Some(&held),
+        &board(Some(ConfigSource::ControlPlane)),
+        ConfigSource::ControlPlane,
+        false,
+        true,
+        Vec::new(),
+    );
+    assert_eq!(
+        hb.readiness.map(|r| (r.ready, r.reason)),
+        Some((false, Some(crate::connectivity::DRAINING.to_owned()))),
+        "a draining instance says so while it still serves"
+    );
     let hb = super::state::heartbeat(
         &id,
         None,
         &board(None),
         ConfigSource::Backup,
+        false,
         false,
         Vec::new(),
     );
@@ -775,6 +808,7 @@ mod actor {
                 },
                 trust: Trust::configured(GW, vec![public(1)]),
                 served: None,
+                draining: Default::default(),
             },
             held.map(Arc::new),
             sink,

@@ -21,7 +21,8 @@ use crate::token::TokenInfo;
 pub use messages::*;
 use state::Connectivity;
 pub use state::{
-    AppliedConfig, ConfigSource, ConnectivityStatus, ControlPlaneState, RedisState, Refusal,
+    AppliedConfig, ConfigSource, ConnectivityStatus, ControlPlaneState, DRAINING, RedisState,
+    Refusal,
 };
 
 /// How often a `degraded` state is re-checked against the grace window.

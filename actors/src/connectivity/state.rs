@@ -148,7 +148,41 @@ impl ConnectivityStatus {
     pub fn ready(&self) -> bool {
         self.config.is_some()
     }
+
+    /// Ready or not, and why not, for a gateway that is `draining` or not: what `/readyz`
+    /// answers and heartbeats report.
+    pub fn readiness(&self, draining: bool) -> outpost_model::wire::Readiness {
+        let reason = if draining {
+            Some(DRAINING.to_owned())
+        } else if self.config.is_some() {
+            None
+        } else if let Some(r) = &self.last_refusal {
+            Some(format!(
+                "no configuration loaded yet: revision {} was refused: {}",
+                r.revision, r.reason
+            ))
+        } else {
+            let cp = &self.control_plane;
+            Some(match (&cp.state, &cp.reason) {
+                (ControlPlaneState::Connected, _) | (_, None) => {
+                    "no configuration loaded yet".to_owned()
+                }
+                (state, Some(why)) => format!(
+                    "no configuration loaded yet (control plane {}: {why})",
+                    state.as_str()
+                ),
+            })
+        };
+        outpost_model::wire::Readiness {
+            ready: reason.is_none(),
+            reason,
+        }
+    }
 }
+
+/// Why a draining gateway is not ready.
+pub const DRAINING: &str =
+    "draining: the process is stopping; the listeners serve until the drain period ends";
 
 /// The transitions. `grace` is how long after the last success a failure counts as
 /// `degraded` rather than `disconnected`.

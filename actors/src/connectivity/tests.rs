@@ -170,3 +170,39 @@ async fn the_handle_follows_the_actor() {
     let status = addr.send(GetStatus).await.unwrap();
     assert_eq!(status, handle.load());
 }
+
+#[test]
+fn readiness_says_why_not() {
+    let mut c = board();
+    let r = c.status().readiness(false);
+    assert!(!r.ready);
+    assert_eq!(
+        r.reason.as_deref(),
+        Some("no configuration loaded yet (control plane disconnected: not contacted yet)")
+    );
+    c.control_plane_ok(at(0));
+    assert_eq!(
+        c.status().readiness(false).reason.as_deref(),
+        Some("no configuration loaded yet")
+    );
+    c.snapshot_refused(Refusal {
+        revision: 4,
+        hash: "h".into(),
+        reason: "bad signature".into(),
+        at: at(1),
+    });
+    assert_eq!(
+        c.status().readiness(false).reason.as_deref(),
+        Some("no configuration loaded yet: revision 4 was refused: bad signature")
+    );
+    c.config_applied(AppliedConfig {
+        source: ConfigSource::Backup,
+        revision: 3,
+        hash: "g".into(),
+        applied_at: at(2),
+    });
+    let r = c.status().readiness(false);
+    assert!(r.ready && r.reason.is_none(), "{r:?}");
+    let r = c.status().readiness(true);
+    assert_eq!((r.ready, r.reason.as_deref()), (false, Some(DRAINING)));
+}
