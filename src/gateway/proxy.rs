@@ -53,7 +53,7 @@ use super::exchange::{Exchange, RequestBody, Response, Runtime, Target, percent_
 use super::forwarded::Forwarding;
 use super::h2_server::{self, H2Stream, Secure};
 use super::hop_by_hop::strip_hop_by_hop;
-use super::listener::{ConnState, Connection, WriteNow};
+use super::listener::{ConnState, Connection, LocalStop, WriteNow};
 use super::otel;
 use super::path::{self, Normalized};
 use super::pipeline;
@@ -337,17 +337,15 @@ where
     };
     let h2_app = traffic_app(traffic.clone()).into_factory();
     let h2_shutdown = shutdown.clone();
-    let shutdown = shutdown.clone();
+    let stop = LocalStop::new(shutdown.clone());
     let upgrades_stop = shutdown.clone();
     let h1 = actix_http::HttpService::build()
         // Slow clients must not hold workers; the backend timeout covers slow backends.
         .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
         .client_disconnect_timeout(Duration::from_secs(1))
         .keep_alive(KEEP_ALIVE)
-        .graceful_shutdown_signal(move || {
-            let shutdown = shutdown.clone();
-            async move { shutdown.notified().await }
-        })
+        // Polled on every poll of a connection: a flag per worker, not a `watch` per poll.
+        .graceful_shutdown_signal(move || stop.notified())
         .local_addr(addr)
         .on_connect_ext(move |io: &Connection<T>, ext| {
             // The codec-refusal handshake is HTTP/1's alone (see `listener`).
