@@ -116,7 +116,7 @@ impl Forwarding {
                 },
             };
             if let Ok(v) = value {
-                headers.insert(X_FORWARDED_FOR, v);
+                set(headers, trusted, X_FORWARDED_FOR, v);
             }
             if trusted && let Some(prior) = joined(headers, &header::FORWARDED) {
                 let node = match peer {
@@ -134,7 +134,12 @@ impl Forwarding {
                 .is_some_and(|v| v.as_bytes() == b"http" || v.as_bytes() == b"https");
         if !proto_kept {
             let proto = if secure { "https" } else { "http" };
-            headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+            set(
+                headers,
+                trusted,
+                X_FORWARDED_PROTO,
+                HeaderValue::from_static(proto),
+            );
         }
         let host_kept = trusted
             && headers
@@ -143,14 +148,24 @@ impl Forwarding {
                 .is_some_and(valid_host);
         if !host_kept {
             match host.filter(|h| h.to_str().is_ok_and(valid_host)) {
-                Some(h) => {
-                    headers.insert(X_FORWARDED_HOST, h.clone());
-                }
-                None => {
+                Some(h) => set(headers, trusted, X_FORWARDED_HOST, h.clone()),
+                None if trusted => {
                     headers.remove(&X_FORWARDED_HOST);
                 }
+                None => {}
             }
         }
+    }
+}
+
+/// Sets `name` to `value`. From an untrusted peer every forwarding header is gone already, so
+/// the value is appended: the same map, without `insert`'s hashed lookup of an old value and
+/// the moves of what it would return (about 120 instructions a header).
+fn set(headers: &mut HeaderMap, trusted: bool, name: HeaderName, value: HeaderValue) {
+    if trusted {
+        headers.insert(name, value);
+    } else {
+        headers.append(name, value);
     }
 }
 
@@ -238,6 +253,11 @@ pub fn valid_host(s: &str) -> bool {
     if s.is_empty() || s.len() > 255 {
         return false;
     }
+    plain_host(s.as_bytes()).unwrap_or_else(|| valid_host_general(s))
+}
+
+/// [`valid_host`] for any string (IPv6 literals included).
+fn valid_host_general(s: &str) -> bool {
     let (host, port) = if let Some(rest) = s.strip_prefix('[') {
         let Some((v6, after)) = rest.split_once(']') else {
             return false;
@@ -269,6 +289,56 @@ pub fn valid_host(s: &str) -> bool {
                         .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
             });
     port_ok && host_ok
+}
+
+/// [`valid_host`] for a name or IPv4 address with an optional port, in one pass over the bytes
+/// (the general path cost about 750 instructions for `127.0.0.1:8080`); `None` for anything
+/// else (an IPv6 literal), which the general path decides.
+fn plain_host(s: &[u8]) -> Option<bool> {
+    if s.first() == Some(&b'[') {
+        return None;
+    }
+    let (host, port) = match s.iter().rposition(|&b| b == b':') {
+        Some(i) => (&s[..i], Some(&s[i + 1..])),
+        None => (s, None),
+    };
+    if let Some(port) = port {
+        let mut n: u32 = 0;
+        if port.is_empty() || port.len() > 5 {
+            return Some(false);
+        }
+        // As `u16::from_str`, which the general path uses: one leading `+` is allowed.
+        let digits = port.strip_prefix(b"+").unwrap_or(port);
+        if digits.is_empty() {
+            return Some(false);
+        }
+        for &b in digits {
+            if !b.is_ascii_digit() {
+                return Some(false);
+            }
+            n = n * 10 + u32::from(b - b'0');
+        }
+        if n > u32::from(u16::MAX) {
+            return Some(false);
+        }
+    }
+    let mut label = 0usize;
+    for &b in host {
+        if b == b'.' {
+            if label == 0 {
+                return Some(false);
+            }
+            label = 0;
+        } else if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+            label += 1;
+            if label > 63 {
+                return Some(false);
+            }
+        } else {
+            return Some(false);
+        }
+    }
+    Some(label > 0)
 }
 
 #[cfg(test)]
@@ -387,6 +457,36 @@ mod tests {
         ] {
             assert!(valid_host(good), "{good}");
         }
+        // The one-pass check agrees with the general one wherever it answers.
+        for s in [
+            "a.example",
+            "a.example:8080",
+            "127.0.0.1",
+            "127.0.0.1:65535",
+            "127.0.0.1:65536",
+            "h:+80",
+            "h:+",
+            "h:-1",
+            "h:",
+            ":80",
+            "h:123456",
+            "x_y",
+            "a-b.c-d",
+            "a b",
+            "a.example:port",
+            "evil.example/x",
+            "a..b",
+            ".a",
+            "a.",
+            "a:1:2",
+            "<script>",
+            "é.example",
+            &"a".repeat(63),
+            &"a".repeat(64),
+        ] {
+            assert_eq!(plain_host(s.as_bytes()), Some(valid_host_general(s)), "{s}");
+        }
+        assert_eq!(plain_host(b"[::1]"), None);
         for bad in [
             "",
             "a b",

@@ -278,6 +278,116 @@ fn codec_refusal(buf: &[u8]) -> Option<(usize, &'static Replacement)> {
     (bare && empty && end == buf.len()).then_some((end, replacement))
 }
 
+/// A worker's view of the server's graceful stop, for its HTTP/1.1 connections.
+///
+/// actix-http polls a connection's stop signal every time it polls the connection (twice per
+/// request), and `GracefulShutdownSignal::notified` is a `watch` receiver's `changed()`: about
+/// 230 instructions per poll. Here one task per worker waits for the server's signal and each
+/// connection's future only checks a flag and keeps its waker in a slot (about 20).
+#[derive(Clone)]
+pub struct LocalStop(Rc<StopState>);
+
+struct StopState {
+    signal: actix_server::GracefulShutdownSignal,
+    watching: Cell<bool>,
+    stopped: Cell<bool>,
+    /// Wakers of the connections waiting, by slot; `None`: a free slot.
+    wakers: std::cell::RefCell<Vec<Option<std::task::Waker>>>,
+    free: std::cell::RefCell<Vec<usize>>,
+}
+
+impl LocalStop {
+    /// Made on the worker's thread (one per worker and listener).
+    pub fn new(signal: actix_server::GracefulShutdownSignal) -> Self {
+        Self(Rc::new(StopState {
+            signal,
+            watching: Cell::new(false),
+            stopped: Cell::new(false),
+            wakers: Default::default(),
+            free: Default::default(),
+        }))
+    }
+
+    /// Resolves when the server starts its graceful stop (at once if it has).
+    pub fn notified(&self) -> StopNotified {
+        StopNotified {
+            state: self.0.clone(),
+            slot: None,
+        }
+    }
+
+    /// The task that waits for the server's signal, started by the first connection that
+    /// waits (on the worker's runtime).
+    fn watch(&self) {
+        if self.0.watching.replace(true) {
+            return;
+        }
+        let state = self.0.clone();
+        actix_rt::spawn(async move {
+            state.signal.notified().await;
+            state.stopped.set(true);
+            let wakers = std::mem::take(&mut *state.wakers.borrow_mut());
+            for waker in wakers.into_iter().flatten() {
+                waker.wake();
+            }
+        });
+    }
+}
+
+/// One connection's wait for [`LocalStop`].
+pub struct StopNotified {
+    state: Rc<StopState>,
+    slot: Option<usize>,
+}
+
+impl std::future::Future for StopNotified {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.state.stopped.get() {
+            return Poll::Ready(());
+        }
+        let state = self.state.clone();
+        let mut wakers = state.wakers.borrow_mut();
+        match self.slot {
+            Some(i) => match &mut wakers[i] {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                slot => *slot = Some(cx.waker().clone()),
+            },
+            None => {
+                let i = match state.free.borrow_mut().pop() {
+                    Some(i) => {
+                        wakers[i] = Some(cx.waker().clone());
+                        i
+                    }
+                    None => {
+                        wakers.push(Some(cx.waker().clone()));
+                        wakers.len() - 1
+                    }
+                };
+                self.slot = Some(i);
+                drop(wakers);
+                LocalStop(state).watch();
+            }
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for StopNotified {
+    fn drop(&mut self) {
+        let Some(i) = self.slot else { return };
+        if self.state.stopped.get() {
+            return;
+        }
+        let mut wakers = self.state.wakers.borrow_mut();
+        if let Some(slot) = wakers.get_mut(i) {
+            *slot = None;
+            self.state.free.borrow_mut().push(i);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

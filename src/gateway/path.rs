@@ -42,7 +42,10 @@ pub struct Normalized<'a> {
 /// Normalises a request path (or a `rewrite-uri` result). Borrows when nothing changes, which
 /// is every ordinary request.
 pub fn normalize(raw: &str) -> Result<Normalized<'_>, PathError> {
-    if !raw.contains('%') && !has_dot_segment(raw) {
+    // Most paths have neither an escape nor a dot: one pass over the bytes says so (the char
+    // searchers of `contains` and `split` cost about 270 instructions on a short path).
+    if !raw.bytes().any(|b| b == b'%' || b == b'.') || (!raw.contains('%') && !has_dot_segment(raw))
+    {
         return Ok(Normalized {
             path: Cow::Borrowed(raw),
             climbed_to: None,

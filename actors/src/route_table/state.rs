@@ -384,8 +384,8 @@ fn subscriptions(
     snapshot: &GatewaySnapshot,
     products: &BTreeMap<Arc<str>, Arc<CompiledProduct>>,
     problems: &mut Problems,
-) -> HashMap<String, Arc<CompiledSubscription>> {
-    let mut subscriptions: HashMap<String, Arc<CompiledSubscription>> = HashMap::new();
+) -> HashMap<String, Arc<CompiledSubscription>, foldhash::fast::RandomState> {
+    let mut subscriptions: HashMap<String, Arc<CompiledSubscription>, _> = HashMap::default();
     let mut key_owner: HashMap<&str, &str> = HashMap::new();
     for r in snapshot.of_kind(Kind::Subscription) {
         let Resource::Subscription(s) = r else {

@@ -29,7 +29,9 @@ pub struct CompiledTable {
     pub(crate) wildcard_hosts: Vec<(String, HostRoutes)>,
     /// Routes of the APIs without hostnames, for every other host.
     pub(crate) any_host: HostRoutes,
-    pub(crate) subscriptions: HashMap<String, Arc<CompiledSubscription>>,
+    /// Looked up on every request (foldhash: no attacker can insert a key).
+    pub(crate) subscriptions:
+        HashMap<String, Arc<CompiledSubscription>, foldhash::fast::RandomState>,
     pub apis: BTreeMap<Arc<str>, Arc<CompiledApi>>,
     pub products: BTreeMap<Arc<str>, Arc<CompiledProduct>>,
     pub backends: BTreeMap<Arc<str>, Arc<CompiledBackend>>,
@@ -140,7 +142,7 @@ pub enum SubscriptionScope {
     /// A product and the APIs it contains on this gateway.
     Product {
         product: Arc<str>,
-        apis: HashSet<Arc<str>>,
+        apis: HashSet<Arc<str>, foldhash::fast::RandomState>,
     },
     Api(Arc<str>),
 }

@@ -72,9 +72,10 @@ impl Default for Counters {
 }
 
 /// The hot-path side: cloned into every traffic worker, written under one shard lock per
-/// request (a few additions into a fixed array), never waits on the actor.
+/// request (a few additions into a fixed array), never waits on the actor. The keys are the
+/// configuration's names, hashed with foldhash: SipHash was about 1,000 instructions a request.
 #[derive(Debug, Clone, Default)]
-pub struct Aggregator(Arc<DashMap<SeriesKey, Counters>>);
+pub struct Aggregator(Arc<DashMap<SeriesKey, Counters, foldhash::fast::RandomState>>);
 
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
