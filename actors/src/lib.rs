@@ -19,6 +19,7 @@
 //!   gateway's pipeline. Not an actor: a leaf the route table and the pipeline share.
 //! - [`jwks`]: `validate-jwt` key sources (JWKS, OpenID discovery): one background task per
 //!   source fetches and refreshes keys; requests read the last key set lock-free.
+//! - [`xml_json`]: the body conversions of `json-to-xml` and `xml-to-json`. Not an actor either.
 
 pub mod cache;
 pub mod config_sync;
@@ -30,3 +31,4 @@ pub mod route_table;
 pub mod shared_state;
 pub mod telemetry;
 pub mod token;
+pub mod xml_json;
