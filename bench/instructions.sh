@@ -8,7 +8,7 @@
 #
 # Each proxy runs under `valgrind --tool=callgrind` (instructions executed in user space, all
 # threads) in front of the same nginx backend (bench/nginx-backend.conf.in, not measured). The
-# gateway serves bench/gateway.yaml.in, API `plain`: subscription key check + 2 set-header,
+# gateway serves bench/gateway.yaml.in, API `plain` unless API= says otherwise: subscription key check + 2 set-header,
 # one traffic worker, log level warn; nginx serves bench/nginx-proxy.conf.in with one process
 # (`master_process off`). Per proxy:
 #   1. a warm-up of $WARMUP requests (pools, lazy statics, first-use code);
@@ -30,7 +30,8 @@
 #
 # Settings (environment): REQUESTS=2000 WARMUP=300 CONNS=8 IDLE_SECS=5 TARGETS="gateway nginx"
 # API=plain (the gateway's API: `limited` adds a rate limit, `limited-leased` one with a local
-# budget) REDIS=0 (1: the gateway counts in a private redis-server, not measured)
+# budget, `chosen` a choose with three conditions, `jwt` validate-jwt with keys from a JWKS URL
+# served by `python3 -m http.server` and an RS256 token made with openssl) REDIS=0 (1: the gateway counts in a private redis-server, not measured)
 # BUILD=1 OUTPOST= (a binary to measure instead of target/release/outpost) MARGIN_PCT=15 PROFILE=0
 # RUN_DIR= (default: a new /tmp/outpost-instructions.* dir,
 # where the callgrind dumps stay).
@@ -54,7 +55,7 @@ RUN_DIR=${RUN_DIR:-$(mktemp -d /tmp/outpost-instructions.XXXXXX)}
 SUB_KEY=bench0123456789abcdef0123456789abcdef
 BASELINE=$BENCH/instructions.baseline
 
-for tool in nginx wrk curl valgrind callgrind_control callgrind_annotate awk; do
+for tool in nginx wrk curl valgrind callgrind_control callgrind_annotate awk openssl xxd python3; do
     command -v "$tool" >/dev/null || { echo "missing tool: $tool" >&2; exit 1; }
 done
 mkdir -p "$RUN_DIR"
@@ -78,10 +79,11 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 
-# wait_http URL [HEADER]: until URL answers 2xx (120 s at most: valgrind starts slowly).
+# wait_http URL [HEADER...]: until URL answers 2xx (120 s at most: valgrind starts slowly).
 wait_http() {
-    local url=$1 hdr=()
-    [[ -n ${2:-} ]] && hdr=(-H "$2")
+    local url=$1 h hdr=()
+    shift
+    for h in "$@"; do [[ -n $h ]] && hdr+=(-H "$h"); done
     for _ in $(seq 1200); do
         curl -fsS -o /dev/null "${hdr[@]}" "$url" 2>/dev/null && return 0
         sleep 0.1
@@ -120,6 +122,15 @@ if [[ $REDIS == 1 ]]; then
     REDIS_URL="redis://127.0.0.1:$PORT_REDIS"
 fi
 
+# The identity provider of API `jwt` (not measured): a JWKS file over HTTP, and a token its key
+# signs. Served whatever API is measured: the gateway's file names it.
+jwt_fixture "$RUN_DIR"
+free_port; PORT_JWKS=$PORT
+python3 -m http.server "$PORT_JWKS" --bind 127.0.0.1 --directory "$RUN_DIR/jwks" \
+    >"$RUN_DIR/jwks.log" 2>&1 &
+PIDS+=("$!")
+wait_http "http://127.0.0.1:$PORT_JWKS/jwks.json"
+
 # Requests the backend has answered (stub_status "requests"; each status call counts one, the
 # same in every window).
 backend_requests() {
@@ -140,7 +151,9 @@ start_gateway() {
     free_port; http=$PORT
     free_port; ops=$PORT
     free_port; https=$PORT
-    sed "s|@BACKEND@|127.0.0.1:$PORT_BACKEND|g" "$BENCH/gateway.yaml.in" >"$RUN_DIR/gateway.yaml"
+    sed -e "s|@BACKEND@|127.0.0.1:$PORT_BACKEND|g" \
+        -e "s|@JWKS@|http://127.0.0.1:$PORT_JWKS/jwks.json|g" \
+        "$BENCH/gateway.yaml.in" >"$RUN_DIR/gateway.yaml"
     env OUTPOST_LISTEN_HTTP="127.0.0.1:$http" OUTPOST_LISTEN_HTTPS="127.0.0.1:$https" \
         OUTPOST_LISTEN_OPS="127.0.0.1:$ops" OUTPOST_LISTEN_WORKERS=1 OUTPOST_REDIS_URL="$REDIS_URL" \
         OUTPOST_LOG_LEVEL=warn \
@@ -150,7 +163,8 @@ start_gateway() {
     PIDS+=("$!")
     SUT_PID=$!
     URL="http://127.0.0.1:$http/$API/item"
-    HEADER="Ocp-Apim-Subscription-Key: $SUB_KEY"
+    HEADERS=("Ocp-Apim-Subscription-Key: $SUB_KEY")
+    [[ $API == jwt ]] && HEADERS+=("Authorization: Bearer $BENCH_JWT")
     SCRAPE="http://127.0.0.1:$ops/metrics"
 }
 
@@ -168,14 +182,14 @@ start_nginx() {
     PIDS+=("$!")
     SUT_PID=$!
     URL="http://127.0.0.1:$port/item"
-    HEADER=""
+    HEADERS=()
     SCRAPE=""
 }
 
 # load COUNT: COUNT responses over $CONNS keep-alive connections.
 load() {
-    local hdr=()
-    [[ -n $HEADER ]] && hdr=(-H "$HEADER")
+    local h hdr=()
+    for h in "${HEADERS[@]}"; do hdr+=(-H "$h"); done
     REQUESTS=$1 wrk -t1 -c"$CONNS" -d3600s --timeout 60s "${hdr[@]}" \
         -s "$BENCH/stop-after.lua" "$URL" >"$RUN_DIR/wrk.last" 2>&1 || true
     cat "$RUN_DIR/wrk.last" >>"$RUN_DIR/wrk.log"
@@ -218,7 +232,7 @@ measure() {
     local name=$1 i1 i2 r0 r1 r1b r2 idle
     log "$name: starting under callgrind"
     "start_$name"
-    if [[ -n $HEADER ]]; then wait_http "$URL" "$HEADER"; else wait_http "$URL"; fi
+    wait_http "$URL" "${HEADERS[@]}"
     log "$name: warm-up, $WARMUP requests"
     load "$WARMUP"
     settle

@@ -27,3 +27,23 @@ cpu_ticks() {
     done
     echo "$t"
 }
+
+# b64url: standard input as unpadded base64url.
+b64url() { base64 -w0 | tr '+/' '-_' | tr -d '='; }
+
+# jwt_fixture DIR: an RSA key made with openssl (DIR/jwt-key.pem), its public JWKS in
+# DIR/jwks/jwks.json (kid `bench`; serve DIR/jwks) and BENCH_JWT, an RS256 token it signs
+# (`sub: bench`, valid for a day), for the targets that validate a JWT against a JWKS URL
+# (bench/gateway.yaml.in, API `jwt`).
+jwt_fixture() {
+    local dir=$1 n header payload
+    mkdir -p "$dir/jwks"
+    openssl genrsa -out "$dir/jwt-key.pem" 2048 2>/dev/null
+    n=$(openssl rsa -in "$dir/jwt-key.pem" -noout -modulus | cut -d= -f2 | xxd -r -p | b64url)
+    printf '{"keys":[{"kty":"RSA","kid":"bench","use":"sig","alg":"RS256","n":"%s","e":"AQAB"}]}\n' \
+        "$n" >"$dir/jwks/jwks.json"
+    header=$(printf '{"alg":"RS256","typ":"JWT","kid":"bench"}' | b64url)
+    payload=$(printf '{"sub":"bench","exp":%d}' $(($(date +%s) + 86400)) | b64url)
+    BENCH_JWT="$header.$payload.$(printf '%s' "$header.$payload" |
+        openssl dgst -sha256 -sign "$dir/jwt-key.pem" | b64url)"
+}

@@ -13,6 +13,9 @@
 #   3s  as 3, in a gateway writing the access log for 1 % of requests (sample = 0.01)
 #   3t  as 3, in a gateway tracing every request (OpenTelemetry, OTLP/HTTP to bench/otlp-sink.py)
 #   3u  as 3, in a gateway tracing 1 % of requests (head sampling ratio 0.01)
+#   3c  as 3 + a `choose` with three `when` conditions (CEL), the last one matching
+#   3j  as 3 + validate-jwt with a JWKS URL (RS256 token from openssl; the JWKS served by
+#       `python3 -m http.server`, fetched once in the background, then from the cache)
 #   4   as 3 + rate-limit, in-process store
 #   5   as 3 + rate-limit, Redis store (private redis-server)
 #   5b  as 5 with `local-budget: 100` (checks admitted from a lease, see docs/rate-limiting.md)
@@ -38,7 +41,7 @@
 # Settings (environment): ROUNDS=3 DURATION=10 WARMUP=3 CONNS=32 LAT_CONNS=8 LOAD_PCT=50 LATENCY=1
 # (LATENCY=0 skips phase 2: e.g. `TARGETS="3r 5 5b" CONNS=8 LATENCY=0` for the rate-limit cost)
 # RATE= (fixed latency rate, skips the max-based choice) PIN=0 SUT_CPUS=1 CLIENT_CPUS=0
-# BOTH_CPUS=0,1 BUILD=1 OUTPOST= (a binary to run instead of target/release/outpost) LATENCY_TOOL=wrk|hey TARGETS="1 2 2b 3 3b 3r 4 5 5b 5q 6" RUN_DIR=
+# BOTH_CPUS=0,1 BUILD=1 OUTPOST= (a binary to run instead of target/release/outpost) LATENCY_TOOL=wrk|hey TARGETS="1 2 2b 3 3b 3r 3c 3j 4 5 5b 5q 6" RUN_DIR=
 # Raw logs and results.md stay in RUN_DIR (default: a new /tmp/outpost-proxy-bench.* dir).
 set -euo pipefail
 
@@ -57,13 +60,13 @@ CLIENT_CPUS=${CLIENT_CPUS:-0}
 BOTH_CPUS=${BOTH_CPUS:-0,1}
 BUILD=${BUILD:-1}
 LATENCY_TOOL=${LATENCY_TOOL:-wrk}
-TARGETS=${TARGETS:-"1 2 2b 3 3b 3r 4 5 5b 5q 6"}
+TARGETS=${TARGETS:-"1 2 2b 3 3b 3r 3c 3j 4 5 5b 5q 6"}
 LATENCY=${LATENCY:-1}
 RUN_DIR=${REPORT_ONLY:-${RUN_DIR:-$(mktemp -d /tmp/outpost-proxy-bench.XXXXXX)}}
 SUB_KEY=bench0123456789abcdef0123456789abcdef
 CLK_TCK=$(getconf CLK_TCK)
 
-for tool in nginx wrk redis-server redis-cli curl taskset awk; do
+for tool in nginx wrk redis-server redis-cli curl taskset awk openssl xxd python3; do
     command -v "$tool" >/dev/null || { echo "missing tool: $tool" >&2; exit 1; }
 done
 [[ $LATENCY_TOOL == wrk || $LATENCY_TOOL == hey ]] || { echo "LATENCY_TOOL: wrk or hey" >&2; exit 1; }
@@ -112,10 +115,11 @@ start() {
 }
 
 
-# wait_http URL [HEADER] : until URL answers 2xx (10 s at most).
+# wait_http URL [HEADER...] : until URL answers 2xx (10 s at most).
 wait_http() {
-    local url=$1 i hdr=()
-    [[ -n ${2:-} ]] && hdr=(-H "$2")
+    local url=$1 i h hdr=()
+    shift
+    for h in "$@"; do [[ -n $h ]] && hdr+=(-H "$h"); done
     for i in $(seq 100); do
         if curl -fsS -o /dev/null "${hdr[@]}" "$url" 2>/dev/null; then return 0; fi
         sleep 0.1
@@ -298,7 +302,16 @@ mkdir -p "$RUN_DIR/redis"
 start redis "$CLIENT_CPUS" redis-server --port "$PORT_REDIS" --bind 127.0.0.1 --save '' \
     --appendonly no --dir "$RUN_DIR/redis"
 
-sed "s|@BACKEND@|127.0.0.1:$PORT_BACKEND|g" "$BENCH/gateway.yaml.in" >"$RUN_DIR/gateway.yaml"
+# The identity provider of 3j: a JWKS file over HTTP, and a token its key signs.
+jwt_fixture "$RUN_DIR"
+free_port; PORT_JWKS=$PORT
+start jwks "$CLIENT_CPUS" python3 -m http.server "$PORT_JWKS" --bind 127.0.0.1 \
+    --directory "$RUN_DIR/jwks"
+wait_http "http://127.0.0.1:$PORT_JWKS/jwks.json"
+
+sed -e "s|@BACKEND@|127.0.0.1:$PORT_BACKEND|g" \
+    -e "s|@JWKS@|http://127.0.0.1:$PORT_JWKS/jwks.json|g" \
+    "$BENCH/gateway.yaml.in" >"$RUN_DIR/gateway.yaml"
 "$OUTPOST" validate -f "$RUN_DIR/gateway.yaml" >&2
 
 gateway() { # NAME WORKERS CPUS REDIS_URL [ACCESS_LOG_SAMPLE] [TRACE_RATIO]
@@ -333,7 +346,8 @@ if [[ " $TARGETS " == *" 3t "* || " $TARGETS " == *" 3u "* ]]; then
 fi
 
 KEY_HEADER="Ocp-Apim-Subscription-Key: $SUB_KEY"
-# id | process under test | URL | needs the key | label
+JWT_HEADER="Authorization: Bearer $BENCH_JWT"
+# id | process under test | URL | headers (0: none, 1: the key, 2: the key and the JWT) | label
 TARGET_TABLE="1|backend|http://127.0.0.1:$PORT_BACKEND/item|0|direct to backend (nginx return 200)
 2|nginx|http://127.0.0.1:$PORT_NGINX/item|0|nginx reverse proxy, 1 worker
 2b|nginx2|http://127.0.0.1:$PORT_NGINX2/item|0|nginx reverse proxy, 2 workers
@@ -344,6 +358,8 @@ TARGET_TABLE="1|backend|http://127.0.0.1:$PORT_BACKEND/item|0|direct to backend 
 3s|gws|http://127.0.0.1:${PORT_gws:-0}/plain/item|1|as 3 + access log, 1 % sampled (file)
 3t|gwt|http://127.0.0.1:${PORT_gwt:-0}/plain/item|1|as 3 + OpenTelemetry tracing, every request
 3u|gwu|http://127.0.0.1:${PORT_gwu:-0}/plain/item|1|as 3 + OpenTelemetry tracing, 1 % sampled
+3c|gw|http://127.0.0.1:$PORT_gw/chosen/item|1|as 3 + choose, 3 conditions, the last matching
+3j|gw|http://127.0.0.1:$PORT_gw/jwt/item|2|as 3 + validate-jwt (RS256, keys from a JWKS URL)
 4|gw|http://127.0.0.1:$PORT_gw/limited/item|1|gateway + rate-limit, in-process store
 5|gwr|http://127.0.0.1:$PORT_gwr/limited/item|1|gateway + rate-limit, Redis store
 5b|gwr|http://127.0.0.1:$PORT_gwr/limited-leased/item|1|gateway + rate-limit, Redis store, local budget
@@ -362,10 +378,19 @@ while IFS='|' read -r id sut url key label; do
 done <<<"$TARGET_TABLE"
 [[ ${#IDS[@]} -gt 0 ]] || { echo "TARGETS selects nothing" >&2; exit 1; }
 
+# target_headers ID : HDR, wrk's / hey's -H arguments for the target.
+target_headers() {
+    HDR=()
+    [[ ${T_KEY[$1]} -ge 1 ]] && HDR+=(-H "$KEY_HEADER")
+    [[ ${T_KEY[$1]} -ge 2 ]] && HDR+=(-H "$JWT_HEADER")
+    return 0
+}
+
 for id in "${IDS[@]}"; do
-    hdr=""
-    [[ ${T_KEY[$id]} == 1 ]] && hdr=$KEY_HEADER
-    wait_http "${T_URL[$id]}" "$hdr"
+    hdrs=()
+    [[ ${T_KEY[$id]} -ge 1 ]] && hdrs+=("$KEY_HEADER")
+    [[ ${T_KEY[$id]} -ge 2 ]] && hdrs+=("$JWT_HEADER")
+    wait_http "${T_URL[$id]}" "${hdrs[@]}"
 done
 wait_http "http://127.0.0.1:$PORT_BACKEND/nginx_status"
 redis-cli -p "$PORT_REDIS" ping >/dev/null
@@ -397,8 +422,9 @@ rotated() {
 
 run_max() { # ROUND ID
     local round=$1 id=$2 url=${T_URL[$2]} sut=${T_SUT[$2]} out=$RUN_DIR/max-$1-$2.txt
-    local hdr=()
-    [[ ${T_KEY[$id]} == 1 ]] && hdr=(-H "$KEY_HEADER")
+    local hdr
+    target_headers "$id"
+    hdr=("${HDR[@]}")
     pinned "$CLIENT_CPUS" wrk -t1 -c"$CONNS" -d"${WARMUP}s" "${hdr[@]}" "$url" >/dev/null
     local pids c0 r0 a0 rc0 c1 r1 a1 rc1
     pids=$(pids_of "$sut")
@@ -432,8 +458,9 @@ run_max() { # ROUND ID
 
 run_lat() { # ROUND ID RATE
     local round=$1 id=$2 rate=$3 url=${T_URL[$2]} out=$RUN_DIR/lat-$1-$2.txt
-    local hdr=()
-    [[ ${T_KEY[$id]} == 1 ]] && hdr=(-H "$KEY_HEADER")
+    local hdr
+    target_headers "$id"
+    hdr=("${HDR[@]}")
     if [[ $LATENCY_TOOL == wrk ]]; then
         BENCH_RATE=$rate pinned "$CLIENT_CPUS" wrk -t1 -c"$LAT_CONNS" -d2s -s "$BENCH/paced.lua" "${hdr[@]}" "$url" >/dev/null
         BENCH_RATE=$rate pinned "$CLIENT_CPUS" wrk -t1 -c"$LAT_CONNS" -d"${DURATION}s" -s "$BENCH/paced.lua" "${hdr[@]}" "$url" >"$out"

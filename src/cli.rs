@@ -131,6 +131,12 @@ pub enum Command {
         /// Path suffix on the gateway (default: the name).
         #[arg(long)]
         path: Option<String>,
+        /// Also give each operation the validation policies its description allows:
+        /// validate-parameters (path and query parameters), validate-headers (header
+        /// parameters) and validate-content (the JSON request body's schema, with the
+        /// component schemas it refers to embedded). What cannot be checked is warned about.
+        #[arg(long)]
+        validate: bool,
         /// Output file; standard output when absent.
         #[arg(long, short)]
         output: Option<PathBuf>,
@@ -285,12 +291,14 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             name,
             backend_url,
             path,
+            validate,
             output,
         } => crate::client::import_openapi(
             &file,
             &name,
             backend_url.as_deref(),
             path.as_deref(),
+            validate,
             output.as_deref(),
         )
         .map(|()| ExitCode::SUCCESS),

@@ -759,17 +759,18 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 // === import-openapi ===
 
-/// `outpost import-openapi FILE --name N [--backend-url U] [--path P] [-o OUT]`.
+/// `outpost import-openapi FILE --name N [--backend-url U] [--path P] [--validate] [-o OUT]`.
 pub fn import_openapi(
     file: &Path,
     name: &str,
     backend_url: Option<&str>,
     path: Option<&str>,
+    validate: bool,
     output: Option<&Path>,
 ) -> Result<(), String> {
     let text = read_file(file)?;
     let spec = parse_spec(&text).map_err(|e| format!("{}: {e}", file.display()))?;
-    let imported = import_openapi_value(&spec, name, backend_url, path)
+    let imported = import_openapi_value(&spec, name, backend_url, path, validate)
         .map_err(|e| format!("{}: {e}", file.display()))?;
     for w in &imported.warnings {
         eprintln!("warning: {w}");
@@ -804,12 +805,15 @@ const HTTP_METHODS: [&str; 8] = [
     "get", "put", "post", "delete", "options", "head", "patch", "trace",
 ];
 
-/// Builds a backend and an API (operations from paths × methods) from an OpenAPI 3 document.
+/// Builds a backend and an API (operations from paths × methods) from an OpenAPI 3 document;
+/// with `validate`, each operation also gets the validation policies its description allows
+/// ([`crate::openapi_policies`]).
 pub fn import_openapi_value(
     spec: &Value,
     name: &str,
     backend_url: Option<&str>,
     path: Option<&str>,
+    validate: bool,
 ) -> Result<Imported, String> {
     if spec.get("swagger").is_some() {
         return Err("Swagger 2.0 documents are not supported; convert to OpenAPI 3 first".into());
@@ -833,8 +837,8 @@ pub fn import_openapi_value(
         .get("paths")
         .and_then(Value::as_object)
         .ok_or("the document has no 'paths'")?;
-    for (p, item) in paths {
-        let Some(item) = item.as_object() else {
+    for (p, item_value) in paths {
+        let Some(item) = item_value.as_object() else {
             continue;
         };
         let (template, warning) = convert_template(p);
@@ -857,11 +861,31 @@ pub fn import_openapi_value(
                 op_name = format!("{}-{i}", truncate(&base, 76));
                 i += 1;
             }
-            operations.push(json!({
+            let mut operation = json!({
                 "name": op_name,
                 "method": method.to_ascii_uppercase(),
                 "url-template": template,
-            }));
+            });
+            if validate {
+                let params: Vec<String> = template
+                    .split('/')
+                    .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+                    .map(str::to_owned)
+                    .collect();
+                let policies = crate::openapi_policies::validation_policies(
+                    spec,
+                    item_value,
+                    op,
+                    &format!("operation '{op_name}'"),
+                    &param_name,
+                    &params,
+                    &mut warnings,
+                );
+                if !policies.is_empty() {
+                    operation["policies"] = json!({"inbound": policies});
+                }
+            }
+            operations.push(operation);
         }
     }
     if operations.is_empty() {
@@ -1077,7 +1101,7 @@ paths:
 "#,
         )
         .unwrap();
-        let imported = import_openapi_value(&spec, "orders", None, None).unwrap();
+        let imported = import_openapi_value(&spec, "orders", None, None, false).unwrap();
         assert_eq!(imported.warnings.len(), 1, "{:?}", imported.warnings);
         let v = imported.document.to_value();
         assert_eq!(v["backends"][0]["url"], "https://orders.example.com/v2");
@@ -1118,13 +1142,15 @@ paths:
             "/orders/{order_id}"
         )));
 
-        let err = import_openapi_value(&json!({"swagger": "2.0"}), "x", None, None).unwrap_err();
+        let err =
+            import_openapi_value(&json!({"swagger": "2.0"}), "x", None, None, false).unwrap_err();
         assert!(err.contains("Swagger 2.0"), "{err}");
         let err = import_openapi_value(
             &json!({"openapi": "3.1.0", "servers": [{"url": "/v1"}], "paths": {}}),
             "x",
             None,
             None,
+            false,
         )
         .unwrap_err();
         assert!(err.contains("--backend-url"), "{err}");
@@ -1133,6 +1159,7 @@ paths:
             "Bad Name",
             Some("http://x"),
             None,
+            false,
         )
         .unwrap_err();
         assert!(err.contains("not a valid name"), "{err}");

@@ -20,6 +20,7 @@ pub mod control_plane;
 pub mod demo;
 pub mod gateway;
 pub mod logging;
+pub mod openapi_policies;
 pub mod probe;
 pub mod prometheus;
 pub mod sample_backend;

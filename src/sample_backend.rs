@@ -7,6 +7,7 @@
 //! | `/status/{code}`  | that status, with the echo as body                             |
 //! | `/delay/{ms}`     | the echo after `ms` milliseconds (at most 60 s)                |
 //! | `/bytes/{n}`      | `n` bytes (at most 1 GiB), streamed                            |
+//! | `/reflect`        | the request's body back, with the request's `Content-Type`     |
 //! | anything else     | the echo                                                       |
 //!
 //! The echo is JSON: method, path, query, headers, the body's length and SHA-256, and the body
@@ -84,6 +85,13 @@ async fn answer(req: HttpRequest, body: Bytes) -> HttpResponse {
             Ok(n) => bytes(n.min(MAX_BYTES)),
             Err(_) => HttpResponse::BadRequest().json(json!({"error": "not a number of bytes"})),
         },
+        [.., "reflect"] => {
+            let mut res = HttpResponse::Ok();
+            if let Some(t) = req.headers().get(actix_web::http::header::CONTENT_TYPE) {
+                res.insert_header((actix_web::http::header::CONTENT_TYPE, t.clone()));
+            }
+            res.body(body)
+        }
         _ => HttpResponse::Ok().json(echo(&req, &body)),
     };
     if let Ok(v) = me.parse() {

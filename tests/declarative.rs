@@ -329,7 +329,7 @@ apis:
     backend: orders
     policies:
       inbound:
-        - xml-to-json: {apply: always}
+        - xsl-transform: {apply: always}
   - name: orphan
     path: orphan
     backend: nowhere
@@ -357,8 +357,8 @@ const FIVE_PROBLEMS: [(u32, u32, &str, &str, &str); 5] = [
         14,
         11,
         "apis[1] (policed).policies.inbound[0]",
-        "unknown or unsupported policy 'xml-to-json'",
-        "xml-to-json:",
+        "unknown or unsupported policy 'xsl-transform'",
+        "xsl-transform:",
     ),
     (
         17,

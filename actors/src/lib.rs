@@ -19,10 +19,13 @@
 //!   gateway's pipeline. Not an actor: a leaf the route table and the pipeline share.
 //! - [`jwks`]: `validate-jwt` key sources (JWKS, OpenID discovery): one background task per
 //!   source fetches and refreshes keys; requests read the last key set lock-free.
+//! - [`es512`]: ES512 tokens for `validate-jwt` (P-521), which `jsonwebtoken` cannot verify.
+//! - [`xml_json`]: the body conversions of `json-to-xml` and `xml-to-json`. Not an actor either.
 
 pub mod cache;
 pub mod config_sync;
 pub mod connectivity;
+pub mod es512;
 pub mod expr;
 pub mod jwks;
 pub mod link;
@@ -30,3 +33,4 @@ pub mod route_table;
 pub mod shared_state;
 pub mod telemetry;
 pub mod token;
+pub mod xml_json;

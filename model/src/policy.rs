@@ -912,6 +912,62 @@ pub enum ParameterType {
     Boolean,
 }
 
+/// `json-to-xml`: a JSON body (the request's in `inbound`, the response's in `outbound` and
+/// `on-error`) rewritten as XML; the mapping is in docs/policies.md.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct JsonToXml {
+    pub apply: JsonToXmlApply,
+    /// Convert only when the request's `Accept` names an XML media type.
+    #[serde(default = "yes")]
+    pub consider_accept_header: bool,
+    /// The element the JSON value becomes the content of.
+    #[serde(default = "document_element")]
+    pub root_element: String,
+    /// Larger bodies are refused (413 for a request, 502 for a response), never buffered.
+    #[serde(default = "content_max_size")]
+    pub max_size: u64,
+}
+
+/// `apply` of `json-to-xml`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum JsonToXmlApply {
+    /// Every body, whatever its `Content-Type` (one that is not JSON is an error).
+    Always,
+    /// Bodies whose `Content-Type` is JSON (`application/json`, `…+json`).
+    ContentTypeJson,
+}
+
+/// `xml-to-json`: an XML body rewritten as JSON; the mapping is in docs/policies.md.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct XmlToJson {
+    pub apply: XmlToJsonApply,
+    /// Convert only when the request's `Accept` names a JSON media type.
+    #[serde(default = "yes")]
+    pub consider_accept_header: bool,
+    /// Every child element becomes an array, not only repeated ones.
+    #[serde(default)]
+    pub always_array_child_elements: bool,
+    /// Larger bodies are refused (413 for a request, 502 for a response), never buffered.
+    #[serde(default = "content_max_size")]
+    pub max_size: u64,
+}
+
+/// `apply` of `xml-to-json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum XmlToJsonApply {
+    Always,
+    /// Bodies whose `Content-Type` is XML (`application/xml`, `text/xml`, `…+xml`).
+    ContentTypeXml,
+}
+
+fn document_element() -> String {
+    "Document".to_owned()
+}
+
 /// One step of a policy section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -954,6 +1010,8 @@ pub enum Policy {
     EmitMetric(EmitMetric),
     ValidateContent(ValidateContent),
     ValidateParameters(ValidateParameters),
+    JsonToXml(JsonToXml),
+    XmlToJson(XmlToJson),
 }
 
 /// Every policy name with the sections it may appear in.
@@ -998,6 +1056,8 @@ pub const POLICIES: &[(&str, &[Section])] = {
         ("emit-metric", &[Inbound, Backend, Outbound, OnError]),
         ("validate-content", &[Inbound, Outbound]),
         ("validate-parameters", &[Inbound]),
+        ("json-to-xml", &[Inbound, Outbound, OnError]),
+        ("xml-to-json", &[Inbound, Outbound, OnError]),
     ]
 };
 
@@ -1042,6 +1102,8 @@ impl Policy {
             Policy::EmitMetric(_) => "emit-metric",
             Policy::ValidateContent(_) => "validate-content",
             Policy::ValidateParameters(_) => "validate-parameters",
+            Policy::JsonToXml(_) => "json-to-xml",
+            Policy::XmlToJson(_) => "xml-to-json",
         }
     }
 
@@ -1179,6 +1241,8 @@ impl Policy {
             | Policy::Retry(_)
             | Policy::ValidateContent(_)
             | Policy::ValidateParameters(_)
+            | Policy::JsonToXml(_)
+            | Policy::XmlToJson(_)
             | Policy::ForwardRequest(_) => {}
         }
         out
@@ -1284,7 +1348,7 @@ mod tests {
     #[test]
     fn every_variant_has_a_section_entry() {
         let names: Vec<&str> = POLICIES.iter().map(|(n, _)| *n).collect();
-        assert_eq!(names.len(), 38);
+        assert_eq!(names.len(), 40);
         for n in names {
             assert!(Policy::allowed_sections(n).is_some());
         }

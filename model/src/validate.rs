@@ -1165,6 +1165,19 @@ fn check_policy(p: &mut Problems, at: &str, policy: &Policy) {
                 }
             }
         }
+        Policy::JsonToXml(v) => {
+            check_range(p, &field("max-size"), v.max_size, 1, 104_857_600);
+            if !is_xml_name(&v.root_element) {
+                p.push(
+                    field("root-element"),
+                    format!(
+                        "'{}' is not an XML element name (a letter or '_', then letters, digits, '-', '.', '_', at most one ':' inside)",
+                        v.root_element
+                    ),
+                );
+            }
+        }
+        Policy::XmlToJson(v) => check_range(p, &field("max-size"), v.max_size, 1, 104_857_600),
         Policy::ValidateParameters(v) => {
             let listed = [("path", &v.path), ("query", &v.query)];
             for (list, rules) in listed {
@@ -1238,6 +1251,25 @@ fn is_method_token(m: &str) -> bool {
 }
 
 /// A media type without parameters, lowercase: `type/subtype`, both tokens.
+/// An XML element name as `json-to-xml` writes it unencoded: a letter or `_`, then letters,
+/// digits, `-`, `.`, `_`, with at most one `:` that is neither first nor last (a prefixed name).
+pub fn is_xml_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    let Some(first) = chars.next() else {
+        return false;
+    };
+    if !(first.is_alphabetic() || first == '_') || s.ends_with(':') {
+        return false;
+    }
+    if s.matches(':').count() > 1 {
+        return false;
+    }
+    let after_colon_ok = s
+        .split_once(':')
+        .is_none_or(|(_, local)| local.starts_with(|c: char| c.is_alphabetic() || c == '_'));
+    after_colon_ok && chars.all(|c| c.is_alphanumeric() || matches!(c, '-' | '.' | '_' | ':'))
+}
+
 pub fn is_media_type(s: &str) -> bool {
     let token = |t: &str| {
         !t.is_empty()

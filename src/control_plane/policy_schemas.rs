@@ -61,6 +61,10 @@ fn status_set_pattern() -> String {
     format!("^({WS}*,)*{item}(,({item}|{WS}*))*$")
 }
 
+/// `is_xml_name` (model/src/validate.rs), ASCII letters only (the server also takes other
+/// Unicode letters): a name, or a prefix and a name.
+const XML_NAME: &str = "^[A-Za-z_][A-Za-z0-9._-]*(:[A-Za-z_][A-Za-z0-9._-]*)?$";
+
 /// `check_header_name`: an HTTP token.
 const HEADER_NAME: &str = "^[A-Za-z0-9!#$%&'*+.^_`|~-]+$";
 
@@ -699,6 +703,24 @@ pub fn settings(policy: &str, backend_url_pattern: &str) -> Option<Value> {
                 &[],
             )
         }
+        "json-to-xml" => closed(
+            json!({
+                "apply": {"type": "string", "enum": ["always", "content-type-json"], "description": "content-type-json: only bodies whose Content-Type is JSON (application/json, …+json)."},
+                "consider-accept-header": boolean(true),
+                "root-element": {"type": "string", "pattern": XML_NAME, "default": "Document", "description": "The element the JSON value becomes the content of."},
+                "max-size": int_default(1, 104_857_600, 1_048_576),
+            }),
+            &["apply"],
+        ),
+        "xml-to-json" => closed(
+            json!({
+                "apply": {"type": "string", "enum": ["always", "content-type-xml"], "description": "content-type-xml: only bodies whose Content-Type is XML (application/xml, text/xml, …+xml)."},
+                "consider-accept-header": boolean(true),
+                "always-array-child-elements": boolean(false),
+                "max-size": int_default(1, 104_857_600, 1_048_576),
+            }),
+            &["apply"],
+        ),
         "validate-headers" => closed(
             json!({
                 "headers": {"type": "array", "minItems": 1, "items": closed(
@@ -950,6 +972,8 @@ mod tests {
             "validate-content" => {
                 json!({"content": {"application/json": {"schema": {"type": "object", "required": ["id"]}}}})
             }
+            "json-to-xml" => json!({"apply": "content-type-json"}),
+            "xml-to-json" => json!({"apply": "content-type-xml"}),
             "validate-parameters" => {
                 json!({"query": {"limit": {"type": "integer", "minimum": 1, "maximum": 100}}})
             }

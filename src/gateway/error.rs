@@ -420,6 +420,58 @@ impl GatewayError {
         )
     }
 
+    /// `json-to-xml` / `xml-to-json` could not convert a body: 400 for the request's, 502 for
+    /// the backend's response (`why` says what is wrong with it).
+    pub fn conversion_failed(policy: &str, request: bool, why: &dyn std::fmt::Display) -> Self {
+        let (status, source, reason, what) = if request {
+            (
+                StatusCode::BAD_REQUEST,
+                ErrorSource::Client,
+                "RequestBodyNotConvertible",
+                "request",
+            )
+        } else {
+            (
+                StatusCode::BAD_GATEWAY,
+                ErrorSource::Backend,
+                "ResponseBodyNotConvertible",
+                "backend's response",
+            )
+        };
+        Self::new(
+            status,
+            source,
+            reason,
+            format!("The {what} body cannot be converted by {policy}: {why}."),
+        )
+    }
+
+    /// A body larger than `json-to-xml` / `xml-to-json` converts: 413 for the request's, 502
+    /// for the backend's response; refused, never buffered past `limit`.
+    pub fn conversion_too_large(policy: &str, request: bool, limit: usize) -> Self {
+        let (status, source, reason, what) = if request {
+            (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorSource::Client,
+                "RequestBodyTooLarge",
+                "request",
+            )
+        } else {
+            (
+                StatusCode::BAD_GATEWAY,
+                ErrorSource::Backend,
+                "ResponseBodyTooLarge",
+                "backend's response",
+            )
+        };
+        Self::new(
+            status,
+            source,
+            reason,
+            format!("The {what} body is larger than the {limit} bytes {policy} converts."),
+        )
+    }
+
     /// `validate-headers` refused the request: every failing header, by name, with why.
     pub fn headers_invalid(errors: Vec<(String, String)>) -> Self {
         let names: Vec<&str> = errors.iter().map(|(n, _)| n.as_str()).collect();

@@ -26,6 +26,7 @@ mod backend;
 mod cache;
 mod calls;
 mod certificates;
+mod convert;
 mod cors;
 mod expr;
 mod headers;
@@ -207,5 +208,6 @@ pub async fn run_step(
         Step::EmitMetric(s) => observe::emit_metric(s, ex),
         Step::ValidateContent(s) => validation::validate_content(s, phase, ex, rt).await,
         Step::ValidateParameters(s) => validation::validate_parameters(s, ex),
+        Step::Convert(s) => convert::convert(s, phase, ex, rt).await,
     }
 }

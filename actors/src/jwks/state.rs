@@ -57,6 +57,8 @@ impl FetchedKey {
 #[derive(Debug, Default)]
 pub struct KeySet {
     pub keys: Vec<FetchedKey>,
+    /// P-521 keys (`crv: P-521`), for ES512 tokens, which `jsonwebtoken` cannot verify.
+    pub es512: Vec<crate::es512::Es512Key>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -81,8 +83,9 @@ const RSA: &[Algorithm] = &[
 ];
 
 /// Reads a JWKS. Keys this gateway cannot use are skipped, each with a reason: encryption keys,
-/// symmetric keys (a published HMAC secret would let anyone sign), unsupported curves (P-521)
-/// or algorithms. A set without one usable key is an error, so it never replaces good keys.
+/// symmetric keys (a published HMAC secret would let anyone sign), unsupported curves or
+/// algorithms. P-521 keys are read by [`crate::es512`]. A set without one usable key is an
+/// error, so it never replaces good keys.
 pub fn parse_jwks(body: &[u8]) -> Result<(KeySet, Vec<String>), DocumentError> {
     let doc: serde_json::Value =
         serde_json::from_slice(body).map_err(|e| DocumentError::Json(e.to_string()))?;
@@ -91,9 +94,21 @@ pub fn parse_jwks(body: &[u8]) -> Result<(KeySet, Vec<String>), DocumentError> {
         .and_then(|k| k.as_array())
         .ok_or(DocumentError::NoKeys)?;
     let mut keys = Vec::new();
+    let mut es512 = Vec::new();
     let mut skipped = Vec::new();
     for (i, item) in items.iter().enumerate() {
         let kid = item.get("kid").and_then(|k| k.as_str()).unwrap_or("");
+        match crate::es512::from_jwk(item) {
+            Ok(Some(k)) => {
+                es512.push(k);
+                continue;
+            }
+            Ok(None) => {}
+            Err(why) => {
+                skipped.push(format!("key {i} (kid '{kid}'): {why}"));
+                continue;
+            }
+        }
         // One by one: a key with an algorithm the JWK model does not know fails alone.
         match serde_json::from_value::<Jwk>(item.clone()) {
             Ok(jwk) => match usable(&jwk) {
@@ -103,10 +118,10 @@ pub fn parse_jwks(body: &[u8]) -> Result<(KeySet, Vec<String>), DocumentError> {
             Err(e) => skipped.push(format!("key {i} (kid '{kid}'): {e}")),
         }
     }
-    if keys.is_empty() {
+    if keys.is_empty() && es512.is_empty() {
         return Err(DocumentError::NoUsableKey(items.len()));
     }
-    Ok((KeySet { keys }, skipped))
+    Ok((KeySet { keys, es512 }, skipped))
 }
 
 fn usable(jwk: &Jwk) -> Result<FetchedKey, String> {

@@ -22,6 +22,7 @@ mod cache;
 mod calls;
 mod certificates;
 mod choose;
+mod convert;
 mod cors;
 mod cx;
 mod headers;
@@ -45,6 +46,7 @@ pub use certificates::{
     AuthenticationCertificateStep, CertificateRejection, ValidateClientCertificateStep,
 };
 pub use choose::{ChooseStep, SetVariableStep};
+pub use convert::{ConvertStep, Direction};
 pub use cors::CorsStep;
 pub(crate) use cx::StepCx;
 pub use cx::{Text, literal};
@@ -109,6 +111,8 @@ pub enum Step {
     EmitMetric(Arc<EmitMetricStep>),
     ValidateContent(Arc<ValidateContentStep>),
     ValidateParameters(Arc<ValidateParametersStep>),
+    /// `json-to-xml` and `xml-to-json`.
+    Convert(Arc<ConvertStep>),
 }
 
 impl Step {
@@ -179,6 +183,8 @@ pub(crate) fn compile_policy(policy: &Policy, cx: &mut StepCx<'_>) -> Option<Ite
         Policy::EmitMetric(p) => observe::emit_metric(p, cx),
         Policy::ValidateContent(p) => validation::validate_content(p, cx),
         Policy::ValidateParameters(p) => validation::validate_parameters(p, cx),
+        Policy::JsonToXml(p) => convert::json_to_xml(p, cx),
+        Policy::XmlToJson(p) => convert::xml_to_json(p, cx),
     };
     step.map(Item::Step)
 }

@@ -29,6 +29,11 @@ pub struct ValidateJwtStep {
     /// The issuer/audience/expiry rules for each algorithm family, for fetched keys.
     pub family_validations: Vec<Validation>,
     pub required_claims: Vec<RequiredClaim>,
+    /// P-521 keys from `ec-pem` signing keys, for ES512 tokens (see [`crate::es512`]).
+    pub es512_keys: Vec<crate::es512::Es512Key>,
+    /// The claim rules for ES512 tokens, whose signature is checked before
+    /// (`insecure_disable_signature_validation`: `jsonwebtoken` only reads the claims).
+    pub es512_validation: Validation,
 }
 
 pub struct JwtKey {
@@ -85,6 +90,9 @@ impl ValidateJwtStep {
     /// required claims; returns the claims. Static keys are tried by algorithm; fetched keys by
     /// algorithm and `kid` (a token without `kid` is tried against each key of its algorithm).
     pub fn verify(&self, token: &str) -> Result<Map<String, Value>, JwtRejection> {
+        if let Some(kid) = crate::es512::es512_kid(token) {
+            return self.verify_es512(token, kid.as_deref());
+        }
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| JwtRejection::Malformed(e.to_string()))?;
         let mut last = None;
@@ -115,6 +123,61 @@ impl ValidateJwtStep {
             }
         }
         Err(last.unwrap_or(JwtRejection::NoKeyForAlgorithm))
+    }
+
+    /// [`Self::verify`] for an ES512 token: static keys first, then fetched P-521 keys by `kid`.
+    fn verify_es512(
+        &self,
+        token: &str,
+        kid: Option<&str>,
+    ) -> Result<Map<String, Value>, JwtRejection> {
+        let signed = |key: &p521::ecdsa::VerifyingKey| {
+            crate::es512::signed_by(token, key).map_err(JwtRejection::Malformed)
+        };
+        let mut tried = false;
+        let mut ok = false;
+        for key in &self.es512_keys {
+            tried = true;
+            if signed(&key.key)? {
+                ok = true;
+                break;
+            }
+        }
+        if !ok && !self.sources.is_empty() {
+            let mut fetched_tried = false;
+            'sources: for source in &self.sources {
+                let keys = source.keys();
+                for key in keys.es512.iter().filter(|k| match (kid, &k.kid) {
+                    (Some(want), Some(have)) => want == have,
+                    _ => true,
+                }) {
+                    fetched_tried = true;
+                    if signed(&key.key)? {
+                        ok = true;
+                        break 'sources;
+                    }
+                }
+            }
+            if !fetched_tried && !tried {
+                return Err(JwtRejection::UnknownKey);
+            }
+            tried |= fetched_tried;
+        }
+        if !ok {
+            return Err(if tried {
+                JwtRejection::Invalid("InvalidSignature".into())
+            } else {
+                JwtRejection::NoKeyForAlgorithm
+            });
+        }
+        let claims_token = crate::es512::claims_token(token)
+            .ok_or_else(|| JwtRejection::Malformed("not three dot-separated parts".into()))?;
+        let claims = self.decode(
+            &claims_token,
+            &DecodingKey::from_secret(&[]),
+            &self.es512_validation,
+        )?;
+        self.check_claims(claims)
     }
 
     fn decode(
@@ -317,6 +380,7 @@ pub(super) fn validate_jwt(p: &ValidateJwt, cx: &mut StepCx<'_>) -> Option<Step>
         );
     }
     let mut keys = Vec::new();
+    let mut es512_keys = Vec::new();
     for (i, k) in p.signing_keys.iter().enumerate() {
         let field = format!("signing-keys[{i}]");
         let (text, decoded, algorithms) = match k {
@@ -336,6 +400,10 @@ pub(super) fn validate_jwt(p: &ValidateJwt, cx: &mut StepCx<'_>) -> Option<Step>
                 let Some(s) = cx.plain(&field, s) else {
                     continue;
                 };
+                if let Some(key) = crate::es512::from_pem(&s) {
+                    es512_keys.push(crate::es512::Es512Key { kid: None, key });
+                    continue;
+                }
                 (s.clone(), DecodingKey::from_ec_pem(s.as_bytes()), EC)
             }
             SigningKey::EdPem(s) => {
@@ -355,9 +423,12 @@ pub(super) fn validate_jwt(p: &ValidateJwt, cx: &mut StepCx<'_>) -> Option<Step>
             Err(e) => cx.problem(&field, format!("not a usable key: {e}")),
         }
     }
-    if keys.len() != p.signing_keys.len() {
+    if keys.len() + es512_keys.len() != p.signing_keys.len() {
         return None;
     }
+    let mut es512_validation = base.clone();
+    es512_validation.algorithms = vec![Algorithm::HS256];
+    es512_validation.insecure_disable_signature_validation();
     let family_validations = [HMAC, RSA, EC, ED]
         .into_iter()
         .map(|algorithms| {
@@ -392,6 +463,8 @@ pub(super) fn validate_jwt(p: &ValidateJwt, cx: &mut StepCx<'_>) -> Option<Step>
         sources,
         family_validations,
         required_claims,
+        es512_keys,
+        es512_validation,
     })))
 }
 
