@@ -70,8 +70,8 @@ async fn two_replicas_one_truth() {
         (1..=40).collect::<Vec<u64>>(),
         "one gapless sequence"
     );
-    wait_for_revision(&a, 40).await;
-    wait_for_revision(&b, 40).await;
+    wait_for_revision(a, 40).await;
+    wait_for_revision(b, 40).await;
     let (_, listed) = b.call("GET", "/api/v1/named-values", None).await;
     assert_eq!(
         listed["items"].as_array().map(Vec::len),
@@ -111,8 +111,8 @@ async fn two_replicas_one_truth() {
         .call("POST", "/api/v1/gateways", Some(json!({"name": "edge"})))
         .await;
     assert_eq!(status, 201);
-    let current = revision_of(&a).await;
-    wait_for_revision(&b, current).await;
+    let current = revision_of(a).await;
+    wait_for_revision(b, current).await;
     let token = b.token("edge").await;
     let poll = {
         let url = format!(
@@ -311,12 +311,12 @@ async fn replicas_share_instance_status() {
     let replicas = TwoReplicas::start().await;
     let (a, b) = (&replicas.a, &replicas.b);
     a.apply(HELLO_SITE).await;
-    wait_for_revision(&b, a.revision().await).await;
-    let (mut gw, id) = gateway_on(&b, &b).await;
-    wait_listed(&b, &id, "connected").await;
-    wait_listed(&a, &id, "connected").await;
+    wait_for_revision(b, a.revision().await).await;
+    let (mut gw, id) = gateway_on(b, b).await;
+    wait_listed(b, &id, "connected").await;
+    wait_listed(a, &id, "connected").await;
     gw.stop_graceful(secs(10)).await;
-    wait_listed(&a, &id, "stopped").await;
+    wait_listed(a, &id, "stopped").await;
     let c = ControlPlane::replica("cp-c", replicas.dir.path(), &replicas.pg).await;
     wait_listed(&c, &id, "stopped").await;
 }
@@ -422,9 +422,9 @@ async fn revocations_on_one_replica_reach_the_other() {
     let replicas = TwoReplicas::start().await;
     let (a, b) = (&replicas.a, &replicas.b);
     a.apply(&keyed_site()).await;
-    wait_for_revision(&b, a.revision().await).await;
+    wait_for_revision(b, a.revision().await).await;
     let token = b.token("site-a").await;
-    let (gw, _) = gateway_on(&b, &b).await;
+    let (gw, _) = gateway_on(b, b).await;
     let old_key = "c0".repeat(32);
     eventually(secs(30), ms(100), async || {
         match hello_with(&gw, &old_key).await {
@@ -474,7 +474,7 @@ async fn revocations_on_one_replica_reach_the_other() {
                 .unwrap_or(0)
         }
     };
-    assert_eq!(config_status(&b).await, 200, "the token works on B before");
+    assert_eq!(config_status(b).await, 200, "the token works on B before");
     let (status, body) = a
         .call(
             "POST",
@@ -484,11 +484,11 @@ async fn revocations_on_one_replica_reach_the_other() {
         .await;
     assert_eq!(status, 200, "{body:#}");
     assert_eq!(
-        config_status(&a).await,
+        config_status(a).await,
         401,
         "A refuses the old token at once"
     );
-    eventually(secs(60), ms(500), async || match config_status(&b).await {
+    eventually(secs(60), ms(500), async || match config_status(b).await {
         401 => Ok(()),
         s => Err(format!("B still answers the old token with {s}")),
     })
