@@ -259,12 +259,14 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 .map_err(|e| e.to_string())?;
             eprintln!(
                 "outpost: copied revision {} ({} resources, {} change-log entries, {} gateway \
-                 key pairs, {} signing keys)",
+                 key pairs, {} signing keys, {} analytics rows, {} telemetry batch ids)",
                 report.revision,
                 report.resources,
                 report.changes,
                 report.gateway_keys,
-                report.signing_keys
+                report.signing_keys,
+                report.analytics_rows,
+                report.analytics_batches
             );
             Ok(ExitCode::SUCCESS)
         }

@@ -4,25 +4,14 @@
 //! `grace_secs`, and the process exits 0. A client that follows readiness sees no failure.
 
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_outpost");
+mod support;
 
-fn backend() -> SocketAddr {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        actix_rt::System::new().block_on(async move {
-            let (server, addr) = outpost::sample_backend::start("127.0.0.1:0").unwrap();
-            tx.send(addr).unwrap();
-            let _ = server.await;
-        })
-    });
-    rx.recv().unwrap()
-}
+const BIN: &str = env!("CARGO_BIN_EXE_outpost");
 
 /// `http://127.0.0.1:PORT` after `label` in the gateway's start line.
 fn url_after(line: &str, label: &str) -> String {
@@ -43,7 +32,7 @@ fn a_client_following_readiness_sees_no_failure_while_the_gateway_drains_and_exi
             "apiVersion: outpost/v1\nbackends: [{{name: b, url: \"http://{}\"}}]\n\
              apis: [{{name: api, path: api, backend: b, subscription-required: false,\n\
              operations: [{{name: any, method: GET, url-template: \"/{{*rest}}\"}}]}}]\n",
-            backend()
+            support::sample_backend_thread()
         ),
     )
     .unwrap();

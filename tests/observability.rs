@@ -10,69 +10,31 @@ use outpost::gateway::settings::GatewaySettings;
 use outpost::gateway::{self, RunningGateway};
 use serde_json::Value;
 
-const KEY: &str = "gold-key-0000000000000000000000000000";
+mod support;
+
+const KEY: &str = support::GOLD_KEY;
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 
-/// The sample backend on a thread of its own, for as long as the test process lives.
-fn backend() -> SocketAddr {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        actix_rt::System::new().block_on(async move {
-            let (server, addr) = outpost::sample_backend::start("127.0.0.1:0").unwrap();
-            tx.send(addr).unwrap();
-            let _ = server.await;
-        })
-    });
-    rx.recv().unwrap()
-}
-
-fn config(backend: SocketAddr) -> String {
-    format!(
-        r#"
-apiVersion: outpost/v1
-backends: [{{name: sample, url: "http://{backend}"}}]
-apis:
-  - name: orders
-    path: orders
-    backend: sample
-    operations: [{{name: any, method: "*", url-template: "/{{*rest}}"}}]
-    policies:
-      inbound: [{{rate-limit: {{calls: 100, renewal-period: 60}}}}]
-      backend: [{{retry: {{count: 2, interval-ms: 0, condition: "503"}}}}]
-  - name: quiet
+/// API `quiet`, left out of the access log.
+const QUIET_API: &str = r#"  - name: quiet
     path: quiet
     backend: sample
     subscription-required: false
     access-log: false
-    operations: [{{name: any, method: GET, url-template: "/{{*rest}}"}}]
-products:
-  - {{name: gold, apis: [orders]}}
-subscriptions:
-  - {{name: gold-sub, scope: {{product: gold}}, primary-key: {KEY}}}
-"#
-    )
+    operations: [{name: any, method: GET, url-template: "/{*rest}"}]
+"#;
+
+fn config(backend: SocketAddr) -> String {
+    support::orders_estate(backend, 100, "", QUIET_API)
 }
 
 fn start(dir: &Path, tweak: impl FnOnce(&mut GatewaySettings)) -> RunningGateway {
-    let file = dir.join("apis.yaml");
-    std::fs::write(&file, config(backend())).unwrap();
-    let mut settings = GatewaySettings::default();
-    settings.offline.config_file = Some(file);
-    settings.listen.http = "127.0.0.1:0".into();
-    settings.listen.https = None;
-    settings.listen.ops = "127.0.0.1:0".into();
-    settings.listen.workers = 1;
-    settings.access_log.enabled = true;
-    settings.access_log.path = dir.join("access.log").display().to_string();
-    tweak(&mut settings);
-    gateway::start(settings).expect("gateway starts")
-}
-
-fn client() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .unwrap()
+    let yaml = config(support::sample_backend_thread());
+    support::offline_gateway(dir, &yaml, |settings| {
+        settings.access_log.enabled = true;
+        settings.access_log.path = dir.join("access.log").display().to_string();
+        tweak(settings);
+    })
 }
 
 fn lines(path: &Path) -> Vec<Value> {
@@ -89,7 +51,7 @@ fn access_log_lines_carry_every_field_and_never_a_key() {
     let gw = start(dir.path(), |_| {});
     let base = gw.traffic_url();
     let instance = gw.instance_id().to_owned();
-    let http = client();
+    let http = support::blocking_client();
     let get = |path: &str, headers: &[(&str, &str)]| {
         let mut req = http.get(format!("{base}{path}"));
         for (k, v) in headers {
@@ -202,7 +164,7 @@ fn access_log_lines_carry_every_field_and_never_a_key() {
 fn sampling_zero_writes_nothing_and_one_writes_every_request() {
     let dir = tempfile::tempdir().unwrap();
     let none = start(dir.path(), |s| s.access_log.sample = 0.0);
-    let http = client();
+    let http = support::blocking_client();
     for _ in 0..20 {
         let res = http
             .get(format!("{}/quiet/x", none.traffic_url()))
@@ -261,7 +223,7 @@ fn control_plane_metrics_count_admin_calls_commits_and_gateways() {
     s.gateway_api.listen = "127.0.0.1:0".into();
     s.store.data_dir = ":memory:".into();
     let cp = control_plane::start(s).expect("control plane starts");
-    let http = client();
+    let http = support::blocking_client();
     let admin = cp.admin_url();
     let scrape = || {
         let res = http.get(format!("{admin}/metrics")).send().unwrap();
@@ -278,7 +240,7 @@ fn control_plane_metrics_count_admin_calls_commits_and_gateways() {
             .status()
             .as_u16()
     };
-    let backend = backend();
+    let backend = support::sample_backend_thread();
     let api = serde_json::json!({
         "name": "echo", "path": "echo", "backend": "echo", "subscription-required": false,
         "operations": [{"name": "get", "method": "GET", "url-template": "/{*rest}"}],
@@ -358,16 +320,12 @@ fn control_plane_metrics_count_admin_calls_commits_and_gateways() {
         &keys.primary,
         chrono::Utc::now() + chrono::TimeDelta::days(1),
     );
-    let mut gs = GatewaySettings::default();
+    let mut gs = support::loopback_settings();
     gs.control_plane.url = cp.gateway_url();
     gs.control_plane.token = token;
     gs.control_plane.poll_wait = Duration::from_secs(3);
     gs.control_plane.heartbeat_interval = Duration::from_secs(1);
     gs.telemetry.flush_interval = Duration::from_secs(1);
-    gs.listen.http = "127.0.0.1:0".into();
-    gs.listen.https = None;
-    gs.listen.ops = "127.0.0.1:0".into();
-    gs.listen.workers = 1;
     let gw = gateway::start(gs).expect("gateway starts");
     let res = http
         .get(format!("{}/echo/hello", gw.traffic_url()))
@@ -405,7 +363,7 @@ fn control_plane_metrics_can_require_the_admin_token() {
     s.store.data_dir = ":memory:".into();
     let cp = control_plane::start(s).expect("control plane starts");
     let url = format!("{}/metrics", cp.admin_url());
-    let http = client();
+    let http = support::blocking_client();
     assert_eq!(http.get(&url).send().unwrap().status(), 401);
     let res = http.get(&url).bearer_auth(cp.admin_token()).send().unwrap();
     assert_eq!(res.status(), 200);

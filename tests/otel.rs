@@ -13,12 +13,14 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::metrics::v1::{Metric, metric};
 use opentelemetry_proto::tonic::trace::v1::{Span, span, status};
+use outpost::gateway::RunningGateway;
 use outpost::gateway::settings::GatewaySettings;
-use outpost::gateway::{self, RunningGateway};
 use prost::Message;
 use serde_json::Value;
 
-const KEY: &str = "gold-key-0000000000000000000000000000";
+mod support;
+
+const KEY: &str = support::GOLD_KEY;
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CLIENT_SPAN: &str = "00f067aa0ba902b7";
 /// The exporter's credential: sent to the collector, never found in a span.
@@ -181,38 +183,12 @@ fn int(attributes: &[KeyValue], key: &str) -> i64 {
     }
 }
 
-/// The sample backend on a thread of its own, for as long as the test process lives.
-fn backend() -> SocketAddr {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        actix_rt::System::new().block_on(async move {
-            let (server, addr) = outpost::sample_backend::start("127.0.0.1:0").unwrap();
-            tx.send(addr).unwrap();
-            let _ = server.await;
-        })
-    });
-    rx.recv().unwrap()
-}
-
 fn config(backend: SocketAddr) -> String {
-    format!(
-        r#"
-apiVersion: outpost/v1
-backends: [{{name: sample, url: "http://{backend}"}}]
-apis:
-  - name: orders
-    path: orders
-    backend: sample
-    operations: [{{name: any, method: "*", url-template: "/{{*rest}}"}}]
-    policies:
-      inbound: [{{rate-limit: {{calls: 1000, renewal-period: 60}}}}]
-      backend: [{{retry: {{count: 2, interval-ms: 0, condition: "503"}}}}]
-      outbound: [{{set-header: {{name: X-Served-By, value: outpost}}}}]
-products:
-  - {{name: gold, apis: [orders]}}
-subscriptions:
-  - {{name: gold-sub, scope: {{product: gold}}, primary-key: {KEY}}}
-"#
+    support::orders_estate(
+        backend,
+        1000,
+        "[{set-header: {name: X-Served-By, value: outpost}}]",
+        "",
     )
 }
 
@@ -221,27 +197,13 @@ fn start(
     backend: SocketAddr,
     tweak: impl FnOnce(&mut GatewaySettings),
 ) -> RunningGateway {
-    let file = dir.join("apis.yaml");
-    std::fs::write(&file, config(backend)).unwrap();
-    let mut settings = GatewaySettings::default();
-    settings.offline.config_file = Some(file);
-    settings.listen.http = "127.0.0.1:0".into();
-    settings.listen.https = None;
-    settings.listen.ops = "127.0.0.1:0".into();
-    settings.listen.workers = 1;
-    settings.otel.service_name = "outpost-otel-test".into();
-    settings.otel.headers = vec![format!("authorization={COLLECTOR_TOKEN}")];
-    settings.otel.batch_delay = Duration::from_millis(50);
-    settings.otel.metrics = false;
-    tweak(&mut settings);
-    gateway::start(settings).expect("gateway starts")
-}
-
-fn client() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .unwrap()
+    support::offline_gateway(dir, &config(backend), |settings| {
+        settings.otel.service_name = "outpost-otel-test".into();
+        settings.otel.headers = vec![format!("authorization={COLLECTOR_TOKEN}")];
+        settings.otel.batch_delay = Duration::from_millis(50);
+        settings.otel.metrics = false;
+        tweak(settings);
+    })
 }
 
 /// GET through the gateway; the status and the `traceparent` the backend received.
@@ -283,12 +245,12 @@ fn names(spans: &[Span]) -> Vec<&str> {
 fn spans_continue_the_client_trace_through_phases_to_the_backend_call() {
     let dir = tempfile::tempdir().unwrap();
     let otlp = receiver();
-    let backend = backend();
+    let backend = support::sample_backend_thread();
     let gw = start(dir.path(), backend, |s| {
         s.otel.endpoint = Some(otlp.url());
     });
     let base = gw.traffic_url();
-    let http = client();
+    let http = support::blocking_client();
     let traceparent = format!("00-{TRACE}-{CLIENT_SPAN}-01");
     let (status, seen) = get(
         &http,
@@ -471,12 +433,12 @@ fn control(otlp: &Receiver, http: &reqwest::blocking::Client, base: &str) {
 fn sampling_zero_records_no_trace_the_gateway_starts_and_tells_the_backend() {
     let dir = tempfile::tempdir().unwrap();
     let otlp = receiver();
-    let gw = start(dir.path(), backend(), |s| {
+    let gw = start(dir.path(), support::sample_backend_thread(), |s| {
         s.otel.endpoint = Some(otlp.url());
         s.otel.sampling_ratio = 0.0;
     });
     let base = gw.traffic_url();
-    let http = client();
+    let http = support::blocking_client();
     let mut traces = Vec::new();
     for i in 0..20 {
         let (status, seen) = get(&http, &format!("{base}/orders/{i}"), &[]);
@@ -511,12 +473,12 @@ fn sampling_zero_records_no_trace_the_gateway_starts_and_tells_the_backend() {
 fn a_ratio_samples_about_that_share_and_the_backend_knows_which() {
     let dir = tempfile::tempdir().unwrap();
     let otlp = receiver();
-    let gw = start(dir.path(), backend(), |s| {
+    let gw = start(dir.path(), support::sample_backend_thread(), |s| {
         s.otel.endpoint = Some(otlp.url());
         s.otel.sampling_ratio = 0.25;
     });
     let base = gw.traffic_url();
-    let http = client();
+    let http = support::blocking_client();
     let mut told = Vec::new();
     for i in 0..400 {
         let (status, seen) = get(&http, &format!("{base}/orders/{i}"), &[]);
@@ -554,14 +516,14 @@ fn a_ratio_samples_about_that_share_and_the_backend_knows_which() {
 fn gateway_metrics_arrive_over_otlp() {
     let dir = tempfile::tempdir().unwrap();
     let otlp = receiver();
-    let gw = start(dir.path(), backend(), |s| {
+    let gw = start(dir.path(), support::sample_backend_thread(), |s| {
         s.otel.endpoint = Some(otlp.url());
         s.otel.traces = false;
         s.otel.metrics = true;
         s.otel.metrics_interval = Duration::from_secs(1);
     });
     let base = gw.traffic_url();
-    let http = client();
+    let http = support::blocking_client();
     for _ in 0..3 {
         assert_eq!(get(&http, &format!("{base}/orders/m"), &[]).0, 200);
     }
@@ -631,13 +593,13 @@ fn spans_beyond_the_queue_are_dropped_and_counted() {
         }
     });
     let dir = tempfile::tempdir().unwrap();
-    let gw = start(dir.path(), backend(), |s| {
+    let gw = start(dir.path(), support::sample_backend_thread(), |s| {
         s.otel.endpoint = Some(format!("http://{addr}"));
         s.otel.max_queue_spans = 1;
         s.otel.timeout = Duration::from_secs(60);
     });
     let base = gw.traffic_url();
-    let http = client();
+    let http = support::blocking_client();
     assert_eq!(get(&http, &format!("{base}/orders/d"), &[]).0, 200);
     let metrics = http
         .get(format!("{}/metrics", gw.ops_url()))

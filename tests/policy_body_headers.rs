@@ -123,26 +123,6 @@ async fn prevent_refuses_undeclared_headers_but_not_the_protocols() {
     );
 }
 
-fn compile_problems(yaml: &str) -> String {
-    match outpost_model::document::Document::from_yaml(&with_backend(yaml)) {
-        Err(p) => p.to_string(),
-        Ok(d) => {
-            let snapshot = outpost_model::wire::GatewaySnapshot::from_view(
-                1,
-                outpost_model::view::gateway_view(&d.resources, None),
-            );
-            outpost_actors::route_table::compile(&snapshot, &Default::default())
-                .err()
-                .map(|p| p.to_string())
-                .unwrap_or_default()
-        }
-    }
-}
-
-fn with_backend(yaml: &str) -> String {
-    yaml.replace("BACKEND", "http://127.0.0.1:9")
-}
-
 #[test]
 fn bad_header_rules_are_refused_with_their_location() {
     let yaml = CONFIG.replace("pattern: \"[a-z]{3,8}\"", "pattern: \"[a-z\"");

@@ -633,23 +633,11 @@ async fn validate_parameters_names_every_failing_parameter() {
 
 // === publish-time refusals ===
 
-fn compile_problems(yaml: &str) -> String {
-    let yaml = format!(
-        "apiVersion: outpost/v1\nbackends:\n  - {{name: main, url: \"http://127.0.0.1:9/api\"}}\n{yaml}"
-    );
-    match outpost_model::document::Document::from_yaml(&yaml) {
-        Err(p) => p.to_string(),
-        Ok(d) => {
-            let snapshot = outpost_model::wire::GatewaySnapshot::from_view(
-                1,
-                outpost_model::view::gateway_view(&d.resources, None),
-            );
-            outpost_actors::route_table::compile(&snapshot, &Default::default())
-                .err()
-                .map(|p| p.to_string())
-                .unwrap_or_default()
-        }
-    }
+/// `apis` (YAML) with the one backend they use, through [`compile_problems`].
+fn api_problems(apis: &str) -> String {
+    compile_problems(&format!(
+        "apiVersion: outpost/v1\nbackends:\n  - {{name: main, url: \"http://127.0.0.1:9/api\"}}\n{apis}"
+    ))
 }
 
 fn api_with(inbound: &str) -> String {
@@ -727,7 +715,7 @@ fn bad_settings_are_refused_at_publish_with_their_location() {
         ),
     ];
     for (inbound, expected) in cases {
-        let problems = compile_problems(&api_with(inbound));
+        let problems = api_problems(&api_with(inbound));
         assert!(
             problems.contains(expected),
             "{inbound}\nexpected: {expected}\ngot: {problems}"

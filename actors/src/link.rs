@@ -3,7 +3,8 @@
 //! Every call goes out from the gateway (nothing listens for the control plane), carries the
 //! gateway token, and speaks bincode. Failures are classified once, here, the way the callers
 //! act on them: retry later ([`CallError::Unreachable`]), stop trusting the token
-//! ([`CallError::Unauthorized`]), or report a broken answer ([`CallError::Rejected`]).
+//! ([`CallError::Unauthorized`]), look at what was sent ([`CallError::Refused`]: a 4xx the
+//! caller may judge by its status), or report a broken answer ([`CallError::Rejected`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -113,7 +114,12 @@ pub enum CallError {
     /// 401/403: the token is expired, revoked or forged. The reason is the control plane's.
     #[error("control plane refused the gateway token: {0}")]
     Unauthorized(String),
-    /// Any other answer we cannot use (other 4xx, undecodable or empty body).
+    /// Any other 4xx: the control plane answered and refused this request. `reason` is its
+    /// problem text (message and problems), bounded. Whether sending the same request again
+    /// can ever work depends on the call and the status (see the telemetry buffer).
+    #[error("the control plane refused the request ({status}): {reason}")]
+    Refused { status: u16, reason: String },
+    /// An answer we cannot use (undecodable or empty body, a status outside the above).
     #[error("unusable answer from the control plane: {0}")]
     Rejected(String),
 }
@@ -263,23 +269,64 @@ fn check_status(status: StatusCode, body: &[u8]) -> Result<(), CallError> {
             reason
         }),
         408 | 429 | 500..=599 => CallError::Unreachable(described),
+        code @ 400..=499 => CallError::Refused {
+            status: code,
+            reason: if reason.is_empty() {
+                status.canonical_reason().unwrap_or_default().to_owned()
+            } else {
+                reason
+            },
+        },
         _ => CallError::Rejected(described),
     })
 }
 
+/// Longest reason kept from an error body (the problems of a big refusal are many).
+const MAX_REASON_CHARS: usize = 1000;
+
 /// The human reason in an error body: the control plane answers JSON such as
-/// `{"error": "unauthorized", "message": "gateway token ... expired ..."}`; anything else is
-/// shown as (bounded) text.
+/// `{"error": "unauthorized", "message": "gateway token ... expired ..."}`, with the
+/// `problems` of a refused input (`[{"path": ..., "message": ...}]`) appended; anything else
+/// is shown as (bounded) text.
 pub fn reason_of(body: &[u8]) -> String {
     if let Ok(serde_json::Value::Object(map)) = serde_json::from_slice(body)
         && let Some(reason) = ["message", "reason", "detail", "error"]
             .iter()
             .find_map(|f| map.get(*f).and_then(|v| v.as_str()))
     {
-        return reason.to_owned();
+        let mut out = reason.to_owned();
+        let problems = map
+            .get("problems")
+            .and_then(|p| p.as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|p| {
+                let message = p.get("message")?.as_str()?;
+                Some(match p.get("path").and_then(|v| v.as_str()) {
+                    Some(path) if !path.is_empty() => format!("{path}: {message}"),
+                    _ => message.to_owned(),
+                })
+            });
+        for (i, problem) in problems.enumerate() {
+            out.push_str(if i == 0 { ": " } else { "; " });
+            out.push_str(&problem);
+            if out.chars().count() > MAX_REASON_CHARS {
+                break;
+            }
+        }
+        return bounded(&out, MAX_REASON_CHARS);
     }
     let text = String::from_utf8_lossy(body);
-    text.trim().chars().take(200).collect()
+    bounded(text.trim(), 200)
+}
+
+fn bounded(s: &str, max: usize) -> String {
+    let mut chars = s.chars();
+    let mut out: String = chars.by_ref().take(max).collect();
+    if chars.next().is_some() {
+        out.push('…');
+    }
+    out
 }
 
 fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, CallError> {
@@ -366,10 +413,45 @@ mod tests {
             check_status(StatusCode::BAD_GATEWAY, b""),
             Err(CallError::Unreachable(_))
         ));
-        assert!(matches!(
+        assert_eq!(
             check_status(StatusCode::BAD_REQUEST, b"nope"),
-            Err(CallError::Rejected(m)) if m.contains("nope")
+            Err(CallError::Refused {
+                status: 400,
+                reason: "nope".into()
+            })
+        );
+        // The control plane's problems are part of the reason, not only its summary.
+        let invalid = br#"{"error":"bad-request","message":"1 problem(s) in the request",
+            "problems":[{"path":"aggregates[0].latency","message":"the histogram counts 1 requests, the aggregate 2"}]}"#;
+        assert_eq!(
+            check_status(StatusCode::BAD_REQUEST, invalid),
+            Err(CallError::Refused {
+                status: 400,
+                reason: "1 problem(s) in the request: aggregates[0].latency: the histogram \
+                         counts 1 requests, the aggregate 2"
+                    .into()
+            })
+        );
+        assert_eq!(
+            check_status(StatusCode::PAYLOAD_TOO_LARGE, b""),
+            Err(CallError::Refused {
+                status: 413,
+                reason: "Payload Too Large".into()
+            })
+        );
+        assert!(matches!(
+            check_status(StatusCode::TOO_MANY_REQUESTS, b""),
+            Err(CallError::Unreachable(_))
         ));
+        assert!(matches!(
+            check_status(StatusCode::FOUND, b""),
+            Err(CallError::Rejected(_))
+        ));
+        let long = format!(
+            r#"{{"message":"m","problems":[{}]}}"#,
+            [r#"{"path":"p","message":"xxxxxxxxxxxxxxxxxxxx"}"#; 500].join(",")
+        );
+        assert!(reason_of(long.as_bytes()).chars().count() <= MAX_REASON_CHARS + 1);
         assert_eq!(check_status(StatusCode::OK, b""), Ok(()));
         assert!(matches!(
             decode::<ConfigUpdate>(b""),

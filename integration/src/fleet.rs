@@ -7,10 +7,15 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use outpost_model::wire::{
+    self, AggregateKey, BINCODE_MEDIA_TYPE, RequestAggregate, TELEMETRY_PATH, TelemetryBatch,
+    latency_bucket,
+};
 use serde_json::{Value, json};
 
 use crate::http::client;
 use crate::ports::free_port;
+use crate::postgres::PostgresServer;
 use crate::process::{ManagedProcess, outpost_command};
 use crate::wait::{secs, wait_for_http_ok};
 
@@ -38,30 +43,7 @@ impl ControlPlane {
 
     /// Starts a control plane on a given data directory and ports (for restarts and upgrades).
     pub async fn start_on(data_dir: &Path, admin_port: u16, gateway_port: u16) -> ControlPlane {
-        let mut cmd = outpost_command();
-        cmd.arg("control-plane")
-            .env("OUTPOST_ADMIN_LISTEN", format!("127.0.0.1:{admin_port}"))
-            .env("OUTPOST_ADMIN_TOKEN", ADMIN_TOKEN)
-            .env(
-                "OUTPOST_GATEWAY_API_LISTEN",
-                format!("127.0.0.1:{gateway_port}"),
-            )
-            .env("OUTPOST_STORE_DATA_DIR", data_dir.display().to_string())
-            .env("OUTPOST_LOG_LEVEL", "info");
-        let process = ManagedProcess::spawn("control-plane", cmd).expect("spawn control plane");
-        let cp = ControlPlane {
-            process,
-            admin_port,
-            gateway_port,
-            data_dir: data_dir.to_owned(),
-            _tmp: None,
-        };
-        wait_for_http_ok(&format!("{}/api/v1/openapi.json", cp.admin_url()), secs(30))
-            .await
-            .unwrap_or_else(|e| {
-                panic!("control plane did not start: {e}\n{}", cp.process.tail(40))
-            });
-        cp
+        Self::start_on_with("control-plane", data_dir, admin_port, gateway_port, &[]).await
     }
 
     /// Stops the process (SIGKILL, like a crash) and starts it again on the same data and ports.
@@ -115,9 +97,46 @@ impl ControlPlane {
         cp
     }
 
+    /// One of several replicas on the PostgreSQL `pg`: a control plane named `name` with its
+    /// (otherwise unused) data directory `dir/name`.
+    pub async fn replica(name: &str, dir: &Path, pg: &PostgresServer) -> ControlPlane {
+        Self::start_on_with(
+            name,
+            &dir.join(name),
+            free_port(),
+            free_port(),
+            &[("OUTPOST_STORE_URL".into(), pg.url())],
+        )
+        .await
+    }
+
     /// Graceful stop (SIGTERM, then SIGKILL after `grace`), as an operator's upgrade does.
     pub async fn stop_graceful(&mut self, grace: Duration) -> std::process::ExitStatus {
         self.process.stop(grace).await
+    }
+
+    /// `POST /gateway/v1/telemetry` with `batch` (bincode), as gateway `token` uploads it;
+    /// the answer's status.
+    pub async fn post_telemetry(&self, token: &str, batch: &TelemetryBatch) -> u16 {
+        client()
+            .post(format!("{}{TELEMETRY_PATH}", self.gateway_url()))
+            .header("Authorization", token)
+            .header("Content-Type", BINCODE_MEDIA_TYPE)
+            .body(wire::encode(batch).expect("encode a telemetry batch"))
+            .send()
+            .await
+            .expect("telemetry upload")
+            .status()
+            .as_u16()
+    }
+
+    /// `GET /api/v1/analytics{query}`; panics unless 200.
+    pub async fn analytics(&self, query: &str) -> Value {
+        let (status, body) = self
+            .call("GET", &format!("/api/v1/analytics{query}"), None)
+            .await;
+        assert_eq!(status, 200, "{body:#}");
+        body
     }
 
     /// The gateway listener's address (what a gateway, or a proxy in front of it, connects to).
@@ -189,6 +208,28 @@ impl ControlPlane {
     }
 }
 
+/// Two control-plane replicas, `cp-a` and `cp-b`, on a private PostgreSQL: the set-up of the
+/// multi-replica tests. Fields drop in order: the replicas stop before their database.
+pub struct TwoReplicas {
+    pub a: ControlPlane,
+    pub b: ControlPlane,
+    pub pg: PostgresServer,
+    /// Parent of the replicas' data directories (for more replicas: [`ControlPlane::replica`]).
+    pub dir: tempfile::TempDir,
+}
+
+impl TwoReplicas {
+    /// Starts PostgreSQL, then both replicas on it. Call from a multi-thread runtime (the
+    /// database starts with blocking calls).
+    pub async fn start() -> TwoReplicas {
+        let pg = tokio::task::block_in_place(PostgresServer::start);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let a = ControlPlane::replica("cp-a", dir.path(), &pg).await;
+        let b = ControlPlane::replica("cp-b", dir.path(), &pg).await;
+        TwoReplicas { a, b, pg, dir }
+    }
+}
+
 /// How a gateway process is configured.
 #[derive(Debug, Clone, Default)]
 pub struct GatewayOptions {
@@ -199,6 +240,17 @@ pub struct GatewayOptions {
     pub redis_url: Option<String>,
     pub redis_nodes: Option<u64>,
     pub extra_env: Vec<(String, String)>,
+}
+
+impl GatewayOptions {
+    /// A gateway of `cp`, with `token` (the rest as [`Gateway::spawn`] sets it).
+    pub fn attached(cp: &ControlPlane, token: String) -> GatewayOptions {
+        GatewayOptions {
+            control_plane_url: Some(cp.gateway_url()),
+            token: Some(token),
+            ..GatewayOptions::default()
+        }
+    }
 }
 
 /// A gateway process.
@@ -300,16 +352,10 @@ impl Gateway {
         );
     }
 
-    /// Kills the process and starts a new one with the same options and ports.
+    /// Kills the process, starts a new one with the same options and ports, and waits until it
+    /// is ready.
     pub async fn restart(&mut self) {
-        self.process.kill();
-        let name = self.process.name().to_owned();
-        *self = Self::spawn_on(
-            &name,
-            self.options.clone(),
-            self.traffic_port,
-            self.ops_port,
-        );
+        self.respawn();
         self.wait_ready().await;
     }
 
@@ -373,3 +419,38 @@ apis:
 gateways:
   - {name: site-a, apis: [hello]}
 "#;
+
+/// A telemetry batch of [`HELLO_SITE`]'s API: 100 requests to `hello`/`get` in the current
+/// minute, answered 200: 90 took 210 µs, 9 took 1.1 ms, one took 55 ms.
+pub fn hello_batch(instance: &str, sequence: u64) -> TelemetryBatch {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs() as i64;
+    TelemetryBatch {
+        instance_id: instance.into(),
+        sequence,
+        aggregates: vec![RequestAggregate {
+            key: AggregateKey {
+                minute: now / 60 * 60,
+                api: "hello".into(),
+                operation: "get".into(),
+                status: 200,
+                cache: "none".into(),
+                product: String::new(),
+                subscription: String::new(),
+            },
+            count: 100,
+            total_duration_us: 90 * 210 + 9 * 1100 + 55_000,
+            max_duration_us: 55_000,
+            backend_duration_us: 0,
+            request_bytes: 0,
+            response_bytes: 200,
+            latency: vec![
+                (latency_bucket(210) as u16, 90),
+                (latency_bucket(1100) as u16, 9),
+                (latency_bucket(55_000) as u16, 1),
+            ],
+        }],
+    }
+}

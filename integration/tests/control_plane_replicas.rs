@@ -2,26 +2,14 @@
 //! SQLite (`outpost store copy`): real `outpost` child processes, a real PostgreSQL started by
 //! the test ([`PostgresServer`]), everything on loopback.
 
-use std::path::Path;
 use std::time::Instant;
 
-use outpost_integration::fleet::HELLO_SITE;
+use outpost_integration::fleet::{HELLO_SITE, TwoReplicas, hello_batch};
 use outpost_integration::{
     ADMIN_TOKEN, ControlPlane, Gateway, GatewayOptions, PostgresServer, client, eventually,
     free_port, ms, outpost_command, secs,
 };
 use serde_json::{Value, json};
-
-async fn replica(name: &str, dir: &Path, pg: &PostgresServer) -> ControlPlane {
-    ControlPlane::start_on_with(
-        name,
-        &dir.join(name),
-        free_port(),
-        free_port(),
-        &[("OUTPOST_STORE_URL".into(), pg.url())],
-    )
-    .await
-}
 
 async fn revision_of(cp: &ControlPlane) -> u64 {
     cp.revision().await
@@ -45,10 +33,8 @@ async fn wait_for_revision(cp: &ControlPlane, revision: u64) {
 /// holds across replicas; a commit on A wakes a gateway's long-poll waiting on B.
 #[tokio::test(flavor = "multi_thread")]
 async fn two_replicas_one_truth() {
-    let pg = tokio::task::block_in_place(PostgresServer::start);
-    let dir = tempfile::tempdir().unwrap();
-    let a = replica("cp-a", dir.path(), &pg).await;
-    let b = replica("cp-b", dir.path(), &pg).await;
+    let replicas = TwoReplicas::start().await;
+    let (a, b) = (&replicas.a, &replicas.b);
 
     // Concurrent writers on both replicas.
     let writers = (0..4).map(|w| {
@@ -84,8 +70,8 @@ async fn two_replicas_one_truth() {
         (1..=40).collect::<Vec<u64>>(),
         "one gapless sequence"
     );
-    wait_for_revision(&a, 40).await;
-    wait_for_revision(&b, 40).await;
+    wait_for_revision(a, 40).await;
+    wait_for_revision(b, 40).await;
     let (_, listed) = b.call("GET", "/api/v1/named-values", None).await;
     assert_eq!(
         listed["items"].as_array().map(Vec::len),
@@ -125,8 +111,8 @@ async fn two_replicas_one_truth() {
         .call("POST", "/api/v1/gateways", Some(json!({"name": "edge"})))
         .await;
     assert_eq!(status, 201);
-    let current = revision_of(&a).await;
-    wait_for_revision(&b, current).await;
+    let current = revision_of(a).await;
+    wait_for_revision(b, current).await;
     let token = b.token("edge").await;
     let poll = {
         let url = format!(
@@ -167,7 +153,8 @@ async fn two_replicas_one_truth() {
 }
 
 /// `outpost store copy` from a SQLite control plane's data directory to PostgreSQL: the
-/// replica on PostgreSQL serves the same revision, and a gateway token minted before the move
+/// replica on PostgreSQL serves the same revision and the same analytics (a batch uploaded
+/// before the move is still a duplicate after it), and a gateway token minted before the move
 /// is still valid. A second copy into the now non-empty database is refused.
 #[tokio::test(flavor = "multi_thread")]
 async fn store_copy_moves_sqlite_to_postgres() {
@@ -188,6 +175,13 @@ async fn store_copy_moves_sqlite_to_postgres() {
         .await;
     assert_eq!(status, 201);
     let token = old.token("edge").await;
+    // Analytics: one gateway's telemetry batch (100 requests), copied with the configuration.
+    assert_eq!(
+        old.post_telemetry(&token, &hello_batch("i-1", 1)).await,
+        204
+    );
+    let analytics = old.analytics("?group_by=operation").await;
+    assert_eq!(analytics["total"]["requests"], 100, "{analytics:#}");
     let revision = old.revision().await;
     old.stop_graceful(secs(10)).await;
 
@@ -206,12 +200,25 @@ async fn store_copy_moves_sqlite_to_postgres() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(
-        stderr.contains(&format!("copied revision {revision}")),
+        stderr.contains(&format!("copied revision {revision}"))
+            && stderr.contains("1 analytics rows, 1 telemetry batch ids"),
         "{stderr}"
     );
 
-    let new = replica("cp-pg", dir.path(), &pg).await;
+    let new = ControlPlane::replica("cp-pg", dir.path(), &pg).await;
     assert_eq!(new.revision().await, revision);
+    let copied = new.analytics("?group_by=operation").await;
+    assert_eq!(
+        (&copied["total"], &copied["groups"]),
+        (&analytics["total"], &analytics["groups"]),
+        "the same analytics, percentiles included"
+    );
+    // A batch the old control plane acknowledged, retried against the new one: counted once.
+    assert_eq!(
+        new.post_telemetry(&token, &hello_batch("i-1", 1)).await,
+        204
+    );
+    assert_eq!(new.analytics("").await["total"]["requests"], 100);
     let res = client()
         .get(format!("{}/gateway/v1/config?after=0", new.gateway_url()))
         .header("Authorization", &token)
@@ -263,15 +270,7 @@ async fn wait_listed(cp: &ControlPlane, id: &str, connection: &str) {
 /// Starts a gateway for `site-a` on `cp` and returns it with its instance id.
 async fn gateway_on(cp: &ControlPlane, token_from: &ControlPlane) -> (Gateway, String) {
     let token = token_from.token("site-a").await;
-    let gw = Gateway::start(
-        "gateway",
-        GatewayOptions {
-            control_plane_url: Some(cp.gateway_url()),
-            token: Some(token),
-            ..Default::default()
-        },
-    )
-    .await;
+    let gw = Gateway::start("gateway", GatewayOptions::attached(cp, token)).await;
     let (_, ready) = gw.readyz().await;
     let id = ready["instance_id"].as_str().unwrap().to_owned();
     (gw, id)
@@ -309,18 +308,16 @@ async fn instance_status_survives_a_restart() {
 /// started later lists it too.
 #[tokio::test(flavor = "multi_thread")]
 async fn replicas_share_instance_status() {
-    let pg = tokio::task::block_in_place(PostgresServer::start);
-    let dir = tempfile::tempdir().unwrap();
-    let a = replica("cp-a", dir.path(), &pg).await;
-    let b = replica("cp-b", dir.path(), &pg).await;
+    let replicas = TwoReplicas::start().await;
+    let (a, b) = (&replicas.a, &replicas.b);
     a.apply(HELLO_SITE).await;
-    wait_for_revision(&b, a.revision().await).await;
-    let (mut gw, id) = gateway_on(&b, &b).await;
-    wait_listed(&b, &id, "connected").await;
-    wait_listed(&a, &id, "connected").await;
+    wait_for_revision(b, a.revision().await).await;
+    let (mut gw, id) = gateway_on(b, b).await;
+    wait_listed(b, &id, "connected").await;
+    wait_listed(a, &id, "connected").await;
     gw.stop_graceful(secs(10)).await;
-    wait_listed(&a, &id, "stopped").await;
-    let c = replica("cp-c", dir.path(), &pg).await;
+    wait_listed(a, &id, "stopped").await;
+    let c = ControlPlane::replica("cp-c", replicas.dir.path(), &replicas.pg).await;
     wait_listed(&c, &id, "stopped").await;
 }
 
@@ -328,10 +325,8 @@ async fn replicas_share_instance_status() {
 /// period, so gateways polling B follow the rotation too.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rotated_signing_key_reaches_every_replica() {
-    let pg = tokio::task::block_in_place(PostgresServer::start);
-    let dir = tempfile::tempdir().unwrap();
-    let a = replica("cp-a", dir.path(), &pg).await;
-    let b = replica("cp-b", dir.path(), &pg).await;
+    let replicas = TwoReplicas::start().await;
+    let (a, b) = (&replicas.a, &replicas.b);
     let (_, before) = b.call("GET", "/api/v1/signing-keys", None).await;
     let (status, rotated) = a.call("POST", "/api/v1/signing-keys/rotate", None).await;
     assert_eq!(status, 200, "{rotated}");
@@ -354,7 +349,7 @@ async fn a_rotated_signing_key_reaches_every_replica() {
 async fn a_newer_schema_stops_the_control_plane() {
     let pg = tokio::task::block_in_place(PostgresServer::start);
     let dir = tempfile::tempdir().unwrap();
-    let mut first = replica("cp-first", dir.path(), &pg).await;
+    let mut first = ControlPlane::replica("cp-first", dir.path(), &pg).await;
     first.stop_graceful(secs(10)).await;
     pg.psql(
         outpost_integration::postgres::PG_DATABASE,
@@ -389,31 +384,21 @@ async fn a_newer_schema_stops_the_control_plane() {
     );
 }
 
-/// An API behind a subscription key, for [`revocations_on_one_replica_reach_the_other`].
-const KEYED: &str = r#"
-apiVersion: outpost/v1
-backends:
-  - {name: b, url: "http://127.0.0.1:9"}
-apis:
-  - name: hello
-    path: hello
-    backend: b
-    operations:
-      - {name: get, method: GET, url-template: /}
-    policies:
-      inbound:
-        - base
-        - return-response: {status-code: 200, body: "hi"}
-products:
+/// [`HELLO_SITE`] with its API behind a subscription key (`carol`'s), for
+/// [`revocations_on_one_replica_reach_the_other`].
+fn keyed_site() -> String {
+    let keyed = HELLO_SITE.replace("    subscription-required: false\n", "");
+    assert_ne!(keyed, HELLO_SITE, "the API asks for a key");
+    keyed
+        + r#"products:
   - {name: p, apis: [hello]}
 subscriptions:
   - name: carol
     scope: {product: p}
     primary-key: "c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0"
     secondary-key: "d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1"
-gateways:
-  - {name: site-a, apis: [hello]}
-"#;
+"#
+}
 
 /// A call to `gw`'s `/hello/` with subscription key `key`; the status.
 async fn hello_with(gw: &Gateway, key: &str) -> u16 {
@@ -434,14 +419,12 @@ async fn hello_with(gw: &Gateway, key: &str) -> u16 {
 ///   key cache lets go of it (30 s at most), while A refuses them at once.
 #[tokio::test(flavor = "multi_thread")]
 async fn revocations_on_one_replica_reach_the_other() {
-    let pg = tokio::task::block_in_place(PostgresServer::start);
-    let dir = tempfile::tempdir().unwrap();
-    let a = replica("cp-a", dir.path(), &pg).await;
-    let b = replica("cp-b", dir.path(), &pg).await;
-    a.apply(KEYED).await;
-    wait_for_revision(&b, a.revision().await).await;
+    let replicas = TwoReplicas::start().await;
+    let (a, b) = (&replicas.a, &replicas.b);
+    a.apply(&keyed_site()).await;
+    wait_for_revision(b, a.revision().await).await;
     let token = b.token("site-a").await;
-    let (gw, _) = gateway_on(&b, &b).await;
+    let (gw, _) = gateway_on(b, b).await;
     let old_key = "c0".repeat(32);
     eventually(secs(30), ms(100), async || {
         match hello_with(&gw, &old_key).await {
@@ -491,7 +474,7 @@ async fn revocations_on_one_replica_reach_the_other() {
                 .unwrap_or(0)
         }
     };
-    assert_eq!(config_status(&b).await, 200, "the token works on B before");
+    assert_eq!(config_status(b).await, 200, "the token works on B before");
     let (status, body) = a
         .call(
             "POST",
@@ -501,11 +484,11 @@ async fn revocations_on_one_replica_reach_the_other() {
         .await;
     assert_eq!(status, 200, "{body:#}");
     assert_eq!(
-        config_status(&a).await,
+        config_status(a).await,
         401,
         "A refuses the old token at once"
     );
-    eventually(secs(60), ms(500), async || match config_status(&b).await {
+    eventually(secs(60), ms(500), async || match config_status(b).await {
         401 => Ok(()),
         s => Err(format!("B still answers the old token with {s}")),
     })

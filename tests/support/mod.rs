@@ -1,6 +1,7 @@
 //! The in-process gateway harness shared by the traffic tests: a gateway serving a YAML
 //! configuration in front of the sample backend, and clients that speak to it (awc, or bytes
-//! written as given).
+//! written as given); a whole offline gateway (`gateway::start`) for blocking tests; and what
+//! the gateway's compiler says about a configuration (publish-time refusals).
 #![allow(dead_code)]
 
 use std::net::{SocketAddr, TcpListener};
@@ -10,6 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use outpost::gateway::proxy::{ProxyHooks, start_traffic_server};
 use outpost::gateway::settings::GatewaySettings;
+use outpost::gateway::{self, RunningGateway};
 use outpost::sample_backend;
 use outpost_actors::route_table::{
     CompileContext, RequestRecord, TableHandle, compile, new_table_handle,
@@ -179,4 +181,106 @@ pub async fn raw_with(addr: SocketAddr, request: &str, half_close: bool) -> (u16
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     (status, text)
+}
+
+/// What the gateway's compiler says about the declarative file `yaml` (`BACKEND` and `CLOSED`
+/// stand for an address nothing answers): the document's problems, else the compile
+/// problems, else `""` — what the control plane would refuse it with at publish time.
+pub fn compile_problems(yaml: &str) -> String {
+    let yaml = yaml
+        .replace("BACKEND", "http://127.0.0.1:9")
+        .replace("CLOSED", "http://127.0.0.1:9");
+    match Document::from_yaml(&yaml) {
+        Err(p) => p.to_string(),
+        Ok(d) => {
+            let snapshot = GatewaySnapshot::from_view(1, gateway_view(&d.resources, None));
+            compile(&snapshot, &CompileContext::default())
+                .err()
+                .map(|p| p.to_string())
+                .unwrap_or_default()
+        }
+    }
+}
+
+/// The sample backend on a thread (and actix system) of its own, for as long as the test
+/// process lives: for blocking tests and gateways in other processes.
+pub fn sample_backend_thread() -> SocketAddr {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        actix_rt::System::new().block_on(async move {
+            let (server, addr) = sample_backend::start("127.0.0.1:0").unwrap();
+            tx.send(addr).unwrap();
+            let _ = server.await;
+        })
+    });
+    rx.recv().unwrap()
+}
+
+/// Gateway settings for a whole gateway in a test: traffic and ops listeners on ports the
+/// system picks on loopback, no HTTPS, one worker; the rest as defaulted.
+pub fn loopback_settings() -> GatewaySettings {
+    let mut settings = GatewaySettings::default();
+    settings.listen.http = "127.0.0.1:0".into();
+    settings.listen.https = None;
+    settings.listen.ops = "127.0.0.1:0".into();
+    settings.listen.workers = 1;
+    settings
+}
+
+/// A whole gateway in this process (`gateway::start`, [`loopback_settings`]) serving the
+/// declarative file `yaml` offline (written to `dir/apis.yaml`); `tweak` adjusts the settings
+/// before the start.
+pub fn offline_gateway(
+    dir: &std::path::Path,
+    yaml: &str,
+    tweak: impl FnOnce(&mut GatewaySettings),
+) -> RunningGateway {
+    let file = dir.join("apis.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let mut settings = loopback_settings();
+    settings.offline.config_file = Some(file);
+    tweak(&mut settings);
+    gateway::start(settings).expect("gateway starts")
+}
+
+/// A blocking HTTP client with a generous bound on each call.
+pub fn blocking_client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
+
+/// The subscription key of [`orders_estate`]'s `gold-sub`.
+pub const GOLD_KEY: &str = "gold-key-0000000000000000000000000000";
+
+/// A declarative file: API `orders` (any method, any path) in front of the sample backend at
+/// `backend`, with a rate limit of `calls` a minute, a retry on 503, and the `outbound` policy
+/// list when one is given (YAML flow list); product `gold` with subscription `gold-sub`
+/// (key [`GOLD_KEY`]); and `more_apis`, further items of the `apis` list (YAML, indented as
+/// its items), after `orders`.
+pub fn orders_estate(backend: SocketAddr, calls: u32, outbound: &str, more_apis: &str) -> String {
+    let outbound = if outbound.is_empty() {
+        String::new()
+    } else {
+        format!("      outbound: {outbound}\n")
+    };
+    format!(
+        r#"
+apiVersion: outpost/v1
+backends: [{{name: sample, url: "http://{backend}"}}]
+apis:
+  - name: orders
+    path: orders
+    backend: sample
+    operations: [{{name: any, method: "*", url-template: "/{{*rest}}"}}]
+    policies:
+      inbound: [{{rate-limit: {{calls: {calls}, renewal-period: 60}}}}]
+      backend: [{{retry: {{count: 2, interval-ms: 0, condition: "503"}}}}]
+{outbound}{more_apis}products:
+  - {{name: gold, apis: [orders]}}
+subscriptions:
+  - {{name: gold-sub, scope: {{product: gold}}, primary-key: {GOLD_KEY}}}
+"#
+    )
 }

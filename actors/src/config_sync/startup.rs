@@ -263,6 +263,9 @@ fn describe_fetch_error(url: &str, e: &CallError) -> String {
         CallError::Unreachable(reason) => {
             format!("no configuration from the control plane at {url}: {reason}")
         }
+        CallError::Refused { status, reason } => format!(
+            "the control plane at {url} refused the configuration request ({status}): {reason}"
+        ),
         CallError::Rejected(reason) => format!(
             "the control plane at {url} answered something this gateway cannot use: {reason}"
         ),

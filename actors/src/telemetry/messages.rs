@@ -26,6 +26,8 @@ pub struct TelemetryStatus {
     pub spooled: usize,
     /// Batches the control plane acknowledged since start.
     pub uploaded: u64,
-    /// Aggregates dropped since start to stay within bounds.
+    /// Aggregates dropped since start: to stay within bounds, or with a refused batch.
     pub dropped: u64,
+    /// Batches the control plane refused for their content (poison batches), dropped.
+    pub refused: u64,
 }

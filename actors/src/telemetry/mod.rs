@@ -7,7 +7,12 @@
 //! sequence number, so the control plane can drop a duplicate. While the control plane is away
 //! batches wait in memory up to `telemetry.max_buffered` aggregates, then in the spool
 //! directory if one is set; otherwise the oldest are dropped and counted in
-//! `outpost_telemetry_dropped_total`.
+//! `outpost_telemetry_dropped_total{reason="full"}`.
+//!
+//! A batch the control plane refuses for its content (400, 413, 422: [`state::is_poison`]) is
+//! a *poison batch*: it would be refused for ever and hold up every batch after it, so it is
+//! dropped, counted in `outpost_telemetry_dropped_total{reason="refused"}`, logged once at
+//! warn with the status and the control plane's problem text, and the next batch goes.
 //!
 //! [`TelemetryBatch`]: outpost_model::wire::TelemetryBatch
 
@@ -23,11 +28,11 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
-use crate::link::{Link, LinkConfig};
+use crate::link::{CallError, Link, LinkConfig};
 use crate::route_table::{RequestObserver, RequestRecord};
 pub use messages::{Flush, GetTelemetryStatus, Shutdown, TelemetryStatus};
 use state::Outbox;
-pub use state::{Aggregator, RequestSample};
+pub use state::{Aggregator, RequestSample, Verdict};
 
 #[derive(Debug, Clone)]
 pub struct TelemetryConfig {
@@ -48,6 +53,7 @@ pub struct TelemetryBuffer {
     uploading: bool,
     uploaded: u64,
     dropped: u64,
+    refused: u64,
 }
 
 impl TelemetryBuffer {
@@ -72,6 +78,7 @@ impl TelemetryBuffer {
                 uploading: false,
                 uploaded: 0,
                 dropped: 0,
+                refused: 0,
             },
             aggregator,
         )
@@ -91,7 +98,7 @@ impl TelemetryBuffer {
     fn count_dropped(&mut self, n: u64) {
         if n > 0 {
             self.dropped += n;
-            metrics::counter!("outpost_telemetry_dropped_total").increment(n);
+            metrics::counter!("outpost_telemetry_dropped_total", "reason" => "full").increment(n);
             tracing::warn!(
                 dropped = n,
                 "telemetry buffer full; dropped the oldest aggregates"
@@ -105,7 +112,7 @@ impl TelemetryBuffer {
     }
 
     /// Uploads the oldest batch, then the next, until the backlog is empty or a call fails
-    /// (the next tick retries).
+    /// (the next tick retries). A poison batch is dropped and the next one goes at once.
     fn upload_next(&mut self, ctx: &mut Context<Self>) {
         let Some(link) = self.link.clone() else {
             return;
@@ -123,19 +130,43 @@ impl TelemetryBuffer {
         };
         ctx.spawn(call.into_actor(self).map(|(batch, result), act, ctx| {
             act.uploading = false;
-            match result {
-                Ok(()) => {
+            match Verdict::of(&result) {
+                Verdict::Acknowledged => {
                     act.outbox.acknowledge(&batch);
                     act.uploaded += 1;
                     metrics::counter!("outpost_telemetry_uploaded_total").increment(1);
                     act.publish_gauges();
                     act.upload_next(ctx);
                 }
-                Err(e) => tracing::debug!(
-                    sequence = batch.sequence,
-                    error = %e,
-                    "telemetry upload failed; keeping the batch"
-                ),
+                Verdict::Poison => {
+                    let dropped = act.outbox.discard(&batch);
+                    act.refused += 1;
+                    act.dropped += dropped;
+                    metrics::counter!("outpost_telemetry_dropped_total", "reason" => "refused")
+                        .increment(dropped);
+                    if let Err(CallError::Refused { status, reason }) = &result {
+                        tracing::warn!(
+                            sequence = batch.sequence,
+                            aggregates = batch.aggregates.len(),
+                            status,
+                            problem = %reason,
+                            "the control plane refused a telemetry batch for its content; \
+                             dropped it (it would be refused on every retry) and going on \
+                             with the next"
+                        );
+                    }
+                    act.publish_gauges();
+                    act.upload_next(ctx);
+                }
+                Verdict::Retry => {
+                    if let Err(e) = &result {
+                        tracing::debug!(
+                            sequence = batch.sequence,
+                            error = %e,
+                            "telemetry upload failed; keeping the batch"
+                        );
+                    }
+                }
             }
         }));
     }
@@ -215,6 +246,7 @@ impl Handler<GetTelemetryStatus> for TelemetryBuffer {
             spooled: self.outbox.spooled(),
             uploaded: self.uploaded,
             dropped: self.dropped,
+            refused: self.refused,
         })
     }
 }

@@ -110,7 +110,8 @@ impl Spool {
                 Ok(batch) => return Some(batch),
                 Err(e) => {
                     tracing::warn!(path = %path.display(), error = %e, "dropping an unreadable telemetry spool file");
-                    metrics::counter!("outpost_telemetry_dropped_total").increment(1);
+                    metrics::counter!("outpost_telemetry_dropped_total", "reason" => "unreadable")
+                        .increment(1);
                     self.pop();
                 }
             }

@@ -13,6 +13,7 @@ use outpost_model::wire::{
 };
 
 use super::spool::Spool;
+use crate::link::CallError;
 
 /// One finished request, as the traffic pipeline reports it. Names are shared `Arc<str>`s, so
 /// recording allocates nothing once a series exists in the current minute.
@@ -245,19 +246,36 @@ impl Outbox {
 
     /// The control plane has the oldest batch.
     pub fn acknowledge(&mut self, batch: &TelemetryBatch) {
+        self.remove_oldest(batch);
+    }
+
+    /// The control plane will never accept the oldest batch ([`Verdict::Poison`]): it is
+    /// removed so the ones after it can go. Returns the aggregates dropped with it (0 when
+    /// `batch` is not the oldest any more).
+    pub fn discard(&mut self, batch: &TelemetryBatch) -> u64 {
+        if self.remove_oldest(batch) {
+            batch.aggregates.len() as u64
+        } else {
+            0
+        }
+    }
+
+    fn remove_oldest(&mut self, batch: &TelemetryBatch) -> bool {
         if let Some(front) = self.memory.front()
             && front.sequence == batch.sequence
             && front.instance_id == batch.instance_id
         {
             self.in_memory -= front.aggregates.len();
             self.memory.pop_front();
-            return;
+            return true;
         }
         if let Some(spool) = &mut self.spool
             && spool.peek().is_some_and(|b| b == *batch)
         {
             spool.pop();
+            return true;
         }
+        false
     }
 
     /// Moves what is in memory to the spool (at shutdown), so it survives the restart.
@@ -279,6 +297,44 @@ impl Outbox {
         }
         moved
     }
+}
+
+/// What an upload's outcome means for the batch it carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The control plane has it: remove it and upload the next.
+    Acknowledged,
+    /// Keep it and send the same batch (same sequence) on the next tick: the control plane is
+    /// away or overloaded (connect failures, timeouts, 5xx, 408, 429), the token is refused
+    /// (401/403: every batch would be, until a new token is deployed), or the refusal is about
+    /// where or how the gateway calls rather than about this batch (see [`is_poison`]).
+    Retry,
+    /// The control plane refused this batch's content: sending the same bytes again can never
+    /// work, and retrying would block every batch behind it. Drop it and upload the next.
+    Poison,
+}
+
+impl Verdict {
+    pub fn of(result: &Result<(), CallError>) -> Verdict {
+        match result {
+            Ok(()) => Verdict::Acknowledged,
+            Err(CallError::Refused { status, .. }) if is_poison(*status) => Verdict::Poison,
+            Err(_) => Verdict::Retry,
+        }
+    }
+}
+
+/// The refusals that are about the batch itself, so that the same batch is refused for ever:
+/// 400 (it does not decode, or fails the control plane's checks: a histogram that does not add
+/// up, too many aggregates, no instance id), 413 (larger than the control plane takes) and
+/// 422 (well-formed but unacceptable content). Every other 4xx applies to any batch alike and
+/// is retried, so a fault outside the batch never empties the backlog: 404/405/410 (a wrong
+/// URL, a proxy in between, a control plane without the endpoint), 406/415 (content
+/// negotiation), 407/421/426/431 (proxies, routing, headers — not the body), 409/425 (transient
+/// by definition). 401/403/408/429 are classified by the link as token refusals or
+/// unavailability before they get here.
+pub fn is_poison(status: u16) -> bool {
+    matches!(status, 400 | 413 | 422)
 }
 
 fn batch(instance_id: &str, sequence: u64, aggregates: Vec<RequestAggregate>) -> TelemetryBatch {

@@ -7,7 +7,7 @@ use outpost_model::wire::{AggregateKey, RequestAggregate, TelemetryBatch};
 use super::spool::Spool;
 use super::state::{Aggregator, Outbox, RequestSample};
 use super::*;
-use crate::link::{ClientFactory, LinkConfig};
+use crate::link::{CallError, ClientFactory, LinkConfig};
 
 fn record(api: &str, status: u16, secs: i64, ms: u64) -> RequestSample {
     record_us(api, status, secs, ms * 1000)
@@ -309,4 +309,163 @@ async fn backlog_is_uploaded_in_order_with_stable_sequences_after_an_outage() {
     assert_eq!(sequences, vec![1, 2, 3], "in order, numbered once");
     let status = addr.send(GetTelemetryStatus).await.unwrap();
     assert_eq!((status.buffered, status.uploaded), (0, 3));
+}
+
+// === poison batches ===
+
+#[test]
+fn only_a_refusal_of_the_batch_itself_makes_it_poison() {
+    use super::state::is_poison;
+    let refused = |status| {
+        Err(CallError::Refused {
+            status,
+            reason: "r".into(),
+        })
+    };
+    assert_eq!(Verdict::of(&Ok(())), Verdict::Acknowledged);
+    for status in [400, 413, 422] {
+        assert!(is_poison(status));
+        assert_eq!(Verdict::of(&refused(status)), Verdict::Poison, "{status}");
+    }
+    // Refusals that any batch would get (route, negotiation, proxies, conflicts): retried.
+    for status in [404, 405, 406, 407, 409, 410, 415, 421, 425, 426, 431] {
+        assert!(!is_poison(status));
+        assert_eq!(Verdict::of(&refused(status)), Verdict::Retry, "{status}");
+    }
+    for e in [
+        CallError::Unreachable("503 Service Unavailable".into()),
+        CallError::Unreachable("timeout".into()),
+        CallError::Unauthorized("expired".into()),
+        CallError::Rejected("302 Found".into()),
+    ] {
+        assert_eq!(Verdict::of(&Err(e.clone())), Verdict::Retry, "{e}");
+    }
+}
+
+#[test]
+fn a_discarded_batch_lets_the_next_one_go_from_memory_and_from_the_spool() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path(), 1 << 20).unwrap();
+    let mut o = Outbox::new("i".into(), 5, Some(spool));
+    o.push(aggregates(3)); // 1: memory
+    o.push(aggregates(4)); // 2: spool
+    o.push(aggregates(1)); // 3: spool
+    let poison = o.oldest().unwrap();
+    assert_eq!(poison.sequence, 1);
+    assert_eq!(o.discard(&poison), 3);
+    assert_eq!(o.buffered(), 0);
+    assert_eq!(
+        o.discard(&poison),
+        0,
+        "already gone: nothing else is dropped"
+    );
+    let poison = o.oldest().unwrap();
+    assert_eq!(poison.sequence, 2, "the next batch, from the spool");
+    assert_eq!(o.discard(&poison), 4);
+    let next = o.oldest().unwrap();
+    assert_eq!(next.sequence, 3);
+    o.acknowledge(&next);
+    assert!(o.is_empty());
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+/// The fake control plane refuses batch 1 for its content (400 with the control plane's
+/// problem body) and takes the others: batch 1 is dropped once, 2 and 3 arrive in order.
+/// A 404 (a route fault, not the batch's) is retried, and the batch arrives once it is fixed.
+#[actix::test]
+async fn a_poison_batch_is_dropped_and_the_next_ones_go() {
+    let received = Arc::new(Mutex::new(Vec::<u64>::new()));
+    let attempts = Arc::new(Mutex::new(Vec::<u64>::new()));
+    let route_broken = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (r, a, broken) = (received.clone(), attempts.clone(), route_broken.clone());
+    let url = crate::link::fake::control_plane(Arc::new(move |_line: &str, body: &[u8]| {
+        let batch: TelemetryBatch = outpost_model::wire::decode(body).unwrap();
+        a.lock().unwrap().push(batch.sequence);
+        if broken.load(Ordering::SeqCst) {
+            return (404, b"not found".to_vec());
+        }
+        if batch.sequence == 1 {
+            let problem = br#"{"error":"bad-request","message":"1 problem(s) in the request","problems":[{"path":"aggregates[0].latency","message":"the histogram counts 0 requests, the aggregate 1"}]}"#;
+            return (400, problem.to_vec());
+        }
+        r.lock().unwrap().push(batch.sequence);
+        (204, Vec::new())
+    }))
+    .await;
+    let (buffer, recorder) = TelemetryBuffer::new(TelemetryConfig {
+        link: Some(Arc::new(LinkConfig::single(
+            url,
+            "GatewayKey gw&209901010000&c2ln",
+            Duration::from_secs(5),
+            ClientFactory::plain(),
+        ))),
+        instance_id: "inst".into(),
+        flush_interval: Duration::from_secs(3600),
+        max_buffered: 1000,
+        spool_dir: None,
+        spool_max_bytes: 0,
+    });
+    let addr = buffer.start();
+    // Waits for `n` batches received, flushing meanwhile as the interval would (a flush while
+    // an upload is in flight does nothing; the next one retries).
+    let wait_for = |n: usize| {
+        let (received, addr) = (received.clone(), addr.clone());
+        async move {
+            for _ in 0..200 {
+                if received.lock().unwrap().len() >= n {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+                addr.send(Flush).await.unwrap();
+            }
+            panic!("{n} batches not received: {:?}", received.lock().unwrap());
+        }
+    };
+    for i in 0..2 {
+        recorder.record(record("a", 200, 60 * i, 1));
+        addr.send(Flush).await.unwrap();
+    }
+    wait_for(1).await;
+    recorder.record(record("a", 200, 120, 1));
+    addr.send(Flush).await.unwrap();
+    wait_for(2).await;
+    assert_eq!(*received.lock().unwrap(), vec![2, 3]);
+    assert_eq!(
+        attempts.lock().unwrap().iter().filter(|s| **s == 1).count(),
+        1,
+        "the poison batch is sent once"
+    );
+    let status = addr.send(GetTelemetryStatus).await.unwrap();
+    assert_eq!(
+        (
+            status.uploaded,
+            status.refused,
+            status.dropped,
+            status.buffered
+        ),
+        (2, 1, 1, 0)
+    );
+
+    // A refusal that is not about the batch keeps it.
+    route_broken.store(true, Ordering::SeqCst);
+    recorder.record(record("a", 200, 180, 1));
+    addr.send(Flush).await.unwrap();
+    addr.send(Flush).await.unwrap();
+    for _ in 0..200 {
+        if attempts.lock().unwrap().iter().filter(|s| **s == 4).count() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        addr.send(Flush).await.unwrap();
+    }
+    let status = addr.send(GetTelemetryStatus).await.unwrap();
+    assert_eq!(
+        (status.refused, status.buffered),
+        (1, 1),
+        "kept: {status:?}"
+    );
+    route_broken.store(false, Ordering::SeqCst);
+    addr.send(Flush).await.unwrap();
+    wait_for(3).await;
+    assert_eq!(*received.lock().unwrap(), vec![2, 3, 4]);
 }

@@ -325,6 +325,67 @@ impl Dump {
     }
 }
 
+/// The analytics tables, as stored: what `store copy` moves besides the [`Dump`]. Kept apart
+/// from it because a store never loads analytics at start (they are read by query), and they
+/// are the largest tables.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AnalyticsDump {
+    /// Every row of `analytics`, each with its buckets of `analytics_latency`.
+    pub rows: Vec<AnalyticsRow>,
+    /// Every row of `analytics_batches` with its `received_at`, so that a batch uploaded before
+    /// the copy and retried after it is still recognised.
+    pub batches: Vec<(BatchId, i64)>,
+}
+
+/// `store copy`'s reads of the analytics tables (the same SQL on both engines). The order is
+/// only for a stable copy; rows are matched by key, not by position.
+pub const DUMP_ANALYTICS_SQL: &str = "SELECT minute, gateway, api, operation, product, \
+     subscription, status, requests, errors, cache_hits, request_bytes, response_bytes, \
+     total_duration_us, max_duration_us, backend_duration_us FROM analytics \
+     ORDER BY minute, gateway, api, operation, product, subscription, status";
+pub const DUMP_LATENCY_SQL: &str = "SELECT minute, gateway, api, operation, product, \
+     subscription, status, bucket, requests FROM analytics_latency \
+     ORDER BY minute, gateway, api, operation, product, subscription, status, bucket";
+pub const DUMP_BATCHES_SQL: &str = "SELECT gateway, instance_id, sequence, received_at \
+     FROM analytics_batches ORDER BY gateway, instance_id, sequence";
+
+impl AnalyticsDump {
+    /// Puts the rows of `analytics_latency` into their `analytics` rows. A bucket without its
+    /// row cannot be written (both are written and purged in one transaction): the source is
+    /// refused as corrupt rather than copied without it.
+    pub fn assemble(
+        mut rows: Vec<AnalyticsRow>,
+        latency: Vec<(AnalyticsKey, i64, i64)>,
+        batches: Vec<(BatchId, i64)>,
+    ) -> Result<AnalyticsDump, StoreError> {
+        let index: std::collections::HashMap<AnalyticsKey, usize> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.key.clone(), i))
+            .collect();
+        let mut orphans = 0usize;
+        for (key, bucket, n) in latency {
+            match index.get(&key) {
+                Some(&i) => rows[i].latency.push((bucket, n)),
+                None => orphans += 1,
+            }
+        }
+        if orphans > 0 {
+            return Err(StoreError::Corrupt(format!(
+                "analytics_latency: {orphans} bucket(s) without their analytics row"
+            )));
+        }
+        for r in &mut rows {
+            r.latency.sort_unstable();
+        }
+        Ok(AnalyticsDump { rows, batches })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty() && self.batches.is_empty()
+    }
+}
+
 /// What the log holds after a given revision.
 #[derive(Debug)]
 pub enum Since {
@@ -418,18 +479,23 @@ pub trait Engine: Send {
     /// before it; returns the analytics rows deleted.
     fn purge_analytics(&mut self, before_minute: i64) -> Result<u64, StoreError>;
 
-    /// Whether the store holds nothing yet (no revision, no keys): the only valid target of a
-    /// copy.
+    /// Every row of the analytics tables, read consistently (`store copy`).
+    fn dump_analytics(&mut self) -> Result<AnalyticsDump, StoreError>;
+
+    /// Whether the store holds nothing yet (no revision, no keys, no analytics): the only valid
+    /// target of a copy.
     fn is_empty(&mut self) -> Result<bool, StoreError> {
         let dump = self.dump()?;
         Ok(dump.resources.is_empty()
             && dump.changes.is_empty()
             && dump.gateway_keys.is_empty()
             && dump.signing_keys.is_empty()
-            && dump.meta_u64("revision")? == 0)
+            && dump.meta_u64("revision")? == 0
+            && self.dump_analytics()?.is_empty())
     }
-    /// Writes every row of `dump` as it is (ids and revisions kept), in one transaction.
-    fn import(&mut self, dump: &Dump) -> Result<(), StoreError>;
+    /// Writes every row of `dump` and `analytics` as it is (ids, revisions and sums kept), in
+    /// one transaction.
+    fn import(&mut self, dump: &Dump, analytics: &AnalyticsDump) -> Result<(), StoreError>;
 }
 
 /// The newest schema version this binary knows, and a refusal when the database's is newer

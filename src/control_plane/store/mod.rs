@@ -851,27 +851,37 @@ pub struct CopyReport {
     pub changes: usize,
     pub gateway_keys: usize,
     pub signing_keys: usize,
+    /// Rows of `analytics` (one minute of one series each, with its latency histogram).
+    pub analytics_rows: usize,
+    /// Telemetry batch ids recorded (so batches retried after the move count once).
+    pub analytics_batches: usize,
 }
 
 /// Copies every row of one store into another, empty one (`outpost store copy`): revisions,
 /// the change log, gateway keys (so gateway tokens stay valid), signing keys and secrets, as
-/// they are. The source is decoded first, so a corrupt store is refused before anything is
-/// written; the target is written in one transaction.
+/// they are, and the request analytics (per-minute sums and histograms, with the ids of the
+/// batches they came from). The source is decoded first, so a corrupt store is refused before
+/// anything is written; the target is written in one transaction. Instance rows (the last
+/// heartbeat of each gateway instance) are not copied: they are a cache of what the gateways
+/// report every few seconds, rebuilt by their next heartbeats.
 pub fn copy(from: &Location, to: &Location) -> Result<CopyReport, StoreError> {
     let (mut source, _) = open_engine(from)?;
     let dump = source.dump()?;
     decode_dump(&dump)?;
+    let analytics = source.dump_analytics()?;
     let (mut target, _) = open_engine(to)?;
     if !target.is_empty()? {
         return Err(StoreError::TargetNotEmpty(to.describe()));
     }
-    target.import(&dump)?;
+    target.import(&dump, &analytics)?;
     Ok(CopyReport {
         revision: dump.meta_u64("revision")?,
         resources: dump.resources.len(),
         changes: dump.changes.len(),
         gateway_keys: dump.gateway_keys.len(),
         signing_keys: dump.signing_keys.len(),
+        analytics_rows: analytics.rows.len(),
+        analytics_batches: analytics.batches.len(),
     })
 }
 
@@ -1066,6 +1076,7 @@ fn decode_stored(kind: &str, revision: i64, body: &str) -> Result<Stored, StoreE
 
 #[cfg(test)]
 mod tests {
+    use super::engine::AnalyticsDump;
     use super::*;
     use outpost_integration::PostgresServer;
     use outpost_model::resources::{Backend, BackendTls, NamedValue};
@@ -1822,5 +1833,125 @@ mod tests {
             );
             assert!(store.add_analytics(&batch_id("edge", 1), 140, &[]).unwrap());
         });
+    }
+
+    /// Every analytics row of the store at `location`, with its histogram, and every batch id,
+    /// in key order (engines sort text by their own collation).
+    fn analytics_of(location: &Location) -> AnalyticsDump {
+        let (mut engine, _) = open_engine(location).unwrap();
+        let mut d = engine.dump_analytics().unwrap();
+        d.rows.sort_by(|a, b| a.key.cmp(&b.key));
+        d.batches.sort_by(|a, b| {
+            (&a.0.gateway, &a.0.instance_id, a.0.sequence).cmp(&(
+                &b.0.gateway,
+                &b.0.instance_id,
+                b.0.sequence,
+            ))
+        });
+        d
+    }
+
+    /// `store copy` moves the analytics too, SQLite to PostgreSQL and back: every per-minute row
+    /// with its sums and histogram, as stored (not re-added), and the batch ids with their
+    /// receipt time, so a batch retried after the move is still counted once and the purge
+    /// still applies. A target that holds analytics but nothing else is not empty.
+    #[test]
+    fn copy_moves_analytics_both_ways() {
+        let sqlite = TestDb::sqlite();
+        {
+            let store = sqlite.open(StoreOptions::default());
+            store.put(nv("a", "1"), Precondition::None).unwrap();
+            let rows = [
+                analytics_row(60, "edge", "orders", 200, 5),
+                analytics_row(60, "edge", "orders", 503, 2),
+                analytics_row(120, "edge", "users", 200, 3),
+            ];
+            assert!(
+                store
+                    .add_analytics(&batch_id("edge", 1), 100, &rows)
+                    .unwrap()
+            );
+            assert!(
+                store
+                    .add_analytics(
+                        &batch_id("edge", 2),
+                        130,
+                        &[analytics_row(60, "edge", "orders", 200, 4)]
+                    )
+                    .unwrap()
+            );
+        }
+        let source = analytics_of(&sqlite.location());
+        assert_eq!((source.rows.len(), source.batches.len()), (3, 2));
+        assert_eq!(
+            source.rows[0].latency,
+            vec![(3, 7), (20, 2)],
+            "summed before the copy"
+        );
+
+        let pg = TestDb::postgres();
+        let report = copy(&sqlite.location(), &pg.location()).unwrap();
+        assert_eq!((report.analytics_rows, report.analytics_batches), (3, 2));
+        assert_eq!(analytics_of(&pg.location()), source, "row for row");
+        let copied = pg.open(StoreOptions::default());
+        let total = |store: &Store| {
+            let t = store
+                .analytics(&AnalyticsFilter {
+                    from_minute: 0,
+                    to_minute: 1000,
+                    ..AnalyticsFilter::default()
+                })
+                .unwrap()
+                .remove(0);
+            (t.requests, t.errors, t.max_duration_us, t.latency)
+        };
+        assert_eq!(total(&copied), (14, 2, 205, vec![(3, 10), (20, 4)]));
+        assert!(
+            !copied
+                .add_analytics(
+                    &batch_id("edge", 2),
+                    140,
+                    &[analytics_row(60, "edge", "orders", 200, 4)]
+                )
+                .unwrap(),
+            "a batch added before the copy is a duplicate after it"
+        );
+
+        // And back, into a new SQLite file.
+        let back = TestDb::sqlite();
+        let report = copy(&pg.location(), &back.location()).unwrap();
+        assert_eq!((report.analytics_rows, report.analytics_batches), (3, 2));
+        assert_eq!(analytics_of(&back.location()), source);
+        let restored = back.open(StoreOptions::default());
+        assert_eq!(total(&restored), (14, 2, 205, vec![(3, 10), (20, 4)]));
+        // The purge works on copied rows and batch ids alike (received at 100 and 130).
+        assert_eq!(restored.purge_analytics(120).unwrap(), 2);
+        assert!(
+            restored
+                .add_analytics(&batch_id("edge", 1), 140, &[])
+                .unwrap()
+        );
+        assert!(
+            !restored
+                .add_analytics(&batch_id("edge", 2), 140, &[])
+                .unwrap()
+        );
+
+        // Analytics alone make a target non-empty: a copy would add to them.
+        let analytics_only = TestDb::sqlite();
+        {
+            let (mut engine, _) = open_engine(&analytics_only.location()).unwrap();
+            engine
+                .add_analytics(
+                    &batch_id("edge", 9),
+                    100,
+                    &[analytics_row(60, "edge", "orders", 200, 1)],
+                )
+                .unwrap();
+        }
+        let err = copy(&sqlite.location(), &analytics_only.location())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not empty"), "{err}");
     }
 }

@@ -32,9 +32,10 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::StoreError;
 use super::engine::{
-    AnalyticsFilter, AnalyticsRow, AnalyticsSum, BatchId, ChangeRow, Dump, Engine,
-    GatewayKeyRecord, InstanceRow, ResourceRow, SigningKeyRecord, Since, SqlParam, WriteBatch,
-    analytics_sql, attach_latency, check_schema_version,
+    AnalyticsDump, AnalyticsFilter, AnalyticsKey, AnalyticsRow, AnalyticsSum, BatchId, ChangeRow,
+    DUMP_ANALYTICS_SQL, DUMP_BATCHES_SQL, DUMP_LATENCY_SQL, Dump, Engine, GatewayKeyRecord,
+    InstanceRow, ResourceRow, SigningKeyRecord, Since, SqlParam, WriteBatch, analytics_sql,
+    attach_latency, check_schema_version,
 };
 
 mod embedded {
@@ -457,6 +458,73 @@ async fn dump(c: &Client) -> Result<Dump, tokio_postgres::Error> {
         signing_keys: signing_keys(c).await?,
     })
 }
+
+fn analytics_key(r: &tokio_postgres::Row) -> AnalyticsKey {
+    AnalyticsKey {
+        minute: r.get(0),
+        gateway: r.get(1),
+        api: r.get(2),
+        operation: r.get(3),
+        product: r.get(4),
+        subscription: r.get(5),
+        status: i64::from(r.get::<_, i32>(6)),
+    }
+}
+
+/// The analytics tables' rows (inside the caller's read transaction), as stored.
+async fn dump_analytics(
+    c: &Client,
+) -> Result<
+    (
+        Vec<AnalyticsRow>,
+        Vec<(AnalyticsKey, i64, i64)>,
+        Vec<(BatchId, i64)>,
+    ),
+    tokio_postgres::Error,
+> {
+    let rows = c
+        .query(DUMP_ANALYTICS_SQL, &[])
+        .await?
+        .iter()
+        .map(|r| AnalyticsRow {
+            key: analytics_key(r),
+            requests: r.get(7),
+            errors: r.get(8),
+            cache_hits: r.get(9),
+            request_bytes: r.get(10),
+            response_bytes: r.get(11),
+            total_duration_us: r.get(12),
+            max_duration_us: r.get(13),
+            backend_duration_us: r.get(14),
+            latency: Vec::new(),
+        })
+        .collect();
+    let latency = c
+        .query(DUMP_LATENCY_SQL, &[])
+        .await?
+        .iter()
+        .map(|r| (analytics_key(r), i64::from(r.get::<_, i32>(7)), r.get(8)))
+        .collect();
+    let batches = c
+        .query(DUMP_BATCHES_SQL, &[])
+        .await?
+        .iter()
+        .map(|r| {
+            (
+                BatchId {
+                    gateway: r.get(0),
+                    instance_id: r.get(1),
+                    sequence: r.get(2),
+                },
+                r.get(3),
+            )
+        })
+        .collect();
+    Ok((rows, latency, batches))
+}
+
+/// Rows per pipelined round of a copy: bounds the statements in flight at once.
+const IMPORT_CHUNK: usize = 5_000;
 
 async fn changes(c: &Client, after: i64) -> Result<Vec<ChangeRow>, tokio_postgres::Error> {
     Ok(c.query(
@@ -930,8 +998,20 @@ impl Engine for PostgresEngine {
         })
     }
 
-    fn import(&mut self, d: &Dump) -> Result<(), StoreError> {
+    fn dump_analytics(&mut self) -> Result<AnalyticsDump, StoreError> {
+        let (rows, latency, batches) = self.run(|c| async move {
+            c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                .await?;
+            let d = dump_analytics(&c).await;
+            c.batch_execute("COMMIT").await?;
+            d
+        })?;
+        AnalyticsDump::assemble(rows, latency, batches)
+    }
+
+    fn import(&mut self, d: &Dump, analytics: &AnalyticsDump) -> Result<(), StoreError> {
         let d = d.clone();
+        let analytics = analytics.clone();
         self.run(move |c| async move {
             c.batch_execute("BEGIN").await?;
             let result = async {
@@ -964,6 +1044,19 @@ impl Engine for PostgresEngine {
                         &[&k.id, &k.public_key, &k.private_key, &k.created_at, &k.endorsed_by, &k.endorsement],
                     )
                     .await?;
+                }
+                // The target is empty, so adding is inserting; the sums are kept as they are.
+                for rows in analytics.rows.chunks(IMPORT_CHUNK) {
+                    add_rows(&c, rows).await?;
+                }
+                let insert_batch = c.prepare(INSERT_BATCH).await?;
+                for batches in analytics.batches.chunks(IMPORT_CHUNK) {
+                    let calls = batches.iter().map(|(b, received_at)| {
+                        let params: Vec<&(dyn ToSql + Sync)> =
+                            vec![&b.gateway, &b.instance_id, &b.sequence, received_at];
+                        c.execute_raw(&insert_batch, params)
+                    });
+                    futures_util::future::try_join_all(calls).await?;
                 }
                 // Replicas already running learn of the copied revision at once.
                 let revision = d.meta_u64("revision").unwrap_or_default().to_string();

@@ -10,9 +10,10 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::StoreError;
 use super::engine::{
-    AnalyticsFilter, AnalyticsRow, AnalyticsSum, BatchId, ChangeRow, Dump, Engine,
-    GatewayKeyRecord, InstanceRow, ResourceRow, SigningKeyRecord, Since, SqlParam, WriteBatch,
-    analytics_sql, attach_latency, check_schema_version,
+    AnalyticsDump, AnalyticsFilter, AnalyticsKey, AnalyticsRow, AnalyticsSum, BatchId, ChangeRow,
+    DUMP_ANALYTICS_SQL, DUMP_BATCHES_SQL, DUMP_LATENCY_SQL, Dump, Engine, GatewayKeyRecord,
+    InstanceRow, ResourceRow, SigningKeyRecord, Since, SqlParam, WriteBatch, analytics_sql,
+    attach_latency, check_schema_version,
 };
 
 mod embedded {
@@ -218,6 +219,96 @@ fn dump(conn: &Connection) -> Result<Dump, StoreError> {
         gateway_keys,
         signing_keys: signing_key_rows(conn)?,
     })
+}
+
+/// Adds `rows` (upsert-add) and their latency buckets.
+fn add_rows(conn: &Connection, rows: &[AnalyticsRow]) -> Result<(), StoreError> {
+    let mut add = conn.prepare_cached(ADD_ANALYTICS)?;
+    let mut latency = conn.prepare_cached(ADD_LATENCY)?;
+    for r in rows {
+        let k = &r.key;
+        add.execute(params![
+            k.minute,
+            k.gateway,
+            k.api,
+            k.operation,
+            k.product,
+            k.subscription,
+            k.status,
+            r.requests,
+            r.errors,
+            r.cache_hits,
+            r.request_bytes,
+            r.response_bytes,
+            r.total_duration_us,
+            r.max_duration_us,
+            r.backend_duration_us
+        ])?;
+        for (bucket, n) in &r.latency {
+            latency.execute(params![
+                k.minute,
+                k.gateway,
+                k.api,
+                k.operation,
+                k.product,
+                k.subscription,
+                k.status,
+                bucket,
+                n
+            ])?;
+        }
+    }
+    Ok(())
+}
+
+fn analytics_key(r: &rusqlite::Row<'_>) -> rusqlite::Result<AnalyticsKey> {
+    Ok(AnalyticsKey {
+        minute: r.get(0)?,
+        gateway: r.get(1)?,
+        api: r.get(2)?,
+        operation: r.get(3)?,
+        product: r.get(4)?,
+        subscription: r.get(5)?,
+        status: r.get(6)?,
+    })
+}
+
+fn dump_analytics(conn: &Connection) -> Result<AnalyticsDump, StoreError> {
+    let rows = conn
+        .prepare(DUMP_ANALYTICS_SQL)?
+        .query_map([], |r| {
+            Ok(AnalyticsRow {
+                key: analytics_key(r)?,
+                requests: r.get(7)?,
+                errors: r.get(8)?,
+                cache_hits: r.get(9)?,
+                request_bytes: r.get(10)?,
+                response_bytes: r.get(11)?,
+                total_duration_us: r.get(12)?,
+                max_duration_us: r.get(13)?,
+                backend_duration_us: r.get(14)?,
+                latency: Vec::new(),
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    let latency = conn
+        .prepare(DUMP_LATENCY_SQL)?
+        .query_map([], |r| Ok((analytics_key(r)?, r.get(7)?, r.get(8)?)))?
+        .collect::<Result<_, _>>()?;
+    let batches = conn
+        .prepare(DUMP_BATCHES_SQL)?
+        .query_map([], |r| {
+            Ok((
+                BatchId {
+                    gateway: r.get(0)?,
+                    instance_id: r.get(1)?,
+                    sequence: r.get(2)?,
+                },
+                r.get(3)?,
+            ))
+        })?
+        .collect::<Result<_, _>>()?;
+    AnalyticsDump::assemble(rows, latency, batches)
 }
 
 fn since(conn: &Connection, after: u64) -> Result<Since, StoreError> {
@@ -449,43 +540,7 @@ impl Engine for SqliteEngine {
         if new == 0 {
             return Ok(false);
         }
-        {
-            let mut add = tx.prepare_cached(ADD_ANALYTICS)?;
-            let mut latency = tx.prepare_cached(ADD_LATENCY)?;
-            for r in rows {
-                let k = &r.key;
-                add.execute(params![
-                    k.minute,
-                    k.gateway,
-                    k.api,
-                    k.operation,
-                    k.product,
-                    k.subscription,
-                    k.status,
-                    r.requests,
-                    r.errors,
-                    r.cache_hits,
-                    r.request_bytes,
-                    r.response_bytes,
-                    r.total_duration_us,
-                    r.max_duration_us,
-                    r.backend_duration_us
-                ])?;
-                for (bucket, n) in &r.latency {
-                    latency.execute(params![
-                        k.minute,
-                        k.gateway,
-                        k.api,
-                        k.operation,
-                        k.product,
-                        k.subscription,
-                        k.status,
-                        bucket,
-                        n
-                    ])?;
-                }
-            }
-        }
+        add_rows(&tx, rows)?;
         tx.commit()?;
         Ok(true)
     }
@@ -552,7 +607,14 @@ impl Engine for SqliteEngine {
         Ok(deleted as u64)
     }
 
-    fn import(&mut self, d: &Dump) -> Result<(), StoreError> {
+    fn dump_analytics(&mut self) -> Result<AnalyticsDump, StoreError> {
+        let tx = self.conn.transaction()?;
+        let d = dump_analytics(&tx)?;
+        tx.commit()?;
+        Ok(d)
+    }
+
+    fn import(&mut self, d: &Dump, analytics: &AnalyticsDump) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         for (k, v) in &d.meta {
             set_meta_value(&tx, k, v)?;
@@ -596,6 +658,14 @@ impl Engine for SqliteEngine {
                     k.endorsed_by,
                     k.endorsement
                 ],
+            )?;
+        }
+        // The target is empty, so adding is inserting; the sums are kept as they are.
+        add_rows(&tx, &analytics.rows)?;
+        for (b, received_at) in &analytics.batches {
+            tx.execute(
+                INSERT_BATCH,
+                params![b.gateway, b.instance_id, b.sequence, received_at],
             )?;
         }
         tx.commit()?;
