@@ -16,6 +16,19 @@ const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 /// The control plane's store latency (`control_plane::metrics`), rendered as a histogram.
 pub const STORE_SECONDS: &str = "outpost_cp_store_operation_seconds";
 
+/// The gateway's request latency and the backend's share of it (`gateway::request_metrics`).
+pub const REQUEST_SECONDS: &str = "outpost_request_duration_seconds";
+/// See [`REQUEST_SECONDS`].
+pub const BACKEND_SECONDS: &str = "outpost_backend_duration_seconds";
+
+/// Bucket bounds (seconds) of the request latencies: histograms rather than the exporter's
+/// default summaries, because a fleet's latency is read across its gateway instances
+/// (`histogram_quantile(0.99, sum by (le) (rate(..._bucket[5m])))`), and quantiles of
+/// summaries cannot be added up. A bucket costs a request less than a summary's sketch.
+const REQUEST_BUCKETS: &[f64] = &[
+    0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
 /// Bucket bounds (seconds) of the series rendered as Prometheus histograms rather than the
 /// exporter's default summaries: histograms aggregate across control-plane replicas.
 const STORE_BUCKETS: &[f64] = &[
@@ -32,7 +45,19 @@ pub fn prometheus() -> Option<&'static PrometheusHandle> {
                     Matcher::Full(STORE_SECONDS.into()),
                     STORE_BUCKETS,
                 )
-                .expect("the bucket list is not empty");
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(REQUEST_SECONDS.into()),
+                        REQUEST_BUCKETS,
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(BACKEND_SECONDS.into()),
+                        REQUEST_BUCKETS,
+                    )
+                })
+                .expect("the bucket lists are not empty");
             match builder.install_recorder() {
                 Ok(handle) => {
                     // Without upkeep, histogram samples pile up between scrapes.

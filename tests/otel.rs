@@ -556,16 +556,19 @@ fn gateway_metrics_arrive_over_otlp() {
     assert!(requests.is_monotonic);
     let got = otlp.got.lock().unwrap();
     let duration = find(&got, "outpost_request_duration_seconds").expect("the latency series");
-    let Some(metric::Data::Summary(summary)) = &duration.data else {
-        panic!("a summary: {duration:?}");
+    let Some(metric::Data::Histogram(histogram)) = &duration.data else {
+        panic!("a histogram: {duration:?}");
     };
-    let point = summary
+    let point = histogram
         .data_points
         .iter()
         .find(|p| text(&p.attributes, "api") == "orders")
         .expect("the orders API's latency");
-    assert!(point.count >= 3 && point.sum > 0.0);
-    assert!(!point.quantile_values.is_empty());
+    assert!(point.count >= 3 && point.sum.is_some_and(|s| s > 0.0));
+    // The bucket bounds of src/prometheus.rs, one count per bucket and one above the last.
+    assert_eq!(point.explicit_bounds.len() + 1, point.bucket_counts.len());
+    assert!(point.explicit_bounds.contains(&0.005));
+    assert_eq!(point.bucket_counts.iter().sum::<u64>(), point.count);
     let resource = got.metrics[0].resource_metrics[0]
         .resource
         .as_ref()

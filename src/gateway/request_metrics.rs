@@ -67,11 +67,8 @@ fn register(api: &Arc<str>, operation: &Arc<str>, status: u16) -> RequestSeries 
             "operation" => operation.clone(),
             "status" => status_label(status),
         ),
-        duration: metrics::histogram!("outpost_request_duration_seconds", "api" => api.clone()),
-        backend_duration: metrics::histogram!(
-            "outpost_backend_duration_seconds",
-            "api" => api.clone()
-        ),
+        duration: metrics::histogram!(crate::prometheus::REQUEST_SECONDS, "api" => api.clone()),
+        backend_duration: metrics::histogram!(crate::prometheus::BACKEND_SECONDS, "api" => api.clone()),
     }
 }
 
