@@ -152,7 +152,7 @@ type Answer = actix_http::Response<BoxBody>;
 /// The traffic application: a plain actix-http service that both dispatchers (actix-http's
 /// HTTP/1.1 one and [`super::h2_server`]) call with every request of the listener. Every path
 /// belongs to the configured APIs, so there is nothing to route here: an actix-web `App` in
-/// front of it (its request pool, its routing, two conversions of each answer) cost about 2,000
+/// front of it (its request pool, its routing, two conversions of each answer) cost about 1,900
 /// instructions a request and bought nothing (docs/benchmarks.md). The answer is never an
 /// error: every refusal is the gateway's own ([`GatewayError`], mapped in [`super::error`]).
 fn traffic_service(
