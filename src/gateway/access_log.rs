@@ -15,13 +15,14 @@
 use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::net::IpAddr;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
-use actix_web::HttpRequest;
+use actix_http::{HttpMessage as _, Request};
 use actix_web::http::header;
 use chrono::{DateTime, Utc};
 use outpost_actors::route_table::RequestRecord;
@@ -142,12 +143,12 @@ impl AccessLog {
 /// when it arrived.
 pub struct Sampled {
     pub log: Arc<AccessLog>,
-    pub req: HttpRequest,
+    pub req: Rc<Request>,
     pub time: SystemTime,
 }
 
 impl Sampled {
-    pub fn new(log: &Arc<AccessLog>, req: &HttpRequest) -> Self {
+    pub fn new(log: &Arc<AccessLog>, req: &Rc<Request>) -> Self {
         Self {
             log: log.clone(),
             req: req.clone(),
@@ -446,8 +447,8 @@ mod tests {
         let req = actix_web::test::TestRequest::get()
             .uri("/orders/list?subscription-key=secret")
             .insert_header(("host", "api.example"))
-            .to_http_request();
-        let entry = Sampled::new(&log, &req);
+            .to_request();
+        let entry = Sampled::new(&log, &Rc::new(req));
         for _ in 0..5 {
             entry.write(&record());
         }

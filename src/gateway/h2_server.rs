@@ -29,7 +29,6 @@ use actix_http::header::{self, HeaderValue};
 use actix_http::{Extensions, Payload, Protocol, Request, Response, ResponseHead};
 use actix_service::{Service, ServiceFactory, fn_factory, fn_service};
 use actix_web::body::{BodySize, BoxBody, MessageBody};
-use actix_web::dev::{AppConfig, ServiceResponse};
 use actix_web::http::{Method, StatusCode, Version};
 use bytes::Bytes;
 use futures_util::Stream;
@@ -76,7 +75,7 @@ pub struct H2Config {
 
 /// The connection data of type `T` of a request over either HTTP version: actix's connection
 /// data for HTTP/1.1, the [`H2Stream`]'s for HTTP/2.
-pub fn conn_data<T: Clone + 'static>(req: &actix_web::HttpRequest) -> Option<T> {
+pub fn conn_data<T: Clone + 'static>(req: &Request) -> Option<T> {
     if let Some(data) = req.conn_data::<T>() {
         return Some(data.clone());
     }
@@ -88,7 +87,7 @@ pub fn conn_data<T: Clone + 'static>(req: &actix_web::HttpRequest) -> Option<T> 
 /// The service for one listener's connections: HTTP/1.1 to `h1` (actix-http's dispatcher),
 /// HTTP/2 to [`serve`], both calling the traffic application `app` builds. `on_connect` records
 /// what HTTP/2 requests learn about their connection (as `h1`'s own `on_connect_ext` does).
-pub fn serve_both<Io, H1, A, B, C>(
+pub fn serve_both<Io, H1, A, E, C>(
     h1: H1,
     app: A,
     config: H2Config,
@@ -114,22 +113,22 @@ where
     H1::Future: 'static,
     A: ServiceFactory<
             Request,
-            Config = AppConfig,
-            Response = ServiceResponse<B>,
-            Error = actix_web::Error,
+            Config = (),
+            Response = Response<BoxBody>,
+            Error = E,
             InitError = (),
         > + 'static,
     A::Service: 'static,
     A::Future: 'static,
     <A::Service as Service<Request>>::Future: 'static,
-    B: MessageBody + 'static,
+    E: Into<Response<BoxBody>> + 'static,
     C: Fn(&Io, &mut Extensions) + Clone + 'static,
 {
     let h1 = Rc::new(h1);
     let app = Rc::new(app);
     fn_factory(move || {
         let h1 = h1.new_service(());
-        let app = app.new_service(AppConfig::default());
+        let app = app.new_service(());
         let shutdown = shutdown.clone();
         let on_connect = on_connect.clone();
         async move {
@@ -161,7 +160,7 @@ where
 }
 
 /// Serves one HTTP/2 connection until the client closes it, it sits idle, or the server stops.
-pub async fn serve<Io, S, B>(
+pub async fn serve<Io, S, E>(
     io: Io,
     peer: Option<SocketAddr>,
     conn_data: Rc<Extensions>,
@@ -171,9 +170,9 @@ pub async fn serve<Io, S, B>(
 ) -> Result<(), DispatchError>
 where
     Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
-    S: Service<Request, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
+    S: Service<Request, Response = Response<BoxBody>, Error = E> + 'static,
     S::Future: 'static,
-    B: MessageBody + 'static,
+    E: Into<Response<BoxBody>> + 'static,
 {
     let header_list = u32::try_from(config.max_header_bytes.saturating_mul(2)).unwrap_or(u32::MAX);
     let mut builder = h2::server::Builder::new();
@@ -251,7 +250,7 @@ impl Drop for Served {
     }
 }
 
-async fn serve_stream<S, B>(
+async fn serve_stream<S, E>(
     req: http::Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
     app: Rc<S>,
@@ -259,8 +258,8 @@ async fn serve_stream<S, B>(
     conn: Rc<Extensions>,
     _served: Served,
 ) where
-    S: Service<Request, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
-    B: MessageBody + 'static,
+    S: Service<Request, Response = Response<BoxBody>, Error = E> + 'static,
+    E: Into<Response<BoxBody>> + 'static,
 {
     let (parts, body) = req.into_parts();
     let trailers = Trailers::default();
@@ -296,8 +295,8 @@ async fn serve_stream<S, B>(
         _ = std::future::poll_fn(|cx| respond.poll_reset(cx)) => return,
     };
     let response: Response<BoxBody> = match answered {
-        Ok(res) => Response::from(res).map_into_boxed_body(),
-        Err(e) => e.error_response().into(),
+        Ok(res) => res,
+        Err(e) => e.into(),
     };
     if let Err(e) = write_response(response, respond, head_request, &trailers).await {
         tracing::debug!(error = %e, "HTTP/2 response not delivered");

@@ -17,9 +17,11 @@
 //! ([`super::h2_server`], which can send trailers); both call the same application.
 
 use std::borrow::Cow;
+use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::ControlFlow;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
@@ -27,14 +29,13 @@ use std::time::{Duration, Instant};
 
 use actix_http::Protocol;
 use actix_http::error::DispatchError;
+use actix_http::{HttpMessage, Request};
 use actix_rt::net::TcpStream;
-use actix_service::{IntoServiceFactory, ServiceFactoryExt, fn_service, map_config};
+use actix_service::{ServiceFactory, ServiceFactoryExt, fn_service};
 use actix_web::body::{BodySize, BoxBody, MessageBody};
-use actix_web::dev::AppConfig;
-use actix_web::dev::{Server, ServiceFactory, ServiceRequest, ServiceResponse};
+use actix_web::dev::Server;
 use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use actix_web::http::{Method, StatusCode};
-use actix_web::{App, HttpMessage, HttpRequest, HttpResponse};
 use bytes::Bytes;
 use outpost_actors::route_table::steps::encode_query_component;
 use outpost_actors::route_table::table::{
@@ -145,32 +146,26 @@ impl Traffic {
     }
 }
 
-/// The traffic application, for an `HttpServer` of the caller's making (e.g. one that also
-/// binds HTTPS). Register nothing else on it: every path belongs to the configured APIs.
-pub fn traffic_app(
+/// An HTTP answer as the dispatchers write it.
+type Answer = actix_http::Response<BoxBody>;
+
+/// The traffic application: a plain actix-http service that both dispatchers (actix-http's
+/// HTTP/1.1 one and [`super::h2_server`]) call with every request of the listener. Every path
+/// belongs to the configured APIs, so there is nothing to route here: an actix-web `App` in
+/// front of it (its request pool, its routing, two conversions of each answer) cost about 1,900
+/// instructions a request and bought nothing (docs/benchmarks.md). The answer is never an
+/// error: every refusal is the gateway's own ([`GatewayError`], mapped in [`super::error`]).
+fn traffic_service(
     traffic: Arc<Traffic>,
-) -> App<
-    impl ServiceFactory<
-        ServiceRequest,
-        Config = (),
-        Response = ServiceResponse<impl MessageBody>,
-        Error = actix_web::Error,
-        InitError = (),
-    >,
-> {
-    // The app factory runs once on each worker's thread: give the worker its own Redis
-    // connection, driven by the worker's runtime, so rate-limit checks never hop threads.
-    traffic.runtime.shared.prepare_thread();
-    // A service of its own rather than `web::to(handle)`: a route with its guards, a second
-    // boxed service and three extractors per request bought nothing here (docs/benchmarks.md).
-    App::new().default_service(fn_service(move |sreq: ServiceRequest| {
+) -> impl ServiceFactory<Request, Config = (), Response = Answer, Error = Infallible, InitError = ()>
++ Clone {
+    fn_service(move |mut req: Request| {
         let traffic = traffic.clone();
         async move {
-            let (req, payload) = sreq.into_parts();
-            let res = handle(&req, payload, &traffic).await;
-            Ok::<_, actix_web::Error>(ServiceResponse::new(req, res))
+            let payload = req.take_payload();
+            Ok::<_, Infallible>(handle(Rc::new(req), payload, &traffic).await)
         }
-    }))
+    })
 }
 
 /// Binds the traffic listener on `listen` (`127.0.0.1:0` picks a port) and starts it, plain
@@ -324,9 +319,10 @@ fn http<T>(
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + WriteNow + PeerTls + 'static,
 {
-    let app = traffic_app(traffic.clone())
-        .into_factory()
-        .map_err(|e: actix_web::Error| e.error_response());
+    // The factory runs once on each worker's thread: give the worker its own Redis
+    // connection, driven by the worker's runtime, so rate-limit checks never hop threads.
+    traffic.runtime.shared.prepare_thread();
+    let app = traffic_service(traffic.clone());
     let h2 = h2_server::H2Config {
         max_header_bytes: traffic.max_header_bytes,
         keep_alive: KEEP_ALIVE,
@@ -335,7 +331,7 @@ where
         stream_window_bytes: traffic.http2.stream_window_bytes,
         connection_window_bytes: traffic.http2.connection_window_bytes,
     };
-    let h2_app = traffic_app(traffic.clone()).into_factory();
+    let h2_app = app.clone();
     let h2_shutdown = shutdown.clone();
     let stop = LocalStop::new(shutdown.clone());
     let upgrades_stop = shutdown.clone();
@@ -355,7 +351,7 @@ where
             ext.insert(upgrades_stop.clone());
             connection_data(io, ext, secure);
         })
-        .finish(map_config(app, |_| AppConfig::default()));
+        .finish(app);
     // HTTP/2 connections get the gateway's own dispatcher (it sends trailers), calling the same
     // application.
     h2_server::serve_both(
@@ -392,11 +388,9 @@ const KEEP_ALIVE: Duration = Duration::from_secs(75);
 
 // === the request ===
 
-async fn handle(
-    req: &HttpRequest,
-    payload: actix_web::dev::Payload,
-    traffic: &Traffic,
-) -> HttpResponse {
+/// One request, whichever HTTP version brought it (its payload taken out: the request is kept,
+/// shared, by a sampled access-log entry until the answer is sent).
+async fn handle(req: Rc<Request>, payload: actix_web::dev::Payload, traffic: &Traffic) -> Answer {
     let started = Instant::now();
     let conn = req.conn_data::<ConnState>().cloned();
     if let Some(conn) = &conn {
@@ -428,7 +422,7 @@ async fn handle(
         .access_log
         .as_ref()
         .filter(|log| log.sampled())
-        .map(|log| Sampled::new(log, req));
+        .map(|log| Sampled::new(log, &req));
     let grpc = is_grpc(req.headers());
     // Reported even if the connection dies before an answer (the future is dropped then).
     let mut pending = Unanswered {
@@ -440,7 +434,7 @@ async fn handle(
             observer: traffic.observer.clone(),
             _guards: Vec::new(),
             access,
-            trace: otel::Decision::of(traffic.otel.as_ref(), req),
+            trace: otel::Decision::of(traffic.otel.as_ref(), &req),
             grpc_trailers: grpc
                 .then(|| {
                     req.extensions()
@@ -453,7 +447,7 @@ async fn handle(
         stopping: traffic.stopping.clone(),
     };
     let Done { record, trace, .. } = pending.done();
-    let (response, guards) = match serve(req, payload, traffic, record, trace).await {
+    let (response, guards) = match serve(&req, payload, traffic, record, trace).await {
         Ok(served) => served,
         Err(err) => {
             record.error_reason = Some(err.reason);
@@ -591,7 +585,7 @@ struct Accepted<'a> {
 
 /// Admit → normalise → route → authenticate → build the exchange → run its pipeline.
 async fn serve(
-    req: &HttpRequest,
+    req: &Request,
     payload: actix_web::dev::Payload,
     traffic: &Traffic,
     record: &mut RequestRecord,
@@ -657,7 +651,7 @@ async fn serve(
 /// ([`H2Stream::has_body`]); for any other HTTP/2 request the first chunk is read here and put
 /// back in front of the rest.
 async fn request_body(
-    req: &HttpRequest,
+    req: &Request,
     mut payload: actix_web::dev::Payload,
     length: Option<u64>,
 ) -> (actix_web::dev::Payload, bool) {
@@ -685,7 +679,7 @@ async fn request_body(
 }
 
 /// The limits that need nothing but the request line and headers; the body's announced length.
-fn admit(req: &HttpRequest, traffic: &Traffic) -> Result<Option<u64>, GatewayError> {
+fn admit(req: &Request, traffic: &Traffic) -> Result<Option<u64>, GatewayError> {
     let headers = req.headers();
     // The request line counts too: a huge target must not slip past the header limit.
     let target_bytes = req.uri().path_and_query().map_or(0, |t| t.as_str().len());
@@ -715,7 +709,7 @@ fn admit(req: &HttpRequest, traffic: &Traffic) -> Result<Option<u64>, GatewayErr
 /// The path, normalised once: routing, the backend path, the cache key and `{request.path}` all
 /// see this path, never the raw one (see `path`).
 fn normalise<'r>(
-    req: &'r HttpRequest,
+    req: &'r Request,
     table: &CompiledTable,
     host: &str,
 ) -> Result<Normalized<'r>, GatewayError> {
@@ -734,7 +728,7 @@ fn normalise<'r>(
 /// The operation: host → path → version → method. A preflight for a path whose operations take
 /// other methods is answered here, from the `cors` policy of the operation it asks about.
 fn route<'t>(
-    req: &HttpRequest,
+    req: &Request,
     table: &'t CompiledTable,
     host: &str,
     normalized: &Normalized<'_>,
@@ -835,7 +829,7 @@ fn route<'t>(
 /// The subscription key (header first, then query) → the subscription, if the API needs or
 /// accepts one.
 fn authenticate(
-    req: &HttpRequest,
+    req: &Request,
     traffic: &Traffic,
     table: &CompiledTable,
     matched: &RouteMatch<'_>,
@@ -875,7 +869,7 @@ fn authenticate(
 
 /// The request as the backend will see it, before any policy runs.
 fn build_exchange(
-    req: &HttpRequest,
+    req: &Request,
     payload: actix_web::dev::Payload,
     has_body: bool,
     traffic: &Traffic,
@@ -1038,7 +1032,7 @@ fn check_key(
 }
 
 /// The Host header (or the URI's authority, for HTTP/2) in lowercase, without port.
-fn request_host(req: &HttpRequest) -> String {
+fn request_host(req: &Request) -> String {
     let raw = req
         .headers()
         .get(header::HOST)
@@ -1116,7 +1110,7 @@ fn valid_traceparent(tp: &str) -> bool {
 
 /// Turns the pipeline's response into the HTTP response, with a body that reports the request
 /// to metrics and the observer once it has been sent.
-fn finish(response: Response, mut done: Box<Done>) -> HttpResponse {
+fn finish(response: Response, mut done: Box<Done>) -> Answer {
     // Already set for a gRPC refusal: the HTTP status the gateway decided on, not its 200.
     if done.record.status == 0 {
         done.record.status = response.status.as_u16();
@@ -1126,7 +1120,7 @@ fn finish(response: Response, mut done: Box<Done>) -> HttpResponse {
         sent: 0,
         done: Some(done),
     };
-    let mut res = HttpResponse::with_body(response.status, body);
+    let mut res = actix_http::Response::with_body(response.status, body);
     *res.headers_mut() = response.headers;
     if res.status() == StatusCode::SWITCHING_PROTOCOLS
         && res.headers().contains_key(header::UPGRADE)

@@ -30,7 +30,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use actix_http::h1::ClientCodec;
-use actix_web::HttpRequest;
+use actix_http::{HttpMessage as _, Request};
 use actix_web::body::{BodySize, BodyStream, BoxBody, MessageBody, SizedStream};
 use actix_web::dev::Payload;
 use actix_web::error::PayloadError;
@@ -75,7 +75,7 @@ pub struct Handshake {
 ///
 /// Only HTTP/1.1 upgrades: HTTP/2 forbids the header (the h2 codec refuses a request carrying
 /// it) and HTTP/1.0 requests' `Upgrade` must be ignored (RFC 9110 §7.8).
-pub fn requested(req: &HttpRequest) -> Result<Option<Handshake>, GatewayError> {
+pub fn requested(req: &Request) -> Result<Option<Handshake>, GatewayError> {
     if req.version() != Version::HTTP_11 {
         return Ok(None);
     }
@@ -141,7 +141,7 @@ pub fn requested(req: &HttpRequest) -> Result<Option<Handshake>, GatewayError> {
 
 /// The handshake with the client's side of the tunnel: the request's body stream, which
 /// carries the client's frames from now on.
-pub fn client_side(req: &HttpRequest, handshake: Handshake, stream: Payload) -> ClientUpgrade {
+pub fn client_side(req: &Request, handshake: Handshake, stream: Payload) -> ClientUpgrade {
     ClientUpgrade {
         key: handshake.key,
         stream,
@@ -607,14 +607,14 @@ mod tests {
         );
     }
 
-    fn request(version: Version, method: Method, headers: &[(&str, &str)]) -> HttpRequest {
+    fn request(version: Version, method: Method, headers: &[(&str, &str)]) -> Request {
         let mut req = actix_web::test::TestRequest::default()
             .method(method)
             .version(version);
         for (k, v) in headers {
             req = req.append_header((*k, *v));
         }
-        req.to_http_request()
+        req.to_request()
     }
 
     const KEY: (&str, &str) = ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use actix_web::HttpRequest;
+use actix_http::{HttpMessage as _, Request};
 use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::{
@@ -133,7 +133,7 @@ impl Traces {
     }
 
     /// Whether (and how) the request arriving now is traced.
-    fn decide(self: &Arc<Self>, req: &HttpRequest) -> Decision {
+    fn decide(self: &Arc<Self>, req: &Request) -> Decision {
         let anchor = Instant::now();
         let parent = self
             .propagator
@@ -216,7 +216,7 @@ pub enum Decision {
 impl Decision {
     /// Decides for the request arriving now; nothing at all when tracing is off.
     #[inline]
-    pub fn of(traces: Option<&Arc<Traces>>, req: &HttpRequest) -> Self {
+    pub fn of(traces: Option<&Arc<Traces>>, req: &Request) -> Self {
         match traces {
             None => Decision::Off,
             Some(t) => t.decide(req),
