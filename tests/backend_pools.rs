@@ -842,9 +842,17 @@ async fn post_streamed(
         // Kept open (half) until the answer has been read.
         Ok::<_, std::io::Error>(write)
     });
+    // Read as far as the answer's own framing says: an answer before the whole body was
+    // taken (a refusal) need not close the connection.
     let mut answer = Vec::new();
-    let _ = read.read_to_end(&mut answer).await;
-    let _ = writer.await;
+    let mut buf = vec![0u8; 64 << 10];
+    while !answer_complete(&answer) {
+        match read.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+        }
+    }
+    writer.abort();
     let at = answer
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -871,6 +879,23 @@ async fn post_streamed(
         decoded.extend_from_slice(&rest[..size]);
         rest = &rest[size + 2..];
     }
+}
+
+/// Whether `answer` holds a whole response: its head, and its body by `Content-Length` or to
+/// the last chunk.
+fn answer_complete(answer: &[u8]) -> bool {
+    let Some(at) = answer.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&answer[..at]).to_ascii_lowercase();
+    let body = &answer[at + 4..];
+    if head.contains("transfer-encoding: chunked") {
+        return body.ends_with(b"0\r\n\r\n");
+    }
+    head.lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .is_some_and(|len| body.len() >= len)
 }
 
 /// What the member's answer says it received: `(bodyBytes, bodySha256)`.
