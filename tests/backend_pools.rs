@@ -764,3 +764,454 @@ async fn with_a_retry_policy_each_attempt_goes_to_another_member_body_and_all() 
     );
     gw.stop();
 }
+
+// === bodies that stream, WebSocket and HTTP/2 members ===
+
+/// A counter with only a `backend` label (`outpost_backend_member_failovers_total`).
+async fn backend_counter(gw: &RunningGateway, name: &str, backend: &str) -> f64 {
+    let text = reqwest::get(format!("{}/metrics", gw.ops_url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .find(|l| l.contains(&format!("backend=\"{backend}\"")))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The body of request `seed`: `size` bytes of a pattern of its own.
+fn body_of(seed: u8, size: usize) -> Vec<u8> {
+    (0..size)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 12) as u8)
+        .collect()
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// POSTs `body` to `path` through the gateway over a raw HTTP/1.1 connection, streamed as the
+/// client produces it: 64 KiB at a time with pauses (a slow source, and more than any buffer on
+/// the way holds), chunked or with a `Content-Length`. The gateway cannot hold it whole: no
+/// `retry` policy runs. Returns the status and the response body (the connection closes after
+/// it).
+async fn post_streamed(
+    gw: &RunningGateway,
+    path: &str,
+    body: Vec<u8>,
+    chunked: bool,
+) -> (u16, Vec<u8>) {
+    let tcp = tokio::net::TcpStream::connect(gw.traffic_addr())
+        .await
+        .unwrap();
+    let (mut read, mut write) = tcp.into_split();
+    let framing = if chunked {
+        "transfer-encoding: chunked".to_owned()
+    } else {
+        format!("content-length: {}", body.len())
+    };
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: pools.test\r\ncontent-type: application/octet-stream\r\n{framing}\r\nconnection: close\r\n\r\n"
+    );
+    // Written beside the read: an answer that comes before the whole body (a refusal) must not
+    // leave the writer stuck.
+    let writer = tokio::spawn(async move {
+        write.write_all(head.as_bytes()).await?;
+        for (i, chunk) in body.chunks(64 << 10).enumerate() {
+            if chunked {
+                write
+                    .write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+                    .await?;
+                write.write_all(chunk).await?;
+                write.write_all(b"\r\n").await?;
+            } else {
+                write.write_all(chunk).await?;
+            }
+            if i % 4 == 3 {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+        if chunked {
+            write.write_all(b"0\r\n\r\n").await?;
+        }
+        write.flush().await?;
+        // Kept open (half) until the answer has been read.
+        Ok::<_, std::io::Error>(write)
+    });
+    // Read as far as the answer's own framing says: an answer before the whole body was
+    // taken (a refusal) need not close the connection.
+    let mut answer = Vec::new();
+    let mut buf = vec![0u8; 64 << 10];
+    while !answer_complete(&answer) {
+        match read.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+        }
+    }
+    writer.abort();
+    let at = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no answer head in {:?}", String::from_utf8_lossy(&answer)));
+    let head = String::from_utf8_lossy(&answer[..at]).to_ascii_lowercase();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap();
+    let mut rest = &answer[at + 4..];
+    if !head.contains("transfer-encoding: chunked") {
+        return (status, rest.to_vec());
+    }
+    let mut decoded = Vec::new();
+    loop {
+        let line_end = rest.windows(2).position(|w| w == b"\r\n").unwrap();
+        let size_text = String::from_utf8_lossy(&rest[..line_end]).into_owned();
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16).unwrap();
+        rest = &rest[line_end + 2..];
+        if size == 0 {
+            return (status, decoded);
+        }
+        decoded.extend_from_slice(&rest[..size]);
+        rest = &rest[size + 2..];
+    }
+}
+
+/// Whether `answer` holds a whole response: its head, and its body by `Content-Length` or to
+/// the last chunk.
+fn answer_complete(answer: &[u8]) -> bool {
+    let Some(at) = answer.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&answer[..at]).to_ascii_lowercase();
+    let body = &answer[at + 4..];
+    if head.contains("transfer-encoding: chunked") {
+        return body.ends_with(b"0\r\n\r\n");
+    }
+    head.lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .is_some_and(|len| body.len() >= len)
+}
+
+/// What the member's answer says it received: `(bodyBytes, bodySha256)`.
+fn received(answer: &[u8]) -> (u64, String) {
+    let json: serde_json::Value = serde_json::from_slice(answer)
+        .unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(answer)));
+    (
+        json["bodyBytes"].as_u64().unwrap(),
+        json["bodySha256"].as_str().unwrap().to_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_body_goes_to_another_member_when_the_first_refuses_the_connection() {
+    // A real member (`outpost sample-backend`, which answers with the length and SHA-256 of the
+    // body it got), a port nobody listens on, and a member that closes the connection once it
+    // has read a request.
+    let live = SampleMember::start("streamed-live").await;
+    let dropper = Switchable::start().await;
+    dropper.traffic.store(0, Ordering::Relaxed);
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    // The closed port stays in rotation: every other request picks it first.
+    let no_ejection = "    passive-health: {consecutive-failures: 0}\n";
+    let yaml = merge_sections(&format!(
+        "{}{}",
+        config(
+            "streams",
+            &format!(
+                "    members:\n      - {{url: \"{closed}\"}}\n      - {{url: {}}}\n{no_ejection}",
+                live.url()
+            )
+        ),
+        config(
+            "sentonce",
+            &format!(
+                "    members:\n      - {{url: {}}}\n      - {{url: {}}}\n{no_ejection}",
+                dropper.url(),
+                live.url()
+            )
+        ),
+    ));
+    let (gw, _dir) = start_gateway(&yaml);
+
+    // Never sent: a POST whose body streams (chunked, 6 MiB, no `retry` policy to hold it)
+    // goes whole to the live member, every time.
+    let size = 6 << 20;
+    let mut failures = Vec::new();
+    for i in 0..12u8 {
+        let body = body_of(i, size);
+        let digest = sha256_hex(&body);
+        let (status, answer) = post_streamed(&gw, "/streams/upload", body, true).await;
+        if status != 200 {
+            failures.push(format!(
+                "request {i}: {status} {}",
+                String::from_utf8_lossy(&answer)
+            ));
+            continue;
+        }
+        assert_eq!(received(&answer), (size as u64, digest), "request {i}");
+    }
+    assert!(failures.is_empty(), "{failures:?}");
+    let failovers = backend_counter(&gw, "outpost_backend_member_failovers_total", "streams").await;
+    assert!(
+        failovers >= 5.0,
+        "round robin picked the closed port first about every other request: {failovers}"
+    );
+
+    // Sent: once bytes of a streamed body went to a member, it goes nowhere else. The member
+    // that takes the body and closes the connection answers 502, once per request it got.
+    let before = dropper.hits();
+    let mut statuses = Vec::new();
+    for i in 0..6u8 {
+        let body = body_of(i, 1 << 20);
+        let (status, _) = post_streamed(&gw, "/sentonce/upload", body, false).await;
+        statuses.push(status);
+    }
+    let reached_dropper = dropper.hits() - before;
+    assert!(
+        reached_dropper >= 1,
+        "round robin sends some to each member"
+    );
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 502).count() as u64,
+        reached_dropper,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 200).count() as u64,
+        6 - reached_dropper,
+        "{statuses:?}"
+    );
+    assert!(
+        dropper
+            .bodies
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|b| b.len() == 1 << 20),
+        "the dropping member got whole bodies"
+    );
+    gw.stop();
+}
+
+/// A WebSocket echo server: every text and binary message goes back. Counts handshakes.
+async fn ws_echo() -> (SocketAddr, Arc<AtomicU64>) {
+    use futures_util::{SinkExt, StreamExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handshakes = Arc::new(AtomicU64::new(0));
+    let counted = handshakes.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+                    return;
+                };
+                counted.fetch_add(1, Ordering::Relaxed);
+                while let Some(Ok(msg)) = ws.next().await {
+                    if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, handshakes)
+}
+
+/// Opens a WebSocket through the gateway to `path` and sends one message, which must come back.
+/// `Err(status)`: the handshake was answered with that status instead of 101.
+async fn ws_round_trip(gw: &RunningGateway, path: &str, text: &str) -> Result<(), u16> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{Error, Message};
+    let tcp = tokio::net::TcpStream::connect(gw.traffic_addr())
+        .await
+        .unwrap();
+    let url = format!("ws://{}{path}", gw.traffic_addr());
+    let mut ws = match tokio_tungstenite::client_async(url, tcp).await {
+        Ok((ws, _)) => ws,
+        Err(Error::Http(res)) => return Err(res.status().as_u16()),
+        Err(e) => panic!("handshake: {e}"),
+    };
+    ws.send(Message::text(text)).await.unwrap();
+    let echoed = tokio::time::timeout(Duration::from_secs(30), ws.next())
+        .await
+        .expect("the echo comes back")
+        .expect("the stream is open")
+        .unwrap();
+    assert_eq!(echoed, Message::text(text));
+    let _ = ws.close(None).await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_handshakes_fail_over_and_count_for_the_members_health() {
+    let (echo, handshakes) = ws_echo().await;
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    let refuser = Switchable::start().await;
+    refuser.traffic.store(503, Ordering::Relaxed);
+    let yaml = merge_sections(&format!(
+        "{}{}{}",
+        // The closed port stays in rotation.
+        config(
+            "wsover",
+            &format!(
+                "    members:\n      - {{url: \"{closed}\"}}\n      - {{url: \"http://{echo}\"}}\n    passive-health: {{consecutive-failures: 0}}\n"
+            )
+        ),
+        // Ejected after two failures in a row, for longer than the test.
+        config(
+            "wsrefused",
+            &format!(
+                "    members:\n      - {{url: \"{closed}\"}}\n      - {{url: \"http://{echo}\"}}\n    passive-health: {{consecutive-failures: 2, ejection-ms: 600000}}\n"
+            )
+        ),
+        config(
+            "ws503",
+            &format!(
+                "    members:\n      - {{url: {}}}\n      - {{url: \"http://{echo}\"}}\n    passive-health: {{consecutive-failures: 2, ejection-ms: 600000, failure-statuses: [503]}}\n",
+                refuser.url()
+            )
+        ),
+    ));
+    let (gw, _dir) = start_gateway(&yaml);
+
+    // A member that refuses the connection: the handshake goes to the other one, every time.
+    for i in 0..8 {
+        assert_eq!(
+            ws_round_trip(&gw, "/wsover/chat", &format!("hello {i}")).await,
+            Ok(()),
+            "handshake {i}"
+        );
+    }
+    assert_eq!(handshakes.load(Ordering::Relaxed), 8);
+    let failovers = backend_counter(&gw, "outpost_backend_member_failovers_total", "wsover").await;
+    assert!(failovers >= 3.0, "{failovers}");
+
+    // Each refused connection counts against the member as a request's would: ejected.
+    for i in 0..6 {
+        assert_eq!(
+            ws_round_trip(&gw, "/wsrefused/chat", &format!("again {i}")).await,
+            Ok(())
+        );
+    }
+    assert_eq!(
+        metric(
+            &gw,
+            "outpost_backend_member_ejections_total",
+            "wsrefused",
+            &closed
+        )
+        .await,
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&gw, "outpost_backend_member_healthy", "wsrefused", &closed).await,
+        Some(0.0)
+    );
+
+    // A member that answers the handshake with a failure status: the client gets that answer
+    // (the member had the request), and the member is ejected after two; then every
+    // handshake reaches the echo.
+    let mut refused = 0;
+    for i in 0..6 {
+        match ws_round_trip(&gw, "/ws503/chat", &format!("third {i}")).await {
+            Ok(()) => {}
+            Err(503) => refused += 1,
+            Err(other) => panic!("handshake {i}: {other}"),
+        }
+    }
+    assert_eq!(refused, 2, "two 503s, then the member is out");
+    assert_eq!(refuser.hits(), 2);
+    assert_eq!(
+        metric(
+            &gw,
+            "outpost_backend_member_ejections_total",
+            "ws503",
+            &refuser.url()
+        )
+        .await,
+        Some(1.0)
+    );
+    for i in 0..4 {
+        assert_eq!(
+            ws_round_trip(&gw, "/ws503/chat", &format!("fourth {i}")).await,
+            Ok(())
+        );
+    }
+    assert_eq!(refuser.hits(), 2);
+    gw.stop();
+}
+
+/// An HTTP/2 (h2c) member that answers every request with the length and SHA-256 of its body,
+/// as `outpost sample-backend` does.
+async fn h2c_digest_member() -> SocketAddr {
+    use sha2::Digest;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(tcp).await else {
+                    return;
+                };
+                while let Some(Ok((req, mut respond))) = conn.accept().await {
+                    tokio::spawn(async move {
+                        let mut body = req.into_body();
+                        let mut sha = sha2::Sha256::new();
+                        let mut n = 0u64;
+                        while let Some(chunk) = body.data().await {
+                            let Ok(chunk) = chunk else { return };
+                            let _ = body.flow_control().release_capacity(chunk.len());
+                            n += chunk.len() as u64;
+                            sha.update(&chunk);
+                        }
+                        let text = serde_json::json!({
+                            "bodyBytes": n,
+                            "bodySha256": hex::encode(sha.finalize()),
+                        })
+                        .to_string();
+                        let res = http::Response::builder().status(200).body(()).unwrap();
+                        if let Ok(mut stream) = respond.send_response(res, false) {
+                            let _ = stream.send_data(text.into(), true);
+                        }
+                    });
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_http2_a_streamed_body_goes_to_another_member_when_the_first_refuses() {
+    let live = h2c_digest_member().await;
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    let pool = format!(
+        "    protocol: h2\n    members:\n      - {{url: \"{closed}\"}}\n      - {{url: \"http://{live}\"}}\n    passive-health: {{consecutive-failures: 0}}\n"
+    );
+    let (gw, _dir) = start_gateway(&config("h2streams", &pool));
+    let size = 3 << 20;
+    for i in 0..8u8 {
+        let body = body_of(i, size);
+        let digest = sha256_hex(&body);
+        let (status, answer) = post_streamed(&gw, "/h2streams/upload", body, true).await;
+        assert_eq!(
+            status,
+            200,
+            "request {i}: {}",
+            String::from_utf8_lossy(&answer)
+        );
+        assert_eq!(received(&answer), (size as u64, digest), "request {i}");
+    }
+    let failovers =
+        backend_counter(&gw, "outpost_backend_member_failovers_total", "h2streams").await;
+    assert!(failovers >= 3.0, "{failovers}");
+    gw.stop();
+}

@@ -69,7 +69,7 @@ async fn send_h1(ex: &mut Exchange, rt: &Runtime) -> Result<Response, GatewayErr
     let Some(retry) = ex.retry.clone() else {
         let started = Instant::now();
         let mut counted = 0;
-        let outgoing = match body {
+        let mut outgoing = match body {
             RequestBody::Stream { payload, length } => Outgoing::Stream {
                 payload,
                 length,
@@ -78,10 +78,20 @@ async fn send_h1(ex: &mut Exchange, rt: &Runtime) -> Result<Response, GatewayErr
             RequestBody::Buffered(bytes) => Outgoing::Bytes(bytes),
             RequestBody::None | RequestBody::Taken => Outgoing::None,
         };
-        let sent = upstream_h1::send(&req, outgoing, &mut counted).await;
+        let sent = upstream_h1::send(&req, &mut outgoing, &mut counted).await;
         let sent = sent.map_err(|e| send_error(e, ex, rt));
         ex.backend_duration = Some(started.elapsed());
         ex.request_bytes = counted;
+        // No connection could be made: the body was not read, and a pool may send it to
+        // another member (`balance`).
+        if let Err(e) = &sent
+            && e.unsent
+            && let Outgoing::Stream {
+                payload, length, ..
+            } = outgoing
+        {
+            ex.body = RequestBody::Stream { payload, length };
+        }
         return sent;
     };
 
@@ -90,9 +100,9 @@ async fn send_h1(ex: &mut Exchange, rt: &Runtime) -> Result<Response, GatewayErr
     let mut spent = Duration::ZERO;
     let mut attempt = 0;
     loop {
-        let outgoing = bytes.clone().map_or(Outgoing::None, Outgoing::Bytes);
+        let mut outgoing = bytes.clone().map_or(Outgoing::None, Outgoing::Bytes);
         let started = Instant::now();
-        let sent = upstream_h1::send(&req, outgoing, &mut 0).await;
+        let sent = upstream_h1::send(&req, &mut outgoing, &mut 0).await;
         spent += started.elapsed();
         let again = attempt < retry.count
             && match &sent {

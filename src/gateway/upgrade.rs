@@ -9,7 +9,9 @@
 //! usual path: [`send`] replaces the pooled forward (whose connections go back to the pool)
 //! with a connection of its own to the backend (TCP, or TLS with the backend's compiled client
 //! configuration and server name: [`super::upstream_h1::connect`]), writes the handshake, and
-//! reads the answer:
+//! reads the answer. A pool's member is picked as for a request, and a handshake that could
+//! not be made goes to another member as a GET without a body would
+//! ([`super::balance::handshake`]):
 //!
 //! - `101` with a valid WebSocket handshake: the client gets the 101 with the backend's headers
 //!   (`Sec-WebSocket-Accept`, `-Protocol`, `-Extensions`, …) and a body that never ends by
@@ -171,13 +173,63 @@ fn accept_for(key: &[u8]) -> String {
 /// Makes the handshake with the backend, on a connection of its own. The backend's 101 becomes
 /// the client's, with a body that pipes the backend's bytes; any other answer is returned as
 /// an ordinary response. Failures map to statuses as a plain forward's do
-/// ([`GatewayError::from_upstream`]): 502 unreachable or garbled, 504 too slow.
+/// ([`GatewayError::from_upstream`]): 502 unreachable or garbled, 504 too slow. A pool picks
+/// the member, and another one when the handshake could not be made
+/// ([`super::balance::handshake`]).
 pub async fn send(
     ex: &mut Exchange,
     client: ClientUpgrade,
     rt: &Runtime,
 ) -> Result<Response, GatewayError> {
-    let _member = super::balance::pick_once(ex);
+    // Policies may have added hop-by-hop headers; the upgrade's own are written below.
+    strip_hop_by_hop(&mut ex.request_headers);
+    let key = &client.key;
+    let attempt = async |ex: &mut Exchange| answer(ex, key).await;
+    let answer = match ex.target.pool.clone() {
+        Some(pool) => super::balance::handshake(ex, &pool, attempt, Answer::status).await?,
+        None => attempt(ex).await?,
+    };
+    let (mut headers, framed) = match answer {
+        Answer::Upgraded(headers, framed) => (headers, framed),
+        Answer::Other(status, headers, framed) => return Ok(refused(status, headers, framed)),
+    };
+    strip_hop_by_hop(&mut headers);
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    let FramedParts { io, read_buf, .. } = framed.into_parts();
+    let body = Tunnel::open(
+        &ex.api.name,
+        io,
+        read_buf.freeze(),
+        client,
+        rt.websocket_idle,
+    );
+    Ok(Response {
+        status: StatusCode::SWITCHING_PROTOCOLS,
+        headers,
+        body: BoxBody::new(body),
+    })
+}
+
+/// The backend's answer to a handshake.
+enum Answer {
+    /// A valid 101: its headers, and the connection.
+    Upgraded(HeaderMap, Framed<BackendIo, ClientCodec>),
+    /// Not switching protocols: an ordinary response.
+    Other(StatusCode, HeaderMap, Framed<BackendIo, ClientCodec>),
+}
+
+impl Answer {
+    fn status(&self) -> u16 {
+        match self {
+            Answer::Upgraded(..) => StatusCode::SWITCHING_PROTOCOLS.as_u16(),
+            Answer::Other(status, ..) => status.as_u16(),
+        }
+    }
+}
+
+/// Makes the handshake with the backend at `ex.target.url` and checks a 101 against the
+/// client's `key`.
+async fn answer(ex: &mut Exchange, key: &HeaderValue) -> Result<Answer, GatewayError> {
     let url = ex.target.url.join(&ex.backend_path, &ex.query_string());
     let uri: Uri = url.parse().map_err(|_| {
         GatewayError::internal(
@@ -185,9 +237,7 @@ pub async fn send(
             format!("The backend URL '{url}' is not valid."),
         )
     })?;
-    // Policies may have added hop-by-hop headers; the upgrade's own are written below.
-    strip_hop_by_hop(&mut ex.request_headers);
-    let head = request_head(&uri, &ex.request_headers, &client.key);
+    let head = request_head(&uri, &ex.request_headers, key);
     let backend = ex.target.name.clone();
     let started = std::time::Instant::now();
     let tls = ex.backend_tls()?;
@@ -204,9 +254,9 @@ pub async fn send(
         }
     };
     let status = head.status;
-    let mut headers = head.headers.clone();
+    let headers = head.headers.clone();
     if status != StatusCode::SWITCHING_PROTOCOLS {
-        return Ok(refused(status, headers, framed));
+        return Ok(Answer::Other(status, headers, framed));
     }
     let upgraded = headers
         .get(header::UPGRADE)
@@ -218,7 +268,7 @@ pub async fn send(
             "no 'Upgrade: websocket' with 'Connection: Upgrade'",
         ));
     }
-    let expected = accept_for(client.key.as_bytes().trim_ascii());
+    let expected = accept_for(key.as_bytes().trim_ascii());
     if headers
         .get(SEC_WEBSOCKET_ACCEPT)
         .is_none_or(|v| v.as_bytes().trim_ascii() != expected.as_bytes())
@@ -228,21 +278,7 @@ pub async fn send(
             "Sec-WebSocket-Accept does not match the key",
         ));
     }
-    strip_hop_by_hop(&mut headers);
-    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    let FramedParts { io, read_buf, .. } = framed.into_parts();
-    let body = Tunnel::open(
-        &ex.api.name,
-        io,
-        read_buf.freeze(),
-        client,
-        rt.websocket_idle,
-    );
-    Ok(Response {
-        status,
-        headers,
-        body: BoxBody::new(body),
-    })
+    Ok(Answer::Upgraded(headers, framed))
 }
 
 /// The backend's handshake request: the exchange's headers (after the policies), the client's

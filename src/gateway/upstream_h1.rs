@@ -127,24 +127,27 @@ pub enum SendError {
 }
 
 /// Sends `req` with `body` and returns the backend's (streaming) response. `counted` is the
-/// number of body bytes read from the client, whatever the outcome.
+/// number of body bytes read from the client, whatever the outcome. The connection is made (or
+/// taken from the pool) before anything of `body` is read: after a failure to connect
+/// ([`UpstreamError::Connect`], [`UpstreamError::ConnectTimeout`]) a streamed body is still
+/// whole in `body`.
 pub async fn send(
     req: &Request<'_>,
-    mut body: Outgoing,
+    body: &mut Outgoing,
     counted: &mut u64,
 ) -> Result<Response, SendError> {
     let deadline = Instant::now() + req.timeout;
     let host = host_for(req.tls, req.url);
     let run = async {
         let (mut conn, reused) = checkout(&host, req).await?;
-        match exchange(&mut conn, req, &mut body, counted).await {
+        match exchange(&mut conn, req, body, counted).await {
             Ok(head) => Ok((conn, head)),
-            Err(Failure::Unanswered(_)) if reused && resendable(req.method, &body) => {
+            Err(Failure::Unanswered(_)) if reused && resendable(req.method, body) => {
                 drop(conn);
                 metrics::counter!("outpost_backend_resends_total", "backend" => req.backend.to_owned())
                     .increment(1);
                 let mut conn = open(&host, req).await?;
-                match exchange(&mut conn, req, &mut body, counted).await {
+                match exchange(&mut conn, req, body, counted).await {
                     Ok(head) => Ok((conn, head)),
                     Err(f) => Err(SendError::from(f)),
                 }

@@ -311,6 +311,10 @@ pub async fn send(ex: &mut Exchange, rt: &Runtime, conn: Conn) -> Result<Respons
 
     let Some(retry) = ex.retry.clone() else {
         let counted = Rc::new(Counted::default());
+        let length = match &body {
+            RequestBody::Stream { length, .. } => *length,
+            _ => None,
+        };
         let source = match body {
             RequestBody::Stream { payload, .. } => Source::Stream(Box::new(payload)),
             RequestBody::Buffered(bytes) => Source::Bytes(bytes),
@@ -329,7 +333,8 @@ pub async fn send(ex: &mut Exchange, rt: &Runtime, conn: Conn) -> Result<Respons
                 Ok(Route::Http1) => Err(Attempt::Failed(UpstreamError::Protocol(
                     "the backend no longer offers HTTP/2".to_owned(),
                 ))),
-                Err(e) => Err(Attempt::Failed(e)),
+                // Not sent either: the body is still whole.
+                Err(e) => Err(Attempt::Unsent(e, source)),
             };
         }
         ex.backend_duration = Some(started.elapsed());
@@ -343,9 +348,18 @@ pub async fn send(ex: &mut Exchange, rt: &Runtime, conn: Conn) -> Result<Respons
                 let e = counted.unreadable.borrow_mut().take().unwrap_or_default();
                 Err(GatewayError::bad_body(&e))
             }
-            Err(Attempt::Unsent(e, _) | Attempt::Failed(e)) => {
+            Err(Attempt::Unsent(e, source)) => {
+                // A pool may send a streamed body the backend never got to another member
+                // (`balance`).
+                if let Source::Stream(payload) = source {
+                    ex.body = RequestBody::Stream {
+                        payload: *payload,
+                        length,
+                    };
+                }
                 Err(GatewayError::from_upstream(&e, &backend))
             }
+            Err(Attempt::Failed(e)) => Err(GatewayError::from_upstream(&e, &backend)),
         };
     };
 

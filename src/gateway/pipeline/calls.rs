@@ -138,12 +138,12 @@ async fn send(
         // One label for every call: URLs may be computed per request, labels must stay few.
         backend: "send-request",
     };
-    let outgoing = match body {
+    let mut outgoing = match body {
         Some(b) => Outgoing::Bytes(b),
         None => Outgoing::None,
     };
     let mut counted = 0;
-    let res = match upstream_h1::send(&req, outgoing, &mut counted).await {
+    let res = match upstream_h1::send(&req, &mut outgoing, &mut counted).await {
         Ok(res) => res,
         Err(SendError::Upstream(crate::gateway::error::UpstreamError::Timeout)) => {
             return Err(timeout);
