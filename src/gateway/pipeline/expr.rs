@@ -169,17 +169,21 @@ fn context(needs: &Needs, ex: &Exchange) -> Value {
 /// Lowercase names; several values of one name joined with `, ` (as HTTP allows); values that
 /// are not text left out.
 fn headers(h: &HeaderMap) -> Value {
-    let mut out: std::collections::HashMap<String, String> = Default::default();
+    // `HeaderMap::iter` yields the values of one name one after the other, so repeated headers
+    // are joined in a list, not through a second map (this runs for every evaluation that reads
+    // `request.headers`).
+    let mut joined: Vec<(&str, String)> = Vec::with_capacity(h.len());
     for (name, value) in h.iter() {
         let Ok(value) = value.to_str() else { continue };
-        out.entry(name.as_str().to_owned())
-            .and_modify(|v| {
+        match joined.last_mut() {
+            Some((last, v)) if *last == name.as_str() => {
                 v.push_str(", ");
                 v.push_str(value);
-            })
-            .or_insert_with(|| value.to_owned());
+            }
+            _ => joined.push((name.as_str(), value.to_owned())),
+        }
     }
-    map(out.into_iter().map(|(k, v)| (k, text(v))))
+    map(joined.into_iter().map(|(k, v)| (k, text(v))))
 }
 
 /// Claims as CEL values; nesting past a bound becomes `null` (a token is small, but its JSON
@@ -204,5 +208,43 @@ fn json(v: &serde_json::Value, depth: usize) -> Value {
         J::String(s) => text(s.as_str()),
         J::Array(a) => Value::List(Arc::new(a.iter().map(|x| json(x, depth + 1)).collect())),
         J::Object(o) => json_map(o, depth),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use actix_web::http::header::{HeaderName, HeaderValue};
+    use outpost_actors::expr::Key;
+
+    use super::*;
+
+    #[test]
+    fn repeated_headers_are_one_entry_with_the_values_joined() {
+        let mut h = HeaderMap::new();
+        h.append(
+            HeaderName::from_static("x-a"),
+            HeaderValue::from_static("1"),
+        );
+        h.append(
+            HeaderName::from_static("x-b"),
+            HeaderValue::from_static("b"),
+        );
+        h.append(
+            HeaderName::from_static("x-a"),
+            HeaderValue::from_static("2"),
+        );
+        h.append(
+            HeaderName::from_static("x-bin"),
+            HeaderValue::from_bytes(b"\xff").unwrap(),
+        );
+        let Value::Map(m) = headers(&h) else {
+            panic!("a map")
+        };
+        let get = |k: &str| m.map.get(&Key::String(Arc::new(k.into()))).cloned();
+        assert_eq!(m.map.len(), 2, "{m:?}");
+        assert_eq!(get("x-a"), Some(text("1, 2")));
+        assert_eq!(get("x-b"), Some(text("b")));
+        // A value that is not text is left out rather than guessed at.
+        assert_eq!(get("x-bin"), None);
     }
 }
