@@ -244,6 +244,24 @@ struct FakeControlPlane {
     received: Arc<Mutex<Vec<TelemetryBatch>>>,
 }
 
+/// A buffer that uploads to the control plane at `url` only when told to (`Flush`), without
+/// a spool.
+fn uploading_to(url: String) -> (TelemetryBuffer, Aggregator) {
+    TelemetryBuffer::new(TelemetryConfig {
+        link: Some(Arc::new(LinkConfig::single(
+            url,
+            "GatewayKey gw&209901010000&c2ln",
+            Duration::from_secs(5),
+            ClientFactory::plain(),
+        ))),
+        instance_id: "inst".into(),
+        flush_interval: Duration::from_secs(3600),
+        max_buffered: 1000,
+        spool_dir: None,
+        spool_max_bytes: 0,
+    })
+}
+
 async fn fake_control_plane() -> FakeControlPlane {
     let status = Arc::new(AtomicU16::new(204));
     let received = Arc::new(Mutex::new(Vec::new()));
@@ -269,19 +287,7 @@ async fn fake_control_plane() -> FakeControlPlane {
 async fn backlog_is_uploaded_in_order_with_stable_sequences_after_an_outage() {
     let cp = fake_control_plane().await;
     cp.status.store(503, Ordering::SeqCst);
-    let (buffer, recorder) = TelemetryBuffer::new(TelemetryConfig {
-        link: Some(Arc::new(LinkConfig::single(
-            cp.url.clone(),
-            "GatewayKey gw&209901010000&c2ln",
-            Duration::from_secs(5),
-            ClientFactory::plain(),
-        ))),
-        instance_id: "inst".into(),
-        flush_interval: Duration::from_secs(3600),
-        max_buffered: 1000,
-        spool_dir: None,
-        spool_max_bytes: 0,
-    });
+    let (buffer, recorder) = uploading_to(cp.url.clone());
     let addr = buffer.start();
     for i in 0..3 {
         recorder.record(record("a", 200, 60 * i, 1));
@@ -392,19 +398,7 @@ async fn a_poison_batch_is_dropped_and_the_next_ones_go() {
         (204, Vec::new())
     }))
     .await;
-    let (buffer, recorder) = TelemetryBuffer::new(TelemetryConfig {
-        link: Some(Arc::new(LinkConfig::single(
-            url,
-            "GatewayKey gw&209901010000&c2ln",
-            Duration::from_secs(5),
-            ClientFactory::plain(),
-        ))),
-        instance_id: "inst".into(),
-        flush_interval: Duration::from_secs(3600),
-        max_buffered: 1000,
-        spool_dir: None,
-        spool_max_bytes: 0,
-    });
+    let (buffer, recorder) = uploading_to(url);
     let addr = buffer.start();
     // Waits for `n` batches received, flushing meanwhile as the interval would (a flush while
     // an upload is in flight does nothing; the next one retries).
