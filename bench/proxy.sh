@@ -321,14 +321,14 @@ gateway() { # NAME WORKERS CPUS REDIS_URL [ACCESS_LOG_SAMPLE] [TRACE_RATIO]
     free_port
     printf -v "PORT_$name" '%s' "$http"
     printf -v "OPS_$name" '%s' "$ops"
-    local access=(OUTPOST_ACCESS_LOG_ENABLED=false)
-    [[ -n $sample ]] && access=(OUTPOST_ACCESS_LOG_ENABLED=true
+    local env_extra=(OUTPOST_ACCESS_LOG_ENABLED=false)
+    [[ -n $sample ]] && env_extra=(OUTPOST_ACCESS_LOG_ENABLED=true
         OUTPOST_ACCESS_LOG_SAMPLE="$sample" OUTPOST_ACCESS_LOG_PATH="$RUN_DIR/$name-access.log")
     # Tracing exports to the sink (a separate process, not measured); OTLP metrics stay off so
     # that only the traces' cost is in the figure.
-    [[ -n $ratio ]] && access+=(OUTPOST_OTEL_ENDPOINT="http://127.0.0.1:$PORT_SINK"
+    [[ -n $ratio ]] && env_extra+=(OUTPOST_OTEL_ENDPOINT="http://127.0.0.1:$PORT_SINK"
         OUTPOST_OTEL_METRICS=false OUTPOST_OTEL_SAMPLING_RATIO="$ratio")
-    start "$name" "$cpus" env "${access[@]}" OUTPOST_LISTEN_HTTP="127.0.0.1:$http" \
+    start "$name" "$cpus" env "${env_extra[@]}" OUTPOST_LISTEN_HTTP="127.0.0.1:$http" \
         OUTPOST_LISTEN_HTTPS="127.0.0.1:$PORT" OUTPOST_LISTEN_OPS="127.0.0.1:$ops" \
         OUTPOST_LISTEN_WORKERS="$workers" OUTPOST_REDIS_URL="$redis" OUTPOST_LOG_LEVEL=warn \
         "$OUTPOST" gateway --offline-config "$RUN_DIR/gateway.yaml"
