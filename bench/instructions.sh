@@ -33,6 +33,8 @@
 # budget, `chosen` a choose with three conditions, `jwt` validate-jwt with keys from a JWKS URL
 # served by `python3 -m http.server` and an RS256 token made with openssl) REDIS=0 (1: the gateway counts in a private redis-server, not measured)
 # BUILD=1 OUTPOST= (a binary to measure instead of target/release/outpost) MARGIN_PCT=15 PROFILE=0
+# SCHEME=http (https: both proxies terminate TLS with the same ECDSA P-256 certificate, as in
+# bench/tls.sh; the keep-alive connections' handshakes fall in both windows alike and cancel)
 # RUN_DIR= (default: a new /tmp/outpost-instructions.* dir,
 # where the callgrind dumps stay).
 set -euo pipefail
@@ -48,6 +50,8 @@ BUILD=${BUILD:-1}
 MARGIN_PCT=${MARGIN_PCT:-15}
 PROFILE=${PROFILE:-0}
 API=${API:-plain}
+SCHEME=${SCHEME:-http}
+[[ $SCHEME == http || $SCHEME == https ]] || { echo "SCHEME is http or https" >&2; exit 1; }
 REDIS=${REDIS:-0}
 CHECK=0
 [[ ${1:-} == --check ]] && CHECK=1
@@ -85,7 +89,7 @@ wait_http() {
     shift
     for h in "$@"; do [[ -n $h ]] && hdr+=(-H "$h"); done
     for _ in $(seq 1200); do
-        curl -fsS -o /dev/null "${hdr[@]}" "$url" 2>/dev/null && return 0
+        curl -kfsS -o /dev/null "${hdr[@]}" "$url" 2>/dev/null && return 0
         sleep 0.1
     done
     echo "not answering: $url (logs in $RUN_DIR)" >&2
@@ -131,6 +135,12 @@ python3 -m http.server "$PORT_JWKS" --bind 127.0.0.1 --directory "$RUN_DIR/jwks"
 PIDS+=("$!")
 wait_http "http://127.0.0.1:$PORT_JWKS/jwks.json"
 
+if [[ $SCHEME == https ]]; then
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+        -subj /CN=localhost -addext subjectAltName=DNS:localhost \
+        -keyout "$RUN_DIR/key.pem" -out "$RUN_DIR/cert.pem" 2>/dev/null
+fi
+
 # Requests the backend has answered (stub_status "requests"; each status call counts one, the
 # same in every window).
 backend_requests() {
@@ -154,15 +164,38 @@ start_gateway() {
     sed -e "s|@BACKEND@|127.0.0.1:$PORT_BACKEND|g" \
         -e "s|@JWKS@|http://127.0.0.1:$PORT_JWKS/jwks.json|g" \
         "$BENCH/gateway.yaml.in" >"$RUN_DIR/gateway.yaml"
+    if [[ $SCHEME == https ]]; then
+        # The certificate for `localhost`, the default for clients without SNI (wrk by address).
+        local body
+        body=$(sed '/^gateways:/,$d' "$RUN_DIR/gateway.yaml")
+        {
+            echo "$body"
+            echo "named-values:"
+            echo "  - name: tls-cert"
+            echo "    value: |"
+            sed 's/^/      /' "$RUN_DIR/cert.pem"
+            echo "  - name: tls-key"
+            echo "    secret: true"
+            echo "    value: |"
+            sed 's/^/      /' "$RUN_DIR/key.pem"
+            echo "gateways:"
+            echo "  - name: bench"
+            echo "    apis: $(sed -n 's/^  - {name: bench, apis: \(\[.*\]\)}$/\1/p' "$RUN_DIR/gateway.yaml" | tail -1)"
+            echo "    hostnames:"
+            echo '      - {hostname: localhost, certificate-pem: "{{tls-cert}}", key-pem: "{{tls-key}}"}'
+        } >"$RUN_DIR/gateway.yaml.tls"
+        mv "$RUN_DIR/gateway.yaml.tls" "$RUN_DIR/gateway.yaml"
+    fi
     env OUTPOST_LISTEN_HTTP="127.0.0.1:$http" OUTPOST_LISTEN_HTTPS="127.0.0.1:$https" \
         OUTPOST_LISTEN_OPS="127.0.0.1:$ops" OUTPOST_LISTEN_WORKERS=1 OUTPOST_REDIS_URL="$REDIS_URL" \
-        OUTPOST_LOG_LEVEL=warn \
+        OUTPOST_LISTEN_HTTPS_DEFAULT_HOSTNAME=localhost OUTPOST_LOG_LEVEL=warn \
         "${CALLGRIND[@]}" --callgrind-out-file="$RUN_DIR/gateway.callgrind" \
         "$OUTPOST" gateway --offline-config "$RUN_DIR/gateway.yaml" \
         >"$RUN_DIR/gateway.log" 2>&1 &
     PIDS+=("$!")
     SUT_PID=$!
     URL="http://127.0.0.1:$http/$API/item"
+    [[ $SCHEME == https ]] && URL="https://127.0.0.1:$https/$API/item"
     HEADERS=("Ocp-Apim-Subscription-Key: $SUB_KEY")
     [[ $API == jwt ]] && HEADERS+=("Authorization: Bearer $BENCH_JWT")
     SCRAPE="http://127.0.0.1:$ops/metrics"
@@ -175,13 +208,19 @@ start_nginx() {
     sed -e "s|@DIR@|$RUN_DIR/nginx|g" -e "s|@PORT@|$port|g" -e "s|@WORKERS@|1|g" \
         -e "s|@BACKEND@|127.0.0.1:$PORT_BACKEND|g" \
         "$BENCH/nginx-proxy.conf.in" >"$RUN_DIR/nginx/nginx.conf"
+    if [[ $SCHEME == https ]]; then
+        # As bench/tls.sh's nginx: TLS 1.2 and 1.3, no session resumption.
+        sed -i -e "s|listen 127.0.0.1:$port backlog=4096;|listen 127.0.0.1:$port ssl backlog=4096; ssl_certificate $RUN_DIR/cert.pem; ssl_certificate_key $RUN_DIR/key.pem; ssl_protocols TLSv1.2 TLSv1.3; ssl_session_tickets off; ssl_session_cache off;|" \
+            "$RUN_DIR/nginx/nginx.conf"
+        grep -q ssl_certificate "$RUN_DIR/nginx/nginx.conf" || { echo "nginx: no TLS" >&2; exit 1; }
+    fi
     # One process, as the gateway's one worker: no master, so callgrind sees the worker's work.
     "${CALLGRIND[@]}" --callgrind-out-file="$RUN_DIR/nginx.callgrind" \
         nginx -p "$RUN_DIR/nginx" -c "$RUN_DIR/nginx/nginx.conf" \
         -g 'daemon off; master_process off;' >"$RUN_DIR/nginx.log" 2>&1 &
     PIDS+=("$!")
     SUT_PID=$!
-    URL="http://127.0.0.1:$port/item"
+    URL="$SCHEME://127.0.0.1:$port/item"
     HEADERS=()
     SCRAPE=""
 }
