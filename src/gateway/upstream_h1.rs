@@ -36,7 +36,7 @@ use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use actix_web::body::{BodySize, BoxBody, MessageBody};
@@ -136,28 +136,32 @@ pub async fn send(
     body: &mut Outgoing,
     counted: &mut u64,
 ) -> Result<Response, SendError> {
-    let deadline = Instant::now() + req.timeout;
+    let started = Instant::now();
+    let deadline = started + req.timeout;
     let host = host_for(req.tls, req.url);
-    let run = async {
-        let (mut conn, reused) = checkout(&host, req).await?;
-        match exchange(&mut conn, req, body, counted).await {
-            Ok(head) => Ok((conn, head)),
-            Err(Failure::Unanswered(_)) if reused && resendable(req.method, body) => {
-                drop(conn);
-                metrics::counter!("outpost_backend_resends_total", "backend" => req.backend.to_owned())
-                    .increment(1);
-                let mut conn = open(&host, req).await?;
-                match exchange(&mut conn, req, body, counted).await {
-                    Ok(head) => Ok((conn, head)),
-                    Err(f) => Err(SendError::from(f)),
+    let (conn, head) = {
+        // Pinned here rather than moved into `within`: it is the whole exchange's state, large.
+        let run = std::pin::pin!(async {
+            let (mut conn, reused) = checkout(&host, req, started).await?;
+            match exchange(&mut conn, req, body, counted).await {
+                Ok(head) => Ok((conn, head)),
+                Err(Failure::Unanswered(_)) if reused && resendable(req.method, body) => {
+                    drop(conn);
+                    metrics::counter!("outpost_backend_resends_total", "backend" => req.backend.to_owned())
+                        .increment(1);
+                    let mut conn = open(&host, req).await?;
+                    match exchange(&mut conn, req, body, counted).await {
+                        Ok(head) => Ok((conn, head)),
+                        Err(f) => Err(SendError::from(f)),
+                    }
                 }
+                Err(f) => Err(SendError::from(f)),
             }
-            Err(f) => Err(SendError::from(f)),
+        });
+        match within(deadline, run).await {
+            Some(answered) => answered?,
+            None => return Err(UpstreamError::Timeout.into()),
         }
-    };
-    let (conn, head) = match tokio::time::timeout_at(deadline, run).await {
-        Ok(answered) => answered?,
-        Err(_) => return Err(UpstreamError::Timeout.into()),
     };
     Ok(respond(host, conn, head, req.method))
 }
@@ -169,6 +173,194 @@ fn resendable(method: &Method, body: &Outgoing) -> bool {
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
     ) && matches!(body, Outgoing::None | Outgoing::Bytes(_))
+}
+
+// === deadlines ===
+
+/// `fut`'s output, or `None` once `deadline` has passed first: `tokio::time::timeout_at`
+/// (`fut` is polled first, so an answer that is ready wins), with the deadline kept in
+/// [`DEADLINES`] instead of a tokio timer of its own.
+fn within<F: Future>(
+    deadline: Instant,
+    mut fut: Pin<&mut F>,
+) -> impl Future<Output = Option<F::Output>> {
+    let mut watched: Option<Watched> = None;
+    std::future::poll_fn(move |cx| {
+        if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        match &watched {
+            None => watched = Some(Watched::new(deadline, cx.waker())),
+            Some(w) if w.expired(cx.waker()) => return Poll::Ready(None),
+            Some(_) => {}
+        }
+        Poll::Pending
+    })
+}
+
+/// The deadlines of this worker's requests, watched by one timer task ([`watch`]). A tokio
+/// timer per request (`Timeout`) cost about 800 instructions: registering it in the timer
+/// wheel, polling it, taking it out again. The requests of a worker nearly all end long before
+/// their deadlines, so one timer set to the earliest of them fires about once per timeout
+/// period, and a request only takes and frees a slot here.
+#[derive(Default)]
+struct Deadlines {
+    slots: Vec<Slot>,
+    free: Vec<usize>,
+    /// When the watcher's timer is set to fire; no waiting deadline is earlier (or the watcher
+    /// has been woken to set it again). `None`: it waits for a deadline without a timer.
+    armed: Option<Instant>,
+    /// The watcher task, once it has run.
+    watcher: Option<Waker>,
+    /// A watcher task has been spawned on this thread and is still there.
+    running: bool,
+}
+
+struct Slot {
+    deadline: Instant,
+    /// The request's task; `None`: the slot is free.
+    waker: Option<Waker>,
+    expired: bool,
+}
+
+thread_local! {
+    static DEADLINES: RefCell<Deadlines> = RefCell::new(Deadlines::default());
+}
+
+/// A request's slot in [`DEADLINES`], free again when dropped.
+struct Watched(usize);
+
+impl Watched {
+    fn new(deadline: Instant, waker: &Waker) -> Self {
+        let (index, wake) = DEADLINES.with(|d| {
+            let mut d = d.borrow_mut();
+            let slot = Slot {
+                deadline,
+                waker: Some(waker.clone()),
+                expired: false,
+            };
+            let index = match d.free.pop() {
+                Some(i) => {
+                    d.slots[i] = slot;
+                    i
+                }
+                None => {
+                    d.slots.push(slot);
+                    d.slots.len() - 1
+                }
+            };
+            let mut wake = None;
+            if !d.running {
+                d.running = true;
+                d.armed = None;
+                actix_rt::spawn(watch());
+            } else if d.armed.is_none_or(|at| deadline < at) {
+                // Earlier than the watcher's timer: it sets it again when it runs.
+                d.armed = Some(deadline);
+                wake = d.watcher.clone();
+            }
+            (index, wake)
+        });
+        if let Some(w) = wake {
+            w.wake();
+        }
+        Watched(index)
+    }
+
+    /// Whether the watcher found the deadline passed; else keeps `waker` to be woken then.
+    fn expired(&self, waker: &Waker) -> bool {
+        let old = DEADLINES.with(|d| {
+            let mut d = d.borrow_mut();
+            let slot = &mut d.slots[self.0];
+            if slot.expired {
+                return Err(());
+            }
+            Ok(match &slot.waker {
+                Some(w) if w.will_wake(waker) => None,
+                _ => slot.waker.replace(waker.clone()),
+            })
+        });
+        // A waker is dropped outside the borrow: it may be the last handle on a task.
+        old.is_err()
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        let waker = DEADLINES.try_with(|d| {
+            let mut d = d.borrow_mut();
+            let waker = d.slots[self.0].waker.take();
+            d.free.push(self.0);
+            waker
+        });
+        drop(waker);
+    }
+}
+
+/// The worker's deadline watcher: wakes the requests whose deadlines have passed, and sleeps
+/// until the earliest one left (or, without one, until a request wakes it).
+async fn watch() {
+    /// A new watcher is spawned if this one goes (its runtime shut down).
+    struct Running;
+    impl Drop for Running {
+        fn drop(&mut self) {
+            let _ = DEADLINES.try_with(|d| {
+                let mut d = d.borrow_mut();
+                d.running = false;
+                d.armed = None;
+                d.watcher.take()
+            });
+        }
+    }
+    let _running = Running;
+    let mut timer = std::pin::pin!(tokio::time::sleep_until(Instant::now()));
+    // The deadline the timer fired for: what it counts as passed, as a tokio timer would,
+    // even if the clock reads a little earlier.
+    let mut reached: Option<Instant> = None;
+    std::future::poll_fn(|cx| {
+        loop {
+            let now = match reached.take() {
+                Some(at) => Instant::now().max(at),
+                None => Instant::now(),
+            };
+            let (due, next, old) = DEADLINES.with(|d| {
+                let d = &mut *d.borrow_mut();
+                let mut due = Vec::new();
+                let mut next: Option<Instant> = None;
+                for slot in &mut d.slots {
+                    let Some(w) = &slot.waker else { continue };
+                    if slot.expired {
+                        continue;
+                    }
+                    if slot.deadline <= now {
+                        slot.expired = true;
+                        due.push(w.clone());
+                    } else if next.is_none_or(|n| slot.deadline < n) {
+                        next = Some(slot.deadline);
+                    }
+                }
+                d.armed = next;
+                let old = match &d.watcher {
+                    Some(w) if w.will_wake(cx.waker()) => None,
+                    _ => d.watcher.replace(cx.waker().clone()),
+                };
+                (due, next, old)
+            });
+            drop(old);
+            for w in due {
+                w.wake();
+            }
+            let Some(next) = next else {
+                return Poll::Pending;
+            };
+            timer.as_mut().reset(next);
+            match timer.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(()) => reached = Some(next),
+            }
+        }
+    })
+    .await
 }
 
 // === connections ===
@@ -373,13 +565,17 @@ fn host_for(tls: &TlsProfile, url: &BackendUrl) -> Rc<Host> {
 }
 
 /// An idle connection of `host` if one is still good, else a new one (waiting for one to come
-/// free at [`POOL_LIMIT`]). `true`: reused.
-async fn checkout(host: &Rc<Host>, req: &Request<'_>) -> Result<(Conn, bool), UpstreamError> {
+/// free at [`POOL_LIMIT`]). `true`: reused. `now`: the request's start, read once for it.
+async fn checkout(
+    host: &Rc<Host>,
+    req: &Request<'_>,
+    mut now: Instant,
+) -> Result<(Conn, bool), UpstreamError> {
     loop {
         {
             let mut idle = host.idle.borrow_mut();
             while let Some(Idle { mut conn, since }) = idle.pop() {
-                if since.elapsed() < POOL_KEEP_ALIVE && conn.still_open() {
+                if now.saturating_duration_since(since) < POOL_KEEP_ALIVE && conn.still_open() {
                     return Ok((conn, true));
                 }
             }
@@ -388,6 +584,7 @@ async fn checkout(host: &Rc<Host>, req: &Request<'_>) -> Result<(Conn, bool), Up
             return open(host, req).await.map(|c| (c, false));
         }
         freed(&host.counts).await;
+        now = Instant::now();
     }
 }
 
