@@ -1561,6 +1561,33 @@ mod tests {
         );
     }
 
+    #[actix_rt::test]
+    async fn deadlines_end_waiting_requests_and_only_those() {
+        let now = Instant::now();
+        // An answer that is ready wins, even past its deadline.
+        let ready = std::pin::pin!(async { 7 });
+        assert_eq!(within(now, ready).await, Some(7));
+        // A later deadline first, then an earlier one: the watcher sets its timer again.
+        let long = std::pin::pin!(std::future::pending::<()>());
+        let mut long = within(now + Duration::from_secs(3600), long);
+        assert!(futures_util::poll!(&mut long).is_pending());
+        let short = std::pin::pin!(std::future::pending::<()>());
+        assert_eq!(within(now + Duration::from_millis(20), short).await, None);
+        let answered = std::pin::pin!(actix_rt::time::sleep(Duration::from_millis(10)));
+        assert_eq!(
+            within(Instant::now() + Duration::from_secs(3600), answered).await,
+            Some(())
+        );
+        assert!(futures_util::poll!(&mut long).is_pending());
+        drop(long);
+        // Every slot is free again.
+        DEADLINES.with(|d| {
+            let d = d.borrow();
+            assert!(d.slots.iter().all(|s| s.waker.is_none()));
+            assert_eq!(d.free.len(), d.slots.len());
+        });
+    }
+
     #[test]
     fn names_compare_as_eq_ignore_ascii_case_would() {
         let names: [&[u8]; 10] = [
