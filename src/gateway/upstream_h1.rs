@@ -36,7 +36,7 @@ use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use actix_web::body::{BodySize, BoxBody, MessageBody};
@@ -56,7 +56,7 @@ use tokio::time::Instant;
 
 use super::error::UpstreamError;
 use super::exchange::Response;
-use super::hop_by_hop::{HOP_BY_HOP, strip_hop_by_hop};
+use super::hop_by_hop::strip_hop_by_hop;
 use super::upstream_h2::Announced;
 
 /// Connections per worker per backend (TLS profile, scheme, authority), in use or idle; above
@@ -136,28 +136,32 @@ pub async fn send(
     body: &mut Outgoing,
     counted: &mut u64,
 ) -> Result<Response, SendError> {
-    let deadline = Instant::now() + req.timeout;
+    let started = Instant::now();
+    let deadline = started + req.timeout;
     let host = host_for(req.tls, req.url);
-    let run = async {
-        let (mut conn, reused) = checkout(&host, req).await?;
-        match exchange(&mut conn, req, body, counted).await {
-            Ok(head) => Ok((conn, head)),
-            Err(Failure::Unanswered(_)) if reused && resendable(req.method, body) => {
-                drop(conn);
-                metrics::counter!("outpost_backend_resends_total", "backend" => req.backend.to_owned())
-                    .increment(1);
-                let mut conn = open(&host, req).await?;
-                match exchange(&mut conn, req, body, counted).await {
-                    Ok(head) => Ok((conn, head)),
-                    Err(f) => Err(SendError::from(f)),
+    let (conn, head) = {
+        // Pinned here rather than moved into `within`: it is the whole exchange's state, large.
+        let run = std::pin::pin!(async {
+            let (mut conn, reused) = checkout(&host, req, started).await?;
+            match exchange(&mut conn, req, body, counted).await {
+                Ok(head) => Ok((conn, head)),
+                Err(Failure::Unanswered(_)) if reused && resendable(req.method, body) => {
+                    drop(conn);
+                    metrics::counter!("outpost_backend_resends_total", "backend" => req.backend.to_owned())
+                        .increment(1);
+                    let mut conn = open(&host, req).await?;
+                    match exchange(&mut conn, req, body, counted).await {
+                        Ok(head) => Ok((conn, head)),
+                        Err(f) => Err(SendError::from(f)),
+                    }
                 }
+                Err(f) => Err(SendError::from(f)),
             }
-            Err(f) => Err(SendError::from(f)),
+        });
+        match within(deadline, run).await {
+            Some(answered) => answered?,
+            None => return Err(UpstreamError::Timeout.into()),
         }
-    };
-    let (conn, head) = match tokio::time::timeout_at(deadline, run).await {
-        Ok(answered) => answered?,
-        Err(_) => return Err(UpstreamError::Timeout.into()),
     };
     Ok(respond(host, conn, head, req.method))
 }
@@ -169,6 +173,194 @@ fn resendable(method: &Method, body: &Outgoing) -> bool {
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
     ) && matches!(body, Outgoing::None | Outgoing::Bytes(_))
+}
+
+// === deadlines ===
+
+/// `fut`'s output, or `None` once `deadline` has passed first: `tokio::time::timeout_at`
+/// (`fut` is polled first, so an answer that is ready wins), with the deadline kept in
+/// [`DEADLINES`] instead of a tokio timer of its own.
+fn within<F: Future>(
+    deadline: Instant,
+    mut fut: Pin<&mut F>,
+) -> impl Future<Output = Option<F::Output>> {
+    let mut watched: Option<Watched> = None;
+    std::future::poll_fn(move |cx| {
+        if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        match &watched {
+            None => watched = Some(Watched::new(deadline, cx.waker())),
+            Some(w) if w.expired(cx.waker()) => return Poll::Ready(None),
+            Some(_) => {}
+        }
+        Poll::Pending
+    })
+}
+
+/// The deadlines of this worker's requests, watched by one timer task ([`watch`]). A tokio
+/// timer per request (`Timeout`) cost about 800 instructions: registering it in the timer
+/// wheel, polling it, taking it out again. The requests of a worker nearly all end long before
+/// their deadlines, so one timer set to the earliest of them fires about once per timeout
+/// period, and a request only takes and frees a slot here.
+#[derive(Default)]
+struct Deadlines {
+    slots: Vec<Slot>,
+    free: Vec<usize>,
+    /// When the watcher's timer is set to fire; no waiting deadline is earlier (or the watcher
+    /// has been woken to set it again). `None`: it waits for a deadline without a timer.
+    armed: Option<Instant>,
+    /// The watcher task, once it has run.
+    watcher: Option<Waker>,
+    /// A watcher task has been spawned on this thread and is still there.
+    running: bool,
+}
+
+struct Slot {
+    deadline: Instant,
+    /// The request's task; `None`: the slot is free.
+    waker: Option<Waker>,
+    expired: bool,
+}
+
+thread_local! {
+    static DEADLINES: RefCell<Deadlines> = RefCell::new(Deadlines::default());
+}
+
+/// A request's slot in [`DEADLINES`], free again when dropped.
+struct Watched(usize);
+
+impl Watched {
+    fn new(deadline: Instant, waker: &Waker) -> Self {
+        let (index, wake) = DEADLINES.with(|d| {
+            let mut d = d.borrow_mut();
+            let slot = Slot {
+                deadline,
+                waker: Some(waker.clone()),
+                expired: false,
+            };
+            let index = match d.free.pop() {
+                Some(i) => {
+                    d.slots[i] = slot;
+                    i
+                }
+                None => {
+                    d.slots.push(slot);
+                    d.slots.len() - 1
+                }
+            };
+            let mut wake = None;
+            if !d.running {
+                d.running = true;
+                d.armed = None;
+                actix_rt::spawn(watch());
+            } else if d.armed.is_none_or(|at| deadline < at) {
+                // Earlier than the watcher's timer: it sets it again when it runs.
+                d.armed = Some(deadline);
+                wake = d.watcher.clone();
+            }
+            (index, wake)
+        });
+        if let Some(w) = wake {
+            w.wake();
+        }
+        Watched(index)
+    }
+
+    /// Whether the watcher found the deadline passed; else keeps `waker` to be woken then.
+    fn expired(&self, waker: &Waker) -> bool {
+        let old = DEADLINES.with(|d| {
+            let mut d = d.borrow_mut();
+            let slot = &mut d.slots[self.0];
+            if slot.expired {
+                return Err(());
+            }
+            Ok(match &slot.waker {
+                Some(w) if w.will_wake(waker) => None,
+                _ => slot.waker.replace(waker.clone()),
+            })
+        });
+        // A waker is dropped outside the borrow: it may be the last handle on a task.
+        old.is_err()
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        let waker = DEADLINES.try_with(|d| {
+            let mut d = d.borrow_mut();
+            let waker = d.slots[self.0].waker.take();
+            d.free.push(self.0);
+            waker
+        });
+        drop(waker);
+    }
+}
+
+/// The worker's deadline watcher: wakes the requests whose deadlines have passed, and sleeps
+/// until the earliest one left (or, without one, until a request wakes it).
+async fn watch() {
+    /// A new watcher is spawned if this one goes (its runtime shut down).
+    struct Running;
+    impl Drop for Running {
+        fn drop(&mut self) {
+            let _ = DEADLINES.try_with(|d| {
+                let mut d = d.borrow_mut();
+                d.running = false;
+                d.armed = None;
+                d.watcher.take()
+            });
+        }
+    }
+    let _running = Running;
+    let mut timer = std::pin::pin!(tokio::time::sleep_until(Instant::now()));
+    // The deadline the timer fired for: what it counts as passed, as a tokio timer would,
+    // even if the clock reads a little earlier.
+    let mut reached: Option<Instant> = None;
+    std::future::poll_fn(|cx| {
+        loop {
+            let now = match reached.take() {
+                Some(at) => Instant::now().max(at),
+                None => Instant::now(),
+            };
+            let (due, next, old) = DEADLINES.with(|d| {
+                let d = &mut *d.borrow_mut();
+                let mut due = Vec::new();
+                let mut next: Option<Instant> = None;
+                for slot in &mut d.slots {
+                    let Some(w) = &slot.waker else { continue };
+                    if slot.expired {
+                        continue;
+                    }
+                    if slot.deadline <= now {
+                        slot.expired = true;
+                        due.push(w.clone());
+                    } else if next.is_none_or(|n| slot.deadline < n) {
+                        next = Some(slot.deadline);
+                    }
+                }
+                d.armed = next;
+                let old = match &d.watcher {
+                    Some(w) if w.will_wake(cx.waker()) => None,
+                    _ => d.watcher.replace(cx.waker().clone()),
+                };
+                (due, next, old)
+            });
+            drop(old);
+            for w in due {
+                w.wake();
+            }
+            let Some(next) = next else {
+                return Poll::Pending;
+            };
+            timer.as_mut().reset(next);
+            match timer.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(()) => reached = Some(next),
+            }
+        }
+    })
+    .await
 }
 
 // === connections ===
@@ -348,38 +540,62 @@ impl Drop for Opened {
 
 /// Per worker: (TLS profile, https) → authority → the backend's connections. Looked up on every
 /// request, with foldhash (SipHash cost about 400 instructions for the two lookups).
-type Pool = HashMap<(u64, bool), HashMap<String, Rc<Host>, Fast>, Fast>;
+#[derive(Default)]
+struct Pool {
+    hosts: HashMap<(u64, bool), ByAuthority, Fast>,
+    /// The host of the last lookup: a worker mostly sends to one backend after another of the
+    /// same, and comparing the key costs a third of the two lookups. Hosts are never taken
+    /// out of `hosts`, so this is what the lookup would find.
+    last: Option<(u64, bool, Rc<str>, Rc<Host>)>,
+}
+type ByAuthority = HashMap<Rc<str>, Rc<Host>, Fast>;
 type Fast = foldhash::fast::RandomState;
 
 thread_local! {
-    static POOL: RefCell<Pool> = RefCell::new(HashMap::default());
+    static POOL: RefCell<Pool> = RefCell::new(Pool::default());
     static SWEEPING: Cell<bool> = const { Cell::new(false) };
 }
 
 fn host_for(tls: &TlsProfile, url: &BackendUrl) -> Rc<Host> {
     POOL.with(|pool| {
         let mut pool = pool.borrow_mut();
-        let by_authority = pool.entry((tls.id, url.https)).or_default();
-        if let Some(host) = by_authority.get(url.authority.as_str()) {
+        if let Some((id, https, authority, host)) = &pool.last
+            && *id == tls.id
+            && *https == url.https
+            && **authority == *url.authority
+        {
             return host.clone();
         }
-        let host = Rc::new(Host {
-            idle: RefCell::new(Vec::new()),
-            counts: Rc::default(),
-        });
-        by_authority.insert(url.authority.clone(), host.clone());
+        let by_authority = pool.hosts.entry((tls.id, url.https)).or_default();
+        let (authority, host) = match by_authority.get_key_value(url.authority.as_str()) {
+            Some((authority, host)) => (authority.clone(), host.clone()),
+            None => {
+                let authority: Rc<str> = Rc::from(url.authority.as_str());
+                let host = Rc::new(Host {
+                    idle: RefCell::new(Vec::new()),
+                    counts: Rc::default(),
+                });
+                by_authority.insert(authority.clone(), host.clone());
+                (authority, host)
+            }
+        };
+        pool.last = Some((tls.id, url.https, authority, host.clone()));
         host
     })
 }
 
 /// An idle connection of `host` if one is still good, else a new one (waiting for one to come
-/// free at [`POOL_LIMIT`]). `true`: reused.
-async fn checkout(host: &Rc<Host>, req: &Request<'_>) -> Result<(Conn, bool), UpstreamError> {
+/// free at [`POOL_LIMIT`]). `true`: reused. `now`: the request's start, read once for it.
+async fn checkout(
+    host: &Rc<Host>,
+    req: &Request<'_>,
+    mut now: Instant,
+) -> Result<(Conn, bool), UpstreamError> {
     loop {
         {
             let mut idle = host.idle.borrow_mut();
             while let Some(Idle { mut conn, since }) = idle.pop() {
-                if since.elapsed() < POOL_KEEP_ALIVE && conn.still_open() {
+                if now.saturating_duration_since(since) < POOL_KEEP_ALIVE && conn.still_open() {
                     return Ok((conn, true));
                 }
             }
@@ -388,6 +604,7 @@ async fn checkout(host: &Rc<Host>, req: &Request<'_>) -> Result<(Conn, bool), Up
             return open(host, req).await.map(|c| (c, false));
         }
         freed(&host.counts).await;
+        now = Instant::now();
     }
 }
 
@@ -446,6 +663,7 @@ async fn sweep() {
         actix_rt::time::sleep(SWEEP_EVERY).await;
         let hosts: Vec<Rc<Host>> = POOL.with(|pool| {
             pool.borrow()
+                .hosts
                 .values()
                 .flat_map(|by_authority| by_authority.values().cloned())
                 .collect()
@@ -733,13 +951,21 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Upstr
         let field = classify(h.name.as_bytes());
         let is_connection = field == Field::Connection;
         if is_connection {
-            listed |= h.value.split(|b| *b == b',').any(|token| {
+            // One pass over the tokens: the options, and whether any names a field beyond the
+            // fixed hop-by-hop ones (`close` does not name one of them either).
+            for token in h.value.split(|b| *b == b',') {
                 let token = token.trim_ascii();
-                !token.is_empty()
-                    && !HOP_BY_HOP
-                        .iter()
-                        .any(|hop| token.eq_ignore_ascii_case(hop.as_str().as_bytes()))
-            });
+                if is_name(token, b"close") {
+                    close = true;
+                    listed = true;
+                } else if is_name(token, b"keep-alive") {
+                    if !http11 {
+                        close = false;
+                    }
+                } else if !token.is_empty() && classify(token) == Field::EndToEnd {
+                    listed = true;
+                }
+            }
         }
         if field == Field::EndToEnd || (is_connection && listed) {
             let name = h.name.as_ptr() as usize - base;
@@ -766,15 +992,6 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Upstr
                 .rsplit(|b| *b == b',')
                 .next()
                 .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if is_connection {
-            for token in h.value.split(|b| *b == b',') {
-                let token = token.trim_ascii();
-                if token.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if !http11 && token.eq_ignore_ascii_case(b"keep-alive") {
-                    close = false;
-                }
-            }
         }
     }
     let head = buf.split_to(len).freeze();
@@ -834,15 +1051,16 @@ enum Field {
     ContentLength,
     TransferEncoding,
     Connection,
-    /// Another of [`HOP_BY_HOP`].
+    /// Another of [`HOP_BY_HOP`](super::hop_by_hop::HOP_BY_HOP).
     HopByHop,
     EndToEnd,
 }
 
 /// Classifies a field name (any case) by its length first: most names are compared with
-/// nothing (a unit test keeps this in step with [`HOP_BY_HOP`]).
+/// nothing (a unit test keeps this in step with
+/// [`HOP_BY_HOP`](super::hop_by_hop::HOP_BY_HOP)).
 fn classify(name: &[u8]) -> Field {
-    let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
+    let is = |n: &[u8]| is_name(name, n);
     match name.len() {
         2 if is(b"te") => Field::HopByHop,
         7 if is(b"trailer") || is(b"upgrade") => Field::HopByHop,
@@ -860,7 +1078,7 @@ fn classify(name: &[u8]) -> Field {
 /// The names most responses carry, known without `HeaderName::from_bytes` (which lowercases
 /// the name into a buffer and then looks it up: about 100 instructions a field).
 fn common_name(name: &[u8]) -> Option<HeaderName> {
-    let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
+    let is = |n: &[u8]| is_name(name, n);
     Some(match name.len() {
         4 if is(b"date") => header::DATE,
         4 if is(b"etag") => header::ETAG,
@@ -876,6 +1094,40 @@ fn common_name(name: &[u8]) -> Option<HeaderName> {
         16 if is(b"content-encoding") => header::CONTENT_ENCODING,
         _ => return None,
     })
+}
+
+/// Whether `name` is `lower` (lowercase letters and `-`) in any case: a field name, or a token
+/// of a field value. A byte ORed with 0x20 is its lowercase letter, and no byte a field holds
+/// turns into anything else of `lower` (only CR would turn into `-`, and CR ends a field), so
+/// this is `eq_ignore_ascii_case` a word at a time: that one compared byte by byte, about 8
+/// instructions a byte, the bulk of reading a head's names.
+fn is_name(name: &[u8], lower: &[u8]) -> bool {
+    let n = name.len();
+    if n != lower.len() {
+        return false;
+    }
+    if n >= 8 {
+        const LOWER: u64 = 0x2020_2020_2020_2020;
+        let word = |s: &[u8], at: usize| {
+            u64::from_le_bytes(s[at..at + 8].try_into().expect("eight bytes"))
+        };
+        let mut at = 0;
+        while at + 8 < n {
+            if word(name, at) | LOWER != word(lower, at) {
+                return false;
+            }
+            at += 8;
+        }
+        // The last eight bytes, overlapping the word before.
+        word(name, n - 8) | LOWER == word(lower, n - 8)
+    } else if n >= 4 {
+        const LOWER: u32 = 0x2020_2020;
+        let word =
+            |s: &[u8], at: usize| u32::from_le_bytes(s[at..at + 4].try_into().expect("four bytes"));
+        word(name, 0) | LOWER == word(lower, 0) && word(name, n - 4) | LOWER == word(lower, n - 4)
+    } else {
+        name.iter().zip(lower).all(|(b, l)| b | 0x20 == *l)
+    }
 }
 
 fn parse_length(value: &[u8]) -> Option<u64> {
@@ -1140,6 +1392,7 @@ impl MessageBody for Incoming {
 
 #[cfg(test)]
 mod tests {
+    use super::super::hop_by_hop::HOP_BY_HOP;
     use super::*;
 
     fn head(text: &str, method: &Method) -> Result<Option<Head>, UpstreamError> {
@@ -1249,6 +1502,24 @@ mod tests {
                 "length 1",
                 true,
             ),
+            (
+                "HTTP/1.0 200 OK\r\nConnection: Close , Keep-Alive\r\ncontent-length: 1\r\n\r\n",
+                get,
+                "length 1",
+                true,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nConnection: X-Close,KEEP-ALIVE\r\ncontent-length: 1\r\n\r\n",
+                get,
+                "length 1",
+                true,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nConnection: x-a, CLOSE\r\ncontent-length: 1\r\n\r\n",
+                get,
+                "length 1",
+                false,
+            ),
             ("HTTP/1.1 204 No Content\r\n\r\n", get, "length 0", true),
             (
                 "HTTP/1.1 304 Not Modified\r\ncontent-length: 10\r\n\r\n",
@@ -1288,6 +1559,67 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+    }
+
+    #[actix_rt::test]
+    async fn deadlines_end_waiting_requests_and_only_those() {
+        let now = Instant::now();
+        // An answer that is ready wins, even past its deadline.
+        let ready = std::pin::pin!(async { 7 });
+        assert_eq!(within(now, ready).await, Some(7));
+        // A later deadline first, then an earlier one: the watcher sets its timer again.
+        let long = std::pin::pin!(std::future::pending::<()>());
+        let mut long = within(now + Duration::from_secs(3600), long);
+        assert!(futures_util::poll!(&mut long).is_pending());
+        let short = std::pin::pin!(std::future::pending::<()>());
+        assert_eq!(within(now + Duration::from_millis(20), short).await, None);
+        let answered = std::pin::pin!(actix_rt::time::sleep(Duration::from_millis(10)));
+        assert_eq!(
+            within(Instant::now() + Duration::from_secs(3600), answered).await,
+            Some(())
+        );
+        assert!(futures_util::poll!(&mut long).is_pending());
+        drop(long);
+        // Every slot is free again.
+        DEADLINES.with(|d| {
+            let d = d.borrow();
+            assert!(d.slots.iter().all(|s| s.waker.is_none()));
+            assert_eq!(d.free.len(), d.slots.len());
+        });
+    }
+
+    #[test]
+    fn names_compare_as_eq_ignore_ascii_case_would() {
+        let names: [&[u8]; 10] = [
+            b"te",
+            b"date",
+            b"close",
+            b"server",
+            b"keep-alive",
+            b"content-type",
+            b"last-modified",
+            b"content-length",
+            b"transfer-encoding",
+            b"proxy-authorization",
+        ];
+        for lower in names {
+            let upper = lower.to_ascii_uppercase();
+            assert!(is_name(lower, lower) && is_name(&upper, lower));
+            assert!(!is_name(&lower[1..], lower) && !is_name(b"", lower));
+            // Every byte a field can hold, at every place (CR cannot be in one).
+            for at in 0..lower.len() {
+                for b in (0..=255u8).filter(|b| *b != b'\r') {
+                    let mut name = lower.to_vec();
+                    name[at] = b;
+                    assert_eq!(
+                        is_name(&name, lower),
+                        name.eq_ignore_ascii_case(lower),
+                        "{:?}",
+                        String::from_utf8_lossy(&name)
+                    );
+                }
+            }
+        }
     }
 
     #[test]
@@ -1337,6 +1669,16 @@ mod tests {
         let h = head(text, &Method::GET).unwrap().unwrap();
         let names: Vec<_> = h.headers.keys().map(|n| n.as_str()).collect();
         assert_eq!((names, h.strip), (vec!["x-kept"], false));
+        // Only names beyond the fixed ones (and `close`, which is none of them) are stripped.
+        for (connection, strip) in [
+            ("Keep-Alive, TE ,upgrade", false),
+            ("", false),
+            ("CLOSE", true),
+            ("keep-alive, x-a", true),
+        ] {
+            let text = format!("HTTP/1.1 200 OK\r\nConnection: {connection}\r\n\r\n");
+            assert_eq!(head(&text, &Method::GET).unwrap().unwrap().strip, strip);
+        }
         let text = "HTTP/1.1 200 OK\r\nConnection: close, X-Secret\r\nX-Secret: s\r\nX-Kept: 1\r\ncontent-length: 0\r\n\r\n";
         let mut h = head(text, &Method::GET).unwrap().unwrap();
         assert!(h.strip && !h.keep_alive);
