@@ -997,7 +997,7 @@ fn build_exchange(
     // `X-Forwarded-*`, `traceparent`) and a few policy headers, leaving out the subscription
     // key: a clone, a resize and a hashed remove cost about 1,300 instructions more. Sized by
     // the names (`len_keys`, a field): `len` counts the values bucket by bucket.
-    let mut request_headers = HeaderMap::with_capacity(headers.len_keys() + 8);
+    let mut request_headers = super::exchange::request_header_map(headers.len_keys() + 8);
     let key_header = traffic.key_header.as_ref();
     for (name, value) in headers {
         if key_header != Some(name) {
