@@ -485,7 +485,7 @@ async fn handle(
 
 /// The method's name for the record: the standard ones without an allocation.
 fn method_text(method: &Method) -> Cow<'static, str> {
-    const STANDARD: [(Method, &'static str); 9] = [
+    const STANDARD: [(Method, &str); 9] = [
         (Method::GET, "GET"),
         (Method::POST, "POST"),
         (Method::PUT, "PUT"),
@@ -532,14 +532,16 @@ impl<'r> Fields<'r> {
         };
         for (name, value) in headers {
             fields.bytes += name.as_str().len() + value.len() + 4;
+            // On its own: the key's header may be configured as any name.
+            if key_header == Some(name) {
+                fields.key.get_or_insert(value);
+            }
             let slot = if *name == header::HOST {
                 &mut fields.host
             } else if *name == header::CONTENT_LENGTH {
                 &mut fields.content_length
             } else if *name == header::CONTENT_TYPE {
                 &mut fields.content_type
-            } else if key_header == Some(name) {
-                &mut fields.key
             } else {
                 continue;
             };
@@ -1391,6 +1393,61 @@ mod tests {
         // A valid one is kept.
         assert_eq!(ensure_traceparent(&mut headers), id);
         assert_eq!(headers.get(&TRACEPARENT).unwrap().to_str().unwrap(), tp);
+    }
+
+    #[test]
+    fn the_host_is_lowercase_without_port() {
+        let req = actix_http::test::TestRequest::default().finish();
+        for (sent, host) in [
+            (&b"Example.COM"[..], "example.com"),
+            (b"example.com:8080", "example.com"),
+            (b"127.0.0.1:80", "127.0.0.1"),
+            (b"[::1]:443", "::1"),
+            (b"[::1", "::1"),
+            (b"a:b:c", "a:b"),
+            (b":80", ""),
+            (b"", ""),
+        ] {
+            let v = HeaderValue::from_bytes(sent).unwrap();
+            assert_eq!(request_host(&req, Some(&v)), host, "{sent:?}");
+        }
+        // Not text: as if absent.
+        let v = HeaderValue::from_bytes(b"\xc3\xa9.example").unwrap();
+        assert_eq!(request_host(&req, Some(&v)), "");
+    }
+
+    #[test]
+    fn fields_are_the_first_values_as_get_gives_them() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("host", "a.example"),
+            ("x-key", "k1"),
+            ("content-type", "application/grpc"),
+            ("x-key", "k2"),
+            ("content-length", "3"),
+            ("accept", "*/*"),
+        ] {
+            headers.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        let key = HeaderName::from_static("x-key");
+        let fields = Fields::of(&headers, Some(&key));
+        assert_eq!(fields.host, headers.get(header::HOST));
+        assert_eq!(fields.content_type, headers.get(header::CONTENT_TYPE));
+        assert_eq!(fields.content_length, headers.get(header::CONTENT_LENGTH));
+        assert_eq!(fields.key, headers.get(&key));
+        let bytes: usize = headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum();
+        assert_eq!(fields.bytes, bytes);
+        // A key header with the name of another field the gateway reads: both are found.
+        let fields = Fields::of(&headers, Some(&header::HOST));
+        assert_eq!(fields.key, headers.get(header::HOST));
+        assert_eq!(fields.host, headers.get(header::HOST));
+        assert_eq!(Fields::of(&headers, None).key, None);
     }
 
     #[test]
