@@ -3,6 +3,7 @@
 //! exchange, the pipeline and its steps act on it, the forwarder sends it: all of them import
 //! this file, and it imports none of them, only the leaves it is made of.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -240,6 +241,54 @@ pub struct Exchange {
     /// The pipeline's phases, timed for a request traced by OpenTelemetry (`super::otel`);
     /// `None` otherwise.
     pub trace: Option<Box<Phases>>,
+}
+
+thread_local! {
+    /// Request header maps of this worker's finished exchanges, emptied, for its next requests.
+    static SPARE_HEADERS: RefCell<Vec<HeaderMap>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Spare maps kept per worker thread: one per request in flight is what a reuse needs; more
+/// would only hold memory.
+const SPARE_MAPS: usize = 8;
+/// A map that grew beyond this many names is freed rather than kept.
+const SPARE_MAX_NAMES: usize = 64;
+
+/// An empty header map for the request to the backend with room for `names` names: a spare one
+/// of this worker's when there is one. A new map (an allocation of about 3 KiB, its seed) and
+/// the freeing of the last one cost about 300 instructions a request.
+pub fn request_header_map(names: usize) -> HeaderMap {
+    // `try_with`: nothing to take while the thread is being torn down.
+    match SPARE_HEADERS
+        .try_with(|spare| spare.borrow_mut().pop())
+        .ok()
+        .flatten()
+    {
+        Some(mut map) => {
+            map.reserve(names);
+            map
+        }
+        None => HeaderMap::with_capacity(names),
+    }
+}
+
+impl Drop for Exchange {
+    /// Gives the request header map back to the worker's spares, emptied (its values refer to
+    /// the client's and the backend's buffers: none is kept).
+    fn drop(&mut self) {
+        let mut map = std::mem::take(&mut self.request_headers);
+        if map.capacity() == 0 || map.capacity() > SPARE_MAX_NAMES {
+            return;
+        }
+        map.clear();
+        // An exchange dropped while the thread is torn down just frees its map.
+        let _ = SPARE_HEADERS.try_with(|spare| {
+            let mut spare = spare.borrow_mut();
+            if spare.len() < SPARE_MAPS {
+                spare.push(map);
+            }
+        });
+    }
 }
 
 impl Exchange {

@@ -67,7 +67,11 @@ async fn run_main(
     let mut from_cache = None;
     otel::begin(&mut ex.trace, Phase::Inbound);
     for step in pipeline.inbound.iter() {
-        match run_step(step, Phase::Inbound, ex, rt).await? {
+        let flow = match step_now(step, Phase::Inbound, ex) {
+            Some(flow) => flow?,
+            None => run_step(step, Phase::Inbound, ex, rt).await?,
+        };
+        match flow {
             Flow::Continue => {}
             Flow::Respond(res) => return Ok(res),
             Flow::SkipToOutbound(res) => {
@@ -81,7 +85,11 @@ async fn run_main(
         None => {
             otel::begin(&mut ex.trace, Phase::Backend);
             for step in pipeline.backend.iter() {
-                match run_step(step, Phase::Backend, ex, rt).await? {
+                let flow = match step_now(step, Phase::Backend, ex) {
+                    Some(flow) => flow?,
+                    None => run_step(step, Phase::Backend, ex, rt).await?,
+                };
+                match flow {
                     Flow::Continue => {}
                     Flow::Respond(res) => return Ok(res),
                     Flow::SkipToOutbound(res) => {
@@ -107,7 +115,11 @@ async fn run_main(
     ex.response = Some(response);
     otel::begin(&mut ex.trace, Phase::Outbound);
     for step in pipeline.outbound.iter() {
-        match run_step(step, Phase::Outbound, ex, rt).await? {
+        let flow = match step_now(step, Phase::Outbound, ex) {
+            Some(flow) => flow?,
+            None => run_step(step, Phase::Outbound, ex, rt).await?,
+        };
+        match flow {
             Flow::Continue => {}
             Flow::Respond(res) | Flow::SkipToOutbound(res) => return Ok(res),
         }
@@ -161,6 +173,15 @@ fn finish(ex: &mut Exchange, rt: &Runtime, response: &mut Response) {
     limits::after_response(ex, rt, response);
     // Dropping an unused fill releases the requests waiting on it.
     ex.shared_state.fill = None;
+}
+
+/// A `set-header` (the most common step) run at once, without `run_step`'s future, which is
+/// as large as the largest step's (about 70 instructions a step); `None` for any other step.
+fn step_now(step: &Step, phase: Phase, ex: &mut Exchange) -> Option<Result<Flow, GatewayError>> {
+    match step {
+        Step::SetHeader(s) => Some(headers::set_header(s, phase, ex)),
+        _ => None,
+    }
 }
 
 /// Runs one step. The `match` is exhaustive over every compiled step kind.

@@ -5,6 +5,7 @@
 //! reach: the proxy calls [`RequestObserver::observe`] once per request, and the
 //! `TelemetryBuffer` implements it.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,7 +40,8 @@ pub struct RequestRecord {
     pub api: Option<Arc<str>>,
     pub operation: Option<Arc<str>>,
     pub subscription: Option<Arc<str>>,
-    pub method: String,
+    /// Borrowed for the standard methods (no allocation per request), owned for others.
+    pub method: Cow<'static, str>,
     pub status: u16,
     pub client_ip: Option<IpAddr>,
     /// From the first byte read to the last byte written.

@@ -4,6 +4,7 @@
 //! until the control plane has them.
 
 use std::collections::VecDeque;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ use outpost_model::wire::{
 
 use super::spool::Spool;
 use crate::link::CallError;
+use crate::route_table::RequestRecord;
 
 /// One finished request, as the traffic pipeline reports it. Names are shared `Arc<str>`s, so
 /// recording allocates nothing once a series exists in the current minute.
@@ -35,16 +37,128 @@ pub struct RequestSample {
     pub response_bytes: u64,
 }
 
-/// The key in the hot map: like [`AggregateKey`] but made of shared names.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct SeriesKey {
-    minute: i64,
+/// A series' names, as [`AggregateKey`] has them but shared.
+#[derive(Debug, Clone)]
+struct SeriesNames {
     api: Option<Arc<str>>,
     operation: Option<Arc<str>>,
-    status: u16,
     cache: &'static str,
     product: Option<Arc<str>>,
     subscription: Option<Arc<str>>,
+}
+
+/// The key in the hot map: the minute, the status and the identity (address) of each name.
+/// Hashing four names' bytes and comparing them cost about 300 instructions a request; the
+/// traffic pipeline's names are the configuration's own `Arc`s, the same for every request of
+/// a series, so their addresses tell series apart. Each entry holds its names, so an address
+/// cannot be reused by another name while it is in the map. Equal names at other addresses (a
+/// new configuration revision) make another entry of the same series, merged when drained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SeriesId {
+    minute: i64,
+    api: usize,
+    operation: usize,
+    product: usize,
+    subscription: usize,
+    cache: (usize, usize),
+    status: u16,
+}
+
+fn address(name: Option<&Arc<str>>) -> usize {
+    name.map_or(0, |n| Arc::as_ptr(n).cast::<u8>() as usize)
+}
+
+impl SeriesId {
+    fn of(minute: i64, status: u16, names: NamesRef<'_>) -> Self {
+        Self {
+            minute,
+            api: address(names.api),
+            operation: address(names.operation),
+            product: address(names.product),
+            subscription: address(names.subscription),
+            cache: (names.cache.as_ptr() as usize, names.cache.len()),
+            status,
+        }
+    }
+}
+
+impl Hash for SeriesId {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_i64(self.minute);
+        state.write_usize(self.api);
+        state.write_usize(self.operation);
+        state.write_usize(self.product);
+        state.write_usize(self.subscription);
+        state.write_usize(self.cache.0);
+        state.write_usize(self.cache.1);
+        state.write_u16(self.status);
+    }
+}
+
+/// A multiply-rotate hash of a few machine words: the keys are addresses and a minute, not
+/// client input.
+#[derive(Default)]
+struct WordHasher(u64);
+
+impl WordHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl Hasher for WordHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.add(u64::from(*b));
+        }
+    }
+
+    fn write_u16(&mut self, n: u16) {
+        self.add(u64::from(n));
+    }
+
+    fn write_i64(&mut self, n: i64) {
+        self.add(n as u64);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
+}
+
+/// The names of a request, borrowed: cloned only when they start a new entry.
+#[derive(Clone, Copy)]
+struct NamesRef<'a> {
+    api: Option<&'a Arc<str>>,
+    operation: Option<&'a Arc<str>>,
+    cache: &'static str,
+    product: Option<&'a Arc<str>>,
+    subscription: Option<&'a Arc<str>>,
+}
+
+impl NamesRef<'_> {
+    fn to_owned(self) -> SeriesNames {
+        SeriesNames {
+            api: self.api.cloned(),
+            operation: self.operation.cloned(),
+            cache: self.cache,
+            product: self.product.cloned(),
+            subscription: self.subscription.cloned(),
+        }
+    }
+}
+
+/// The numbers of one request.
+#[derive(Clone, Copy)]
+struct Numbers {
+    duration: Duration,
+    backend_duration: Option<Duration>,
+    request_bytes: u64,
+    response_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,11 +186,32 @@ impl Default for Counters {
     }
 }
 
+impl Counters {
+    fn add(&mut self, n: Numbers) {
+        let us = micros(n.duration);
+        self.count += 1;
+        self.total_duration_us = self.total_duration_us.saturating_add(us);
+        self.max_duration_us = self.max_duration_us.max(us);
+        self.backend_duration_us = self
+            .backend_duration_us
+            .saturating_add(n.backend_duration.map_or(0, micros));
+        self.request_bytes += n.request_bytes;
+        self.response_bytes += n.response_bytes;
+        self.latency[latency_bucket(us)] += 1;
+    }
+}
+
+/// One entry of the hot map: a series' names and what it counted.
+#[derive(Debug)]
+struct Series {
+    names: SeriesNames,
+    counters: Counters,
+}
+
 /// The hot-path side: cloned into every traffic worker, written under one shard lock per
-/// request (a few additions into a fixed array), never waits on the actor. The keys are the
-/// configuration's names, hashed with foldhash: SipHash was about 1,000 instructions a request.
+/// request (a few additions into a fixed array), never waits on the actor.
 #[derive(Debug, Clone, Default)]
-pub struct Aggregator(Arc<DashMap<SeriesKey, Counters, foldhash::fast::RandomState>>);
+pub struct Aggregator(Arc<DashMap<SeriesId, Series, BuildHasherDefault<WordHasher>>>);
 
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
@@ -88,39 +223,72 @@ fn name(n: &Option<Arc<str>>) -> String {
 
 impl Aggregator {
     pub fn record(&self, r: RequestSample) {
-        let key = SeriesKey {
-            minute: r.unix_secs.div_euclid(60) * 60,
-            api: r.api,
-            operation: r.operation,
-            status: r.status,
-            cache: r.cache,
-            product: r.product,
-            subscription: r.subscription,
-        };
-        let us = micros(r.duration);
-        let mut c = self.0.entry(key).or_default();
-        c.count += 1;
-        c.total_duration_us = c.total_duration_us.saturating_add(us);
-        c.max_duration_us = c.max_duration_us.max(us);
-        c.backend_duration_us = c
-            .backend_duration_us
-            .saturating_add(r.backend_duration.map_or(0, micros));
-        c.request_bytes += r.request_bytes;
-        c.response_bytes += r.response_bytes;
-        c.latency[latency_bucket(us)] += 1;
+        self.add(
+            r.unix_secs,
+            r.status,
+            NamesRef {
+                api: r.api.as_ref(),
+                operation: r.operation.as_ref(),
+                cache: r.cache,
+                product: r.product.as_ref(),
+                subscription: r.subscription.as_ref(),
+            },
+            Numbers {
+                duration: r.duration,
+                backend_duration: r.backend_duration,
+                request_bytes: r.request_bytes,
+                response_bytes: r.response_bytes,
+            },
+        );
+    }
+
+    /// What [`Aggregator::record`] does with a [`RequestSample`] of this record finished at
+    /// `unix_secs`, without cloning its names unless they start a new entry.
+    pub(crate) fn record_request(&self, unix_secs: i64, r: &RequestRecord) {
+        self.add(
+            unix_secs,
+            r.status,
+            NamesRef {
+                api: r.api.as_ref(),
+                operation: r.operation.as_ref(),
+                cache: r.cache.as_str(),
+                product: r.product.as_ref(),
+                subscription: r.subscription.as_ref(),
+            },
+            Numbers {
+                duration: r.duration,
+                backend_duration: r.backend_duration,
+                request_bytes: r.request_bytes,
+                response_bytes: r.response_bytes,
+            },
+        );
+    }
+
+    fn add(&self, unix_secs: i64, status: u16, names: NamesRef<'_>, n: Numbers) {
+        let id = SeriesId::of(unix_secs.div_euclid(60) * 60, status, names);
+        self.0
+            .entry(id)
+            .or_insert_with(|| Series {
+                names: names.to_owned(),
+                counters: Counters::default(),
+            })
+            .counters
+            .add(n);
     }
 
     /// Takes everything recorded so far. `retain` removes shard by shard under the shard's
     /// lock, so a concurrent `record` lands either in this drain or in the next, never lost.
+    /// Entries of the same names (from two configuration revisions) become one aggregate.
     pub fn drain(&self) -> Vec<RequestAggregate> {
-        let mut out = Vec::new();
-        self.0.retain(|k, c| {
+        let mut out: Vec<RequestAggregate> = Vec::new();
+        self.0.retain(|id, series| {
+            let (k, c) = (&series.names, &series.counters);
             out.push(RequestAggregate {
                 key: AggregateKey {
-                    minute: k.minute,
+                    minute: id.minute,
                     api: name(&k.api),
                     operation: name(&k.operation),
-                    status: k.status,
+                    status: id.status,
                     cache: k.cache.to_owned(),
                     product: name(&k.product),
                     subscription: name(&k.subscription),
@@ -142,7 +310,34 @@ impl Aggregator {
             false
         });
         out.sort_by(|a, b| a.key.cmp(&b.key));
+        out.dedup_by(|later, kept| {
+            if later.key != kept.key {
+                return false;
+            }
+            merge(kept, later);
+            true
+        });
         out
+    }
+}
+
+/// Adds `other`'s counts into `into` (same key).
+fn merge(into: &mut RequestAggregate, other: &RequestAggregate) {
+    into.count += other.count;
+    into.total_duration_us = into
+        .total_duration_us
+        .saturating_add(other.total_duration_us);
+    into.max_duration_us = into.max_duration_us.max(other.max_duration_us);
+    into.backend_duration_us = into
+        .backend_duration_us
+        .saturating_add(other.backend_duration_us);
+    into.request_bytes += other.request_bytes;
+    into.response_bytes += other.response_bytes;
+    for &(bucket, n) in &other.latency {
+        match into.latency.binary_search_by_key(&bucket, |&(b, _)| b) {
+            Ok(i) => into.latency[i].1 += n,
+            Err(i) => into.latency.insert(i, (bucket, n)),
+        }
     }
 }
 

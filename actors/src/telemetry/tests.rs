@@ -80,6 +80,33 @@ fn requests_aggregate_per_minute_api_operation_status_and_cache() {
     assert!(agg.drain().is_empty(), "drained means empty");
 }
 
+/// The same names at other addresses (a new configuration revision) are the same series: one
+/// aggregate with the counts of both, as with the shared names of one revision.
+#[test]
+fn equal_names_from_two_revisions_are_one_aggregate() {
+    let shared = Aggregator::default();
+    let (api, op): (Arc<str>, Arc<str>) = ("a".into(), "get".into());
+    let revisions = Aggregator::default();
+    for (i, us) in [10_u64, 2_000, 900_000].into_iter().enumerate() {
+        let mut sample = record_us("a", 200, 60, us);
+        sample.api = Some(api.clone());
+        sample.operation = Some(op.clone());
+        shared.record(sample.clone());
+        if i == 1 {
+            // Another revision: equal text, new `Arc`s.
+            sample.api = Some("a".into());
+            sample.operation = Some("get".into());
+        }
+        revisions.record(sample);
+    }
+    let (one, merged) = (shared.drain(), revisions.drain());
+    assert_eq!(one.len(), 1);
+    assert_eq!(one, merged);
+    assert_eq!(one[0].count, 3);
+    assert_eq!(one[0].max_duration_us, 900_000);
+    assert_eq!(one[0].latency.iter().map(|(_, n)| n).sum::<u64>(), 3);
+}
+
 /// Sub-millisecond durations keep their resolution: 137 µs and 0.9 ms are different buckets.
 #[test]
 fn sub_millisecond_latency_is_kept_with_product_and_subscription() {

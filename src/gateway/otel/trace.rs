@@ -485,7 +485,7 @@ impl RequestTrace {
                         opentelemetry::Value::String(s) => Some(s.as_str().to_owned()),
                         _ => None,
                     })
-                    .unwrap_or_else(|| r.method.clone());
+                    .unwrap_or_else(|| r.method.clone().into_owned());
                 self.span(
                     &parent,
                     self.call,
