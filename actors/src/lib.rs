@@ -33,4 +33,5 @@ pub mod route_table;
 pub mod shared_state;
 pub mod telemetry;
 pub mod token;
+pub mod word_hash;
 pub mod xml_json;

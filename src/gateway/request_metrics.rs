@@ -13,10 +13,11 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, LazyLock};
 
 use metrics::{Counter, Histogram};
+use outpost_actors::word_hash::WordHashing;
 
 /// Entries per worker before the map starts over.
 const MAX_ENTRIES: usize = 4096;
@@ -78,7 +79,7 @@ fn status_label(status: u16) -> Arc<str> {
 }
 
 thread_local! {
-    static SERIES: RefCell<HashMap<Key, Entry, BuildHasherDefault<WordHasher>>> =
+    static SERIES: RefCell<HashMap<Key, Entry, WordHashing>> =
         RefCell::new(HashMap::default());
 }
 
@@ -116,37 +117,6 @@ impl Hash for Key {
     }
 }
 
-/// A multiply-rotate hash for a few machine words (the keys are addresses, not attacker
-/// input: SipHash's protection buys nothing here).
-#[derive(Default)]
-struct WordHasher(u64);
-
-impl WordHasher {
-    fn add(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-}
-
-impl Hasher for WordHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.add(u64::from(*b));
-        }
-    }
-
-    fn write_u16(&mut self, n: u16) {
-        self.add(u64::from(n));
-    }
-
-    fn write_usize(&mut self, n: usize) {
-        self.add(n as u64);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,7 +132,7 @@ mod tests {
         let api2: Arc<str> = Arc::from("orders");
         assert!(key(&api, &op, 200) != key(&api2, &op, 200));
         let hash = |k: &Key| {
-            let mut h = WordHasher::default();
+            let mut h = outpost_actors::word_hash::WordHasher::default();
             k.hash(&mut h);
             h.finish()
         };

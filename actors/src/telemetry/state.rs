@@ -4,7 +4,7 @@
 //! until the control plane has them.
 
 use std::collections::VecDeque;
-use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +16,7 @@ use outpost_model::wire::{
 use super::spool::Spool;
 use crate::link::CallError;
 use crate::route_table::RequestRecord;
+use crate::word_hash::WordHashing;
 
 /// One finished request, as the traffic pipeline reports it. Names are shared `Arc<str>`s, so
 /// recording allocates nothing once a series exists in the current minute.
@@ -92,41 +93,6 @@ impl Hash for SeriesId {
         state.write_usize(self.cache.0);
         state.write_usize(self.cache.1);
         state.write_u16(self.status);
-    }
-}
-
-/// A multiply-rotate hash of a few machine words: the keys are addresses and a minute, not
-/// client input.
-#[derive(Default)]
-struct WordHasher(u64);
-
-impl WordHasher {
-    fn add(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-}
-
-impl Hasher for WordHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.add(u64::from(*b));
-        }
-    }
-
-    fn write_u16(&mut self, n: u16) {
-        self.add(u64::from(n));
-    }
-
-    fn write_i64(&mut self, n: i64) {
-        self.add(n as u64);
-    }
-
-    fn write_usize(&mut self, n: usize) {
-        self.add(n as u64);
     }
 }
 
@@ -211,7 +177,7 @@ struct Series {
 /// The hot-path side: cloned into every traffic worker, written under one shard lock per
 /// request (a few additions into a fixed array), never waits on the actor.
 #[derive(Debug, Clone, Default)]
-pub struct Aggregator(Arc<DashMap<SeriesId, Series, BuildHasherDefault<WordHasher>>>);
+pub struct Aggregator(Arc<DashMap<SeriesId, Series, WordHashing>>);
 
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
