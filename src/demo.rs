@@ -121,10 +121,22 @@ fn point_backend_at(doc: &mut Document, url: &str) -> Result<(), String> {
 
 /// A self-signed certificate for `localhost`, made now, as the demo gateway's HTTPS
 /// certificate: named values (the key a secret) referenced by the gateway resource, as an
-/// operator would set it up.
+/// operator would set it up. Valid from yesterday for [`DEMO_CERT_DAYS`], like a real
+/// short-lived certificate, so its expiry metric and dashboard entry read as they would in
+/// production (rcgen's default runs to the year 4096).
 fn add_certificate(doc: &mut Document) -> Result<(), String> {
-    let made = rcgen::generate_simple_self_signed(vec![TLS_HOST.to_owned()])
-        .map_err(|e| format!("demo certificate: {e}"))?;
+    use chrono::Datelike;
+    let fail = |e: rcgen::Error| format!("demo certificate: {e}");
+    let day = |d: chrono::DateTime<chrono::Utc>| {
+        // Month and day of a real date always fit in a byte.
+        rcgen::date_time_ymd(d.year(), d.month() as u8, d.day() as u8)
+    };
+    let now = chrono::Utc::now();
+    let mut params = rcgen::CertificateParams::new(vec![TLS_HOST.to_owned()]).map_err(fail)?;
+    params.not_before = day(now - chrono::Duration::days(1));
+    params.not_after = day(now + chrono::Duration::days(DEMO_CERT_DAYS));
+    let signing_key = rcgen::KeyPair::generate().map_err(fail)?;
+    let cert = params.self_signed(&signing_key).map_err(fail)?;
     let gateway = doc.resources.iter_mut().find_map(|r| match r {
         Resource::Gateway(g) if g.name == GATEWAY => Some(g),
         _ => None,
@@ -143,16 +155,19 @@ fn add_certificate(doc: &mut Document) -> Result<(), String> {
     });
     doc.resources.push(Resource::NamedValue(NamedValue {
         name: "demo-tls-certificate".into(),
-        value: made.cert.pem(),
+        value: cert.pem(),
         secret: false,
     }));
     doc.resources.push(Resource::NamedValue(NamedValue {
         name: "demo-tls-key".into(),
-        value: made.signing_key.serialize_pem(),
+        value: signing_key.serialize_pem(),
         secret: true,
     }));
     Ok(())
 }
+
+/// How long the demo's certificate is valid.
+const DEMO_CERT_DAYS: i64 = 90;
 
 fn pick_ports(base: u16) -> [u16; 6] {
     let wanted: [u16; 6] = if base == 0 {
