@@ -32,7 +32,7 @@ use crate::link::{CallError, Link, LinkConfig};
 use crate::route_table::{RequestObserver, RequestRecord};
 pub use messages::{Flush, GetTelemetryStatus, Shutdown, TelemetryStatus};
 use state::Outbox;
-pub use state::{Aggregator, RequestSample, Verdict};
+pub use state::{Aggregator, Verdict};
 
 #[derive(Debug, Clone)]
 pub struct TelemetryConfig {

@@ -18,8 +18,9 @@ use crate::link::CallError;
 use crate::route_table::RequestRecord;
 use crate::word_hash::WordHashing;
 
-/// One finished request, as the traffic pipeline reports it. Names are shared `Arc<str>`s, so
-/// recording allocates nothing once a series exists in the current minute.
+/// One finished request as the unit tests write it, field by field; the traffic pipeline
+/// records its [`RequestRecord`] directly ([`Aggregator::record_request`]).
+#[cfg(test)]
 #[derive(Debug, Clone)]
 pub struct RequestSample {
     /// Unix time the request finished, seconds.
@@ -188,6 +189,7 @@ fn name(n: &Option<Arc<str>>) -> String {
 }
 
 impl Aggregator {
+    #[cfg(test)]
     pub fn record(&self, r: RequestSample) {
         self.add(
             r.unix_secs,
@@ -208,8 +210,8 @@ impl Aggregator {
         );
     }
 
-    /// What [`Aggregator::record`] does with a [`RequestSample`] of this record finished at
-    /// `unix_secs`, without cloning its names unless they start a new entry.
+    /// Adds a request finished at `unix_secs` to its series, cloning its names only when they
+    /// start a new entry.
     pub(crate) fn record_request(&self, unix_secs: i64, r: &RequestRecord) {
         self.add(
             unix_secs,
